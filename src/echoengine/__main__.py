@@ -1,0 +1,5 @@
+import sys
+
+from echoengine.cli import main
+
+sys.exit(main())

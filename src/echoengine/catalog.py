@@ -1,0 +1,286 @@
+"""Datasets as tables of samples, checks of their files, and leak-free splits.
+
+A catalog is a :class:`pandas.DataFrame` with one row per sample and the
+columns ``path`` (absolute), ``label`` (empty when unknown) and ``group`` (the
+source recording: clips of one group never sit on both sides of a split),
+plus ``fold`` when the dataset defines one. It is read from
+
+* a folder per class (``DATA/<class>/**/*.wav``; hidden files ignored,
+  class names sorted, non-ASCII names kept), or a flat folder of unlabelled
+  files;
+* an ESC-50-style CSV (``filename``, ``category`` or ``target``, optional
+  ``fold`` and ``src_file``), or a folder holding ``meta/*.csv`` and
+  ``audio/`` as ESC-50 does.
+
+Examples
+--------
+>>> import pandas as pd
+>>> table = pd.DataFrame({"path": [f"{i}.wav" for i in range(8)],
+...                       "label": ["a", "b"] * 4, "group": ["g0", "g1", "g2", "g3"] * 2})
+>>> kfold(table, folds=2, seed=0).tolist()
+[1, 0, 0, 1, 1, 0, 0, 1]
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold
+
+from echoengine import audio
+from echoengine.config import AUDIO_EXTENSIONS, AudioConfig, DataConfig
+from echoengine.errors import AudioError, DataError
+
+__all__ = [
+    "class_names",
+    "from_csv",
+    "from_folder",
+    "kfold",
+    "load_catalog",
+    "scan",
+    "split",
+]
+
+COLUMNS = ["path", "label", "group"]
+
+
+def _group_of(name: str, pattern: re.Pattern | None) -> str:
+    if pattern is None:
+        return os.path.splitext(name)[0]
+    match = pattern.search(name)
+    if match is None:
+        raise DataError(f"group regex {pattern.pattern!r} does not match the file name {name!r}")
+    return match.group(1) if pattern.groups else match.group(0)
+
+
+def _compile(group_regex: str) -> re.Pattern | None:
+    if not group_regex:
+        return None
+    try:
+        return re.compile(group_regex)
+    except re.error as exc:
+        raise DataError(f"invalid group regex {group_regex!r}: {exc}") from None
+
+
+def from_folder(
+    root: str | Path, *, extensions: tuple[str, ...] = AUDIO_EXTENSIONS, group_regex: str = ""
+) -> pd.DataFrame:
+    """Collect the audio files under ``root``; a file's class is its top-level folder.
+
+    Files directly in ``root`` get an empty label (unlabelled). Hidden files
+    and folders (names starting with ``.``) are skipped.
+
+    Parameters
+    ----------
+    root : str or Path
+    extensions : tuple of str
+        Lower-case extensions to collect.
+    group_regex : str
+        Regular expression on the file name naming its source recording
+        (its first group, or the whole match); by default each file is its
+        own group.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder")
+    pattern = _compile(group_regex)
+    rows = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        relative = Path(folder).relative_to(root)
+        label = relative.parts[0] if relative.parts else ""
+        for name in sorted(files):
+            if audio.is_audio_file(name, extensions):
+                group = _group_of(name, pattern)
+                rows.append((str((Path(folder) / name).absolute()), label, f"{label}/{group}" if label else group))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    return table.sort_values(["label", "path"], ignore_index=True)
+
+
+def _find_audio_dir(csv_path: Path, first_file: str) -> Path:
+    for candidate in (csv_path.parent.parent / "audio", csv_path.parent / "audio", csv_path.parent):
+        if (candidate / first_file).exists():
+            return candidate
+    raise DataError(
+        f"{csv_path}: cannot find the audio folder holding {first_file!r} "
+        "(looked in ../audio, ./audio and the CSV's folder); pass the audio folder explicitly"
+    )
+
+
+def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group_regex: str = "") -> pd.DataFrame:
+    """Read an ESC-50-style metadata CSV.
+
+    Columns: ``filename`` (required), ``category`` or ``target`` (the label),
+    optional ``fold`` and ``src_file`` (the source recording, used as group
+    unless ``group_regex`` is given).
+    """
+    csv_path = Path(csv_path)
+    try:
+        meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{csv_path}: cannot read the CSV ({exc})") from None
+    if "filename" not in meta.columns:
+        raise DataError(f"{csv_path}: no 'filename' column (columns: {', '.join(meta.columns)})")
+    label_column = next((c for c in ("category", "label", "target") if c in meta.columns), None)
+    if label_column is None:
+        raise DataError(f"{csv_path}: no label column ('category', 'label' or 'target')")
+    if meta.empty:
+        raise DataError(f"{csv_path}: the CSV has no rows")
+    folder = Path(audio_dir) if audio_dir else _find_audio_dir(csv_path, meta["filename"].iloc[0])
+    pattern = _compile(group_regex)
+    if pattern is None and "src_file" in meta.columns:
+        groups = meta[label_column] + "/" + meta["src_file"]
+    else:
+        groups = [_group_of(name, pattern) for name in meta["filename"]]
+    table = pd.DataFrame({
+        "path": [str((folder / name).absolute()) for name in meta["filename"]],
+        "label": meta[label_column].to_numpy(),
+        "group": groups,
+    })
+    if "fold" in meta.columns:
+        table["fold"] = pd.to_numeric(meta["fold"], errors="coerce").astype("Int64")
+    return table.sort_values(["label", "path"], ignore_index=True)
+
+
+def load_catalog(source: str | Path, config: DataConfig | None = None) -> pd.DataFrame:
+    """Read a dataset from a CSV, an ESC-50-style folder or a folder of files.
+
+    Examples
+    --------
+    >>> load_catalog("no/such/place")
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.DataError: no/such/place: no such file or folder
+    """
+    config = config or DataConfig()
+    source = Path(source)
+    if source.is_file():
+        return from_csv(source, group_regex=config.group_regex)
+    if not source.exists():
+        raise DataError(f"{source}: no such file or folder")
+    metas = sorted((source / "meta").glob("*.csv")) if (source / "meta").is_dir() else []
+    if metas and (source / "audio").is_dir():
+        return from_csv(metas[0], audio_dir=source / "audio", group_regex=config.group_regex)
+    return from_folder(source, extensions=config.extensions, group_regex=config.group_regex)
+
+
+def class_names(table: pd.DataFrame) -> list[str]:
+    """The sorted, non-empty labels of a catalog."""
+    return sorted(label for label in table["label"].unique() if label)
+
+
+def scan(
+    table: pd.DataFrame,
+    config: AudioConfig | None = None,
+    *,
+    on_error: str = "warn",
+    progress: Callable | None = None,
+    workers: int = 4,
+) -> tuple[pd.DataFrame, list[AudioError]]:
+    """Decode every file of a catalog and keep the usable ones.
+
+    Returns the rows whose files are usable, with ``sample_rate``,
+    ``channels`` and ``duration`` columns added, and the errors of the others.
+
+    Parameters
+    ----------
+    on_error : {"warn", "ignore", "raise"}
+        ``"warn"`` prints each error in one line, ``"raise"`` raises the first.
+    progress : callable, optional
+        Wraps the iterator of results (e.g. ``tqdm`` with ``total=``).
+    """
+    config = config or AudioConfig()
+    paths = table["path"].tolist()
+
+    def check(path: str) -> audio.AudioInfo | AudioError:
+        try:
+            return audio.check(path, config)
+        except AudioError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(check, paths)
+        results = list(progress(results, total=len(paths)) if progress else results)
+    errors = [r for r in results if isinstance(r, AudioError)]
+    if errors and on_error == "raise":
+        raise errors[0]
+    if on_error == "warn":
+        for error in errors:
+            print(f"skipping {error}", flush=True)
+    ok = np.array([not isinstance(r, AudioError) for r in results], dtype=bool)
+    usable = table[ok].reset_index(drop=True).copy()
+    infos = [r for r in results if not isinstance(r, AudioError)]
+    usable["sample_rate"] = [i.sample_rate for i in infos]
+    usable["channels"] = [i.channels for i in infos]
+    usable["duration"] = [i.duration for i in infos]
+    return usable, errors
+
+
+def _require_groups_per_class(table: pd.DataFrame, needed: int, purpose: str) -> None:
+    if table.empty:
+        raise DataError(f"no samples to split for {purpose}")
+    unlabelled = int((table["label"] == "").sum())
+    if unlabelled:
+        raise DataError(f"{unlabelled} sample(s) have no label; {purpose} needs a label for every sample")
+    counts = table.groupby("label")["group"].nunique()
+    short = counts[counts < needed]
+    if len(short):
+        listing = ", ".join(f"{label!r} ({n})" for label, n in short.items())
+        raise DataError(
+            f"{purpose} needs at least {needed} source recordings per class; too few in: {listing}. "
+            "Add recordings, merge or drop those classes, or ask for fewer parts"
+        )
+
+
+def _stratified_group_parts(table: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
+    """Assign each row to one of ``parts`` folds, stratified by label and grouped by group."""
+    splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
+    fold = np.empty(len(table), dtype=np.int64)
+    for index, (_, held_out) in enumerate(splitter.split(np.zeros(len(table)), table["label"], table["group"])):
+        fold[held_out] = index
+    return fold
+
+
+def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0) -> np.ndarray:
+    """The fold (0 .. folds-1) of each row, stratified by label, grouped by source.
+
+    Raises
+    ------
+    DataError
+        A class has fewer source recordings than folds.
+    """
+    _require_groups_per_class(table, folds, f"{folds}-fold cross-validation")
+    return _stratified_group_parts(table, folds, seed)
+
+
+def split(table: pd.DataFrame, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> np.ndarray:
+    """Assign each row to ``"train"``, ``"val"`` or ``"test"``.
+
+    Stratified by label and grouped by source recording; the fractions are
+    met approximately, as whole groups move together. Deterministic for a
+    seed.
+
+    Returns
+    -------
+    np.ndarray of str, shape (rows,)
+    """
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    _require_groups_per_class(table, needed, "a train/validation/test split")
+    names = np.full(len(table), "train", dtype=object)
+    remaining = np.arange(len(table))
+    for name, fraction, share_left in (("test", test_fraction, 1.0), ("val", val_fraction, 1.0 - test_fraction)):
+        if fraction <= 0:
+            continue
+        parts = max(2, round(share_left / fraction))
+        subset = table.iloc[remaining]
+        _require_groups_per_class(subset, 2, f"the {name} split")
+        fold = _stratified_group_parts(subset, parts, seed)
+        names[remaining[fold == 0]] = name
+        remaining = remaining[fold != 0]
+    return names

@@ -1,0 +1,177 @@
+"""The ``echoengine`` command: thin wiring over the modules of the package.
+
+Each subcommand parses its arguments, builds the config, calls the library
+and prints. Bad input ends in a one-line ``error:`` message, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from echoengine import catalog, synthetic
+from echoengine.config import EchoConfig
+from echoengine.dataset import ClipDataset
+from echoengine.errors import AudioError, EchoError
+from echoengine.plots import plot_images
+
+__all__ = ["main"]
+
+
+def _config(args: argparse.Namespace) -> EchoConfig:
+    config = EchoConfig.load(args.config) if getattr(args, "config", None) else EchoConfig()
+    if getattr(args, "group_regex", None):
+        config = config.replace(data={"group_regex": args.group_regex})
+    return config
+
+
+def _progress(description: str):
+    def wrap(iterable, total):
+        return tqdm(iterable, total=total, desc=description, unit="file", leave=False, file=sys.stderr)
+    return wrap
+
+
+def _scan(data: Path, config: EchoConfig) -> tuple[pd.DataFrame, list[AudioError]]:
+    table = catalog.load_catalog(data, config.data)
+    return catalog.scan(table, config.audio, on_error="ignore", progress=_progress("checking"))
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def _counts(series: pd.Series, unit: str) -> str:
+    return ", ".join(f"{value}{unit} ({n})" for value, n in series.value_counts().sort_index().items())
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    config = _config(args)
+    usable, errors = _scan(args.data, config)
+    total = len(usable) + len(errors)
+    print(f"dataset: {args.data}")
+    print(f"files: {total} ({len(usable)} usable, {len(errors)} unreadable)")
+    if len(usable):
+        classes = catalog.class_names(usable)
+        print(f"classes: {len(classes)}" + ("" if classes else " (unlabelled files)"))
+        print(f"groups (source recordings): {usable['group'].nunique()}")
+        print(f"total duration: {_minutes(usable['duration'].sum())}")
+        print(f"sample rates: {_counts(usable['sample_rate'], ' Hz')}")
+        channels = usable["channels"].map(lambda n: {1: "mono", 2: "stereo"}.get(n, f"{n} channels"))
+        print(f"channels: {_counts(channels, '')}")
+        per_class = usable.groupby("label")["duration"].agg(["count", "sum", "min", "max"])
+        width = max([len(str(label)) for label in per_class.index] + [10])
+        print(f"\n  {'class':<{width}} {'files':>6} {'duration':>10} {'shortest':>9} {'longest':>9}")
+        for label, row in per_class.iterrows():
+            print(f"  {label or '(none)':<{width}} {int(row['count']):>6} {_minutes(row['sum']):>10} "
+                  f"{row['min']:>8.1f}s {row['max']:>8.1f}s")
+    if errors:
+        print(f"\nunreadable files ({len(errors)}):")
+        for error in errors:
+            print(f"  {error}")
+    if not len(usable):
+        print("error: no usable audio files", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    config = _config(args)
+    usable, errors = _scan(args.data, config)
+    for error in errors:
+        print(f"skipping {error}", file=sys.stderr)
+    if not len(usable):
+        print("error: no usable audio files", file=sys.stderr)
+        return 1
+    rng = np.random.default_rng(args.seed)
+    picked = usable.iloc[np.sort(rng.permutation(len(usable))[: args.n])].reset_index(drop=True)
+    classes = catalog.class_names(usable)
+    dataset = ClipDataset(picked, classes, config, train=args.augment)
+    if args.augment:  # a random variant of each file
+        items = list(zip(range(len(picked)), rng.integers(0, config.augment.variants, len(picked)).tolist()))
+    else:  # the first window of each file
+        items = np.unique(dataset.rows(), return_index=True)[1].tolist()
+    images, targets = zip(*(dataset[item] for item in items))
+    images = torch.stack(images)
+    titles = [
+        f"{classes[int(t.argmax())] if t.sum() else '(unlabelled)'}\n{Path(path).name[:28]}"
+        for t, path in zip(targets, picked["path"])
+    ]
+    what = "augmented training variants" if args.augment else "clean first windows"
+    out = plot_images(images[:, 0].numpy(), titles, args.out, clip_seconds=config.audio.clip_seconds,
+                      suptitle=f"model inputs ({what}), {tuple(images.shape[1:])} each, drawn time x frequency")
+    print(f"wrote {out} ({len(images)} model inputs of {args.data})")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    root = synthetic.make_dataset(args.out, classes=args.classes, files_per_class=args.files_per_class, seed=args.seed)
+    print(f"wrote a SYNTHETIC dataset of {args.classes} classes x {args.files_per_class} files to {root}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    config = _config(args)
+    if args.out:
+        print(f"wrote {config.save(args.out)}")
+    else:
+        import tomli_w
+
+        print(tomli_w.dumps(config.to_dict()), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def data_command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("data", type=Path, help="folder per class, flat folder, ESC-50-style CSV or ESC-50 folder")
+        p.add_argument("--config", type=Path, help="a TOML config (defaults: the Echo pipeline's)")
+        p.add_argument("--group-regex", help="regex on file names naming the source recording")
+        return p
+
+    p = data_command("inspect", "list classes, files, durations and unreadable files of a dataset")
+    p.set_defaults(func=cmd_inspect)
+    p = data_command("preview", "draw a grid of the model inputs of one batch")
+    p.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png)")
+    p.add_argument("--n", type=int, default=16, help="how many inputs (default 16)")
+    p.add_argument("--augment", action="store_true", help="show augmented training variants")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("synth", help="write a small SYNTHETIC dataset (for demos and tests)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--classes", type=int, default=4)
+    p.add_argument("--files-per-class", type=int, default=6)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("config", help="print (or write) the configuration with its defaults")
+    p.add_argument("--config", type=Path, help="start from this TOML instead of the defaults")
+    p.add_argument("--out", type=Path, help="write it here instead of printing")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except EchoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Cut signals into fixed-length clips: random crops for training, windows for evaluation.
+
+All functions are pure: arrays in, arrays out, randomness only from the
+``numpy.random.Generator`` passed in.
+
+Examples
+--------
+>>> import numpy as np
+>>> y = np.arange(10, dtype="float32")
+>>> random_crop(y, length=4, rng=np.random.default_rng(0)).shape
+(4,)
+>>> pad_to_length(y[:3], length=5)
+array([0., 1., 2., 0., 0.], dtype=float32)
+>>> window_starts(10, length=4, hop=3)
+array([0, 3, 6])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["crop_at", "fixed_windows", "pad_to_length", "random_crop", "random_start", "window_starts"]
+
+
+def pad_to_length(
+    y: np.ndarray, *, length: int, where: str = "end", rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Pad a signal with silence to ``length`` samples (no-op when long enough).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (samples,)
+    length : int
+    where : {"end", "center", "random"}
+        Where the silence goes: after the signal (the Echo pipeline), split
+        evenly on both sides, or a random split drawn from ``rng``.
+    rng : numpy.random.Generator, optional
+        Needed for ``where="random"``.
+    """
+    missing = length - len(y)
+    if missing <= 0:
+        return y
+    if where == "end":
+        before = 0
+    elif where == "center":
+        before = missing // 2
+    elif where == "random":
+        if rng is None:
+            raise ValueError("where='random' needs an rng")
+        before = int(rng.integers(0, missing + 1))
+    else:
+        raise ValueError(f"where must be 'end', 'center' or 'random', got {where!r}")
+    return np.pad(y, (before, missing - before))
+
+
+def crop_at(y: np.ndarray, *, start: int, length: int) -> np.ndarray:
+    """The ``length`` samples from ``start``, padded with silence past the end."""
+    return pad_to_length(y[start : start + length], length=length)
+
+
+def random_start(n_samples: int, *, length: int, rng: np.random.Generator) -> int:
+    """A uniformly drawn start for a ``length``-sample crop of ``n_samples`` (0 when shorter).
+
+    Examples
+    --------
+    >>> random_start(3, length=5, rng=np.random.default_rng(0))
+    0
+    """
+    return int(rng.integers(0, n_samples - length + 1)) if n_samples > length else 0
+
+
+def random_crop(
+    y: np.ndarray, *, length: int, rng: np.random.Generator, pad: str = "end"
+) -> np.ndarray:
+    """A random subsection of ``length`` samples (the Echo pipeline's training clip).
+
+    A longer signal is cut at a uniformly drawn start; a shorter one is
+    padded with silence (``pad`` says where).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> y = np.arange(100, dtype="float32")
+    >>> clip = random_crop(y, length=10, rng=rng)
+    >>> bool(np.all(np.diff(clip) == 1))
+    True
+    """
+    if len(y) <= length:
+        return pad_to_length(y, length=length, where=pad, rng=rng)
+    start = random_start(len(y), length=length, rng=rng)
+    return y[start : start + length]
+
+
+def window_starts(n_samples: int, *, length: int, hop: int, keep_partial: bool = True) -> np.ndarray:
+    """Start samples of windows of ``length`` every ``hop`` samples covering a signal.
+
+    The windows cover every sample: when the last full window ends before
+    the signal does, one more window (partial, to be padded) starts at the
+    next hop, unless ``keep_partial`` is False. A signal shorter than one
+    window gives a single window at 0.
+
+    Examples
+    --------
+    >>> window_starts(10, length=4, hop=4)
+    array([0, 4, 8])
+    >>> window_starts(10, length=4, hop=4, keep_partial=False)
+    array([0, 4])
+    >>> window_starts(3, length=4, hop=2)
+    array([0])
+    """
+    if length <= 0 or hop <= 0:
+        raise ValueError(f"length and hop must be positive, got length={length}, hop={hop}")
+    if n_samples <= length:
+        return np.zeros(1, dtype=np.int64)
+    starts = np.arange(0, n_samples - length + 1, hop, dtype=np.int64)
+    if keep_partial and starts[-1] + length < n_samples:
+        starts = np.append(starts, starts[-1] + hop)
+    return starts
+
+
+def fixed_windows(
+    y: np.ndarray, *, length: int, hop: int, keep_partial: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a signal into windows for evaluation or detection.
+
+    Returns
+    -------
+    windows : np.ndarray, shape (n_windows, length)
+        The last one padded with silence when partial.
+    starts : np.ndarray, shape (n_windows,)
+        Start sample of each window.
+
+    Examples
+    --------
+    >>> w, s = fixed_windows(np.ones(10, dtype="float32"), length=4, hop=4)
+    >>> w.shape, s.tolist(), w[-1].tolist()
+    ((3, 4), [0, 4, 8], [1.0, 1.0, 0.0, 0.0])
+    """
+    starts = window_starts(len(y), length=length, hop=hop, keep_partial=keep_partial)
+    windows = np.stack([crop_at(y, start=int(s), length=length) for s in starts])
+    return windows, starts

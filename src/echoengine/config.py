@@ -1,0 +1,462 @@
+"""One configuration object for the whole data path, saved with everything it produces.
+
+The defaults are those of the Project Echo pipeline: 48 kHz audio, 5 s clips, a
+mel spectrogram with ``n_fft=2048``, ``hop_length=200``, 260 mel bands between
+20 Hz and 13 kHz, power to dB with ``top_db=80`` and a 260 x 260 x 3 image
+scaled to [0, 1].
+
+Every section is a frozen dataclass that validates itself on construction, so
+an invalid value fails where it is written, with a message naming the key.
+:class:`EchoConfig` groups the sections, reads and writes TOML, and gives a
+fingerprint of any sections, which keys the feature cache.
+
+Examples
+--------
+>>> from echoengine.config import EchoConfig
+>>> cfg = EchoConfig()
+>>> cfg.audio.sample_rate, cfg.frontend.n_mels, cfg.frontend.image_shape
+(48000, 260, (3, 260, 260))
+>>> cfg.replace(frontend={"n_mels": 128}).frontend.n_mels
+128
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from echoengine.errors import ConfigError
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "AudioConfig",
+    "AugmentConfig",
+    "DataConfig",
+    "EchoConfig",
+    "FrontendConfig",
+]
+
+#: File extensions read as audio (lower case).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+CONFIG_VERSION = 1
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_probability(section: str, name: str, value: float) -> None:
+    _require(0.0 <= value <= 1.0, f"{section}.{name} must be a probability in [0, 1], got {value}")
+
+
+def _check_range(section: str, name: str, low: float, high: float) -> None:
+    _require(low <= high, f"{section}.{name}: minimum {low} is above maximum {high}")
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    """How audio files are decoded and cut into clips.
+
+    Parameters
+    ----------
+    sample_rate : int
+        Every file is resampled to this rate (Hz).
+    clip_seconds : float
+        Length of one model input clip.
+    channel : str or int
+        ``"mean"`` averages the channels; an integer picks one channel
+        (0-based; the Echo pipeline kept channel 1, the right one).
+    resample_quality : str
+        soxr quality: ``"VHQ"``, ``"HQ"`` (librosa's default), ``"MQ"``,
+        ``"LQ"`` or ``"QQ"``.
+    min_seconds : float
+        Files shorter than this are reported as unusable.
+    pad : str
+        Where silence goes when a clip is shorter than ``clip_seconds``:
+        ``"end"`` (the Echo pipeline), ``"center"`` or ``"random"``.
+    """
+
+    sample_rate: int = 48000
+    clip_seconds: float = 5.0
+    channel: str | int = "mean"
+    resample_quality: str = "HQ"
+    min_seconds: float = 0.1
+    pad: str = "end"
+
+    def __post_init__(self) -> None:
+        s = "audio"
+        _require(self.sample_rate > 0, f"{s}.sample_rate must be positive, got {self.sample_rate}")
+        _require(self.clip_seconds > 0, f"{s}.clip_seconds must be positive, got {self.clip_seconds}")
+        _require(
+            self.channel == "mean" or (isinstance(self.channel, int) and self.channel >= 0),
+            f"{s}.channel must be 'mean' or a channel index >= 0, got {self.channel!r}",
+        )
+        _require(
+            self.resample_quality in ("VHQ", "HQ", "MQ", "LQ", "QQ"),
+            f"{s}.resample_quality must be one of VHQ, HQ, MQ, LQ, QQ, got {self.resample_quality!r}",
+        )
+        _require(self.min_seconds >= 0, f"{s}.min_seconds must be >= 0, got {self.min_seconds}")
+        _require(
+            self.pad in ("end", "center", "random"),
+            f"{s}.pad must be 'end', 'center' or 'random', got {self.pad!r}",
+        )
+
+    @property
+    def clip_samples(self) -> int:
+        """Samples in one clip at ``sample_rate``."""
+        return round(self.clip_seconds * self.sample_rate)
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """The mel spectrogram and the model image made from it.
+
+    Parameters
+    ----------
+    n_fft, hop_length, win_length, window, center, pad_mode
+        STFT settings with librosa's meaning; ``win_length`` defaults to
+        ``n_fft``.
+    n_mels, fmin, fmax, htk, norm
+        Mel filter bank (``librosa.filters.mel``); ``norm`` is ``"slaney"``
+        or ``"none"``.
+    power : float
+        Exponent of the magnitude (2: power spectrogram).
+    top_db, ref, amin
+        ``librosa.power_to_db`` settings; ``top_db = None`` disables the floor.
+    image_height, image_width, image_channels
+        The model image: height is time, width is mel bands (the Echo
+        layout), the single channel repeated ``image_channels`` times.
+    resize : str
+        ``"lanczos5"`` (the Echo pipeline's ``tf.image.resize`` method),
+        ``"bilinear"`` or ``"bicubic"``.
+    resize_antialias : bool
+        Widen the resize kernel when shrinking (as PIL does). The Echo
+        pipeline did not (``tf.image.resize``'s default); False reproduces it.
+        See :mod:`echoengine.features` for how they differ.
+    """
+
+    n_fft: int = 2048
+    hop_length: int = 200
+    win_length: int | None = None
+    window: str = "hann"
+    center: bool = True
+    pad_mode: str = "constant"
+    n_mels: int = 260
+    fmin: float = 20.0
+    fmax: float = 13000.0
+    htk: bool = False
+    norm: str = "slaney"
+    power: float = 2.0
+    top_db: float | None = 80.0
+    ref: float = 1.0
+    amin: float = 1e-10
+    image_height: int = 260
+    image_width: int = 260
+    image_channels: int = 3
+    resize: str = "lanczos5"
+    resize_antialias: bool = True
+
+    def __post_init__(self) -> None:
+        s = "frontend"
+        _require(self.n_fft > 0, f"{s}.n_fft must be positive, got {self.n_fft}")
+        _require(self.hop_length > 0, f"{s}.hop_length must be positive, got {self.hop_length}")
+        _require(
+            self.win_length is None or 0 < self.win_length <= self.n_fft,
+            f"{s}.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}",
+        )
+        _require(self.pad_mode in ("constant", "reflect"), f"{s}.pad_mode must be 'constant' or 'reflect'")
+        _require(self.n_mels > 0, f"{s}.n_mels must be positive, got {self.n_mels}")
+        _require(self.fmin >= 0, f"{s}.fmin must be >= 0, got {self.fmin}")
+        _require(self.fmin < self.fmax, f"{s}.fmin ({self.fmin}) must be below fmax ({self.fmax})")
+        _require(self.norm in ("slaney", "none"), f"{s}.norm must be 'slaney' or 'none', got {self.norm!r}")
+        _require(self.power > 0, f"{s}.power must be positive, got {self.power}")
+        _require(self.top_db is None or self.top_db >= 0, f"{s}.top_db must be >= 0, got {self.top_db}")
+        _require(self.ref > 0 and self.amin > 0, f"{s}.ref and {s}.amin must be positive")
+        for name in ("image_height", "image_width", "image_channels"):
+            _require(getattr(self, name) > 0, f"{s}.{name} must be positive, got {getattr(self, name)}")
+        _require(
+            self.resize in ("lanczos5", "bilinear", "bicubic"),
+            f"{s}.resize must be 'lanczos5', 'bilinear' or 'bicubic', got {self.resize!r}",
+        )
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(channels, height, width)`` of one model input."""
+        return (self.image_channels, self.image_height, self.image_width)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Training-time augmentation; each one is switched off by ``p = 0``.
+
+    The waveform defaults are the Echo pipeline's (audiomentations, each with
+    p = 0.2), as is the rotation of every image by up to 2 degrees.
+    SpecAugment masks and mixup are off by default.
+
+    Parameters
+    ----------
+    variants : int
+        Augmented variants computed (and cached) per training sample; an
+        epoch draws one of them per sample.
+    seed : int
+        Variant ``k`` of a sample is a function of ``(seed, k, sample)``.
+    """
+
+    variants: int = 20
+    seed: int = 0
+    noise_p: float = 0.2
+    noise_min_amplitude: float = 0.001
+    noise_max_amplitude: float = 0.015
+    time_stretch_p: float = 0.2
+    time_stretch_min_rate: float = 0.8
+    time_stretch_max_rate: float = 1.25
+    pitch_shift_p: float = 0.2
+    pitch_shift_min_semitones: float = -4.0
+    pitch_shift_max_semitones: float = 4.0
+    shift_p: float = 0.2
+    shift_min_fraction: float = -0.5
+    shift_max_fraction: float = 0.5
+    specaugment_p: float = 0.0
+    time_masks: int = 2
+    time_mask_fraction: float = 0.1
+    freq_masks: int = 2
+    freq_mask_fraction: float = 0.1
+    rotation_p: float = 1.0
+    rotation_degrees: float = 2.0
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.4
+
+    def __post_init__(self) -> None:
+        s = "augment"
+        _require(self.variants >= 1, f"{s}.variants must be >= 1, got {self.variants}")
+        for name in ("noise_p", "time_stretch_p", "pitch_shift_p", "shift_p", "specaugment_p", "rotation_p", "mixup_p"):
+            _check_probability(s, name, getattr(self, name))
+        _check_range(s, "noise amplitude", self.noise_min_amplitude, self.noise_max_amplitude)
+        _require(self.time_stretch_min_rate > 0, f"{s}.time_stretch_min_rate must be positive")
+        _check_range(s, "time_stretch rate", self.time_stretch_min_rate, self.time_stretch_max_rate)
+        _check_range(s, "pitch_shift semitones", self.pitch_shift_min_semitones, self.pitch_shift_max_semitones)
+        _check_range(s, "shift fraction", self.shift_min_fraction, self.shift_max_fraction)
+        for name in ("time_mask_fraction", "freq_mask_fraction"):
+            _check_probability(s, name, getattr(self, name))
+        _require(self.time_masks >= 0 and self.freq_masks >= 0, f"{s}: mask counts must be >= 0")
+        _require(self.rotation_degrees >= 0, f"{s}.rotation_degrees must be >= 0")
+        _require(self.mixup_alpha > 0, f"{s}.mixup_alpha must be positive, got {self.mixup_alpha}")
+
+    @property
+    def waveform_enabled(self) -> bool:
+        """Whether any waveform augmentation can apply."""
+        return any(p > 0 for p in (self.noise_p, self.time_stretch_p, self.pitch_shift_p, self.shift_p))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Datasets, splits, loading and the feature cache.
+
+    Parameters
+    ----------
+    extensions : tuple of str
+        Audio file extensions to collect from folders.
+    group_regex : str
+        Regular expression on file names whose first group (or whole match)
+        names the source recording; empty means each file is its own group
+        unless the dataset says otherwise (ESC-50's ``src_file``).
+    val_fraction, test_fraction, folds, split_seed
+        Grouped, stratified splits.
+    batch_size, num_workers
+        DataLoader settings (batch 16 as in the Echo pipeline).
+    cache_dir : str
+        Feature cache folder; empty disables the cache.
+    cache_size_gb : float
+        Size limit of the cache; least recently stored entries are evicted.
+    cache_identity : str
+        ``"stat"`` (size and modification time) or ``"content"`` (hash of the
+        bytes) identifies a file in cache keys.
+    on_error : str
+        What to do with an unusable file: ``"warn"`` (one line, then skip),
+        ``"ignore"`` (skip silently) or ``"raise"``.
+    """
+
+    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    group_regex: str = ""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    folds: int = 5
+    split_seed: int = 0
+    batch_size: int = 16
+    num_workers: int = 0
+    cache_dir: str = ""
+    cache_size_gb: float = 4.0
+    cache_identity: str = "stat"
+    on_error: str = "warn"
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _require(
+            all(e.startswith(".") for e in self.extensions),
+            f"{s}.extensions must start with a dot, got {list(self.extensions)}",
+        )
+        for name in ("val_fraction", "test_fraction"):
+            _require(0.0 <= getattr(self, name) < 1.0, f"{s}.{name} must be in [0, 1)")
+        _require(self.val_fraction + self.test_fraction < 1.0, f"{s}: val_fraction + test_fraction must be below 1")
+        _require(self.folds >= 2, f"{s}.folds must be >= 2, got {self.folds}")
+        _require(self.batch_size >= 1, f"{s}.batch_size must be >= 1, got {self.batch_size}")
+        _require(self.num_workers >= 0, f"{s}.num_workers must be >= 0, got {self.num_workers}")
+        _require(self.cache_size_gb > 0, f"{s}.cache_size_gb must be positive")
+        _require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
+        _require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
+
+
+_SECTIONS: dict[str, type] = {
+    "audio": AudioConfig,
+    "frontend": FrontendConfig,
+    "augment": AugmentConfig,
+    "data": DataConfig,
+}
+
+
+def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
+    """Check one TOML value against the field's type hint and convert it."""
+    where = f"{section}.{name}"
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if is_union else (hint,)
+    if value is None and type(None) in options:
+        return None
+    if typing.get_origin(hint) is tuple or tuple in options:
+        _require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        return tuple(value)
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")
+
+
+def _section_from_dict(name: str, values: dict[str, Any]):
+    cls = _SECTIONS[name]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in [{name}]: {', '.join(unknown)}; allowed keys are {', '.join(sorted(known))}"
+        )
+    return cls(**{key: _coerce(name, key, hints[key], value) for key, value in values.items()})
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+
+
+@dataclass(frozen=True)
+class EchoConfig:
+    """All settings of the data path; the object passed down to every stage.
+
+    Examples
+    --------
+    >>> cfg = EchoConfig.from_dict({"audio": {"sample_rate": 32000}, "frontend": {"fmax": 12000}})
+    >>> cfg.audio.sample_rate
+    32000
+    >>> EchoConfig.from_dict({"frontend": {"fmax": 30000}})
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.ConfigError: frontend.fmax (30000.0 Hz) is above the Nyquist frequency ...
+    """
+
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def __post_init__(self) -> None:
+        nyquist = self.audio.sample_rate / 2
+        _require(
+            self.frontend.fmax <= nyquist,
+            f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
+            f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
+        )
+
+    # ---- dict / TOML ---------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (``None`` values omitted, as TOML has no null)."""
+        out: dict[str, Any] = {"version": CONFIG_VERSION}
+        for name in _SECTIONS:
+            out[name] = _drop_none(dataclasses.asdict(getattr(self, name)))
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EchoConfig:
+        """Build a config from a nested dict; missing keys take defaults."""
+        values = dict(values)
+        version = values.pop("version", CONFIG_VERSION)
+        _require(version == CONFIG_VERSION, f"config version {version} is not supported (expected {CONFIG_VERSION})")
+        unknown = sorted(set(values) - set(_SECTIONS))
+        _require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+        sections = {}
+        for name, section_values in values.items():
+            _require(isinstance(section_values, dict), f"[{name}] must be a table of keys")
+            sections[name] = _section_from_dict(name, section_values)
+        return cls(**sections)
+
+    @classmethod
+    def load(cls, path: str | Path) -> EchoConfig:
+        """Read a TOML file written by :meth:`save` (or by hand)."""
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        try:
+            return cls.from_dict(values)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the config as TOML and return the path."""
+        path = Path(path)
+        path.write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
+        return path
+
+    # ---- derived ---------------------------------------------------------
+    def replace(self, **sections: dict[str, Any]) -> EchoConfig:
+        """A copy with some keys of some sections changed.
+
+        Values are checked as if they came from a TOML file.
+        """
+        merged = self.to_dict()
+        for name, changes in sections.items():
+            _require(name in _SECTIONS, f"unknown section {name!r}; allowed: {', '.join(_SECTIONS)}")
+            merged[name] = {**merged[name], **_drop_none(changes)}
+            for key, value in changes.items():
+                if value is None:
+                    merged[name].pop(key, None)
+        return EchoConfig.from_dict(merged)
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named sections (all when none are named).
+
+        Two configs with the same fingerprint produce the same features, so
+        the feature cache uses it in its keys.
+        """
+        names = sections or tuple(_SECTIONS)
+        payload = {name: self.to_dict()[name] for name in names}
+        blob = json.dumps(payload, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]

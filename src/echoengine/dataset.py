@@ -1,0 +1,220 @@
+"""Torch datasets and loaders over a catalog: (image, one-hot label) pairs.
+
+Training items are augmented variants: each epoch, :class:`VariantSampler`
+draws for every sample one of ``augment.variants`` variants, and variant
+``k`` (its random crop, waveform augmentation, masks and rotation) is a pure
+function of ``(augment.seed, k, sample)``, so it can be cached and is
+identical when computed again. Evaluation items are the clean, fixed windows
+of each file (hop = clip length, last one padded), never augmented.
+
+Examples
+--------
+>>> import tempfile
+>>> from echoengine.synthetic import make_dataset
+>>> from echoengine.catalog import load_catalog
+>>> root = make_dataset(tempfile.mkdtemp(), classes=2, files_per_class=2, seed=0)
+>>> cfg = EchoConfig()
+>>> data = ClipDataset(load_catalog(root), ["synthetic-trill", "synthetic-upsweep"], cfg, train=False)
+>>> image, target = data[0]
+>>> tuple(image.shape), target.tolist()
+((3, 260, 260), [1.0, 0.0])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from echoengine import audio
+from echoengine.augment import WaveformAugmenter, rotate, spec_augment, variant_seed
+from echoengine.cache import FeatureCache
+from echoengine.clips import pad_to_length, random_start, window_starts
+from echoengine.config import EchoConfig
+from echoengine.errors import DataError
+from echoengine.features import MelFrontend
+
+__all__ = ["ClipDataset", "VariantSampler", "make_loader"]
+
+
+class ClipDataset(Dataset):
+    """Model inputs of the samples of a catalog.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A catalog (``path``, ``label`` columns; ``duration`` when scanned).
+    classes : sequence of str
+        Output order of the one-hot labels; an empty label gives all zeros.
+    config : EchoConfig
+    train : bool
+        Augmented random crops (items are ``(index, variant)``) or clean
+        fixed windows (items are integers).
+    cache : FeatureCache, optional
+    """
+
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        classes: Sequence[str],
+        config: EchoConfig,
+        *,
+        train: bool,
+        cache: FeatureCache | None = None,
+    ) -> None:
+        self.config = config
+        self.train = train
+        self.cache = cache
+        self.classes = list(classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        unknown = sorted(set(table["label"]) - set(index) - {""})
+        if unknown:
+            raise DataError(f"labels not among the classes: {', '.join(map(repr, unknown))}")
+        self.paths = table["path"].tolist()
+        self.targets = [index.get(label, -1) for label in table["label"]]
+        self.sample_rate = config.audio.sample_rate
+        self.clip_samples = config.audio.clip_samples
+        durations = table["duration"] if "duration" in table else [audio.info(p).duration for p in self.paths]
+        self.lengths = [round(d * self.sample_rate) for d in durations]
+        if train:
+            self.items = [(row, -1) for row in range(len(self.paths))]
+        else:
+            self.items = [
+                (row, int(start))
+                for row, n in enumerate(self.lengths)
+                for start in window_starts(n, length=self.clip_samples, hop=self.clip_samples)
+            ]
+        self.frontend = MelFrontend.from_config(config)
+        self.augmenter = WaveformAugmenter(config.augment, sample_rate=self.sample_rate) if train else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def rows(self) -> np.ndarray:
+        """The catalog row of every item (several per row for windowed evaluation)."""
+        return np.array([row for row, _ in self.items], dtype=np.int64)
+
+    def one_hot(self, row: int) -> torch.Tensor:
+        target = torch.zeros(len(self.classes), dtype=torch.float32)
+        if self.targets[row] >= 0:
+            target[self.targets[row]] = 1.0
+        return target
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, variant = item if isinstance(item, tuple) else (item, 0)
+        row, start = self.items[index]
+        if not self.train:
+            variant = -1
+        image = self._cached_image(row, start, variant)
+        channels = self.config.frontend.image_channels
+        return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1), self.one_hot(row)
+
+    def _cached_image(self, row: int, start: int, variant: int) -> np.ndarray:
+        path = self.paths[row]
+        key = None
+        if self.cache is not None:
+            key = self.cache.key(path, start=start, length=self.clip_samples, variant=variant)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        image = self.compute_image(row, start, variant)
+        if key is not None:
+            self.cache.put(key, image)
+        return image
+
+    def compute_image(self, row: int, start: int, variant: int) -> np.ndarray:
+        """The one-channel image of a clip: clean window ``start``, or augmented variant."""
+        path, length = self.paths[row], self.clip_samples
+        rng = None
+        if variant >= 0:
+            seed = variant_seed(self.config.augment.seed, variant, path)
+            rng = np.random.default_rng(seed)
+            start = random_start(self.lengths[row], length=length, rng=rng)
+        y = audio.load(path, self.config.audio, offset=start / self.sample_rate, duration=length / self.sample_rate)
+        y = pad_to_length(y, length=length, where=self.config.audio.pad if rng is not None else "end", rng=rng)
+        if rng is not None and self.augmenter is not None:
+            y = self.augmenter(y, seed=int(rng.integers(2**62)))
+        with torch.inference_mode():
+            spec = self.frontend.spectrogram(torch.from_numpy(y).unsqueeze(0))
+            if rng is not None:
+                spec = self._augment_spectrogram(spec, rng)
+            image = self.frontend.image(spec)[:, 0]
+            if rng is not None:
+                image = self._rotate(image, rng)
+        return image[0].numpy()
+
+    def _augment_spectrogram(self, spec: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        cfg = self.config.augment
+        if cfg.specaugment_p > 0 and rng.random() < cfg.specaugment_p:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            spec = spec_augment(
+                spec[0], time_masks=cfg.time_masks, time_mask_fraction=cfg.time_mask_fraction,
+                freq_masks=cfg.freq_masks, freq_mask_fraction=cfg.freq_mask_fraction, generator=generator,
+            ).unsqueeze(0)
+        return spec
+
+    def _rotate(self, image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        cfg = self.config.augment
+        if cfg.rotation_p > 0 and rng.random() < cfg.rotation_p:
+            image = rotate(image, degrees=float(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees)))
+        return image.clamp(0.0, 1.0)
+
+
+class VariantSampler(Sampler):
+    """Shuffled ``(index, variant)`` pairs, different every epoch, reproducible from a seed.
+
+    Examples
+    --------
+    >>> sampler = VariantSampler(3, variants=20, seed=0)
+    >>> first, second = list(sampler), list(sampler)
+    >>> sorted(i for i, _ in first), first == second
+    ([0, 1, 2], False)
+    >>> sampler.set_epoch(0); list(sampler) == first
+    True
+    """
+
+    def __init__(self, size: int, *, variants: int, seed: int) -> None:
+        self.size, self.variants, self.seed = size, variants, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration that of epoch ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        order = rng.permutation(self.size)
+        variants = rng.integers(0, self.variants, size=self.size)
+        return iter(zip(order.tolist(), variants.tolist()))
+
+
+def _single_thread_worker(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = None) -> DataLoader:
+    """A DataLoader with the config's batch size and workers.
+
+    Training datasets get a :class:`VariantSampler`; evaluation datasets are
+    read in order.
+    """
+    sampler = None
+    if dataset.train:
+        seed = config.augment.seed if seed is None else seed
+        sampler = VariantSampler(len(dataset), variants=config.augment.variants, seed=seed)
+    workers = config.data.num_workers
+    return DataLoader(
+        dataset,
+        batch_size=config.data.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=workers,
+        worker_init_fn=_single_thread_worker if workers else None,
+    )
