@@ -35,7 +35,7 @@ __all__ = ["AudioInfo", "check", "info", "load", "mix_to_mono", "resample"]
 
 # Frames of context read on each side of a time range, so that the resampling
 # filter sees real samples at the range edges rather than an abrupt cut.
-_RESAMPLE_CONTEXT_FRAMES = 512
+_RESAMPLE_CONTEXT_FRAMES = 2048
 # Frames decoded at a time when a whole file is checked.
 _CHECK_BLOCK_FRAMES = 1 << 20
 
@@ -179,20 +179,43 @@ def load(
         sr, total = f.samplerate, f.frames
         if total <= 0:
             raise AudioError(path, "zero-length audio (the header lists no samples)")
-        start = min(round(offset * sr), total)
-        stop = total if duration is None else min(start + round(duration * sr), total)
-        context = _RESAMPLE_CONTEXT_FRAMES if sr != config.sample_rate else 0
-        read_start, read_stop = max(start - context, 0), min(stop + context, total)
+        first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, total, offset, duration)
         y = _read_frames(f, path, read_start, read_stop)
     y = _to_mono(y, path, config.channel)
     if not math.isfinite(float(y.sum(dtype=np.float64))):
         raise AudioError(path, "contains non-finite samples (NaN or inf)")
     y = resample(y, orig_sr=sr, target_sr=config.sample_rate, quality=config.resample_quality)
-    if context:
-        ratio = config.sample_rate / sr
-        first = round((start - read_start) * ratio)
-        y = y[first : first + round((stop - start) * ratio)]
+    if first or count is not None:
+        y = y[first : None if count is None else first + count]
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _plan_range(
+    sr: int, target_sr: int, total: int, offset: float, duration: float | None
+) -> tuple[int, int | None, int, int]:
+    """Which input frames to decode for an output range, and where it sits in their resampled output.
+
+    Returns ``(first, count, read_start, read_stop)``: decode input frames
+    ``[read_start, read_stop)``, resample, and keep ``count`` output samples
+    from ``first`` (``count`` None: to the end). Reading starts on an input
+    frame that falls exactly on an output sample, with some context before
+    and after, so a range equals the same range of the whole file resampled.
+    """
+    if sr == target_sr:
+        start = min(round(offset * sr), total)
+        stop = total if duration is None else min(start + round(duration * sr), total)
+        return 0, None, start, stop
+    out_total = math.ceil(total * target_sr / sr)
+    out_start = min(round(offset * target_sr), out_total)
+    out_stop = out_total if duration is None else min(out_start + round(duration * target_sr), out_total)
+    if out_start == 0 and out_stop == out_total:
+        return 0, None, 0, total
+    step = sr // math.gcd(sr, target_sr)  # input frames per exact output-aligned position
+    wanted_start = out_start * sr / target_sr - _RESAMPLE_CONTEXT_FRAMES
+    read_start = max(int(wanted_start // step) * step, 0)
+    read_stop = min(math.ceil(out_stop * sr / target_sr) + _RESAMPLE_CONTEXT_FRAMES, total)
+    first = out_start - read_start * target_sr // sr
+    return first, out_stop - out_start, read_start, read_stop
 
 
 def _read_frames(f: sf.SoundFile, path: str | Path, start: int, stop: int) -> np.ndarray:
@@ -202,7 +225,8 @@ def _read_frames(f: sf.SoundFile, path: str | Path, start: int, stop: int) -> np
             f.seek(start)
         y = f.read(stop - start, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError) as exc:
-        raise AudioError(path, f"corrupt or truncated audio data ({exc})") from None
+        detail = str(exc).removeprefix("Error : ").rstrip(".")
+        raise AudioError(path, f"corrupt or truncated audio data ({detail})") from None
     if len(y) < stop - start:
         raise AudioError(
             path, f"truncated: the header lists {f.frames} frames but decoding stopped at frame {start + len(y)}"

@@ -26,7 +26,7 @@ Examples
 >>> cache.get(key) is None
 True
 >>> cache.put(key, np.full((4, 4), 0.5, dtype="float32"))
->>> float(cache.get(key)[0, 0])
+>>> round(float(cache.get(key)[0, 0]), 4)
 0.5
 """
 

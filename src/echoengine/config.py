@@ -49,6 +49,7 @@ __all__ = [
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 CONFIG_VERSION = 1
+_NONE = "none"  # how an unset optional value is written in TOML
 
 
 def _require(condition: bool, message: str) -> None:
@@ -330,7 +331,7 @@ def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
     where = f"{section}.{name}"
     is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
     options = typing.get_args(hint) if is_union else (hint,)
-    if value is None and type(None) in options:
+    if type(None) in options and (value is None or value == _NONE):
         return None
     if typing.get_origin(hint) is tuple or tuple in options:
         _require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
@@ -360,8 +361,9 @@ def _section_from_dict(name: str, values: dict[str, Any]):
     return cls(**{key: _coerce(name, key, hints[key], value) for key, value in values.items()})
 
 
-def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None}
+def _to_toml_values(values: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: ``None`` is written as the string ``"none"``, tuples as lists."""
+    return {k: _NONE if v is None else list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
 @dataclass(frozen=True)
@@ -394,10 +396,10 @@ class EchoConfig:
 
     # ---- dict / TOML ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain dict (``None`` values omitted, as TOML has no null)."""
+        """Nested plain dict, TOML-ready (``None`` is written as ``"none"``)."""
         out: dict[str, Any] = {"version": CONFIG_VERSION}
         for name in _SECTIONS:
-            out[name] = _drop_none(dataclasses.asdict(getattr(self, name)))
+            out[name] = _to_toml_values(dataclasses.asdict(getattr(self, name)))
         return out
 
     @classmethod
@@ -444,10 +446,7 @@ class EchoConfig:
         merged = self.to_dict()
         for name, changes in sections.items():
             _require(name in _SECTIONS, f"unknown section {name!r}; allowed: {', '.join(_SECTIONS)}")
-            merged[name] = {**merged[name], **_drop_none(changes)}
-            for key, value in changes.items():
-                if value is None:
-                    merged[name].pop(key, None)
+            merged[name] = {**merged[name], **_to_toml_values(changes)}
         return EchoConfig.from_dict(merged)
 
     def fingerprint(self, *sections: str) -> str:

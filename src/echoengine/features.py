@@ -29,15 +29,19 @@ image_width``, min-max scaled to [0, 1] per example and repeated to
 The resize is a separable linear map computed once per input length
 (:func:`resize_matrix`). ``resize = "lanczos5"`` is the kernel the Echo
 pipeline named (``tf.image.resize(..., method="lanczos5")``). That call left
-TensorFlow's ``antialias`` at False, so when 1201 frames shrink to 260 rows
-each row looked at only the 10 frames nearest its centre and skipped the
-rest; with ``resize_antialias = True`` (our default) the kernel is stretched
-by the scale factor, as PIL and ``torch.nn.functional.interpolate(...,
-antialias=True)`` do, and every frame contributes. ``resize_antialias = False``
-reproduces the Echo pipeline's aliasing resize exactly. On real ESC-50 clips
-the two differ by a mean of about 0.03 on the [0, 1] image scale (measured by
-``bench/frontend.py``); our Lanczos kernel with ``a = 3`` matches PIL's
-``Image.LANCZOS`` to 1e-5 (``tests/test_features.py``).
+TensorFlow's ``antialias`` at False: when 1201 frames shrink to 260 rows,
+each row interpolates the 10 frames around its centre with a kernel sized
+for the input's spacing, so nothing is low-passed before the 4.6x shrink.
+The result aliases: how much a frame counts depends on where it falls
+between two rows (from 0.08 to 0.97 of a row, against 0.21 to 0.22 with
+antialiasing), so a short call can fade or stand out depending on its
+position. With ``resize_antialias = True`` (our default) the kernel is
+stretched by the shrink factor, as PIL and ``torch.nn.functional.interpolate(
+..., antialias=True)`` do. ``resize_antialias = False`` reproduces the Echo
+pipeline's resize. On real ESC-50 clips the two images differ by a mean of
+about 0.02 on the [0, 1] scale (``bench/frontend.py`` measures it); our
+Lanczos kernel with ``a = 3`` matches PIL's ``Image.LANCZOS`` to 1e-5
+(``tests/test_features.py``).
 
 Examples
 --------
@@ -132,7 +136,7 @@ def resize_matrix(n_in: int, n_out: int, *, method: str = "lanczos5", antialias:
     --------
     >>> m = resize_matrix(4, 2, method="bilinear")
     >>> m.round(3).tolist()
-    [[0.375, 0.5, 0.125, 0.0], [0.0, 0.125, 0.5, 0.375]]
+    [[0.429, 0.429, 0.143, 0.0], [0.0, 0.143, 0.429, 0.429]]
     >>> bool(np.allclose(resize_matrix(5, 5), np.eye(5)))
     True
     """
@@ -303,6 +307,10 @@ class MelFrontend(nn.Module):
         torch.Tensor, shape (batch, image_channels, image_height, image_width), in [0, 1]
         """
         batch, n_frames, n_mels = db.shape
+        # Min-max scaling ignores a shift; taking the maximum out first makes a
+        # constant input exactly zero, so float rounding in the resize cannot be
+        # blown up to the full [0, 1] range by the scaling.
+        db = db - db.amax(dim=(1, 2), keepdim=True)
         time_map, mel_map = self._resize_maps(n_frames, db.device)
         # One sparse product resizes the time axis of the whole batch.
         stacked = db.transpose(0, 1).reshape(n_frames, batch * n_mels)
@@ -311,7 +319,7 @@ class MelFrontend(nn.Module):
             resized = resized @ mel_map
         low = resized.amin(dim=(1, 2), keepdim=True)
         high = resized.amax(dim=(1, 2), keepdim=True)
-        scaled = (resized - low) / (high - low + 1e-7)
+        scaled = (resized - low) / (high - low).clamp_min(1e-6)
         return scaled.unsqueeze(1).expand(-1, self.config.image_channels, -1, -1)
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
