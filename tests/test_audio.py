@@ -70,7 +70,7 @@ def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(AudioError, match="file not found"):
         audio.load(tmp_path / "nope.wav")
     (tmp_path / "a.aiff").write_bytes(b"FORM")
-    with pytest.raises(AudioError, match="unsupported format '.aiff'"):
+    with pytest.raises(AudioError, match=r"unsupported format '\.aiff'"):
         audio.load(tmp_path / "a.aiff")
 
 

@@ -23,8 +23,10 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,6 +50,7 @@ __all__ = [
 ]
 
 COLUMNS = ["path", "label", "group"]
+logger = logging.getLogger("echoengine")
 
 
 def _group_of(name: str, pattern: re.Pattern | None) -> str:
@@ -191,7 +194,7 @@ def scan(
     Parameters
     ----------
     on_error : {"warn", "ignore", "raise"}
-        ``"warn"`` prints each error in one line, ``"raise"`` raises the first.
+        ``"warn"`` logs each error in one line, ``"raise"`` raises the first.
     progress : callable, optional
         Wraps the iterator of results (e.g. ``tqdm`` with ``total=``).
     """
@@ -212,7 +215,7 @@ def scan(
         raise errors[0]
     if on_error == "warn":
         for error in errors:
-            print(f"skipping {error}", flush=True)
+            logger.warning("skipping %s", error)
     ok = np.array([not isinstance(r, AudioError) for r in results], dtype=bool)
     usable = table[ok].reset_index(drop=True).copy()
     infos = [r for r in results if not isinstance(r, AudioError)]
@@ -222,45 +225,74 @@ def scan(
     return usable, errors
 
 
-def _require_groups_per_class(table: pd.DataFrame, needed: int, purpose: str) -> None:
+def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_classes: str) -> np.ndarray:
+    """Check that every class can sit on both sides of a split; the rows that can.
+
+    A class needs two source recordings to be both trained on and held out;
+    with fewer it is an error, or its rows are left out under
+    ``sparse_classes="drop"``. A class with fewer recordings than ``parts``
+    is kept, with a warning that it is missing from some parts.
+    """
     if table.empty:
         raise DataError(f"no samples to split for {purpose}")
     unlabelled = int((table["label"] == "").sum())
     if unlabelled:
         raise DataError(f"{unlabelled} sample(s) have no label; {purpose} needs a label for every sample")
     counts = table.groupby("label")["group"].nunique()
-    short = counts[counts < needed]
-    if len(short):
-        listing = ", ".join(f"{label!r} ({n})" for label, n in short.items())
+    single = counts[counts < 2]
+    if len(single) and sparse_classes != "drop":
+        listing = ", ".join(f"{label!r}" for label in single.index)
         raise DataError(
-            f"{purpose} needs at least {needed} source recordings per class; too few in: {listing}. "
-            "Add recordings, merge or drop those classes, or ask for fewer parts"
+            f"{purpose} needs at least 2 source recordings per class, to train on one and hold out another; "
+            f"only 1 in: {listing}. Add recordings, or leave such classes out with data.sparse_classes = 'drop' "
+            "(--sparse-classes drop)"
         )
+    if len(single):
+        logger.warning("left out of %s (a single source recording): %s", purpose, ", ".join(single.index))
+    few = counts[(counts >= 2) & (counts < parts)]
+    if len(few):
+        listing = ", ".join(f"{label} ({n})" for label, n in few.items())
+        logger.warning("%s: fewer source recordings than %d parts, so missing from some: %s", purpose, parts, listing)
+    return ~table["label"].isin(single.index).to_numpy()
 
 
 def _stratified_group_parts(table: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     """Assign each row to one of ``parts`` folds, stratified by label and grouped by group."""
     splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
     fold = np.empty(len(table), dtype=np.int64)
-    for index, (_, held_out) in enumerate(splitter.split(np.zeros(len(table)), table["label"], table["group"])):
-        fold[held_out] = index
+    with warnings.catch_warnings():  # "least populated class has only n members": reported above
+        warnings.simplefilter("ignore", UserWarning)
+        for index, (_, held_out) in enumerate(splitter.split(np.zeros(len(table)), table["label"], table["group"])):
+            fold[held_out] = index
     return fold
 
 
-def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0) -> np.ndarray:
-    """The fold (0 .. folds-1) of each row, stratified by label, grouped by source.
+def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0, sparse_classes: str = "error") -> np.ndarray:
+    """The fold (0 .. folds-1) of each row, stratified by label, grouped by source recording.
+
+    Rows of classes left out (``sparse_classes="drop"``) get -1.
 
     Raises
     ------
     DataError
-        A class has fewer source recordings than folds.
+        A class has a single source recording (and ``sparse_classes`` is
+        ``"error"``), or a sample has no label.
     """
-    _require_groups_per_class(table, folds, f"{folds}-fold cross-validation")
-    return _stratified_group_parts(table, folds, seed)
+    keep = _classes_to_hold_out(table, folds, f"{folds}-fold cross-validation", sparse_classes)
+    fold = np.full(len(table), -1, dtype=np.int64)
+    fold[keep] = _stratified_group_parts(table[keep], folds, seed)
+    return fold
 
 
-def split(table: pd.DataFrame, *, val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 0) -> np.ndarray:
-    """Assign each row to ``"train"``, ``"val"`` or ``"test"``.
+def split(
+    table: pd.DataFrame,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    sparse_classes: str = "error",
+) -> np.ndarray:
+    """Assign each row to ``"train"``, ``"val"`` or ``"test"`` (``"excluded"``: left out).
 
     Stratified by label and grouped by source recording; the fractions are
     met approximately, as whole groups move together. Deterministic for a
@@ -270,17 +302,15 @@ def split(table: pd.DataFrame, *, val_fraction: float = 0.15, test_fraction: flo
     -------
     np.ndarray of str, shape (rows,)
     """
-    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
-    _require_groups_per_class(table, needed, "a train/validation/test split")
-    names = np.full(len(table), "train", dtype=object)
-    remaining = np.arange(len(table))
+    parts = 1 + (val_fraction > 0) + (test_fraction > 0)
+    keep = _classes_to_hold_out(table, parts, "a train/validation/test split", sparse_classes)
+    names = np.where(keep, "train", "excluded").astype(object)
+    remaining = np.flatnonzero(keep)
     for name, fraction, share_left in (("test", test_fraction, 1.0), ("val", val_fraction, 1.0 - test_fraction)):
         if fraction <= 0:
             continue
-        parts = max(2, round(share_left / fraction))
-        subset = table.iloc[remaining]
-        _require_groups_per_class(subset, 2, f"the {name} split")
-        fold = _stratified_group_parts(subset, parts, seed)
+        n_parts = max(2, round(share_left / fraction))
+        fold = _stratified_group_parts(table.iloc[remaining], n_parts, seed)
         names[remaining[fold == 0]] = name
         remaining = remaining[fold != 0]
     return names

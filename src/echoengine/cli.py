@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from echoengine import catalog, synthetic
+from echoengine import catalog, runtime, synthetic
 from echoengine.config import EchoConfig
 from echoengine.dataset import ClipDataset
 from echoengine.errors import AudioError, EchoError
@@ -163,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    runtime.keep_freed_memory()
     try:
         return args.func(args)
     except EchoError as exc:

@@ -286,6 +286,10 @@ class DataConfig:
     on_error : str
         What to do with an unusable file: ``"warn"`` (one line, then skip),
         ``"ignore"`` (skip silently) or ``"raise"``.
+    sparse_classes : str
+        A class with a single source recording cannot be both trained on and
+        held out: ``"error"`` stops with a message naming it, ``"drop"``
+        leaves it out of splits and cross-validation.
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
@@ -300,6 +304,7 @@ class DataConfig:
     cache_size_gb: float = 4.0
     cache_identity: str = "stat"
     on_error: str = "warn"
+    sparse_classes: str = "error"
 
     def __post_init__(self) -> None:
         s = "data"
@@ -316,6 +321,7 @@ class DataConfig:
         _require(self.cache_size_gb > 0, f"{s}.cache_size_gb must be positive")
         _require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
         _require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
+        _require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
 
 
 _SECTIONS: dict[str, type] = {

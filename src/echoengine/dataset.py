@@ -36,6 +36,7 @@ from echoengine.clips import pad_to_length, random_start, window_starts
 from echoengine.config import EchoConfig
 from echoengine.errors import DataError
 from echoengine.features import MelFrontend
+from echoengine.runtime import keep_freed_memory
 
 __all__ = ["ClipDataset", "VariantSampler", "make_loader"]
 
@@ -197,6 +198,7 @@ class VariantSampler(Sampler):
 
 def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
+    keep_freed_memory()
 
 
 def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = None) -> DataLoader:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import warnings
 
 import librosa
@@ -68,13 +69,33 @@ from echoengine.config import EchoConfig, FrontendConfig
 
 __all__ = ["MelFrontend", "mel_filter_bank", "resize_matrix"]
 
-# Rows of (example, frame) processed at once on the CPU: large enough to
-# amortise per-call overhead, small enough for the spectra to stay in cache.
-_CPU_CHUNK_ROWS = 400
+# Frames processed at once on the CPU: enough to amortise per-call overhead,
+# few enough for their spectra to stay in the cache.
+_CPU_CHUNK_FRAMES = 300
 # Cosine-sum windows (a0 - a1 cos) that are applied in the frequency domain.
 _COSINE_WINDOWS = {"hann": (0.5, 0.5), "hamming": (0.54, 0.46)}
-# Diagonal blocks the mel filter bank is split into.
-_MEL_BLOCKS = 8
+# Cost of one more mel block, in multiply-adds per frame (a matmul call's overhead).
+_MEL_BLOCK_CALL_COST = 1000
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple[int, ...], *, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A reusable buffer of this thread, for large CPU temporaries.
+
+    glibc hands large blocks back to the kernel when they are freed, so a
+    fresh 1-MB temporary costs page faults on every call: more than the
+    arithmetic done in it. Buffers here live as long as the thread and grow
+    when needed. Only for use without autograd, and never returned to callers.
+    """
+    store = _SCRATCH.__dict__.setdefault("buffers", {})
+    key = (name, dtype, like.device, torch.is_inference_mode_enabled())
+    size = math.prod(shape)
+    buffer = store.get(key)
+    if buffer is None or buffer.numel() < size:
+        buffer = store[key] = torch.empty(size, dtype=dtype, device=like.device)
+    return buffer[:size].view(shape)
 
 
 def mel_filter_bank(config: FrontendConfig, *, sample_rate: int) -> np.ndarray:
@@ -156,19 +177,36 @@ def resize_matrix(n_in: int, n_out: int, *, method: str = "lanczos5", antialias:
     return matrix
 
 
-def _mel_blocks(filter_bank: np.ndarray, first_bin: int, n_blocks: int):
+def _mel_blocks(filter_bank: np.ndarray, first_bin: int, call_cost: int = _MEL_BLOCK_CALL_COST):
     """Split the filter bank into dense blocks along its diagonal.
+
+    Consecutive filters are grouped so that the blocks' total area plus
+    ``call_cost`` per block is smallest (dynamic programming over the cut
+    points): many narrow blocks where filters are narrow, few wide ones at
+    high frequencies.
 
     Yields ``(mel_start, mel_stop, bin_start, bin_stop, weights)`` with
     ``weights`` of shape (bin_stop - bin_start, mel_stop - mel_start) and bins
     counted from ``first_bin``.
     """
-    bounds = np.linspace(0, len(filter_bank), min(n_blocks, len(filter_bank)) + 1).astype(int)
+    n = len(filter_bank)
+    used = [np.flatnonzero(row) for row in filter_bank]
+    low = np.array([u[0] if len(u) else first_bin for u in used])
+    high = np.array([u[-1] + 1 if len(u) else first_bin + 1 for u in used])
+    best = np.zeros(n + 1)
+    cut = np.zeros(n + 1, dtype=np.int64)
+    for stop in range(1, n + 1):
+        starts = np.arange(stop)
+        spans = np.array([high[i:stop].max() - low[i:stop].min() for i in starts])
+        costs = best[:stop] + spans * (stop - starts) + call_cost
+        cut[stop] = int(np.argmin(costs))
+        best[stop] = costs[cut[stop]]
+    bounds = [n]
+    while bounds[-1] > 0:
+        bounds.append(int(cut[bounds[-1]]))
+    bounds = bounds[::-1]
     for m0, m1 in itertools.pairwise(bounds):
-        used = np.flatnonzero(filter_bank[m0:m1].any(axis=0))
-        if len(used) == 0:  # filters with no bin at all (too many mels for n_fft)
-            used = np.array([first_bin])
-        b0, b1 = int(used[0]), int(used[-1]) + 1
+        b0, b1 = int(low[m0:m1].min()), int(high[m0:m1].max())
         yield m0, m1, b0 - first_bin, b1 - first_bin, filter_bank[m0:m1, b0:b1].T.copy()
 
 
@@ -213,7 +251,7 @@ class MelFrontend(nn.Module):
             window = librosa.util.pad_center(window, size=config.n_fft)
             self.register_buffer("window", torch.as_tensor(window, dtype=torch.float32), persistent=False)
         self._blocks = []
-        for i, (m0, m1, b0, b1, weights) in enumerate(_mel_blocks(bank * scale, self._bin_start, _MEL_BLOCKS)):
+        for i, (m0, m1, b0, b1, weights) in enumerate(_mel_blocks(bank * scale, self._bin_start)):
             self.register_buffer(f"mel_block_{i}", torch.from_numpy(weights), persistent=False)
             self._blocks.append((m0, m1, b0, b1, f"mel_block_{i}"))
         self._resize_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -224,49 +262,81 @@ class MelFrontend(nn.Module):
         return cls(config.frontend, sample_rate=config.audio.sample_rate)
 
     # ---- spectrogram --------------------------------------------------------
-    def _frames(self, waveforms: torch.Tensor) -> torch.Tensor:
+    def _frames(self, waveforms: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
         """(batch, frames, n_fft) views of the padded waveforms."""
         cfg = self.config
         if cfg.center:
             half = cfg.n_fft // 2
-            waveforms = nn.functional.pad(waveforms.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
+            if reuse and cfg.pad_mode == "constant":
+                batch, length = waveforms.shape
+                padded = _scratch("padded", (batch, length + 2 * half), like=waveforms, dtype=torch.float32)
+                padded[:, :half] = 0.0
+                padded[:, half + length :] = 0.0
+                padded[:, half : half + length] = waveforms
+                waveforms = padded
+            else:
+                waveforms = nn.functional.pad(waveforms.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
         if waveforms.shape[-1] < cfg.n_fft:
             raise ValueError(f"waveform of {waveforms.shape[-1]} samples is shorter than n_fft={cfg.n_fft}")
         return waveforms.unfold(-1, cfg.n_fft, cfg.hop_length)
 
-    def _power_chunk(self, frames: torch.Tensor) -> torch.Tensor:
-        """|STFT|**power of the used bins for a chunk of frames (batch, frames, bins)."""
+    def _power(self, frames: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
+        """|STFT|**power of the used bins of frames (..., n_fft) -> (..., bins).
+
+        With ``reuse``, the temporaries are this thread's scratch buffers
+        (see :func:`_scratch`), so the result is only valid until the next call.
+        """
         lo, hi = self._bin_start, self._bin_stop
+        rows = tuple(frames.shape[:-1])
+
+        def buffer(name: str, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor | None:
+            return _scratch(name, shape, like=frames, dtype=dtype) if reuse else None
+
         if self._window_in_frequency:
-            spectrum = torch.view_as_real(torch.fft.rfft(frames)[..., lo - 1 : hi + 1])
-            neighbours = spectrum[..., :-2, :] + spectrum[..., 2:, :]
-            parts = torch.add(spectrum[..., 1:-1, :], neighbours, alpha=-self._neighbour_weight)
+            out = buffer("spectrum", (*rows, self.config.n_fft // 2 + 1), torch.complex64)
+            spectrum = torch.view_as_real(torch.fft.rfft(frames, out=out)[..., lo - 1 : hi + 1])
+            parts = torch.add(spectrum[..., :-2, :], spectrum[..., 2:, :], out=buffer("parts", (*rows, hi - lo, 2)))
+            torch.add(spectrum[..., 1:-1, :], parts, alpha=-self._neighbour_weight, out=parts)
         else:
-            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi])
-        parts = parts.square()
-        power = parts[..., 0] + parts[..., 1]
-        return power if self.config.power == 2.0 else power.pow(self.config.power / 2)
+            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi]).clone()
+        parts.square_()
+        power = torch.add(parts[..., 0], parts[..., 1], out=buffer("power", (*rows, hi - lo)))
+        return power if self.config.power == 2.0 else power.pow_(self.config.power / 2)
+
+    def _apply_mel(self, power: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the mel bands of power spectra (..., bins) into ``out`` (..., n_mels)."""
+        for m0, m1, b0, b1, name in self._blocks:
+            out[..., m0:m1] = power[..., b0:b1] @ getattr(self, name)
 
     def mel_power(self, waveforms: torch.Tensor) -> torch.Tensor:
-        """Mel spectrogram (power), laid out (batch, frames, n_mels)."""
-        frames = self._frames(waveforms.to(torch.float32))
+        """Mel spectrogram (power), laid out (batch, frames, n_mels).
+
+        On the CPU each example is processed in chunks of frames that stay in
+        the cache; on a GPU the whole batch at once.
+        """
+        waveforms = waveforms.to(torch.float32)
+        on_cpu = waveforms.device.type == "cpu"
+        reuse = on_cpu and not torch.is_grad_enabled()
+        frames = self._frames(waveforms, reuse=reuse)
         batch, n_frames = frames.shape[:2]
         out = frames.new_empty(batch, n_frames, self.config.n_mels)
-        step = max(_CPU_CHUNK_ROWS // batch, 1) if frames.device.type == "cpu" else n_frames
-        for start in range(0, n_frames, step):
-            power = self._power_chunk(frames[:, start : start + step])
-            chunk = out[:, start : start + step]
-            for m0, m1, b0, b1, name in self._blocks:
-                chunk[..., m0:m1] = power[..., b0:b1] @ getattr(self, name)
+        if not on_cpu:
+            self._apply_mel(self._power(frames), out)
+            return out
+        for example in range(batch):
+            for start in range(0, n_frames, _CPU_CHUNK_FRAMES):
+                stop = min(start + _CPU_CHUNK_FRAMES, n_frames)
+                self._apply_mel(self._power(frames[example, start:stop], reuse=reuse), out[example, start:stop])
         return out
 
     def _to_db(self, mel: torch.Tensor) -> torch.Tensor:
+        """``librosa.power_to_db``, per example, in place."""
         cfg = self.config
-        db = mel.clamp_min(cfg.amin).log10_().mul_(10.0)
-        db -= 10.0 * math.log10(max(cfg.amin, cfg.ref))
+        db = mel.clamp_min_(cfg.amin).log10_().mul_(10.0)
+        if cfg.ref != 1.0:
+            db -= 10.0 * math.log10(max(cfg.amin, cfg.ref))
         if cfg.top_db is not None:
-            floor = db.amax(dim=(1, 2), keepdim=True) - cfg.top_db
-            db = torch.maximum(db, floor)
+            db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - cfg.top_db, out=db)
         return db
 
     def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,93 @@
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from echoengine import catalog
+from echoengine.errors import AudioError, DataError
+
+
+def _touch_audio(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, np.zeros(4800, np.float32), 48000)
+
+
+def test_folder_per_class(tmp_path):
+    for name in ["zebra/b.wav", "zebra/a.flac", "Élan/x.ogg", "蛙/sub/y.wav", ".hidden/z.wav", "zebra/.dot.wav"]:
+        _touch_audio(tmp_path / name)
+    (tmp_path / "zebra" / "notes.txt").write_text("not audio")
+    table = catalog.from_folder(tmp_path)
+    assert catalog.class_names(table) == sorted(["zebra", "Élan", "蛙"])
+    assert len(table) == 4
+    assert table.loc[table["label"] == "zebra", "path"].str.endswith(("a.flac", "b.wav")).all()
+
+
+def test_group_regex(tmp_path):
+    for name in ["owl/site1_001.wav", "owl/site1_002.wav", "owl/site2_001.wav"]:
+        _touch_audio(tmp_path / name)
+    table = catalog.from_folder(tmp_path, group_regex=r"^(site\d+)_")
+    assert table["group"].nunique() == 2
+    with pytest.raises(DataError, match="does not match the file name"):
+        catalog.from_folder(tmp_path, group_regex=r"^rec(\d+)")
+
+
+def test_esc50_csv_and_folder(esc50):
+    from_folder = catalog.load_catalog(esc50)
+    from_csv = catalog.load_catalog(esc50 / "meta" / "esc50.csv")
+    pd.testing.assert_frame_equal(from_folder, from_csv)
+    assert len(from_csv) == 414 and len(catalog.class_names(from_csv)) == 50
+    assert from_csv["group"].nunique() < 414  # clips of one src_file share a group
+
+
+def test_kfold_never_leaks_a_source_recording(esc50, caplog):
+    table = catalog.load_catalog(esc50)
+    with pytest.raises(DataError, match="only 1 in: 'washing_machine'"):
+        catalog.kfold(table, folds=5)
+    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    assert "hand_saw (3)" in caplog.text  # warned: missing from some folds
+    kept = table.assign(fold=folds)[folds >= 0]
+    assert set(table.label) - set(kept.label) == {"washing_machine"}
+    assert sorted(set(kept.fold)) == [0, 1, 2, 3, 4]
+    assert (kept.groupby("group")["fold"].nunique() == 1).all()
+    # stratified: every class with 5 or more recordings sits in every fold
+    groups = kept.groupby("label")["group"].nunique()
+    spread = kept.groupby("label")["fold"].nunique()
+    assert (spread[groups >= 5] == 5).all() and (spread == np.minimum(groups, 5)).all()
+    np.testing.assert_array_equal(folds, catalog.kfold(table, folds=5, seed=0, sparse_classes="drop"))
+    assert not np.array_equal(folds, catalog.kfold(table, folds=5, seed=1, sparse_classes="drop"))
+
+
+def test_train_val_test_split_is_grouped_and_near_the_fractions(esc50):
+    table = catalog.load_catalog(esc50)
+    parts = catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0, sparse_classes="drop")
+    assert set(table.label[parts == "excluded"]) == {"washing_machine"}
+    table, parts = table[parts != "excluded"], parts[parts != "excluded"]
+    shares = pd.Series(parts).value_counts(normalize=True)
+    assert 0.6 < shares["train"] < 0.8 and 0.08 < shares["val"] < 0.22 and 0.08 < shares["test"] < 0.22
+    assert (table.assign(part=parts).groupby("group")["part"].nunique() == 1).all()
+    np.testing.assert_array_equal(parts, catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0))
+
+
+def test_a_class_with_one_recording_is_an_error_that_says_so():
+    table = pd.DataFrame({"path": [f"{i}.wav" for i in range(12)],
+                          "label": ["frog"] * 9 + ["bat"] * 3,
+                          "group": [f"g{i}" for i in range(9)] + ["b0", "b0", "b0"]})
+    with pytest.raises(DataError, match=r"at least 2 source recordings per class.*only 1 in: 'bat'.*drop"):
+        catalog.kfold(table, folds=5)
+    with pytest.raises(DataError, match="only 1 in: 'bat'"):
+        catalog.split(table)
+    assert (catalog.kfold(table, folds=3, sparse_classes="drop")[9:] == -1).all()
+    with pytest.raises(DataError, match="no label"):
+        catalog.kfold(table.assign(label=""), folds=3)
+
+
+def test_scan_keeps_good_files_and_reports_bad_ones(bad_corpus, caplog):
+    root, expected = bad_corpus
+    usable, errors = catalog.scan(catalog.from_folder(root), on_error="warn")
+    good = sorted(name for name, words in expected.items() if words is None)
+    assert sorted(p.rsplit("/", 1)[-1] for p in usable["path"]) == good
+    assert len(errors) == len(expected) - len(good)
+    assert len(caplog.records) == len(errors)
+    assert all(r.getMessage().startswith("skipping ") and "\n" not in r.getMessage() for r in caplog.records)
+    with pytest.raises(AudioError):
+        catalog.scan(catalog.from_folder(root), on_error="raise")

@@ -1,0 +1,67 @@
+import shutil
+import subprocess
+
+import numpy as np
+from PIL import Image
+
+from echoengine.cli import main
+from echoengine.config import EchoConfig
+
+
+def test_inspect_lists_bad_files_and_goes_on(bad_corpus, capsys):
+    root, expected = bad_corpus
+    assert main(["inspect", str(root)]) == 0
+    out = capsys.readouterr().out
+    bad = [name for name, words in expected.items() if words]
+    assert f"files: {len(expected)} ({len(expected) - len(bad)} usable, {len(bad)} unreadable)" in out
+    for name, words in expected.items():
+        if words:
+            line = next(line for line in out.splitlines() if name in line)
+            assert words in line
+    assert "8 channels (1)" in out and "384000 Hz (1)" in out
+
+
+def test_inspect_fails_only_when_nothing_is_usable(tmp_path, capsys):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "broken.wav").write_text("not audio")
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert "no usable audio files" in capsys.readouterr().err
+    assert main(["inspect", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_inspect_real_esc50(esc50, capsys):
+    assert main(["inspect", str(esc50 / "audio")]) == 0  # a flat folder: unlabelled files
+    flat = capsys.readouterr().out
+    assert "files: 414 (414 usable, 0 unreadable)" in flat and "unlabelled" in flat
+    assert main(["inspect", str(esc50 / "meta" / "esc50.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "classes: 50" in out and "44100 Hz (414)" in out and "mono (414)" in out
+    assert "groups (source recordings): " in out
+
+
+def test_preview_writes_a_grid_of_model_inputs(synthetic_dataset, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["preview", str(synthetic_dataset), "--out", str(out), "--n", "8"]) == 0
+    image = np.asarray(Image.open(out).convert("L"), dtype=np.float32)
+    assert image.shape[0] > 400 and image.shape[1] > 800 and image.std() > 20
+    assert main(["preview", str(synthetic_dataset), "--out", str(tmp_path / "aug.png"), "--augment"]) == 0
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_config_prints_toml_that_loads(tmp_path, capsys):
+    assert main(["config", "--out", str(tmp_path / "c.toml")]) == 0
+    assert EchoConfig.load(tmp_path / "c.toml") == EchoConfig()
+    (tmp_path / "bad.toml").write_text("[frontend]\nfmax = 99999\n")
+    assert main(["inspect", str(tmp_path), "--config", str(tmp_path / "bad.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Nyquist" in err and len(err.strip().splitlines()) == 1
+
+
+def test_console_script_is_installed(tmp_path):
+    exe = shutil.which("echoengine")
+    assert exe, "the echoengine console script is not on PATH: install the package (pip install -e .)"
+    done = subprocess.run([exe, "synth", str(tmp_path / "demo"), "--classes", "2", "--files-per-class", "2"],
+                          capture_output=True, text=True, check=True)
+    assert "SYNTHETIC" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir())[:2] == ["README.txt", "synthetic-trill"]
