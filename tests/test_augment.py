@@ -66,8 +66,22 @@ def test_rotation_is_small_and_keeps_the_centre():
 
 
 def test_mixup_mixes_inputs_and_targets_alike():
-    inputs = torch.eye(4)
-    targets = torch.eye(4)
+    inputs = torch.arange(8, dtype=torch.float32).reshape(8, 1) * 10  # example i holds 10 i
+    targets = torch.eye(8)
     mixed_x, mixed_y = mixup(inputs, targets, alpha=0.4, rng=np.random.default_rng(0))
-    assert torch.allclose(mixed_x, mixed_y)
-    assert torch.allclose(mixed_y.sum(dim=1), torch.ones(4))
+    assert torch.allclose(mixed_y.sum(dim=1), torch.ones(8))
+    # each input is the same blend of examples as its target says
+    assert torch.allclose(mixed_x[:, 0], mixed_y @ inputs[:, 0], atol=1e-5)
+    assert (mixed_y.max(dim=1).values < 0.999).sum() >= 4  # most examples really are mixed
+
+
+def test_variants_are_the_same_when_computed_from_several_threads(rng):
+    from concurrent.futures import ThreadPoolExecutor
+
+    y = _signal(rng)
+    augment = WaveformAugmenter(AugmentConfig(noise_p=1, shift_p=1, time_stretch_p=0.5), sample_rate=16000)
+    seeds = [variant_seed(0, k, "a.wav") for k in range(16)]
+    serial = [augment(y, seed=s) for s in seeds]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(lambda s: augment(y, seed=s), seeds))
+    assert all(np.array_equal(a, b) for a, b in zip(serial, threaded))

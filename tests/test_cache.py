@@ -50,6 +50,8 @@ def test_augmentation_settings_key_augmented_variants_only(tmp_path):
     assert key(config, -1) == key(augmented, -1)
     assert key(config, 3) != key(augmented, 3)
     assert key(config, 3) != key(config, 4)
+    # settings that act after the cache or only choose among variants do not invalidate it
+    assert key(config, 3) == key(config.replace(augment={"variants": 5, "mixup_p": 0.5}), 3)
 
 
 def test_a_changed_file_is_not_served_stale_features(tmp_path):
@@ -64,7 +66,13 @@ def test_a_changed_file_is_not_served_stale_features(tmp_path):
     after = _dataset(data, config, cache)[0][0]
     assert not torch.allclose(before, after, atol=1e-3)
     content = FeatureCache(tmp_path / "cache2", config.replace(data={"cache_identity": "content"}))
-    assert content.key(data / "a" / "x.wav", start=0, length=1, variant=-1).count("content:") == 1
+    before_key = content.key(data / "a" / "x.wav", start=0, length=1, variant=-1)
+    _write(data, 2)  # edited while the same cache object is in use
+    assert content.key(data / "a" / "x.wav", start=0, length=1, variant=-1) != before_key
+    # a byte-identical copy elsewhere has the same content identity
+    (tmp_path / "copy.wav").write_bytes((data / "a" / "x.wav").read_bytes())
+    copy_key = content.key(tmp_path / "copy.wav", start=0, length=1, variant=-1)
+    assert copy_key == content.key(data / "a" / "x.wav", start=0, length=1, variant=-1)
 
 
 def test_cache_is_shared_by_dataloader_workers(tmp_path, synthetic_dataset):

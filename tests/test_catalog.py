@@ -91,3 +91,22 @@ def test_scan_keeps_good_files_and_reports_bad_ones(bad_corpus, caplog):
     assert all(r.getMessage().startswith("skipping ") and "\n" not in r.getMessage() for r in caplog.records)
     with pytest.raises(AudioError):
         catalog.scan(catalog.from_folder(root), on_error="raise")
+
+
+def test_a_recording_split_over_class_folders_stays_in_one_fold(tmp_path):
+    for label in ["owl", "frog"]:
+        for rec in range(4):
+            for clip in range(2):
+                _touch_audio(tmp_path / label / f"rec{rec}_{clip}.wav")
+    table = catalog.from_folder(tmp_path, group_regex=r"^(rec\d+)_")
+    assert table["group"].nunique() == 4
+    folds = catalog.kfold(table, folds=2, seed=0)
+    assert (table.assign(fold=folds).groupby("group")["fold"].nunique() == 1).all()
+
+
+def test_too_small_datasets_give_a_data_error():
+    table = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": ["x", "x", "y", "y"], "group": ["1", "2", "3", "4"]})
+    with pytest.raises(DataError, match="cannot make 5 parts from 4 source recording"):
+        catalog.kfold(table, folds=5)
+    with pytest.raises(DataError, match="parts"):
+        catalog.split(table, test_fraction=0.1, val_fraction=0.1)

@@ -58,6 +58,19 @@ def test_config_prints_toml_that_loads(tmp_path, capsys):
     assert err.startswith("error: ") and "Nyquist" in err and len(err.strip().splitlines()) == 1
 
 
+def test_user_errors_are_one_line_not_tracebacks(synthetic_dataset, tmp_path, capsys):
+    cases = [
+        ["synth", str(tmp_path / "x"), "--classes", "9"],
+        ["preview", str(synthetic_dataset), "--n", "0"],
+        ["config", "--out", str(tmp_path / "no" / "such" / "folder.toml")],
+        ["inspect", str(synthetic_dataset), "--config", str(tmp_path)],
+    ]
+    for argv in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_console_script_is_installed(tmp_path):
     exe = shutil.which("echoengine")
     assert exe, "the echoengine console script is not on PATH: install the package (pip install -e .)"

@@ -36,6 +36,11 @@ def test_windows_cover_every_sample(n_samples, length, hop):
     assert starts[-1] < n_samples  # no window entirely past the end
 
 
+def test_a_hop_longer_than_the_window_is_refused():
+    with pytest.raises(ValueError, match="hop <= length"):
+        window_starts(250, length=100, hop=300)
+
+
 def test_fixed_windows_pad_the_last_one():
     y = np.arange(1, 251, dtype=np.float32)
     windows, starts = fixed_windows(y, length=100, hop=100)

@@ -35,6 +35,11 @@ def test_toml_round_trip(tmp_path):
         ({"augment": {"noise_p": 1.5}}, "probability"),
         ({"augment": {"time_stretch_min_rate": 2.0}}, "above maximum"),
         ({"data": {"on_error": "explode"}}, "on_error"),
+        ({"data": {"extensions": [".aiff"]}}, "extensions"),
+        ({"augment": {"seed": -1}}, "augment.seed"),
+        ({"frontend": {"window": "hannn"}}, "frontend.window"),
+        ({"audio": {"clip_seconds": 0.01}, "frontend": {"pad_mode": "reflect"}}, "reflect"),
+        ({"audio": {"clip_seconds": 0.01}, "frontend": {"center": False}}, "center = false"),
     ],
 )
 def test_invalid_values_are_named(changes, words):

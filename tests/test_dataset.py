@@ -31,7 +31,8 @@ def test_augmentation_only_in_training_and_variants_are_reproducible(synthetic_d
     variant_3 = train[(0, 3)][0]
     assert torch.equal(variant_3, train[(0, 3)][0])
     assert not torch.allclose(variant_3, train[(0, 4)][0])
-    assert torch.equal(clean[0][0], clean[0][0])
+    assert clean.train is False and not torch.allclose(clean[0][0], variant_3, atol=1e-3)
+    assert torch.equal(clean[0][0], clean[(0, 3)][0])  # evaluation ignores any variant asked for
     # the same variant comes back from the cache unchanged
     cached = ClipDataset(table, classes, config, train=True, cache=FeatureCache(tmp_path, config))
     assert torch.allclose(cached[(0, 3)][0], variant_3, atol=1e-4)

@@ -67,6 +67,18 @@ def test_matches_librosa_within_0_01_db_on_real_clips(esc50, soundscapes):
     assert max_db_error(np.stack(clips), config) <= 0.01
 
 
+def test_gradients_flow_and_batches_do_not_change_results(rng):
+    frontend = MelFrontend.from_config(EchoConfig())
+    x = torch.from_numpy(rng.normal(0, 0.1, (3, 48000)).astype(np.float32))
+    with torch.inference_mode():
+        one_by_one = torch.cat([frontend.mel_db(x[i : i + 1]) for i in range(3)])
+        together = frontend.mel_db(x)
+    assert torch.allclose(one_by_one, together, atol=1e-4)
+    x.requires_grad_(True)
+    frontend(x).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_silence_gives_a_black_image_not_noise():
     images = MelFrontend.from_config(EchoConfig())(torch.zeros(2, 240000))
     assert float(images.abs().max()) == 0.0

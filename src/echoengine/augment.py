@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import math
 import random
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -58,18 +59,26 @@ def variant_seed(seed: int, variant: int, key: str) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
+_GLOBAL_RNG_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _seeded_global_rngs(seed: int) -> Iterator[None]:
-    """Seed Python's and NumPy's global generators, restoring them on exit."""
+    """Seed Python's and NumPy's global generators, restoring them on exit.
+
+    A lock makes the seeded section exclusive, so that threads augmenting at
+    the same time neither see nor disturb each other's draws.
+    """
     # audiomentations has no generator argument: its global ones are the only way in.
-    py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002
-    try:
-        yield
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)  # noqa: NPY002
+    with _GLOBAL_RNG_LOCK:
+        py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+        random.seed(seed)
+        np.random.seed(seed % 2**32)  # noqa: NPY002
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)  # noqa: NPY002
 
 
 class WaveformAugmenter:

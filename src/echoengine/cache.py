@@ -8,7 +8,8 @@ Entries are keyed by
 * the fingerprint of every config section its features depend on (audio,
   front end, and augmentation for augmented variants), so changing any
   value misses the old entries instead of reusing them (the Echo pipeline
-  had to clear its cache by hand);
+  had to clear its cache by hand), and the version of the feature code
+  (:data:`echoengine.features.FEATURES_VERSION`);
 * the clip (start and length) and the variant index (-1: not augmented).
 
 The store is :mod:`diskcache` (SQLite + files): safe with several DataLoader
@@ -40,6 +41,7 @@ import diskcache
 import numpy as np
 
 from echoengine.config import EchoConfig
+from echoengine.features import FEATURES_VERSION
 
 __all__ = ["FeatureCache", "file_identity"]
 
@@ -83,7 +85,11 @@ class FeatureCache:
         self.directory = Path(directory)
         self.identity_mode = config.data.cache_identity
         self._clean_fingerprint = config.fingerprint("audio", "frontend")
-        self._augmented_fingerprint = config.fingerprint("audio", "frontend", "augment")
+        # mixup mixes batches after the cache, and `variants` only says how many are drawn
+        self._augmented_fingerprint = config.fingerprint(
+            "audio", "frontend", "augment",
+            ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha"),
+        )
         self._size_limit = int(config.data.cache_size_gb * 2**30)
         self._store: diskcache.Cache | None = None
         self._identities: dict[str, str] = {}
@@ -104,15 +110,13 @@ class FeatureCache:
 
     def key(self, path: str | os.PathLike, *, start: int, length: int, variant: int) -> str:
         """The cache key of one clip of one file; ``variant=-1`` means not augmented."""
-        path = str(path)
-        if self.identity_mode == "stat":  # cheap: look again every time
-            identity = file_identity(path, mode="stat")
-        else:  # a hash per file per process
-            if path not in self._identities:
-                self._identities[path] = file_identity(path, mode="content")
-            identity = self._identities[path]
+        identity = file_identity(path, mode="stat")  # cheap: looked up every time
+        if self.identity_mode == "content":  # hashed once per version of the file
+            if identity not in self._identities:
+                self._identities[identity] = file_identity(path, mode="content")
+            identity = self._identities[identity]
         fingerprint = self._clean_fingerprint if variant < 0 else self._augmented_fingerprint
-        return f"v{_FORMAT_VERSION}|{fingerprint}|{identity}|{start}|{length}|{variant}"
+        return f"v{_FORMAT_VERSION}.{FEATURES_VERSION}|{fingerprint}|{identity}|{start}|{length}|{variant}"
 
     def get(self, key: str) -> np.ndarray | None:
         """The stored image (float32, one channel) or None."""

@@ -101,7 +101,7 @@ def from_folder(
         for name in sorted(files):
             if audio.is_audio_file(name, extensions):
                 group = _group_of(name, pattern)
-                rows.append((str((Path(folder) / name).absolute()), label, f"{label}/{group}" if label else group))
+                rows.append((str((Path(folder) / name).absolute()), label, group))
     table = pd.DataFrame(rows, columns=COLUMNS)
     return table.sort_values(["label", "path"], ignore_index=True)
 
@@ -126,7 +126,7 @@ def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group
     csv_path = Path(csv_path)
     try:
         meta = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise DataError(f"{csv_path}: cannot read the CSV ({exc})") from None
     if "filename" not in meta.columns:
         raise DataError(f"{csv_path}: no 'filename' column (columns: {', '.join(meta.columns)})")
@@ -138,7 +138,8 @@ def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group
     folder = Path(audio_dir) if audio_dir else _find_audio_dir(csv_path, meta["filename"].iloc[0])
     pattern = _compile(group_regex)
     if pattern is None and "src_file" in meta.columns:
-        groups = meta[label_column] + "/" + meta["src_file"]
+        stems = [_group_of(name, None) for name in meta["filename"]]
+        groups = [src if src.strip() else stem for src, stem in zip(meta["src_file"], stems)]
     else:
         groups = [_group_of(name, pattern) for name in meta["filename"]]
     table = pd.DataFrame({
@@ -258,6 +259,9 @@ def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_c
 
 def _stratified_group_parts(table: pd.DataFrame, parts: int, seed: int) -> np.ndarray:
     """Assign each row to one of ``parts`` folds, stratified by label and grouped by group."""
+    n_groups = table["group"].nunique()
+    if n_groups < parts:
+        raise DataError(f"cannot make {parts} parts from {n_groups} source recording(s): add data or ask for fewer")
     splitter = StratifiedGroupKFold(n_splits=parts, shuffle=True, random_state=seed)
     fold = np.empty(len(table), dtype=np.int64)
     with warnings.catch_warnings():  # "least populated class has only n members": reported above

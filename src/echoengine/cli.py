@@ -83,6 +83,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        raise EchoError(f"--n must be at least 1, got {args.n}")
     config = _config(args)
     usable, errors = _scan(args.data, config)
     for error in errors:
@@ -170,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except EchoError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # e.g. an output folder that does not exist
+        detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
+        print(f"error: {detail}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -108,8 +108,8 @@ def window_starts(n_samples: int, *, length: int, hop: int, keep_partial: bool =
     >>> window_starts(3, length=4, hop=2)
     array([0])
     """
-    if length <= 0 or hop <= 0:
-        raise ValueError(f"length and hop must be positive, got length={length}, hop={hop}")
+    if length <= 0 or not 0 < hop <= length:
+        raise ValueError(f"need 0 < hop <= length so that windows cover the signal, got length={length}, hop={hop}")
     if n_samples <= length:
         return np.zeros(1, dtype=np.int64)
     starts = np.arange(0, n_samples - length + 1, hop, dtype=np.int64)

@@ -177,6 +177,12 @@ class FrontendConfig:
             f"{s}.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}",
         )
         _require(self.pad_mode in ("constant", "reflect"), f"{s}.pad_mode must be 'constant' or 'reflect'")
+        try:
+            from scipy.signal import get_window
+
+            get_window(self.window, 16)
+        except ValueError:
+            raise ConfigError(f"{s}.window {self.window!r} is not a window scipy.signal.get_window knows") from None
         _require(self.n_mels > 0, f"{s}.n_mels must be positive, got {self.n_mels}")
         _require(self.fmin >= 0, f"{s}.fmin must be >= 0, got {self.fmin}")
         _require(self.fmin < self.fmax, f"{s}.fmin ({self.fmin}) must be below fmax ({self.fmax})")
@@ -241,6 +247,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         s = "augment"
         _require(self.variants >= 1, f"{s}.variants must be >= 1, got {self.variants}")
+        _require(self.seed >= 0, f"{s}.seed must be >= 0, got {self.seed}")
         for name in ("noise_p", "time_stretch_p", "pitch_shift_p", "shift_p", "specaugment_p", "rotation_p", "mixup_p"):
             _check_probability(s, name, getattr(self, name))
         _check_range(s, "noise amplitude", self.noise_min_amplitude, self.noise_max_amplitude)
@@ -253,11 +260,6 @@ class AugmentConfig:
         _require(self.time_masks >= 0 and self.freq_masks >= 0, f"{s}: mask counts must be >= 0")
         _require(self.rotation_degrees >= 0, f"{s}.rotation_degrees must be >= 0")
         _require(self.mixup_alpha > 0, f"{s}.mixup_alpha must be positive, got {self.mixup_alpha}")
-
-    @property
-    def waveform_enabled(self) -> bool:
-        """Whether any waveform augmentation can apply."""
-        return any(p > 0 for p in (self.noise_p, self.time_stretch_p, self.pitch_shift_p, self.shift_p))
 
 
 @dataclass(frozen=True)
@@ -309,9 +311,10 @@ class DataConfig:
     def __post_init__(self) -> None:
         s = "data"
         _require(
-            all(e.startswith(".") for e in self.extensions),
-            f"{s}.extensions must start with a dot, got {list(self.extensions)}",
+            all(isinstance(e, str) and e in AUDIO_EXTENSIONS for e in self.extensions),
+            f"{s}.extensions must be among {', '.join(AUDIO_EXTENSIONS)} (lower case), got {list(self.extensions)}",
         )
+        _require(self.split_seed >= 0, f"{s}.split_seed must be >= 0, got {self.split_seed}")
         for name in ("val_fraction", "test_fraction"):
             _require(0.0 <= getattr(self, name) < 1.0, f"{s}.{name} must be in [0, 1)")
         _require(self.val_fraction + self.test_fraction < 1.0, f"{s}: val_fraction + test_fraction must be below 1")
@@ -399,6 +402,16 @@ class EchoConfig:
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
+        fe, clip = self.frontend, self.audio.clip_samples
+        _require(
+            not (fe.center and fe.pad_mode == "reflect") or clip > fe.n_fft // 2,
+            f"frontend.pad_mode 'reflect' needs clips longer than n_fft/2 = {fe.n_fft // 2} samples, "
+            f"got {clip}; use 'constant'",
+        )
+        _require(
+            fe.center or clip >= fe.n_fft,
+            f"frontend.center = false needs clips of at least n_fft = {fe.n_fft} samples, got {clip}",
+        )
 
     # ---- dict / TOML ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -430,6 +443,8 @@ class EchoConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         try:
@@ -455,13 +470,15 @@ class EchoConfig:
             merged[name] = {**merged[name], **_to_toml_values(changes)}
         return EchoConfig.from_dict(merged)
 
-    def fingerprint(self, *sections: str) -> str:
+    def fingerprint(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections (all when none are named).
 
         Two configs with the same fingerprint produce the same features, so
-        the feature cache uses it in its keys.
+        the feature cache uses it in its keys. ``ignore`` lists
+        ``"section.key"`` entries that do not change what is hashed for.
         """
         names = sections or tuple(_SECTIONS)
-        payload = {name: self.to_dict()[name] for name in names}
+        values = self.to_dict()
+        payload = {name: {k: v for k, v in values[name].items() if f"{name}.{k}" not in ignore} for name in names}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -75,6 +76,10 @@ class ClipDataset(Dataset):
         if unknown:
             raise DataError(f"labels not among the classes: {', '.join(map(repr, unknown))}")
         self.paths = table["path"].tolist()
+        # Variants are keyed by the path below the dataset's folder, so that a
+        # moved or copied dataset draws the same variants.
+        root = os.path.commonpath([os.path.dirname(p) for p in self.paths]) if self.paths else ""
+        self.keys = [os.path.relpath(p, root) for p in self.paths]
         self.targets = [index.get(label, -1) for label in table["label"]]
         self.sample_rate = config.audio.sample_rate
         self.clip_samples = config.audio.clip_samples
@@ -131,7 +136,7 @@ class ClipDataset(Dataset):
         path, length = self.paths[row], self.clip_samples
         rng = None
         if variant >= 0:
-            seed = variant_seed(self.config.augment.seed, variant, path)
+            seed = variant_seed(self.config.augment.seed, variant, self.keys[row])
             rng = np.random.default_rng(seed)
             start = random_start(self.lengths[row], length=length, rng=rng)
         y = audio.load(path, self.config.audio, offset=start / self.sample_rate, duration=length / self.sample_rate)

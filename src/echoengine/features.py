@@ -19,6 +19,14 @@ useless:
   along its diagonal rather than one full matrix product;
 * frames are processed in chunks that stay in the CPU cache.
 
+Two limits. With ``top_db = None`` bins far below the loudest (more than
+about 120 dB down) hold float32 rounding noise rather than librosa's
+values; the default ``top_db = 80`` floors them. And large temporaries are
+allocated for every clip: in a process that makes many, call
+:func:`echoengine.runtime.keep_freed_memory` (the ``echoengine`` command and
+its loader workers do), or glibc's page faults make the front end up to 2x
+slower.
+
 The model image
 ---------------
 The dB spectrogram is laid out time x mels (the Echo pipeline's layout:
@@ -57,7 +65,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import threading
 import warnings
 
 import librosa
@@ -67,35 +74,18 @@ from torch import nn
 
 from echoengine.config import EchoConfig, FrontendConfig
 
-__all__ = ["MelFrontend", "mel_filter_bank", "resize_matrix"]
+__all__ = ["FEATURES_VERSION", "MelFrontend", "mel_filter_bank", "resize_matrix"]
 
 # Frames processed at once on the CPU: enough to amortise per-call overhead,
 # few enough for their spectra to stay in the cache.
 _CPU_CHUNK_FRAMES = 300
 # Cosine-sum windows (a0 - a1 cos) that are applied in the frequency domain.
 _COSINE_WINDOWS = {"hann": (0.5, 0.5), "hamming": (0.54, 0.46)}
+#: Version of the feature computation; the feature cache keys on it, so bump it
+#: whenever a change to this module changes the numbers it produces.
+FEATURES_VERSION = 1
 # Cost of one more mel block, in multiply-adds per frame (a matmul call's overhead).
 _MEL_BLOCK_CALL_COST = 1000
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(name: str, shape: tuple[int, ...], *, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A reusable buffer of this thread, for large CPU temporaries.
-
-    glibc hands large blocks back to the kernel when they are freed, so a
-    fresh 1-MB temporary costs page faults on every call: more than the
-    arithmetic done in it. Buffers here live as long as the thread and grow
-    when needed. Only for use without autograd, and never returned to callers.
-    """
-    store = _SCRATCH.__dict__.setdefault("buffers", {})
-    key = (name, dtype, like.device, torch.is_inference_mode_enabled())
-    size = math.prod(shape)
-    buffer = store.get(key)
-    if buffer is None or buffer.numel() < size:
-        buffer = store[key] = torch.empty(size, dtype=dtype, device=like.device)
-    return buffer[:size].view(shape)
 
 
 def mel_filter_bank(config: FrontendConfig, *, sample_rate: int) -> np.ndarray:
@@ -262,46 +252,27 @@ class MelFrontend(nn.Module):
         return cls(config.frontend, sample_rate=config.audio.sample_rate)
 
     # ---- spectrogram --------------------------------------------------------
-    def _frames(self, waveforms: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
+    def _frames(self, waveforms: torch.Tensor) -> torch.Tensor:
         """(batch, frames, n_fft) views of the padded waveforms."""
         cfg = self.config
         if cfg.center:
             half = cfg.n_fft // 2
-            if reuse and cfg.pad_mode == "constant":
-                batch, length = waveforms.shape
-                padded = _scratch("padded", (batch, length + 2 * half), like=waveforms, dtype=torch.float32)
-                padded[:, :half] = 0.0
-                padded[:, half + length :] = 0.0
-                padded[:, half : half + length] = waveforms
-                waveforms = padded
-            else:
-                waveforms = nn.functional.pad(waveforms.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
+            waveforms = nn.functional.pad(waveforms.unsqueeze(1), (half, half), mode=cfg.pad_mode).squeeze(1)
         if waveforms.shape[-1] < cfg.n_fft:
             raise ValueError(f"waveform of {waveforms.shape[-1]} samples is shorter than n_fft={cfg.n_fft}")
         return waveforms.unfold(-1, cfg.n_fft, cfg.hop_length)
 
-    def _power(self, frames: torch.Tensor, *, reuse: bool = False) -> torch.Tensor:
-        """|STFT|**power of the used bins of frames (..., n_fft) -> (..., bins).
-
-        With ``reuse``, the temporaries are this thread's scratch buffers
-        (see :func:`_scratch`), so the result is only valid until the next call.
-        """
+    def _power(self, frames: torch.Tensor) -> torch.Tensor:
+        """|STFT|**power of the used bins of frames (..., n_fft) -> (..., bins)."""
         lo, hi = self._bin_start, self._bin_stop
-        rows = tuple(frames.shape[:-1])
-
-        def buffer(name: str, shape: tuple[int, ...], dtype=torch.float32) -> torch.Tensor | None:
-            return _scratch(name, shape, like=frames, dtype=dtype) if reuse else None
-
         if self._window_in_frequency:
-            out = buffer("spectrum", (*rows, self.config.n_fft // 2 + 1), torch.complex64)
-            spectrum = torch.view_as_real(torch.fft.rfft(frames, out=out)[..., lo - 1 : hi + 1])
-            parts = torch.add(spectrum[..., :-2, :], spectrum[..., 2:, :], out=buffer("parts", (*rows, hi - lo, 2)))
-            torch.add(spectrum[..., 1:-1, :], parts, alpha=-self._neighbour_weight, out=parts)
+            spectrum = torch.view_as_real(torch.fft.rfft(frames)[..., lo - 1 : hi + 1])
+            parts = spectrum[..., 1:-1, :] - self._neighbour_weight * (spectrum[..., :-2, :] + spectrum[..., 2:, :])
         else:
-            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi]).clone()
-        parts.square_()
-        power = torch.add(parts[..., 0], parts[..., 1], out=buffer("power", (*rows, hi - lo)))
-        return power if self.config.power == 2.0 else power.pow_(self.config.power / 2)
+            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi])
+        parts = parts.square()
+        power = parts[..., 0] + parts[..., 1]
+        return power if self.config.power == 2.0 else power.pow(self.config.power / 2)
 
     def _apply_mel(self, power: torch.Tensor, out: torch.Tensor) -> None:
         """Write the mel bands of power spectra (..., bins) into ``out`` (..., n_mels)."""
@@ -314,29 +285,30 @@ class MelFrontend(nn.Module):
         On the CPU each example is processed in chunks of frames that stay in
         the cache; on a GPU the whole batch at once.
         """
-        waveforms = waveforms.to(torch.float32)
-        on_cpu = waveforms.device.type == "cpu"
-        reuse = on_cpu and not torch.is_grad_enabled()
-        frames = self._frames(waveforms, reuse=reuse)
+        frames = self._frames(waveforms.to(torch.float32))
         batch, n_frames = frames.shape[:2]
         out = frames.new_empty(batch, n_frames, self.config.n_mels)
-        if not on_cpu:
+        if frames.device.type != "cpu":
             self._apply_mel(self._power(frames), out)
             return out
         for example in range(batch):
             for start in range(0, n_frames, _CPU_CHUNK_FRAMES):
                 stop = min(start + _CPU_CHUNK_FRAMES, n_frames)
-                self._apply_mel(self._power(frames[example, start:stop], reuse=reuse), out[example, start:stop])
+                self._apply_mel(self._power(frames[example, start:stop]), out[example, start:stop])
         return out
 
     def _to_db(self, mel: torch.Tensor) -> torch.Tensor:
-        """``librosa.power_to_db``, per example, in place."""
+        """``librosa.power_to_db``, per example (in place unless autograd records it)."""
         cfg = self.config
-        db = mel.clamp_min_(cfg.amin).log10_().mul_(10.0)
+        if mel.requires_grad:
+            db = mel.clamp_min(cfg.amin).log10().mul(10.0)
+        else:
+            db = mel.clamp_min_(cfg.amin).log10_().mul_(10.0)
         if cfg.ref != 1.0:
             db -= 10.0 * math.log10(max(cfg.amin, cfg.ref))
         if cfg.top_db is not None:
-            db = torch.maximum(db, db.amax(dim=(1, 2), keepdim=True) - cfg.top_db, out=db)
+            floor = db.amax(dim=(1, 2), keepdim=True) - cfg.top_db
+            db = torch.maximum(db, floor) if db.requires_grad else torch.maximum(db, floor, out=db)
         return db
 
     def spectrogram(self, waveforms: torch.Tensor) -> torch.Tensor:
