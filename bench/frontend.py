@@ -38,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from echoengine import audio, runtime
 from echoengine.config import EchoConfig
-from echoengine.features import MelFrontend
+from echoengine.features import MelFrontend, reference_mel_db
 
 
 def _audio_files(data: Path) -> list[Path]:
@@ -47,16 +47,6 @@ def _audio_files(data: Path) -> list[Path]:
     if not files:
         sys.exit(f"no audio files under {root}")
     return files
-
-
-def _librosa_mel_db(y: np.ndarray, config: EchoConfig) -> np.ndarray:
-    fe = config.frontend
-    mel = librosa.feature.melspectrogram(
-        y=y, sr=config.audio.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
-        window=fe.window, center=fe.center, pad_mode=fe.pad_mode, power=fe.power, n_mels=fe.n_mels,
-        fmin=fe.fmin, fmax=fe.fmax, htk=fe.htk, norm="slaney" if fe.norm == "slaney" else None,
-    )
-    return librosa.power_to_db(mel, ref=fe.ref, amin=fe.amin, top_db=fe.top_db)
 
 
 def _seconds(fn) -> float:
@@ -74,17 +64,17 @@ def bench_frontend(clips: np.ndarray, config: EchoConfig, *, batch: int, rounds:
     batches = [waveforms[i : i + batch] for i in range(0, len(waveforms), batch)]
     with torch.inference_mode():
         ours = torch.cat([frontend.mel_db(b) for b in batches]).numpy()
-        reference = np.stack([_librosa_mel_db(y, config) for y in clips])
+        reference = np.stack([reference_mel_db(y, config) for y in clips])
         error = float(np.abs(ours - reference).max())
         # librosa as it runs by default (numpy's BLAS on every core), on its own.
-        lib_default = [_seconds(lambda: [_librosa_mel_db(y, config) for y in clips]) for _ in range(rounds)]
+        lib_default = [_seconds(lambda: [reference_mel_db(y, config) for y in clips]) for _ in range(rounds)]
         # Then both sides in turns, with numpy's BLAS pool at one thread: librosa is
         # as fast so (its FFT is single-threaded, its mel product small), and idle
         # BLAS threads would otherwise spin on the cores torch is using.
         lib_t, ours_t, image_t = [], [], []
         with threadpool_limits(limits=1, user_api="blas"):
             for _ in range(rounds):
-                lib_t.append(_seconds(lambda: [_librosa_mel_db(y, config) for y in clips]))
+                lib_t.append(_seconds(lambda: [reference_mel_db(y, config) for y in clips]))
                 ours_t.append(_seconds(lambda: [frontend.mel_db(b) for b in batches]))
                 image_t.append(_seconds(lambda: [frontend(b) for b in batches]))
     n = len(clips)

@@ -74,7 +74,7 @@ from torch import nn
 
 from echoengine.config import EchoConfig, FrontendConfig
 
-__all__ = ["FEATURES_VERSION", "MelFrontend", "mel_filter_bank", "resize_matrix"]
+__all__ = ["FEATURES_VERSION", "MelFrontend", "mel_filter_bank", "reference_mel_db", "resize_matrix"]
 
 # Frames processed at once on the CPU: enough to amortise per-call overhead,
 # few enough for their spectra to stay in the cache.
@@ -110,6 +110,25 @@ def mel_filter_bank(config: FrontendConfig, *, sample_rate: int) -> np.ndarray:
         norm="slaney" if config.norm == "slaney" else None,
         dtype=np.float32,
     )
+
+
+def reference_mel_db(y: np.ndarray, config: EchoConfig) -> np.ndarray:
+    """What :meth:`MelFrontend.mel_db` must equal: librosa's mel spectrogram in dB.
+
+    ``librosa.power_to_db(librosa.feature.melspectrogram(y, ...))`` with the
+    config's settings, for one signal; used by the tests and benchmarks.
+
+    Returns
+    -------
+    np.ndarray, shape (n_mels, frames)
+    """
+    fe = config.frontend
+    mel = librosa.feature.melspectrogram(
+        y=y, sr=config.audio.sample_rate, n_fft=fe.n_fft, hop_length=fe.hop_length, win_length=fe.win_length,
+        window=fe.window, center=fe.center, pad_mode=fe.pad_mode, power=fe.power, n_mels=fe.n_mels,
+        fmin=fe.fmin, fmax=fe.fmax, htk=fe.htk, norm="slaney" if fe.norm == "slaney" else None,
+    )
+    return librosa.power_to_db(mel, ref=fe.ref, amin=fe.amin, top_db=fe.top_db)
 
 
 def _kernel(name: str, x: np.ndarray) -> np.ndarray:

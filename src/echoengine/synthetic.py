@@ -24,20 +24,20 @@ import soundfile as sf
 __all__ = ["CALLS", "make_dataset", "synthesize_call"]
 
 
-def _upsweep(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    period, length = rng.uniform(0.6, 0.9), 0.3
-    phase_t = t % period
-    f0, f1 = rng.uniform(1800, 2200), rng.uniform(5500, 6500)
+def _sweeps(t: np.ndarray, rng: np.random.Generator, *, period: tuple, length: float, start: tuple, stop: tuple):
+    """Frequency sweeps of ``length`` s repeated every ``period`` s, from ``start`` to ``stop`` Hz."""
+    phase_t = t % rng.uniform(*period)
+    f0, f1 = rng.uniform(*start), rng.uniform(*stop)
     freq = f0 + (f1 - f0) * np.clip(phase_t / length, 0, 1)
     return np.sin(2 * np.pi * np.cumsum(freq) / _RATE) * (phase_t < length)
+
+
+def _upsweep(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    return _sweeps(t, rng, period=(0.6, 0.9), length=0.3, start=(1800, 2200), stop=(5500, 6500))
 
 
 def _downsweep(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    period, length = rng.uniform(0.9, 1.2), 0.4
-    phase_t = t % period
-    f0, f1 = rng.uniform(8000, 9000), rng.uniform(3000, 3500)
-    freq = f0 + (f1 - f0) * np.clip(phase_t / length, 0, 1)
-    return np.sin(2 * np.pi * np.cumsum(freq) / _RATE) * (phase_t < length)
+    return _sweeps(t, rng, period=(0.9, 1.2), length=0.4, start=(8000, 9000), stop=(3000, 3500))
 
 
 def _trill(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
