@@ -78,7 +78,7 @@ __all__ = ["FEATURES_VERSION", "MelFrontend", "mel_filter_bank", "reference_mel_
 
 # Frames processed at once on the CPU: enough to amortise per-call overhead,
 # few enough for their spectra to stay in the cache.
-_CPU_CHUNK_FRAMES = 300
+_CPU_CHUNK_FRAMES = 600
 # Cosine-sum windows (a0 - a1 cos) that are applied in the frequency domain.
 _COSINE_WINDOWS = {"hann": (0.5, 0.5), "hamming": (0.54, 0.46)}
 #: Version of the feature computation; the feature cache keys on it, so bump it
@@ -284,12 +284,16 @@ class MelFrontend(nn.Module):
     def _power(self, frames: torch.Tensor) -> torch.Tensor:
         """|STFT|**power of the used bins of frames (..., n_fft) -> (..., bins)."""
         lo, hi = self._bin_start, self._bin_stop
+        in_place = not frames.requires_grad  # no autograd graph to keep intact
         if self._window_in_frequency:
             spectrum = torch.view_as_real(torch.fft.rfft(frames)[..., lo - 1 : hi + 1])
-            parts = spectrum[..., 1:-1, :] - self._neighbour_weight * (spectrum[..., :-2, :] + spectrum[..., 2:, :])
+            # X[k] - c (X[k-1] + X[k+1]), in two passes
+            neighbours = torch.add(spectrum[..., :-2, :], spectrum[..., 2:, :])
+            parts = torch.add(spectrum[..., 1:-1, :], neighbours, alpha=-self._neighbour_weight,
+                              out=neighbours if in_place else None)
         else:
-            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi])
-        parts = parts.square()
+            parts = torch.view_as_real(torch.fft.rfft(frames * self.window)[..., lo:hi]).clone()
+        parts = parts.square_() if in_place else parts.square()
         power = parts[..., 0] + parts[..., 1]
         return power if self.config.power == 2.0 else power.pow(self.config.power / 2)
 
@@ -310,9 +314,10 @@ class MelFrontend(nn.Module):
         if frames.device.type != "cpu":
             self._apply_mel(self._power(frames), out)
             return out
+        step = math.ceil(n_frames / math.ceil(n_frames / _CPU_CHUNK_FRAMES))  # equal chunks
         for example in range(batch):
-            for start in range(0, n_frames, _CPU_CHUNK_FRAMES):
-                stop = min(start + _CPU_CHUNK_FRAMES, n_frames)
+            for start in range(0, n_frames, step):
+                stop = min(start + step, n_frames)
                 self._apply_mel(self._power(frames[example, start:stop]), out[example, start:stop])
         return out
 
