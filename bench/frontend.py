@@ -93,6 +93,9 @@ def bench_frontend(clips: np.ndarray, config: EchoConfig, *, batch: int, rounds:
 
 def bench_load(files: list[Path], config: EchoConfig, *, rounds: int) -> dict:
     sr = config.audio.sample_rate
+    for f in files[:4]:  # warm up both (imports, first-call set-up)
+        librosa.load(f, sr=sr)
+        audio.load(f, config.audio)
     lib_t, ours_t = [], []
     for _ in range(rounds):
         lib_t.append(_seconds(lambda: [librosa.load(f, sr=sr) for f in files]))

@@ -1,10 +1,13 @@
 import numpy as np
+import pytest
+import soundfile as sf
 import torch
 
 from echoengine.cache import FeatureCache
 from echoengine.catalog import class_names, load_catalog, scan
 from echoengine.config import EchoConfig
 from echoengine.dataset import ClipDataset, VariantSampler, make_loader
+from echoengine.errors import AudioError
 
 
 def _table(root, config):
@@ -65,3 +68,18 @@ def test_real_esc50_batch(esc50):
     images, targets = next(iter(make_loader(dataset, config)))
     assert images.shape == (8, 3, 260, 260) and targets.sum() == 8
     assert float(images.std()) > 0.05  # real content, not blank padding
+
+
+def test_a_file_broken_after_the_scan_is_skipped_from_its_batch(tmp_path, caplog):
+    (tmp_path / "a").mkdir()
+    for i in range(3):
+        sf.write(tmp_path / "a" / f"{i}.wav", np.random.default_rng(i).normal(0, 0.1, 48000).astype(np.float32), 48000)
+    config = EchoConfig().replace(data={"batch_size": 3})
+    table = _table(tmp_path, config)
+    (tmp_path / "a" / "1.wav").write_text("overwritten by something else")
+    images, targets = next(iter(make_loader(ClipDataset(table, ["a"], config, train=False), config)))
+    assert images.shape[0] == 2 and targets.shape == (2, 1)
+    assert "1.wav" in caplog.text and "not a readable audio file" in caplog.text
+    strict = config.replace(data={"on_error": "raise"})
+    with pytest.raises(AudioError, match=r"1\.wav"):
+        next(iter(make_loader(ClipDataset(table, ["a"], strict, train=False), strict)))

@@ -22,24 +22,27 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from echoengine import audio
 from echoengine.augment import WaveformAugmenter, rotate, spec_augment, variant_seed
 from echoengine.cache import FeatureCache
 from echoengine.clips import pad_to_length, random_start, window_starts
 from echoengine.config import EchoConfig
-from echoengine.errors import DataError
+from echoengine.errors import AudioError, DataError
 from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
 __all__ = ["ClipDataset", "VariantSampler", "make_loader"]
+
+logger = logging.getLogger("echoengine")
 
 
 class ClipDataset(Dataset):
@@ -109,12 +112,26 @@ class ClipDataset(Dataset):
             target[self.targets[row]] = 1.0
         return target
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (image, one-hot label) of an item.
+
+        A file that fails now (changed or removed since it was checked) is
+        handled by ``data.on_error``: ``"raise"`` raises its AudioError,
+        ``"warn"`` logs it in one line and returns None, ``"ignore"`` returns
+        None; :func:`make_loader` drops None items from batches.
+        """
         index, variant = item if isinstance(item, tuple) else (item, 0)
         row, start = self.items[index]
         if not self.train:
             variant = -1
-        image = self._cached_image(row, start, variant)
+        try:
+            image = self._cached_image(row, start, variant)
+        except AudioError as error:
+            if self.config.data.on_error == "raise":
+                raise
+            if self.config.data.on_error == "warn":
+                logger.warning("skipping %s", error)
+            return None
         channels = self.config.frontend.image_channels
         return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1), self.one_hot(row)
 
@@ -224,4 +241,13 @@ def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = 
         shuffle=False,
         num_workers=workers,
         worker_init_fn=_single_thread_worker if workers else None,
+        collate_fn=_collate_usable,
     )
+
+
+def _collate_usable(items: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack the items of a batch, leaving out those whose file failed (None)."""
+    usable = [item for item in items if item is not None]
+    if not usable:
+        return torch.empty(0), torch.empty(0)
+    return default_collate(usable)
