@@ -65,6 +65,8 @@ def _write_bad_corpus(root: Path) -> dict[str, str | None]:
     expected["truncated.flac"] = "truncated"
     (folder / "text.wav").write_text("this is a text file, not audio\n" * 20)
     expected["text.wav"] = "not a readable audio file"
+    (folder / "noise.mp3").write_bytes(rng.bytes(5000))
+    expected["noise.mp3"] = "no decodable mp3 data"
     with_nan = good.copy()
     with_nan[1000] = np.nan
     sf.write(folder / "nan.wav", with_nan, 48000, subtype="FLOAT")

@@ -77,7 +77,9 @@ def _open(path: str | Path) -> sf.SoundFile:
     try:
         return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        detail = str(exc).split(":", 1)[-1].strip() or type(exc).__name__
+        detail = str(exc).split(":", 1)[-1].strip().rstrip(".") or type(exc).__name__
+        if "does not exist" in detail:  # libsndfile's words for data its decoder cannot parse
+            detail = f"no decodable {path.suffix.lower().lstrip('.')} data"
         raise AudioError(path, f"not a readable audio file ({detail})") from None
 
 
