@@ -15,7 +15,7 @@ useless:
   every frame;
 * only the FFT bins that the mel filter bank uses are squared and summed,
   without a complex ``abs`` (no square root, no complex temporaries);
-* the mel filter bank, 98 % zeros, is applied as a sparse matrix to
+* the mel filter bank, over 99 % zeros, is applied as a sparse matrix to
   those bins only, rather than as one full dense product;
 * frames are processed in chunks that stay in the CPU cache.
 
@@ -230,7 +230,7 @@ class MelFrontend(nn.Module):
             window = librosa.filters.get_window(config.window, win_length, fftbins=True)
             window = librosa.util.pad_center(window, size=config.n_fft)
             self.register_buffer("window", torch.as_tensor(window, dtype=torch.float32), persistent=False)
-        # Over 98 % of the filter bank is zeros: a sparse product skips them.
+        # Over 99 % of the filter bank is zeros: a sparse product skips them.
         used_bank = bank[:, self._bin_start : self._bin_stop] * scale
         self.register_buffer("mel_weights", _sparse(used_bank), persistent=False)
         self._resize_cache: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]] = {}
