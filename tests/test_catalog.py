@@ -64,6 +64,9 @@ def test_train_val_test_split_is_grouped_and_near_the_fractions(esc50):
     table, parts = table[parts != "excluded"], parts[parts != "excluded"]
     shares = pd.Series(parts).value_counts(normalize=True)
     assert 0.6 < shares["train"] < 0.8 and 0.08 < shares["val"] < 0.22 and 0.08 < shares["test"] < 0.22
+    # every class with 3 or more recordings is in every part
+    spread = table.assign(part=parts).groupby("label").agg(parts=("part", "nunique"), groups=("group", "nunique"))
+    assert (spread.loc[spread.groups >= 3, "parts"] == 3).all()
     assert (table.assign(part=parts).groupby("group")["part"].nunique() == 1).all()
     np.testing.assert_array_equal(parts, catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0))
 
@@ -108,5 +111,5 @@ def test_too_small_datasets_give_a_data_error():
     table = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": ["x", "x", "y", "y"], "group": ["1", "2", "3", "4"]})
     with pytest.raises(DataError, match="cannot make 5 parts from 4 source recording"):
         catalog.kfold(table, folds=5)
-    with pytest.raises(DataError, match="parts"):
-        catalog.split(table, test_fraction=0.1, val_fraction=0.1)
+    parts = catalog.split(table, test_fraction=0.1, val_fraction=0.1)
+    assert sorted(parts[:2]) == sorted(parts[2:]) == ["test", "train"]  # 2 recordings: one each

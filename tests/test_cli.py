@@ -78,3 +78,17 @@ def test_console_script_is_installed(tmp_path):
                           capture_output=True, text=True, check=True)
     assert "SYNTHETIC" in done.stdout
     assert sorted(p.name for p in (tmp_path / "demo").iterdir())[:2] == ["README.txt", "synthetic-trill"]
+
+
+def test_split_writes_grouped_parts(esc50, tmp_path, capsys):
+    import pandas as pd
+
+    out = tmp_path / "folds.csv"
+    assert main(["split", str(esc50), "--kfold", "--out", str(out)]) == 2  # washing_machine: one recording
+    assert "washing_machine" in capsys.readouterr().err
+    assert main(["split", str(esc50), "--kfold", "--sparse-classes", "drop", "--out", str(out)]) == 0
+    table = pd.read_csv(out)
+    assert set(table["part"]) == {"fold0", "fold1", "fold2", "fold3", "fold4", "excluded"}
+    assert (table.groupby("group")["part"].nunique() == 1).all()
+    assert main(["split", str(esc50), "--sparse-classes", "drop", "--out", str(out)]) == 0
+    assert set(pd.read_csv(out)["part"]) == {"train", "val", "test", "excluded"}

@@ -298,9 +298,11 @@ def split(
 ) -> np.ndarray:
     """Assign each row to ``"train"``, ``"val"`` or ``"test"`` (``"excluded"``: left out).
 
-    Stratified by label and grouped by source recording; the fractions are
-    met approximately, as whole groups move together. Deterministic for a
-    seed.
+    Grouped by source recording and stratified by label: each class sends
+    about its fractions of its recordings (drawn with the seed) to test and
+    validation, and at least one recording to each when it has enough, so
+    every class with 3 or more recordings is in all three parts. File
+    fractions are met approximately, as whole recordings move together.
 
     Returns
     -------
@@ -308,13 +310,22 @@ def split(
     """
     parts = 1 + (val_fraction > 0) + (test_fraction > 0)
     keep = _classes_to_hold_out(table, parts, "a train/validation/test split", sparse_classes)
-    names = np.where(keep, "train", "excluded").astype(object)
-    remaining = np.flatnonzero(keep)
-    for name, fraction, share_left in (("test", test_fraction, 1.0), ("val", val_fraction, 1.0 - test_fraction)):
-        if fraction <= 0:
-            continue
-        n_parts = max(2, round(share_left / fraction))
-        fold = _stratified_group_parts(table.iloc[remaining], n_parts, seed)
-        names[remaining[fold == 0]] = name
-        remaining = remaining[fold != 0]
+    kept = table[keep]
+    # Each recording goes where its (majority) class sends it. A class sends its
+    # share of recordings to test and to validation, and at least one to test
+    # (from 2 recordings) and to validation (from 3), keeping one for training.
+    majority = kept.groupby("group")["label"].agg(lambda labels: labels.value_counts().index[0])
+    rng = np.random.default_rng(seed)
+    part_of: dict[str, str] = {}
+    for _, groups in sorted(majority.groupby(majority), key=lambda item: item[0]):
+        recordings = sorted(groups.index)
+        rng.shuffle(recordings)
+        n = len(recordings)
+        n_test = max(round(n * test_fraction), int(test_fraction > 0 and n >= 2))
+        n_val = max(round(n * val_fraction), int(val_fraction > 0 and n >= 3))
+        n_test, n_val = min(n_test, n - 1), min(n_val, max(n - 1 - n_test, 0))
+        for i, group in enumerate(recordings):
+            part_of[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
+    names = np.full(len(table), "excluded", dtype=object)
+    names[keep] = kept["group"].map(part_of).to_numpy()
     return names

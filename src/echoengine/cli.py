@@ -113,6 +113,31 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_split(args: argparse.Namespace) -> int:
+    options = {"folds": args.folds, "val_fraction": args.val, "test_fraction": args.test,
+               "split_seed": args.seed, "sparse_classes": args.sparse_classes}
+    changes = {key: value for key, value in options.items() if value is not None}
+    config = _config(args)
+    config = config.replace(data=changes) if changes else config
+    data = config.data
+    usable, errors = _scan(args.data, config)
+    for error in errors:
+        print(f"skipping {error}", file=sys.stderr)
+    if args.kfold:
+        parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
+        part_names = np.where(parts >= 0, np.char.add("fold", parts.astype(str)), "excluded")
+    else:
+        part_names = catalog.split(usable, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+                                   seed=data.split_seed, sparse_classes=data.sparse_classes)
+    table = usable[["path", "label", "group"]].assign(part=part_names)
+    table.to_csv(args.out, index=False)
+    counts = table.groupby("part").agg(files=("path", "size"), classes=("label", "nunique"),
+                                       recordings=("group", "nunique"))
+    print(counts.to_string())
+    print(f"wrote {args.out} ({len(table)} files; no source recording is in two parts)")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     root = synthetic.make_dataset(args.out, classes=args.classes, files_per_class=args.files_per_class, seed=args.seed)
     print(f"wrote a SYNTHETIC dataset of {args.classes} classes x {args.files_per_class} files to {root}")
@@ -149,6 +174,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", action="store_true", help="show augmented training variants")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_preview)
+
+    p = data_command("split", "assign files to train/val/test (or k folds), stratified and grouped by recording")
+    p.add_argument("--out", type=Path, default=Path("splits.csv"), help="CSV to write (default splits.csv)")
+    p.add_argument("--kfold", action="store_true", help="k folds instead of train/val/test")
+    p.add_argument("--folds", type=int, help="number of folds (default 5)")
+    p.add_argument("--val", type=float, help="validation fraction (default 0.15)")
+    p.add_argument("--test", type=float, help="test fraction (default 0.15)")
+    p.add_argument("--seed", type=int, help="split seed (default 0)")
+    p.add_argument("--sparse-classes", choices=["error", "drop"],
+                   help="what to do with classes recorded only once (default error)")
+    p.set_defaults(func=cmd_split)
 
     p = sub.add_parser("synth", help="write a small SYNTHETIC dataset (for demos and tests)")
     p.add_argument("out", type=Path)
