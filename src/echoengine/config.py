@@ -43,6 +43,7 @@ __all__ = [
     "DataConfig",
     "EchoConfig",
     "FrontendConfig",
+    "ModelConfig",
 ]
 
 #: File extensions read as audio (lower case).
@@ -327,11 +328,47 @@ class DataConfig:
         _require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    """The classifier: a backbone by name and a head.
+
+    Parameters
+    ----------
+    backbone : str
+        ``efficientnetv2_b0`` (the Echo pipeline's), ``efficientnet_b0``,
+        ``efficientnet_b3``, ``resnet50``, ``inception_v3``,
+        ``mobilenetv3_large_100`` (timm) or ``small_cnn`` (from scratch, CPU-sized).
+    head : str
+        ``"echo"`` (the Echo dense head) or ``"linear"`` (global pooling + linear).
+    pretrained : bool
+        Start from ImageNet weights (timm backbones).
+    weights : str
+        A local weights file for ``pretrained``; empty: download (needs a network).
+    dropout : float
+        Dropout before the last layer (0.5 in the Echo head).
+    """
+
+    backbone: str = "efficientnetv2_b0"
+    head: str = "echo"
+    pretrained: bool = False
+    weights: str = ""
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        s = "model"
+        known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
+                 "mobilenetv3_large_100", "small_cnn")
+        _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
+        _require(self.head in ("echo", "linear"), f"{s}.head must be 'echo' or 'linear', got {self.head!r}")
+        _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
+
+
 _SECTIONS: dict[str, type] = {
     "audio": AudioConfig,
     "frontend": FrontendConfig,
     "augment": AugmentConfig,
     "data": DataConfig,
+    "model": ModelConfig,
 }
 
 
@@ -394,6 +431,7 @@ class EchoConfig:
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
 
     def __post_init__(self) -> None:
         nyquist = self.audio.sample_rate / 2
