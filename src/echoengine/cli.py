@@ -100,11 +100,15 @@ def cmd_preview(args: argparse.Namespace) -> int:
         items = list(zip(range(len(picked)), rng.integers(0, config.augment.variants, len(picked)).tolist()))
     else:  # the first window of each file
         items = np.unique(dataset.rows(), return_index=True)[1].tolist()
-    images, targets = zip(*(dataset[item] for item in items))
-    images = torch.stack(images)
+    # one item per picked row, in row order; a file that broke since the scan gives None
+    shown = [(path, pair) for path, pair in zip(picked["path"], (dataset[item] for item in items)) if pair]
+    if not shown:
+        print("error: no usable audio files", file=sys.stderr)
+        return 1
+    images = torch.stack([image for _, (image, _) in shown])
     titles = [
         f"{classes[int(t.argmax())] if t.sum() else '(unlabelled)'}\n{Path(path).name[:28]}"
-        for t, path in zip(targets, picked["path"])
+        for path, (_, t) in shown
     ]
     what = "augmented training variants" if args.augment else "clean first windows"
     out = plot_images(images[:, 0].numpy(), titles, args.out, clip_seconds=config.audio.clip_seconds,
