@@ -44,6 +44,7 @@ __all__ = [
     "EchoConfig",
     "FrontendConfig",
     "ModelConfig",
+    "TrainConfig",
 ]
 
 #: File extensions read as audio (lower case).
@@ -363,12 +364,57 @@ class ModelConfig:
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop; defaults are the Echo pipeline's.
+
+    Parameters
+    ----------
+    epochs : int
+        Most epochs to run.
+    learning_rate : float
+        Adam's learning rate (1e-4).
+    lr_factor, lr_patience, min_lr
+        ReduceLROnPlateau on the validation loss (0.75, 8, 1e-7).
+    patience : int
+        Early stopping: epochs without a better validation loss (16); the
+        best weights are restored.
+    label_smoothing : float
+        Of the cross-entropy targets.
+    seed : int
+        Model initialisation and data order.
+    device : str
+        ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    """
+
+    epochs: int = 100
+    learning_rate: float = 1e-4
+    lr_factor: float = 0.75
+    lr_patience: int = 8
+    min_lr: float = 1e-7
+    patience: int = 16
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
+        _require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")
+        _require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")
+        _require(self.lr_patience >= 0 and self.patience >= 1, f"{s}: patience values must be >= 0 and >= 1")
+        _require(0 <= self.label_smoothing < 1, f"{s}.label_smoothing must be in [0, 1)")
+        _require(self.seed >= 0, f"{s}.seed must be >= 0, got {self.seed}")
+        _require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
+
+
 _SECTIONS: dict[str, type] = {
     "audio": AudioConfig,
     "frontend": FrontendConfig,
     "augment": AugmentConfig,
     "data": DataConfig,
     "model": ModelConfig,
+    "train": TrainConfig,
 }
 
 
@@ -432,6 +478,7 @@ class EchoConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
         nyquist = self.audio.sample_rate / 2
