@@ -39,9 +39,9 @@ def _progress(description: str):
     return wrap
 
 
-def _scan(data: Path, config: EchoConfig) -> tuple[pd.DataFrame, list[AudioError]]:
+def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn") -> tuple[pd.DataFrame, list[AudioError]]:
     table = catalog.load_catalog(data, config.data)
-    return catalog.scan(table, config.audio, on_error="ignore", progress=_progress("checking"))
+    return catalog.scan(table, config.audio, on_error=on_error, progress=_progress("checking"))
 
 
 def _minutes(seconds: float) -> str:
@@ -54,7 +54,7 @@ def _counts(series: pd.Series, unit: str) -> str:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     config = _config(args)
-    usable, errors = _scan(args.data, config)
+    usable, errors = _scan(args.data, config, on_error="ignore")  # listed in the report below
     total = len(usable) + len(errors)
     print(f"dataset: {args.data}")
     print(f"files: {total} ({len(usable)} usable, {len(errors)} unreadable)")
@@ -86,9 +86,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise EchoError(f"--n must be at least 1, got {args.n}")
     config = _config(args)
-    usable, errors = _scan(args.data, config)
-    for error in errors:
-        print(f"skipping {error}", file=sys.stderr)
+    usable, _ = _scan(args.data, config)
     if not len(usable):
         print("error: no usable audio files", file=sys.stderr)
         return 1
@@ -124,9 +122,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     config = _config(args)
     config = config.replace(data=changes) if changes else config
     data = config.data
-    usable, errors = _scan(args.data, config)
-    for error in errors:
-        print(f"skipping {error}", file=sys.stderr)
+    usable, _ = _scan(args.data, config)
     if args.kfold:
         parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
         part_names = np.where(parts >= 0, np.char.add("fold", parts.astype(str)), "excluded")
