@@ -8,6 +8,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -23,6 +24,9 @@ from echoengine.dataset import ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.plots import plot_images
 
+#: Where features are cached unless ``--cache-dir`` or ``data.cache_dir`` says otherwise.
+DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
+
 __all__ = ["main"]
 
 
@@ -33,15 +37,45 @@ def _config(args: argparse.Namespace) -> EchoConfig:
     return config
 
 
+# command-line option -> (section, key) of the config
+_TRAINING_OPTIONS = {
+    "backbone": ("model", "backbone"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
+    "weights": ("model", "weights"), "dropout": ("model", "dropout"),
+    "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "optimizer": ("train", "optimizer"),
+    "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
+    "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
+    "label_smoothing": ("train", "label_smoothing"), "class_weights": ("train", "class_weights"),
+    "freeze_backbone": ("train", "freeze_backbone"), "unfreeze_epoch": ("train", "unfreeze_epoch"),
+    "seed": ("train", "seed"), "device": ("train", "device"),
+    "mixup": ("augment", "mixup_p"), "batch_size": ("data", "batch_size"), "workers": ("data", "num_workers"),
+    "folds": ("data", "folds"), "sparse_classes": ("data", "sparse_classes"), "cache_dir": ("data", "cache_dir"),
+}
+
+
+def _training_config(args: argparse.Namespace) -> EchoConfig:
+    """The config file (or defaults), changed by the options given on the command line."""
+    config = _config(args)
+    changes: dict[str, dict] = {}
+    for option, (section, key) in _TRAINING_OPTIONS.items():
+        value = getattr(args, option, None)
+        if value is not None and value is not False:
+            changes.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
+    config = config.replace(**changes) if changes else config
+    if not config.data.cache_dir and not getattr(args, "no_cache", False):
+        config = config.replace(data={"cache_dir": str(DEFAULT_CACHE)})
+    return config
+
+
 def _progress(description: str):
     def wrap(iterable, total):
         return tqdm(iterable, total=total, desc=description, unit="file", leave=False, file=sys.stderr)
     return wrap
 
 
-def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn") -> tuple[pd.DataFrame, list[AudioError]]:
+def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn",
+          progress: bool = True) -> tuple[pd.DataFrame, list[AudioError]]:
     table = catalog.load_catalog(data, config.data)
-    return catalog.scan(table, config.audio, on_error=on_error, progress=_progress("checking"))
+    return catalog.scan(table, config.audio, on_error=on_error, progress=_progress("checking") if progress else None)
 
 
 def _minutes(seconds: float) -> str:
@@ -138,6 +172,197 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_metrics(result: dict, title: str) -> None:
+    from echoengine.evaluate import format_report
+
+    print(f"\n{title}")
+    print(format_report(result))
+
+
+def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool = False) -> Path:
+    """Scan, split, train, and evaluate on the test part; the library side of ``train`` and ``demo``."""
+    from echoengine import bundle as bundle_files
+    from echoengine.evaluate import evaluate, write_report
+    from echoengine.train import fit
+
+    if resume:
+        saved = bundle_files.CONFIG_FILE
+        if not (out / saved).is_file() or not (out / "splits.csv").is_file():
+            raise EchoError(f"{out}: nothing to resume (no {saved} and splits.csv)")
+        changed = {"epochs": config.train.epochs, "device": config.train.device}
+        config = EchoConfig.load(out / saved).replace(train=changed, data={"num_workers": config.data.num_workers})
+        splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
+        usable, _ = catalog.scan(splits.drop(columns="part"), config.audio, progress=_progress("checking"))
+        parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
+        classes = bundle_files.read_classes(out)
+    else:
+        usable, _ = _scan(data, config, progress=not quiet)
+        if not len(usable):
+            raise EchoError(f"{data}: no usable audio files")
+        data_cfg = config.data
+        parts = catalog.split(usable, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+                              seed=data_cfg.split_seed, sparse_classes=data_cfg.sparse_classes)
+        classes = catalog.class_names(usable[parts != "excluded"])
+        out.mkdir(parents=True, exist_ok=True)
+        usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
+    counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
+    print(f"training {config.model.backbone} + {config.model.head} head on {len(classes)} classes: "
+          f"{counts['train']} train, {counts['val']} validation, {counts['test']} test files", flush=True)
+    result = fit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
+                 progress=not quiet)
+    held_out = "test" if counts["test"] else "val"
+    from echoengine.bundle import Bundle
+    from echoengine.cache import FeatureCache
+
+    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    metrics, _ = evaluate([Bundle(out, config, classes, result.model)], usable[parts == held_out], cache=cache)
+    metrics.update(evaluated_on=f"{held_out} part of {data}", best_epoch=result.best_epoch)
+    write_report(metrics, classes, out, history=pd.DataFrame(result.history), best_epoch=result.best_epoch)
+    _print_metrics(metrics, f"held-out {held_out} files (best epoch {result.best_epoch}):")
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = _training_config(args)
+    out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet)
+    print(f"\nwrote the bundle {out} (metrics.json, plots/, history.csv; tensorboard --logdir {out / 'tensorboard'})")
+    return 0
+
+
+def _load_bundles(path: Path, device: str = "cpu"):
+    from echoengine.bundle import find_bundles, load_bundle
+
+    bundles = [load_bundle(folder, device=device) for folder in find_bundles(path)]
+    if len(bundles) > 1:
+        print(f"ensemble of {len(bundles)} fold models from {path} (probabilities averaged)", file=sys.stderr)
+    return bundles
+
+
+def _cache_for(config: EchoConfig, args: argparse.Namespace):
+    from echoengine.cache import FeatureCache
+
+    if getattr(args, "no_cache", False):
+        return None
+    return FeatureCache(config.data.cache_dir or str(DEFAULT_CACHE), config)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from echoengine.evaluate import evaluate, write_report
+
+    bundles = _load_bundles(args.bundle)
+    config = bundles[0].config
+    table = catalog.load_catalog(args.data, config.data)
+    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
+    seen = set()
+    for member in bundles:
+        if (member.path / "splits.csv").is_file():
+            splits = pd.read_csv(member.path / "splits.csv", keep_default_na=False)
+            seen |= set(splits.loc[splits["part"].isin(["train", "val"]), "path"])
+    overlap = int(usable["path"].isin(seen).sum())
+    if overlap:
+        print(f"warning: {overlap} of these {len(usable)} files were used to train or select the model; "
+              "their scores are optimistic", file=sys.stderr)
+    metrics, _ = evaluate(bundles, usable, cache=_cache_for(config, args), progress=True)
+    metrics.update(evaluated_on=str(args.data), files_seen_in_training=overlap)
+    out = args.out or args.bundle / f"evaluate-{Path(args.data).stem}"
+    history = None if len(bundles) > 1 else pd.read_csv(bundles[0].path / "history.csv")
+    write_report(metrics, bundles[0].classes, out, history=history)
+    _print_metrics(metrics, f"{args.data}:")
+    print(f"\nwrote {out / 'metrics.json'} and {out / 'plots'}")
+    return 0
+
+
+def cmd_cv(args: argparse.Namespace) -> int:
+    from echoengine.crossval import cross_validate
+    from echoengine.evaluate import SUMMARY_KEYS
+
+    config = _training_config(args)
+    usable, _ = _scan(args.data, config, progress=not args.quiet)
+    summary = cross_validate(usable, config, args.out, resume=args.resume, progress=not args.quiet,
+                             log=lambda line: print(line, flush=True))
+    print(f"\n{'metric':<18} {'mean':>7} {'std':>7}   per fold")
+    for key in SUMMARY_KEYS:
+        per_fold = " ".join(f"{fold[key]:.3f}" for fold in summary["folds"])
+        print(f"{key:<18} {summary['mean'][key]:>7.4f} {summary['std'][key]:>7.4f}   {per_fold}")
+    print(f"\nwrote {args.out} (fold0..fold{config.data.folds - 1} bundles, metrics.json, cv_folds.csv, plots/); "
+          f"predict with it as an ensemble: echoengine predict {args.out} FILE...")
+    return 0
+
+
+def _audio_files(paths: list[Path], extensions) -> list[Path]:
+    files = []
+    for path in paths:
+        if path.is_dir():
+            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
+        else:
+            files.append(path)
+    return files
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from echoengine.predict import predict_table
+
+    if args.top_k < 1:
+        raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
+    bundles = _load_bundles(args.bundle)
+    config, classes = bundles[0].config, bundles[0].classes
+    files = _audio_files(args.files, config.data.extensions)
+    table = pd.DataFrame({"path": [str(f.resolve()) for f in files], "label": "", "group": [f.stem for f in files]})
+    usable, errors = catalog.scan(table, config.audio, on_error="ignore")
+    for error in errors:
+        print(f"error: {error}", file=sys.stderr)
+    if not len(usable):
+        print("error: no file could be read", file=sys.stderr)
+        return 1
+    probabilities = predict_table(bundles, usable, cache=_cache_for(config, args), progress=len(usable) > 20)
+    results = []
+    for path, probs in zip(usable["path"], probabilities):
+        if np.isnan(probs).any():
+            print(f"error: {path}: could not be read", file=sys.stderr)
+            continue
+        order = np.argsort(-probs)[: args.top_k]
+        top = [{"species": classes[i], "probability": round(100 * float(probs[i]), 2)} for i in order]
+        results.append({"file": path, **top[0], "top_k": top})
+    _print_predictions(results, args.format)
+    return 0 if results else 1
+
+
+def _print_predictions(results: list[dict], form: str) -> None:
+    if form == "json":
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+    elif form == "csv":
+        rows = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"]}
+                for r in results for rank, t in enumerate(r["top_k"])]
+        pd.DataFrame(rows, columns=["file", "rank", "species", "probability"]).to_csv(sys.stdout, index=False)
+    else:
+        width = max([len(Path(r["file"]).name) for r in results] + [4])
+        for r in results:
+            others = ", ".join(f"{t['species']} {t['probability']:.1f}%" for t in r["top_k"][1:])
+            print(f"{Path(r['file']).name:<{width}}  {r['species']} ({r['probability']:.1f}%)"
+                  + (f"   next: {others}" if others else ""))
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    out = args.out
+    data = synthetic.make_dataset(out / "data", classes=5, files_per_class=args.files_per_class, seed=args.seed)
+    print(f"1/4 wrote a SYNTHETIC dataset (computer-made calls over noise, not animals): {data}")
+    config = EchoConfig().replace(
+        model={"backbone": "small_cnn", "head": "linear", "dropout": 0.2},
+        train={"epochs": args.epochs, "learning_rate": args.lr, "patience": 8, "lr_patience": 3, "seed": args.seed},
+        data={"group_regex": r"^(.+_rec\d+)_", "batch_size": 8, "val_fraction": 0.2, "test_fraction": 0.2,
+              "cache_dir": str(out / "cache")},
+        augment={"variants": 4, "time_stretch_p": 0.0, "pitch_shift_p": 0.0},
+    )
+    print("2/4 training small_cnn on the CPU (a few minutes)", flush=True)
+    bundle = _train_bundle(data, config, out / "bundle", resume=False, quiet=args.quiet)
+    print("\n3/4 predicting the first file of each class with the bundle:")
+    examples = sorted(next(iter(sorted(folder.glob("*.*")))) for folder in data.iterdir() if folder.is_dir())
+    cmd_predict(argparse.Namespace(bundle=bundle, files=examples, top_k=2, format="table", no_cache=True))
+    print(f"\n4/4 done. bundle: {bundle}\n    metrics: {bundle / 'metrics.json'}\n"
+          f"    plots: {bundle / 'plots' / 'confusion.png'}, {bundle / 'plots' / 'training.png'}")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     root = synthetic.make_dataset(args.out, classes=args.classes, files_per_class=args.files_per_class, seed=args.seed)
     print(f"wrote a SYNTHETIC dataset of {args.classes} classes x {args.files_per_class} files to {root}")
@@ -185,6 +410,72 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-classes", choices=["error", "drop"],
                    help="what to do with classes recorded only once (default error)")
     p.set_defaults(func=cmd_split)
+
+    def training_options(p: argparse.ArgumentParser) -> None:
+        g = p.add_argument_group("model and training (defaults: the config's, i.e. the Echo pipeline's)")
+        g.add_argument("--backbone", help="efficientnetv2_b0 (default), efficientnet_b0, efficientnet_b3, "
+                       "resnet50, inception_v3, mobilenetv3_large_100, small_cnn")
+        g.add_argument("--head", choices=["echo", "linear"])
+        g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (timm backbones)")
+        g.add_argument("--weights", type=Path, help="a local weights file for --pretrained (offline)")
+        g.add_argument("--dropout", type=float)
+        g.add_argument("--epochs", type=int)
+        g.add_argument("--batch-size", type=int)
+        g.add_argument("--lr", type=float, help="learning rate (default 1e-4)")
+        g.add_argument("--optimizer", choices=["adam", "adamw", "adamax"])
+        g.add_argument("--weight-decay", type=float)
+        g.add_argument("--schedule", choices=["plateau", "cosine"])
+        g.add_argument("--warmup-epochs", type=int)
+        g.add_argument("--patience", type=int, help="early stopping patience in epochs (default 16)")
+        g.add_argument("--label-smoothing", type=float)
+        g.add_argument("--mixup", type=float, metavar="P", help="probability of mixup per batch")
+        g.add_argument("--class-weights", choices=["none", "balanced"])
+        g.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+        g.add_argument("--unfreeze-epoch", type=int, help="with --freeze-backbone: train everything from this epoch")
+        g.add_argument("--seed", type=int)
+        g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+        g.add_argument("--workers", type=int, help="data loading processes (default 0: in the main process)")
+        g.add_argument("--sparse-classes", choices=["error", "drop"],
+                       help="classes with a single source recording: stop with an error, or leave them out")
+        g.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
+        g.add_argument("--no-cache", action="store_true", help="compute features every time")
+        g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = data_command("train", "train a classifier and write a model bundle (evaluated on a held-out test part)")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    training_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = data_command("cv", "k-fold cross-validation grouped by source recording; keeps the fold models")
+    p.add_argument("--out", type=Path, required=True, help="folder for the fold bundles and the summary")
+    p.add_argument("--folds", type=int, help="number of folds (default 5)")
+    training_options(p)
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("evaluate", help="score a bundle (or a CV folder as an ensemble) on labelled data")
+    p.add_argument("bundle", type=Path)
+    p.add_argument("data", type=Path)
+    p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
+    p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="species and probability of audio files (mean over 5 s windows)")
+    p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (its fold models as an ensemble)")
+    p.add_argument("files", type=Path, nargs="+", help="audio files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="how many species per file (default 3)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("demo", help="SYNTHETIC end-to-end demo: make data, train small_cnn, evaluate, predict")
+    p.add_argument("--out", type=Path, default=Path("echoengine-demo"), help="folder (default echoengine-demo)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--files-per-class", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("synth", help="write a small SYNTHETIC dataset (for demos and tests)")
     p.add_argument("out", type=Path)

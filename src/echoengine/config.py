@@ -385,6 +385,26 @@ class TrainConfig:
         Model initialisation and data order.
     device : str
         ``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when available).
+    optimizer : str
+        ``"adam"`` (Echo), ``"adamw"`` or ``"adamax"``.
+    weight_decay : float
+        Decoupled for AdamW, L2 for the others.
+    schedule : str
+        ``"plateau"`` (Echo: ReduceLROnPlateau on the validation loss) or
+        ``"cosine"`` (cosine decay from ``learning_rate`` to ``min_lr`` over
+        ``epochs``).
+    warmup_epochs : int
+        Linear warm-up of the learning rate over the first epochs (any schedule).
+    class_weights : str
+        ``"none"`` or ``"balanced"`` (loss weights n_samples / (n_classes * count),
+        scikit-learn's "balanced").
+    freeze_backbone : bool
+        Train only the head (transfer learning from pretrained weights).
+    unfreeze_epoch : int
+        With ``freeze_backbone``, train the whole network from this epoch on
+        (0: never).
+    backbone_lr_factor : float
+        The backbone's learning rate relative to the head's once it trains.
     """
 
     epochs: int = 100
@@ -396,9 +416,28 @@ class TrainConfig:
     label_smoothing: float = 0.0
     seed: int = 0
     device: str = "auto"
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "plateau"
+    warmup_epochs: int = 0
+    class_weights: str = "none"
+    freeze_backbone: bool = False
+    unfreeze_epoch: int = 0
+    backbone_lr_factor: float = 1.0
 
     def __post_init__(self) -> None:
         s = "train"
+        _require(self.optimizer in ("adam", "adamw", "adamax"),
+                 f"{s}.optimizer must be 'adam', 'adamw' or 'adamax', got {self.optimizer!r}")
+        _require(self.schedule in ("plateau", "cosine"),
+                 f"{s}.schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
+        _require(self.class_weights in ("none", "balanced"),
+                 f"{s}.class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
+        _require(self.weight_decay >= 0, f"{s}.weight_decay must be >= 0, got {self.weight_decay}")
+        _require(0 <= self.warmup_epochs < self.epochs,
+                 f"{s}.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
+        _require(self.unfreeze_epoch >= 0, f"{s}.unfreeze_epoch must be >= 0, got {self.unfreeze_epoch}")
+        _require(self.backbone_lr_factor > 0, f"{s}.backbone_lr_factor must be positive")
         _require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
         _require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")
         _require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")

@@ -15,8 +15,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-__all__ = ["plot_images"]
+__all__ = ["plot_confusion", "plot_cv_boxplot", "plot_history", "plot_images"]
 
 
 def plot_images(
@@ -57,9 +58,77 @@ def plot_images(
         ax.tick_params(labelsize=6)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
+    """A confusion matrix normalised per true class (rows sum to 1), counts written in the cells.
+
+    Parameters
+    ----------
+    matrix : np.ndarray, shape (n_classes, n_classes)
+        Counts; rows are true classes, columns predicted ones.
+    """
+    n = len(classes)
+    totals = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, totals, out=np.zeros(matrix.shape), where=totals > 0)
+    size = max(5.0, 0.28 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    shown = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=max(4, 9 - n // 10))
+    ax.set_yticks(range(n), classes, fontsize=max(4, 9 - n // 10))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 30:
+        for (i, j), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if share[i, j] > 0.5 else "black")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(title or f"confusion matrix (accuracy {accuracy:.1%}, {int(matrix.sum())} clips)", fontsize=10)
+    return _save(fig, path)
+
+
+def plot_history(history: pd.DataFrame, path: str | Path, *, best_epoch: int | None = None) -> Path:
+    """Training curves: loss, accuracy and learning rate per epoch, train against validation."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, name in zip(axes, ("loss", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{name}"], marker=".", label="train")
+        ax.plot(history["epoch"], history[f"val_{name}"], marker=".", label="validation")
+        ax.set_title(name)
+        ax.set_xlabel("epoch")
+        if best_epoch:
+            ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best (epoch {best_epoch})")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[2].semilogy(history["epoch"], history["learning_rate"], marker=".", color="tab:green")
+    axes[2].set_title("learning rate")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cv_boxplot(histories: Sequence[pd.DataFrame], path: str | Path, *, column: str = "val_accuracy") -> Path:
+    """Per epoch, a box of ``column`` across the folds (folds that stopped early drop out)."""
+    epochs = sorted(set().union(*(set(h["epoch"]) for h in histories)))
+    values = [[float(h.loc[h["epoch"] == e, column].iloc[0]) for h in histories if e in set(h["epoch"])]
+              for e in epochs]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(epochs) + 2), 4.5))
+    ax.boxplot(values, positions=epochs, widths=0.6)
+    ax.plot(epochs, [np.mean(v) for v in values], color="tab:orange", marker=".", label="mean over folds")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(column.replace("_", " "))
+    ax.set_title(f"{column.replace('_', ' ')} per epoch across {len(histories)} folds")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -93,8 +93,9 @@ def make_dataset(
 
     Each class gets ``files_per_class`` files of 2 to 8 s, alternately WAV
     and FLAC at 32 kHz. Files come in pairs cut from one synthetic
-    "recording" (``recNN_a`` and ``recNN_b``), so ``--group-regex '^(rec\\d+)'``
-    groups them as a real dataset's clips of one source would be.
+    "recording" (``<call>_recNN_a`` and ``<call>_recNN_b``), so
+    ``--group-regex '^(.+_rec\\d+)_'`` groups them as a real dataset's clips of
+    one source would be.
     """
     if not 1 <= classes <= len(CALLS):
         raise ValueError(f"classes must be in [1, {len(CALLS)}], got {classes}")
@@ -107,7 +108,8 @@ def make_dataset(
         for i in range(files_per_class):
             y = synthesize_call(name, seconds=float(rng.uniform(2.0, 8.0)), rng=rng, snr_db=float(rng.uniform(3, 15)))
             extension = "wav" if i % 2 == 0 else "flac"
-            sf.write(folder / f"rec{i // 2:02d}_{'ab'[i % 2]}.{extension}", y, _RATE)
+            call = name.removeprefix("synthetic-")
+            sf.write(folder / f"{call}_rec{i // 2:02d}_{'ab'[i % 2]}.{extension}", y, _RATE)
     (root / "README.txt").write_text(
         "SYNTHETIC data made by echoengine.synthetic.make_dataset: computer-generated tones, sweeps\n"
         "and pulse trains over noise, not recordings of animals. For demos and tests only.\n",

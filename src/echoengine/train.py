@@ -1,15 +1,17 @@
 """Train a classifier on a catalog and write a model bundle.
 
-The loop is the Echo pipeline's: Adam at 1e-4, cross-entropy from logits,
-ReduceLROnPlateau (factor 0.75, patience 8, floor 1e-7) and early stopping
-after 16 epochs without a better validation loss, restoring the best weights.
-The bundle is a folder that everything downstream loads::
+The defaults are the Echo pipeline's loop: Adam at 1e-4, cross-entropy from
+logits, ReduceLROnPlateau on the validation loss (factor 0.75, patience 8,
+floor 1e-7) and early stopping after 16 epochs without a better validation
+loss, restoring the best weights. The options of the other seed pipelines are
+in :class:`echoengine.config.TrainConfig`: AdamW / Adamax, cosine decay with a
+linear warm-up, label smoothing, mixup (``augment.mixup_p``), balanced class
+weights, and a frozen backbone that may be unfrozen at a later epoch.
 
-    BUNDLE/
-      echoengine.toml   the full config, front end included
-      classes.txt       one label per line, in output order
-      weights.pt        the best state_dict (by validation loss)
-      history.csv       one row per epoch
+Every epoch ends with an atomic ``checkpoint.pt`` (model, optimizer,
+schedulers, random state, history), so a run killed at any moment continues
+with ``resume=True`` from its last finished epoch, and ``weights.pt`` holds
+the best weights so far. See :mod:`echoengine.bundle` for the folder layout.
 """
 
 from __future__ import annotations
@@ -18,66 +20,176 @@ import copy
 import csv
 import math
 import os
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
+from echoengine.augment import mixup
+from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, save_atomic, write_metadata
 from echoengine.cache import FeatureCache
-from echoengine.config import EchoConfig
+from echoengine.config import EchoConfig, TrainConfig
 from echoengine.dataset import ClipDataset, make_loader
-from echoengine.models import build_model
+from echoengine.errors import EchoError
+from echoengine.models import Classifier, build_model
 
-__all__ = ["TrainResult", "fit", "save_atomic"]
+__all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "resolve_device"]
 
-HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate"]
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
+                  "seconds", "images_per_second"]
+
+# Settings that may differ between a run and its resumption.
+_RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.num_workers", "data.cache_dir", "data.cache_size_gb")
 
 
 @dataclass
 class TrainResult:
-    """What :func:`fit` returns: the bundle folder and the per-epoch history."""
+    """What :func:`fit` returns: the bundle folder, per-epoch history and the best model."""
 
     bundle: Path
     history: list[dict[str, float]]
     best_epoch: int
+    model: Classifier
 
 
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
-def _device(name: str) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EchoError("train.device is 'cuda' but no CUDA device is available; use 'cpu' or 'auto'")
     return torch.device(name)
 
 
-def _run_epoch(model, loader, loss_fn, device, optimizer=None, description="") -> tuple[float, float]:
+def balanced_class_weights(targets: np.ndarray, n_classes: int) -> torch.Tensor:
+    """scikit-learn's "balanced" weights, ``n_samples / (n_present * count)``; 1 for absent classes.
+
+    Examples
+    --------
+    >>> [round(w, 3) for w in balanced_class_weights(np.array([0, 0, 0, 1]), 3).tolist()]
+    [0.667, 2.0, 1.0]
+    """
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(targets)
+    weights = np.ones(n_classes)
+    weights[present] = compute_class_weight("balanced", classes=present, y=targets)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimizer:
+    groups = [
+        {"params": list(model.head.parameters()), "lr": train.learning_rate},
+        {"params": list(model.backbone.parameters()), "lr": train.learning_rate * train.backbone_lr_factor},
+    ]
+    optimizers = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "adamax": torch.optim.Adamax}
+    return optimizers[train.optimizer](groups, weight_decay=train.weight_decay)
+
+
+class _Schedule:
+    """Warm-up, then cosine decay or ReduceLROnPlateau, stepped once per epoch."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, train: TrainConfig) -> None:
+        from torch.optim import lr_scheduler
+
+        self.warmup_epochs = train.warmup_epochs
+        self.warmup = None
+        if train.warmup_epochs:
+            self.warmup = lr_scheduler.LinearLR(optimizer, start_factor=1 / (train.warmup_epochs + 1),
+                                                total_iters=train.warmup_epochs)
+        if train.schedule == "cosine":
+            self.after = lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, train.epochs - train.warmup_epochs), eta_min=train.min_lr
+            )
+        else:
+            self.after = lr_scheduler.ReduceLROnPlateau(
+                optimizer, factor=train.lr_factor, patience=train.lr_patience, min_lr=train.min_lr
+            )
+
+    def step(self, epoch: int, val_loss: float) -> None:
+        if self.warmup is not None and epoch <= self.warmup_epochs:
+            self.warmup.step()
+        elif isinstance(self.after, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.after.step(val_loss)
+        else:
+            self.after.step()
+
+    def state_dict(self) -> dict:
+        return {"warmup": self.warmup.state_dict() if self.warmup else None, "after": self.after.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.warmup is not None:
+            self.warmup.load_state_dict(state["warmup"])
+        self.after.load_state_dict(state["after"])
+
+
+def _set_backbone_frozen(model: Classifier, frozen: bool) -> None:
+    for parameter in model.backbone.parameters():
+        parameter.requires_grad_(not frozen)
+
+
+def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbone=False, mixup_rng=None,
+               augment=None, description="", progress=True) -> tuple[float, float]:
     """One pass over a loader; trains when an optimizer is given. Returns (mean loss, accuracy)."""
-    model.train(optimizer is not None)
+    training = optimizer is not None
+    model.train(training)
+    if training and frozen_backbone:
+        model.backbone.eval()  # frozen batch-norm statistics too
     total_loss, correct, seen = 0.0, 0, 0
-    with torch.set_grad_enabled(optimizer is not None):
-        for images, targets in tqdm(loader, desc=description, leave=False, unit="batch"):
-            if len(images) < 2 and optimizer is not None:  # batch norm needs two examples
+    bar = tqdm(loader, desc=description, leave=False, unit="batch", disable=not progress, file=sys.stderr)
+    with torch.set_grad_enabled(training):
+        for images, targets in bar:
+            if len(images) < 2 and training:  # batch norm needs two examples
                 continue
             images, targets = images.to(device), targets.to(device)
+            labels = targets.argmax(1)
+            if training and augment is not None and augment.mixup_p > 0 and mixup_rng.random() < augment.mixup_p:
+                images, targets = mixup(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
             logits = model(images)
             loss = loss_fn(logits, targets)
-            if optimizer is not None:
+            if training:
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
             total_loss += float(loss.detach()) * len(images)
-            correct += int((logits.argmax(1) == targets.argmax(1)).sum())
+            correct += int((logits.argmax(1) == labels).sum())
             seen += len(images)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
 
 
-def fit(train_table, val_table, classes: list[str], config: EchoConfig, bundle: str | Path) -> TrainResult:
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(temporary, path)
+
+
+def _check_resumable(bundle: Path, config: EchoConfig) -> None:
+    saved = EchoConfig.load(bundle / CONFIG_FILE)
+    if saved.fingerprint(ignore=_RESUMABLE_CHANGES) != config.fingerprint(ignore=_RESUMABLE_CHANGES):
+        raise EchoError(f"{bundle}: cannot resume with a different config than the run's ({CONFIG_FILE}); "
+                        "only train.epochs, train.device and data loading settings may change")
+
+
+def fit(
+    train_table: pd.DataFrame,
+    val_table: pd.DataFrame,
+    classes: list[str],
+    config: EchoConfig,
+    bundle: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> TrainResult:
     """Train on ``train_table``, select on ``val_table``, and write the bundle.
 
     Parameters
@@ -89,43 +201,104 @@ def fit(train_table, val_table, classes: list[str], config: EchoConfig, bundle: 
     config : EchoConfig
     bundle : str or Path
         Folder to write; created if needed.
+    resume : bool
+        Continue from the bundle's ``checkpoint.pt`` (its config must match,
+        apart from ``train.epochs`` and data loading settings).
+    progress : bool
+        Show a progress bar per epoch.
+    log : callable
+        Receives one line per epoch.
     """
     bundle = Path(bundle)
-    bundle.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(config.train.seed)
-    device = _device(config.train.device)
+    train = config.train
+    if len(val_table) == 0:
+        raise EchoError("no validation files: early stopping and the best checkpoint need some; add recordings "
+                        "(3 per class give one to each part) or raise data.val_fraction")
+    device = resolve_device(train.device)
+    checkpoint = None
+    if resume:
+        if not (bundle / CHECKPOINT_FILE).is_file():
+            raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
+        _check_resumable(bundle, config)
+        checkpoint = torch.load(bundle / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    write_metadata(bundle, config, classes)
+    torch.manual_seed(train.seed)
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
-    train_loader = make_loader(ClipDataset(train_table, classes, config, train=True, cache=cache), config)
+    train_data = ClipDataset(train_table, classes, config, train=True, cache=cache)
+    train_loader = make_loader(train_data, config)
     val_loader = make_loader(ClipDataset(val_table, classes, config, train=False, cache=cache), config)
     model = build_model(config.model, len(classes)).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.learning_rate)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, factor=config.train.lr_factor, patience=config.train.lr_patience, min_lr=config.train.min_lr
-    )
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.train.label_smoothing)
-    config.save(bundle / "echoengine.toml")
-    (bundle / "classes.txt").write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
+    optimizer = _optimizer(model, train)
+    schedule = _Schedule(optimizer, train)
+    weights = None
+    if train.class_weights == "balanced":
+        weights = balanced_class_weights(np.array(train_data.targets), len(classes)).to(device)
+    train_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
+    val_loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+
     history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, copy.deepcopy(model.state_dict())
-    with open(bundle / "history.csv", "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        for epoch in range(1, config.train.epochs + 1):
-            train_loss, train_acc = _run_epoch(model, train_loader, loss_fn, device, optimizer, f"epoch {epoch}")
-            val_loss, val_acc = _run_epoch(model, val_loader, loss_fn, device, description="validation")
-            scheduler.step(val_loss)
+    best_loss, best_epoch, start_epoch = math.inf, 0, 1
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+        history, best_loss, best_epoch = checkpoint["history"], checkpoint["best_loss"], checkpoint["best_epoch"]
+        start_epoch = checkpoint["epoch"] + 1
+        if best_epoch == checkpoint["epoch"]:  # killed between the checkpoint and the weights
+            save_atomic(checkpoint["model"], bundle / WEIGHTS_FILE)
+        log(f"resuming {bundle} after epoch {checkpoint['epoch']} (best so far: epoch {best_epoch})")
+        if checkpoint["epoch"] - best_epoch >= train.patience:
+            log("the run had already stopped early")
+            start_epoch = train.epochs + 1
+    best_state = (torch.load(bundle / WEIGHTS_FILE, map_location=device, weights_only=True)
+                  if best_epoch else copy.deepcopy(model.state_dict()))
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(bundle / "tensorboard", purge_step=start_epoch) as board:
+        for epoch in range(start_epoch, train.epochs + 1):
+            frozen = train.freeze_backbone and not (train.unfreeze_epoch and epoch >= train.unfreeze_epoch)
+            _set_backbone_frozen(model, frozen)
+            train_loader.sampler.set_epoch(epoch - 1)
+            learning_rate = optimizer.param_groups[0]["lr"]
+            started = time.perf_counter()
+            train_loss, train_acc = _run_epoch(
+                model, train_loader, train_loss_fn, device, optimizer=optimizer, frozen_backbone=frozen,
+                mixup_rng=np.random.default_rng([train.seed, epoch]), augment=config.augment,
+                description=f"epoch {epoch}/{train.epochs}", progress=progress,
+            )
+            seconds = time.perf_counter() - started
+            val_loss, val_acc = _run_epoch(model, val_loader, val_loss_fn, device, description="validation",
+                                           progress=progress)
+            schedule.step(epoch, val_loss)
             row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "learning_rate": optimizer.param_groups[0]["lr"]}
+                   "val_accuracy": val_acc, "learning_rate": learning_rate, "seconds": round(seconds, 3),
+                   "images_per_second": round(len(train_data) / seconds, 2)}
             history.append(row)
-            writer.writerow(row)
-            file.flush()
-            print(f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.3f} | "
-                  f"val loss {val_loss:.4f} acc {val_acc:.3f}", flush=True)
-            if val_loss < best_loss:
-                best_loss, best_epoch, best_state = val_loss, epoch, copy.deepcopy(model.state_dict())
-                save_atomic(best_state, bundle / "weights.pt")
-            elif epoch - best_epoch >= config.train.patience:
-                print(f"early stop: no better validation loss since epoch {best_epoch}", flush=True)
+            for name in ("loss", "accuracy"):
+                board.add_scalars(name, {"train": row[f"train_{name}"], "val": row[f"val_{name}"]}, epoch)
+            board.add_scalar("learning_rate", learning_rate, epoch)
+            improved = val_loss < best_loss
+            if improved:
+                best_loss, best_epoch = val_loss, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            _write_history(bundle / "history.csv", history)
+            save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "history": history, "best_loss": best_loss, "best_epoch": best_epoch},
+                        bundle / CHECKPOINT_FILE)
+            if improved:
+                save_atomic(best_state, bundle / WEIGHTS_FILE)
+            log(f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.3f} | val loss {val_loss:.4f} "
+                f"acc {val_acc:.3f} | lr {learning_rate:.2e} | {row['images_per_second']:.1f} images/s"
+                + (" *" if improved else ""))
+            if epoch - best_epoch >= train.patience:
+                log(f"early stop: no better validation loss since epoch {best_epoch}")
                 break
+    if best_epoch == 0:  # no finite validation loss (every validation file failed to load)
+        log("warning: no epoch had a finite validation loss; the bundle keeps the last weights")
+        best_state = copy.deepcopy(model.state_dict())
+        save_atomic(best_state, bundle / WEIGHTS_FILE)
     model.load_state_dict(best_state)
-    return TrainResult(bundle, history, best_epoch)
+    return TrainResult(bundle, history, best_epoch, model.eval())

@@ -1,0 +1,142 @@
+"""K-fold cross-validation, grouped by source recording and stratified by class.
+
+Fold ``k`` is held out for testing while a model trains on the others; early
+stopping selects on a validation part carved (grouped, stratified) out of
+the training folds, so the held-out fold never steers training and its
+scores are honest. The output folder keeps every fold's bundle, so the folds
+can serve together as an ensemble::
+
+    OUT/
+      fold0/ ... fold{k-1}/   complete bundles, each with its held-out metrics
+      folds.csv               which file is in which fold
+      cv_folds.csv            one row of metrics per fold
+      metrics.json            per fold, mean, std, and pooled out-of-fold metrics
+      oof_predictions.csv     every file's out-of-fold probabilities
+      plots/cv_val_accuracy.png, plots/confusion.png
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from echoengine import catalog, plots
+from echoengine.bundle import CHECKPOINT_FILE, Bundle
+from echoengine.cache import FeatureCache
+from echoengine.config import EchoConfig
+from echoengine.evaluate import SUMMARY_KEYS, classification_metrics, evaluate, write_report
+from echoengine.train import fit
+
+__all__ = ["cross_validate", "inner_split"]
+
+
+def inner_split(table: pd.DataFrame, *, val_fraction: float, seed: int) -> np.ndarray:
+    """True for the rows that train, False for the validation rows, within training folds.
+
+    Classes with a single recording among these rows all train (they cannot
+    also be validated without a leak).
+    """
+    recordings = table.groupby("label")["group"].transform("nunique").to_numpy()
+    trains = np.ones(len(table), dtype=bool)
+    several = recordings >= 2
+    if several.any():
+        parts = catalog.split(table[several], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+        trains[several] = parts != "val"
+    return trains
+
+
+def cross_validate(
+    table: pd.DataFrame,
+    config: EchoConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train and test one model per fold; write the fold bundles and the summary.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        A scanned, labelled catalog. Classes with a single source recording
+        are left out when ``data.sparse_classes`` is ``"drop"``.
+    config : EchoConfig
+        ``data.folds``, ``data.split_seed``, ``data.val_fraction`` and
+        ``data.sparse_classes`` shape the folds.
+    out : str or Path
+    resume : bool
+        Keep finished folds and continue an interrupted fold from its checkpoint.
+
+    Returns
+    -------
+    dict
+        What ``metrics.json`` holds.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = config.data
+    folds = catalog.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
+    table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
+    table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
+    classes = catalog.class_names(table)
+    log(f"{data.folds}-fold cross-validation of {config.model.backbone} + {config.model.head} head on "
+        f"{len(table)} files, {len(classes)} classes, {table['group'].nunique()} source recordings")
+    cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
+    oof = np.full((len(table), len(classes)), np.nan)
+    fold_metrics, histories = [], []
+    for k in range(data.folds):
+        bundle_dir = out / f"fold{k}"
+        test = table[folds == k].reset_index(drop=True)
+        rest = table[folds != k].reset_index(drop=True)
+        metrics_file, predictions_file = bundle_dir / "metrics.json", bundle_dir / "test_predictions.csv"
+        if resume and metrics_file.is_file() and predictions_file.is_file():
+            log(f"fold {k}: finished before, kept")
+            result = json.loads(metrics_file.read_text(encoding="utf-8"))
+            probabilities = pd.read_csv(predictions_file)[classes].to_numpy()
+        else:
+            trains = inner_split(rest, val_fraction=data.val_fraction, seed=data.split_seed + k)
+            log(f"fold {k}: train {int(trains.sum())}, validation {int((~trains).sum())}, test {len(test)} files")
+            bundle_dir.mkdir(parents=True, exist_ok=True)
+            splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
+            splits[["path", "label", "group", "part"]].to_csv(bundle_dir / "splits.csv", index=False)
+            trained = fit(rest[trains], rest[~trains], classes, config, bundle_dir,
+                          resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress, log=log)
+            bundle = Bundle(bundle_dir, config, classes, trained.model)
+            result, probabilities = evaluate([bundle], test, cache=cache)
+            result["best_epoch"] = trained.best_epoch
+            write_report(result, classes, bundle_dir, history=pd.DataFrame(trained.history),
+                         best_epoch=trained.best_epoch)
+            pd.DataFrame(probabilities, columns=classes).assign(path=test["path"], label=test["label"]).to_csv(
+                predictions_file, index=False)
+            log(f"fold {k}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
+        oof[np.flatnonzero(folds == k)] = probabilities
+        fold_metrics.append({"fold": k, **{key: result[key] for key in SUMMARY_KEYS}})
+        histories.append(pd.read_csv(bundle_dir / "history.csv"))
+    return _summarise(table, folds, classes, oof, fold_metrics, histories, out)
+
+
+def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -> dict:
+    per_fold = pd.DataFrame(fold_metrics)
+    per_fold.to_csv(out / "cv_folds.csv", index=False)
+    held = ~np.isnan(oof).any(axis=1)
+    labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
+    pooled = classification_metrics(labels[held], oof[held], classes)
+    summary = {
+        "classes": classes,
+        "folds": fold_metrics,
+        "mean": {key: round(float(per_fold[key].mean()), 4) for key in SUMMARY_KEYS},
+        "std": {key: round(float(per_fold[key].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for key in SUMMARY_KEYS},
+        "pooled_out_of_fold": pooled,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds).to_csv(
+        out / "oof_predictions.csv", index=False)
+    plots.plot_cv_boxplot(histories, out / "plots" / "cv_val_accuracy.png")
+    title = f"out-of-fold confusion matrix ({len(histories)} folds, accuracy {pooled['accuracy']:.1%})"
+    plots.plot_confusion(np.array(pooled["confusion_matrix"]), classes, out / "plots" / "confusion.png", title=title)
+    return summary

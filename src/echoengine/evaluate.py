@@ -1,0 +1,177 @@
+"""How good a model is, said honestly: metrics, a per-class table and plots.
+
+:func:`classification_metrics` scores file probabilities against labels:
+accuracy, balanced accuracy, macro-F1, top-5 accuracy, LWLRAP, macro mAP,
+expected calibration error, per-class precision / recall / F1 / AP and the
+confusion matrix. With one label per file, label-weighted LRAP (LWLRAP) equals
+scikit-learn's sample-averaged ``label_ranking_average_precision_score``,
+which is what is computed. A file's probabilities are the mean over its
+windows (see :mod:`echoengine.predict`).
+
+Examples
+--------
+>>> import numpy as np
+>>> probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.6, 0.3], [0.5, 0.1, 0.4]])
+>>> m = classification_metrics(np.array([0, 1, 2]), probs, ["a", "b", "c"])
+>>> m["accuracy"], round(m["lwlrap"], 4)
+(0.6667, 0.8333)
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn import metrics as skm
+
+from echoengine import plots
+from echoengine.bundle import Bundle
+from echoengine.errors import EchoError
+from echoengine.predict import predict_table
+
+__all__ = ["classification_metrics", "evaluate", "expected_calibration_error", "format_report", "write_report"]
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> float:
+    """ECE of the top prediction: the bin-weighted gap between confidence and accuracy.
+
+    Confidences are binned into ``bins`` equal-width bins on [0, 1]; the ECE
+    is the mean over files of |accuracy of the bin - mean confidence of the
+    bin| (Guo et al. 2017).
+
+    Examples
+    --------
+    >>> expected_calibration_error(np.array([[0.9, 0.1], [0.9, 0.1]]), np.array([0, 1]))
+    0.4
+    """
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in np.unique(which):
+        inside = which == b
+        gap += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return round(float(gap / len(labels)), 6)
+
+
+def _balanced_accuracy(labels: np.ndarray, predicted: np.ndarray) -> float:
+    """Mean recall over the classes present (predictions of absent classes count as errors, silently)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+        return skm.balanced_accuracy_score(labels, predicted)
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict:
+    """All the single-label metrics of one set of predictions.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n,)
+        True class index per file.
+    probabilities : ndarray, shape (n, n_classes)
+    classes : sequence of str
+
+    Returns
+    -------
+    dict
+        Rounded scalars (``accuracy``, ``balanced_accuracy``, ``macro_f1``,
+        ``top5_accuracy``, ``lwlrap``, ``map``, ``ece``, ``n``), a
+        ``per_class`` list and the ``confusion_matrix`` (rows true, columns
+        predicted). Macro averages run over the classes present in ``labels``.
+    """
+    n_classes = len(classes)
+    everything = np.arange(n_classes)
+    predicted = probabilities.argmax(axis=1)
+    present = np.unique(labels)
+    one_hot = np.eye(n_classes)[labels]
+    precision, recall, f1, support = skm.precision_recall_fscore_support(
+        labels, predicted, labels=everything, zero_division=0
+    )
+    average_precision = np.full(n_classes, np.nan)
+    for c in present:
+        average_precision[c] = skm.average_precision_score(one_hot[:, c], probabilities[:, c])
+    true_scores = probabilities[np.arange(len(labels)), labels]
+    rank = (probabilities > true_scores[:, None]).sum(axis=1)  # 0 for the top prediction
+    result = {
+        "n": len(labels),
+        "accuracy": skm.accuracy_score(labels, predicted),
+        "balanced_accuracy": _balanced_accuracy(labels, predicted),
+        "macro_f1": f1[present].mean(),
+        "top5_accuracy": (rank < 5).mean(),
+        "lwlrap": skm.label_ranking_average_precision_score(one_hot, probabilities),
+        "map": np.nanmean(average_precision),
+        "ece": expected_calibration_error(probabilities, labels),
+    }
+    result = {key: round(float(value), 4) if key != "n" else value for key, value in result.items()}
+    result["per_class"] = [
+        {"class": name, "precision": round(float(precision[c]), 4), "recall": round(float(recall[c]), 4),
+         "f1": round(float(f1[c]), 4), "support": int(support[c]),
+         "ap": None if np.isnan(average_precision[c]) else round(float(average_precision[c]), 4)}
+        for c, name in enumerate(classes)
+    ]
+    result["confusion_matrix"] = skm.confusion_matrix(labels, predicted, labels=everything).tolist()
+    return result
+
+
+def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> tuple[dict, np.ndarray]:
+    """Predict the files of a labelled catalog and score the predictions.
+
+    Files whose label is not among the bundle's classes are left out (and
+    counted in ``"skipped_unknown_labels"``); files that fail to load are
+    counted in ``"failed_files"``. Keyword options go to
+    :func:`echoengine.predict.window_probabilities`.
+
+    Returns
+    -------
+    metrics : dict
+    probabilities : ndarray, shape (n_rows, n_classes), NaN rows for failed files
+    """
+    classes = bundles[0].classes
+    known = table["label"].isin(classes).to_numpy()
+    if not known.any():
+        raise EchoError("none of the labels of the data are among the model's classes")
+    table = table[known].reset_index(drop=True)
+    probabilities = predict_table(bundles, table, **options)
+    loaded = ~np.isnan(probabilities).any(axis=1)
+    labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
+    result = classification_metrics(labels[loaded], probabilities[loaded], classes)
+    result["skipped_unknown_labels"] = int((~known).sum())
+    result["failed_files"] = int((~loaded).sum())
+    result["clip_pooling"] = "mean of window probabilities"
+    result["models"] = len(bundles)
+    return result, probabilities
+
+
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "lwlrap", "map", "ece")
+
+
+def format_report(result: dict) -> str:
+    """The scalar metrics and the per-class table as text."""
+    failed = result.get("failed_files")
+    lines = [f"{result['n']} files" + (f" ({failed} failed to load)" if failed else "")]
+    lines += [f"  {key:<18} {result[key]:.4f}" for key in SUMMARY_KEYS if key in result]
+    width = max([len(row["class"]) for row in result["per_class"]] + [5])
+    lines.append(f"\n  {'class':<{width}} {'precision':>9} {'recall':>7} {'f1':>6} {'ap':>6} {'support':>7}")
+    for row in result["per_class"]:
+        ap = "-" if row["ap"] is None else f"{row['ap']:.3f}"
+        lines.append(f"  {row['class']:<{width}} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1']:>6.3f} "
+                     f"{ap:>6} {row['support']:>7}")
+    return "\n".join(lines)
+
+
+def write_report(result: dict, classes: Sequence[str], out: str | Path, *, history: pd.DataFrame | None = None,
+                 best_epoch: int | None = None) -> list[Path]:
+    """Write ``metrics.json``, ``per_class.csv`` and the plots to ``out``; returns the paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "metrics.json", out / "per_class.csv"]
+    written[0].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    pd.DataFrame(result["per_class"]).to_csv(written[1], index=False)
+    written.append(plots.plot_confusion(np.array(result["confusion_matrix"]), classes, out / "plots" / "confusion.png"))
+    if history is not None and len(history):
+        written.append(plots.plot_history(history, out / "plots" / "training.png", best_epoch=best_epoch))
+    return written

@@ -1,0 +1,125 @@
+"""Class probabilities of files from one bundle or an ensemble of bundles.
+
+A file is cut into the fixed windows of the model's clip length (hop = clip
+length, the last window padded with silence), every window is scored, and
+the file's probabilities are the **mean of its windows' softmax
+probabilities**. Averaging probabilities (rather than taking the maximum)
+makes a clip's answer the species heard through most of it, which is what a
+label of a clip means; for "is the species anywhere in this long recording"
+use :mod:`echoengine.detect`-style window scores instead. An ensemble (the
+fold models of a cross-validation) averages the members' file probabilities.
+
+Examples
+--------
+>>> import numpy as np
+>>> clip_means(np.array([[0.8, 0.2], [0.4, 0.6], [0.1, 0.9]]), np.array([0, 0, 1]), n_rows=3)
+array([[0.6, 0.4],
+       [0.1, 0.9],
+       [nan, nan]])
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+from tqdm import tqdm
+
+from echoengine.bundle import Bundle
+from echoengine.cache import FeatureCache
+from echoengine.dataset import ClipDataset
+from echoengine.errors import EchoError
+
+__all__ = ["clip_means", "predict_table", "window_probabilities"]
+
+
+class _Indexed(Dataset):
+    """Items of a dataset with their index, so that failed items can be told apart."""
+
+    def __init__(self, dataset: ClipDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        return None if item is None else (item[0], index)
+
+
+def _collate(items: list):
+    usable = [item for item in items if item is not None]
+    return default_collate(usable) if usable else None
+
+
+def clip_means(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int) -> np.ndarray:
+    """Average window probabilities per catalog row; rows without windows are NaN."""
+    sums = np.zeros((n_rows, window_probs.shape[1]))
+    np.add.at(sums, window_rows, window_probs)
+    counts = np.bincount(window_rows, minlength=n_rows)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def window_probabilities(
+    bundles: Sequence[Bundle],
+    table: pd.DataFrame,
+    *,
+    cache: FeatureCache | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax probabilities of every window of every file, averaged over the bundles.
+
+    The bundles must share their audio and front-end config (true of the
+    fold models of one cross-validation), so each window's input is computed
+    once for all of them.
+
+    Returns
+    -------
+    probabilities : ndarray, shape (n_windows, n_classes)
+    rows : ndarray of int, shape (n_windows,)
+        The table row of each window. Windows whose file failed to load are
+        left out (and logged by the dataset's ``on_error`` policy).
+    """
+    first = bundles[0]
+    for other in bundles[1:]:
+        if other.classes != first.classes:
+            raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
+        if other.config.fingerprint("audio", "frontend") != first.config.fingerprint("audio", "frontend"):
+            raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
+    config = first.config
+    labelled = table.assign(label="") if "label" not in table else table.assign(
+        label=table["label"].where(table["label"].isin(first.classes), ""))
+    dataset = ClipDataset(labelled, first.classes, config, train=False, cache=cache)
+    loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
+                        num_workers=num_workers, collate_fn=_collate)
+    device = next(first.model.parameters()).device
+    probabilities, indices = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress, file=sys.stderr):
+            if batch is None:
+                continue
+            images, index = batch
+            images = images.to(device)
+            mean = sum(torch.softmax(b.model(images), dim=1) for b in bundles) / len(bundles)
+            probabilities.append(mean.cpu().numpy())
+            indices.append(index.numpy())
+    if not probabilities:
+        return np.zeros((0, len(first.classes))), np.zeros(0, dtype=np.int64)
+    rows = dataset.rows()[np.concatenate(indices)]
+    return np.concatenate(probabilities), rows
+
+
+def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> np.ndarray:
+    """File probabilities (n_rows, n_classes): the mean over each file's windows; NaN when none loaded.
+
+    Keyword options are those of :func:`window_probabilities`.
+    """
+    probabilities, rows = window_probabilities(bundles, table, **options)
+    return clip_means(probabilities, rows, n_rows=len(table))
