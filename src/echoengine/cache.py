@@ -88,7 +88,7 @@ class FeatureCache:
         # mixup mixes batches after the cache, and `variants` only says how many are drawn
         self._augmented_fingerprint = config.fingerprint(
             "audio", "frontend", "augment",
-            ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha"),
+            ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha", "augment.embedding_variants"),
         )
         self._size_limit = int(config.data.cache_size_gb * 2**30)
         self._store: diskcache.Cache | None = None

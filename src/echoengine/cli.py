@@ -40,7 +40,8 @@ def _config(args: argparse.Namespace) -> EchoConfig:
 # command-line option -> (section, key) of the config
 _TRAINING_OPTIONS = {
     "backbone": ("model", "backbone"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
-    "weights": ("model", "weights"), "dropout": ("model", "dropout"),
+    "weights": ("model", "weights"), "dropout": ("model", "dropout"), "embedder": ("model", "embedder"),
+    "pooling": ("model", "pooling"), "hidden_size": ("model", "hidden_size"),
     "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "optimizer": ("train", "optimizer"),
     "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
@@ -206,7 +207,8 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
         out.mkdir(parents=True, exist_ok=True)
         usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
     counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
-    print(f"training {config.model.backbone} + {config.model.head} head on {len(classes)} classes: "
+    model_name = config.model.embedder or config.model.backbone
+    print(f"training {model_name} + {config.model.head} head on {len(classes)} classes: "
           f"{counts['train']} train, {counts['val']} validation, {counts['test']} test files", flush=True)
     result = fit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                  progress=not quiet)
@@ -314,7 +316,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not len(usable):
         print("error: no file could be read", file=sys.stderr)
         return 1
-    probabilities = predict_table(bundles, usable, cache=_cache_for(config, args), progress=len(usable) > 20)
+    if args.onnx:
+        probabilities = _onnx_probabilities(bundles, usable["path"].tolist())
+    else:
+        probabilities = predict_table(bundles, usable, cache=_cache_for(config, args), progress=len(usable) > 20)
     results = []
     for path, probs in zip(usable["path"], probabilities):
         if np.isnan(probs).any():
@@ -325,6 +330,37 @@ def cmd_predict(args: argparse.Namespace) -> int:
         results.append({"file": path, **top[0], "top_k": top})
     _print_predictions(results, args.format)
     return 0 if results else 1
+
+
+def _onnx_probabilities(bundles, paths: list[str]) -> np.ndarray:
+    """File probabilities from the bundles' exported model.onnx, run by onnxruntime."""
+    import onnxruntime
+
+    from echoengine.export import ONNX_FILE, onnx_predict_file
+
+    total = np.zeros((len(paths), len(bundles[0].classes)))
+    for member in bundles:
+        graph = member.path / ONNX_FILE
+        if not graph.is_file():
+            raise EchoError(f"{member.path}: no {ONNX_FILE}; run: echoengine export {member.path}")
+        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        for i, path in enumerate(paths):
+            try:
+                total[i] += onnx_predict_file(session, member, path)[0]
+            except AudioError as error:
+                print(f"error: {error}", file=sys.stderr)
+                total[i] = np.nan
+    return total / len(bundles)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from echoengine.bundle import find_bundles
+    from echoengine.export import export_onnx
+
+    for folder in find_bundles(args.bundle):
+        path, difference = export_onnx(folder, check=args.check or ())
+        print(f"wrote {path} (checked against PyTorch: max probability difference {difference:.1e})")
+    return 0
 
 
 def _print_predictions(results: list[dict], form: str) -> None:
@@ -357,7 +393,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     bundle = _train_bundle(data, config, out / "bundle", resume=False, quiet=args.quiet)
     print("\n3/4 predicting the first file of each class with the bundle:")
     examples = sorted(next(iter(sorted(folder.glob("*.*")))) for folder in data.iterdir() if folder.is_dir())
-    cmd_predict(argparse.Namespace(bundle=bundle, files=examples, top_k=2, format="table", no_cache=True))
+    cmd_predict(argparse.Namespace(bundle=bundle, files=examples, top_k=2, format="table", no_cache=True, onnx=False))
     print(f"\n4/4 done. bundle: {bundle}\n    metrics: {bundle / 'metrics.json'}\n"
           f"    plots: {bundle / 'plots' / 'confusion.png'}, {bundle / 'plots' / 'training.png'}")
     return 0
@@ -415,7 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
         g = p.add_argument_group("model and training (defaults: the config's, i.e. the Echo pipeline's)")
         g.add_argument("--backbone", help="efficientnetv2_b0 (default), efficientnet_b0, efficientnet_b3, "
                        "resnet50, inception_v3, mobilenetv3_large_100, small_cnn")
-        g.add_argument("--head", choices=["echo", "linear"])
+        g.add_argument("--head", choices=["echo", "linear", "mlp"])
+        g.add_argument("--embedder", help="train a head on a frozen pretrained embedder: birdnet (BirdNET V2.4, "
+                       "CC BY-NC-SA 4.0) or cnn:/path/to/bundle")
+        g.add_argument("--pooling", choices=["mean", "max"], help="pooling of window logits in a clip (embedders)")
+        g.add_argument("--hidden-size", type=int, help="hidden layer of the mlp head (default 512)")
         g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (timm backbones)")
         g.add_argument("--weights", type=Path, help="a local weights file for --pretrained (offline)")
         g.add_argument("--dropout", type=float)
@@ -465,8 +505,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", type=Path, nargs="+", help="audio files or folders")
     p.add_argument("--top-k", type=int, default=3, help="how many species per file (default 3)")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it")
+    p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (each fold is exported)")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--check", type=Path, nargs="+", help="audio files for the parity check (default: test files)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="SYNTHETIC end-to-end demo: make data, train small_cnn, evaluate, predict")
     p.add_argument("--out", type=Path, default=Path("echoengine-demo"), help="folder (default echoengine-demo)")

@@ -220,6 +220,9 @@ class AugmentConfig:
         epoch draws one of them per sample.
     seed : int
         Variant ``k`` of a sample is a function of ``(seed, k, sample)``.
+    embedding_variants : int
+        The same for models on a pretrained embedder, where each variant
+        costs a pass of the embedder: fewer, computed once and cached.
     """
 
     variants: int = 20
@@ -245,6 +248,7 @@ class AugmentConfig:
     rotation_degrees: float = 2.0
     mixup_p: float = 0.0
     mixup_alpha: float = 0.4
+    embedding_variants: int = 4
 
     def __post_init__(self) -> None:
         s = "augment"
@@ -262,6 +266,7 @@ class AugmentConfig:
         _require(self.time_masks >= 0 and self.freq_masks >= 0, f"{s}: mask counts must be >= 0")
         _require(self.rotation_degrees >= 0, f"{s}.rotation_degrees must be >= 0")
         _require(self.mixup_alpha > 0, f"{s}.mixup_alpha must be positive, got {self.mixup_alpha}")
+        _require(self.embedding_variants >= 1, f"{s}.embedding_variants must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -340,13 +345,24 @@ class ModelConfig:
         ``efficientnet_b3``, ``resnet50``, ``inception_v3``,
         ``mobilenetv3_large_100`` (timm) or ``small_cnn`` (from scratch, CPU-sized).
     head : str
-        ``"echo"`` (the Echo dense head) or ``"linear"`` (global pooling + linear).
+        ``"echo"`` (the Echo dense head), ``"linear"`` (global pooling +
+        linear) or ``"mlp"`` (one hidden layer of ``hidden_size``).
     pretrained : bool
         Start from ImageNet weights (timm backbones).
     weights : str
         A local weights file for ``pretrained``; empty: download (needs a network).
     dropout : float
         Dropout before the last layer (0.5 in the Echo head).
+    embedder : str
+        Empty: a CNN on spectrogram images. ``"birdnet"`` or
+        ``"cnn:/path/to/bundle"``: a frozen pretrained embedder turns each of
+        its windows into an embedding and only a head is trained on them
+        (``head`` then is ``"linear"`` or ``"mlp"``; ``backbone`` is unused).
+    pooling : str
+        How a clip's window logits become the clip's: ``"mean"`` or ``"max"``
+        (embedding models).
+    hidden_size : int
+        Width of the ``"mlp"`` head's hidden layer.
     """
 
     backbone: str = "efficientnetv2_b0"
@@ -354,13 +370,23 @@ class ModelConfig:
     pretrained: bool = False
     weights: str = ""
     dropout: float = 0.5
+    embedder: str = ""
+    pooling: str = "mean"
+    hidden_size: int = 512
 
     def __post_init__(self) -> None:
         s = "model"
         known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
                  "mobilenetv3_large_100", "small_cnn")
         _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
-        _require(self.head in ("echo", "linear"), f"{s}.head must be 'echo' or 'linear', got {self.head!r}")
+        _require(self.head in ("echo", "linear", "mlp"),
+                 f"{s}.head must be 'echo', 'linear' or 'mlp', got {self.head!r}")
+        _require(self.embedder in ("", "birdnet") or self.embedder.startswith("cnn:"),
+                 f"{s}.embedder must be '', 'birdnet' or 'cnn:/path/to/bundle', got {self.embedder!r}")
+        _require(not self.embedder or self.head in ("linear", "mlp"),
+                 f"{s}.head must be 'linear' or 'mlp' on an embedder, got {self.head!r}")
+        _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
+        _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
 
 

@@ -84,7 +84,8 @@ def cross_validate(
     table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
     classes = catalog.class_names(table)
-    log(f"{data.folds}-fold cross-validation of {config.model.backbone} + {config.model.head} head on "
+    log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
+        f"{config.model.head} head on "
         f"{len(table)} files, {len(classes)} classes, {table['group'].nunique()} source recordings")
     cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
     oof = np.full((len(table), len(classes)), np.nan)

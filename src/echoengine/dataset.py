@@ -90,6 +90,7 @@ class ClipDataset(Dataset):
         self.lengths = [round(d * self.sample_rate) for d in durations]
         if train:
             self.items = [(row, -1) for row in range(len(self.paths))]
+            self.variants = config.augment.variants
         else:
             self.items = [
                 (row, int(start))
@@ -148,8 +149,8 @@ class ClipDataset(Dataset):
             self.cache.put(key, image)
         return image
 
-    def compute_image(self, row: int, start: int, variant: int) -> np.ndarray:
-        """The one-channel image of a clip: clean window ``start``, or augmented variant."""
+    def clip_waveform(self, row: int, start: int, variant: int) -> tuple[np.ndarray, np.random.Generator | None]:
+        """The waveform of a clip (clean window ``start``, or augmented variant) and the variant's generator."""
         path, length = self.paths[row], self.clip_samples
         rng = None
         if variant >= 0:
@@ -160,6 +161,11 @@ class ClipDataset(Dataset):
         y = pad_to_length(y, length=length, where=self.config.audio.pad if rng is not None else "end", rng=rng)
         if rng is not None and self.augmenter is not None:
             y = self.augmenter(y, seed=int(rng.integers(2**62)))
+        return y, rng
+
+    def compute_image(self, row: int, start: int, variant: int) -> np.ndarray:
+        """The one-channel image of a clip: clean window ``start``, or augmented variant."""
+        y, rng = self.clip_waveform(row, start, variant)
         with torch.inference_mode():
             spec = self.frontend.spectrogram(torch.from_numpy(y).unsqueeze(0))
             if rng is not None:
@@ -232,7 +238,7 @@ def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = 
     sampler = None
     if dataset.train:
         seed = config.augment.seed if seed is None else seed
-        sampler = VariantSampler(len(dataset), variants=config.augment.variants, seed=seed)
+        sampler = VariantSampler(len(dataset), variants=dataset.variants, seed=seed)
     workers = config.data.num_workers
     return DataLoader(
         dataset,

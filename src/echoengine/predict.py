@@ -32,6 +32,7 @@ from tqdm import tqdm
 from echoengine.bundle import Bundle
 from echoengine.cache import FeatureCache
 from echoengine.dataset import ClipDataset
+from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
 
 __all__ = ["clip_means", "predict_table", "window_probabilities"]
@@ -91,12 +92,13 @@ def window_probabilities(
     for other in bundles[1:]:
         if other.classes != first.classes:
             raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
-        if other.config.fingerprint("audio", "frontend") != first.config.fingerprint("audio", "frontend"):
+        if (other.config.fingerprint("audio", "frontend"), other.config.model.embedder) != (
+                first.config.fingerprint("audio", "frontend"), first.config.model.embedder):
             raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
     config = first.config
     labelled = table.assign(label="") if "label" not in table else table.assign(
         label=table["label"].where(table["label"].isin(first.classes), ""))
-    dataset = ClipDataset(labelled, first.classes, config, train=False, cache=cache)
+    dataset: ClipDataset = make_dataset(labelled, first.classes, config, train=False, cache=cache, progress=progress)
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     device = next(first.model.parameters()).device

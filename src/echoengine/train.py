@@ -34,9 +34,10 @@ from echoengine.augment import mixup
 from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, save_atomic, write_metadata
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig, TrainConfig
-from echoengine.dataset import ClipDataset, make_loader
+from echoengine.dataset import make_loader
+from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
-from echoengine.models import Classifier, build_model
+from echoengine.models import Classifier, EmbeddingClassifier, build_model
 
 __all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "resolve_device"]
 
@@ -224,10 +225,13 @@ def fit(
     write_metadata(bundle, config, classes)
     torch.manual_seed(train.seed)
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
-    train_data = ClipDataset(train_table, classes, config, train=True, cache=cache)
+    train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress)
     train_loader = make_loader(train_data, config)
-    val_loader = make_loader(ClipDataset(val_table, classes, config, train=False, cache=cache), config)
+    val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress),
+                             config)
     model = build_model(config.model, len(classes)).to(device)
+    if isinstance(model, EmbeddingClassifier):
+        model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
     weights = None

@@ -10,7 +10,16 @@ torch.Size([2, 4])
 """
 
 from echoengine.models.backbones import BACKBONES, build_backbone
-from echoengine.models.classifier import Classifier, build_model
+from echoengine.models.classifier import Classifier, EmbeddingClassifier, build_model
 from echoengine.models.heads import HEADS, EchoDenseHead, LinearHead
 
-__all__ = ["BACKBONES", "HEADS", "Classifier", "EchoDenseHead", "LinearHead", "build_backbone", "build_model"]
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "Classifier",
+    "EchoDenseHead",
+    "EmbeddingClassifier",
+    "LinearHead",
+    "build_backbone",
+    "build_model",
+]

@@ -9,7 +9,7 @@ from echoengine.config import ModelConfig
 from echoengine.models.backbones import build_backbone
 from echoengine.models.heads import HEADS
 
-__all__ = ["Classifier", "build_model"]
+__all__ = ["Classifier", "EmbeddingClassifier", "build_model"]
 
 
 class Classifier(nn.Module):
@@ -37,8 +37,54 @@ class Classifier(nn.Module):
         return self.head(self.backbone(images))
 
 
-def build_model(config: ModelConfig, n_classes: int) -> Classifier:
+class EmbeddingClassifier(nn.Module):
+    """A head over the window embeddings of a frozen embedder, pooled per clip.
+
+    Input: (batch, windows, embedding size). The embeddings are standardised
+    with the training set's mean and standard deviation (buffers, saved with
+    the weights), each window gets logits from the head, and a clip's logits
+    are the mean (or max) over its windows.
+
+    Examples
+    --------
+    >>> from echoengine.models.heads import LinearHead
+    >>> model = EmbeddingClassifier(LinearHead(8, 3), embedding_size=8, pooling="mean")
+    >>> model(torch.rand(2, 4, 8)).shape, model.window_logits(torch.rand(2, 4, 8)).shape
+    (torch.Size([2, 3]), torch.Size([2, 4, 3]))
+    """
+
+    def __init__(self, head: nn.Module, *, embedding_size: int, pooling: str = "mean") -> None:
+        super().__init__()
+        self.head = head
+        self.pooling = pooling
+        self.register_buffer("mean", torch.zeros(embedding_size))
+        self.register_buffer("std", torch.ones(embedding_size))
+        self.backbone = nn.Identity()  # nothing to train or freeze: the embedder is outside
+
+    def set_standardisation(self, embeddings: torch.Tensor) -> None:
+        """Standardise with the statistics of these (n, embedding size) training embeddings."""
+        self.mean.copy_(embeddings.mean(dim=0))
+        self.std.copy_(embeddings.std(dim=0).clamp_min(1e-6))
+
+    def window_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Logits of every window: (batch, windows, n_classes)."""
+        batch, windows, size = embeddings.shape
+        flat = ((embeddings - self.mean) / self.std).reshape(batch * windows, size)
+        return self.head(flat).reshape(batch, windows, -1)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        logits = self.window_logits(embeddings)
+        return logits.amax(dim=1) if self.pooling == "max" else logits.mean(dim=1)
+
+
+def build_model(config: ModelConfig, n_classes: int) -> Classifier | EmbeddingClassifier:
     """The model a ``[model]`` config section describes, for ``n_classes`` outputs."""
+    options = {"dropout": config.dropout, "hidden_size": config.hidden_size}
+    if config.embedder:
+        from echoengine.models.embedders import embedding_size
+
+        size = embedding_size(config.embedder)
+        return EmbeddingClassifier(HEADS[config.head](size, n_classes, **options), embedding_size=size,
+                                   pooling=config.pooling)
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
-    head = HEADS[config.head](backbone.num_features, n_classes, dropout=config.dropout)
-    return Classifier(backbone, head)
+    return Classifier(backbone, HEADS[config.head](backbone.num_features, n_classes, **options))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["HEADS", "EchoDenseHead", "LinearHead"]
+__all__ = ["HEADS", "EchoDenseHead", "LinearHead", "MLPHead"]
 
 
 class EchoDenseHead(nn.Sequential):
@@ -28,7 +28,7 @@ class EchoDenseHead(nn.Sequential):
         Dropout before the last layer (0.5 in the Echo pipeline).
     """
 
-    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.5) -> None:
+    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.5, **_) -> None:
         super().__init__(
             nn.Flatten(),
             nn.BatchNorm1d(in_features),
@@ -46,9 +46,24 @@ class EchoDenseHead(nn.Sequential):
 class LinearHead(nn.Sequential):
     """Dropout and one linear layer: the plain global-pooling head."""
 
-    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.0) -> None:
+    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.0, **_) -> None:
         super().__init__(nn.Flatten(), nn.Dropout(dropout), nn.Linear(in_features, n_classes))
 
 
+class MLPHead(nn.Sequential):
+    """One hidden layer: dense ``hidden_size`` ReLU, dropout, dense N.
+
+    Examples
+    --------
+    >>> import torch
+    >>> MLPHead(1024, 5, hidden_size=64)(torch.rand(3, 1024)).shape
+    torch.Size([3, 5])
+    """
+
+    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.5, hidden_size: int = 512) -> None:
+        super().__init__(nn.Flatten(), nn.Linear(in_features, hidden_size), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(hidden_size, n_classes))
+
+
 #: Heads by the name used in ``[model] head``.
-HEADS: dict[str, type[nn.Module]] = {"echo": EchoDenseHead, "linear": LinearHead}
+HEADS: dict[str, type[nn.Module]] = {"echo": EchoDenseHead, "linear": LinearHead, "mlp": MLPHead}

@@ -1,0 +1,175 @@
+"""Window embeddings of a frozen pretrained embedder, as a dataset for training a head.
+
+An item is a clip, as for CNNs: a random (augmented) crop of ``clip_seconds``
+in training, a fixed window in evaluation. The clip is cut into the
+embedder's windows (BirdNET: 3 s, hop = window, the last one padded), and the
+item is their embeddings, shape (windows, embedding size). Embeddings are
+computed in batches, for all the items of a dataset at once
+(:meth:`EmbeddingDataset.precompute`), and cached on disk per (file, clip,
+variant, embedder), so each is computed once; training draws one of
+``augment.embedding_variants`` cached variants per clip and epoch.
+
+Examples
+--------
+>>> from echoengine.config import EchoConfig
+>>> cfg = EchoConfig().replace(model={"embedder": "birdnet", "head": "linear"})
+>>> embedder_windows(cfg.audio.clip_samples, window=144000)
+[0, 144000]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from echoengine.cache import FeatureCache
+from echoengine.clips import fixed_windows, window_starts
+from echoengine.config import EchoConfig
+from echoengine.dataset import ClipDataset
+from echoengine.errors import AudioError, EchoError
+from echoengine.models.embedders import build_embedder
+
+__all__ = ["EmbeddingCache", "EmbeddingDataset", "embedder_windows", "make_dataset"]
+
+
+def embedder_windows(clip_samples: int, *, window: int) -> list[int]:
+    """Start samples of the embedder windows covering a clip (hop = window, last one padded)."""
+    return [int(s) for s in window_starts(clip_samples, length=window, hop=window)]
+
+
+class EmbeddingCache(FeatureCache):
+    """A :class:`FeatureCache` of float32 embedding arrays, keyed by the embedder too."""
+
+    def __init__(self, directory, config: EchoConfig, embedder_identity: str) -> None:
+        super().__init__(directory, config)
+        self._clean_fingerprint = f"{embedder_identity}-{config.fingerprint('audio')}"
+        self._augmented_fingerprint = f"{embedder_identity}-" + config.fingerprint(
+            "audio", "augment", ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha",
+                                        "augment.embedding_variants"))
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self.store.get(key)
+
+    def put(self, key: str, value: np.ndarray) -> None:
+        self.store.set(key, np.asarray(value, dtype=np.float32))
+
+
+class EmbeddingDataset(ClipDataset):
+    """(window embeddings, one-hot label) items of a catalog, for a model on an embedder.
+
+    Parameters are those of :class:`echoengine.dataset.ClipDataset`; the
+    embedder is ``config.model.embedder``. Its sample rate must be
+    ``audio.sample_rate``.
+    """
+
+    def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
+                 cache: FeatureCache | None = None, progress: bool = False) -> None:
+        self.embedder = build_embedder(config.model.embedder)
+        if self.embedder.sample_rate != config.audio.sample_rate:
+            raise EchoError(f"the {config.model.embedder} embedder takes {self.embedder.sample_rate} Hz audio: "
+                            f"set audio.sample_rate = {self.embedder.sample_rate}")
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            cache = EmbeddingCache(cache.directory, config, self.embedder.identity)
+        super().__init__(table, classes, config, train=train, cache=cache)
+        self.variants = config.augment.embedding_variants
+        self.progress = progress
+        self._memory: dict[tuple[int, int, int], np.ndarray | None] = {}
+
+    def _all_keys(self) -> list[tuple[int, int, int]]:
+        if self.train:
+            return [(row, -1, v) for row in range(len(self.paths)) for v in range(self.variants)]
+        return [(row, start, -1) for row, start in self.items]
+
+    def precompute(self, *, chunk: int = 32) -> None:
+        """Embed every item of the dataset (all variants in training), in batches, through the cache."""
+        missing = []
+        for key in self._all_keys():
+            if key in self._memory:
+                continue
+            cached = self.cache.get(self._cache_key(*key)) if self.cache is not None else None
+            if cached is not None:
+                self._memory[key] = cached
+            else:
+                missing.append(key)
+        bar = tqdm(total=len(missing), desc=f"embedding ({self.embedder.name})", unit="clip", leave=False,
+                   disable=not self.progress or not missing, file=sys.stderr)
+        for i in range(0, len(missing), chunk):
+            part = missing[i : i + chunk]
+            clips, usable = [], []
+            for key in part:
+                try:
+                    clips.append(self.clip_waveform(*key)[0])
+                    usable.append(key)
+                except AudioError as error:
+                    self._memory[key] = None
+                    self._report(error)
+            if clips:
+                self._embed_clips(usable, np.stack(clips))
+            bar.update(len(part))
+        bar.close()
+
+    def all_embeddings(self) -> np.ndarray:
+        """Every computed window embedding, stacked: (n, embedding size)."""
+        arrays = [value for value in self._memory.values() if value is not None]
+        return np.concatenate(arrays) if arrays else np.zeros((0, self.embedder.embedding_size), np.float32)
+
+    def _embed_clips(self, keys: list[tuple[int, int, int]], clips: np.ndarray) -> None:
+        window = self.embedder.window_samples
+        starts = embedder_windows(clips.shape[1], window=window)
+        windows = np.stack([fixed_windows(clip, length=window, hop=window)[0] for clip in clips])  # (n, w, samples)
+        embeddings = self.embedder.embed(windows.reshape(-1, window)).reshape(len(clips), len(starts), -1)
+        for key, value in zip(keys, embeddings):
+            self._memory[key] = value
+            if self.cache is not None:
+                self.cache.put(self._cache_key(*key), value)
+
+    def _cache_key(self, row: int, start: int, variant: int) -> str:
+        return self.cache.key(self.paths[row], start=max(start, 0), length=self.clip_samples, variant=variant)
+
+    def _report(self, error: AudioError) -> None:
+        if self.config.data.on_error == "raise":
+            raise error
+        if self.config.data.on_error == "warn":
+            import logging
+
+            logging.getLogger("echoengine").warning("skipping %s", error)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        index, variant = item if isinstance(item, tuple) else (item, 0)
+        row, start = self.items[index]
+        key = (row, start, variant) if self.train else (row, start, -1)
+        if key not in self._memory:
+            self._load_one(key)
+        value = self._memory[key]
+        if value is None:
+            return None
+        return torch.from_numpy(value), self.one_hot(row)
+
+    def _load_one(self, key: tuple[int, int, int]) -> None:
+        cached = self.cache.get(self._cache_key(*key)) if self.cache is not None else None
+        if cached is not None:
+            self._memory[key] = cached
+            return
+        try:
+            self._embed_clips([key], self.clip_waveform(*key)[0][None])
+        except AudioError as error:
+            self._memory[key] = None
+            self._report(error)
+
+
+def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
+                 cache: FeatureCache | None = None, progress: bool = False) -> ClipDataset:
+    """The dataset a model of this config trains on: images for CNNs, window embeddings otherwise.
+
+    Embedding datasets are embedded in full here (batched, cached).
+    """
+    if not config.model.embedder:
+        return ClipDataset(table, classes, config, train=train, cache=cache)
+    dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
+    dataset.precompute()
+    return dataset

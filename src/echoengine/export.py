@@ -1,0 +1,235 @@
+"""Export a bundle to one ONNX serving graph that takes raw audio, and check it.
+
+For a CNN bundle, ``model.onnx`` takes a mono float32 waveform at the bundle's
+sample rate, of any length of at least one sample, and does everything
+inside the graph: cut it into windows of the clip length (the last one padded
+with silence, as :mod:`echoengine.predict` does), the mel front end, the CNN,
+the softmax, and the mean over windows. Outputs:
+
+* ``probabilities`` (n_classes,): the file's class probabilities;
+* ``window_probabilities`` (n_windows, n_classes).
+
+The graph's front end computes the same spectrogram as
+:class:`echoengine.features.MelFrontend`, written with operators every ONNX
+runtime has: the windowed DFT of the used frequency bins as a strided
+convolution, and the mel filter bank and image resize as dense products.
+
+For a bundle on a TFLite embedder (BirdNET), the embedder cannot go into an
+ONNX graph; ``model.onnx`` then holds the head: input ``embeddings`` (n_windows
+of clips, embedder windows per clip, embedding size), same two outputs. To
+serve raw audio, cut the file into clips, cut each clip into embedder windows
+(hop = window, the last one padded), embed them with BirdNET, and feed the
+embeddings; ``echoengine predict --onnx`` does exactly that.
+
+Every export checks itself: the graph, run by onnxruntime, must give the
+probabilities of the PyTorch path (``echoengine predict``) on real clips
+within ``tolerance`` (1e-4), or the export fails and no model.onnx is left.
+
+Examples
+--------
+>>> from echoengine.config import EchoConfig
+>>> frontend = GraphFrontend(EchoConfig().replace(audio={"clip_seconds": 1.0}))
+>>> frontend(torch.zeros(2, 48000)).shape
+torch.Size([2, 3, 260, 260])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from echoengine import audio
+from echoengine.bundle import Bundle, load_bundle
+from echoengine.config import EchoConfig
+from echoengine.errors import EchoError
+from echoengine.features import mel_filter_bank, resize_matrix
+
+__all__ = ["GraphFrontend", "ServingModel", "export_onnx", "onnx_predict_file"]
+
+ONNX_FILE = "model.onnx"
+
+
+class GraphFrontend(nn.Module):
+    """The mel front end for clips of the config's length, in exportable operators.
+
+    Input (batch, clip samples) float32; output the model images (batch,
+    channels, height, width), equal to :class:`MelFrontend`'s within float32
+    rounding.
+    """
+
+    def __init__(self, config: EchoConfig) -> None:
+        super().__init__()
+        fe, rate = config.frontend, config.audio.sample_rate
+        self.config = fe
+        clip = config.audio.clip_samples
+        win_length = fe.win_length or fe.n_fft
+        window = librosa.util.pad_center(librosa.filters.get_window(fe.window, win_length, fftbins=True), size=fe.n_fft)
+        bank = mel_filter_bank(fe, sample_rate=rate)
+        used = np.flatnonzero(bank.any(axis=0))
+        lo, hi = int(used[0]), int(used[-1]) + 1
+        angle = 2 * np.pi * np.outer(np.arange(lo, hi), np.arange(fe.n_fft)) / fe.n_fft
+        basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window])  # (2 * bins, n_fft)
+        self.register_buffer("dft", torch.as_tensor(basis[:, None, :], dtype=torch.float32))
+        self.register_buffer("mel", torch.as_tensor(bank[:, lo:hi], dtype=torch.float32))
+        n_frames = 1 + clip // fe.hop_length if fe.center else 1 + (clip - fe.n_fft) // fe.hop_length
+        time_map = resize_matrix(n_frames, fe.image_height, method=fe.resize, antialias=fe.resize_antialias)
+        self.register_buffer("time_map", torch.as_tensor(time_map, dtype=torch.float32))
+        mel_map = np.eye(fe.n_mels) if fe.n_mels == fe.image_width else resize_matrix(
+            fe.n_mels, fe.image_width, method=fe.resize, antialias=fe.resize_antialias).T
+        self.register_buffer("mel_map", torch.as_tensor(mel_map, dtype=torch.float32))
+        self.bins = hi - lo
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        fe = self.config
+        x = clips.unsqueeze(1)
+        if fe.center:
+            half = fe.n_fft // 2
+            x = nn.functional.pad(x, (half, half), mode=fe.pad_mode)
+        spectrum = nn.functional.conv1d(x, self.dft, stride=fe.hop_length)  # (batch, 2 * bins, frames)
+        power = spectrum[:, : self.bins] ** 2 + spectrum[:, self.bins :] ** 2
+        if fe.power != 2.0:
+            power = power ** (fe.power / 2)
+        mel = torch.matmul(self.mel, power).transpose(1, 2)  # (batch, frames, n_mels)
+        db = 10.0 * torch.log10(torch.clamp(mel, min=fe.amin))
+        if fe.ref != 1.0:
+            db = db - 10.0 * math.log10(max(fe.amin, fe.ref))
+        peak = db.amax(dim=(1, 2), keepdim=True)
+        if fe.top_db is not None:
+            db = torch.maximum(db, peak - fe.top_db)
+        image = torch.matmul(torch.matmul(self.time_map, db - peak), self.mel_map)
+        low, high = image.amin(dim=(1, 2), keepdim=True), image.amax(dim=(1, 2), keepdim=True)
+        image = (image - low) / torch.clamp(high - low, min=1e-6)
+        return image.unsqueeze(1).expand(-1, fe.image_channels, -1, -1)
+
+
+class ServingModel(nn.Module):
+    """Waveform (samples,) -> (probabilities, window probabilities): windows, front end, CNN, softmax, mean."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__()
+        self.clip = bundle.config.audio.clip_samples
+        self.frontend = GraphFrontend(bundle.config)
+        self.model = bundle.model
+
+    def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = waveform.shape[0]
+        windows = (n + self.clip - 1) // self.clip
+        padded = nn.functional.pad(waveform, (0, windows * self.clip - n))
+        probabilities = torch.softmax(self.model(self.frontend(padded.reshape(-1, self.clip))), dim=-1)
+        return probabilities.mean(dim=0), probabilities
+
+
+class _HeadServing(nn.Module):
+    """Embeddings (clips, windows, size) -> (probabilities, clip probabilities)."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__()
+        self.model = bundle.model
+
+    def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        probabilities = torch.softmax(self.model(embeddings), dim=-1)
+        return probabilities.mean(dim=0), probabilities
+
+
+def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> list[str]:
+    """Real clips for the parity check: the given files, else the bundle's test files."""
+    if files:
+        return [str(f) for f in files]
+    splits = bundle.path / "splits.csv"
+    if splits.is_file():
+        table = pd.read_csv(splits, keep_default_na=False)
+        test = table.loc[table["part"] == "test", "path"].tolist() or table["path"].tolist()
+        found = [p for p in test if os.path.isfile(p)][:n]
+        if found:
+            return found
+    raise EchoError(f"{bundle.path}: no audio to check the export on (its splits.csv files are gone); pass --check")
+
+
+def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
+    from echoengine.predict import predict_table
+
+    table = pd.DataFrame({"path": files, "label": "", "group": files})
+    return predict_table([bundle], table)
+
+
+def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities of one file with an exported graph (onnxruntime session).
+
+    Returns
+    -------
+    probabilities : (n_classes,), window_probabilities : (n_windows, n_classes)
+    """
+    y = audio.load(path, bundle.config.audio)
+    if not bundle.config.model.embedder:
+        return tuple(session.run(None, {"waveform": y.astype(np.float32)}))
+    from echoengine.clips import fixed_windows
+    from echoengine.models.embedders import build_embedder
+
+    embedder = build_embedder(bundle.config.model.embedder)
+    clip, window = bundle.config.audio.clip_samples, embedder.window_samples
+    clips, _ = fixed_windows(y, length=clip, hop=clip)
+    windows = np.stack([fixed_windows(c, length=window, hop=window)[0] for c in clips])
+    embeddings = embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
+    return tuple(session.run(None, {"embeddings": embeddings.astype(np.float32)}))
+
+
+def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check: Sequence[str | Path] = (),
+                tolerance: float = 1e-4, opset: int = 17) -> tuple[Path, float]:
+    """Write ``model.onnx`` for a bundle and check it against the PyTorch path.
+
+    Parameters
+    ----------
+    bundle_path : str or Path
+    out : str or Path, optional
+        Where to write (default ``BUNDLE/model.onnx``).
+    check : sequence of paths
+        Audio files for the parity check (default: up to 4 of the bundle's test files).
+    tolerance : float
+        Largest allowed absolute difference of a probability.
+
+    Returns
+    -------
+    path : Path
+    max_difference : float
+
+    Raises
+    ------
+    EchoError
+        The exported graph disagrees with PyTorch beyond ``tolerance`` (the file is removed).
+    """
+    import onnxruntime
+
+    bundle = load_bundle(bundle_path)
+    out = Path(out) if out else bundle.path / ONNX_FILE
+    temporary = out.with_name(out.name + ".tmp")
+    files = _check_files(bundle, check)
+    if bundle.config.model.embedder:
+        size = bundle.model.mean.shape[0]
+        serving, example = _HeadServing(bundle), torch.zeros(2, 2, size)
+        names, axes = ["embeddings"], {"embeddings": {0: "clips", 1: "windows"}}
+    else:
+        serving, example = ServingModel(bundle), torch.zeros(bundle.config.audio.clip_samples + 100)
+        names, axes = ["waveform"], {"waveform": {0: "samples"}}
+    axes.update({"window_probabilities": {0: "windows"}})
+    with torch.no_grad():
+        torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
+                          output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
+                          opset_version=opset, dynamo=False)
+    session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+    expected = _torch_probabilities(bundle, files)
+    got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
+    difference = float(np.abs(got - expected).max())
+    if not difference <= tolerance:
+        temporary.unlink()
+        raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
+                        f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
+    os.replace(temporary, out)
+    return out, difference
