@@ -33,6 +33,21 @@ def soundscapes() -> Path:
     return _require(SOUNDSCAPES)
 
 
+@pytest.fixture(scope="session")
+def esc10(esc50):
+    """The 83 ESC-10 rows of the ESC-50 subset (10 classes), as a catalog."""
+    import os
+
+    import pandas as pd
+
+    from echoengine import catalog
+
+    table = catalog.load_catalog(esc50)
+    meta = pd.read_csv(esc50 / "meta" / "esc50.csv")
+    names = set(meta.loc[meta["esc10"], "filename"])
+    return table[table["path"].map(lambda p: os.path.basename(p) in names)].reset_index(drop=True)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

@@ -147,15 +147,6 @@ def test_demo_runs_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert (tmp_path / "demo" / "bundle" / "plots" / "confusion.png").is_file()
 
 
-def _esc10(esc50):
-    from echoengine import catalog
-
-    table = catalog.load_catalog(esc50)
-    meta = pd.read_csv(esc50 / "meta" / "esc50.csv")
-    esc10 = set(meta.loc[meta["esc10"], "filename"])
-    return table[table["path"].map(lambda p: os.path.basename(p) in esc10)].reset_index(drop=True)
-
-
 def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
     from echoengine import catalog
     from echoengine.crossval import inner_split
@@ -173,7 +164,7 @@ def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
 
 
 @pytest.mark.parametrize("epochs", [pytest.param(2, id="quick"), pytest.param(25, id="long", marks=pytest.mark.slow)])
-def test_training_on_real_esc10_clips(esc50, quick_toml, tmp_path, epochs):
+def test_training_on_real_esc10_clips(esc10, quick_toml, tmp_path, epochs):
     from echoengine import catalog
     from echoengine.bundle import load_bundle
     from echoengine.evaluate import evaluate
@@ -181,7 +172,7 @@ def test_training_on_real_esc10_clips(esc50, quick_toml, tmp_path, epochs):
 
     config = EchoConfig.load(quick_toml).replace(data={"group_regex": "", "cache_dir": str(tmp_path / "cache")},
                                                  train={"epochs": epochs, "patience": epochs, "learning_rate": 1e-3})
-    table, errors = catalog.scan(_esc10(esc50), config.audio)
+    table, errors = catalog.scan(esc10, config.audio)
     assert len(table) == 83 and not errors
     parts = catalog.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
     classes = catalog.class_names(table)

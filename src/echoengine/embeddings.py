@@ -96,7 +96,7 @@ class EmbeddingDataset(ClipDataset):
                 self._memory[key] = cached
             else:
                 missing.append(key)
-        bar = tqdm(total=len(missing), desc=f"embedding ({self.embedder.name})", unit="clip", leave=False,
+        bar = tqdm(total=len(missing), desc=f"embedding ({self.config.model.embedder})", unit="clip", leave=False,
                    disable=not self.progress or not missing, file=sys.stderr)
         for i in range(0, len(missing), chunk):
             part = missing[i : i + chunk]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,7 +220,8 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
         serving, example = ServingModel(bundle), torch.zeros(bundle.config.audio.clip_samples + 100)
         names, axes = ["waveform"], {"waveform": {0: "samples"}}
     axes.update({"window_probabilities": {0: "windows"}})
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # tracer notes on the shape arithmetic of the windowing
+        warnings.simplefilter("ignore")
         torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
                           output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
                           opset_version=opset, dynamo=False)

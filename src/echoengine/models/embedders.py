@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -106,8 +107,10 @@ class BirdNETEmbedder:
         _log_license()
         self.batch_size = batch_size
         self.labels = labels.read_text(encoding="utf-8").splitlines()
-        self._interpreter = Interpreter(model_path=str(model), num_threads=threads or os.cpu_count() or 1,
-                                        experimental_preserve_all_tensors=True)
+        with warnings.catch_warnings():  # "intended for debugging": it is how the embedding can be read
+            warnings.simplefilter("ignore", UserWarning)
+            self._interpreter = Interpreter(model_path=str(model), num_threads=threads or os.cpu_count() or 1,
+                                            experimental_preserve_all_tensors=True)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._logits = self._interpreter.get_output_details()[0]["index"]
         details = self._interpreter.get_tensor_details()
