@@ -4,7 +4,8 @@ Usage::
 
     python bench/train_throughput.py --data ../shared/data/esc50-subset [--files 96] [--backbones a,b]
 
-For each backbone, the same model, optimizer (Adam) and batch size (16) are
+For each backbone, the same model (channels-last, as TensorFlow and
+:func:`echoengine.train.fit` run it), optimizer (Adam) and batch size (16) are
 fed by three pipelines, one after the other, and the table gives training
 images per second over one epoch of ``--files`` files:
 
@@ -83,7 +84,7 @@ def train_epoch(model, optimizer, loader) -> float:
     model.train()
     seen, start = 0, time.perf_counter()
     for images, targets in loader:
-        loss = loss_fn(model(images), targets)
+        loss = loss_fn(model(images.contiguous(memory_format=torch.channels_last)), targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -94,7 +95,7 @@ def train_epoch(model, optimizer, loader) -> float:
 def bench(table, classes, config: EchoConfig, backbone: str) -> dict[str, float]:
     config = config.replace(model={"backbone": backbone})
     torch.manual_seed(0)
-    model = build_model(config.model, len(classes))
+    model = build_model(config.model, len(classes)).to(memory_format=torch.channels_last)  # as TF and fit() run
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     batch = config.data.batch_size
     warm_up = [(torch.rand(batch, 3, 260, 260), torch.eye(len(classes))[torch.arange(batch) % len(classes)])] * 2

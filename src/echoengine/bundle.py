@@ -100,7 +100,7 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError) as exc:
         raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({str(exc).splitlines()[0]})") from None
-    return Bundle(folder, config, classes, model.to(device).eval())
+    return Bundle(folder, config, classes, model.to(device, memory_format=torch.channels_last).eval())
 
 
 def find_bundles(folder: str | Path) -> list[Path]:

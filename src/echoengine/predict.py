@@ -108,7 +108,7 @@ def window_probabilities(
             if batch is None:
                 continue
             images, index = batch
-            images = images.to(device)
+            images = images.to(device, memory_format=torch.channels_last) if images.ndim == 4 else images.to(device)
             mean = sum(torch.softmax(b.model(images), dim=1) for b in bundles) / len(bundles)
             probabilities.append(mean.cpu().numpy())
             indices.append(index.numpy())
