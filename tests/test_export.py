@@ -77,3 +77,13 @@ def test_predict_with_onnx_gives_the_pytorch_answer(cnn_bundle, soundscapes, cap
     torch_out = capsys.readouterr().out
     assert main(["predict", str(cnn_bundle), *files, "--format", "csv", "--onnx"]) == 0
     assert capsys.readouterr().out == torch_out
+
+
+def test_the_export_command_reports_the_checked_difference(cnn_bundle, soundscapes, capsys):
+    from echoengine.cli import main
+
+    assert main(["export", str(cnn_bundle), "--check", str(soundscapes / "ruffed_grouse_drum.flac")]) == 0
+    out = capsys.readouterr().out
+    assert "model.onnx" in out and "max probability difference" in out
+    assert main(["export", str(cnn_bundle.parent / "missing")]) == 2
+    assert "neither a model bundle" in capsys.readouterr().err

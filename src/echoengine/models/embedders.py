@@ -131,8 +131,11 @@ class BirdNETEmbedder:
 
             from echoengine import litert_pool
 
-            self._pool = ProcessPoolExecutor(  # spawn: safe beside torch's threads, light (no torch import)
-                self.workers, mp_context=multiprocessing.get_context("spawn"),
+            # fork (not spawn): a user's script without a __main__ guard must work; the workers only run
+            # TFLite, never the parent's torch threads
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context(method),
                 initializer=litert_pool.initialise, initargs=(self._model_path, self._EMBEDDING_TENSOR))
         return self._pool
 
