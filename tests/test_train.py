@@ -148,3 +148,21 @@ def test_training_options_are_checked():
         EchoConfig().replace(train={"epochs": 3, "warmup_epochs": 3})
     with pytest.raises(ConfigError, match="class_weights"):
         EchoConfig().replace(train={"class_weights": "inverse"})
+
+
+def test_refit_trains_again_on_both_parts_for_the_chosen_epochs(splits, tmp_path):
+    from echoengine.train import fit_and_refit
+
+    classes = catalog.class_names(splits["train"])
+    config = quick_config(train={"epochs": 4, "refit": True})
+    lines = []
+    result = fit_and_refit(splits["train"], splits["val"], classes, config, tmp_path / "b", progress=False,
+                           log=lines.append)
+    selection = pd.read_csv(tmp_path / "b" / "selection_history.csv")
+    assert selection.loc[selection["val_loss"].idxmin(), "epoch"] == result.best_epoch
+    refit = pd.read_csv(tmp_path / "b" / "history.csv")
+    assert refit["epoch"].tolist() == list(range(1, result.best_epoch + 1))
+    assert EchoConfig.load(tmp_path / "b" / "echoengine.toml").train.epochs == result.best_epoch
+    assert any(line.startswith("refit: training again on") for line in lines)
+    state = torch.load(tmp_path / "b" / "weights.pt", weights_only=True)
+    assert all(torch.equal(state[k], v) for k, v in result.model.state_dict().items())  # the last epoch's

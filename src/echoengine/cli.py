@@ -47,6 +47,7 @@ _TRAINING_OPTIONS = {
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
     "label_smoothing": ("train", "label_smoothing"), "class_weights": ("train", "class_weights"),
     "freeze_backbone": ("train", "freeze_backbone"), "unfreeze_epoch": ("train", "unfreeze_epoch"),
+    "refit": ("train", "refit"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "mixup": ("augment", "mixup_p"), "batch_size": ("data", "batch_size"), "workers": ("data", "num_workers"),
     "folds": ("data", "folds"), "sparse_classes": ("data", "sparse_classes"), "cache_dir": ("data", "cache_dir"),
@@ -180,18 +181,18 @@ def _print_metrics(result: dict, title: str) -> None:
     print(format_report(result))
 
 
-def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool = False) -> Path:
+def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool = False,
+                  resume_changes: dict | None = None) -> Path:
     """Scan, split, train, and evaluate on the test part; the library side of ``train`` and ``demo``."""
     from echoengine import bundle as bundle_files
     from echoengine.evaluate import evaluate, write_report
-    from echoengine.train import fit
+    from echoengine.train import fit_and_refit
 
     if resume:
         saved = bundle_files.CONFIG_FILE
         if not (out / saved).is_file() or not (out / "splits.csv").is_file():
             raise EchoError(f"{out}: nothing to resume (no {saved} and splits.csv)")
-        changed = {"epochs": config.train.epochs, "device": config.train.device}
-        config = EchoConfig.load(out / saved).replace(train=changed, data={"num_workers": config.data.num_workers})
+        config = EchoConfig.load(out / saved).replace(**(resume_changes or {}))
         splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
         usable, _ = catalog.scan(splits.drop(columns="part"), config.audio, progress=_progress("checking"))
         parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
@@ -210,8 +211,8 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     model_name = config.model.embedder or config.model.backbone
     print(f"training {model_name} + {config.model.head} head on {len(classes)} classes: "
           f"{counts['train']} train, {counts['val']} validation, {counts['test']} test files", flush=True)
-    result = fit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                 progress=not quiet)
+    result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
+                           progress=not quiet)
     held_out = "test" if counts["test"] else "val"
     from echoengine.bundle import Bundle
     from echoengine.cache import FeatureCache
@@ -226,7 +227,10 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
 
 def cmd_train(args: argparse.Namespace) -> int:
     config = _training_config(args)
-    out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet)
+    # a resumed run keeps its own config; only these may be given again
+    given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
+    changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
+    out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet, resume_changes=changes)
     print(f"\nwrote the bundle {out} (metrics.json, plots/, history.csv; tensorboard --logdir {out / 'tensorboard'})")
     return 0
 
@@ -472,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--class-weights", choices=["none", "balanced"])
         g.add_argument("--freeze-backbone", action="store_true", help="train the head only")
         g.add_argument("--unfreeze-epoch", type=int, help="with --freeze-backbone: train everything from this epoch")
+        g.add_argument("--refit", action="store_true",
+                       help="after early stopping, train again on train + validation for the chosen epochs")
         g.add_argument("--seed", type=int)
         g.add_argument("--device", choices=["auto", "cpu", "cuda"])
         g.add_argument("--workers", type=int, help="data loading processes (default 0: in the main process)")

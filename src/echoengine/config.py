@@ -431,6 +431,11 @@ class TrainConfig:
         (0: never).
     backbone_lr_factor : float
         The backbone's learning rate relative to the head's once it trains.
+    refit : bool
+        After early stopping has chosen the number of epochs on the validation
+        part, train again from scratch on training and validation data for
+        that many epochs and keep the last weights (the validation files then
+        add to the training data instead of only choosing the epoch).
     """
 
     epochs: int = 100
@@ -450,6 +455,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     unfreeze_epoch: int = 0
     backbone_lr_factor: float = 1.0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         s = "train"

@@ -29,7 +29,7 @@ from echoengine.bundle import CHECKPOINT_FILE, Bundle
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
 from echoengine.evaluate import SUMMARY_KEYS, classification_metrics, evaluate, write_report
-from echoengine.train import fit
+from echoengine.train import fit_and_refit
 
 __all__ = ["cross_validate", "inner_split"]
 
@@ -105,7 +105,7 @@ def cross_validate(
             bundle_dir.mkdir(parents=True, exist_ok=True)
             splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
             splits[["path", "label", "group", "part"]].to_csv(bundle_dir / "splits.csv", index=False)
-            trained = fit(rest[trains], rest[~trains], classes, config, bundle_dir,
+            trained = fit_and_refit(rest[trains], rest[~trains], classes, config, bundle_dir,
                           resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress, log=log)
             bundle = Bundle(bundle_dir, config, classes, trained.model)
             result, probabilities = evaluate([bundle], test, cache=cache)

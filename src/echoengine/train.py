@@ -39,7 +39,7 @@ from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
 
-__all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "resolve_device"]
+__all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "fit_and_refit", "resolve_device"]
 
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
                   "seconds", "images_per_second"]
@@ -197,6 +197,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     log=print,
+    keep: str = "best",
 ) -> TrainResult:
     """Train on ``train_table``, select on ``val_table``, and write the bundle.
 
@@ -216,6 +217,9 @@ def fit(
         Show a progress bar per epoch.
     log : callable
         Receives one line per epoch.
+    keep : {"best", "last"}
+        Keep the weights of the epoch with the lowest validation loss (with
+        early stopping), or those of the last epoch (no early stopping).
     """
     bundle = Path(bundle)
     train = config.train
@@ -290,7 +294,7 @@ def fit(
             for name in ("loss", "accuracy"):
                 board.add_scalars(name, {"train": row[f"train_{name}"], "val": row[f"val_{name}"]}, epoch)
             board.add_scalar("learning_rate", learning_rate, epoch)
-            improved = val_loss < best_loss
+            improved = val_loss < best_loss or keep == "last"
             if improved:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = copy.deepcopy(model.state_dict())
@@ -304,7 +308,7 @@ def fit(
             log(f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.3f} | val loss {val_loss:.4f} "
                 f"acc {val_acc:.3f} | lr {learning_rate:.2e} | {row['images_per_second']:.1f} images/s"
                 + (" *" if improved else ""))
-            if epoch - best_epoch >= train.patience:
+            if keep == "best" and epoch - best_epoch >= train.patience:
                 log(f"early stop: no better validation loss since epoch {best_epoch}")
                 break
     if best_epoch == 0:  # no finite validation loss (every validation file failed to load)
@@ -313,3 +317,34 @@ def fit(
         save_atomic(best_state, bundle / WEIGHTS_FILE)
     model.load_state_dict(best_state)
     return TrainResult(bundle, history, best_epoch, model.eval())
+
+
+def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
+                  bundle: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> TrainResult:
+    """:func:`fit`, then, with ``train.refit``, train again on both parts for the chosen number of epochs.
+
+    The selection run's history is kept as ``selection_history.csv``; the
+    bundle's config says the refit (its ``epochs`` are the chosen ones).
+    """
+    bundle = Path(bundle)
+    both = pd.concat([train_table, val_table])
+    selection = bundle / "selection_history.csv"
+    if resume and selection.is_file():  # killed during the refit
+        if (bundle / CHECKPOINT_FILE).is_file():
+            return fit(both, val_table, classes, config, bundle, resume=True, progress=progress, log=log, keep="last")
+        history = pd.read_csv(selection)
+        best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+        config = EchoConfig.load(bundle / CONFIG_FILE).replace(train={"epochs": max(config.train.epochs, best_epoch)})
+    else:
+        result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log)
+        if not config.train.refit:
+            return result
+        best_epoch = result.best_epoch
+        os.replace(bundle / "history.csv", selection)
+    epochs = max(best_epoch, 1)
+    log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
+    (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
+    refit_config = config.replace(train={"epochs": epochs, "patience": epochs,
+                                         "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)})
+    refitted = fit(both, val_table, classes, refit_config, bundle, progress=progress, log=log, keep="last")
+    return TrainResult(bundle, refitted.history, best_epoch, refitted.model)
