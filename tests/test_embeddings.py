@@ -135,3 +135,15 @@ def test_a_birdnet_bundle_exports_its_head_and_predicts_with_onnx(esc10_birdnet,
     onnx_out = capsys.readouterr().out
     assert main(["predict", str(result.bundle), *files, "--format", "json", "--no-cache"]) == 0
     assert capsys.readouterr().out == onnx_out
+
+
+@needs_birdnet
+def test_the_worker_pool_gives_the_in_process_embeddings(rng):
+    from echoengine.models.embedders import BirdNETEmbedder
+
+    windows = rng.normal(0, 0.1, (5, 144000)).astype(np.float32)
+    pooled = BirdNETEmbedder(batch_size=2, workers=4)  # more workers than batches of a round: no empty batch
+    try:
+        np.testing.assert_allclose(pooled.embed(windows), BirdNETEmbedder(workers=1).embed(windows), atol=1e-5)
+    finally:
+        pooled.close()

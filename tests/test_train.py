@@ -166,3 +166,44 @@ def test_refit_trains_again_on_both_parts_for_the_chosen_epochs(splits, tmp_path
     assert any(line.startswith("refit: training again on") for line in lines)
     state = torch.load(tmp_path / "b" / "weights.pt", weights_only=True)
     assert all(torch.equal(state[k], v) for k, v in result.model.state_dict().items())  # the last epoch's
+
+
+def test_a_run_killed_during_its_refit_resumes_the_refit(splits, tmp_path):
+    from echoengine.train import fit_and_refit
+
+    classes = catalog.class_names(splits["train"])
+    config = quick_config(train={"epochs": 4, "refit": True, "patience": 4})
+    seen = []
+
+    def stop_in_the_refit(line: str) -> None:
+        seen.append(line)
+        if line.startswith("epoch 1:") and any(s.startswith("refit:") for s in seen):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit_and_refit(splits["train"], splits["val"], classes, config, tmp_path / "b", progress=False,
+                      log=stop_in_the_refit)
+    selection = pd.read_csv(tmp_path / "b" / "selection_history.csv")
+    chosen = int(selection.loc[selection["val_loss"].idxmin(), "epoch"])
+    # resumed with the command line's config (as cv and train do): the refit keeps its own
+    result = fit_and_refit(splits["train"], splits["val"], classes, config, tmp_path / "b", resume=True,
+                           progress=False, log=lambda line: None)
+    assert pd.read_csv(tmp_path / "b" / "history.csv")["epoch"].tolist() == list(range(1, chosen + 1))
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "b" / "selection_history.csv"), selection)
+    assert result.best_epoch == chosen
+
+
+def test_a_cosine_run_cannot_be_stretched_on_resume(splits, tmp_path):
+    classes = catalog.class_names(splits["train"])
+    config = quick_config(train={"epochs": 2, "schedule": "cosine"})
+    fit(splits["train"], splits["val"], classes, config, tmp_path / "b", progress=False, log=lambda line: None)
+    with pytest.raises(EchoError, match="cosine schedule was laid out for 2 epochs"):
+        fit(splits["train"], splits["val"], classes, config.replace(train={"epochs": 5}), tmp_path / "b",
+            resume=True)
+
+
+def test_options_that_would_do_nothing_are_refused():
+    with pytest.raises(ConfigError, match="needs freeze_backbone"):
+        EchoConfig().replace(train={"unfreeze_epoch": 3})
+    with pytest.raises(ConfigError, match="pretrained already"):
+        EchoConfig().replace(model={"embedder": "birdnet", "head": "linear", "pretrained": True})

@@ -6,7 +6,7 @@
       echoengine.toml   the full config (front end included), so a model always
                         runs with the front end it was trained with
       classes.txt       one label per line, in output order
-      weights.pt        the best state_dict (by validation loss)
+      weights.pt        the best state_dict (by validation loss; the last epoch's after a refit)
       checkpoint.pt     the last epoch's full training state (for --resume)
       history.csv       one row per epoch
       splits.csv        which file went to train / val / test
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,8 +99,9 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
     try:
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({str(exc).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        detail = " ".join(str(exc).split())[:400]  # one line
+        raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({detail})") from None
     return Bundle(folder, config, classes, model.to(device, memory_format=torch.channels_last).eval())
 
 
@@ -114,7 +116,7 @@ def find_bundles(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
         return [folder]
-    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}"))
+    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}") if (p.parent / "metrics.json").is_file())
     if not members:
-        raise EchoError(f"{folder}: neither a model bundle nor a cross-validation folder of fold bundles")
+        raise EchoError(f"{folder}: neither a model bundle nor a cross-validation folder of finished fold bundles")
     return members

@@ -42,6 +42,7 @@ _TRAINING_OPTIONS = {
     "backbone": ("model", "backbone"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
     "weights": ("model", "weights"), "dropout": ("model", "dropout"), "embedder": ("model", "embedder"),
     "pooling": ("model", "pooling"), "hidden_size": ("model", "hidden_size"),
+    "embedding_hop": ("model", "embedding_hop"),
     "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "optimizer": ("train", "optimizer"),
     "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
@@ -63,7 +64,9 @@ def _training_config(args: argparse.Namespace) -> EchoConfig:
         if value is not None and value is not False:
             changes.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
     config = config.replace(**changes) if changes else config
-    if not config.data.cache_dir and not getattr(args, "no_cache", False):
+    if getattr(args, "no_cache", False):
+        config = config.replace(data={"cache_dir": ""})
+    elif not config.data.cache_dir:
         config = config.replace(data={"cache_dir": str(DEFAULT_CACHE)})
     return config
 
@@ -214,18 +217,38 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                            progress=not quiet)
     held_out = "test" if counts["test"] else "val"
+    if held_out == "val" and config.train.refit:
+        print("warning: no test part, and --refit trained on the validation part: the scores below are not "
+              "held out", file=sys.stderr)
     from echoengine.bundle import Bundle
     from echoengine.cache import FeatureCache
 
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
     metrics, _ = evaluate([Bundle(out, config, classes, result.model)], usable[parts == held_out], cache=cache)
-    metrics.update(evaluated_on=f"{held_out} part of {data}", best_epoch=result.best_epoch)
-    write_report(metrics, classes, out, history=pd.DataFrame(result.history), best_epoch=result.best_epoch)
+    honest = held_out == "test" or not config.train.refit
+    metrics.update(evaluated_on=f"{held_out} part of {data}" + ("" if honest else " (trained on: not held out)"),
+                   best_epoch=result.best_epoch)
+    write_report(metrics, classes, out, history=_selection_history(out), best_epoch=result.best_epoch)
     _print_metrics(metrics, f"held-out {held_out} files (best epoch {result.best_epoch}):")
     return out
 
 
+def _selection_history(bundle: Path) -> pd.DataFrame:
+    """The history that chose the epoch: the selection run's when the bundle was refitted."""
+    selection = bundle / "selection_history.csv"
+    return pd.read_csv(selection if selection.is_file() else bundle / "history.csv")
+
+
+_RESUME_OPTIONS = ("epochs", "device", "workers", "quiet", "resume")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        ignored = [f"--{name.replace('_', '-')}" for name in {*_TRAINING_OPTIONS, "config", "no_cache", "group_regex"}
+                   if name not in _RESUME_OPTIONS and getattr(args, name, None) not in (None, False)]
+        if ignored:
+            print(f"warning: --resume continues with the run's own config; ignored: {', '.join(sorted(ignored))}",
+                  file=sys.stderr)
     config = _training_config(args)
     # a resumed run keeps its own config; only these may be given again
     given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
@@ -460,6 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "CC BY-NC-SA 4.0) or cnn:/path/to/bundle")
         g.add_argument("--pooling", choices=["mean", "max"], help="pooling of window logits in a clip (embedders)")
         g.add_argument("--hidden-size", type=int, help="hidden layer of the mlp head (default 512)")
+        g.add_argument("--embedding-hop", type=float, metavar="SECONDS",
+                       help="hop between the embedder windows of a clip (default: the window, no overlap)")
         g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (timm backbones)")
         g.add_argument("--weights", type=Path, help="a local weights file for --pretrained (offline)")
         g.add_argument("--dropout", type=float)

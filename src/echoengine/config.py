@@ -363,6 +363,10 @@ class ModelConfig:
         (embedding models).
     hidden_size : int
         Width of the ``"mlp"`` head's hidden layer.
+    embedding_hop : float
+        Seconds between the embedder windows of a clip; 0: the window length
+        (no overlap). A 5 s clip gets BirdNET windows at 0 and 3 s (the second
+        padded) with 0, at 0, 1 and 2 s with 1.
     """
 
     backbone: str = "efficientnetv2_b0"
@@ -373,6 +377,7 @@ class ModelConfig:
     embedder: str = ""
     pooling: str = "mean"
     hidden_size: int = 512
+    embedding_hop: float = 0.0
 
     def __post_init__(self) -> None:
         s = "model"
@@ -387,6 +392,9 @@ class ModelConfig:
                  f"{s}.head must be 'linear' or 'mlp' on an embedder, got {self.head!r}")
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
+        _require(self.embedding_hop >= 0, f"{s}.embedding_hop must be >= 0, got {self.embedding_hop}")
+        _require(not (self.embedder and self.pretrained),
+                 f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
 
 
@@ -469,6 +477,8 @@ class TrainConfig:
         _require(0 <= self.warmup_epochs < self.epochs,
                  f"{s}.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         _require(self.unfreeze_epoch >= 0, f"{s}.unfreeze_epoch must be >= 0, got {self.unfreeze_epoch}")
+        _require(not self.unfreeze_epoch or self.freeze_backbone,
+                 f"{s}.unfreeze_epoch needs freeze_backbone = true (the backbone trains from the start otherwise)")
         _require(self.backbone_lr_factor > 0, f"{s}.backbone_lr_factor must be positive")
         _require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
         _require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")

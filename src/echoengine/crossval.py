@@ -110,15 +110,21 @@ def cross_validate(
             bundle = Bundle(bundle_dir, config, classes, trained.model)
             result, probabilities = evaluate([bundle], test, cache=cache)
             result["best_epoch"] = trained.best_epoch
-            write_report(result, classes, bundle_dir, history=pd.DataFrame(trained.history),
+            write_report(result, classes, bundle_dir, history=pd.read_csv(_history_file(bundle_dir)),
                          best_epoch=trained.best_epoch)
             pd.DataFrame(probabilities, columns=classes).assign(path=test["path"], label=test["label"]).to_csv(
                 predictions_file, index=False)
             log(f"fold {k}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
         oof[np.flatnonzero(folds == k)] = probabilities
         fold_metrics.append({"fold": k, **{key: result[key] for key in SUMMARY_KEYS}})
-        histories.append(pd.read_csv(bundle_dir / "history.csv"))
+        histories.append(pd.read_csv(_history_file(bundle_dir)))
     return _summarise(table, folds, classes, oof, fold_metrics, histories, out)
+
+
+def _history_file(bundle_dir: Path) -> Path:
+    """The history whose validation scores are honest: the selection run's when refitted."""
+    selection = bundle_dir / "selection_history.csv"
+    return selection if selection.is_file() else bundle_dir / "history.csv"
 
 
 def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -> dict:

@@ -15,6 +15,8 @@ Examples
 >>> cfg = EchoConfig().replace(model={"embedder": "birdnet", "head": "linear"})
 >>> embedder_windows(cfg.audio.clip_samples, window=144000)
 [0, 144000]
+>>> embedder_windows(cfg.audio.clip_samples, window=144000, hop=48000)
+[0, 48000, 96000]
 """
 
 from __future__ import annotations
@@ -34,12 +36,23 @@ from echoengine.dataset import ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.models.embedders import build_embedder
 
-__all__ = ["EmbeddingCache", "EmbeddingDataset", "embedder_windows", "make_dataset"]
+__all__ = ["EmbeddingCache", "EmbeddingDataset", "clip_windows", "embedder_windows", "embedding_hop_samples",
+           "make_dataset"]
 
 
-def embedder_windows(clip_samples: int, *, window: int) -> list[int]:
-    """Start samples of the embedder windows covering a clip (hop = window, last one padded)."""
-    return [int(s) for s in window_starts(clip_samples, length=window, hop=window)]
+def embedder_windows(clip_samples: int, *, window: int, hop: int = 0) -> list[int]:
+    """Start samples of the embedder windows covering a clip (hop 0: the window; the last one padded)."""
+    return [int(s) for s in window_starts(clip_samples, length=window, hop=hop or window)]
+
+
+def clip_windows(clips: np.ndarray, *, window: int, hop: int = 0) -> np.ndarray:
+    """The embedder windows of clips (n, clip samples) -> (n, windows, window samples)."""
+    return np.stack([fixed_windows(clip, length=window, hop=hop or window)[0] for clip in clips])
+
+
+def embedding_hop_samples(config: EchoConfig, window: int) -> int:
+    """The hop of the embedder windows in samples (the window when ``model.embedding_hop`` is 0)."""
+    return round(config.model.embedding_hop * config.audio.sample_rate) or window
 
 
 class EmbeddingCache(FeatureCache):
@@ -47,8 +60,9 @@ class EmbeddingCache(FeatureCache):
 
     def __init__(self, directory, config: EchoConfig, embedder_identity: str) -> None:
         super().__init__(directory, config)
-        self._clean_fingerprint = f"{embedder_identity}-{config.fingerprint('audio')}"
-        self._augmented_fingerprint = f"{embedder_identity}-" + config.fingerprint(
+        identity = f"{embedder_identity}-hop{config.model.embedding_hop}"
+        self._clean_fingerprint = f"{identity}-{config.fingerprint('audio')}"
+        self._augmented_fingerprint = f"{identity}-" + config.fingerprint(
             "audio", "augment", ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha",
                                         "augment.embedding_variants"))
 
@@ -75,6 +89,11 @@ class EmbeddingDataset(ClipDataset):
                             f"set audio.sample_rate = {self.embedder.sample_rate}")
         if cache is not None and not isinstance(cache, EmbeddingCache):
             cache = EmbeddingCache(cache.directory, config, self.embedder.identity)
+        hop = embedding_hop_samples(config, self.embedder.window_samples)
+        if hop > self.embedder.window_samples:
+            raise EchoError(f"model.embedding_hop ({config.model.embedding_hop} s) is longer than the "
+                            f"{config.model.embedder} window ({self.embedder.window_seconds} s): windows would miss "
+                            "audio")
         super().__init__(table, classes, config, train=train, cache=cache)
         self.variants = config.augment.embedding_variants
         self.progress = progress
@@ -120,9 +139,8 @@ class EmbeddingDataset(ClipDataset):
 
     def _embed_clips(self, keys: list[tuple[int, int, int]], clips: np.ndarray) -> None:
         window = self.embedder.window_samples
-        starts = embedder_windows(clips.shape[1], window=window)
-        windows = np.stack([fixed_windows(clip, length=window, hop=window)[0] for clip in clips])  # (n, w, samples)
-        embeddings = self.embedder.embed(windows.reshape(-1, window)).reshape(len(clips), len(starts), -1)
+        windows = clip_windows(clips, window=window, hop=embedding_hop_samples(self.config, window))
+        embeddings = self.embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
         for key, value in zip(keys, embeddings):
             self._memory[key] = value
             if self.cache is not None:

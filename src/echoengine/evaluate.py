@@ -128,7 +128,8 @@ def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> tuple
     Returns
     -------
     metrics : dict
-    probabilities : ndarray, shape (n_rows, n_classes), NaN rows for failed files
+    probabilities : ndarray, shape (n_known, n_classes)
+        For the rows whose label is a class of the model, in order; NaN rows for failed files.
     """
     classes = bundles[0].classes
     known = table["label"].isin(classes).to_numpy()

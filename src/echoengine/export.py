@@ -19,7 +19,8 @@ ONNX graph; ``model.onnx`` then holds the head: input ``embeddings`` (n_windows
 of clips, embedder windows per clip, embedding size), same two outputs. To
 serve raw audio, cut the file into clips, cut each clip into embedder windows
 (hop = window, the last one padded), embed them with BirdNET, and feed the
-embeddings; ``echoengine predict --onnx`` does exactly that.
+embeddings; ``echoengine predict --onnx`` does exactly that, with the
+bundle's ``model.embedding_hop`` between windows.
 
 Every export checks itself: the graph, run by onnxruntime, must give the
 probabilities of the PyTorch path (``echoengine predict``) on real clips
@@ -172,12 +173,13 @@ def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.nda
     if not bundle.config.model.embedder:
         return tuple(session.run(None, {"waveform": y.astype(np.float32)}))
     from echoengine.clips import fixed_windows
+    from echoengine.embeddings import clip_windows, embedding_hop_samples
     from echoengine.models.embedders import build_embedder
 
     embedder = build_embedder(bundle.config.model.embedder)
     clip, window = bundle.config.audio.clip_samples, embedder.window_samples
     clips, _ = fixed_windows(y, length=clip, hop=clip)
-    windows = np.stack([fixed_windows(c, length=window, hop=window)[0] for c in clips])
+    windows = clip_windows(clips, window=window, hop=embedding_hop_samples(bundle.config, window))
     embeddings = embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
     return tuple(session.run(None, {"embeddings": embeddings.astype(np.float32)}))
 
@@ -225,13 +227,17 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
         torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
                           output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
                           opset_version=opset, dynamo=False)
-    session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
-    expected = _torch_probabilities(bundle, files)
-    got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
-    difference = float(np.abs(got - expected).max())
-    if not difference <= tolerance:
-        temporary.unlink()
-        raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
-                        f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
-    os.replace(temporary, out)
+    try:
+        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        expected = _torch_probabilities(bundle, files)
+        if np.isnan(expected).any():
+            raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
+        got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
+        difference = float(np.abs(got - expected).max())
+        if not difference <= tolerance:
+            raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
+                            f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
     return out, difference

@@ -92,8 +92,10 @@ def window_probabilities(
     for other in bundles[1:]:
         if other.classes != first.classes:
             raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
-        if (other.config.fingerprint("audio", "frontend"), other.config.model.embedder) != (
-                first.config.fingerprint("audio", "frontend"), first.config.model.embedder):
+        def inputs(config):
+            return config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop
+
+        if inputs(other.config) != inputs(first.config):
             raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
     config = first.config
     labelled = table.assign(label="") if "label" not in table else table.assign(

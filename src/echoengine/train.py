@@ -185,6 +185,9 @@ def _check_resumable(bundle: Path, config: EchoConfig) -> None:
     if saved.fingerprint(ignore=_RESUMABLE_CHANGES) != config.fingerprint(ignore=_RESUMABLE_CHANGES):
         raise EchoError(f"{bundle}: cannot resume with a different config than the run's ({CONFIG_FILE}); "
                         "only train.epochs, train.device and data loading settings may change")
+    if config.train.schedule == "cosine" and config.train.epochs != saved.train.epochs:
+        raise EchoError(f"{bundle}: the cosine schedule was laid out for {saved.train.epochs} epochs; "
+                        f"resume with --epochs {saved.train.epochs}")
 
 
 def fit(
@@ -271,7 +274,8 @@ def fit(
 
     from torch.utils.tensorboard import SummaryWriter
 
-    with SummaryWriter(bundle / "tensorboard", purge_step=start_epoch) as board:
+    board_dir = bundle / "tensorboard" / ("refit" if keep == "last" else "")
+    with SummaryWriter(board_dir, purge_step=start_epoch) as board:
         for epoch in range(start_epoch, train.epochs + 1):
             frozen = train.freeze_backbone and not (train.unfreeze_epoch and epoch >= train.unfreeze_epoch)
             _set_backbone_frozen(model, frozen)
@@ -291,8 +295,9 @@ def fit(
                    "val_accuracy": val_acc, "learning_rate": learning_rate, "seconds": round(seconds, 3),
                    "images_per_second": round(len(train_data) / seconds, 2)}
             history.append(row)
-            for name in ("loss", "accuracy"):
-                board.add_scalars(name, {"train": row[f"train_{name}"], "val": row[f"val_{name}"]}, epoch)
+            for part in ("train", "val"):  # one writer: purge_step then also drops the epochs of a killed run
+                board.add_scalar(f"loss/{part}", row[f"{part}_loss"], epoch)
+                board.add_scalar(f"accuracy/{part}", row[f"{part}_accuracy"], epoch)
             board.add_scalar("learning_rate", learning_rate, epoch)
             improved = val_loss < best_loss or keep == "last"
             if improved:
@@ -301,7 +306,7 @@ def fit(
             _write_history(bundle / "history.csv", history)
             save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "history": history, "best_loss": best_loss, "best_epoch": best_epoch},
+                         "history": history, "best_loss": best_loss, "best_epoch": best_epoch, "keep": keep},
                         bundle / CHECKPOINT_FILE)
             if improved:
                 save_atomic(best_state, bundle / WEIGHTS_FILE)
@@ -319,31 +324,46 @@ def fit(
     return TrainResult(bundle, history, best_epoch, model.eval())
 
 
+def _checkpoint_stage(bundle: Path) -> str | None:
+    """What the bundle's checkpoint was training: ``"best"`` (selection), ``"last"`` (a refit) or None."""
+    if not (bundle / CHECKPOINT_FILE).is_file():
+        return None
+    return torch.load(bundle / CHECKPOINT_FILE, map_location="cpu", weights_only=False).get("keep", "best")
+
+
 def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
                   bundle: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> TrainResult:
     """:func:`fit`, then, with ``train.refit``, train again on both parts for the chosen number of epochs.
 
     The selection run's history is kept as ``selection_history.csv``; the
-    bundle's config says the refit (its ``epochs`` are the chosen ones).
+    bundle's config then describes the refit (its ``epochs`` are the chosen
+    ones) and ``weights.pt`` holds the refit's last weights. A resumed run
+    continues whichever stage its checkpoint was in.
     """
     bundle = Path(bundle)
     both = pd.concat([train_table, val_table])
     selection = bundle / "selection_history.csv"
-    if resume and selection.is_file():  # killed during the refit
-        if (bundle / CHECKPOINT_FILE).is_file():
-            return fit(both, val_table, classes, config, bundle, resume=True, progress=progress, log=log, keep="last")
+    stage = _checkpoint_stage(bundle) if resume else None
+    if stage == "last":  # killed during the refit: continue it with its own config
+        saved = EchoConfig.load(bundle / CONFIG_FILE)
+        saved = saved.replace(train={"device": config.train.device}, data={"num_workers": config.data.num_workers})
+        return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last")
+    if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
         history = pd.read_csv(selection)
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        config = EchoConfig.load(bundle / CONFIG_FILE).replace(train={"epochs": max(config.train.epochs, best_epoch)})
+        config = EchoConfig.load(bundle / CONFIG_FILE)
     else:
+        if not resume:
+            selection.unlink(missing_ok=True)
         result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log)
         if not config.train.refit:
             return result
         best_epoch = result.best_epoch
+        # the selection checkpoint goes first: a kill never leaves it beside the selection history
+        (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
         os.replace(bundle / "history.csv", selection)
     epochs = max(best_epoch, 1)
     log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
-    (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,
                                          "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)})
     refitted = fit(both, val_table, classes, refit_config, bundle, progress=progress, log=log, keep="last")

@@ -112,11 +112,11 @@ class BirdNETEmbedder:
         model, labels = birdnet_files()
         _log_license()
         self.batch_size = batch_size
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or _usable_cores()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         self._model_path = str(model)
         self._interpreter, self._indices = litert_pool.make_interpreter(
-            self._model_path, threads or os.cpu_count() or 1, self._EMBEDDING_TENSOR)
+            self._model_path, threads or _usable_cores(), self._EMBEDDING_TENSOR)
         self._pool = None
         self.identity = f"birdnet-tflite-v2.4-{_file_digest(model)}"
 
@@ -148,7 +148,7 @@ class BirdNETEmbedder:
         if self.workers > 1 and len(waveforms) > self.batch_size:
             # equal batches of at most batch_size, a multiple of the workers in number: no one waits
             rounds = math.ceil(len(waveforms) / (self.workers * self.batch_size))
-            batches = np.array_split(waveforms, self.workers * rounds)
+            batches = np.array_split(waveforms, min(self.workers * rounds, len(waveforms)))
             return list(self._executor().map(litert_pool.run_in_worker, batches))
         batches = [waveforms[i : i + self.batch_size] for i in range(0, len(waveforms), self.batch_size)]
         return [litert_pool.run(self._interpreter, self._indices, batch) for batch in batches]
@@ -196,7 +196,8 @@ class CNNEmbedder:
         self.embedding_size = loaded.model.backbone.num_features
         self.batch_size = batch_size
         self.channels = loaded.config.frontend.image_channels
-        self.identity = f"cnn-{_file_digest(Path(bundle) / 'weights.pt')}"
+        weights = hashlib.blake2b((Path(bundle) / "weights.pt").read_bytes(), digest_size=8).hexdigest()
+        self.identity = f"cnn-{weights}-{loaded.config.fingerprint('audio', 'frontend')}"
 
     @property
     def window_samples(self) -> int:
@@ -211,6 +212,11 @@ class CNNEmbedder:
                 images = self.frontend(batch)
                 out.append(self.model.features(images).numpy())
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
+
+
+def _usable_cores() -> int:
+    """Cores this process may run on (affinity and container limits included, where the OS says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _file_digest(path: Path) -> str:
@@ -234,10 +240,14 @@ def embedding_size(name: str) -> int:
 
 
 @functools.cache
+def _birdnet() -> BirdNETEmbedder:
+    return BirdNETEmbedder()
+
+
 def build_embedder(name: str):
-    """An embedder by config name: ``"birdnet"`` or ``"cnn:/path/to/bundle"``; one per process."""
+    """An embedder by config name: ``"birdnet"`` (one per process) or ``"cnn:/path/to/bundle"``."""
     if name == "birdnet":
-        return BirdNETEmbedder()
+        return _birdnet()
     if name.startswith("cnn:"):
         return CNNEmbedder(name.removeprefix("cnn:"))
     raise EchoError(f"unknown embedder {name!r}; known: birdnet, cnn:/path/to/bundle")
