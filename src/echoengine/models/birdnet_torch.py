@@ -6,8 +6,8 @@ TensorFlow); its weights become the parameters of named modules:
 * ``frontend``: min-max scaling of each 3 s window to [-1, 1], then two
   branches (frames of 2048 every 278 samples, of 1024 every 280), the REAL
   part of the FFT through a 96-band mel matrix, squared and raised to a
-  learned-at-training power (0.2295, 0.1905), stacked as 2 channels; in
-  float64, which keeps it within ~3e-3 of the interpreter;
+  learned-at-training power (0.2295, 0.1905), stacked as 2 channels; the
+  linear part is one strided convolution per branch;
 * ``stem``: a fixed scale-and-shift, a conv with ReLU, max and average pools
   concatenated, a 1x1 conv;
 * ``blocks``: 16 EfficientNet-style blocks named as in the model file
@@ -139,27 +139,37 @@ class ScaleShift(nn.Module):
 
 
 class Frontend(nn.Module):
-    """Raw 48 kHz windows -> (batch, 2, 96, frames): min-max scaling, two real-part mel branches."""
+    """Raw 48 kHz windows -> (batch, 2, 96, frames): min-max scaling, two real-part mel branches.
+
+    The model takes the mel bands of the REAL part of the windowed FFT, which is
+    linear in the samples: window, cosine transform and mel matrix compose into
+    one (frame length x 96) kernel, applied as a strided convolution: 1.5x
+    faster than an FFT. It runs in float64: in float32, near-silent windows
+    (padding) reach only cosine 0.9995 with the interpreter's embeddings, as
+    the power 0.2 magnifies the rounding of tiny band energies.
+    """
 
     def __init__(self, graph: _Graph) -> None:
         super().__init__()
-        self.branches = []
+        self.steps = []
         # constant tensors of the V2.4 file: window, mel matrix, power; frame length and step
         for i, (window, mel, power, n_fft, step) in enumerate(((129, 166, 165, 2048, 278),
                                                                  (126, 168, 167, 1024, 280))):
-            self.register_buffer(f"window{i}", graph.const(window).double())
-            self.register_buffer(f"mel{i}", graph.const(mel).double().T.contiguous())
-            self.branches.append((n_fft, step, float(graph.const(power))))
+            samples = torch.arange(n_fft, dtype=torch.float64)
+            cosine = torch.cos(2 * math.pi * torch.outer(samples, torch.arange(n_fft // 2 + 1)) / n_fft)
+            kernel = (graph.const(window).double()[:, None] * cosine) @ graph.const(mel).double().T  # (n_fft, 96)
+            self.register_buffer(f"kernel{i}", kernel.T.unsqueeze(1).contiguous())
+            self.register_buffer(f"power{i}", graph.const(power).double())
+            self.steps.append(step)
 
     def forward(self, x):
         x = x.double()
         x = x - x.amin(dim=1, keepdim=True)
         x = (x / (x.amax(dim=1, keepdim=True) + 1e-6) - 0.5) * 2
         out = []
-        for i, (n_fft, step, power) in enumerate(self.branches):
-            real = torch.fft.rfft(x.unfold(-1, n_fft, step) * getattr(self, f"window{i}")).real
-            mel = real @ getattr(self, f"mel{i}")
-            out.append((mel * mel).pow(power).flip(-1).transpose(1, 2))
+        for i, step in enumerate(self.steps):
+            mel = nn.functional.conv1d(x.unsqueeze(1), getattr(self, f"kernel{i}"), stride=step)  # (batch, 96, frames)
+            out.append((mel * mel).pow(getattr(self, f"power{i}")).flip(1))
         return torch.stack(out, 1).float()
 
 
@@ -220,7 +230,7 @@ class BirdNET(nn.Module):
 
         model, _ = birdnet_files()
         _log_license()
-        return cls(model)
+        return cls(model).to(memory_format=torch.channels_last)
 
     def __init__(self, path: str | Path) -> None:
         super().__init__()
@@ -284,7 +294,7 @@ class BirdNET(nn.Module):
         return Head(ScaleShift(g.const(mul[1][1]), g.const(add[1][1])), TFConv2d(g, conv[4], conv[1], False))
 
     def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.stem(self.frontend(waveforms))
+        x = self.stem(self.frontend(waveforms).contiguous(memory_format=torch.channels_last))
         for block in self.blocks.values():
             x = block(x)
         embedding = self.head(x)
