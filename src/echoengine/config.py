@@ -354,7 +354,8 @@ class ModelConfig:
     dropout : float
         Dropout before the last layer (0.5 in the Echo head).
     embedder : str
-        Empty: a CNN on spectrogram images. ``"birdnet"`` or
+        Empty: a CNN on spectrogram images. ``"birdnet"`` (BirdNET V2.4 in
+        torch), ``"birdnet-tflite"`` (the same through TFLite) or
         ``"cnn:/path/to/bundle"``: a frozen pretrained embedder turns each of
         its windows into an embedding and only a head is trained on them
         (``head`` then is ``"linear"`` or ``"mlp"``; ``backbone`` is unused).
@@ -386,8 +387,9 @@ class ModelConfig:
         _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
         _require(self.head in ("echo", "linear", "mlp"),
                  f"{s}.head must be 'echo', 'linear' or 'mlp', got {self.head!r}")
-        _require(self.embedder in ("", "birdnet") or self.embedder.startswith("cnn:"),
-                 f"{s}.embedder must be '', 'birdnet' or 'cnn:/path/to/bundle', got {self.embedder!r}")
+        _require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
+                 f"{s}.embedder must be '', 'birdnet', 'birdnet-tflite' or 'cnn:/path/to/bundle', "
+                 f"got {self.embedder!r}")
         _require(not self.embedder or self.head in ("linear", "mlp"),
                  f"{s}.head must be 'linear' or 'mlp' on an embedder, got {self.head!r}")
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")

