@@ -54,3 +54,25 @@ def test_parity_with_the_tflite_interpreter_on_real_audio(birdnet_torch, soundsc
         return np.argsort(-values, axis=1)[:, :5]
 
     assert (top5(logits) == top5(expected_logits)).all()  # on every window
+
+
+def test_birdnet_fine_tunes_as_a_backbone_with_a_new_head():
+    from echoengine.config import ModelConfig
+    from echoengine.models import build_model
+    from echoengine.train import _set_backbone_frozen
+
+    model = build_model(ModelConfig(backbone="birdnet", head="linear", trainable_blocks=2, dropout=0.0), n_classes=3)
+    clips = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (2, 240000)).astype(np.float32))
+    assert model.window_logits(clips).shape == (2, 2, 3) and model(clips).shape == (2, 3)  # 5 s: 2 windows
+    _set_backbone_frozen(model, False)
+    trainable = {name.split(".")[0] for name, p in model.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"blocks", "head"}
+    assert {name.split(".")[1] for name, p in model.backbone.named_parameters()
+            if p.requires_grad and name.startswith("blocks.")} == {"4-3", "4-4"}
+    before = model.backbone.blocks["4-4"].project.weight.detach().clone()
+    stem = model.backbone.stem.conv.weight.detach().clone()
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    torch.nn.functional.cross_entropy(model(clips), torch.tensor([0, 2])).backward()
+    optimizer.step()
+    assert not torch.equal(model.backbone.blocks["4-4"].project.weight, before)
+    assert torch.equal(model.backbone.stem.conv.weight, stem)

@@ -42,7 +42,8 @@ _TRAINING_OPTIONS = {
     "backbone": ("model", "backbone"), "head": ("model", "head"), "pretrained": ("model", "pretrained"),
     "weights": ("model", "weights"), "dropout": ("model", "dropout"), "embedder": ("model", "embedder"),
     "pooling": ("model", "pooling"), "hidden_size": ("model", "hidden_size"),
-    "embedding_hop": ("model", "embedding_hop"),
+    "embedding_hop": ("model", "embedding_hop"), "trainable_blocks": ("model", "trainable_blocks"),
+    "backbone_lr_factor": ("train", "backbone_lr_factor"),
     "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "optimizer": ("train", "optimizer"),
     "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
@@ -58,6 +59,12 @@ _TRAINING_OPTIONS = {
 def _training_config(args: argparse.Namespace) -> EchoConfig:
     """The config file (or defaults), changed by the options given on the command line."""
     config = _config(args)
+    if getattr(args, "finetune", False):
+        if (args.backbone or config.model.backbone) != "birdnet":
+            raise EchoError("--finetune fine-tunes BirdNET: use it with --backbone birdnet")
+        config = config.replace(train={"backbone_lr_factor": 0.1, "freeze_backbone": False})
+    elif (getattr(args, "backbone", None) or config.model.backbone) == "birdnet" and not config.train.freeze_backbone:
+        config = config.replace(train={"freeze_backbone": True})  # without --finetune, BirdNET stays frozen
     changes: dict[str, dict] = {}
     for option, (section, key) in _TRAINING_OPTIONS.items():
         value = getattr(args, option, None)
@@ -477,7 +484,14 @@ def build_parser() -> argparse.ArgumentParser:
     def training_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("model and training (defaults: the config's, i.e. the Echo pipeline's)")
         g.add_argument("--backbone", help="efficientnetv2_b0 (default), efficientnet_b0, efficientnet_b3, "
-                       "resnet50, inception_v3, mobilenetv3_large_100, small_cnn")
+                       "resnet50, inception_v3, mobilenetv3_large_100, small_cnn, or birdnet (BirdNET V2.4 on raw "
+                       "audio, CC BY-NC-SA 4.0: fine-tuned with --finetune)")
+        g.add_argument("--finetune", action="store_true",
+                       help="with --backbone birdnet: train the pretrained network too, at 0.1x the head's rate "
+                            "(change with --backbone-lr-factor)")
+        g.add_argument("--trainable-blocks", type=int, metavar="N",
+                       help="with --backbone birdnet: fine-tune only its last N blocks (default: all)")
+        g.add_argument("--backbone-lr-factor", type=float, help="the backbone's learning rate relative to the head's")
         g.add_argument("--head", choices=["echo", "linear", "mlp"])
         g.add_argument("--embedder", help="train a head on a frozen pretrained embedder: birdnet (BirdNET V2.4, "
                        "CC BY-NC-SA 4.0) or cnn:/path/to/bundle")

@@ -343,7 +343,8 @@ class ModelConfig:
     backbone : str
         ``efficientnetv2_b0`` (the Echo pipeline's), ``efficientnet_b0``,
         ``efficientnet_b3``, ``resnet50``, ``inception_v3``,
-        ``mobilenetv3_large_100`` (timm) or ``small_cnn`` (from scratch, CPU-sized).
+        ``mobilenetv3_large_100`` (timm), ``small_cnn`` (from scratch, CPU-sized)
+        or ``birdnet`` (BirdNET V2.4 on raw 48 kHz audio, for fine-tuning).
     head : str
         ``"echo"`` (the Echo dense head), ``"linear"`` (global pooling +
         linear) or ``"mlp"`` (one hidden layer of ``hidden_size``).
@@ -367,7 +368,11 @@ class ModelConfig:
     embedding_hop : float
         Seconds between the embedder windows of a clip; 0: the window length
         (no overlap). A 5 s clip gets BirdNET windows at 0 and 3 s (the second
-        padded) with 0, at 0, 1 and 2 s with 1.
+        padded) with 0, at 0, 1 and 2 s with 1. Also the window hop of the
+        ``birdnet`` backbone.
+    trainable_blocks : int
+        With the ``birdnet`` backbone (BirdNET V2.4 fine-tuned on raw audio,
+        CC BY-NC-SA 4.0): train only its last N blocks (0: all of it).
     """
 
     backbone: str = "efficientnetv2_b0"
@@ -379,11 +384,12 @@ class ModelConfig:
     pooling: str = "mean"
     hidden_size: int = 512
     embedding_hop: float = 0.0
+    trainable_blocks: int = 0
 
     def __post_init__(self) -> None:
         s = "model"
         known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
-                 "mobilenetv3_large_100", "small_cnn")
+                 "mobilenetv3_large_100", "small_cnn", "birdnet")
         _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
         _require(self.head in ("echo", "linear", "mlp"),
                  f"{s}.head must be 'echo', 'linear' or 'mlp', got {self.head!r}")
@@ -395,6 +401,7 @@ class ModelConfig:
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
         _require(self.embedding_hop >= 0, f"{s}.embedding_hop must be >= 0, got {self.embedding_hop}")
+        _require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
         _require(not (self.embedder and self.pretrained),
                  f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
@@ -564,6 +571,9 @@ class EchoConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
+        _require(self.model.backbone != "birdnet" or self.audio.sample_rate == 48000,
+                 f"the birdnet backbone takes 48 kHz audio: set audio.sample_rate = 48000, "
+                 f"not {self.audio.sample_rate}")
         nyquist = self.audio.sample_rate / 2
         _require(
             self.frontend.fmax <= nyquist,

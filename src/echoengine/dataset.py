@@ -40,7 +40,7 @@ from echoengine.errors import AudioError, DataError
 from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
-__all__ = ["ClipDataset", "VariantSampler", "make_loader"]
+__all__ = ["ClipDataset", "VariantSampler", "WaveformDataset", "make_loader"]
 
 logger = logging.getLogger("echoengine")
 
@@ -190,6 +190,27 @@ class ClipDataset(Dataset):
         if cfg.rotation_p > 0 and rng.random() < cfg.rotation_p:
             image = rotate(image, degrees=float(rng.uniform(-cfg.rotation_degrees, cfg.rotation_degrees)))
         return image.clamp(0.0, 1.0)
+
+
+class WaveformDataset(ClipDataset):
+    """(clip waveform, one-hot label) items, for models that take raw audio (the ``birdnet`` backbone).
+
+    Training items are augmented variants as in :class:`ClipDataset` (waveform
+    augmentation only); they are recomputed, not cached.
+    """
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        index, variant = item if isinstance(item, tuple) else (item, 0)
+        row, start = self.items[index]
+        try:
+            y, _ = self.clip_waveform(row, start, variant if self.train else -1)
+        except AudioError as error:
+            if self.config.data.on_error == "raise":
+                raise
+            if self.config.data.on_error == "warn":
+                logger.warning("skipping %s", error)
+            return None
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), self.one_hot(row)
 
 
 class VariantSampler(Sampler):

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
-from echoengine.dataset import ClipDataset
+from echoengine.dataset import ClipDataset, WaveformDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.models.embedders import build_embedder
 
@@ -187,6 +187,8 @@ def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig
     Embedding datasets are embedded in full here (batched, cached).
     """
     if not config.model.embedder:
+        if config.model.backbone == "birdnet":
+            return WaveformDataset(table, classes, config, train=train)
         return ClipDataset(table, classes, config, train=train, cache=cache)
     dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
     dataset.precompute()

@@ -211,6 +211,9 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     import onnxruntime
 
     bundle = load_bundle(bundle_path)
+    if bundle.config.model.backbone == "birdnet" and not bundle.config.model.embedder:
+        raise EchoError(f"{bundle.path}: ONNX export of a fine-tuned BirdNET bundle is not available yet "
+                        "(its front end needs float64 convolutions, which onnxruntime lacks)")
     out = Path(out) if out else bundle.path / ONNX_FILE
     temporary = out.with_name(out.name + ".tmp")
     files = _check_files(bundle, check)

@@ -130,6 +130,9 @@ class _Schedule:
 
 
 def _set_backbone_frozen(model: Classifier, frozen: bool) -> None:
+    if hasattr(model, "set_backbone_trainable"):  # BirdNET: maybe only its last blocks
+        model.set_backbone_trainable(not frozen)
+        return
     for parameter in model.backbone.parameters():
         parameter.requires_grad_(not frozen)
 

