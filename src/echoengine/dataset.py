@@ -123,18 +123,25 @@ class ClipDataset(Dataset):
         """
         index, variant = item if isinstance(item, tuple) else (item, 0)
         row, start = self.items[index]
-        if not self.train:
-            variant = -1
         try:
-            image = self._cached_image(row, start, variant)
+            inputs = self.model_input(row, start, variant if self.train else -1)
         except AudioError as error:
-            if self.config.data.on_error == "raise":
-                raise
-            if self.config.data.on_error == "warn":
-                logger.warning("skipping %s", error)
+            self.report(error)
             return None
+        return inputs, self.one_hot(row)
+
+    def report(self, error: AudioError) -> None:
+        """Apply ``data.on_error`` to a file that failed: raise it, log it in one line, or ignore it."""
+        if self.config.data.on_error == "raise":
+            raise error
+        if self.config.data.on_error == "warn":
+            logger.warning("skipping %s", error)
+
+    def model_input(self, row: int, start: int, variant: int) -> torch.Tensor:
+        """The model image of a clip, (channels, height, width), through the cache."""
+        image = self._cached_image(row, start, variant)
         channels = self.config.frontend.image_channels
-        return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1), self.one_hot(row)
+        return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1)
 
     def _cached_image(self, row: int, start: int, variant: int) -> np.ndarray:
         path = self.paths[row]
@@ -199,18 +206,10 @@ class WaveformDataset(ClipDataset):
     augmentation only); they are recomputed, not cached.
     """
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        index, variant = item if isinstance(item, tuple) else (item, 0)
-        row, start = self.items[index]
-        try:
-            y, _ = self.clip_waveform(row, start, variant if self.train else -1)
-        except AudioError as error:
-            if self.config.data.on_error == "raise":
-                raise
-            if self.config.data.on_error == "warn":
-                logger.warning("skipping %s", error)
-            return None
-        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)), self.one_hot(row)
+    def model_input(self, row: int, start: int, variant: int) -> torch.Tensor:
+        """The clip's waveform (samples,)."""
+        y, _ = self.clip_waveform(row, start, variant)
+        return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
 
 
 class VariantSampler(Sampler):

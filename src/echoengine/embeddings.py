@@ -126,7 +126,7 @@ class EmbeddingDataset(ClipDataset):
                     usable.append(key)
                 except AudioError as error:
                     self._memory[key] = None
-                    self._report(error)
+                    self.report(error)
             if clips:
                 self._embed_clips(usable, np.stack(clips))
             bar.update(len(part))
@@ -149,14 +149,6 @@ class EmbeddingDataset(ClipDataset):
     def _cache_key(self, row: int, start: int, variant: int) -> str:
         return self.cache.key(self.paths[row], start=max(start, 0), length=self.clip_samples, variant=variant)
 
-    def _report(self, error: AudioError) -> None:
-        if self.config.data.on_error == "raise":
-            raise error
-        if self.config.data.on_error == "warn":
-            import logging
-
-            logging.getLogger("echoengine").warning("skipping %s", error)
-
     def __getitem__(self, item: int | tuple[int, int]):
         index, variant = item if isinstance(item, tuple) else (item, 0)
         row, start = self.items[index]
@@ -177,7 +169,7 @@ class EmbeddingDataset(ClipDataset):
             self._embed_clips([key], self.clip_waveform(*key)[0][None])
         except AudioError as error:
             self._memory[key] = None
-            self._report(error)
+            self.report(error)
 
 
 def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
