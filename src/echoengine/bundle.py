@@ -40,7 +40,8 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.models import Classifier, build_model
 
-__all__ = ["Bundle", "find_bundles", "load_bundle", "read_classes", "save_atomic", "write_metadata"]
+__all__ = ["Bundle", "find_bundles", "load_bundle", "read_classes", "save_atomic", "selection_history",
+           "write_metadata"]
 
 CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
@@ -78,6 +79,13 @@ def write_metadata(folder: str | Path, config: EchoConfig, classes: list[str]) -
 def read_classes(folder: str | Path) -> list[str]:
     """The class names of a bundle, in output order."""
     return [line for line in (Path(folder) / CLASSES_FILE).read_text(encoding="utf-8").splitlines() if line]
+
+
+def selection_history(folder: str | Path) -> Path:
+    """The history whose validation scores chose the weights: the selection run's after a refit."""
+    folder = Path(folder)
+    selection = folder / "selection_history.csv"
+    return selection if selection.is_file() else folder / "history.csv"
 
 
 def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:

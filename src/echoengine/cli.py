@@ -195,6 +195,7 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
                   resume_changes: dict | None = None) -> Path:
     """Scan, split, train, and evaluate on the test part; the library side of ``train`` and ``demo``."""
     from echoengine import bundle as bundle_files
+    from echoengine.cache import FeatureCache
     from echoengine.evaluate import evaluate, write_report
     from echoengine.train import fit_and_refit
 
@@ -227,23 +228,16 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     if held_out == "val" and config.train.refit:
         print("warning: no test part, and --refit trained on the validation part: the scores below are not "
               "held out", file=sys.stderr)
-    from echoengine.bundle import Bundle
-    from echoengine.cache import FeatureCache
-
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
-    metrics, _ = evaluate([Bundle(out, config, classes, result.model)], usable[parts == held_out], cache=cache)
+    bundle = bundle_files.Bundle(out, config, classes, result.model)
+    metrics, _ = evaluate([bundle], usable[parts == held_out], cache=cache)
     honest = held_out == "test" or not config.train.refit
     metrics.update(evaluated_on=f"{held_out} part of {data}" + ("" if honest else " (trained on: not held out)"),
                    best_epoch=result.best_epoch)
-    write_report(metrics, classes, out, history=_selection_history(out), best_epoch=result.best_epoch)
+    write_report(metrics, classes, out, history=pd.read_csv(bundle_files.selection_history(out)),
+                 best_epoch=result.best_epoch)
     _print_metrics(metrics, f"held-out {held_out} files (best epoch {result.best_epoch}):")
     return out
-
-
-def _selection_history(bundle: Path) -> pd.DataFrame:
-    """The history that chose the epoch: the selection run's when the bundle was refitted."""
-    selection = bundle / "selection_history.csv"
-    return pd.read_csv(selection if selection.is_file() else bundle / "history.csv")
 
 
 _RESUME_OPTIONS = ("epochs", "device", "workers", "quiet", "resume")
@@ -367,24 +361,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _onnx_probabilities(bundles, paths: list[str]) -> np.ndarray:
-    """File probabilities from the bundles' exported model.onnx, run by onnxruntime."""
-    import onnxruntime
+    """File probabilities from the bundles' exported model.onnx, run by onnxruntime; each file decoded once."""
+    from echoengine import audio
+    from echoengine.export import ONNX_FILE, onnx_predict_waveform, onnx_session
+    from echoengine.predict import check_ensemble
 
-    from echoengine.export import ONNX_FILE, onnx_predict_file
-
-    total = np.zeros((len(paths), len(bundles[0].classes)))
+    check_ensemble(bundles)
+    sessions = []
     for member in bundles:
-        graph = member.path / ONNX_FILE
-        if not graph.is_file():
+        if not (member.path / ONNX_FILE).is_file():
             raise EchoError(f"{member.path}: no {ONNX_FILE}; run: echoengine export {member.path}")
-        session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-        for i, path in enumerate(paths):
-            try:
-                total[i] += onnx_predict_file(session, member, path)[0]
-            except AudioError as error:
-                print(f"error: {error}", file=sys.stderr)
-                total[i] = np.nan
-    return total / len(bundles)
+        sessions.append(onnx_session(member.path / ONNX_FILE))
+    total = np.full((len(paths), len(bundles[0].classes)), np.nan)
+    for i, path in enumerate(paths):
+        try:
+            y = audio.load(path, bundles[0].config.audio)  # the members share their audio config
+        except AudioError as error:
+            print(f"error: {error}", file=sys.stderr)
+            continue
+        total[i] = sum(onnx_predict_waveform(s, m, y)[0] for s, m in zip(sessions, bundles)) / len(bundles)
+    return total
 
 
 def cmd_export(args: argparse.Namespace) -> int:

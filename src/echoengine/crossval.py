@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, plots
-from echoengine.bundle import CHECKPOINT_FILE, Bundle
+from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
 from echoengine.evaluate import SUMMARY_KEYS, classification_metrics, evaluate, write_report
@@ -106,25 +106,20 @@ def cross_validate(
             splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
             splits[["path", "label", "group", "part"]].to_csv(bundle_dir / "splits.csv", index=False)
             trained = fit_and_refit(rest[trains], rest[~trains], classes, config, bundle_dir,
-                          resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress, log=log)
+                                    resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
+                                    log=log)
             bundle = Bundle(bundle_dir, config, classes, trained.model)
             result, probabilities = evaluate([bundle], test, cache=cache)
             result["best_epoch"] = trained.best_epoch
-            write_report(result, classes, bundle_dir, history=pd.read_csv(_history_file(bundle_dir)),
+            write_report(result, classes, bundle_dir, history=pd.read_csv(selection_history(bundle_dir)),
                          best_epoch=trained.best_epoch)
             pd.DataFrame(probabilities, columns=classes).assign(path=test["path"], label=test["label"]).to_csv(
                 predictions_file, index=False)
             log(f"fold {k}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
         oof[np.flatnonzero(folds == k)] = probabilities
         fold_metrics.append({"fold": k, **{key: result[key] for key in SUMMARY_KEYS}})
-        histories.append(pd.read_csv(_history_file(bundle_dir)))
+        histories.append(pd.read_csv(selection_history(bundle_dir)))
     return _summarise(table, folds, classes, oof, fold_metrics, histories, out)
-
-
-def _history_file(bundle_dir: Path) -> Path:
-    """The history whose validation scores are honest: the selection run's when refitted."""
-    selection = bundle_dir / "selection_history.csv"
-    return selection if selection.is_file() else bundle_dir / "history.csv"
 
 
 def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -> dict:

@@ -54,7 +54,7 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 
-__all__ = ["GraphFrontend", "ServingModel", "export_onnx", "onnx_predict_file"]
+__all__ = ["GraphFrontend", "ServingModel", "export_onnx", "onnx_predict_file", "onnx_predict_waveform", "onnx_session"]
 
 ONNX_FILE = "model.onnx"
 
@@ -162,6 +162,16 @@ def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
     return predict_table([bundle], table)
 
 
+def onnx_session(path: str | Path):
+    """An onnxruntime session on the CPU; an unreadable graph is an EchoError naming the file."""
+    import onnxruntime
+
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise EchoError(f"{path}: cannot load the ONNX graph ({' '.join(str(exc).split())[:300]})") from None
+
+
 def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities of one file with an exported graph (onnxruntime session).
 
@@ -169,7 +179,11 @@ def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.nda
     -------
     probabilities : (n_classes,), window_probabilities : (n_windows, n_classes)
     """
-    y = audio.load(path, bundle.config.audio)
+    return onnx_predict_waveform(session, bundle, audio.load(path, bundle.config.audio))
+
+
+def onnx_predict_waveform(session, bundle: Bundle, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`onnx_predict_file` on a waveform already decoded at the bundle's sample rate."""
     if not bundle.config.model.embedder:
         return tuple(session.run(None, {"waveform": y.astype(np.float32)}))
     from echoengine.clips import fixed_windows
@@ -208,7 +222,6 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     EchoError
         The exported graph disagrees with PyTorch beyond ``tolerance`` (the file is removed).
     """
-    import onnxruntime
 
     bundle = load_bundle(bundle_path)
     if bundle.config.model.backbone == "birdnet" and not bundle.config.model.embedder:
@@ -231,7 +244,7 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
                           output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
                           opset_version=opset, dynamo=False)
     try:
-        session = onnxruntime.InferenceSession(str(temporary), providers=["CPUExecutionProvider"])
+        session = onnx_session(temporary)
         expected = _torch_probabilities(bundle, files)
         if np.isnan(expected).any():
             raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")

@@ -35,7 +35,7 @@ from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
 
-__all__ = ["clip_means", "predict_table", "window_probabilities"]
+__all__ = ["check_ensemble", "clip_means", "predict_table", "window_probabilities"]
 
 
 class _Indexed(Dataset):
@@ -66,6 +66,20 @@ def clip_means(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
+def _model_inputs(config) -> tuple:
+    return config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop
+
+
+def check_ensemble(bundles: Sequence[Bundle]) -> None:
+    """Raise an EchoError unless the bundles share their classes and the way their inputs are computed."""
+    first = bundles[0]
+    for other in bundles[1:]:
+        if other.classes != first.classes:
+            raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
+        if _model_inputs(other.config) != _model_inputs(first.config):
+            raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
+
+
 def window_probabilities(
     bundles: Sequence[Bundle],
     table: pd.DataFrame,
@@ -88,15 +102,8 @@ def window_probabilities(
         The table row of each window. Windows whose file failed to load are
         left out (and logged by the dataset's ``on_error`` policy).
     """
+    check_ensemble(bundles)
     first = bundles[0]
-    for other in bundles[1:]:
-        if other.classes != first.classes:
-            raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
-        def inputs(config):
-            return config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop
-
-        if inputs(other.config) != inputs(first.config):
-            raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
     config = first.config
     labelled = table.assign(label="") if "label" not in table else table.assign(
         label=table["label"].where(table["label"].isin(first.classes), ""))

@@ -40,6 +40,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
+from echoengine.clips import window_starts
+
 _DT = {0: np.float32, 2: np.int32}
 
 
@@ -344,7 +346,7 @@ class BirdNETClassifier(nn.Module):
     def window_logits(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits of every window: (batch, windows, n_classes)."""
         n = clips.shape[1]
-        windows = 1 if n <= self.window else 1 + math.ceil((n - self.window) / self.hop)
+        windows = len(window_starts(n, length=self.window, hop=self.hop))
         padded = F.pad(clips, (0, (windows - 1) * self.hop + self.window - n))
         framed = padded.unfold(1, self.window, self.hop)  # (batch, windows, 144000)
         _, embeddings = self.backbone(framed.reshape(-1, self.window))
