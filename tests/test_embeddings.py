@@ -124,13 +124,14 @@ def test_a_cnn_bundle_serves_as_an_embedder(synthetic_dataset, tmp_path):
 
 
 @needs_birdnet
-def test_a_birdnet_bundle_exports_its_head_and_predicts_with_onnx(esc10_birdnet, capsys):
+def test_a_birdnet_bundle_exports_one_graph_from_waveform_and_predicts_with_onnx(esc10_birdnet, capsys):
     from echoengine.cli import main
-    from echoengine.export import export_onnx
+    from echoengine.export import export_onnx, onnx_session
 
     result, test = esc10_birdnet
     path, difference = export_onnx(result.bundle, check=test["path"].tolist()[:4])
     assert path.is_file() and difference <= 1e-4
+    assert [i.name for i in onnx_session(path).get_inputs()] == ["waveform"]  # BirdNET is inside the graph
     files = test["path"].tolist()[:3]
     assert main(["predict", str(result.bundle), *files, "--format", "json", "--onnx"]) == 0
     onnx_out = capsys.readouterr().out

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import soxr
 from echoengine.config import AUDIO_EXTENSIONS, AudioConfig
 from echoengine.errors import AudioError
 
-__all__ = ["AudioInfo", "check", "info", "load", "mix_to_mono", "resample"]
+__all__ = ["AudioInfo", "check", "info", "load", "mix_to_mono", "resample", "stream"]
 
 # Frames of context read on each side of a time range, so that the resampling
 # filter sees real samples at the range edges rather than an abrupt cut.
@@ -241,6 +242,53 @@ def _to_mono(y: np.ndarray, path: str | Path, channel: str | int) -> np.ndarray:
         return mix_to_mono(y, channel=channel)
     except ValueError as exc:
         raise AudioError(path, str(exc)) from None
+
+
+def stream(path: str | Path, config: AudioConfig | None = None, *, block_seconds: float = 60.0) -> Iterator[np.ndarray]:
+    """Decode a file block by block: float32 mono at the config's rate, memory bounded whatever its length.
+
+    soxr resamples the blocks as one stream, so the concatenated blocks equal
+    :func:`load` of the whole file within resampling rounding.
+
+    Parameters
+    ----------
+    block_seconds : float
+        Input audio decoded at a time.
+
+    Yields
+    ------
+    np.ndarray, shape (samples,), float32
+
+    Raises
+    ------
+    AudioError
+        As :func:`load`, when the file is opened or when a bad block is met.
+
+    Examples
+    --------
+    >>> import soundfile as sf, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
+    >>> sf.write(path, np.zeros(44100 * 3, dtype="float32"), 44100)
+    >>> sum(len(b) for b in stream(path, block_seconds=1.0))
+    144000
+    """
+    config = config or AudioConfig()
+    f = _open(path)
+    with f:
+        sr, total = f.samplerate, f.frames
+        if total <= 0:
+            raise AudioError(path, "zero-length audio (the header lists no samples)")
+        resampler = None if sr == config.sample_rate else soxr.ResampleStream(
+            sr, config.sample_rate, 1, dtype="float32", quality=config.resample_quality)
+        step = max(1, round(block_seconds * sr))
+        for start in range(0, total, step):
+            stop = min(start + step, total)
+            y = _to_mono(_read_frames(f, path, start, stop), path, config.channel)
+            if not math.isfinite(float(y.sum(dtype=np.float64))):
+                raise AudioError(path, f"contains non-finite samples (NaN or inf) near {start / sr:.1f} s")
+            if resampler is not None:
+                y = resampler.resample_chunk(y, last=stop == total)
+            yield np.ascontiguousarray(y, dtype=np.float32)
 
 
 def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:

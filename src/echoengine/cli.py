@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -49,7 +50,7 @@ _TRAINING_OPTIONS = {
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
     "label_smoothing": ("train", "label_smoothing"), "class_weights": ("train", "class_weights"),
     "freeze_backbone": ("train", "freeze_backbone"), "unfreeze_epoch": ("train", "unfreeze_epoch"),
-    "refit": ("train", "refit"),
+    "refit": ("train", "refit"), "probe_epochs": ("train", "probe_epochs"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "mixup": ("augment", "mixup_p"), "batch_size": ("data", "batch_size"), "workers": ("data", "num_workers"),
     "folds": ("data", "folds"), "sparse_classes": ("data", "sparse_classes"), "cache_dir": ("data", "cache_dir"),
@@ -276,13 +277,8 @@ def _cache_for(config: EchoConfig, args: argparse.Namespace):
     return FeatureCache(config.data.cache_dir or str(DEFAULT_CACHE), config)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from echoengine.evaluate import evaluate, write_report
-
-    bundles = _load_bundles(args.bundle)
-    config = bundles[0].config
-    table = catalog.load_catalog(args.data, config.data)
-    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
+def _warn_seen(bundles, usable: pd.DataFrame, what: str) -> int:
+    """Warn when files of the data trained or selected the model; returns how many."""
     seen = set()
     for member in bundles:
         if (member.path / "splits.csv").is_file():
@@ -291,7 +287,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     overlap = int(usable["path"].isin(seen).sum())
     if overlap:
         print(f"warning: {overlap} of these {len(usable)} files were used to train or select the model; "
-              "their scores are optimistic", file=sys.stderr)
+              f"{what}", file=sys.stderr)
+    return overlap
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from echoengine.evaluate import evaluate, write_report
+
+    bundles = _load_bundles(args.bundle)
+    config = bundles[0].config
+    table = catalog.load_catalog(args.data, config.data)
+    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
+    overlap = _warn_seen(bundles, usable, "their scores are optimistic")
     metrics, _ = evaluate(bundles, usable, cache=_cache_for(config, args), progress=True)
     metrics.update(evaluated_on=str(args.data), files_seen_in_training=overlap)
     out = args.out or args.bundle / f"evaluate-{Path(args.data).stem}"
@@ -300,6 +307,61 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _print_metrics(metrics, f"{args.data}:")
     print(f"\nwrote {out / 'metrics.json'} and {out / 'plots'}")
     return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from echoengine.detect import THRESHOLDS_FILE
+    from echoengine.evaluate import calibrate
+
+    bundles = _load_bundles(args.bundle)
+    config = bundles[0].config
+    table = catalog.load_catalog(args.data, config.data)
+    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
+    _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
+    thresholds = calibrate(bundles, usable, cache=_cache_for(config, args), progress=True)
+    path = args.bundle / THRESHOLDS_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    thresholds.round(4).to_csv(temporary, index=False, lineterminator="\n")
+    os.replace(temporary, path)
+    print(thresholds.round(3).to_string(index=False))
+    print(f"\nwrote {path} (F1-optimal threshold per class over the windows of {len(usable)} files); "
+          "echoengine detect uses it unless --threshold is given")
+    return 0
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from echoengine.detect import DetectOptions, detect, summarize
+
+    bundles = _load_bundles(args.bundle)
+    options = DetectOptions(
+        overlap=args.overlap, min_window=args.min_window, threshold=args.threshold, top_n=args.top_n,
+        include=tuple(_species(args.species)), exclude=tuple(_species(args.exclude)), merge_gap=args.merge_gap,
+        batch_size=args.batch_size, workers=args.workers, onnx=args.onnx,
+    )
+    written = detect(bundles, args.paths, args.out, options=options, resume=args.resume, progress=not args.quiet,
+                     log=lambda line: print(line, file=sys.stderr))
+    errors = pd.read_csv(written["errors.csv"])
+    events = pd.read_csv(written["events.csv"])
+    print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
+          f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
+    if len(errors):
+        print(f"{len(errors)} file(s) could not be read: see {written['errors.csv']}", file=sys.stderr)
+    if args.summary:
+        summarize(args.out)
+        print(f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'summary.png'}")
+    return 0
+
+
+def _species(values: list[str] | None) -> list[str]:
+    """Species names from comma-separated values or files of one name per line."""
+    names: list[str] = []
+    for value in values or []:
+        path = Path(value)
+        if path.is_file():
+            names += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            names += [name.strip() for name in value.split(",") if name.strip()]
+    return names
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
@@ -511,6 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--class-weights", choices=["none", "balanced"])
         g.add_argument("--freeze-backbone", action="store_true", help="train the head only")
         g.add_argument("--unfreeze-epoch", type=int, help="with --freeze-backbone: train everything from this epoch")
+        g.add_argument("--probe-epochs", type=int, metavar="N",
+                       help="with --finetune: first train the head on the frozen BirdNET embeddings (up to N "
+                       "epochs), then fine-tune from it")
         g.add_argument("--refit", action="store_true",
                        help="after early stopping, train again on train + validation for the chosen epochs")
         g.add_argument("--seed", type=int)
@@ -549,6 +614,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("detect", help="timestamped detections over long recordings: CSV, Raven, Audacity, JSON")
+    p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (its fold models as an ensemble)")
+    p.add_argument("paths", type=Path, nargs="+", help="audio files or folders (walked recursively)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows (default 0)")
+    p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
+                   help="drop a file's last, partial window when it holds less audio than this")
+    p.add_argument("--threshold", type=float,
+                   help="one score threshold for all classes (default: the bundle's thresholds.csv, else 0.5)")
+    p.add_argument("--top-n", type=int, default=0, help="only a window's N best classes may detect (default: all)")
+    p.add_argument("--species", action="append", metavar="NAMES|FILE",
+                   help="report only these species (comma-separated, or a file of one per line)")
+    p.add_argument("--exclude", action="append", metavar="NAMES|FILE", help="never report these species")
+    p.add_argument("--merge-gap", type=float, default=0.0, metavar="SECONDS",
+                   help="merge detections of a species closer than this (default 0: overlapping or touching)")
+    p.add_argument("--batch-size", type=int, default=32, help="windows scored at a time (default 32)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes decoding audio and computing features (default 1; 0: in the main process)")
+    p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
+    p.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
+    p.add_argument("--summary", action="store_true", help="print detections per species and plot them over time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("calibrate", help="per-class detection thresholds (F1-optimal) from labelled data")
+    p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (thresholds for the ensemble)")
+    p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
+    p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it")
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (each fold is exported)")

@@ -453,6 +453,11 @@ class TrainConfig:
         part, train again from scratch on training and validation data for
         that many epochs and keep the last weights (the validation files then
         add to the training data instead of only choosing the epoch).
+    probe_epochs : int
+        BirdNET fine-tuning (``model.backbone = "birdnet"``): first train the
+        head alone on the frozen network's cached embeddings for up to this
+        many epochs (Adam 1e-3, early stopping), then fine-tune from that head
+        ("linear probing, then fine-tuning"); 0: the head starts at random.
     """
 
     epochs: int = 100
@@ -473,6 +478,7 @@ class TrainConfig:
     unfreeze_epoch: int = 0
     backbone_lr_factor: float = 1.0
     refit: bool = False
+    probe_epochs: int = 0
 
     def __post_init__(self) -> None:
         s = "train"
@@ -489,6 +495,7 @@ class TrainConfig:
         _require(not self.unfreeze_epoch or self.freeze_backbone,
                  f"{s}.unfreeze_epoch needs freeze_backbone = true (the backbone trains from the start otherwise)")
         _require(self.backbone_lr_factor > 0, f"{s}.backbone_lr_factor must be positive")
+        _require(self.probe_epochs >= 0, f"{s}.probe_epochs must be >= 0, got {self.probe_epochs}")
         _require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
         _require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")
         _require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")

@@ -31,9 +31,12 @@ from sklearn import metrics as skm
 from echoengine import plots
 from echoengine.bundle import Bundle
 from echoengine.errors import EchoError
-from echoengine.predict import predict_table
+from echoengine.predict import predict_table, window_probabilities
 
-__all__ = ["classification_metrics", "evaluate", "expected_calibration_error", "format_report", "write_report"]
+__all__ = [
+    "calibrate", "classification_metrics", "evaluate", "expected_calibration_error", "f1_thresholds", "format_report",
+    "write_report",
+]
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, *, bins: int = 15) -> float:
@@ -145,6 +148,59 @@ def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> tuple
     result["clip_pooling"] = "mean of window probabilities"
     result["models"] = len(bundles)
     return result, probabilities
+
+
+def f1_thresholds(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], *,
+                  default: float = 0.5) -> pd.DataFrame:
+    """The F1-optimal threshold of each class, one class against the rest.
+
+    Parameters
+    ----------
+    labels : ndarray of int, shape (n,)
+    probabilities : ndarray, shape (n, n_classes)
+
+    Returns
+    -------
+    DataFrame
+        ``class, threshold, f1, precision, recall, positives``; a class with
+        no positive example keeps ``default`` (and NaN scores).
+
+    Examples
+    --------
+    >>> t = f1_thresholds(np.array([0, 0, 1, 1]), np.array([[.9, .1], [.6, .4], [.7, .3], [.2, .8]]), ["a", "b"])
+    >>> t[["class", "threshold", "f1"]].round(3).to_dict("records")
+    [{'class': 'a', 'threshold': 0.6, 'f1': 0.8}, {'class': 'b', 'threshold': 0.3, 'f1': 0.8}]
+    """
+    rows = []
+    for c, name in enumerate(classes):
+        positive = labels == c
+        if not positive.any():
+            rows.append({"class": name, "threshold": default, "f1": np.nan, "precision": np.nan,
+                         "recall": np.nan, "positives": 0})
+            continue
+        precision, recall, thresholds = skm.precision_recall_curve(positive, probabilities[:, c])
+        f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+        best = int(np.argmax(f1[:-1]))
+        rows.append({"class": name, "threshold": float(thresholds[best]), "f1": float(f1[best]),
+                     "precision": float(precision[best]), "recall": float(recall[best]),
+                     "positives": int(positive.sum())})
+    return pd.DataFrame(rows)
+
+
+def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> pd.DataFrame:
+    """Per-class detection thresholds from labelled files: :func:`f1_thresholds` over every window.
+
+    Each window of a file counts as an example of the file's label, as a
+    detection run scores windows. Keyword options go to
+    :func:`echoengine.predict.window_probabilities`.
+    """
+    classes = bundles[0].classes
+    table = table[table["label"].isin(classes)].reset_index(drop=True)
+    if table.empty:
+        raise EchoError("none of the labels of the data are among the model's classes")
+    probabilities, rows = window_probabilities(bundles, table, **options)
+    labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()[rows]
+    return f1_thresholds(labels, probabilities, classes)
 
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "lwlrap", "map", "ece")

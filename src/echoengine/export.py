@@ -14,13 +14,19 @@ The graph's front end computes the same spectrogram as
 runtime has: the windowed DFT of the used frequency bins as a strided
 convolution, and the mel filter bank and image resize as dense products.
 
-For a bundle on a TFLite embedder (BirdNET), the embedder cannot go into an
-ONNX graph; ``model.onnx`` then holds the head: input ``embeddings`` (n_windows
-of clips, embedder windows per clip, embedding size), same two outputs. To
-serve raw audio, cut the file into clips, cut each clip into embedder windows
-(hop = window, the last one padded), embed them with BirdNET, and feed the
-embeddings; ``echoengine predict --onnx`` does exactly that, with the
-bundle's ``model.embedding_hop`` between windows.
+A BirdNET bundle (a head on the torch BirdNET's embeddings, ``--embedder
+birdnet``, or BirdNET fine-tuned, ``--backbone birdnet``) exports the same way,
+with BirdNET inside: each clip is cut into 3 s windows (``model.embedding_hop``
+apart, the last one padded), BirdNET's own front end runs in float64 (a
+Gather of the frames and one matrix product per branch: onnxruntime has no
+float64 convolution), then its network and the head, averaged over the
+clip's windows. **The graph then holds the BirdNET V2.4 weights, licensed CC
+BY-NC-SA 4.0** (non-commercial use, share alike).
+
+For a bundle on the TFLite interpreter (``birdnet-tflite``) or on another
+bundle's CNN (``cnn:``), ``model.onnx`` holds the head only: input
+``embeddings`` (clips, embedder windows per clip, embedding size), same two
+outputs; ``echoengine predict --onnx`` cuts, embeds and feeds them.
 
 Every export checks itself: the graph, run by onnxruntime, must give the
 probabilities of the PyTorch path (``echoengine predict``) on real clips
@@ -54,7 +60,10 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 
-__all__ = ["GraphFrontend", "ServingModel", "export_onnx", "onnx_predict_file", "onnx_predict_waveform", "onnx_session"]
+__all__ = [
+    "GraphFrontend", "ServingModel", "clip_model", "export_onnx", "onnx_predict_file", "onnx_predict_waveform",
+    "onnx_session",
+]
 
 ONNX_FILE = "model.onnx"
 
@@ -113,20 +122,53 @@ class GraphFrontend(nn.Module):
 
 
 class ServingModel(nn.Module):
-    """Waveform (samples,) -> (probabilities, window probabilities): windows, front end, CNN, softmax, mean."""
+    """Waveform (samples,) -> (probabilities, window probabilities): windows, front end, model, softmax, mean."""
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
         self.clip = bundle.config.audio.clip_samples
-        self.frontend = GraphFrontend(bundle.config)
-        self.model = bundle.model
+        self.model = clip_model(bundle)
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = waveform.shape[0]
         windows = (n + self.clip - 1) // self.clip
         padded = nn.functional.pad(waveform, (0, windows * self.clip - n))
-        probabilities = torch.softmax(self.model(self.frontend(padded.reshape(-1, self.clip))), dim=-1)
+        probabilities = torch.softmax(self.model(padded.reshape(-1, self.clip)), dim=-1)
         return probabilities.mean(dim=0), probabilities
+
+
+class _BirdNETEmbeddingHead(nn.Module):
+    """Clips -> logits: BirdNET (torch) embeds the clip's 3 s windows, the bundle's embedding head scores them."""
+
+    def __init__(self, bundle: Bundle) -> None:
+        super().__init__()
+        from echoengine.embeddings import embedding_hop_samples
+        from echoengine.models.birdnet_torch import BirdNETClassifier
+
+        window = BirdNETClassifier.window
+        self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window))
+        self.head = bundle.model
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embedder.embeddings(clips))
+
+
+def clip_model(bundle: Bundle) -> nn.Module:
+    """The bundle as one module from raw clips (batch, clip samples) to logits, or an EchoError.
+
+    A CNN bundle gets :class:`GraphFrontend`; a BirdNET bundle, fine-tuned or a
+    head on the torch BirdNET's embeddings, runs BirdNET inside. Bundles on the
+    TFLite interpreter (``birdnet-tflite``) or on another bundle's CNN
+    (``cnn:``) embeddings have no such module.
+    """
+    model = bundle.config.model
+    if model.embedder == "birdnet":
+        return _BirdNETEmbeddingHead(bundle)
+    if model.embedder:
+        raise EchoError(f"{bundle.path}: its {model.embedder} embeddings cannot run inside one graph")
+    if model.backbone == "birdnet":
+        return bundle.model
+    return nn.Sequential(GraphFrontend(bundle.config), bundle.model)
 
 
 class _HeadServing(nn.Module):
@@ -184,7 +226,7 @@ def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.nda
 
 def onnx_predict_waveform(session, bundle: Bundle, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`onnx_predict_file` on a waveform already decoded at the bundle's sample rate."""
-    if not bundle.config.model.embedder:
+    if session.get_inputs()[0].name == "waveform":
         return tuple(session.run(None, {"waveform": y.astype(np.float32)}))
     from echoengine.clips import fixed_windows
     from echoengine.embeddings import clip_windows, embedding_hop_samples
@@ -224,13 +266,10 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     """
 
     bundle = load_bundle(bundle_path)
-    if bundle.config.model.backbone == "birdnet" and not bundle.config.model.embedder:
-        raise EchoError(f"{bundle.path}: ONNX export of a fine-tuned BirdNET bundle is not available yet "
-                        "(its front end needs float64 convolutions, which onnxruntime lacks)")
     out = Path(out) if out else bundle.path / ONNX_FILE
     temporary = out.with_name(out.name + ".tmp")
     files = _check_files(bundle, check)
-    if bundle.config.model.embedder:
+    if bundle.config.model.embedder not in ("", "birdnet"):
         size = bundle.model.mean.shape[0]
         serving, example = _HeadServing(bundle), torch.zeros(2, 2, size)
         names, axes = ["embeddings"], {"embeddings": {0: "clips", 1: "windows"}}
@@ -240,9 +279,14 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     axes.update({"window_probabilities": {0: "windows"}})
     with torch.no_grad(), warnings.catch_warnings():  # tracer notes on the shape arithmetic of the windowing
         warnings.simplefilter("ignore")
-        torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
-                          output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
-                          opset_version=opset, dynamo=False)
+        try:
+            torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
+                              output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
+                              opset_version=opset, dynamo=False)
+        except Exception as exc:  # the exporter's errors carry whole graph dumps: keep the first line
+            temporary.unlink(missing_ok=True)
+            reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise EchoError(f"{bundle.path}: ONNX export failed ({reason.strip()[:300]})") from None
     try:
         session = onnx_session(temporary)
         expected = _torch_probabilities(bundle, files)

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["plot_confusion", "plot_cv_boxplot", "plot_history", "plot_images"]
+__all__ = ["detections_over_time", "plot_confusion", "plot_cv_boxplot", "plot_history", "plot_images"]
 
 
 def plot_images(
@@ -132,3 +132,49 @@ def plot_cv_boxplot(histories: Sequence[pd.DataFrame], path: str | Path, *, colu
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def detections_over_time(events: pd.DataFrame, path: str | Path, *, max_species: int = 30) -> Path:
+    """One row per species, a mark per detected event along time, coloured by score.
+
+    Parameters
+    ----------
+    events : DataFrame
+        ``label``, ``start``, ``end``, ``score`` and ``when`` (the event's
+        clock time, or None when the file names carry no time stamp; then
+        files are laid end to end in their order, ``file`` telling them apart).
+    max_species : int
+        The species with most events are drawn.
+    """
+    path = Path(path)
+    counts = events["label"].value_counts()
+    species = sorted(counts.index[:max_species], key=lambda s: (-counts[s], s))
+    stamped = events["when"].notna().all() and len(events)
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * max(len(species), 1)))
+    if stamped:
+        x = pd.to_datetime(events["when"])
+        width = pd.to_timedelta(events["end"] - events["start"], unit="s")
+        ax.set_xlabel("time of recording")
+    else:
+        offsets, position = {}, 0.0
+        for file, group in events.groupby("file", sort=False):
+            offsets[file] = position
+            position += float(group["end"].max())
+        x = events["start"] + events["file"].map(offsets)
+        width = events["end"] - events["start"]
+        ax.set_xlabel("seconds (files end to end)")
+    rows = {s: i for i, s in enumerate(species)}
+    keep = events["label"].isin(rows).to_numpy()
+    colours = plt.cm.viridis(np.clip(events["score"].to_numpy(dtype=float), 0, 1))
+    for left, w, label, colour in zip(np.asarray(x)[keep], np.asarray(width)[keep], events["label"][keep],
+                                      colours[keep], strict=True):
+        ax.barh(rows[label], w, left=left, height=0.6, color=colour, edgecolor=colour, linewidth=2)
+    ax.set_yticks(range(len(species)), [f"{s} ({counts[s]})" for s in species])
+    ax.invert_yaxis()
+    ax.set_title("detections over time (colour: score)" if len(events) else "no detections")
+    ax.grid(axis="x", alpha=0.3)
+    fig.colorbar(plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1)), ax=ax, label="score", pad=0.01)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from echoengine.augment import mixup
@@ -249,6 +250,9 @@ def fit(
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
+    if train.probe_epochs and checkpoint is None and config.model.backbone == "birdnet":
+        probe = _probe_head(train_table, val_table, classes, config, bundle / "probe", keep=keep, log=log)
+        model.head.load_state_dict(probe.state_dict())
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
     weights = None
@@ -325,6 +329,39 @@ def fit(
         save_atomic(best_state, bundle / WEIGHTS_FILE)
     model.load_state_dict(best_state)
     return TrainResult(bundle, history, best_epoch, model.eval())
+
+
+def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
+                bundle: Path, *, keep: str, log) -> nn.Module:
+    """Linear probing before fine-tuning: BirdNET's head trained on its frozen, cached embeddings.
+
+    Returns a head for raw embeddings: the probe's standardisation is folded
+    into its first linear layer. A refit (``keep="last"``) probes for the
+    epochs the selection run's probe chose.
+    """
+    epochs = config.train.probe_epochs
+    if keep == "last" and (bundle / "history.csv").is_file():
+        history = pd.read_csv(bundle / "history.csv")
+        epochs = int(history.loc[history["val_loss"].idxmin(), "epoch"])
+    probe_config = config.replace(
+        model={"embedder": "birdnet", "backbone": config.model.backbone},
+        train={"epochs": epochs, "patience": min(config.train.patience, 10), "learning_rate": 1e-3,
+               "optimizer": "adam", "schedule": "plateau", "warmup_epochs": 0, "freeze_backbone": False,
+               "unfreeze_epoch": 0, "refit": False, "probe_epochs": 0},
+    )
+    log(f"linear probing: the head on frozen BirdNET embeddings, up to {epochs} epochs ({bundle})")
+    result = fit(train_table, val_table, classes, probe_config, bundle, progress=False, keep=keep,
+                 log=lambda line: None)
+    best = result.history[result.best_epoch - 1]
+    log(f"linear probing: epoch {result.best_epoch} kept, val loss {best['val_loss']:.4f} "
+        f"acc {best['val_accuracy']:.3f}")
+    probe = result.model
+    head = copy.deepcopy(probe.head)
+    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
+    with torch.no_grad():  # head((x - mean) / std) == head'(x)
+        first.bias -= first.weight @ (probe.mean / probe.std)
+        first.weight /= probe.std
+    return head
 
 
 def _checkpoint_stage(bundle: Path) -> str | None:

@@ -7,7 +7,7 @@ TensorFlow); its weights become the parameters of named modules:
   branches (frames of 2048 every 278 samples, of 1024 every 280), the REAL
   part of the FFT through a 96-band mel matrix, squared and raised to a
   learned-at-training power (0.2295, 0.1905), stacked as 2 channels; the
-  linear part is one strided convolution per branch;
+  linear part is one matrix product per branch;
 * ``stem``: a fixed scale-and-shift, a conv with ReLU, max and average pools
   concatenated, a 1x1 conv;
 * ``blocks``: 16 EfficientNet-style blocks named as in the model file
@@ -144,34 +144,43 @@ class Frontend(nn.Module):
     """Raw 48 kHz windows -> (batch, 2, 96, frames): min-max scaling, two real-part mel branches.
 
     The model takes the mel bands of the REAL part of the windowed FFT, which is
-    linear in the samples: window, cosine transform and mel matrix compose into
-    one (frame length x 96) kernel, applied as a strided convolution: 1.5x
-    faster than an FFT. It runs in float64: in float32, near-silent windows
-    (padding) reach only cosine 0.9995 with the interpreter's embeddings, as
-    the power 0.2 magnifies the rounding of tiny band energies.
+    linear in the samples: window, cosine transform and mel matrix (its band
+    order reversed, as the model flips it) compose into one (frame length x 96)
+    matrix applied to the frames: 2.5x faster than a strided convolution and
+    5x faster than an FFT on 2 cores. It runs in float64: in float32,
+    near-silent windows (padding) reach only cosine 0.9995 with the
+    interpreter's embeddings, as the power 0.2 magnifies the rounding of tiny
+    band energies.
     """
+
+    window = 144000
 
     def __init__(self, graph: _Graph) -> None:
         super().__init__()
-        self.steps = []
+        self.frames = []
         # constant tensors of the V2.4 file: window, mel matrix, power; frame length and step
         for i, (window, mel, power, n_fft, step) in enumerate(((129, 166, 165, 2048, 278),
                                                                  (126, 168, 167, 1024, 280))):
             samples = torch.arange(n_fft, dtype=torch.float64)
             cosine = torch.cos(2 * math.pi * torch.outer(samples, torch.arange(n_fft // 2 + 1)) / n_fft)
             kernel = (graph.const(window).double()[:, None] * cosine) @ graph.const(mel).double().T  # (n_fft, 96)
-            self.register_buffer(f"kernel{i}", kernel.T.unsqueeze(1).contiguous())
+            self.register_buffer(f"kernel{i}", kernel.flip(1).contiguous())
             self.register_buffer(f"power{i}", graph.const(power).double())
-            self.steps.append(step)
+            self.frames.append((n_fft, step))
 
     def forward(self, x):
         x = x.double()
         x = x - x.amin(dim=1, keepdim=True)
         x = (x / (x.amax(dim=1, keepdim=True) + 1e-6) - 0.5) * 2
         out = []
-        for i, step in enumerate(self.steps):
-            mel = nn.functional.conv1d(x.unsqueeze(1), getattr(self, f"kernel{i}"), stride=step)  # (batch, 96, frames)
-            out.append((mel * mel).pow(getattr(self, f"power{i}")).flip(1))
+        for i, (length, step) in enumerate(self.frames):
+            if torch.onnx.is_in_onnx_export():  # one Gather, where unfold exports as a Slice per frame
+                count = (self.window - length) // step + 1
+                frames = x[:, torch.arange(count)[:, None] * step + torch.arange(length)]
+            else:
+                frames = x.unfold(1, length, step)  # (batch, frames, length), a view
+            mel = torch.matmul(frames, getattr(self, f"kernel{i}"))  # (batch, frames, 96)
+            out.append((mel * mel).pow(getattr(self, f"power{i}")).transpose(1, 2))
         return torch.stack(out, 1).float()
 
 
@@ -343,14 +352,19 @@ class BirdNETClassifier(nn.Module):
                 for parameter in module.parameters():
                     parameter.requires_grad_(False)
 
+    def embeddings(self, clips: torch.Tensor) -> torch.Tensor:
+        """BirdNET embeddings of every window of the clips: (batch, windows, 1024)."""
+        n = int(clips.shape[1])
+        starts = window_starts(n, length=self.window, hop=self.hop)
+        padded = F.pad(clips, (0, int(starts[-1]) + self.window - n))
+        framed = torch.stack([padded[:, s : s + self.window] for s in starts.tolist()], 1)  # (batch, windows, 144000)
+        _, embeddings = self.backbone(framed.reshape(-1, self.window))
+        return embeddings.reshape(clips.shape[0], len(starts), -1)
+
     def window_logits(self, clips: torch.Tensor) -> torch.Tensor:
         """Logits of every window: (batch, windows, n_classes)."""
-        n = clips.shape[1]
-        windows = len(window_starts(n, length=self.window, hop=self.hop))
-        padded = F.pad(clips, (0, (windows - 1) * self.hop + self.window - n))
-        framed = padded.unfold(1, self.window, self.hop)  # (batch, windows, 144000)
-        _, embeddings = self.backbone(framed.reshape(-1, self.window))
-        return self.head(embeddings).reshape(clips.shape[0], windows, -1)
+        embeddings = self.embeddings(clips)
+        return self.head(embeddings.flatten(0, 1)).reshape(*embeddings.shape[:2], -1)
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         logits = self.window_logits(clips)

@@ -245,7 +245,7 @@ class BirdNETTorchEmbedder:
     """BirdNET V2.4 rebuilt in torch (:mod:`echoengine.models.birdnet_torch`): the default ``birdnet``.
 
     Its embeddings agree with the TFLite interpreter's (cosine >= 0.9999 on
-    real audio) and it embeds 1.45x faster than the interpreter on the same
+    real audio) and it embeds 1.9x faster than the interpreter on the same
     batches and threads (``bench/embed_throughput.py``).
     """
 

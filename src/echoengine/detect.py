@@ -1,0 +1,602 @@
+"""Detection over long field recordings: every window scored, events, outputs that survive a crash.
+
+A recording is decoded block by block (:func:`echoengine.audio.stream`:
+memory stays bounded whatever its length) and cut into windows of the
+model's clip length, ``overlap`` seconds apart from the next: the windows
+cover the whole file, the last one padded with silence and flagged
+``partial`` (dropped when shorter than ``min_window`` seconds). Worker
+processes decode and compute the model inputs (the mel front end for CNN
+bundles); the main process scores batches of windows drawn from several
+files at once with the bundle (or the mean of an ensemble's members, or the
+exported ONNX graph).
+
+Every finished file is recorded at once in ``OUT/.detect/`` (its window
+scores, written atomically), so ``resume=True`` after a crash or a kill
+scores only the files not yet finished, and the outputs, always rebuilt
+from the records in the order of the input files, are the same bytes as an
+uninterrupted run's. An unreadable file is reported in one line, listed in
+``errors.csv`` with the reason, and the run goes on.
+
+From the window scores, events: a window detects a class when its score
+reaches the class's threshold (``threshold``, else the bundle's calibrated
+``thresholds.csv``, else 0.5), optionally only among the window's
+``top_n`` classes and the classes included and not excluded; detections of
+one class in overlapping or touching windows (or closer than ``merge_gap``
+seconds) merge into one event with its start, end, max and mean score.
+
+Examples
+--------
+>>> [(start, valid) for start, _, valid in stream_windows([np.ones(7, "float32"), np.ones(4, "float32")],
+...                                                      length=4, hop=3)]
+[(0, 4), (3, 4), (6, 4), (9, 2)]
+>>> scores = pd.DataFrame({"file": "a.wav", "start": [0.0, 2.5, 5.0], "end": [5.0, 7.5, 10.0], "owl": [.9, .8, .1]})
+>>> merge_events(window_detections(scores, ["owl"], thresholds=np.array([0.5])))[["start", "end", "score"]]
+   start  end  score
+0    0.0  7.5    0.9
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm import tqdm
+
+from echoengine import audio, formats
+from echoengine.bundle import Bundle
+from echoengine.errors import AudioError, EchoError
+
+__all__ = [
+    "DetectOptions", "WindowScorer", "detect", "find_audio", "load_thresholds", "merge_events", "stream_windows",
+    "summarize", "window_detections", "write_outputs",
+]
+
+THRESHOLDS_FILE = "thresholds.csv"
+_LEDGER = ".detect"
+_DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """How windows are cut and scored, and how events are drawn from the scores.
+
+    Parameters
+    ----------
+    overlap : float
+        Seconds shared by consecutive windows (0: windows touch), less than the clip length.
+    min_window : float
+        Drop the last, partial window of a file when it holds fewer seconds of audio.
+    threshold : float, optional
+        One threshold for every class; None: the bundle's calibrated
+        ``thresholds.csv`` where it has one, else 0.5.
+    top_n : int
+        Consider only the ``top_n`` best-scoring classes of each window (0: all).
+    include, exclude : sequence of str
+        Report only these classes / never these.
+    merge_gap : float
+        Detections of a class closer than this (seconds) merge into one event.
+    batch_size : int
+        Windows scored at a time (drawn from several files).
+    workers : int
+        Processes decoding audio and computing model inputs (0: in the main process).
+    block_seconds : float
+        Audio decoded at a time from each file.
+    onnx : bool
+        Score with the bundle's exported ``model.onnx`` instead of PyTorch.
+    """
+
+    overlap: float = 0.0
+    min_window: float = 0.0
+    threshold: float | None = None
+    top_n: int = 0
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    merge_gap: float = 0.0
+    batch_size: int = 32
+    workers: int = 0
+    block_seconds: float = 60.0
+    onnx: bool = False
+
+    def scoring(self) -> dict:
+        """The options that change window scores (a resumed run must keep them)."""
+        return {"overlap": self.overlap, "min_window": self.min_window, "onnx": self.onnx}
+
+
+# ---- windows ---------------------------------------------------------------------------------------------------
+def stream_windows(blocks: Iterable[np.ndarray], *, length: int, hop: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Windows of a signal given block by block: ``(start sample, window, samples of audio in it)``.
+
+    The windows are those of :func:`echoengine.clips.window_starts` on the
+    whole signal: every ``hop`` samples while a full window fits, then one
+    partial window padded with silence when samples remain (a signal shorter
+    than a window gives one padded window). Only a window and a block are
+    held in memory.
+    """
+    if length <= 0 or not 0 < hop <= length:
+        raise ValueError(f"need 0 < hop <= length, got length={length}, hop={hop}")
+    buffer = np.zeros(0, dtype=np.float32)
+    offset = 0  # sample index of buffer[0]
+    start = 0  # next window start
+    for block in blocks:
+        buffer = np.concatenate([buffer, block]) if len(buffer) else block
+        while start + length <= offset + len(buffer):
+            a = start - offset
+            yield start, buffer[a : a + length].copy(), length
+            start += hop
+        drop = start - offset
+        if drop > 0:
+            buffer, offset = buffer[drop:], start
+    total = offset + len(buffer)
+    if total == 0:
+        return
+    if start < total and (start == 0 or start - hop + length < total):
+        tail = buffer[start - offset :]
+        window = np.zeros(length, dtype=np.float32)
+        window[: len(tail)] = tail
+        yield start, window, len(tail)
+
+
+def find_audio(paths: Sequence[str | Path]) -> list[str]:
+    """Audio files under the given files and folders (folders walked recursively, sorted).
+
+    A path given explicitly is kept even when it is not audio, so that the
+    run reports it; a missing path is an EchoError.
+    """
+    found: list[str] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and audio.is_audio_file(p))
+        elif path.exists():
+            found.append(str(path))
+        else:
+            raise EchoError(f"{path}: no such file or folder")
+    return list(dict.fromkeys(found))
+
+
+# ---- scoring ---------------------------------------------------------------------------------------------------
+class WindowScorer:
+    """Class probabilities of windows of raw audio (n, clip samples) with a bundle or an ensemble.
+
+    ``prepare`` turns windows into model inputs and runs in the data workers
+    (the mel front end for CNN bundles; the waveforms themselves for
+    embedding, fine-tuned BirdNET and ONNX scoring); ``score`` runs the
+    model(s) in the main process and returns softmax probabilities, the
+    mean over an ensemble's members.
+    """
+
+    def __init__(self, bundles: Sequence[Bundle], *, onnx: bool = False) -> None:
+        from echoengine.predict import check_ensemble
+
+        check_ensemble(bundles)
+        self.bundles = list(bundles)
+        self.config = bundles[0].config
+        self.classes = bundles[0].classes
+        self.clip_samples = self.config.audio.clip_samples
+        self.kind = "onnx" if onnx else ("embeddings" if self.config.model.embedder else
+                                          "waveforms" if self.config.model.backbone == "birdnet" else "images")
+        self._frontend = None
+        self._embedder = None
+        self._sessions = None
+        if self.kind == "onnx":
+            from echoengine.export import ONNX_FILE, onnx_session
+
+            missing = [b.path for b in self.bundles if not (b.path / ONNX_FILE).is_file()]
+            if missing:
+                raise EchoError(f"{missing[0]}: no {ONNX_FILE}; run `echoengine export {missing[0]}` first")
+            self._sessions = [onnx_session(b.path / ONNX_FILE) for b in self.bundles]
+            if self._sessions[0].get_inputs()[0].name != "waveform":
+                raise EchoError(f"{self.bundles[0].path}: its {ONNX_FILE} takes embeddings, not audio; "
+                                "detect with PyTorch (without --onnx)")
+
+    def prepare(self, windows: np.ndarray) -> torch.Tensor:
+        """Model inputs of windows (n, clip samples): images for CNN bundles, else the waveforms."""
+        waveforms = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
+        if self.kind != "images":
+            return waveforms
+        if self._frontend is None:
+            from echoengine.features import MelFrontend
+
+            self._frontend = MelFrontend.from_config(self.config)
+        with torch.inference_mode():
+            return self._frontend(waveforms)
+
+    def score(self, inputs: torch.Tensor) -> np.ndarray:
+        """Softmax probabilities (n, n_classes), averaged over the bundles."""
+        if self.kind == "onnx":
+            flat = inputs.numpy().reshape(-1)  # windows of exactly one clip: the graph's own windows
+            return np.mean([s.run(None, {"waveform": flat})[1] for s in self._sessions], axis=0)
+        if self.kind == "embeddings":
+            inputs = self._embed(inputs.numpy())
+        elif self.kind == "images":
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return (sum(torch.softmax(b.model(inputs), dim=1) for b in self.bundles) / len(self.bundles)).numpy()
+
+    def _embed(self, windows: np.ndarray) -> torch.Tensor:
+        from echoengine.embeddings import clip_windows, embedding_hop_samples
+        from echoengine.models.embedders import build_embedder
+
+        if self._embedder is None:
+            self._embedder = build_embedder(self.config.model.embedder)
+        window = self._embedder.window_samples
+        framed = clip_windows(windows, window=window, hop=embedding_hop_samples(self.config, window))
+        embeddings = self._embedder.embed(framed.reshape(-1, window))
+        return torch.from_numpy(embeddings.reshape(len(windows), framed.shape[1], -1))
+
+
+@dataclass
+class _Batch:
+    inputs: torch.Tensor | None
+    rows: list[tuple[int, int, int, bool]]  # (file index, start sample, audio samples, partial)
+    finished: list[tuple[int, str | None]] = field(default_factory=list)  # (file index, error or None)
+
+
+class _FileWindows(IterableDataset):
+    """Batches of windows across files; each worker takes every n-th file and reports each file's end."""
+
+    def __init__(self, files: list[tuple[int, str]], scorer: WindowScorer, options: DetectOptions) -> None:
+        self.files, self.scorer, self.options = files, scorer, options
+        rate = scorer.config.audio.sample_rate
+        self.length = scorer.clip_samples
+        self.hop = self.length - round(options.overlap * rate)
+        self.min_samples = round(options.min_window * rate)
+
+    def __iter__(self) -> Iterator[_Batch]:
+        info = get_worker_info()
+        if info is not None:
+            torch.set_num_threads(1)
+        mine = self.files if info is None else self.files[info.id :: info.num_workers]
+        windows: list[np.ndarray] = []
+        batch = _Batch(None, [])
+        for index, path in mine:
+            error = None
+            try:
+                blocks = audio.stream(path, self.scorer.config.audio, block_seconds=self.options.block_seconds)
+                for start, window, valid in stream_windows(blocks, length=self.length, hop=self.hop):
+                    partial = valid < self.length
+                    if partial and start > 0 and valid < self.min_samples:
+                        continue
+                    windows.append(window)
+                    batch.rows.append((index, start, valid, partial))
+                    if len(windows) == self.options.batch_size:
+                        yield self._full(batch, windows)
+                        windows, batch = [], _Batch(None, [])
+            except AudioError as exc:  # its windows already batched are dropped by the main process
+                error = exc.reason
+            except Exception as exc:  # a decoder's own error: the file is reported, the run goes on
+                error = f"{type(exc).__name__}: {exc}"
+            batch.finished.append((index, error))
+        if batch.rows or batch.finished:
+            yield self._full(batch, windows)
+
+    def _full(self, batch: _Batch, windows: list[np.ndarray]) -> _Batch:
+        if windows:  # padded to the batch size: every call of the model has one shape
+            stacked = np.zeros((self.options.batch_size, self.length), dtype=np.float32)
+            stacked[: len(windows)] = np.stack(windows)
+            batch.inputs = self.scorer.prepare(stacked)
+        return batch
+
+
+# ---- events ----------------------------------------------------------------------------------------------------
+def load_thresholds(folder: str | Path, classes: Sequence[str]) -> np.ndarray | None:
+    """Per-class thresholds from ``folder/thresholds.csv`` (written by ``echoengine calibrate``), or None."""
+    path = Path(folder) / THRESHOLDS_FILE
+    if not path.is_file():
+        return None
+    table = pd.read_csv(path, keep_default_na=False).set_index("class")["threshold"]
+    return np.array([float(table.get(c, _DEFAULT_THRESHOLD)) for c in classes])
+
+
+def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
+                      include: Sequence[str] = (), exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """Window-level detections: (file, start, end, label, score) where a class reaches its threshold.
+
+    Parameters
+    ----------
+    scores : DataFrame
+        One row per window: ``file``, ``start``, ``end`` and one column of scores per class.
+    thresholds : ndarray, shape (n_classes,)
+    top_n : int
+        Only the window's ``top_n`` best classes may detect (0: all).
+    include, exclude : sequence of str
+        Classes to keep only / to drop.
+    """
+    classes = list(classes)
+    unknown = sorted((set(include) | set(exclude)) - set(classes))
+    if unknown:
+        raise EchoError(f"unknown species {', '.join(unknown)}: the model's classes are {', '.join(classes)}")
+    matrix = scores[classes].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
+    hit = matrix >= thresholds[None, :]
+    if top_n:
+        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
+        hit &= ranks < top_n
+    allowed = np.array([(not include or c in include) and c not in exclude for c in classes])
+    hit &= allowed[None, :]
+    rows, columns = np.nonzero(hit)
+    return pd.DataFrame({
+        "file": scores["file"].to_numpy()[rows], "start": scores["start"].to_numpy()[rows],
+        "end": scores["end"].to_numpy()[rows], "label": np.array(classes, dtype=object)[columns],
+        "score": matrix[rows, columns],
+    })
+
+
+def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
+    """Merge window detections of one class in one file that overlap, touch, or are closer than ``gap`` seconds.
+
+    Returns
+    -------
+    DataFrame
+        ``file, start, end, label, score`` (the max), ``mean_score``, ``windows``,
+        sorted by file, start and label.
+    """
+    columns = ["file", "start", "end", "label", "score", "mean_score", "windows"]
+    if detections.empty:
+        return pd.DataFrame(columns=columns)
+    events = []
+    ordered = detections.sort_values(["file", "label", "start"], kind="stable")
+    for (file, label), group in ordered.groupby(["file", "label"], sort=False):
+        current = None
+        for start, end, score in zip(group["start"], group["end"], group["score"], strict=True):
+            if current is not None and start <= current["end"] + gap + 1e-9:
+                current["end"] = max(current["end"], end)
+                current["scores"].append(score)
+                continue
+            if current is not None:
+                events.append(current)
+            current = {"file": file, "start": start, "end": end, "label": label, "scores": [score]}
+        events.append(current)
+    table = pd.DataFrame([{**{k: e[k] for k in ("file", "start", "end", "label")}, "score": max(e["scores"]),
+                           "mean_score": float(np.mean(e["scores"])), "windows": len(e["scores"])} for e in events])
+    return table.sort_values(["file", "start", "label"], kind="stable").reset_index(drop=True)[columns]
+
+
+# ---- the run ---------------------------------------------------------------------------------------------------
+def _key(path: str) -> str:
+    return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
+
+
+def _write_atomic(path: Path, write) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def _start_ledger(out: Path, bundles: Sequence[Bundle], options: DetectOptions, resume: bool) -> Path:
+    ledger = out / _LEDGER
+    identity = {"bundles": [str(b.path.resolve()) for b in bundles],
+                "config": bundles[0].config.fingerprint(), **options.scoring()}
+    run_file = ledger / "run.json"
+    if resume and run_file.is_file():
+        saved = json.loads(run_file.read_text())
+        if saved != identity:
+            changed = sorted(k for k in identity if saved.get(k) != identity[k])
+            raise EchoError(f"{out}: cannot resume: the earlier run differs in {', '.join(changed)}; "
+                            "use the same model and window options, or another --out")
+        return ledger
+    if ledger.exists():
+        for old in ledger.iterdir():
+            old.unlink()
+    ledger.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
+    return ledger
+
+
+def detect(
+    bundles: Sequence[Bundle],
+    paths: Sequence[str | Path],
+    out: str | Path,
+    *,
+    options: DetectOptions = DetectOptions(),
+    resume: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict[str, Path]:
+    """Score every window of every file, record each finished file, and write the outputs.
+
+    Parameters
+    ----------
+    bundles : sequence of Bundle
+        One bundle, or an ensemble sharing classes and front end.
+    paths : sequence of paths
+        Audio files and folders.
+    out : path
+        Output folder (see :func:`write_outputs`).
+    resume : bool
+        Keep the files finished by an earlier run into ``out`` (with the same
+        model and window options) and score only the others.
+
+    Returns
+    -------
+    dict
+        Output name -> path.
+    """
+    out = Path(out)
+    files = find_audio(paths)
+    if not files:
+        raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
+    scorer = WindowScorer(bundles, onnx=options.onnx)
+    clip_seconds = scorer.config.audio.clip_seconds
+    if not 0 <= options.overlap < clip_seconds:
+        raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
+                        f"got {options.overlap}")
+    ledger = _start_ledger(out, bundles, options, resume)
+    todo = [(i, f) for i, f in enumerate(files) if not _finished(ledger, f)]
+    if resume and len(todo) < len(files):
+        log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
+    seconds = {f: _duration(f) for _, f in todo}
+    rate = scorer.config.audio.sample_rate
+    bar = tqdm(total=sum(seconds.values()) / 3600, unit="h", desc="detect", disable=not progress,
+               file=sys.stderr, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
+    pending: dict[int, list] = {i: [] for i, _ in todo}
+    reached: dict[int, int] = {}
+    done = len(files) - len(todo)
+    loader = DataLoader(_FileWindows(todo, scorer, options), batch_size=None, num_workers=options.workers,
+                        persistent_workers=False)
+    with bar:
+        for batch in loader:
+            if batch.rows:
+                probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
+                for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
+                    pending[index].append((start, valid, partial, p))
+                    advance = start + valid - reached.get(index, 0)
+                    if advance > 0:
+                        bar.update(advance / rate / 3600)
+                        reached[index] = start + valid
+            for index, error in batch.finished:
+                path = files[index]
+                if error is None:
+                    _record_scores(ledger, path, pending.pop(index), scorer, seconds.get(path, 0.0))
+                else:
+                    pending.pop(index, None)
+                    log(f"error: {path}: {error}")
+                    record = json.dumps({"file": path, "error": error})
+                    _write_atomic(ledger / f"{_key(path)}.error", lambda p, r=record: p.write_text(r))
+                done += 1
+                bar.set_postfix_str(f"{done}/{len(files)} files")
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options,
+                         thresholds=_thresholds(bundles, options, scorer.classes))
+
+
+def _duration(path: str) -> float:
+    try:
+        return audio.info(path).duration
+    except AudioError:
+        return 0.0
+
+
+def _finished(ledger: Path, path: str) -> bool:
+    key = _key(path)
+    return (ledger / f"{key}.parquet").is_file() or (ledger / f"{key}.error").is_file()
+
+
+def _record_scores(ledger: Path, path: str, rows: list, scorer: WindowScorer, duration: float) -> None:
+    rate = scorer.config.audio.sample_rate
+    rows.sort(key=lambda r: r[0])
+    starts = np.array([r[0] for r in rows], dtype=np.int64)
+    valid = np.array([r[1] for r in rows], dtype=np.int64)
+    table = pd.DataFrame({"file": path, "start": np.round(starts / rate, 6),
+                          "end": np.round((starts + valid) / rate, 6), "partial": [r[2] for r in rows]})
+    matrix = np.stack([r[3] for r in rows]) if rows else np.zeros((0, len(scorer.classes)), np.float32)
+    table = pd.concat([table, pd.DataFrame(matrix.astype(np.float32), columns=scorer.classes)], axis=1)
+    _write_atomic(ledger / f"{_key(path)}.parquet", lambda p: table.to_parquet(p, index=False))
+
+
+def _thresholds(bundles: Sequence[Bundle], options: DetectOptions, classes: list[str]) -> np.ndarray:
+    if options.threshold is not None:
+        return np.full(len(classes), options.threshold)
+    root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
+    calibrated = load_thresholds(root, classes)
+    return calibrated if calibrated is not None else np.full(len(classes), _DEFAULT_THRESHOLD)
+
+
+def _output_name(path: str, common: str) -> str:
+    relative = os.path.relpath(path, common) if common else os.path.basename(path)
+    return re.sub(r"[\\/]+", "__", os.path.splitext(relative)[0])
+
+
+def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
+                  options: DetectOptions, thresholds: np.ndarray) -> dict[str, Path]:
+    """Build the outputs from the records of finished files, in the order of ``files``.
+
+    Writes ``scores.parquet`` (file, start, end, partial, class, score: every
+    window and class), ``events.csv``, ``events.jsonl``, the Raven selection
+    tables (``events.selections.txt`` for all files with ``Begin File``,
+    and ``raven/NAME.selections.txt`` per file), Audacity label tracks
+    (``audacity/NAME.txt``) and ``errors.csv``. Every file is written whole
+    then renamed into place.
+    """
+    out = Path(out)
+    ledger = out / _LEDGER
+    windows, errors = [], []
+    for path in files:
+        key = _key(path)
+        if (ledger / f"{key}.parquet").is_file():
+            windows.append(pd.read_parquet(ledger / f"{key}.parquet"))
+        elif (ledger / f"{key}.error").is_file():
+            errors.append(json.loads((ledger / f"{key}.error").read_text()))
+    classes = list(classes)
+    scores = (pd.concat(windows, ignore_index=True) if windows else
+              pd.DataFrame(columns=["file", "start", "end", "partial", *classes]))
+    events = merge_events(window_detections(scores, classes, thresholds=thresholds, top_n=options.top_n,
+                                            include=options.include, exclude=options.exclude), gap=options.merge_gap)
+    events = events.round({"start": 3, "end": 3, "score": 4, "mean_score": 4})
+    fe = config.frontend
+    events.insert(5, "low_freq", float(fe.fmin))
+    events.insert(6, "high_freq", float(fe.fmax or config.audio.sample_rate / 2))
+    written: dict[str, Path] = {}
+
+    def put(name: str, write) -> None:
+        path = out / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, write)
+        written[name] = path
+
+    long = scores.melt(id_vars=["file", "start", "end", "partial"], value_vars=classes, var_name="class",
+                       value_name="score")
+    order = {c: i for i, c in enumerate(classes)}
+    long = long.assign(_f=long["file"].map({f: i for i, f in enumerate(files)}), _c=long["class"].map(order))
+    long = long.sort_values(["_f", "start", "_c"], kind="stable").drop(columns=["_f", "_c"]).reset_index(drop=True)
+    put("scores.parquet", lambda p: long.to_parquet(p, index=False))
+    event_order = {f: i for i, f in enumerate(files)}
+    events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
+    events = events.drop(columns="_f").reset_index(drop=True)
+    put("events.csv", lambda p: formats.write_csv(events, p))
+    put("events.jsonl", lambda p: formats.write_jsonl(events, p))
+    put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True))
+    done = [f for f in files if (ledger / f"{_key(f)}.parquet").is_file()]
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in done]) if done else ""
+    for path in done:
+        mine = events[events["file"] == path]
+        name = _output_name(os.path.abspath(path), common)
+        put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p))
+        put(f"audacity/{name}.txt", lambda p, m=mine: formats.write_audacity(m, p))
+    error_table = pd.DataFrame(errors, columns=["file", "error"])
+    put("errors.csv", lambda p: error_table.to_csv(p, index=False, lineterminator="\n"))
+    return written
+
+
+def summarize(out: str | Path, *, log=print) -> pd.DataFrame:
+    """Per species: events, files, seconds detected, and the hours of day of detections; plots them over time.
+
+    The time of a detection is read from a ``YYYYMMDD_HHMMSS`` stamp in the
+    file name when there is one (recorders such as AudioMoth and Song Meter
+    name files so), else it is the position in the file. Writes
+    ``summary.csv`` and ``summary.png`` into ``out``.
+    """
+    from echoengine.plots import detections_over_time
+
+    out = Path(out)
+    events = pd.read_csv(out / "events.csv", keep_default_na=False)
+    events["when"] = [_timestamp(f, s) for f, s in zip(events["file"], events["start"], strict=True)]
+    rows = []
+    for label, group in events.groupby("label", sort=True):
+        stamped = group["when"].dropna()
+        hours = sorted({t.hour for t in stamped})
+        rows.append({"species": label, "events": len(group), "files": group["file"].nunique(),
+                     "seconds": round(float((group["end"] - group["start"]).sum()), 1),
+                     "hours_of_day": " ".join(f"{h:02d}" for h in hours)})
+    table = pd.DataFrame(rows, columns=["species", "events", "files", "seconds", "hours_of_day"])
+    table = table.sort_values(["events", "species"], ascending=[False, True], kind="stable").reset_index(drop=True)
+    _write_atomic(out / "summary.csv", lambda p: table.to_csv(p, index=False, lineterminator="\n"))
+    detections_over_time(events, out / "summary.png")
+    log(table.to_string(index=False) if len(table) else "no detections")
+    return table
+
+
+def _timestamp(path: str, offset: float):
+    match = re.search(r"(\d{8})[_T-]?(\d{6})", os.path.basename(str(path)))
+    if not match:
+        return None
+    stamp = pd.to_datetime(match.group(1) + match.group(2), format="%Y%m%d%H%M%S", errors="coerce")
+    return None if pd.isna(stamp) else stamp + pd.Timedelta(seconds=float(offset))
+
