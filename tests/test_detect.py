@@ -142,7 +142,7 @@ def test_a_bad_file_in_a_folder_is_reported_and_skipped(small_bundle, tmp_path):
     good = _field_recordings(folder, 2, seconds=12.0)
     (folder / "broken.wav").write_text("not audio at all\n" * 50)
     out = tmp_path / "out"
-    result = _cli("detect", small_bundle, folder, "--out", out, "--threshold", "0.0", "--quiet")
+    result = _cli("detect", small_bundle, folder, "--out", out, "--threshold", "0.0", "--workers", "2", "--quiet")
     assert result.returncode == 0, result.stderr
     assert "error: " in result.stderr and "broken.wav" in result.stderr
     errors = pd.read_csv(out / "errors.csv")
@@ -171,11 +171,11 @@ def test_resume_after_a_kill_gives_byte_identical_outputs(small_bundle, tmp_path
     process = subprocess.Popen([sys.executable, "-m", "echoengine", "detect", str(small_bundle), str(folder), "--out",
                                 str(out), *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / ".detect").glob("*.parquet"))) < 3:
+    while time.time() < deadline and len(list((out / ".detect").glob("*.npz"))) < 3:
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    finished = len(list((out / ".detect").glob("*.parquet")))
+    finished = len(list((out / ".detect").glob("*.npz")))
     assert 3 <= finished < 24 and not (out / "events.csv").exists()  # killed mid-run
     resumed = _cli("detect", small_bundle, folder, "--out", out, *options, "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -217,3 +217,57 @@ def test_a_two_hour_recording_streams_in_bounded_memory(small_bundle, tmp_path):
     assert peak - before < 250e6 < whole_file_bytes / 2, (before, peak)  # buffers, never the whole file
     scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
     assert scores["start"].nunique() == seconds // 5 and scores["end"].max() == seconds
+
+
+def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds(small_bundle, synthetic_dataset,
+                                                                                 tmp_path):
+    import shutil
+
+    from echoengine.bundle import load_bundle
+    from echoengine.detect import DetectOptions, detect, load_thresholds
+    from echoengine.predict import window_probabilities
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle_dir)
+    result = _cli("calibrate", bundle_dir, synthetic_dataset, "--no-cache")
+    assert result.returncode == 0, result.stderr
+    bundle = load_bundle(bundle_dir)
+    thresholds = load_thresholds(bundle_dir, bundle.classes)
+    table = pd.read_csv(bundle_dir / "thresholds.csv")
+    assert table.columns.tolist() == ["class", "threshold", "f1", "precision", "recall", "positives"]
+    assert np.allclose(thresholds, table["threshold"]) and (table["positives"] > 0).all()
+
+    files = _field_recordings(tmp_path / "field", 2, seconds=17.0)
+    detect([bundle], files, tmp_path / "out", options=DetectOptions(), progress=False, log=lambda line: None)
+    scores = pd.read_parquet(tmp_path / "out" / "scores.parquet")
+    wide = scores.pivot_table(index=["file", "start"], columns="class", values="score").reset_index()
+    expected, _ = window_probabilities([bundle], pd.DataFrame({"path": files, "label": "", "group": files}))
+    assert len(wide) == len(expected) == 8  # 17 s: windows at 0, 5, 10 and a partial one at 15 s, per file
+    np.testing.assert_allclose(wide[bundle.classes].to_numpy(), expected, atol=1e-4)
+    events = pd.read_csv(tmp_path / "out" / "events.csv")
+    lowest = dict(zip(bundle.classes, thresholds, strict=True))
+    assert all(score >= lowest[label] - 1e-4 for label, score in zip(events["label"], events["score"], strict=True))
+
+
+def test_onnx_scoring_matches_pytorch_and_min_window_drops_the_short_tail(small_bundle, tmp_path):
+    import shutil
+
+    from echoengine.bundle import load_bundle
+    from echoengine.detect import DetectOptions, detect
+    from echoengine.export import export_onnx
+
+    bundle_dir = tmp_path / "bundle"
+    shutil.copytree(small_bundle, bundle_dir)
+    files = _field_recordings(tmp_path / "field", 2, seconds=16.0)
+    export_onnx(bundle_dir, check=files[:1])
+    bundle = load_bundle(bundle_dir)
+    runs = {}
+    for name, options in {"torch": DetectOptions(), "onnx": DetectOptions(onnx=True),
+                          "min_window": DetectOptions(min_window=1.5)}.items():
+        detect([bundle], files, tmp_path / name, options=options, progress=False, log=lambda line: None)
+        runs[name] = pd.read_parquet(tmp_path / name / "scores.parquet")
+    assert len(runs["onnx"]) == len(runs["torch"])
+    np.testing.assert_allclose(runs["onnx"]["score"], runs["torch"]["score"], atol=1e-4)
+    # 16 s: the last window holds 1 s of audio; --min-window 1.5 drops it, and only it
+    assert sorted(runs["torch"]["start"].unique()) == [0.0, 5.0, 10.0, 15.0]
+    assert sorted(runs["min_window"]["start"].unique()) == [0.0, 5.0, 10.0]

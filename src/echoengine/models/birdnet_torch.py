@@ -111,6 +111,10 @@ class TFConv2d(nn.Conv2d):
                 self.bias.copy_(bias)
         self.same = o.Padding() == 0
         self.act = _activation(o.FusedActivationFunction())
+        if self.same and self.stride == (1, 1) and all(k % 2 for k in self.kernel_size):
+            # stride 1, odd kernel: TensorFlow's SAME padding is symmetric, the convolution's own (no copy)
+            self.padding = tuple((k - 1) * d // 2 for k, d in zip(self.kernel_size, self.dilation, strict=True))
+            self.same = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.same:
