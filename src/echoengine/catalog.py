@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from echoengine import audio
+from echoengine import audio, formats
 from echoengine.config import AUDIO_EXTENSIONS, AudioConfig, DataConfig
 from echoengine.errors import AudioError, DataError
 
@@ -172,6 +172,141 @@ def load_catalog(source: str | Path, config: DataConfig | None = None) -> pd.Dat
     if metas and (source / "audio").is_dir():
         return from_csv(metas[0], audio_dir=source / "audio", group_regex=config.group_regex)
     return from_folder(source, extensions=config.extensions, group_regex=config.group_regex)
+
+
+ANNOTATION_COLUMNS = ["path", "start", "end", "low_freq", "high_freq", "label", "positive"]
+# RFCx-style CSV columns (the Rainforest Connection species challenge) -> ours
+RFCX_COLUMNS = {"recording_id": "file", "species_id": "label", "t_min": "start", "t_max": "end",
+                "f_min": "low_freq", "f_max": "high_freq"}
+
+
+def _audio_for(stem: str, folders: list[Path]) -> Path | None:
+    """The audio file named ``stem`` (with any audio extension, or as given) in the first folder holding one."""
+    for folder in folders:
+        if (folder / stem).is_file() and audio.is_audio_file(folder / stem):
+            return folder / stem
+        for extension in AUDIO_EXTENSIONS:
+            for candidate in (folder / f"{stem}{extension}", folder / f"{stem}{extension.upper()}"):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
+def _annotation_kind(path: Path) -> str:
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    with open(path, encoding="utf-8-sig") as file:
+        first = file.readline()
+    return "raven" if "Begin Time (s)" in first else "audacity"
+
+
+def read_annotations(
+    source: str | Path,
+    *,
+    audio_dir: str | Path | None = None,
+    columns: dict[str, str] | None = None,
+    positive: bool = True,
+) -> pd.DataFrame:
+    """Time-frequency boxes of annotation tables, one row per box.
+
+    Reads Raven selection tables (a header with ``Begin Time (s)``), Audacity
+    label tracks (with the optional ``\\ low high`` frequency lines) and
+    CSVs with one box per row (RFCx-style ``recording_id, species_id, t_min,
+    f_min, t_max, f_max`` by default; ``columns`` maps our names ``file,
+    label, start, end, low_freq, high_freq`` to others). ``source`` is a
+    table or a folder of them (``*.txt`` and ``*.csv``, recursively).
+
+    A box's audio file is the table's ``Begin Path`` or ``Begin File``
+    column, the CSV's file column, or, for a table of one recording, the
+    audio file named like the table (``site1.txt`` or
+    ``site1.Table.1.selections.txt`` for ``site1.flac``), found in
+    ``audio_dir`` or the table's folder. Boxes of a recording that cannot be
+    found are left out with a one-line warning naming the table.
+
+    Parameters
+    ----------
+    positive : bool
+        False for a table of verified negatives (boxes known NOT to hold their species).
+
+    Returns
+    -------
+    DataFrame
+        ``path, start, end, low_freq, high_freq, label, positive`` (frequencies NaN when unknown).
+
+    Raises
+    ------
+    DataError
+        A table that cannot be parsed (the message names it and says why).
+    """
+    source = Path(source)
+    if source.is_dir():
+        tables = sorted(p for p in source.rglob("*") if p.suffix.lower() in (".txt", ".csv") and p.is_file())
+    elif source.is_file():
+        tables = [source]
+    else:
+        raise DataError(f"{source}: no such file or folder")
+    parts = []
+    for table in tables:
+        try:
+            parts.append(_read_table(table, audio_dir, columns or {}))
+        except DataError as error:
+            if not source.is_dir():
+                raise
+            logger.warning("skipping %s", error)  # a folder may hold other text files
+    boxes = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else \
+        pd.DataFrame(columns=ANNOTATION_COLUMNS)
+    boxes["positive"] = positive
+    return boxes[ANNOTATION_COLUMNS]
+
+
+def _read_table(table: Path, audio_dir, columns: dict[str, str]) -> pd.DataFrame:
+    folders = [Path(audio_dir)] if audio_dir else []
+    folders.append(table.parent)
+    kind = _annotation_kind(table)
+    try:
+        if kind == "csv":
+            raw = pd.read_csv(table, dtype=str, keep_default_na=False)
+            mapping = {**{ours: theirs for theirs, ours in RFCX_COLUMNS.items()}, **columns}
+            missing = [mapping[k] for k in ("file", "label", "start", "end") if mapping[k] not in raw.columns]
+            if missing:
+                raise ValueError(f"no column {', '.join(map(repr, missing))} (columns: {', '.join(raw.columns)}); "
+                                 "map yours with columns=, e.g. --columns file=recording_id")
+
+            def numbers(key: str) -> pd.Series:
+                column = mapping.get(key)
+                if column not in raw.columns:
+                    return pd.Series(np.nan, index=raw.index)
+                return pd.to_numeric(raw[column].replace("", np.nan), errors="raise")
+
+            boxes = pd.DataFrame({"file": raw[mapping["file"]].str.strip(), "label": raw[mapping["label"]].str.strip(),
+                                  "start": numbers("start"), "end": numbers("end"),
+                                  "low_freq": numbers("low_freq"), "high_freq": numbers("high_freq")})
+        elif kind == "raven":
+            boxes = formats.read_raven(table)
+            raw = pd.read_csv(table, sep="\t", dtype=str, keep_default_na=False)
+            if "Begin Path" in raw.columns and "Selection" in raw.columns:
+                paths = raw.drop_duplicates("Selection")["Begin Path"].reset_index(drop=True)
+                boxes["file"] = [p if p and os.path.isfile(p) else f for p, f in zip(paths, boxes["file"])]
+        else:
+            boxes = formats.read_audacity(table)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError(f"{table}: not a readable annotation table ({exc})") from None
+    if (boxes["end"] < boxes["start"]).any():
+        bad = boxes[boxes["end"] < boxes["start"]].iloc[0]
+        raise DataError(f"{table}: a box ends before it starts ({bad['label']}: {bad['start']} to {bad['end']})")
+    own = table.name.split(".")[0]
+    paths = []
+    for name in boxes["file"].fillna("").astype(str):
+        found = Path(name) if name and os.path.isabs(name) and os.path.isfile(name) else \
+            _audio_for(name or own, folders)
+        paths.append(str(found.absolute()) if found else "")
+    boxes["path"] = paths
+    lost = boxes["path"] == ""
+    if lost.any():
+        names = sorted(set(boxes.loc[lost, "file"].fillna("").replace("", own)))
+        logger.warning("%s: no audio file for %d box(es) of %s; left out", table, int(lost.sum()),
+                       ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
+    return boxes[~lost].reset_index(drop=True)
 
 
 def class_names(table: pd.DataFrame) -> list[str]:

@@ -364,6 +364,41 @@ def _species(values: list[str] | None) -> list[str]:
     return names
 
 
+def _range(text: str, kind=float) -> tuple:
+    """``"1-4"`` or ``"-5..15"`` -> (low, high)."""
+    low, sep, high = text.partition("..") if ".." in text else text.rpartition("-")
+    try:
+        return (kind(low), kind(high)) if sep else (kind(text), kind(text))
+    except ValueError:
+        raise EchoError(f"not a range: {text!r} (write it as 1-4 or -5..15)") from None
+
+
+def cmd_mix(args: argparse.Namespace) -> int:
+    from echoengine.detect import find_audio
+    from echoengine.mix import mix_soundscapes, split_sources
+
+    config = _config(args)
+    clips, _ = _scan(args.clips, config)
+    backgrounds = find_audio(args.background) if args.background else []
+    common = {"duration": args.duration, "events": _range(args.events, int), "snr": _range(args.snr),
+              "config": config.audio, "seed": args.seed}
+    if args.test_fraction:
+        parts = split_sources(clips, backgrounds, test_fraction=args.test_fraction, seed=args.seed)
+        test_count = max(1, round(args.count * args.test_fraction / (1 - args.test_fraction)))
+        counts = {"train": args.count, "test": test_count}
+        for part, (part_clips, part_backgrounds) in parts.items():
+            boxes = mix_soundscapes(part_clips, args.out / part, count=counts[part], backgrounds=part_backgrounds,
+                                    prefix=part, **common)
+            print(f"{part}: {counts[part]} soundscapes, {len(boxes)} events of {boxes['label'].nunique()} classes "
+                  f"from {part_clips['group'].nunique()} source recordings over {len(part_backgrounds)} "
+                  f"backgrounds -> {args.out / part}")
+    else:
+        boxes = mix_soundscapes(clips, args.out, count=args.count, backgrounds=backgrounds, **common)
+        print(f"{args.count} soundscapes, {len(boxes)} events -> {args.out}")
+    print("each NAME.flac has its Raven table NAME.selections.txt; train on them with --multilabel")
+    return 0
+
+
 def cmd_cv(args: argparse.Namespace) -> int:
     from echoengine.crossval import cross_validate
     from echoengine.evaluate import SUMMARY_KEYS
@@ -639,6 +674,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", action="store_true", help="print detections per species and plot them over time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("mix", help="build soundscapes (and their Raven tables) from labelled clips")
+    p.add_argument("clips", type=Path, help="labelled clips (any DATA: folder per class, ESC-50 CSV or folder)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=50, help="soundscapes to write (for training, with --test-fraction)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per soundscape (default 30)")
+    p.add_argument("--events", default="1-4", help="events per soundscape, a range (default 1-4)")
+    p.add_argument("--snr", default="-5..15", help="event-to-background ratio in dB, a range (default -5..15)")
+    p.add_argument("--background", type=Path, nargs="+", help="recordings or folders to mix into (default: noise)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="also write test soundscapes from other source recordings and backgrounds (train/, test/)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", type=Path, help="a TOML config (its [audio] sets the sample rate)")
+    p.add_argument("--group-regex", help="regex on file names naming the source recording")
+    p.set_defaults(func=cmd_mix)
 
     p = sub.add_parser("calibrate", help="per-class detection thresholds (F1-optimal) from labelled data")
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (thresholds for the ensemble)")

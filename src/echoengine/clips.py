@@ -19,7 +19,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["crop_at", "fixed_windows", "pad_to_length", "random_crop", "random_start", "window_starts"]
+__all__ = [
+    "box_labels",
+    "crop_around",
+    "crop_at",
+    "fixed_windows",
+    "pad_to_length",
+    "random_crop",
+    "random_start",
+    "window_starts",
+]
 
 
 def pad_to_length(
@@ -139,3 +148,95 @@ def fixed_windows(
     starts = window_starts(len(y), length=length, hop=hop, keep_partial=keep_partial)
     windows = np.stack([crop_at(y, start=int(s), length=length) for s in starts])
     return windows, starts
+
+
+def crop_around(start: float, end: float, *, length: float, duration: float, jitter: float,
+                rng: np.random.Generator) -> float:
+    """The start (seconds) of a ``length``-second crop holding an annotated box, drawn at random.
+
+    The crop holds the whole box when it fits, else a random part of it; ``jitter``
+    (0 to 1) is how far the box may move from the crop's centre toward its
+    edges (0: centred; 1: anywhere it still fits). The crop stays inside the
+    recording when the recording is long enough.
+
+    Examples
+    --------
+    >>> crop_around(10.0, 11.0, length=5.0, duration=60.0, jitter=0.0, rng=np.random.default_rng(0))
+    8.0
+    >>> 6.0 <= crop_around(10.0, 11.0, length=5.0, duration=60.0, jitter=1.0, rng=np.random.default_rng(0)) <= 10.0
+    True
+    """
+    if end - start >= length:  # a long box: a random window inside it
+        low, high = start, end - length
+    else:
+        centre = (start + end - length) / 2
+        slack = (length - (end - start)) / 2 * jitter
+        low, high = centre - slack, centre + slack
+    low, high = max(low, 0.0), max(min(high, duration - length), 0.0)
+    return float(rng.uniform(low, high)) if high > low else max(min(low, max(duration - length, 0.0)), 0.0)
+
+
+def box_labels(
+    boxes,
+    starts: np.ndarray,
+    *,
+    length: float,
+    classes: list[str],
+    min_overlap: float = 0.5,
+    min_fraction: float = 0.5,
+    band: tuple[float, float] | None = None,
+    unlabeled: str = "negative",
+) -> np.ndarray:
+    """Multi-hot labels of windows from the annotated boxes of their recording.
+
+    A window holds a box when they overlap by at least ``min_overlap``
+    seconds or by ``min_fraction`` of the box (so short calls count whole),
+    and, with ``band`` (the model's ``(fmin, fmax)``), when the box's
+    frequencies overlap the band. A positive box makes its class 1; a
+    negative box (``positive`` False: a verified absence) makes it 0; any
+    other class is 0 (``unlabeled="negative"``) or NaN, left out of the loss
+    (``"ignore"``). A positive wins over a negative.
+
+    Parameters
+    ----------
+    boxes : DataFrame
+        ``start, end, low_freq, high_freq, label, positive`` of one recording.
+    starts : ndarray
+        Window starts in seconds.
+
+    Returns
+    -------
+    ndarray, shape (n_windows, n_classes), float32 with 1, 0 and NaN
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> boxes = pd.DataFrame({"start": [1.0, 6.0], "end": [2.0, 9.0], "low_freq": 0.0, "high_freq": 0.0,
+    ...                       "label": ["owl", "frog"], "positive": [True, False]})
+    >>> box_labels(boxes, np.array([0.0, 5.0]), length=5.0, classes=["owl", "frog"], unlabeled="ignore")
+    array([[ 1., nan],
+           [nan,  0.]], dtype=float32)
+    """
+    fill = 0.0 if unlabeled == "negative" else np.nan
+    if unlabeled not in ("negative", "ignore"):
+        raise ValueError(f"unlabeled must be 'negative' or 'ignore', got {unlabeled!r}")
+    labels = np.full((len(starts), len(classes)), fill, dtype=np.float32)
+    if len(boxes) == 0 or len(starts) == 0:
+        return labels
+    index = {c: i for i, c in enumerate(classes)}
+    known = boxes["label"].isin(index).to_numpy()
+    boxes = boxes[known]
+    begin, finish = boxes["start"].to_numpy(float), boxes["end"].to_numpy(float)
+    overlap = np.minimum(starts[:, None] + length, finish[None, :]) - np.maximum(starts[:, None], begin[None, :])
+    held = (overlap >= min_overlap) | (overlap >= min_fraction * (finish - begin)[None, :] - 1e-9)
+    held &= overlap > 0
+    if band is not None:
+        low, high = boxes["low_freq"].to_numpy(float), boxes["high_freq"].to_numpy(float)
+        visible = np.isnan(low) | np.isnan(high) | ((low < band[1]) & (high > band[0]))
+        held &= visible[None, :]
+    columns = np.array([index[c] for c in boxes["label"]], dtype=np.int64)
+    positive = boxes["positive"].to_numpy(bool)
+    for sign in (False, True):  # negatives first, so that a positive wins
+        rows, which = np.nonzero(held & (positive == sign)[None, :])
+        labels[rows, columns[which]] = 1.0 if sign else 0.0
+    return labels

@@ -1,0 +1,166 @@
+"""Soundscapes built from labelled clips, with the Raven tables that say what calls when.
+
+Any single-label dataset becomes multi-label training and test data: each
+soundscape is a background (a field recording, or noise) of ``duration``
+seconds into which 1 to 4 (``events``) clips are mixed at random times and
+signal-to-noise ratios. A clip's event is its audible part (leading and
+trailing silence trimmed, as ESC-50 clips are padded); its box spans that
+part in time and, in frequency, the band holding 95 % of its energy. Every
+soundscape is written as FLAC with a Raven selection table beside it
+(``NAME.selections.txt``), which :func:`echoengine.catalog.read_annotations`
+reads back.
+
+With ``test_fraction``, the clips are split by source recording (and the
+backgrounds by file) into ``train/`` and ``test/`` soundscapes, so that no
+recording is heard on both sides.
+
+Examples
+--------
+>>> band = event_band(np.sin(2 * np.pi * 1000 * np.arange(48000) / 48000).astype("float32"), 48000)
+>>> 900 < band[0] < 1000 < band[1] < 1100
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import librosa
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from echoengine import audio, catalog, formats
+from echoengine.config import AudioConfig
+from echoengine.errors import AudioError, DataError
+
+__all__ = ["event_band", "mix_soundscapes", "split_sources", "trim_event"]
+
+
+def trim_event(y: np.ndarray, *, top_db: float = 40.0) -> tuple[np.ndarray, int]:
+    """The audible part of a clip (silence trimmed at both ends, librosa's ``trim``) and its first sample."""
+    trimmed, (start, _) = librosa.effects.trim(y, top_db=top_db)
+    return (trimmed, int(start)) if len(trimmed) else (y, 0)
+
+
+def event_band(y: np.ndarray, sample_rate: int, *, energy: float = 0.95) -> tuple[float, float]:
+    """The frequency band (Hz) holding the central ``energy`` share of a signal's power."""
+    power = np.abs(np.fft.rfft(y.astype(np.float64))) ** 2
+    cumulative = np.cumsum(power) / max(power.sum(), 1e-20)
+    frequencies = np.fft.rfftfreq(len(y), 1 / sample_rate)
+    tail = (1 - energy) / 2
+    low = frequencies[min(np.searchsorted(cumulative, tail), len(frequencies) - 1)]
+    high = frequencies[min(np.searchsorted(cumulative, 1 - tail), len(frequencies) - 1)]
+    return float(low), float(max(high, low))
+
+
+def _background(paths: Sequence[str], seconds: float, config: AudioConfig, rng: np.random.Generator) -> np.ndarray:
+    n = round(seconds * config.sample_rate)
+    if not paths:  # pink-ish noise
+        white = rng.normal(size=n)
+        spectrum = np.fft.rfft(white) / np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / config.sample_rate), 20.0))
+        noise = np.fft.irfft(spectrum, n)
+        return (0.02 * noise / (np.std(noise) + 1e-12)).astype(np.float32)
+    y = audio.load(paths[int(rng.integers(len(paths)))], config)
+    if len(y) >= n:
+        start = int(rng.integers(0, len(y) - n + 1))
+        return y[start : start + n].copy()
+    return np.tile(y, math.ceil(n / max(len(y), 1)))[:n].copy()
+
+
+def _rms(y: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(y, dtype=np.float64)) + 1e-20))
+
+
+def mix_soundscapes(
+    clips: pd.DataFrame,
+    out: str | Path,
+    *,
+    count: int,
+    backgrounds: Sequence[str] = (),
+    duration: float = 30.0,
+    events: tuple[int, int] = (1, 4),
+    snr: tuple[float, float] = (-5.0, 15.0),
+    config: AudioConfig | None = None,
+    seed: int = 0,
+    prefix: str = "soundscape",
+) -> pd.DataFrame:
+    """Write ``count`` soundscapes and their Raven tables into ``out``.
+
+    Parameters
+    ----------
+    clips : DataFrame
+        A scanned catalog of labelled clips (``path``, ``label``).
+    backgrounds : sequence of paths
+        Recordings to mix the events into (a random stretch of one each); noise when empty.
+    events : (int, int)
+        The fewest and most events per soundscape.
+    snr : (float, float)
+        Range of event-to-background RMS ratios in dB (over the event's span).
+
+    Returns
+    -------
+    DataFrame
+        The boxes written: ``path, start, end, low_freq, high_freq, label, positive``.
+    """
+    config = config or AudioConfig()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clips = clips[clips["label"] != ""].reset_index(drop=True)
+    if clips.empty:
+        raise DataError("no labelled clips to mix")
+    if not 1 <= events[0] <= events[1]:
+        raise DataError(f"events must be a range like 1-4, got {events[0]}-{events[1]}")
+    rate, n = config.sample_rate, round(duration * config.sample_rate)
+    boxes = []
+    for index in range(count):
+        rng = np.random.default_rng([seed, index])
+        mix = _background(list(backgrounds), duration, config, rng)
+        level = _rms(mix)
+        name = f"{prefix}_{index:04d}"
+        rows = []
+        for _ in range(int(rng.integers(events[0], events[1] + 1))):
+            clip = clips.iloc[int(rng.integers(len(clips)))]
+            try:
+                event, _ = trim_event(audio.load(clip["path"], config))
+            except AudioError as error:
+                print(f"error: {error}")
+                continue
+            event = event[:n]
+            onset = int(rng.integers(0, n - len(event) + 1))
+            ratio = 10 ** (float(rng.uniform(*snr)) / 20)
+            segment = mix[onset : onset + len(event)]
+            local = max(_rms(segment), 0.1 * level)
+            mix[onset : onset + len(event)] = segment + event * (ratio * local / _rms(event))
+            low, high = event_band(event, rate)
+            rows.append({"start": onset / rate, "end": (onset + len(event)) / rate, "low_freq": low,
+                         "high_freq": high, "label": clip["label"]})
+        peak = float(np.abs(mix).max())
+        if peak > 0.99:
+            mix *= 0.99 / peak
+        path = out / f"{name}.flac"
+        sf.write(path, mix, rate, subtype="PCM_16")
+        table = pd.DataFrame(rows, columns=["start", "end", "low_freq", "high_freq", "label"])
+        table = table.sort_values("start", kind="stable").reset_index(drop=True).round(
+            {"start": 3, "end": 3, "low_freq": 1, "high_freq": 1})
+        formats.write_raven(table.assign(score=np.nan), out / f"{name}.selections.txt")
+        boxes.append(table.assign(path=str(path.absolute()), positive=True))
+    written = pd.concat(boxes, ignore_index=True) if boxes else pd.DataFrame(columns=catalog.ANNOTATION_COLUMNS)
+    return written[catalog.ANNOTATION_COLUMNS]
+
+
+def split_sources(clips: pd.DataFrame, backgrounds: Sequence[str], *, test_fraction: float,
+                  seed: int = 0) -> dict[str, tuple[pd.DataFrame, list[str]]]:
+    """Clips split by source recording, and backgrounds by file, into ``train`` and ``test``."""
+    parts = catalog.split(clips, val_fraction=0.0, test_fraction=test_fraction, seed=seed, sparse_classes="drop")
+    backgrounds = sorted(backgrounds)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(backgrounds))
+    n_test = round(test_fraction * len(backgrounds))
+    test_backgrounds = {backgrounds[i] for i in order[:n_test]}
+    return {
+        "train": (clips[parts == "train"], [b for b in backgrounds if b not in test_backgrounds]),
+        "test": (clips[parts == "test"], [b for b in backgrounds if b in test_backgrounds]),
+    }
