@@ -178,6 +178,12 @@ ANNOTATION_COLUMNS = ["path", "start", "end", "low_freq", "high_freq", "label", 
 # RFCx-style CSV columns (the Rainforest Connection species challenge) -> ours
 RFCX_COLUMNS = {"recording_id": "file", "species_id": "label", "t_min": "start", "t_max": "end",
                 "f_min": "low_freq", "f_max": "high_freq"}
+# our column -> names a CSV may use for it (RFCx's first)
+_CSV_NAMES = {
+    "file": ("recording_id", "file", "path", "filename"), "label": ("species_id", "label", "species"),
+    "start": ("t_min", "start", "begin"), "end": ("t_max", "end", "stop"),
+    "low_freq": ("f_min", "low_freq"), "high_freq": ("f_max", "high_freq"),
+}
 
 
 def _audio_for(stem: str, folders: list[Path]) -> Path | None:
@@ -266,11 +272,14 @@ def _read_table(table: Path, audio_dir, columns: dict[str, str]) -> pd.DataFrame
     try:
         if kind == "csv":
             raw = pd.read_csv(table, dtype=str, keep_default_na=False)
-            mapping = {**{ours: theirs for theirs, ours in RFCX_COLUMNS.items()}, **columns}
+            mapping = {}
+            for ours, names in _CSV_NAMES.items():
+                given = columns.get(ours)
+                mapping[ours] = given or next((n for n in names if n in raw.columns), names[0])
             missing = [mapping[k] for k in ("file", "label", "start", "end") if mapping[k] not in raw.columns]
             if missing:
                 raise ValueError(f"no column {', '.join(map(repr, missing))} (columns: {', '.join(raw.columns)}); "
-                                 "map yours with columns=, e.g. --columns file=recording_id")
+                                 "name them file, label, start, end (low_freq, high_freq), or map them")
 
             def numbers(key: str) -> pd.Series:
                 column = mapping.get(key)
@@ -307,6 +316,27 @@ def _read_table(table: Path, audio_dir, columns: dict[str, str]) -> pd.DataFrame
         logger.warning("%s: no audio file for %d box(es) of %s; left out", table, int(lost.sum()),
                        ", ".join(names[:5]) + (" ..." if len(names) > 5 else ""))
     return boxes[~lost].reset_index(drop=True)
+
+
+def split_groups(table: pd.DataFrame, *, val_fraction: float = 0.15, test_fraction: float = 0.15,
+                 seed: int = 0) -> np.ndarray:
+    """Assign rows to ``"train"``, ``"val"`` and ``"test"`` by group only (multi-label recordings).
+
+    Whole groups (source recordings) move together; fractions are of groups.
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"group": [f"g{i}" for i in range(10)]})
+    >>> sorted(pd.Series(split_groups(table, val_fraction=0.2, test_fraction=0.2)).value_counts().items())
+    [('test', 2), ('train', 6), ('val', 2)]
+    """
+    groups = np.array(sorted(table["group"].unique()))
+    order = np.random.default_rng(seed).permutation(len(groups))
+    n_test, n_val = round(test_fraction * len(groups)), round(val_fraction * len(groups))
+    part_of = {}
+    for position, index in enumerate(order):
+        part_of[groups[index]] = "test" if position < n_test else "val" if position < n_test + n_val else "train"
+    return table["group"].map(part_of).to_numpy()
 
 
 def class_names(table: pd.DataFrame) -> list[str]:

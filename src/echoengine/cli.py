@@ -54,6 +54,8 @@ _TRAINING_OPTIONS = {
     "seed": ("train", "seed"), "device": ("train", "device"),
     "mixup": ("augment", "mixup_p"), "batch_size": ("data", "batch_size"), "workers": ("data", "num_workers"),
     "folds": ("data", "folds"), "sparse_classes": ("data", "sparse_classes"), "cache_dir": ("data", "cache_dir"),
+    "multilabel": ("model", "multilabel"), "unlabeled": ("data", "unlabeled"), "min_overlap": ("data", "min_overlap"),
+    "frequency_overlap": ("data", "frequency_overlap"),
 }
 
 
@@ -200,6 +202,8 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     from echoengine.evaluate import evaluate, write_report
     from echoengine.train import fit_and_refit
 
+    if config.model.multilabel:
+        return _train_multilabel(data, config, out, resume=resume, quiet=quiet, resume_changes=resume_changes)
     if resume:
         saved = bundle_files.CONFIG_FILE
         if not (out / saved).is_file() or not (out / "splits.csv").is_file():
@@ -241,6 +245,84 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     return out
 
 
+def _recordings(data: Path, config: EchoConfig, *, quiet: bool) -> pd.DataFrame:
+    """The audio files under DATA as unlabelled recordings (their group: the regex's, else the file)."""
+    from echoengine.detect import find_audio
+
+    files = [f for f in find_audio([data]) if Path(f).suffix.lower() in config.data.extensions]
+    pattern = catalog._compile(config.data.group_regex)
+    table = pd.DataFrame({"path": [str(Path(f).absolute()) for f in files], "label": "",
+                          "group": [catalog._group_of(Path(f).name, pattern) for f in files]})
+    usable, _ = catalog.scan(table, config.audio, progress=None if quiet else _progress("checking"))
+    return usable
+
+
+def _annotations(data: Path, annotations: Path | None, negatives: Path | None) -> pd.DataFrame:
+    boxes = catalog.read_annotations(annotations or data)
+    if negatives is not None:
+        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False)], ignore_index=True)
+    if not boxes["positive"].any():
+        raise EchoError(f"{annotations or data}: no annotated boxes found (Raven tables, Audacity labels or CSVs)")
+    return boxes
+
+
+def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool,
+                      resume_changes: dict | None, annotations: Path | None = None,
+                      negatives: Path | None = None) -> Path:
+    """Multi-label training on annotated recordings, evaluated per window and per recording on the test part."""
+    from echoengine import bundle as bundle_files
+    from echoengine.cache import FeatureCache
+    from echoengine.evaluate import evaluate_multilabel
+    from echoengine.train import fit_and_refit
+
+    if resume:
+        config = EchoConfig.load(out / bundle_files.CONFIG_FILE).replace(**(resume_changes or {}))
+        splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
+        boxes = pd.read_csv(out / "annotations.csv", keep_default_na=False)
+        usable, _ = catalog.scan(splits.drop(columns="part"), config.audio)
+        parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
+        classes = bundle_files.read_classes(out)
+    else:
+        usable = _recordings(data, config, quiet=quiet)
+        boxes = _annotations(data, annotations, negatives)
+        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
+        classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
+        parts = catalog.split_groups(usable, val_fraction=config.data.val_fraction,
+                                     test_fraction=config.data.test_fraction, seed=config.data.split_seed)
+        out.mkdir(parents=True, exist_ok=True)
+        usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
+        boxes.to_csv(out / "annotations.csv", index=False)
+    counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
+    print(f"multi-label training of {config.model.embedder or config.model.backbone} + {config.model.head} head on "
+          f"{len(classes)} classes, {int(boxes['positive'].sum())} boxes: {counts['train']} train, {counts['val']} "
+          f"validation, {counts['test']} test recordings", flush=True)
+    result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
+                           progress=not quiet, boxes=boxes)
+    held_out = "test" if counts["test"] else "val"
+    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    bundle = bundle_files.Bundle(out, config, classes, result.model)
+    metrics = evaluate_multilabel([bundle], usable[parts == held_out].reset_index(drop=True), boxes, cache=cache)
+    _write_multilabel_report(metrics, out, f"{held_out} part of {data}")
+    return out
+
+
+def _write_multilabel_report(metrics: dict, out: Path, evaluated_on: str) -> None:
+    summary = {level: {k: v for k, v in m.items() if k != "per_class"} for level, m in metrics.items()}
+    summary["evaluated_on"] = evaluated_on
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    for level, m in metrics.items():
+        m["per_class"].round(4).to_csv(out / f"per_class_{level}.csv", index=False)
+    print(f"\n{evaluated_on}:")
+    print(f"{'':10} {'LWLRAP':>8} {'mAP macro':>10} {'mAP micro':>10} {'macro-F1':>9} {'samples':>8}")
+    for level, m in metrics.items():
+        print(f"{level:10} {m['lwlrap']:>8.4f} {m['map_macro']:>10.4f} {m['map_micro']:>10.4f} {m['macro_f1']:>9.4f} "
+              f"{m['samples']:>8}")
+    per_class = metrics["recording"]["per_class"].sort_values("ap", ascending=False)
+    print("\nper class (recording level):")
+    print(per_class[["class", "ap", "f1", "precision", "recall", "support"]].round(3).to_string(index=False))
+
+
 _RESUME_OPTIONS = ("epochs", "device", "workers", "quiet", "resume")
 
 
@@ -255,7 +337,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     # a resumed run keeps its own config; only these may be given again
     given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
     changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
-    out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet, resume_changes=changes)
+    if config.model.multilabel or (args.resume and (args.out / "annotations.csv").is_file()):
+        out = _train_multilabel(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
+                                resume_changes=changes, annotations=args.annotations, negatives=args.negatives)
+    else:
+        out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
+                            resume_changes=changes)
     print(f"\nwrote the bundle {out} (metrics.json, plots/, history.csv; tensorboard --logdir {out / 'tensorboard'})")
     return 0
 
@@ -296,6 +383,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     bundles = _load_bundles(args.bundle)
     config = bundles[0].config
+    if config.model.multilabel:
+        from echoengine.evaluate import evaluate_multilabel
+
+        usable = _recordings(args.data, config, quiet=False)
+        boxes = _annotations(args.data, getattr(args, "annotations", None), getattr(args, "negatives", None))
+        _warn_seen(bundles, usable, "their scores are optimistic")
+        metrics = evaluate_multilabel(bundles, usable, boxes, cache=_cache_for(config, args), progress=True)
+        _write_multilabel_report(metrics, args.out or args.bundle / f"evaluate-{Path(args.data).stem}",
+                                 str(args.data))
+        return 0
     table = catalog.load_catalog(args.data, config.data)
     usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
     overlap = _warn_seen(bundles, usable, "their scores are optimistic")
@@ -585,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--trainable-blocks", type=int, metavar="N",
                        help="with --backbone birdnet: fine-tune only its last N blocks (default: all)")
         g.add_argument("--backbone-lr-factor", type=float, help="the backbone's learning rate relative to the head's")
-        g.add_argument("--head", choices=["echo", "linear", "mlp"])
+        g.add_argument("--head", choices=["echo", "linear", "mlp", "attention"],
+                       help="attention: per-class attention pooling over time (multi-label)")
         g.add_argument("--embedder", help="train a head on a frozen pretrained embedder: birdnet (BirdNET V2.4, "
                        "CC BY-NC-SA 4.0) or cnn:/path/to/bundle")
         g.add_argument("--pooling", choices=["mean", "max"], help="pooling of window logits in a clip (embedders)")
@@ -622,6 +720,18 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--no-cache", action="store_true", help="compute features every time")
         g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
         g.add_argument("--quiet", action="store_true", help="no progress bars")
+        m = p.add_argument_group("multi-label training on annotated recordings")
+        m.add_argument("--multilabel", action="store_true",
+                       help="several species per clip: sigmoid outputs, binary cross-entropy, clips labelled from "
+                       "the boxes of annotation tables (Raven, Audacity, CSV) in DATA or --annotations")
+        m.add_argument("--annotations", type=Path, help="annotation table or folder of them (default: DATA)")
+        m.add_argument("--negatives", type=Path, help="a table of verified negatives (boxes NOT holding their species)")
+        m.add_argument("--unlabeled", choices=["negative", "ignore"],
+                       help="a species with no box in a clip: a negative (default), or left out of the loss")
+        m.add_argument("--min-overlap", type=float, metavar="SECONDS",
+                       help="a clip holds a box overlapping it this long, or by half the box (default 0.5)")
+        m.add_argument("--frequency-overlap", action="store_true",
+                       help="count only boxes whose frequencies overlap the front end's band")
 
     p = data_command("train", "train a classifier and write a model bundle (evaluated on a held-out test part)")
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
@@ -639,6 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
+    p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="species and probability of audio files (mean over 5 s windows)")

@@ -299,6 +299,20 @@ class DataConfig:
         A class with a single source recording cannot be both trained on and
         held out: ``"error"`` stops with a message naming it, ``"drop"``
         leaves it out of splits and cross-validation.
+    min_overlap, min_overlap_fraction : float
+        Multi-label data: a clip holds an annotated box when they overlap by
+        at least ``min_overlap`` seconds or by this fraction of the box.
+    frequency_overlap : bool
+        Multi-label data: a box counts only when its frequencies overlap the
+        front end's ``fmin``-``fmax`` band.
+    unlabeled : str
+        Multi-label data: a species with no box in a clip is a negative
+        (``"negative"``) or left out of the loss (``"ignore"``); verified
+        negatives are negatives either way.
+    box_jitter : float
+        Multi-label training crops hold a box; 0 centres it, 1 lets it sit anywhere in the crop.
+    background_crops : int
+        Multi-label training: crops drawn anywhere per recording per epoch, besides one per box.
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
@@ -314,6 +328,12 @@ class DataConfig:
     cache_identity: str = "stat"
     on_error: str = "warn"
     sparse_classes: str = "error"
+    min_overlap: float = 0.5
+    min_overlap_fraction: float = 0.5
+    frequency_overlap: bool = False
+    unlabeled: str = "negative"
+    box_jitter: float = 1.0
+    background_crops: int = 1
 
     def __post_init__(self) -> None:
         s = "data"
@@ -332,6 +352,11 @@ class DataConfig:
         _require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
         _require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
         _require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
+        _require(self.unlabeled in ("negative", "ignore"), f"{s}.unlabeled must be 'negative' or 'ignore'")
+        _require(self.min_overlap >= 0 and 0 < self.min_overlap_fraction <= 1,
+                 f"{s}: min_overlap must be >= 0 and min_overlap_fraction in (0, 1]")
+        _require(0 <= self.box_jitter <= 1, f"{s}.box_jitter must be in [0, 1]")
+        _require(self.background_crops >= 0, f"{s}.background_crops must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -347,7 +372,9 @@ class ModelConfig:
         or ``birdnet`` (BirdNET V2.4 on raw 48 kHz audio, for fine-tuning).
     head : str
         ``"echo"`` (the Echo dense head), ``"linear"`` (global pooling +
-        linear) or ``"mlp"`` (one hidden layer of ``hidden_size``).
+        linear), ``"mlp"`` (one hidden layer of ``hidden_size``) or
+        ``"attention"`` (per-class attention pooling over the time axis of the
+        CNN's feature map, or over an embedder's windows).
     pretrained : bool
         Start from ImageNet weights (timm backbones).
     weights : str
@@ -373,6 +400,10 @@ class ModelConfig:
     trainable_blocks : int
         With the ``birdnet`` backbone (BirdNET V2.4 fine-tuned on raw audio,
         CC BY-NC-SA 4.0): train only its last N blocks (0: all of it).
+    multilabel : bool
+        Several species per clip: sigmoid outputs trained with binary
+        cross-entropy on clips labelled from annotated boxes (with
+        ``head = "attention"``, per-class attention pooling over time).
     """
 
     backbone: str = "efficientnetv2_b0"
@@ -385,19 +416,22 @@ class ModelConfig:
     hidden_size: int = 512
     embedding_hop: float = 0.0
     trainable_blocks: int = 0
+    multilabel: bool = False
 
     def __post_init__(self) -> None:
         s = "model"
         known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
                  "mobilenetv3_large_100", "small_cnn", "birdnet")
         _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
-        _require(self.head in ("echo", "linear", "mlp"),
-                 f"{s}.head must be 'echo', 'linear' or 'mlp', got {self.head!r}")
+        _require(self.head in ("echo", "linear", "mlp", "attention"),
+                 f"{s}.head must be 'echo', 'linear', 'mlp' or 'attention', got {self.head!r}")
         _require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
                  f"{s}.embedder must be '', 'birdnet', 'birdnet-tflite' or 'cnn:/path/to/bundle', "
                  f"got {self.embedder!r}")
-        _require(not self.embedder or self.head in ("linear", "mlp"),
-                 f"{s}.head must be 'linear' or 'mlp' on an embedder, got {self.head!r}")
+        _require(not self.embedder or self.head in ("linear", "mlp", "attention"),
+                 f"{s}.head must be 'linear', 'mlp' or 'attention' on an embedder, got {self.head!r}")
+        _require(not (self.head == "attention" and self.backbone == "birdnet" and not self.embedder),
+                 f"{s}.head 'attention' works on CNN backbones and embedders, not the fine-tuned birdnet backbone")
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
         _require(self.embedding_hop >= 0, f"{s}.embedding_hop must be >= 0, got {self.embedding_hop}")

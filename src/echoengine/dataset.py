@@ -40,7 +40,7 @@ from echoengine.errors import AudioError, DataError
 from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
-__all__ = ["ClipDataset", "VariantSampler", "WaveformDataset", "make_loader"]
+__all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "VariantSampler", "WaveformDataset", "make_loader"]
 
 logger = logging.getLogger("echoengine")
 
@@ -123,12 +123,21 @@ class ClipDataset(Dataset):
         """
         index, variant = item if isinstance(item, tuple) else (item, 0)
         row, start = self.items[index]
+        variant = variant if self.train else -1
         try:
-            inputs = self.model_input(row, start, variant if self.train else -1)
+            inputs = self.model_input(row, start, variant)
         except AudioError as error:
             self.report(error)
             return None
-        return inputs, self.one_hot(row)
+        return inputs, self.target(row, start, variant)
+
+    def target(self, row: int, start: int, variant: int) -> torch.Tensor:
+        """The label of an item: the one-hot label of its file (multi-label datasets: of its clip)."""
+        return self.one_hot(row)
+
+    def crop_start(self, row: int, rng: np.random.Generator) -> int:
+        """Where a training crop of a row starts (uniformly drawn); multi-label datasets crop around boxes."""
+        return random_start(self.lengths[row], length=self.clip_samples, rng=rng)
 
     def report(self, error: AudioError) -> None:
         """Apply ``data.on_error`` to a file that failed: raise it, log it in one line, or ignore it."""
@@ -163,7 +172,7 @@ class ClipDataset(Dataset):
         if variant >= 0:
             seed = variant_seed(self.config.augment.seed, variant, self.keys[row])
             rng = np.random.default_rng(seed)
-            start = random_start(self.lengths[row], length=length, rng=rng)
+            start = self.crop_start(row, rng)
         y = audio.load(path, self.config.audio, offset=start / self.sample_rate, duration=length / self.sample_rate)
         y = pad_to_length(y, length=length, where=self.config.audio.pad if rng is not None else "end", rng=rng)
         if rng is not None and self.augmenter is not None:
@@ -210,6 +219,83 @@ class WaveformDataset(ClipDataset):
         """The clip's waveform (samples,)."""
         y, _ = self.clip_waveform(row, start, variant)
         return torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+
+class BoxLabels:
+    """Multi-label items from annotated recordings, mixed into a dataset class (images or embeddings).
+
+    Parameters
+    ----------
+    recordings : DataFrame
+        Scanned recordings (``path``, ``group``, ``duration``).
+    boxes : DataFrame
+        Their annotated boxes (:func:`echoengine.catalog.read_annotations`),
+        positives and verified negatives.
+
+    Training items are crops that hold a positive box (one per box, placed
+    with ``data.box_jitter``) and ``data.background_crops`` crops anywhere
+    per recording, each an augmented variant as usual; evaluation items are
+    the regular grid of clip-length windows of every recording. Targets are
+    multi-hot from the boxes a clip holds (:func:`echoengine.clips.box_labels`),
+    NaN where a species is left out of the loss.
+    """
+
+    def __init__(self, recordings: pd.DataFrame, boxes: pd.DataFrame, classes: Sequence[str], config: EchoConfig,
+                 *, train: bool, **options) -> None:
+        from echoengine.clips import box_labels
+
+        self._box_labels = box_labels
+        data = config.data
+        known = boxes[boxes["label"].isin(list(classes))]
+        self.boxes_of = {path: group.reset_index(drop=True) for path, group in known.groupby("path")}
+        rows = []
+        for record in recordings.itertuples(index=False):
+            base = {"path": record.path, "label": "", "group": record.group, "duration": record.duration}
+            if not train:
+                rows.append({**base, "anchor_start": np.nan, "anchor_end": np.nan})
+                continue
+            mine = self.boxes_of.get(record.path)
+            if mine is not None:
+                for box in mine[mine["positive"]].itertuples(index=False):
+                    rows.append({**base, "anchor_start": box.start, "anchor_end": box.end})
+            rows += [{**base, "anchor_start": np.nan, "anchor_end": np.nan}] * data.background_crops
+        table = pd.DataFrame(rows, columns=["path", "label", "group", "duration", "anchor_start", "anchor_end"])
+        self.anchors = table[["anchor_start", "anchor_end"]].to_numpy(dtype=np.float64)
+        super().__init__(table, classes, config, train=train, **options)
+        if train:  # several crops of one file: their own cache keys and augmentation seeds
+            ordinal = table.groupby("path").cumcount().to_numpy()
+            self.items = [(row, -1 - int(ordinal[row])) for row in range(len(table))]
+            self.keys = [f"{key}#{ordinal[row]}" for row, key in enumerate(self.keys)]
+        fe = config.frontend
+        self._band = (fe.fmin, fe.fmax or config.audio.sample_rate / 2) if data.frequency_overlap else None
+
+    def crop_start(self, row: int, rng: np.random.Generator) -> int:
+        from echoengine.clips import crop_around
+
+        start, end = self.anchors[row]
+        if np.isnan(start):
+            return super().crop_start(row, rng)
+        seconds = crop_around(start, end, length=self.config.audio.clip_seconds,
+                              duration=self.lengths[row] / self.sample_rate, jitter=self.config.data.box_jitter,
+                              rng=rng)
+        return round(seconds * self.sample_rate)
+
+    def target(self, row: int, start: int, variant: int) -> torch.Tensor:
+        if variant >= 0:  # the crop start drawn by clip_waveform, drawn again
+            rng = np.random.default_rng(variant_seed(self.config.augment.seed, variant, self.keys[row]))
+            start = self.crop_start(row, rng)
+        data = self.config.data
+        boxes = self.boxes_of.get(self.paths[row])
+        if boxes is None:
+            boxes = pd.DataFrame(columns=["start", "end", "low_freq", "high_freq", "label", "positive"])
+        labels = self._box_labels(boxes, np.array([start / self.sample_rate]), length=self.config.audio.clip_seconds,
+                                  classes=self.classes, min_overlap=data.min_overlap,
+                                  min_fraction=data.min_overlap_fraction, band=self._band, unlabeled=data.unlabeled)
+        return torch.from_numpy(labels[0])
+
+
+class MultiLabelDataset(BoxLabels, ClipDataset):
+    """Multi-label (image, multi-hot target) items of annotated recordings: see :class:`BoxLabels`."""
 
 
 class VariantSampler(Sampler):

@@ -217,7 +217,7 @@ class WindowScorer:
             return self._frontend(waveforms)
 
     def score(self, inputs: torch.Tensor) -> np.ndarray:
-        """Softmax probabilities (n, n_classes), averaged over the bundles."""
+        """Class scores (n, n_classes), averaged over the bundles: softmax, or sigmoids for multi-label models."""
         if self.kind == "onnx":
             flat = inputs.numpy().reshape(-1)  # windows of exactly one clip: the graph's own windows
             return np.mean([s.run(None, {"waveform": flat})[1] for s in self._sessions], axis=0)
@@ -225,11 +225,13 @@ class WindowScorer:
             inputs = self._embed(inputs.numpy())
         elif self.kind == "images":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
+        from echoengine.predict import activation
+
         chunk = self.model_batch if self.kind == "images" else len(inputs)
+        scores = activation(self.config)  # softmax, or per-class sigmoids for multi-label models
         with torch.inference_mode():
-            return np.concatenate([
-                (sum(torch.softmax(b.model(part), dim=1) for b in self.bundles) / len(self.bundles)).numpy()
-                for part in inputs.split(chunk)])
+            return np.concatenate([(sum(scores(b.model(part)) for b in self.bundles) / len(self.bundles)).numpy()
+                                   for part in inputs.split(chunk)])
 
     def _embed(self, windows: np.ndarray) -> torch.Tensor:
         from echoengine.embeddings import clip_windows, embedding_hop_samples

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
-from echoengine.dataset import ClipDataset, WaveformDataset
+from echoengine.dataset import BoxLabels, ClipDataset, MultiLabelDataset, WaveformDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.models.embedders import build_embedder
 
@@ -101,7 +101,7 @@ class EmbeddingDataset(ClipDataset):
 
     def _all_keys(self) -> list[tuple[int, int, int]]:
         if self.train:
-            return [(row, -1, v) for row in range(len(self.paths)) for v in range(self.variants)]
+            return [(row, start, v) for row, start in self.items for v in range(self.variants)]
         return [(row, start, -1) for row, start in self.items]
 
     def precompute(self, *, chunk: int = 32) -> None:
@@ -147,7 +147,9 @@ class EmbeddingDataset(ClipDataset):
                 self.cache.put(self._cache_key(*key), value)
 
     def _cache_key(self, row: int, start: int, variant: int) -> str:
-        return self.cache.key(self.paths[row], start=max(start, 0), length=self.clip_samples, variant=variant)
+        # training crops have start -1 (-2, -3, ... for the several crops of one file of multi-label data)
+        start = max(start, 0) if start >= -1 else start
+        return self.cache.key(self.paths[row], start=start, length=self.clip_samples, variant=variant)
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, variant = item if isinstance(item, tuple) else (item, 0)
@@ -158,7 +160,7 @@ class EmbeddingDataset(ClipDataset):
         value = self._memory[key]
         if value is None:
             return None
-        return torch.from_numpy(value), self.one_hot(row)
+        return torch.from_numpy(value), self.target(row, start, key[2])
 
     def _load_one(self, key: tuple[int, int, int]) -> None:
         cached = self.cache.get(self._cache_key(*key)) if self.cache is not None else None
@@ -172,12 +174,28 @@ class EmbeddingDataset(ClipDataset):
             self.report(error)
 
 
+class MultiLabelEmbeddingDataset(BoxLabels, EmbeddingDataset):
+    """Multi-label (window embeddings, multi-hot target) items of annotated recordings: see :class:`BoxLabels`."""
+
+
 def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
-                 cache: FeatureCache | None = None, progress: bool = False) -> ClipDataset:
+                 cache: FeatureCache | None = None, progress: bool = False,
+                 boxes: pd.DataFrame | None = None) -> ClipDataset:
     """The dataset a model of this config trains on: images for CNNs, window embeddings otherwise.
 
-    Embedding datasets are embedded in full here (batched, cached).
+    With ``boxes`` (annotations of the recordings in ``table``), multi-label
+    items (:class:`echoengine.dataset.BoxLabels`). Embedding datasets are
+    embedded in full here (batched, cached).
     """
+    if boxes is not None:
+        if config.model.backbone == "birdnet" and not config.model.embedder:
+            raise EchoError("multi-label training works with CNN backbones and embedders, not the birdnet backbone")
+        if not config.model.embedder:
+            return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache)
+        dataset = MultiLabelEmbeddingDataset(table, boxes, classes, config, train=train, cache=cache,
+                                             progress=progress)
+        dataset.precompute()
+        return dataset
     if not config.model.embedder:
         if config.model.backbone == "birdnet":
             return WaveformDataset(table, classes, config, train=train)

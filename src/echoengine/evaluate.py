@@ -34,7 +34,15 @@ from echoengine.errors import EchoError
 from echoengine.predict import predict_table, window_probabilities
 
 __all__ = [
-    "calibrate", "classification_metrics", "evaluate", "expected_calibration_error", "f1_thresholds", "format_report",
+    "calibrate",
+    "classification_metrics",
+    "evaluate",
+    "evaluate_multilabel",
+    "expected_calibration_error",
+    "f1_thresholds",
+    "format_report",
+    "lwlrap",
+    "multilabel_metrics",
     "write_report",
 ]
 
@@ -201,6 +209,102 @@ def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> pd.D
     probabilities, rows = window_probabilities(bundles, table, **options)
     labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()[rows]
     return f1_thresholds(labels, probabilities, classes)
+
+
+def lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Label-weighted label-ranking average precision (the metric of the Freesound and RFCx challenges).
+
+    For every positive label of every sample, the precision of the sample's
+    ranking at that label; averaged per class, and over classes weighted by
+    their share of positive labels. It equals scikit-learn's
+    ``label_ranking_average_precision_score`` with each sample weighted by
+    its number of positive labels.
+
+    Returns
+    -------
+    overall : float
+    per_class : ndarray, shape (n_classes,)
+        NaN for a class with no positive label.
+    weights : ndarray, shape (n_classes,)
+        Each class's share of the positive labels.
+
+    Examples
+    --------
+    >>> truth = np.array([[1, 0, 1], [0, 1, 0]])
+    >>> scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.3]])
+    >>> round(lwlrap(truth, scores)[0], 4)
+    0.8333
+    """
+    truth = np.asarray(truth) > 0
+    n, n_classes = truth.shape
+    precision_sums = np.zeros(n_classes)
+    for i in range(n):
+        positives = np.flatnonzero(truth[i])
+        if not len(positives):
+            continue
+        order = np.argsort(-scores[i], kind="stable")
+        ranks = np.empty(n_classes, dtype=np.int64)
+        ranks[order] = np.arange(1, n_classes + 1)
+        hits = np.cumsum(truth[i][order])  # positives ranked at or above each position
+        precision_sums[positives] += hits[ranks[positives] - 1] / ranks[positives]
+    counts = truth.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.where(counts > 0, precision_sums / np.maximum(counts, 1), np.nan)
+    weights = counts / max(counts.sum(), 1)
+    return float(np.nansum(per_class * weights)), per_class, weights
+
+
+def multilabel_metrics(truth: np.ndarray, scores: np.ndarray, classes: Sequence[str], *,
+                       thresholds: np.ndarray | None = None) -> dict:
+    """LWLRAP, macro and micro mAP, and per-class AP, F1, precision and recall at the thresholds.
+
+    Unknown labels (NaN) count as absent. Macro averages run over the classes
+    with positives. ``thresholds`` default to 0.5.
+    """
+    truth = np.nan_to_num(np.asarray(truth, dtype=float)) > 0.5
+    thresholds = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
+    overall, per_class_lwlrap, _ = lwlrap(truth, scores)
+    predicted = scores >= thresholds[None, :]
+    present = truth.any(axis=0)
+    rows = []
+    for c, name in enumerate(classes):
+        ap = float(skm.average_precision_score(truth[:, c], scores[:, c])) if present[c] else np.nan
+        precision, recall, f1, _ = skm.precision_recall_fscore_support(
+            truth[:, c], predicted[:, c], average="binary", zero_division=0)
+        rows.append({"class": name, "ap": ap, "f1": float(f1), "precision": float(precision),
+                     "recall": float(recall), "lwlrap": float(per_class_lwlrap[c]),
+                     "threshold": float(thresholds[c]), "support": int(truth[:, c].sum())})
+    per_class = pd.DataFrame(rows)
+    micro = float(skm.average_precision_score(truth[:, present], scores[:, present], average="micro")) \
+        if present.any() else np.nan
+    return {"lwlrap": round(overall, 4), "map_macro": round(float(per_class["ap"].mean()), 4),
+            "map_micro": round(micro, 4), "macro_f1": round(float(per_class.loc[present, "f1"].mean()), 4),
+            "samples": len(truth), "per_class": per_class}
+
+
+def evaluate_multilabel(bundles: Sequence[Bundle], recordings: pd.DataFrame, boxes: pd.DataFrame, *,
+                        thresholds: np.ndarray | None = None, **options) -> dict:
+    """Multi-label scores of annotated recordings, per window and per recording.
+
+    Windows are the regular grid of clip-length windows, labelled from the
+    boxes they hold; a recording's score for a species is its best window's,
+    and its label whether any box of the species is in it.
+
+    Returns
+    -------
+    dict
+        ``{"window": metrics, "recording": metrics}`` (see :func:`multilabel_metrics`).
+    """
+    classes = bundles[0].classes
+    scores, rows, truth = window_probabilities(bundles, recordings, boxes=boxes, with_targets=True, **options)
+    result = {"window": multilabel_metrics(truth, scores, classes, thresholds=thresholds)}
+    best = np.full((len(recordings), len(classes)), -np.inf)
+    np.maximum.at(best, rows, scores)
+    present = np.zeros((len(recordings), len(classes)))
+    np.maximum.at(present, rows, np.nan_to_num(truth))
+    loaded = np.isfinite(best).all(axis=1)
+    result["recording"] = multilabel_metrics(present[loaded], best[loaded], classes, thresholds=thresholds)
+    return result
 
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "lwlrap", "map", "ece")

@@ -128,12 +128,17 @@ class ServingModel(nn.Module):
         super().__init__()
         self.clip = bundle.config.audio.clip_samples
         self.model = clip_model(bundle)
+        self.multilabel = bundle.config.model.multilabel
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = waveform.shape[0]
         windows = (n + self.clip - 1) // self.clip
         padded = nn.functional.pad(waveform, (0, windows * self.clip - n))
-        probabilities = torch.softmax(self.model(padded.reshape(-1, self.clip)), dim=-1)
+        logits = self.model(padded.reshape(-1, self.clip))
+        if self.multilabel:  # per-class sigmoids; a file's score is its best window's
+            probabilities = torch.sigmoid(logits)
+            return probabilities.amax(dim=0), probabilities
+        probabilities = torch.softmax(logits, dim=-1)
         return probabilities.mean(dim=0), probabilities
 
 

@@ -49,7 +49,7 @@ class _Indexed(Dataset):
 
     def __getitem__(self, index: int):
         item = self.dataset[index]
-        return None if item is None else (item[0], index)
+        return None if item is None else (item[0], index, item[1])
 
 
 def _collate(items: list):
@@ -80,6 +80,11 @@ def check_ensemble(bundles: Sequence[Bundle]) -> None:
             raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
 
 
+def activation(config) -> callable:
+    """Softmax over the classes, or a sigmoid per class for multi-label models."""
+    return torch.sigmoid if config.model.multilabel else (lambda logits: torch.softmax(logits, dim=1))
+
+
 def window_probabilities(
     bundles: Sequence[Bundle],
     table: pd.DataFrame,
@@ -88,6 +93,8 @@ def window_probabilities(
     batch_size: int | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    boxes: pd.DataFrame | None = None,
+    with_targets: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Softmax probabilities of every window of every file, averaged over the bundles.
 
@@ -95,42 +102,58 @@ def window_probabilities(
     fold models of one cross-validation), so each window's input is computed
     once for all of them.
 
+    With ``boxes`` (multi-label models), the windows are labelled from the
+    annotated boxes of their recordings, and sigmoid scores replace the softmax.
+
     Returns
     -------
     probabilities : ndarray, shape (n_windows, n_classes)
     rows : ndarray of int, shape (n_windows,)
         The table row of each window. Windows whose file failed to load are
         left out (and logged by the dataset's ``on_error`` policy).
+    targets : ndarray, shape (n_windows, n_classes)
+        Only with ``with_targets``: each window's label (one-hot, or multi-hot with NaN).
     """
     check_ensemble(bundles)
     first = bundles[0]
     config = first.config
     labelled = table.assign(label="") if "label" not in table else table.assign(
         label=table["label"].where(table["label"].isin(first.classes), ""))
-    dataset: ClipDataset = make_dataset(labelled, first.classes, config, train=False, cache=cache, progress=progress)
+    dataset: ClipDataset = make_dataset(labelled, first.classes, config, train=False, cache=cache, progress=progress,
+                                        boxes=boxes)
+    scores = activation(config)
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     device = next(first.model.parameters()).device
-    probabilities, indices = [], []
+    probabilities, indices, targets = [], [], []
     with torch.inference_mode():
         for batch in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress, file=sys.stderr):
             if batch is None:
                 continue
-            images, index = batch
+            images, index, target = batch
             images = images.to(device, memory_format=torch.channels_last) if images.ndim == 4 else images.to(device)
-            mean = sum(torch.softmax(b.model(images), dim=1) for b in bundles) / len(bundles)
+            mean = sum(scores(b.model(images)) for b in bundles) / len(bundles)
             probabilities.append(mean.cpu().numpy())
             indices.append(index.numpy())
+            targets.append(target.numpy())
     if not probabilities:
-        return np.zeros((0, len(first.classes))), np.zeros(0, dtype=np.int64)
+        empty = np.zeros((0, len(first.classes)))
+        return (empty, np.zeros(0, dtype=np.int64), empty)[: 3 if with_targets else 2]
     rows = dataset.rows()[np.concatenate(indices)]
+    if with_targets:
+        return np.concatenate(probabilities), rows, np.concatenate(targets)
     return np.concatenate(probabilities), rows
 
 
 def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> np.ndarray:
-    """File probabilities (n_rows, n_classes): the mean over each file's windows; NaN when none loaded.
+    """File probabilities (n_rows, n_classes): the mean over each file's windows (multi-label models:
+    the max); NaN when none loaded.
 
     Keyword options are those of :func:`window_probabilities`.
     """
     probabilities, rows = window_probabilities(bundles, table, **options)
+    if bundles[0].config.model.multilabel:  # is the species anywhere in the file: its best window
+        best = np.full((len(table), probabilities.shape[1]), -np.inf)
+        np.maximum.at(best, rows, probabilities)
+        return np.where(np.isfinite(best), best, np.nan)
     return clip_means(probabilities, rows, n_rows=len(table))

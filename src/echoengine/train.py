@@ -152,7 +152,8 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
             if len(images) < 2 and training:  # batch norm needs two examples
                 continue
             images, targets = _to_device(images, device), targets.to(device)
-            labels = targets.argmax(1)
+            multilabel = isinstance(loss_fn, MaskedBCE)
+            labels = None if multilabel else targets.argmax(1)
             if training and augment is not None and augment.mixup_p > 0 and mixup_rng.random() < augment.mixup_p:
                 images, targets = mixup(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
             logits = model(images)
@@ -162,10 +163,39 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
                 loss.backward()
                 optimizer.step()
             total_loss += float(loss.detach()) * len(images)
-            correct += int((logits.argmax(1) == labels).sum())
+            if multilabel:  # the share of right yes/no answers (at 0.5) among the known labels
+                known = ~torch.isnan(targets)
+                hits = ((logits.detach() > 0) == (targets > 0.5)) & known
+                correct += float(hits.sum()) / max(int(known.sum()), 1) * len(images)
+            else:
+                correct += int((logits.argmax(1) == labels).sum())
             seen += len(images)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
     return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
+
+
+class MaskedBCE(nn.Module):
+    """Binary cross-entropy from logits over the known labels only (NaN targets are left out).
+
+    Label smoothing moves targets toward 0.5 by ``smoothing / 2``.
+
+    Examples
+    --------
+    >>> loss = MaskedBCE()(torch.tensor([[0.0, 5.0]]), torch.tensor([[float("nan"), 1.0]]))
+    >>> round(float(loss), 4)
+    0.0067
+    """
+
+    def __init__(self, *, smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.smoothing = smoothing
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        known = ~torch.isnan(targets)
+        clean = torch.where(known, targets, torch.zeros_like(targets))
+        clean = clean * (1 - self.smoothing) + self.smoothing / 2
+        losses = nn.functional.binary_cross_entropy_with_logits(logits, clean, reduction="none")
+        return (losses * known).sum() / known.sum().clamp_min(1)
 
 
 def _to_device(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -205,6 +235,7 @@ def fit(
     progress: bool = True,
     log=print,
     keep: str = "best",
+    boxes: pd.DataFrame | None = None,
 ) -> TrainResult:
     """Train on ``train_table``, select on ``val_table``, and write the bundle.
 
@@ -227,6 +258,9 @@ def fit(
     keep : {"best", "last"}
         Keep the weights of the epoch with the lowest validation loss (with
         early stopping), or those of the last epoch (no early stopping).
+    boxes : DataFrame, optional
+        Multi-label training (``model.multilabel``): the annotated boxes of
+        the recordings in the tables (:func:`echoengine.catalog.read_annotations`).
     """
     bundle = Path(bundle)
     train = config.train
@@ -243,10 +277,12 @@ def fit(
     write_metadata(bundle, config, classes)
     torch.manual_seed(train.seed)
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
-    train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress)
+    if config.model.multilabel != (boxes is not None):
+        raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
+    train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
     train_loader = make_loader(train_data, config)
-    val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress),
-                             config)
+    val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
+                                          boxes=boxes), config)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
@@ -256,10 +292,13 @@ def fit(
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
     weights = None
-    if train.class_weights == "balanced":
+    if train.class_weights == "balanced" and not config.model.multilabel:
         weights = balanced_class_weights(np.array(train_data.targets), len(classes)).to(device)
-    train_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
-    val_loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+    if config.model.multilabel:
+        train_loss_fn = val_loss_fn = MaskedBCE(smoothing=train.label_smoothing)
+    else:
+        train_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
+        val_loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, start_epoch = math.inf, 0, 1
@@ -372,7 +411,8 @@ def _checkpoint_stage(bundle: Path) -> str | None:
 
 
 def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
-                  bundle: str | Path, *, resume: bool = False, progress: bool = True, log=print) -> TrainResult:
+                  bundle: str | Path, *, resume: bool = False, progress: bool = True, log=print,
+                  boxes: pd.DataFrame | None = None) -> TrainResult:
     """:func:`fit`, then, with ``train.refit``, train again on both parts for the chosen number of epochs.
 
     The selection run's history is kept as ``selection_history.csv``; the
@@ -387,7 +427,8 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     if stage == "last":  # killed during the refit: continue it with its own config
         saved = EchoConfig.load(bundle / CONFIG_FILE)
         saved = saved.replace(train={"device": config.train.device}, data={"num_workers": config.data.num_workers})
-        return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last")
+        return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last",
+                   boxes=boxes)
     if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
         history = pd.read_csv(selection)
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
@@ -395,7 +436,8 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     else:
         if not resume:
             selection.unlink(missing_ok=True)
-        result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log)
+        result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log,
+                     boxes=boxes)
         if not config.train.refit:
             return result
         best_epoch = result.best_epoch
@@ -406,5 +448,6 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,
                                          "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)})
-    refitted = fit(both, val_table, classes, refit_config, bundle, progress=progress, log=log, keep="last")
+    refitted = fit(both, val_table, classes, refit_config, bundle, progress=progress, log=log, keep="last",
+                   boxes=boxes)
     return TrainResult(bundle, refitted.history, best_epoch, refitted.model)

@@ -7,7 +7,7 @@ from torch import nn
 
 from echoengine.config import ModelConfig
 from echoengine.models.backbones import build_backbone
-from echoengine.models.heads import HEADS
+from echoengine.models.heads import HEADS, AttentionHead
 
 __all__ = ["Classifier", "EmbeddingClassifier", "build_model"]
 
@@ -28,12 +28,23 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.attention = isinstance(head, AttentionHead)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (batch, num_features)."""
         return self.backbone(images)
 
+    def time_features(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's feature map averaged over frequency: (batch, num_features, time steps).
+
+        Images lay time along their height and mel bands along their width.
+        """
+        body = getattr(self.backbone, "forward_features", None) or self.backbone.features
+        return body(images).mean(dim=3)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.attention:
+            return self.head(self.time_features(images))
         return self.head(self.backbone(images))
 
 
@@ -69,10 +80,14 @@ class EmbeddingClassifier(nn.Module):
     def window_logits(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Logits of every window: (batch, windows, n_classes)."""
         batch, windows, size = embeddings.shape
-        flat = ((embeddings - self.mean) / self.std).reshape(batch * windows, size)
-        return self.head(flat).reshape(batch, windows, -1)
+        standard = (embeddings - self.mean) / self.std
+        if isinstance(self.head, AttentionHead):
+            return self.head.step_logits(standard.transpose(1, 2))
+        return self.head(standard.reshape(batch * windows, size)).reshape(batch, windows, -1)
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.head, AttentionHead):  # attention over the clip's windows
+            return self.head(((embeddings - self.mean) / self.std).transpose(1, 2))
         logits = self.window_logits(embeddings)
         return logits.amax(dim=1) if self.pooling == "max" else logits.mean(dim=1)
 

@@ -10,9 +10,10 @@ torch.Size([2, 10])
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["HEADS", "EchoDenseHead", "LinearHead", "MLPHead"]
+__all__ = ["HEADS", "AttentionHead", "EchoDenseHead", "LinearHead", "MLPHead"]
 
 
 class EchoDenseHead(nn.Sequential):
@@ -65,5 +66,43 @@ class MLPHead(nn.Sequential):
                          nn.Linear(hidden_size, n_classes))
 
 
+class AttentionHead(nn.Module):
+    """Attention pooling over time, one attention per class (the RFCx / PANNs attention block).
+
+    Input: a sequence of features (batch, in_features, steps), e.g. a CNN's
+    feature map averaged over frequency, or the embeddings of a clip's
+    windows. Each step gets class logits and class attention weights (a
+    softmax over the steps, per class); a clip's logit for a class is the
+    attention-weighted sum of its steps' logits, so a short call anywhere in
+    the clip can carry it.
+
+    Examples
+    --------
+    >>> head = AttentionHead(16, 3)
+    >>> head(torch.rand(2, 16, 9)).shape, head.step_logits(torch.rand(2, 16, 9)).shape
+    (torch.Size([2, 3]), torch.Size([2, 9, 3]))
+    """
+
+    def __init__(self, in_features: int, n_classes: int, *, dropout: float = 0.0, **_) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.attention = nn.Conv1d(in_features, n_classes, kernel_size=1)
+        self.classify = nn.Conv1d(in_features, n_classes, kernel_size=1)
+
+    def step_logits(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Logits of every step: (batch, steps, n_classes)."""
+        return self.classify(self.dropout(sequence)).transpose(1, 2)
+
+    def weights(self, sequence: torch.Tensor) -> torch.Tensor:
+        """Attention weights (batch, n_classes, steps), summing to 1 over the steps."""
+        return torch.softmax(torch.clamp(self.attention(self.dropout(sequence)), -10, 10), dim=-1)
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        sequence = self.dropout(sequence)
+        weights = torch.softmax(torch.clamp(self.attention(sequence), -10, 10), dim=-1)
+        return (weights * self.classify(sequence)).sum(dim=-1)
+
+
 #: Heads by the name used in ``[model] head``.
-HEADS: dict[str, type[nn.Module]] = {"echo": EchoDenseHead, "linear": LinearHead, "mlp": MLPHead}
+HEADS: dict[str, type[nn.Module]] = {"echo": EchoDenseHead, "linear": LinearHead, "mlp": MLPHead,
+                                     "attention": AttentionHead}
