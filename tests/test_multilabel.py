@@ -138,10 +138,12 @@ def test_spinetail_boxes_become_the_right_labels(soundscapes):
     assert sorted(boxes["label"].value_counts().items()) == [("CRER", 4), ("SP", 14)]
     assert boxes["low_freq"].notna().all() and (boxes["high_freq"] > boxes["low_freq"]).all()
     labels = box_labels(boxes, np.array([0.0, 5.0, 10.0, 15.0]), length=5.0, classes=["SP", "CRER"])
-    # by hand from spinetail.txt: SP calls in every 5 s window, CRER at 0.5-3.0, 5.2-7.9 and 11.3-13.8 s ...
-    assert labels[:3].tolist() == [[1, 1], [1, 1], [1, 1]]
-    last = boxes[(boxes["end"] > 15.0 + 0.5) | (boxes["end"] - boxes["start"] < 1.0) & (boxes["end"] > 15.0)]
-    assert labels[3].tolist() == [float((last["label"] == "SP").any()), float((last["label"] == "CRER").any())]
+    # by hand from spinetail.txt: SP calls in every 5 s window; CRER at 0.5-3.0, 5.2-7.9, 11.3-13.8, 16.4-18.7 s
+    assert labels.tolist() == [[1, 1], [1, 1], [1, 1], [1, 1]]
+    # on a 2.5 s grid, the window at 2.5-5 s holds SP (2.72-3.22) and CRER's end (0.51-3.04: 0.54 s), and the
+    # one at 12.5-15 s SP (12.66-12.94) and CRER (11.33-13.75: 1.25 s); the one at 13.75-16.25 s no CRER
+    grid = box_labels(boxes, np.array([2.5, 12.5, 13.75]), length=2.5, classes=["SP", "CRER"])
+    assert grid.tolist() == [[1, 1], [1, 1], [1, 0]]
 
 
 def test_multilabel_dataset_items_carry_their_boxes(tmp_path):
@@ -186,3 +188,36 @@ def test_mixed_soundscapes_and_their_raven_tables_agree(synthetic_dataset, tmp_p
     assert ((read["end"] <= 12.0) & (read["start"] >= 0) & (read["high_freq"] > read["low_freq"])).all()
     y, rate = sf.read(read.loc[0, "path"])
     assert rate == 16000 and len(y) == 12 * 16000
+
+
+def test_multilabel_train_calibrate_evaluate_and_cv_from_the_command_line(synthetic_dataset, tmp_path):
+    import json
+
+    from echoengine.cli import main
+
+    config = EchoConfig().replace(
+        audio={"sample_rate": 16000}, frontend={"n_mels": 64, "image_height": 64, "image_width": 64,
+                                                "hop_length": 400, "n_fft": 1024, "fmax": 7000.0},
+        data={"val_fraction": 0.25, "test_fraction": 0.25},
+    )
+    config_file = config.save(tmp_path / "small.toml")
+    assert main(["mix", str(synthetic_dataset), "--out", str(tmp_path / "mix"), "--count", "12", "--duration", "12",
+                 "--events", "1-3", "--test-fraction", "0.3", "--config", str(config_file),
+                 "--group-regex", r"^(.+_rec\d+)_"]) == 0
+    train = ["--config", str(config_file), "--backbone", "small_cnn", "--head", "attention", "--multilabel",
+             "--epochs", "2", "--lr", "1e-3", "--no-cache", "--quiet"]
+    assert main(["train", str(tmp_path / "mix" / "train"), "--out", str(tmp_path / "bundle"), *train]) == 0
+    metrics = json.loads((tmp_path / "bundle" / "metrics.json").read_text())
+    assert set(metrics) >= {"window", "recording"} and 0 <= metrics["recording"]["lwlrap"] <= 1
+    assert (tmp_path / "bundle" / "annotations.csv").is_file()
+    assert main(["calibrate", str(tmp_path / "bundle"), str(tmp_path / "mix" / "train"), "--no-cache"]) == 0
+    assert (tmp_path / "bundle" / "thresholds.csv").is_file()
+    assert main(["evaluate", str(tmp_path / "bundle"), str(tmp_path / "mix" / "test"), "--no-cache",
+                 "--out", str(tmp_path / "report")]) == 0
+    per_class = pd.read_csv(tmp_path / "report" / "per_class_recording.csv")
+    thresholds = pd.read_csv(tmp_path / "bundle" / "thresholds.csv")
+    assert per_class["threshold"].round(4).tolist() == thresholds["threshold"].round(4).tolist()
+    assert main(["cv", str(tmp_path / "mix" / "train"), "--folds", "2", "--out", str(tmp_path / "cv"), *train]) == 0
+    summary = json.loads((tmp_path / "cv" / "metrics.json").read_text())
+    assert len(summary["folds"]) == 2 and "recording_lwlrap" in summary["mean"]
+    assert (tmp_path / "cv" / "fold1" / "weights.pt").is_file()

@@ -307,20 +307,9 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
 
 
 def _write_multilabel_report(metrics: dict, out: Path, evaluated_on: str) -> None:
-    summary = {level: {k: v for k, v in m.items() if k != "per_class"} for level, m in metrics.items()}
-    summary["evaluated_on"] = evaluated_on
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    for level, m in metrics.items():
-        m["per_class"].round(4).to_csv(out / f"per_class_{level}.csv", index=False)
-    print(f"\n{evaluated_on}:")
-    print(f"{'':10} {'LWLRAP':>8} {'mAP macro':>10} {'mAP micro':>10} {'macro-F1':>9} {'samples':>8}")
-    for level, m in metrics.items():
-        print(f"{level:10} {m['lwlrap']:>8.4f} {m['map_macro']:>10.4f} {m['map_micro']:>10.4f} {m['macro_f1']:>9.4f} "
-              f"{m['samples']:>8}")
-    per_class = metrics["recording"]["per_class"].sort_values("ap", ascending=False)
-    print("\nper class (recording level):")
-    print(per_class[["class", "ap", "f1", "precision", "recall", "support"]].round(3).to_string(index=False))
+    from echoengine.evaluate import write_multilabel_report
+
+    print(f"\n{evaluated_on}:\n" + write_multilabel_report(metrics, out, evaluated_on=evaluated_on))
 
 
 _RESUME_OPTIONS = ("epochs", "device", "workers", "quiet", "resume")
@@ -384,12 +373,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     bundles = _load_bundles(args.bundle)
     config = bundles[0].config
     if config.model.multilabel:
+        from echoengine.detect import load_thresholds
         from echoengine.evaluate import evaluate_multilabel
 
         usable = _recordings(args.data, config, quiet=False)
-        boxes = _annotations(args.data, getattr(args, "annotations", None), getattr(args, "negatives", None))
+        boxes = _annotations(args.data, args.annotations, args.negatives)
         _warn_seen(bundles, usable, "their scores are optimistic")
-        metrics = evaluate_multilabel(bundles, usable, boxes, cache=_cache_for(config, args), progress=True)
+        thresholds = load_thresholds(args.bundle, bundles[0].classes)  # from echoengine calibrate, else 0.5
+        metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=_cache_for(config, args),
+                                      progress=True)
         _write_multilabel_report(metrics, args.out or args.bundle / f"evaluate-{Path(args.data).stem}",
                                  str(args.data))
         return 0
@@ -412,10 +404,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
     bundles = _load_bundles(args.bundle)
     config = bundles[0].config
-    table = catalog.load_catalog(args.data, config.data)
-    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
+    boxes = None
+    if config.model.multilabel:
+        usable = _recordings(args.data, config, quiet=False)
+        boxes = _annotations(args.data, args.annotations, args.negatives)
+    else:
+        usable, _ = catalog.scan(catalog.load_catalog(args.data, config.data), config.audio,
+                                 progress=_progress("checking"))
     _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
-    thresholds = calibrate(bundles, usable, cache=_cache_for(config, args), progress=True)
+    thresholds = calibrate(bundles, usable, boxes=boxes, cache=_cache_for(config, args), progress=True)
     path = args.bundle / THRESHOLDS_FILE
     temporary = path.with_name(path.name + ".tmp")
     thresholds.round(4).to_csv(temporary, index=False, lineterminator="\n")
@@ -480,7 +477,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     common = {"duration": args.duration, "events": _range(args.events, int), "snr": _range(args.snr),
               "config": config.audio, "seed": args.seed}
     if args.test_fraction:
-        parts = split_sources(clips, backgrounds, test_fraction=args.test_fraction, seed=args.seed)
+        parts = split_sources(clips, backgrounds, test_fraction=args.test_fraction, seed=args.split_seed)
         test_count = max(1, round(args.count * args.test_fraction / (1 - args.test_fraction)))
         counts = {"train": args.count, "test": test_count}
         for part, (part_clips, part_backgrounds) in parts.items():
@@ -497,10 +494,22 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from echoengine.crossval import cross_validate
+    from echoengine.crossval import cross_validate, cross_validate_multilabel
     from echoengine.evaluate import SUMMARY_KEYS
 
     config = _training_config(args)
+    if config.model.multilabel:
+        usable = _recordings(args.data, config, quiet=args.quiet)
+        boxes = _annotations(args.data, args.annotations, args.negatives)
+        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
+        result = cross_validate_multilabel(usable, boxes, config, args.out, resume=args.resume,
+                                           progress=not args.quiet)
+        print(f"\n{'metric':<22} {'mean':>7} {'std':>7}   per fold")
+        for key, mean in result["mean"].items():
+            folds = " ".join(f"{row[key]:.3f}" for row in result["folds"])
+            print(f"{key:<22} {mean:>7.4f} {result['std'][key]:>7.4f}   {folds}")
+        print(f"\nwrote {args.out} (fold0..fold{config.data.folds - 1} bundles, metrics.json, cv_folds.csv)")
+        return 0
     usable, _ = _scan(args.data, config, progress=not args.quiet)
     summary = cross_validate(usable, config, args.out, resume=args.resume, progress=not args.quiet,
                              log=lambda line: print(line, flush=True))
@@ -797,7 +806,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", type=Path, nargs="+", help="recordings or folders to mix into (default: noise)")
     p.add_argument("--test-fraction", type=float, default=0.0,
                    help="also write test soundscapes from other source recordings and backgrounds (train/, test/)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="draws of the soundscapes")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="draw of the train/test split of sources (keep it to mix more soundscapes of one side)")
     p.add_argument("--config", type=Path, help="a TOML config (its [audio] sets the sample rate)")
     p.add_argument("--group-regex", help="regex on file names naming the source recording")
     p.set_defaults(func=cmd_mix)
@@ -806,6 +817,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (thresholds for the ensemble)")
     p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
+    p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it")

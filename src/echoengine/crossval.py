@@ -28,10 +28,18 @@ from echoengine import catalog, plots
 from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
-from echoengine.evaluate import SUMMARY_KEYS, classification_metrics, evaluate, write_report
+from echoengine.evaluate import (
+    MULTILABEL_KEYS,
+    SUMMARY_KEYS,
+    classification_metrics,
+    evaluate,
+    evaluate_multilabel,
+    write_multilabel_report,
+    write_report,
+)
 from echoengine.train import fit_and_refit
 
-__all__ = ["cross_validate", "inner_split"]
+__all__ = ["cross_validate", "cross_validate_multilabel", "group_folds", "inner_split"]
 
 
 def inner_split(table: pd.DataFrame, *, val_fraction: float, seed: int) -> np.ndarray:
@@ -142,3 +150,85 @@ def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -
     title = f"out-of-fold confusion matrix ({len(histories)} folds, accuracy {pooled['accuracy']:.1%})"
     plots.plot_confusion(np.array(pooled["confusion_matrix"]), classes, out / "plots" / "confusion.png", title=title)
     return summary
+
+
+def group_folds(table: pd.DataFrame, *, folds: int, seed: int = 0) -> np.ndarray:
+    """The fold of every row, whole groups (source recordings) together, groups shuffled with the seed.
+
+    Examples
+    --------
+    >>> group_folds(pd.DataFrame({"group": ["a", "a", "b", "c", "d"]}), folds=2).tolist()
+    [1, 1, 0, 0, 1]
+    """
+    groups = np.array(sorted(table["group"].unique()))
+    if len(groups) < folds:
+        raise ValueError(f"{folds} folds need at least {folds} source recordings, got {len(groups)}")
+    order = np.random.default_rng(seed).permutation(len(groups))
+    fold_of = {groups[index]: position % folds for position, index in enumerate(order)}
+    return table["group"].map(fold_of).to_numpy()
+
+
+def cross_validate_multilabel(
+    recordings: pd.DataFrame,
+    boxes: pd.DataFrame,
+    config: EchoConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Multi-label k-fold cross-validation: folds of recordings (grouped), metrics per window and per recording.
+
+    Each fold trains on the others (early stopping on a grouped validation
+    part of them) and is scored by :func:`echoengine.evaluate.evaluate_multilabel`;
+    ``metrics.json`` holds every fold's scores and their mean and std. The
+    fold bundles serve together as an ensemble (probabilities averaged).
+    """
+    from echoengine.catalog import split_groups
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = config.data
+    folds = group_folds(recordings, folds=data.folds, seed=data.split_seed)
+    recordings.assign(fold=folds)[["path", "group", "fold"]].to_csv(out / "folds.csv", index=False)
+    boxes.to_csv(out / "annotations.csv", index=False)
+    classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
+    log(f"{data.folds}-fold multi-label cross-validation of {config.model.embedder or config.model.backbone} + "
+        f"{config.model.head} head on {len(recordings)} recordings, {len(classes)} classes, "
+        f"{int(boxes['positive'].sum())} boxes")
+    cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
+    rows = []
+    for k in range(data.folds):
+        bundle_dir = out / f"fold{k}"
+        test = recordings[folds == k].reset_index(drop=True)
+        rest = recordings[folds != k].reset_index(drop=True)
+        if resume and (bundle_dir / "metrics.json").is_file():
+            log(f"fold {k}: finished before, kept")
+            summary = json.loads((bundle_dir / "metrics.json").read_text(encoding="utf-8"))
+        else:
+            parts = split_groups(rest, val_fraction=data.val_fraction, test_fraction=0.0, seed=data.split_seed + k)
+            log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
+                f"test {len(test)} recordings")
+            bundle_dir.mkdir(parents=True, exist_ok=True)
+            pd.concat([rest.assign(part=parts), test.assign(part="test")])[["path", "label", "group", "part"]].to_csv(
+                bundle_dir / "splits.csv", index=False)
+            trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], classes, config, bundle_dir,
+                                    resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
+                                    log=log, boxes=boxes)
+            metrics = evaluate_multilabel([Bundle(bundle_dir, config, classes, trained.model)], test, boxes,
+                                          cache=cache)
+            write_multilabel_report(metrics, bundle_dir, evaluated_on=f"fold {k}", best_epoch=trained.best_epoch)
+            summary = json.loads((bundle_dir / "metrics.json").read_text(encoding="utf-8"))
+            log(f"fold {k}: recording LWLRAP {summary['recording']['lwlrap']:.3f}, "
+                f"mAP {summary['recording']['map_macro']:.3f}; window LWLRAP {summary['window']['lwlrap']:.3f}")
+        rows.append({"fold": k, **{f"{level}_{key}": summary[level][key] for level in ("window", "recording")
+                                   for key in MULTILABEL_KEYS}})
+    per_fold = pd.DataFrame(rows)
+    per_fold.to_csv(out / "cv_folds.csv", index=False)
+    columns = [c for c in per_fold.columns if c != "fold"]
+    result = {"classes": classes, "folds": rows,
+              "mean": {c: round(float(per_fold[c].mean()), 4) for c in columns},
+              "std": {c: round(float(per_fold[c].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for c in columns}}
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -43,6 +43,7 @@ __all__ = [
     "format_report",
     "lwlrap",
     "multilabel_metrics",
+    "write_multilabel_report",
     "write_report",
 ]
 
@@ -164,7 +165,7 @@ def f1_thresholds(labels: np.ndarray, probabilities: np.ndarray, classes: Sequen
 
     Parameters
     ----------
-    labels : ndarray of int, shape (n,)
+    labels : ndarray of int, shape (n,), or multi-hot (n, n_classes) (NaN counts as absent)
     probabilities : ndarray, shape (n, n_classes)
 
     Returns
@@ -181,7 +182,7 @@ def f1_thresholds(labels: np.ndarray, probabilities: np.ndarray, classes: Sequen
     """
     rows = []
     for c, name in enumerate(classes):
-        positive = labels == c
+        positive = labels == c if labels.ndim == 1 else np.nan_to_num(labels[:, c]) > 0.5
         if not positive.any():
             rows.append({"class": name, "threshold": default, "f1": np.nan, "precision": np.nan,
                          "recall": np.nan, "positives": 0})
@@ -195,14 +196,19 @@ def f1_thresholds(labels: np.ndarray, probabilities: np.ndarray, classes: Sequen
     return pd.DataFrame(rows)
 
 
-def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> pd.DataFrame:
+def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataFrame | None = None,
+              **options) -> pd.DataFrame:
     """Per-class detection thresholds from labelled files: :func:`f1_thresholds` over every window.
 
     Each window of a file counts as an example of the file's label, as a
-    detection run scores windows. Keyword options go to
+    detection run scores windows; with ``boxes`` (multi-label bundles), of
+    the species whose boxes it holds. Keyword options go to
     :func:`echoengine.predict.window_probabilities`.
     """
     classes = bundles[0].classes
+    if boxes is not None:
+        probabilities, _, truth = window_probabilities(bundles, table, boxes=boxes, with_targets=True, **options)
+        return f1_thresholds(truth, probabilities, classes)
     table = table[table["label"].isin(classes)].reset_index(drop=True)
     if table.empty:
         raise EchoError("none of the labels of the data are among the model's classes")
@@ -233,7 +239,7 @@ def lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray, np
     >>> truth = np.array([[1, 0, 1], [0, 1, 0]])
     >>> scores = np.array([[0.9, 0.8, 0.1], [0.2, 0.7, 0.3]])
     >>> round(lwlrap(truth, scores)[0], 4)
-    0.8333
+    0.8889
     """
     truth = np.asarray(truth) > 0
     n, n_classes = truth.shape
@@ -305,6 +311,29 @@ def evaluate_multilabel(bundles: Sequence[Bundle], recordings: pd.DataFrame, box
     loaded = np.isfinite(best).all(axis=1)
     result["recording"] = multilabel_metrics(present[loaded], best[loaded], classes, thresholds=thresholds)
     return result
+
+
+MULTILABEL_KEYS = ("lwlrap", "map_macro", "map_micro", "macro_f1")
+
+
+def write_multilabel_report(metrics: dict, out: str | Path, *, evaluated_on: str = "", **extra) -> str:
+    """Write ``metrics.json`` and ``per_class_{window,recording}.csv`` into ``out``; return the report as text."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {level: {k: v for k, v in m.items() if k != "per_class"} for level, m in metrics.items()}
+    summary.update(evaluated_on=evaluated_on, **extra)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    for level, m in metrics.items():
+        m["per_class"].round(4).to_csv(out / f"per_class_{level}.csv", index=False)
+    lines = [f"{'':10} {'LWLRAP':>8} {'mAP macro':>10} {'mAP micro':>10} {'macro-F1':>9} {'samples':>8}"]
+    for level, m in metrics.items():
+        lines.append(f"{level:10} {m['lwlrap']:>8.4f} {m['map_macro']:>10.4f} {m['map_micro']:>10.4f} "
+                     f"{m['macro_f1']:>9.4f} {m['samples']:>8}")
+    per_class = metrics["recording"]["per_class"].sort_values("ap", ascending=False)
+    lines += ["", "per class (recording level; F1 at the threshold):",
+              per_class[["class", "ap", "f1", "precision", "recall", "threshold", "support"]].round(3).to_string(
+                  index=False)]
+    return "\n".join(lines)
 
 
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "lwlrap", "map", "ece")
