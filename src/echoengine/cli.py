@@ -257,10 +257,21 @@ def _recordings(data: Path, config: EchoConfig, *, quiet: bool) -> pd.DataFrame:
     return usable
 
 
-def _annotations(data: Path, annotations: Path | None, negatives: Path | None) -> pd.DataFrame:
-    boxes = catalog.read_annotations(annotations or data)
+def _columns(text: str | None) -> dict[str, str]:
+    """``"file=recording_id,label=species"`` -> {"file": "recording_id", "label": "species"}."""
+    pairs = [item.split("=", 1) for item in (text or "").split(",") if item.strip()]
+    if any(len(pair) != 2 for pair in pairs):
+        raise EchoError(f"--columns takes ours=theirs pairs, e.g. file=recording_id,label=species; got {text!r}")
+    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
+
+
+def _annotations(data: Path, annotations: Path | None, negatives: Path | None,
+                 columns: str | None = None) -> pd.DataFrame:
+    mapping = _columns(columns)
+    boxes = catalog.read_annotations(annotations or data, columns=mapping)
     if negatives is not None:
-        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False)], ignore_index=True)
+        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False, columns=mapping)],
+                          ignore_index=True)
     if not boxes["positive"].any():
         raise EchoError(f"{annotations or data}: no annotated boxes found (Raven tables, Audacity labels or CSVs)")
     return boxes
@@ -268,7 +279,7 @@ def _annotations(data: Path, annotations: Path | None, negatives: Path | None) -
 
 def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool,
                       resume_changes: dict | None, annotations: Path | None = None,
-                      negatives: Path | None = None) -> Path:
+                      negatives: Path | None = None, columns: str | None = None) -> Path:
     """Multi-label training on annotated recordings, evaluated per window and per recording on the test part."""
     from echoengine import bundle as bundle_files
     from echoengine.cache import FeatureCache
@@ -284,7 +295,7 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
         classes = bundle_files.read_classes(out)
     else:
         usable = _recordings(data, config, quiet=quiet)
-        boxes = _annotations(data, annotations, negatives)
+        boxes = _annotations(data, annotations, negatives, columns)
         boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
         classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
         parts = catalog.split_groups(usable, val_fraction=config.data.val_fraction,
@@ -328,7 +339,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
     if config.model.multilabel or (args.resume and (args.out / "annotations.csv").is_file()):
         out = _train_multilabel(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
-                                resume_changes=changes, annotations=args.annotations, negatives=args.negatives)
+                                resume_changes=changes, annotations=args.annotations, negatives=args.negatives,
+                                columns=args.columns)
     else:
         out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
                             resume_changes=changes)
@@ -377,7 +389,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from echoengine.evaluate import evaluate_multilabel
 
         usable = _recordings(args.data, config, quiet=False)
-        boxes = _annotations(args.data, args.annotations, args.negatives)
+        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
         _warn_seen(bundles, usable, "their scores are optimistic")
         thresholds = load_thresholds(args.bundle, bundles[0].classes)  # from echoengine calibrate, else 0.5
         metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=_cache_for(config, args),
@@ -407,7 +419,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     boxes = None
     if config.model.multilabel:
         usable = _recordings(args.data, config, quiet=False)
-        boxes = _annotations(args.data, args.annotations, args.negatives)
+        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
     else:
         usable, _ = catalog.scan(catalog.load_catalog(args.data, config.data), config.audio,
                                  progress=_progress("checking"))
@@ -500,7 +512,7 @@ def cmd_cv(args: argparse.Namespace) -> int:
     config = _training_config(args)
     if config.model.multilabel:
         usable = _recordings(args.data, config, quiet=args.quiet)
-        boxes = _annotations(args.data, args.annotations, args.negatives)
+        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
         boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
         result = cross_validate_multilabel(usable, boxes, config, args.out, resume=args.resume,
                                            progress=not args.quiet)
@@ -735,6 +747,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "the boxes of annotation tables (Raven, Audacity, CSV) in DATA or --annotations")
         m.add_argument("--annotations", type=Path, help="annotation table or folder of them (default: DATA)")
         m.add_argument("--negatives", type=Path, help="a table of verified negatives (boxes NOT holding their species)")
+        m.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
+                   "low_freq, high_freq (RFCx names and these are found by themselves)")
         m.add_argument("--unlabeled", choices=["negative", "ignore"],
                        help="a species with no box in a clip: a negative (default), or left out of the loss")
         m.add_argument("--min-overlap", type=float, metavar="SECONDS",
@@ -760,6 +774,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
     p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
     p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
+    p.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
+                   "low_freq, high_freq (RFCx names and these are found by themselves)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="species and probability of audio files (mean over 5 s windows)")
@@ -819,6 +835,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
     p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
     p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
+    p.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
+                   "low_freq, high_freq (RFCx names and these are found by themselves)")
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it")
