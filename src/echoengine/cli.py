@@ -692,6 +692,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to do with classes recorded only once (default error)")
     p.set_defaults(func=cmd_split)
 
+    def annotation_options(p) -> None:
+        p.add_argument("--annotations", type=Path, help="multi-label: annotation table or folder of them (default: "
+                       "DATA)")
+        p.add_argument("--negatives", type=Path, help="multi-label: a table of verified negatives (boxes NOT "
+                       "holding their species)")
+        p.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, low_freq, "
+                       "high_freq (RFCx names and these are found by themselves)")
+
     def training_options(p: argparse.ArgumentParser) -> None:
         g = p.add_argument_group("model and training (defaults: the config's, i.e. the Echo pipeline's)")
         g.add_argument("--backbone", help="efficientnetv2_b0 (default), efficientnet_b0, efficientnet_b3, "
@@ -745,10 +753,7 @@ def build_parser() -> argparse.ArgumentParser:
         m.add_argument("--multilabel", action="store_true",
                        help="several species per clip: sigmoid outputs, binary cross-entropy, clips labelled from "
                        "the boxes of annotation tables (Raven, Audacity, CSV) in DATA or --annotations")
-        m.add_argument("--annotations", type=Path, help="annotation table or folder of them (default: DATA)")
-        m.add_argument("--negatives", type=Path, help="a table of verified negatives (boxes NOT holding their species)")
-        m.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
-                   "low_freq, high_freq (RFCx names and these are found by themselves)")
+        annotation_options(m)
         m.add_argument("--unlabeled", choices=["negative", "ignore"],
                        help="a species with no box in a clip: a negative (default), or left out of the loss")
         m.add_argument("--min-overlap", type=float, metavar="SECONDS",
@@ -772,10 +777,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
-    p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
-    p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
-    p.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
-                   "low_freq, high_freq (RFCx names and these are found by themselves)")
+    annotation_options(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="species and probability of audio files (mean over 5 s windows)")
@@ -833,10 +835,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (thresholds for the ensemble)")
     p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
-    p.add_argument("--annotations", type=Path, help="multi-label bundles: the annotation tables (default: DATA)")
-    p.add_argument("--negatives", type=Path, help="multi-label bundles: a table of verified negatives")
-    p.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, "
-                   "low_freq, high_freq (RFCx names and these are found by themselves)")
+    annotation_options(p)
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("export", help="write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it")
