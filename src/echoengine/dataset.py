@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from echoengine import audio
 from echoengine.augment import WaveformAugmenter, rotate, spec_augment, variant_seed
 from echoengine.cache import FeatureCache
-from echoengine.clips import pad_to_length, random_start, window_starts
+from echoengine.clips import box_labels, crop_around, pad_to_length, random_start, window_starts
 from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, DataError
 from echoengine.features import MelFrontend
@@ -242,9 +242,6 @@ class BoxLabels:
 
     def __init__(self, recordings: pd.DataFrame, boxes: pd.DataFrame, classes: Sequence[str], config: EchoConfig,
                  *, train: bool, **options) -> None:
-        from echoengine.clips import box_labels
-
-        self._box_labels = box_labels
         data = config.data
         known = boxes[boxes["label"].isin(list(classes))]
         self.boxes_of = {path: group.reset_index(drop=True) for path, group in known.groupby("path")}
@@ -270,8 +267,6 @@ class BoxLabels:
         self._band = (fe.fmin, fe.fmax or config.audio.sample_rate / 2) if data.frequency_overlap else None
 
     def crop_start(self, row: int, rng: np.random.Generator) -> int:
-        from echoengine.clips import crop_around
-
         start, end = self.anchors[row]
         if np.isnan(start):
             return super().crop_start(row, rng)
@@ -288,7 +283,7 @@ class BoxLabels:
         boxes = self.boxes_of.get(self.paths[row])
         if boxes is None:
             boxes = pd.DataFrame(columns=["start", "end", "low_freq", "high_freq", "label", "positive"])
-        labels = self._box_labels(boxes, np.array([start / self.sample_rate]), length=self.config.audio.clip_seconds,
+        labels = box_labels(boxes, np.array([start / self.sample_rate]), length=self.config.audio.clip_seconds,
                                   classes=self.classes, min_overlap=data.min_overlap,
                                   min_fraction=data.min_overlap_fraction, band=self._band, unlabeled=data.unlabeled)
         return torch.from_numpy(labels[0])
