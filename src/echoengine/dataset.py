@@ -284,8 +284,8 @@ class BoxLabels:
         if boxes is None:
             boxes = pd.DataFrame(columns=["start", "end", "low_freq", "high_freq", "label", "positive"])
         labels = box_labels(boxes, np.array([start / self.sample_rate]), length=self.config.audio.clip_seconds,
-                                  classes=self.classes, min_overlap=data.min_overlap,
-                                  min_fraction=data.min_overlap_fraction, band=self._band, unlabeled=data.unlabeled)
+                            classes=self.classes, min_overlap=data.min_overlap, min_fraction=data.min_overlap_fraction,
+                            band=self._band, unlabeled=data.unlabeled)
         return torch.from_numpy(labels[0])
 
 
