@@ -163,7 +163,7 @@ def test_a_bad_file_in_a_folder_is_reported_and_skipped(small_bundle, tmp_path):
 def test_resume_after_a_kill_gives_byte_identical_outputs(small_bundle, tmp_path):
     folder = tmp_path / "field"
     _field_recordings(folder, 24, seconds=30.0)
-    options = ["--overlap", "2.5", "--threshold", "0.3", "--batch-size", "2", "--workers", "0", "--quiet"]
+    options = ["--overlap", "2.5", "--threshold", "0.3", "--batch-size", "4", "--workers", "0", "--quiet"]
     reference = tmp_path / "reference"
     assert _cli("detect", small_bundle, folder, "--out", reference, *options).returncode == 0
 

@@ -90,10 +90,12 @@ def test_lwlrap_equals_sklearn_on_random_inputs():
     from echoengine.evaluate import lwlrap
 
     rng = np.random.default_rng(0)
-    for _ in range(20):
+    for draw in range(20):
         truth = (rng.random((40, 6)) < 0.3).astype(int)
         truth[truth.sum(axis=1) == 0, rng.integers(6)] = 1
         scores = rng.random((40, 6))
+        if draw % 2:
+            scores = np.round(scores, 1)  # many ties: a tie ranks the label low, as scikit-learn does
         overall, per_class, weights = lwlrap(truth, scores)
         expected = label_ranking_average_precision_score(truth, scores, sample_weight=truth.sum(axis=1))
         assert overall == pytest.approx(expected, abs=1e-12)
@@ -221,3 +223,46 @@ def test_multilabel_train_calibrate_evaluate_and_cv_from_the_command_line(synthe
     summary = json.loads((tmp_path / "cv" / "metrics.json").read_text())
     assert len(summary["folds"]) == 2 and "recording_lwlrap" in summary["mean"]
     assert (tmp_path / "cv" / "fold1" / "weights.pt").is_file()
+
+
+def test_annotation_edge_cases(tmp_path):
+    from echoengine import formats
+
+    audio_dir = tmp_path / "audio" / "site"
+    audio_dir.mkdir(parents=True)
+    _audio(audio_dir / "rec.A.flac")
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    (tables / "rec.A.Table.1.selections.txt").write_text(
+        "Selection\tView\tChannel\tBegin Time (s)\tEnd Time (s)\tSpecies\n1\tSpectrogram 1\t1\t2.0\t2.0\towl\n")
+    boxes = catalog.read_annotations(tables, audio_dir=tmp_path / "audio")  # found below audio_dir, by its stem
+    assert boxes["path"].tolist() == [str((audio_dir / "rec.A.flac").absolute())]
+    # a point label is held by the window it falls in
+    assert box_labels(boxes, np.array([0.0, 2.0, 5.0]), length=2.0, classes=["owl"]).ravel().tolist() == [0, 1, 0]
+    # only our own score suffix is split off an Audacity label
+    import io
+
+    track = formats.read_audacity(io.StringIO("1.0\t2.0\tcall type (2)\n3.0\t4.0\towl (0.8125)\n"))
+    assert track["label"].tolist() == ["call type (2)", "owl"] and track["score"].iloc[1] == 0.8125
+    (tables / "blank.csv").write_text("file,label,start,end\nrec.A.flac,owl,,3\n")
+    with pytest.raises(DataError, match="no begin or end time"):
+        catalog.read_annotations(tables / "blank.csv", audio_dir=tmp_path / "audio")
+
+
+def test_multilabel_crops_have_their_own_cache_keys(tmp_path):
+    from echoengine.cache import FeatureCache
+    from echoengine.dataset import ClipDataset, MultiLabelDataset
+
+    path = str(_audio(tmp_path / "rec.wav", seconds=30.0).absolute())
+    recordings = pd.DataFrame({"path": [path], "label": "", "group": "rec", "duration": [30.0]})
+    boxes = pd.DataFrame({"path": path, "start": [2.0, 20.0], "end": [3.0, 21.0], "low_freq": np.nan,
+                          "high_freq": np.nan, "label": ["owl", "owl"], "positive": True})
+    config = EchoConfig().replace(audio={"sample_rate": 16000}, frontend={"fmax": 7000.0},
+                                  data={"cache_dir": str(tmp_path / "cache")})
+    cache = FeatureCache(config.data.cache_dir, config)
+    multi = MultiLabelDataset(recordings, boxes, ["owl"], config, train=True, cache=cache)
+    single = ClipDataset(recordings.assign(label="owl"), ["owl"], config, train=True, cache=cache)
+    keys = {multi.cache_key(row, start, 0) for row, start in multi.items}
+    assert len(keys) == 3 and single.cache_key(0, -1, 0) not in keys
+    moved = MultiLabelDataset(recordings, boxes.iloc[::-1], ["owl"], config, train=True, cache=cache)
+    assert {moved.cache_key(row, start, 0) for row, start in moved.items} == keys  # keyed by box, not by order

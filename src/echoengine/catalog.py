@@ -186,16 +186,36 @@ _CSV_NAMES = {
 }
 
 
-def _audio_for(stem: str, folders: list[Path]) -> Path | None:
-    """The audio file named ``stem`` (with any audio extension, or as given) in the first folder holding one."""
+def _audio_for(name: str, folders: list[Path], index: dict[str, Path]) -> Path | None:
+    """The audio file ``name`` (with or without its extension): in a folder, else anywhere below ``audio_dir``."""
     for folder in folders:
-        if (folder / stem).is_file() and audio.is_audio_file(folder / stem):
-            return folder / stem
+        if (folder / name).is_file() and audio.is_audio_file(folder / name):
+            return folder / name
         for extension in AUDIO_EXTENSIONS:
-            for candidate in (folder / f"{stem}{extension}", folder / f"{stem}{extension.upper()}"):
+            for candidate in (folder / f"{name}{extension}", folder / f"{name}{extension.upper()}"):
                 if candidate.is_file():
                     return candidate
-    return None
+    return index.get(name)
+
+
+def _audio_index(folder: Path | None) -> dict[str, Path]:
+    """Audio files below a folder by name and by stem (the first found of a stem)."""
+    index: dict[str, Path] = {}
+    if folder is None or not folder.is_dir():
+        return index
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and audio.is_audio_file(path):
+            index.setdefault(path.name, path)
+            index.setdefault(path.stem, path)
+    return index
+
+
+_TABLE_SUFFIX = re.compile(r"(\.Table\.\d+)?(\.BirdNET)?(\.selections?)?(\.table)?\.(txt|csv)$", re.IGNORECASE)
+
+
+def _recording_of_table(table: Path) -> str:
+    """The recording a table of one recording is named after: ``site1.Table.1.selections.txt`` -> ``site1``."""
+    return _TABLE_SUFFIX.sub("", table.name)
 
 
 def _annotation_kind(path: Path) -> str:
@@ -251,10 +271,11 @@ def read_annotations(
         tables = [source]
     else:
         raise DataError(f"{source}: no such file or folder")
+    index = _audio_index(Path(audio_dir) if audio_dir else None)
     parts = []
     for table in tables:
         try:
-            parts.append(_read_table(table, audio_dir, columns or {}))
+            parts.append(_read_table(table, audio_dir, columns or {}, index))
         except DataError as error:
             if not source.is_dir():
                 raise
@@ -265,7 +286,7 @@ def read_annotations(
     return boxes[ANNOTATION_COLUMNS]
 
 
-def _read_table(table: Path, audio_dir, columns: dict[str, str]) -> pd.DataFrame:
+def _read_table(table: Path, audio_dir, columns: dict[str, str], index: dict[str, Path]) -> pd.DataFrame:
     folders = [Path(audio_dir)] if audio_dir else []
     folders.append(table.parent)
     kind = _annotation_kind(table)
@@ -300,14 +321,16 @@ def _read_table(table: Path, audio_dir, columns: dict[str, str]) -> pd.DataFrame
             boxes = formats.read_audacity(table)
     except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{table}: not a readable annotation table ({exc})") from None
+    if boxes[["start", "end"]].isna().any().any():
+        raise DataError(f"{table}: a box has no begin or end time")
     if (boxes["end"] < boxes["start"]).any():
         bad = boxes[boxes["end"] < boxes["start"]].iloc[0]
         raise DataError(f"{table}: a box ends before it starts ({bad['label']}: {bad['start']} to {bad['end']})")
-    own = table.name.split(".")[0]
+    own = _recording_of_table(table)
     paths = []
     for name in boxes["file"].fillna("").astype(str):
         found = Path(name) if name and os.path.isabs(name) and os.path.isfile(name) else \
-            _audio_for(name or own, folders)
+            _audio_for(name or own, folders, index)
         paths.append(str(found.absolute()) if found else "")
     boxes["path"] = paths
     lost = boxes["path"] == ""
@@ -333,6 +356,9 @@ def split_groups(table: pd.DataFrame, *, val_fraction: float = 0.15, test_fracti
     groups = np.array(sorted(table["group"].unique()))
     order = np.random.default_rng(seed).permutation(len(groups))
     n_test, n_val = round(test_fraction * len(groups)), round(val_fraction * len(groups))
+    spare = len(groups) - 1  # one group trains, whatever the fractions
+    n_test = min(max(n_test, int(test_fraction > 0)), spare)
+    n_val = min(max(n_val, int(val_fraction > 0)), spare - n_test)
     part_of = {}
     for position, index in enumerate(order):
         part_of[groups[index]] = "test" if position < n_test else "val" if position < n_test + n_val else "train"

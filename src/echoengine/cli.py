@@ -268,10 +268,10 @@ def _columns(text: str | None) -> dict[str, str]:
 def _annotations(data: Path, annotations: Path | None, negatives: Path | None,
                  columns: str | None = None) -> pd.DataFrame:
     mapping = _columns(columns)
-    boxes = catalog.read_annotations(annotations or data, columns=mapping)
+    boxes = catalog.read_annotations(annotations or data, columns=mapping, audio_dir=data)
     if negatives is not None:
-        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False, columns=mapping)],
-                          ignore_index=True)
+        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False, columns=mapping,
+                                                           audio_dir=data)], ignore_index=True)
     if not boxes["positive"].any():
         raise EchoError(f"{annotations or data}: no annotated boxes found (Raven tables, Audacity labels or CSVs)")
     return boxes
@@ -289,7 +289,9 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
     if resume:
         config = EchoConfig.load(out / bundle_files.CONFIG_FILE).replace(**(resume_changes or {}))
         splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
-        boxes = pd.read_csv(out / "annotations.csv", keep_default_na=False)
+        boxes = pd.read_csv(out / "annotations.csv", keep_default_na=False, dtype={"label": str, "path": str})
+        for column in ("start", "end", "low_freq", "high_freq"):  # empty cells: NaN, not ""
+            boxes[column] = pd.to_numeric(boxes[column], errors="coerce")
         usable, _ = catalog.scan(splits.drop(columns="part"), config.audio)
         parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
         classes = bundle_files.read_classes(out)

@@ -229,7 +229,8 @@ def box_labels(
     begin, finish = boxes["start"].to_numpy(float), boxes["end"].to_numpy(float)
     overlap = np.minimum(starts[:, None] + length, finish[None, :]) - np.maximum(starts[:, None], begin[None, :])
     held = (overlap >= min_overlap) | (overlap >= min_fraction * (finish - begin)[None, :] - 1e-9)
-    held &= overlap > 0
+    point = (finish == begin)[None, :]  # a point label (Audacity): held by the window it falls in
+    held &= (overlap > 0) | (point & (begin[None, :] >= starts[:, None]) & (begin[None, :] < starts[:, None] + length))
     if band is not None:
         low, high = boxes["low_freq"].to_numpy(float), boxes["high_freq"].to_numpy(float)
         visible = np.isnan(low) | np.isnan(high) | ((low < band[1]) & (high > band[0]))

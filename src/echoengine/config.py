@@ -621,6 +621,8 @@ class EchoConfig:
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
+        _require(not self.train.probe_epochs or self.model.head in ("linear", "mlp"),
+                 f"train.probe_epochs works with the linear and mlp heads, not {self.model.head!r}")
         fe, clip = self.frontend, self.audio.clip_samples
         _require(
             not (fe.center and fe.pad_mode == "reflect") or clip > fe.n_fft // 2,

@@ -153,10 +153,9 @@ class ClipDataset(Dataset):
         return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1)
 
     def _cached_image(self, row: int, start: int, variant: int) -> np.ndarray:
-        path = self.paths[row]
         key = None
         if self.cache is not None:
-            key = self.cache.key(path, start=start, length=self.clip_samples, variant=variant)
+            key = self.cache_key(row, start, variant)
             hit = self.cache.get(key)
             if hit is not None:
                 return hit
@@ -164,6 +163,10 @@ class ClipDataset(Dataset):
         if key is not None:
             self.cache.put(key, image)
         return image
+
+    def cache_key(self, row: int, start: int, variant: int) -> str:
+        """The feature-cache key of an item (training crops: ``start`` -1, the variant draws the crop)."""
+        return self.cache.key(self.paths[row], start=start, length=self.clip_samples, variant=variant)
 
     def clip_waveform(self, row: int, start: int, variant: int) -> tuple[np.ndarray, np.random.Generator | None]:
         """The waveform of a clip (clean window ``start``, or augmented variant) and the variant's generator."""
@@ -249,22 +252,31 @@ class BoxLabels:
         for record in recordings.itertuples(index=False):
             base = {"path": record.path, "label": "", "group": record.group, "duration": record.duration}
             if not train:
-                rows.append({**base, "anchor_start": np.nan, "anchor_end": np.nan})
+                rows.append({**base, "anchor_start": np.nan, "anchor_end": np.nan, "tag": ""})
                 continue
             mine = self.boxes_of.get(record.path)
             if mine is not None:
-                for box in mine[mine["positive"]].itertuples(index=False):
-                    rows.append({**base, "anchor_start": box.start, "anchor_end": box.end})
-            rows += [{**base, "anchor_start": np.nan, "anchor_end": np.nan}] * data.background_crops
-        table = pd.DataFrame(rows, columns=["path", "label", "group", "duration", "anchor_start", "anchor_end"])
+                for box in mine[mine["positive"]].drop_duplicates(["start", "end"]).itertuples(index=False):
+                    rows.append({**base, "anchor_start": box.start, "anchor_end": box.end,
+                                 "tag": f"{box.start:.4f}-{box.end:.4f}"})
+            rows += [{**base, "anchor_start": np.nan, "anchor_end": np.nan, "tag": f"bg{j}"}
+                     for j in range(data.background_crops)]
+        table = pd.DataFrame(rows, columns=["path", "label", "group", "duration", "anchor_start", "anchor_end",
+                                            "tag"])
         self.anchors = table[["anchor_start", "anchor_end"]].to_numpy(dtype=np.float64)
+        self.tags = table["tag"].tolist()
         super().__init__(table, classes, config, train=train, **options)
-        if train:  # several crops of one file: their own cache keys and augmentation seeds
-            ordinal = table.groupby("path").cumcount().to_numpy()
-            self.items = [(row, -1 - int(ordinal[row])) for row in range(len(table))]
-            self.keys = [f"{key}#{ordinal[row]}" for row, key in enumerate(self.keys)]
+        if train:  # several crops of one file: seeds and cache keys of their own, named by their box
+            self.keys = [f"{key}#{tag}" for key, tag in zip(self.keys, self.tags, strict=True)]
         fe = config.frontend
         self._band = (fe.fmin, fe.fmax or config.audio.sample_rate / 2) if data.frequency_overlap else None
+
+    def cache_key(self, row: int, start: int, variant: int) -> str:
+        """Training crops are keyed by their box (or ``bg``) and the jitter, never by their place in a list."""
+        key = super().cache_key(row, start, variant)
+        if variant < 0:
+            return key
+        return f"{key}|multilabel:{self.tags[row]}:{self.config.data.box_jitter}"
 
     def crop_start(self, row: int, rng: np.random.Generator) -> int:
         start, end = self.anchors[row]

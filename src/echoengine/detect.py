@@ -284,8 +284,6 @@ class _FileWindows(IterableDataset):
                         windows, batch = [], _Batch(None, [])
             except AudioError as exc:  # its windows already batched are dropped by the main process
                 error = exc.reason
-            except Exception as exc:  # a decoder's own error: the file is reported, the run goes on
-                error = f"{type(exc).__name__}: {exc}"
             batch.finished.append((index, error))
         if batch.rows or batch.finished:
             yield self._full(batch, windows)
@@ -385,6 +383,7 @@ def _write_atomic(path: Path, write) -> None:
 def _start_ledger(out: Path, bundles: Sequence[Bundle], options: DetectOptions, resume: bool) -> Path:
     ledger = out / _LEDGER
     identity = {"bundles": [str(b.path.resolve()) for b in bundles],
+                "weights": [_weights_identity(b.path) for b in bundles],  # a bundle retrained in place differs
                 "config": bundles[0].config.fingerprint(), **options.scoring()}
     run_file = ledger / "run.json"
     if resume and run_file.is_file():
@@ -400,6 +399,13 @@ def _start_ledger(out: Path, bundles: Sequence[Bundle], options: DetectOptions, 
     ledger.mkdir(parents=True, exist_ok=True)
     _write_atomic(run_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
     return ledger
+
+
+def _weights_identity(folder: Path) -> str:
+    from echoengine.bundle import WEIGHTS_FILE
+
+    stat = (folder / WEIGHTS_FILE).stat()
+    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 def detect(
@@ -440,8 +446,11 @@ def detect(
     if not 0 <= options.overlap < clip_seconds:
         raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
                         f"got {options.overlap}")
+    if scorer.kind == "images" and options.batch_size % WindowScorer.model_batch:
+        raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
+                        f"that every window is scored in batches of one shape; got {options.batch_size}")
     ledger = _start_ledger(out, bundles, options, resume)
-    todo = [(i, f) for i, f in enumerate(files) if not _finished(ledger, f)]
+    todo = [(i, f) for i, f in enumerate(files) if not _finished(ledger, f)]  # failed files are tried again
     if resume and len(todo) < len(files):
         log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
     seconds = {f: _duration(f) for _, f in todo}
@@ -486,8 +495,7 @@ def _duration(path: str) -> float:
 
 
 def _finished(ledger: Path, path: str) -> bool:
-    key = _key(path)
-    return (ledger / f"{key}.npz").is_file() or (ledger / f"{key}.error").is_file()
+    return (ledger / f"{_key(path)}.npz").is_file()
 
 
 def _record_scores(ledger: Path, path: str, rows: list, scorer: WindowScorer) -> None:
@@ -504,6 +512,7 @@ def _record_scores(ledger: Path, path: str, rows: list, scorer: WindowScorer) ->
                      partial=np.array([r[2] for r in rows], dtype=bool), scores=matrix.astype(np.float32))
 
     _write_atomic(ledger / f"{_key(path)}.npz", write)
+    (ledger / f"{_key(path)}.error").unlink(missing_ok=True)  # failed in an earlier run, read now
 
 
 def _recorded_scores(ledger: Path, path: str, classes: list[str]) -> pd.DataFrame:
@@ -521,9 +530,9 @@ def _thresholds(bundles: Sequence[Bundle], options: DetectOptions, classes: list
     return calibrated if calibrated is not None else np.full(len(classes), _DEFAULT_THRESHOLD)
 
 
-def _output_name(path: str, common: str) -> str:
+def _output_name(path: str, common: str, *, extension: bool = False) -> str:
     relative = os.path.relpath(path, common) if common else os.path.basename(path)
-    return re.sub(r"[\\/]+", "__", os.path.splitext(relative)[0])
+    return re.sub(r"[\\/]+", "__", relative if extension else os.path.splitext(relative)[0])
 
 
 def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
@@ -577,9 +586,12 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True))
     done = [f for f in files if (ledger / f"{_key(f)}.npz").is_file()]
     common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in done]) if done else ""
-    for path in done:
+    names = [_output_name(os.path.abspath(f), common) for f in done]
+    clashing = {n for n in names if names.count(n) > 1}  # a.wav and a.flac: keep the extension
+    for path, name in zip(done, names, strict=True):
         mine = events[events["file"] == path]
-        name = _output_name(os.path.abspath(path), common)
+        if name in clashing:
+            name = _output_name(os.path.abspath(path), common, extension=True)
         put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p))
         put(f"audacity/{name}.txt", lambda p, m=mine: formats.write_audacity(m, p))
     error_table = pd.DataFrame(errors, columns=["file", "error"])

@@ -147,9 +147,7 @@ class EmbeddingDataset(ClipDataset):
                 self.cache.put(self._cache_key(*key), value)
 
     def _cache_key(self, row: int, start: int, variant: int) -> str:
-        # training crops have start -1 (-2, -3, ... for the several crops of one file of multi-label data)
-        start = max(start, 0) if start >= -1 else start
-        return self.cache.key(self.paths[row], start=start, length=self.clip_samples, variant=variant)
+        return self.cache_key(row, max(start, 0), variant)
 
     def __getitem__(self, item: int | tuple[int, int]):
         index, variant = item if isinstance(item, tuple) else (item, 0)

@@ -182,12 +182,16 @@ def f1_thresholds(labels: np.ndarray, probabilities: np.ndarray, classes: Sequen
     """
     rows = []
     for c, name in enumerate(classes):
-        positive = labels == c if labels.ndim == 1 else np.nan_to_num(labels[:, c]) > 0.5
+        if labels.ndim == 1:
+            positive, scores = labels == c, probabilities[:, c]
+        else:  # multi-hot: unknown labels (NaN) are left out
+            mine = ~np.isnan(labels[:, c])
+            positive, scores = labels[mine, c] > 0.5, probabilities[mine, c]
         if not positive.any():
             rows.append({"class": name, "threshold": default, "f1": np.nan, "precision": np.nan,
                          "recall": np.nan, "positives": 0})
             continue
-        precision, recall, thresholds = skm.precision_recall_curve(positive, probabilities[:, c])
+        precision, recall, thresholds = skm.precision_recall_curve(positive, scores)
         f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
         best = int(np.argmax(f1[:-1]))
         rows.append({"class": name, "threshold": float(thresholds[best]), "f1": float(f1[best]),
@@ -248,11 +252,11 @@ def lwlrap(truth: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray, np
         positives = np.flatnonzero(truth[i])
         if not len(positives):
             continue
-        order = np.argsort(-scores[i], kind="stable")
-        ranks = np.empty(n_classes, dtype=np.int64)
-        ranks[order] = np.arange(1, n_classes + 1)
-        hits = np.cumsum(truth[i][order])  # positives ranked at or above each position
-        precision_sums[positives] += hits[ranks[positives] - 1] / ranks[positives]
+        # as scikit-learn: a label's rank counts every label scored at least as high (ties rank low)
+        at_least = scores[i][None, :] >= scores[i][positives][:, None]  # (positives, classes)
+        ranks = at_least.sum(axis=1)
+        hits = (at_least & truth[i][None, :]).sum(axis=1)
+        precision_sums[positives] += hits / ranks
     counts = truth.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.where(counts > 0, precision_sums / np.maximum(counts, 1), np.nan)
@@ -267,22 +271,25 @@ def multilabel_metrics(truth: np.ndarray, scores: np.ndarray, classes: Sequence[
     Unknown labels (NaN) count as absent. Macro averages run over the classes
     with positives. ``thresholds`` default to 0.5.
     """
-    truth = np.nan_to_num(np.asarray(truth, dtype=float)) > 0.5
+    labels = np.asarray(truth, dtype=float)
+    known = ~np.isnan(labels)  # unknown labels (data.unlabeled = "ignore") are left out, per class
+    truth = np.nan_to_num(labels) > 0.5
     thresholds = np.full(len(classes), 0.5) if thresholds is None else np.asarray(thresholds)
     overall, per_class_lwlrap, _ = lwlrap(truth, scores)
     predicted = scores >= thresholds[None, :]
     present = truth.any(axis=0)
     rows = []
     for c, name in enumerate(classes):
-        ap = float(skm.average_precision_score(truth[:, c], scores[:, c])) if present[c] else np.nan
+        mine = known[:, c]
+        ap = float(skm.average_precision_score(truth[mine, c], scores[mine, c])) if present[c] else np.nan
         precision, recall, f1, _ = skm.precision_recall_fscore_support(
-            truth[:, c], predicted[:, c], average="binary", zero_division=0)
+            truth[mine, c], predicted[mine, c], average="binary", zero_division=0)
         rows.append({"class": name, "ap": ap, "f1": float(f1), "precision": float(precision),
                      "recall": float(recall), "lwlrap": float(per_class_lwlrap[c]),
                      "threshold": float(thresholds[c]), "support": int(truth[:, c].sum())})
     per_class = pd.DataFrame(rows)
-    micro = float(skm.average_precision_score(truth[:, present], scores[:, present], average="micro")) \
-        if present.any() else np.nan
+    flat = known & present[None, :]
+    micro = float(skm.average_precision_score(truth[flat], scores[flat])) if present.any() else np.nan
     return {"lwlrap": round(overall, 4), "map_macro": round(float(per_class["ap"].mean()), 4),
             "map_micro": round(micro, 4), "macro_f1": round(float(per_class.loc[present, "f1"].mean()), 4),
             "samples": len(truth), "per_class": per_class}

@@ -182,8 +182,12 @@ class _HeadServing(nn.Module):
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
         self.model = bundle.model
+        self.multilabel = bundle.config.model.multilabel
 
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.multilabel:
+            probabilities = torch.sigmoid(self.model(embeddings))
+            return probabilities.amax(dim=0), probabilities
         probabilities = torch.softmax(self.model(embeddings), dim=-1)
         return probabilities.mean(dim=0), probabilities
 

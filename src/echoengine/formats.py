@@ -43,7 +43,7 @@ __all__ = [
 EVENT_COLUMNS = ["file", "start", "end", "label", "score", "low_freq", "high_freq"]
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Species", "Score"]
-_SCORE_SUFFIX = re.compile(r"^(.*) \((\d+(?:\.\d+)?)\)$")
+_SCORE_SUFFIX = re.compile(r"^(.*) \(([01]\.\d{4})\)$")  # as write_audacity writes it: "owl (0.9100)"
 
 
 def _text(number: float, digits: int) -> str:
