@@ -271,3 +271,22 @@ def test_onnx_scoring_matches_pytorch_and_min_window_drops_the_short_tail(small_
     # 16 s: the last window holds 1 s of audio; --min-window 1.5 drops it, and only it
     assert sorted(runs["torch"]["start"].unique()) == [0.0, 5.0, 10.0, 15.0]
     assert sorted(runs["min_window"]["start"].unique()) == [0.0, 5.0, 10.0]
+
+
+def test_resume_retries_failed_files_and_same_named_files_keep_apart(small_bundle, tmp_path):
+    folder = tmp_path / "field"
+    folder.mkdir()
+    y = synthesize_call("synthetic-trill", seconds=6.0, rng=np.random.default_rng(0))
+    sf.write(folder / "x.wav", y, 32000)
+    sf.write(folder / "x.flac", y, 32000)
+    (folder / "late.wav").write_text("still copying from the recorder\n")
+    out = tmp_path / "out"
+    assert _cli("detect", small_bundle, folder, "--out", out, "--quiet").returncode == 0
+    assert pd.read_csv(out / "errors.csv")["file"].str.endswith("late.wav").tolist() == [True]
+    assert sorted(p.name for p in (out / "raven").iterdir()) == ["x.flac.selections.txt", "x.wav.selections.txt"]
+    sf.write(folder / "late.wav", y, 32000)  # the copy finished
+    resumed = _cli("detect", small_bundle, folder, "--out", out, "--quiet", "--resume")
+    assert resumed.returncode == 0 and "2 of 3 files already done" in resumed.stderr
+    assert pd.read_csv(out / "errors.csv").empty
+    assert (out / "raven" / "late.selections.txt").is_file()
+    assert _cli("detect", small_bundle, folder, "--out", out, "--quiet", "--resume", "--overlap", "1").returncode == 2
