@@ -142,9 +142,11 @@ def test_a_run_killed_with_sigkill_resumes_without_losing_or_repeating_epochs(ca
 def test_demo_runs_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "2", "--files-per-class", "6", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "SYNTHETIC" in out and "4/4 done" in out
+    assert "SYNTHETIC" in out and "5/5 done" in out and "true calls were detected" in out
     assert (tmp_path / "demo" / "bundle" / "metrics.json").is_file()
     assert (tmp_path / "demo" / "bundle" / "plots" / "confusion.png").is_file()
+    assert (tmp_path / "demo" / "detections" / "events.csv").is_file()
+    assert (tmp_path / "demo" / "field" / "synthetic_field_0000.selections.txt").is_file()
 
 
 def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
