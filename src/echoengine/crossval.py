@@ -28,6 +28,7 @@ from echoengine import catalog, plots
 from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
+from echoengine.errors import DataError
 from echoengine.evaluate import (
     MULTILABEL_KEYS,
     SUMMARY_KEYS,
@@ -162,7 +163,7 @@ def group_folds(table: pd.DataFrame, *, folds: int, seed: int = 0) -> np.ndarray
     """
     groups = np.array(sorted(table["group"].unique()))
     if len(groups) < folds:
-        raise ValueError(f"{folds} folds need at least {folds} source recordings, got {len(groups)}")
+        raise DataError(f"{folds} folds need at least {folds} source recordings, got {len(groups)}")
     order = np.random.default_rng(seed).permutation(len(groups))
     fold_of = {groups[index]: position % folds for position, index in enumerate(order)}
     return table["group"].map(fold_of).to_numpy()

@@ -234,15 +234,12 @@ class WindowScorer:
                                    for part in inputs.split(chunk)])
 
     def _embed(self, windows: np.ndarray) -> torch.Tensor:
-        from echoengine.embeddings import clip_windows, embedding_hop_samples
+        from echoengine.embeddings import embed_clips
         from echoengine.models.embedders import build_embedder
 
         if self._embedder is None:
             self._embedder = build_embedder(self.config.model.embedder)
-        window = self._embedder.window_samples
-        framed = clip_windows(windows, window=window, hop=embedding_hop_samples(self.config, window))
-        embeddings = self._embedder.embed(framed.reshape(-1, window))
-        return torch.from_numpy(embeddings.reshape(len(windows), framed.shape[1], -1))
+        return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
 
 
 @dataclass

@@ -36,7 +36,8 @@ from echoengine.dataset import BoxLabels, ClipDataset, MultiLabelDataset, Wavefo
 from echoengine.errors import AudioError, EchoError
 from echoengine.models.embedders import build_embedder
 
-__all__ = ["EmbeddingCache", "EmbeddingDataset", "clip_windows", "embedder_windows", "embedding_hop_samples",
+__all__ = ["EmbeddingCache", "EmbeddingDataset", "clip_windows", "embed_clips", "embedder_windows",
+           "embedding_hop_samples",
            "make_dataset"]
 
 
@@ -53,6 +54,13 @@ def clip_windows(clips: np.ndarray, *, window: int, hop: int = 0) -> np.ndarray:
 def embedding_hop_samples(config: EchoConfig, window: int) -> int:
     """The hop of the embedder windows in samples (the window when ``model.embedding_hop`` is 0)."""
     return round(config.model.embedding_hop * config.audio.sample_rate) or window
+
+
+def embed_clips(embedder, clips: np.ndarray, config: EchoConfig) -> np.ndarray:
+    """Embeddings of the embedder windows of clips (n, clip samples) -> (n, windows, embedding size)."""
+    window = embedder.window_samples
+    windows = clip_windows(clips, window=window, hop=embedding_hop_samples(config, window))
+    return embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
 
 
 class EmbeddingCache(FeatureCache):
@@ -138,10 +146,7 @@ class EmbeddingDataset(ClipDataset):
         return np.concatenate(arrays) if arrays else np.zeros((0, self.embedder.embedding_size), np.float32)
 
     def _embed_clips(self, keys: list[tuple[int, int, int]], clips: np.ndarray) -> None:
-        window = self.embedder.window_samples
-        windows = clip_windows(clips, window=window, hop=embedding_hop_samples(self.config, window))
-        embeddings = self.embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
-        for key, value in zip(keys, embeddings):
+        for key, value in zip(keys, embed_clips(self.embedder, clips, self.config)):
             self._memory[key] = value
             if self.cache is not None:
                 self.cache.put(self._cache_key(*key), value)

@@ -31,7 +31,7 @@ from sklearn import metrics as skm
 from echoengine import plots
 from echoengine.bundle import Bundle
 from echoengine.errors import EchoError
-from echoengine.predict import predict_table, window_probabilities
+from echoengine.predict import clip_maxes, predict_table, window_probabilities
 
 __all__ = [
     "calibrate",
@@ -311,11 +311,9 @@ def evaluate_multilabel(bundles: Sequence[Bundle], recordings: pd.DataFrame, box
     classes = bundles[0].classes
     scores, rows, truth = window_probabilities(bundles, recordings, boxes=boxes, with_targets=True, **options)
     result = {"window": multilabel_metrics(truth, scores, classes, thresholds=thresholds)}
-    best = np.full((len(recordings), len(classes)), -np.inf)
-    np.maximum.at(best, rows, scores)
-    present = np.zeros((len(recordings), len(classes)))
-    np.maximum.at(present, rows, np.nan_to_num(truth))
-    loaded = np.isfinite(best).all(axis=1)
+    best = clip_maxes(scores, rows, n_rows=len(recordings))
+    present = np.nan_to_num(clip_maxes(np.nan_to_num(truth), rows, n_rows=len(recordings)))
+    loaded = ~np.isnan(best).any(axis=1)
     result["recording"] = multilabel_metrics(present[loaded], best[loaded], classes, thresholds=thresholds)
     return result
 

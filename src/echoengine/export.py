@@ -121,6 +121,15 @@ class GraphFrontend(nn.Module):
         return image.unsqueeze(1).expand(-1, fe.image_channels, -1, -1)
 
 
+def _file_and_window_scores(logits: torch.Tensor, multilabel: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window scores and the file's, as :mod:`echoengine.predict` pools them: softmax and mean, or sigmoid and max."""
+    if multilabel:
+        probabilities = torch.sigmoid(logits)
+        return probabilities.amax(dim=0), probabilities
+    probabilities = torch.softmax(logits, dim=-1)
+    return probabilities.mean(dim=0), probabilities
+
+
 class ServingModel(nn.Module):
     """Waveform (samples,) -> (probabilities, window probabilities): windows, front end, model, softmax, mean."""
 
@@ -134,12 +143,7 @@ class ServingModel(nn.Module):
         n = waveform.shape[0]
         windows = (n + self.clip - 1) // self.clip
         padded = nn.functional.pad(waveform, (0, windows * self.clip - n))
-        logits = self.model(padded.reshape(-1, self.clip))
-        if self.multilabel:  # per-class sigmoids; a file's score is its best window's
-            probabilities = torch.sigmoid(logits)
-            return probabilities.amax(dim=0), probabilities
-        probabilities = torch.softmax(logits, dim=-1)
-        return probabilities.mean(dim=0), probabilities
+        return _file_and_window_scores(self.model(padded.reshape(-1, self.clip)), self.multilabel)
 
 
 class _BirdNETEmbeddingHead(nn.Module):
@@ -185,11 +189,7 @@ class _HeadServing(nn.Module):
         self.multilabel = bundle.config.model.multilabel
 
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.multilabel:
-            probabilities = torch.sigmoid(self.model(embeddings))
-            return probabilities.amax(dim=0), probabilities
-        probabilities = torch.softmax(self.model(embeddings), dim=-1)
-        return probabilities.mean(dim=0), probabilities
+        return _file_and_window_scores(self.model(embeddings), self.multilabel)
 
 
 def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> list[str]:
@@ -238,14 +238,12 @@ def onnx_predict_waveform(session, bundle: Bundle, y: np.ndarray) -> tuple[np.nd
     if session.get_inputs()[0].name == "waveform":
         return tuple(session.run(None, {"waveform": y.astype(np.float32)}))
     from echoengine.clips import fixed_windows
-    from echoengine.embeddings import clip_windows, embedding_hop_samples
+    from echoengine.embeddings import embed_clips
     from echoengine.models.embedders import build_embedder
 
-    embedder = build_embedder(bundle.config.model.embedder)
-    clip, window = bundle.config.audio.clip_samples, embedder.window_samples
+    clip = bundle.config.audio.clip_samples
     clips, _ = fixed_windows(y, length=clip, hop=clip)
-    windows = clip_windows(clips, window=window, hop=embedding_hop_samples(bundle.config, window))
-    embeddings = embedder.embed(windows.reshape(-1, window)).reshape(len(clips), windows.shape[1], -1)
+    embeddings = embed_clips(build_embedder(bundle.config.model.embedder), clips, bundle.config)
     return tuple(session.run(None, {"embeddings": embeddings.astype(np.float32)}))
 
 

@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,8 @@ from echoengine.config import AudioConfig
 from echoengine.errors import AudioError, DataError
 
 __all__ = ["event_band", "mix_soundscapes", "split_sources", "trim_event"]
+
+logger = logging.getLogger("echoengine")
 
 
 def trim_event(y: np.ndarray, *, top_db: float = 40.0) -> tuple[np.ndarray, int]:
@@ -125,7 +128,7 @@ def mix_soundscapes(
             try:
                 event, _ = trim_event(audio.load(clip["path"], config))
             except AudioError as error:
-                print(f"error: {error}")
+                logger.warning("skipping %s", error)
                 continue
             event = event[:n]
             onset = int(rng.integers(0, n - len(event) + 1))

@@ -35,7 +35,7 @@ from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
 
-__all__ = ["check_ensemble", "clip_means", "predict_table", "window_probabilities"]
+__all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "predict_table", "window_probabilities"]
 
 
 class _Indexed(Dataset):
@@ -64,6 +64,20 @@ def clip_means(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int
     counts = np.bincount(window_rows, minlength=n_rows)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+
+
+def clip_maxes(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int) -> np.ndarray:
+    """The best window's probabilities per catalog row (multi-label pooling); rows without windows are NaN.
+
+    Examples
+    --------
+    >>> clip_maxes(np.array([[0.8, 0.2], [0.4, 0.6]]), np.array([0, 0]), n_rows=2)
+    array([[0.8, 0.6],
+           [nan, nan]])
+    """
+    best = np.full((n_rows, window_probs.shape[1]), -np.inf)
+    np.maximum.at(best, window_rows, window_probs)
+    return np.where(np.isfinite(best), best, np.nan)
 
 
 def _model_inputs(config) -> tuple:
@@ -153,7 +167,5 @@ def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> 
     """
     probabilities, rows = window_probabilities(bundles, table, **options)
     if bundles[0].config.model.multilabel:  # is the species anywhere in the file: its best window
-        best = np.full((len(table), probabilities.shape[1]), -np.inf)
-        np.maximum.at(best, rows, probabilities)
-        return np.where(np.isfinite(best), best, np.nan)
+        return clip_maxes(probabilities, rows, n_rows=len(table))
     return clip_means(probabilities, rows, n_rows=len(table))

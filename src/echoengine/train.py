@@ -146,13 +146,13 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
     if training and frozen_backbone:
         model.backbone.eval()  # frozen batch-norm statistics too
     total_loss, correct, seen = 0.0, 0, 0
+    multilabel = isinstance(loss_fn, MaskedBCE)
     bar = tqdm(loader, desc=description, leave=False, unit="batch", disable=not progress, file=sys.stderr)
     with torch.set_grad_enabled(training):
         for images, targets in bar:
             if len(images) < 2 and training:  # batch norm needs two examples
                 continue
             images, targets = _to_device(images, device), targets.to(device)
-            multilabel = isinstance(loss_fn, MaskedBCE)
             labels = None if multilabel else targets.argmax(1)
             if training and augment is not None and augment.mixup_p > 0 and mixup_rng.random() < augment.mixup_p:
                 images, targets = mixup(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
