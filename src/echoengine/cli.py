@@ -486,10 +486,10 @@ def cmd_mix(args: argparse.Namespace) -> int:
     from echoengine.mix import mix_soundscapes, split_sources
 
     config = _config(args)
-    clips, _ = _scan(args.clips, config)
-    backgrounds = find_audio(args.background) if args.background else []
     common = {"duration": args.duration, "events": _range(args.events, int), "snr": _range(args.snr),
               "config": config.audio, "seed": args.seed}
+    backgrounds = find_audio(args.background) if args.background else []
+    clips, _ = _scan(args.clips, config)
     if args.test_fraction:
         parts = split_sources(clips, backgrounds, test_fraction=args.test_fraction, seed=args.split_seed)
         test_count = max(1, round(args.count * args.test_fraction / (1 - args.test_fraction)))

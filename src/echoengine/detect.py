@@ -318,9 +318,7 @@ def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, threshold
         Classes to keep only / to drop.
     """
     classes = list(classes)
-    unknown = sorted((set(include) | set(exclude)) - set(classes))
-    if unknown:
-        raise EchoError(f"unknown species {', '.join(unknown)}: the model's classes are {', '.join(classes)}")
+    _check_species(classes, include, exclude)
     matrix = scores[classes].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
     hit = matrix >= thresholds[None, :]
     if top_n:
@@ -334,6 +332,12 @@ def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, threshold
         "end": scores["end"].to_numpy()[rows], "label": np.array(classes, dtype=object)[columns],
         "score": matrix[rows, columns],
     })
+
+
+def _check_species(classes: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> None:
+    unknown = sorted((set(include) | set(exclude)) - set(classes))
+    if unknown:
+        raise EchoError(f"unknown species {', '.join(unknown)}: the model's classes are {', '.join(classes)}")
 
 
 def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
@@ -439,6 +443,7 @@ def detect(
     if not files:
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
     scorer = WindowScorer(bundles, onnx=options.onnx)
+    _check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
     clip_seconds = scorer.config.audio.clip_seconds
     if not 0 <= options.overlap < clip_seconds:
         raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "

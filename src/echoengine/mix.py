@@ -119,7 +119,11 @@ def mix_soundscapes(
     boxes = []
     for index in range(count):
         rng = np.random.default_rng([seed, index])
-        mix = _background(list(backgrounds), duration, config, rng)
+        try:
+            mix = _background(list(backgrounds), duration, config, rng)
+        except AudioError as error:  # an unreadable background: this soundscape goes on over noise
+            logger.warning("skipping %s; noise instead", error)
+            mix = _background([], duration, config, rng)
         level = _rms(mix)
         name = f"{prefix}_{index:04d}"
         rows = []
