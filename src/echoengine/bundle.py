@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import pickle
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from echoengine.errors import EchoError
 from echoengine.models import Classifier, build_model
 
 __all__ = ["Bundle", "find_bundles", "load_bundle", "read_classes", "save_atomic", "selection_history",
-           "write_metadata"]
+           "weights_digest", "write_metadata"]
 
 CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
@@ -68,12 +69,27 @@ def save_atomic(obj, path: str | Path) -> None:
 
 
 def write_metadata(folder: str | Path, config: EchoConfig, classes: list[str]) -> Path:
-    """Create ``folder`` and write its config and class list."""
+    """Create ``folder`` and write its config (without this machine's settings) and class list."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config.save(folder / CONFIG_FILE)
+    config.portable().save(folder / CONFIG_FILE)
     (folder / CLASSES_FILE).write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
     return folder
+
+
+def weights_digest(folder: str | Path) -> str:
+    """A short hash of a bundle's ``weights.pt``: files derived from the weights record it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / WEIGHTS_FILE).write_bytes(b"weights")
+    >>> weights_digest(folder)
+    '8eaa55a578eb0f70'
+    """
+    with open(Path(folder) / WEIGHTS_FILE, "rb") as file:
+        return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
 
 
 def read_classes(folder: str | Path) -> list[str]:
@@ -100,7 +116,7 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
     missing = [name for name in (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
     if missing:
         raise EchoError(f"{folder}: not a model bundle (missing {', '.join(missing)})")
-    config = EchoConfig.load(folder / CONFIG_FILE)
+    config = EchoConfig.load(folder / CONFIG_FILE).portable()  # the cache, workers and device are the reader's
     classes = read_classes(folder)
     # the architecture only: the weights come from the bundle, never from a download
     model = build_model(dataclasses.replace(config.model, pretrained=False), len(classes))

@@ -38,6 +38,7 @@ from echoengine.errors import ConfigError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "MACHINE_SETTINGS",
     "AudioConfig",
     "AugmentConfig",
     "DataConfig",
@@ -691,6 +692,28 @@ class EchoConfig:
             merged[name] = {**merged[name], **_to_toml_values(changes)}
         return EchoConfig.from_dict(merged)
 
+    def portable(self) -> EchoConfig:
+        """A copy with the settings of the machine running a command (:data:`MACHINE_SETTINGS`) at their defaults.
+
+        A bundle stores and loads its config this way: where to cache, how
+        many workers and which device belong to the reader's machine, never to
+        a model file that may come from a stranger.
+
+        Examples
+        --------
+        >>> EchoConfig().replace(data={"cache_dir": "/elsewhere"}).portable().data.cache_dir
+        ''
+        """
+        return self.replace(**_machine_defaults())
+
+    def with_machine_settings(self, other: EchoConfig) -> EchoConfig:
+        """A copy that takes its :data:`MACHINE_SETTINGS` from ``other`` (the command's own)."""
+        changes: dict[str, dict[str, Any]] = {}
+        for setting in MACHINE_SETTINGS:
+            section, key = setting.split(".")
+            changes.setdefault(section, {})[key] = getattr(getattr(other, section), key)
+        return self.replace(**changes)
+
     def fingerprint(self, *sections: str, ignore: tuple[str, ...] = ()) -> str:
         """A short hash of the named sections (all when none are named).
 
@@ -703,3 +726,16 @@ class EchoConfig:
         payload = {name: {k: v for k, v in values[name].items() if f"{name}.{k}" not in ignore} for name in names}
         blob = json.dumps(payload, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+#: Settings of the machine that runs a command, not of a model: never read from a bundle.
+MACHINE_SETTINGS = ("data.cache_dir", "data.cache_size_gb", "data.cache_identity", "data.num_workers", "train.device")
+
+
+def _machine_defaults() -> dict[str, dict[str, Any]]:
+    defaults = EchoConfig().to_dict()
+    changes: dict[str, dict[str, Any]] = {}
+    for setting in MACHINE_SETTINGS:
+        section, key = setting.split(".")
+        changes.setdefault(section, {})[key] = defaults[section][key]
+    return changes
