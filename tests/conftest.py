@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,63 @@ from echoengine.synthetic import make_dataset
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ESC50 = SHARED_DATA / "esc50-subset"
 SOUNDSCAPES = SHARED_DATA / "soundscapes"
+
+
+# Where programs write caches and settings unless told otherwise; every test (and subprocess) gets a temporary one.
+_HOME_VARIABLES = {"HOME": "home", "XDG_CACHE_HOME": "home/.cache", "XDG_CONFIG_HOME": "home/.config",
+                   "MPLCONFIGDIR": "matplotlib", "TORCH_HOME": "torch"}
+_saved_environment: dict[str, str | None] = {}
+_temporary_home: list[Path] = []
+
+
+def _test_default_cache() -> Path:
+    return _temporary_home[0] / "home" / ".cache" / "echoengine" / "features"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point HOME, the cache variables and the CLI's default cache at a temporary folder.
+
+    Done before collection, so that nothing a test module imports (the CLI's
+    ``DEFAULT_CACHE``, matplotlib's font cache, torch hub) and no subprocess
+    a test starts writes into the user's ``~/.cache``; undone by
+    :func:`pytest_unconfigure`.
+    """
+    root = Path(tempfile.mkdtemp(prefix="echoengine-tests-home-"))
+    _temporary_home.append(root)
+    for name, relative in _HOME_VARIABLES.items():
+        _saved_environment[name] = os.environ.get(name)
+        (root / relative).mkdir(parents=True, exist_ok=True)
+        os.environ[name] = str(root / relative)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, value in _saved_environment.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    if _temporary_home:
+        shutil.rmtree(_temporary_home.pop(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _default_cache_is_temporary(monkeypatch) -> None:
+    """The CLI's default feature cache, in the temporary home for every test (even if imported before HOME moved)."""
+    cli = sys.modules.get("echoengine.cli")
+    if cli is not None:
+        monkeypatch.setattr(cli, "DEFAULT_CACHE", _test_default_cache())
+    assert Path.home() == _temporary_home[0] / "home"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread: far quicker for tiny models on a small, shared CPU; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _require(path: Path) -> Path:
@@ -57,6 +118,24 @@ def rng() -> np.random.Generator:
 def synthetic_dataset(tmp_path_factory) -> Path:
     """A small folder-per-class synthetic dataset (4 classes x 6 files)."""
     return make_dataset(tmp_path_factory.mktemp("synthetic"), classes=4, files_per_class=6, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny synthetic dataset (2 classes x 4 files) and a config file that trains on it in seconds on a CPU."""
+    from echoengine.config import EchoConfig
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "data", classes=2, files_per_class=4, seed=0)
+    config = EchoConfig().replace(
+        model={"backbone": "small_cnn", "head": "linear", "dropout": 0.0},
+        train={"learning_rate": 1e-3, "device": "cpu"},
+        augment={"variants": 2, "noise_p": 0, "time_stretch_p": 0, "pitch_shift_p": 0},
+        audio={"sample_rate": 32000, "clip_seconds": 2.0},  # the files' own rate: no resampling
+        frontend={"n_fft": 512, "hop_length": 512, "n_mels": 48, "image_height": 48, "image_width": 48},
+        data={"batch_size": 4},
+    )
+    return data, config.save(root / "quick.toml")
 
 
 # Each bad file: (relative path, how to write it, expected words in the error or None when usable).

@@ -113,3 +113,54 @@ def test_too_small_datasets_give_a_data_error():
         catalog.kfold(table, folds=5)
     parts = catalog.split(table, test_fraction=0.1, val_fraction=0.1)
     assert sorted(parts[:2]) == sorted(parts[2:]) == ["test", "train"]  # 2 recordings: one each
+
+
+def test_kfold_names_the_classes_too_small_for_the_folds_and_the_fix(caplog):
+    # 3 classes of 4 recordings: 5 folds cannot be stratified (scikit-learn refused in its own words)
+    table = pd.DataFrame({"path": [f"{i}.wav" for i in range(12)], "label": ["frog", "owl", "bat"] * 4,
+                          "group": [f"g{i}" for i in range(12)]})
+    with pytest.raises(DataError) as info:
+        catalog.kfold(table, folds=5)
+    message = str(info.value)
+    assert "5-fold cross-validation" in message and "\n" not in message
+    assert all(f"{label} (4 recordings, 4 files)" in message for label in ("frog", "owl", "bat"))
+    assert "--folds 4 or fewer" in message
+    assert sorted(set(catalog.kfold(table, folds=4))) == [0, 1, 2, 3]  # the fix it suggests works
+    # one class too small for the folds: kept, with a warning naming it, its recordings and the fix (as cv does)
+    table = pd.DataFrame({"path": [f"{i}.wav" for i in range(13)], "label": ["frog"] * 10 + ["bat"] * 3,
+                          "group": [f"g{i}" for i in range(13)]})
+    caplog.clear()
+    folds = catalog.kfold(table, folds=5)
+    assert sorted(set(folds)) == [0, 1, 2, 3, 4] and len(set(folds[10:])) == 3
+    assert "bat (3)" in caplog.text and "--folds 3" in caplog.text and "frog" not in caplog.text
+
+
+def _esc50_csv(root, filenames):
+    for name in ["a.wav", "b.wav"]:
+        _touch_audio(root / "audio" / name)
+    rows = [f"{name},{i % 2},{'owl' if i % 2 else 'frog'}" for i, name in enumerate(filenames)]
+    (root / "meta").mkdir()
+    (root / "meta" / "esc50.csv").write_text("filename,target,category\n" + "\n".join(rows) + "\n")
+    return root / "meta" / "esc50.csv"
+
+
+@pytest.mark.parametrize("bad", ["../../secret.wav", "../meta/x.wav", "ABSOLUTE"])
+def test_csv_rows_outside_the_dataset_folder_are_refused(tmp_path, bad):
+    outside = tmp_path / "elsewhere" / "secret.wav"
+    _touch_audio(outside)
+    root = tmp_path / "esc"
+    bad = str(outside) if bad == "ABSOLUTE" else bad
+    csv = _esc50_csv(root, ["a.wav", "b.wav", bad])
+    with pytest.raises(DataError) as info:
+        catalog.load_catalog(root)
+    message = str(info.value)
+    assert message.startswith(f"{csv}: row 3 (line 4) names {bad!r}, outside the dataset folder")
+    assert "--allow-outside-paths" in message and "data.allow_outside_paths" in message
+    with pytest.raises(DataError, match="row 3"):
+        catalog.from_csv(csv, audio_dir=root / "audio")
+    from echoengine.config import DataConfig
+
+    table = catalog.load_catalog(root, DataConfig(allow_outside_paths=True))
+    assert len(table) == 3
+    inside = catalog.from_csv(_esc50_csv(tmp_path / "ok", ["a.wav", "sub/../b.wav"]))
+    assert len(inside) == 2

@@ -90,5 +90,48 @@ def test_split_writes_grouped_parts(esc50, tmp_path, capsys):
     table = pd.read_csv(out)
     assert set(table["part"]) == {"fold0", "fold1", "fold2", "fold3", "fold4", "excluded"}
     assert (table.groupby("group")["part"].nunique() == 1).all()
-    assert main(["split", str(esc50), "--sparse-classes", "drop", "--out", str(out)]) == 0
+    assert main(["split", str(esc50), "--sparse-classes", "drop", "--out", str(out), "--overwrite"]) == 0
     assert set(pd.read_csv(out)["part"]) == {"train", "val", "test", "excluded"}
+
+
+def test_split_kfold_names_the_classes_too_small_for_the_folds(synthetic_dataset, tmp_path, capsys, caplog):
+    import pandas as pd
+
+    # 4 classes of 6 files; by the group regex 3 source recordings each
+    out = tmp_path / "folds.csv"
+    assert main(["split", str(synthetic_dataset), "--kfold", "--folds", "7", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.split("\r")[-1]  # after the progress bar
+    assert err.startswith("error: 7-fold cross-validation needs a class with at least 7 files") and err.count("\n") == 1
+    assert "synthetic-trill (6 recordings, 6 files)" in err and "use --folds 6 or fewer" in err
+    assert not out.exists()
+    cv = ["cv", str(synthetic_dataset), "--folds", "7", "--backbone", "small_cnn", "--no-cache", "--quiet"]
+    assert main([*cv, "--out", str(tmp_path / "cv")]) == 2  # cross-validation says the same, before training
+    assert capsys.readouterr().err.split("\r")[-1] == err
+    # fewer recordings than folds in some classes: the same warning as cross-validation gives, and the split
+    regex = r"^([a-z]+_rec\d+)_"
+    assert main(["split", str(synthetic_dataset), "--kfold", "--group-regex", regex, "--out", str(out)]) == 0
+    assert "synthetic-trill (3)" in caplog.text and "--folds 3" in caplog.text
+    assert set(pd.read_csv(out)["part"]) == {f"fold{k}" for k in range(5)}
+
+
+def test_csv_rows_outside_the_dataset_need_allow_outside_paths(tmp_path, capsys):
+    import soundfile as sf
+
+    root = tmp_path / "esc"
+    for path in (root / "audio" / "a.wav", root / "audio" / "b.wav", tmp_path / "elsewhere.wav"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, np.zeros(4800, np.float32), 48000)
+    (root / "meta").mkdir()
+    csv = root / "meta" / "esc50.csv"
+    csv.write_text("filename,category\na.wav,frog\nb.wav,owl\n../../elsewhere.wav,owl\n")
+    assert main(["inspect", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f"error: {csv}: row 3 (line 4) names '../../elsewhere.wav', outside the dataset folder "
+                           f"{root / 'audio'}; move the audio into that folder, or allow such rows with "
+                           "--allow-outside-paths (data.allow_outside_paths = true)")
+    assert main(["inspect", str(root), "--allow-outside-paths"]) == 0
+    assert "files: 3 (3 usable, 0 unreadable)" in capsys.readouterr().out
+    toml = tmp_path / "allow.toml"
+    toml.write_text("[data]\nallow_outside_paths = true\n")
+    assert main(["inspect", str(csv), "--config", str(toml)]) == 0
+    assert "files: 3 (3 usable, 0 unreadable)" in capsys.readouterr().out

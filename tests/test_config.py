@@ -35,7 +35,7 @@ def test_toml_round_trip(tmp_path):
         ({"augment": {"noise_p": 1.5}}, "probability"),
         ({"augment": {"time_stretch_min_rate": 2.0}}, "above maximum"),
         ({"data": {"on_error": "explode"}}, "on_error"),
-        ({"data": {"extensions": [".aiff"]}}, "extensions"),
+        ({"data": {"extensions": [".xyz"]}}, "extensions"),
         ({"augment": {"seed": -1}}, "augment.seed"),
         ({"frontend": {"window": "hannn"}}, "frontend.window"),
         ({"audio": {"clip_seconds": 0.01}, "frontend": {"pad_mode": "reflect"}}, "reflect"),
@@ -65,3 +65,77 @@ def test_fingerprint_follows_the_named_sections():
     assert base.fingerprint("audio", "frontend") != other_fe.fingerprint("audio", "frontend")
     assert base.fingerprint("audio", "frontend") == other_aug.fingerprint("audio", "frontend")
     assert base.fingerprint("augment") != other_aug.fingerprint("augment")
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"audio": {"clip_seconds": 1e12}}, "audio.clip_seconds must be at most 600"),
+        ({"audio": {"clip_seconds": float("inf")}}, "audio.clip_seconds must be at most 600"),
+        ({"audio": {"clip_seconds": 1e-9}}, "clip_seconds x sample_rate = 0 samples"),
+        ({"audio": {"sample_rate": 10**30}}, "audio.sample_rate must be at most 1000000"),
+        ({"audio": {"sample_rate": 384000, "clip_seconds": 600}}, "230400000 samples must hold 1 to"),
+        ({"frontend": {"image_height": 100000}}, "frontend.image_height must be at most 2048"),
+        ({"frontend": {"image_width": 4096}}, "frontend.image_width must be at most 2048"),
+        ({"frontend": {"image_channels": 64}}, "frontend.image_channels must be at most 4"),
+        ({"frontend": {"n_fft": 2**20}}, "frontend.n_fft must be at most 65536"),
+        ({"frontend": {"hop_length": 2**20}}, "frontend.hop_length must be at most 65536"),
+        ({"frontend": {"n_mels": 100000}}, "frontend.n_mels must be at most 1024"),
+        ({"frontend": {"hop_length": 1}}, "the STFT of one clip would hold 246001025 values"),
+        ({"data": {"batch_size": 10**6}}, "data.batch_size must be at most 4096"),
+        ({"data": {"batch_size": 1024}, "frontend": {"image_height": 2048, "image_width": 2048}},
+         "a batch of data.batch_size 1024 model images"),
+        ({"data": {"num_workers": 10**4}}, "data.num_workers must be at most 256"),
+        ({"data": {"folds": 10**4}}, "data.folds must be at most 100"),
+        ({"data": {"background_crops": 10**9}}, "data.background_crops must be at most 1000"),
+        ({"data": {"cache_size_gb": float("inf")}}, "data.cache_size_gb must be at most 100000"),
+        ({"data": {"split_seed": 2**40}}, "data.split_seed must be at most 4294967295"),
+        ({"augment": {"variants": 10**6}}, "augment.variants must be at most 1000"),
+        ({"augment": {"embedding_variants": 10**6}}, "augment.embedding_variants must be at most 1000"),
+        ({"augment": {"time_masks": 10**6}}, "augment.time_masks must be at most 100"),
+        ({"model": {"hidden_size": 10**7}}, "model.hidden_size must be at most 16384"),
+        ({"model": {"embedding_hop": 1e-5}}, "model.embedding_hop must be 0 (the window length) or 0.1 to 600"),
+        ({"train": {"seed": 2**64}}, "train.seed must be in [0, 4294967295]"),
+    ],
+)
+def test_sizes_have_upper_bounds(changes, words):
+    with pytest.raises(ConfigError) as info:
+        EchoConfig.from_dict(changes)
+    assert words in str(info.value)
+
+
+def test_the_largest_allowed_sizes_are_accepted():
+    EchoConfig.from_dict({"audio": {"sample_rate": 1_000_000, "clip_seconds": 60}, "frontend": {"fmax": 13000,
+                          "n_fft": 65536, "hop_length": 65536, "n_mels": 1024, "image_height": 2048,
+                          "image_width": 2048, "image_channels": 4}, "data": {"batch_size": 64, "folds": 100}})
+    EchoConfig.from_dict({"data": {"batch_size": 4096, "num_workers": 256}, "model": {"hidden_size": 16384},
+                          "augment": {"variants": 1000, "seed": 2**32 - 1}})
+
+
+def test_a_wrong_type_anywhere_is_a_config_error_naming_the_key():
+    import dataclasses
+
+    from echoengine.config import _SECTIONS
+
+    for section, cls in _SECTIONS.items():
+        for key in (f.name for f in dataclasses.fields(cls)):
+            for value in ({"x": 1}, [[1]], "zzz", True, float("nan"), 10**30):
+                try:
+                    EchoConfig.from_dict({section: {key: value}})
+                except ConfigError as error:
+                    assert "\n" not in str(error)
+                    assert section in str(error), str(error)  # any other exception fails the test
+
+
+def test_an_undecodable_or_unreadable_config_names_the_file(tmp_path):
+    path = tmp_path / "echoengine.toml"
+    path.write_bytes(b"[audio]\nsample_rate = 44100 # caf\xe9\n")
+    with pytest.raises(ConfigError) as info:
+        EchoConfig.load(path)
+    assert str(info.value) == (f"{path}: not UTF-8 text (byte 0xe9 at offset 33); "
+                               "a config is a TOML file: save it as UTF-8")
+    with pytest.raises(ConfigError, match=f"^{tmp_path}: cannot read the config \\(Is a directory\\)$"):
+        EchoConfig.load(tmp_path)
+    path.write_text('[train]\nepochs = "ten"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"echoengine\.toml: train\.epochs must be int, got 'ten'$"):
+        EchoConfig.load(path)

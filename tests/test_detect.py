@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from echoengine import catalog, formats
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
 from echoengine.detect import merge_events, stream_windows, window_detections
+from echoengine.errors import EchoError
 from echoengine.synthetic import synthesize_call
 
 SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400, "n_fft": 1024}
@@ -223,7 +225,7 @@ def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds
                                                                                  tmp_path):
     import shutil
 
-    from echoengine.bundle import load_bundle
+    from echoengine.bundle import load_bundle, weights_digest
     from echoengine.detect import DetectOptions, detect, load_thresholds
     from echoengine.predict import window_probabilities
 
@@ -234,7 +236,8 @@ def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds
     bundle = load_bundle(bundle_dir)
     thresholds = load_thresholds(bundle_dir, bundle.classes)
     table = pd.read_csv(bundle_dir / "thresholds.csv")
-    assert table.columns.tolist() == ["class", "threshold", "f1", "precision", "recall", "positives"]
+    assert table.columns.tolist() == ["class", "threshold", "f1", "precision", "recall", "positives", "weights"]
+    assert set(table["weights"]) == {weights_digest(bundle_dir)}  # calibrated for these weights
     assert np.allclose(thresholds, table["threshold"]) and (table["positives"] > 0).all()
 
     files = _field_recordings(tmp_path / "field", 2, seconds=17.0)
@@ -290,3 +293,219 @@ def test_resume_retries_failed_files_and_same_named_files_keep_apart(small_bundl
     assert pd.read_csv(out / "errors.csv").empty
     assert (out / "raven" / "late.selections.txt").is_file()
     assert _cli("detect", small_bundle, folder, "--out", out, "--quiet", "--resume", "--overlap", "1").returncode == 2
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_folder_in_use_is_refused_unless_resumed_or_overwritten(small_bundle, tmp_path, capsys):
+    from echoengine.cli import main
+
+    files = _field_recordings(tmp_path / "field", 2, seconds=6.0)
+    out = tmp_path / "out"
+    assert main(["detect", str(small_bundle), *files, "--out", str(out), "--quiet"]) == 0
+    assert sorted(p.name for p in (out / "raven").iterdir()) == ["site00.selections.txt", "site01.selections.txt"]
+    before = _snapshot(out)
+    capsys.readouterr()
+    assert main(["detect", str(small_bundle), files[0], "--out", str(out), "--quiet"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"error: {out}: holds an earlier detect run" in error
+    assert "--resume" in error and "--overwrite" in error
+    assert _snapshot(out) == before  # nothing lost, nothing overwritten
+
+    (out / "raven" / "my notes.txt").write_text("kept by hand")  # a file detect did not write stops --overwrite
+    assert main(["detect", str(small_bundle), files[0], "--out", str(out), "--quiet", "--overwrite"]) == 2
+    error = capsys.readouterr().err
+    assert "holds files detect did not write" in error and "my notes.txt" in error
+    assert _snapshot(out) == {**before, "raven/my notes.txt": b"kept by hand"}
+    (out / "raven" / "my notes.txt").unlink()
+
+    assert main(["detect", str(small_bundle), files[0], "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "raven").iterdir()) == ["site00.selections.txt"]  # the old run is gone
+    assert sorted(p.name for p in (out / "audacity").iterdir()) == ["site00.txt"]
+    assert pd.read_parquet(out / "scores.parquet")["file"].unique().tolist() == files[:1]
+    assert len(list((out / ".detect").glob("*.npz"))) == 1
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one or the other
+        main(["detect", str(small_bundle), files[0], "--out", str(out), "--resume", "--overwrite"])
+    assert exit_info.value.code == 2
+    other = tmp_path / "thesis"
+    other.mkdir()
+    (other / "chapter1.docx").write_text("years of work")
+    for flag, words in (("--resume", "holds no earlier detect run to resume"), ("--overwrite", "chapter1.docx")):
+        assert main(["detect", str(small_bundle), files[0], "--out", str(other), "--quiet", flag]) == 2
+        assert words in capsys.readouterr().err
+    assert _snapshot(other) == {"chapter1.docx": b"years of work"}
+
+
+def test_overwrite_recognises_a_finished_run_of_an_older_version(tmp_path):
+    from echoengine.ledger import claim_output
+
+    out = tmp_path / "old"
+    for name in (".detect/run.json", ".detect/0123456789abcdef0123.npz", "events.csv", "scores.parquet",
+                 "raven/a.selections.txt", "audacity/a.txt"):
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text("x")
+    claim_output(out, resume=False, overwrite=True)  # no list of outputs: its tables are known by their names
+    assert list(out.iterdir()) == []
+    (out / "audacity").mkdir()
+    (out / "audacity" / "a.txt").write_text("hand-made labels")  # no ledger: nothing here is detect's
+    with pytest.raises(EchoError, match="did not write"):
+        claim_output(out, resume=False, overwrite=True)
+    assert (out / "audacity" / "a.txt").read_text() == "hand-made labels"
+
+
+def test_progress_stays_within_its_total_in_seconds_for_short_files(small_bundle, tmp_path, capsys, recwarn):
+    from tqdm import TqdmWarning
+
+    from echoengine.bundle import load_bundle
+    from echoengine.detect import DetectOptions, detect
+
+    files = [*_field_recordings(tmp_path / "a", 1, seconds=6.1), *_field_recordings(tmp_path / "b", 1, seconds=11.7)]
+    detect([load_bundle(small_bundle)], files, tmp_path / "out", options=DetectOptions(), progress=True,
+           log=lambda line: None)
+    bars = capsys.readouterr().err.replace("\r", "\n")
+    assert not [w for w in recwarn if issubclass(w.category, TqdmWarning)], [str(w.message) for w in recwarn]
+    assert "clamping" not in bars and "<-" not in bars  # no warning, no negative time left
+    assert "17.8/17.8 s audio" in bars and "2/2 files" in bars
+
+
+def test_summary_puts_stamped_files_on_the_time_of_day_and_the_others_apart(tmp_path):
+    from echoengine.detect import summarize
+    from echoengine.plots import detection_layout
+    from echoengine.summary import file_timestamp
+
+    out = tmp_path / "out"
+    out.mkdir()
+    events = pd.DataFrame({
+        "file": ["/rec/S4A03895_20190522_061500.flac", "/rec/S4A03895_20190523_221500.flac", "/rec/robin.ogg",
+                 "/rec/robin.ogg", "/rec/toad.flac"],
+        "start": [30.0, 0.0, 0.0, 5.0, 10.0], "end": [35.0, 5.0, 5.0, 10.0, 15.0],
+        "label": ["owl", "owl", "frog", "frog", "owl"], "score": [0.9, 0.8, 0.7, 0.6, 0.95],
+    })
+    formats.write_csv(events, out / "events.csv")
+    lines: list[str] = []
+    table = summarize(out, log=lines.append)
+    assert (out / "summary.png").stat().st_size > 0 and (out / "summary.csv").is_file()
+    owl = table.set_index("species").loc["owl"]
+    assert owl["events"] == 3 and owl["hours_of_day"] == "06 22"  # from the two stamped files only
+    note = lines[-1]
+    assert "2 file(s) on a time-of-day axis" in note and "2 without a time stamp" in note
+    assert "robin.ogg" in note and "toad.flac" in note and "S4A03895" not in note
+    events["when"] = [file_timestamp(f, s) for f, s in zip(events["file"], events["start"], strict=True)]
+    layout = detection_layout(events)
+    assert layout["axis"].tolist() == ["time of day"] * 2 + ["end to end"] * 3
+    np.testing.assert_allclose(layout["x"], [6.25 + 30 / 3600, 22.25, 0.0, 5.0, 10.0 + 10.0])  # clock hours; seconds
+    np.testing.assert_allclose(layout["width"], [5 / 3600, 5 / 3600, 5.0, 5.0, 5.0])
+
+
+def _retrained(bundle_dir) -> None:
+    """The same bundle with other weights, as a retraining in place leaves it."""
+    import torch
+
+    from echoengine.bundle import WEIGHTS_FILE
+
+    state = torch.load(bundle_dir / WEIGHTS_FILE, weights_only=True)
+    torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, bundle_dir / WEIGHTS_FILE)
+
+
+_THRESHOLDS = [("synthetic-croak", "0.4"), ("synthetic-harmonic", "0.5"), ("synthetic-trill", "0.6"),
+               ("synthetic-upsweep", "0.7")]
+
+
+@pytest.mark.parametrize(("content", "words"), [
+    (b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\xff\xfe binary", "not a readable CSV"),
+    (b"a;b\n1;2\n", "no class or threshold column"),
+    (b"", "not a readable CSV"),
+    ([*_THRESHOLDS[:1], ("synthetic-harmonic", "nan"), *_THRESHOLDS[2:]], "threshold of 'synthetic-harmonic' is not a"),
+    ([("synthetic-croak", ""), *_THRESHOLDS[1:]], "threshold of 'synthetic-croak' is not a number"),
+    ([("synthetic-croak", "high"), *_THRESHOLDS[1:]], "threshold of 'synthetic-croak' is not a number"),
+    ([*_THRESHOLDS[:3], ("synthetic-upsweep", "1.5")], "'synthetic-upsweep' is 1.5, outside [0, 1]"),
+    ([("synthetic-croak", "-0.1"), *_THRESHOLDS[1:]], "outside [0, 1]"),
+    (_THRESHOLDS[:1], "no threshold for 3 of the model's classes (synthetic-harmonic, synthetic-trill"),
+    ([*_THRESHOLDS, _THRESHOLDS[0]], "'synthetic-croak' is listed more than once"),
+])
+def test_a_bad_thresholds_file_is_a_one_line_error_naming_it(small_bundle, tmp_path, content, words):
+    import re
+    import shutil
+
+    from echoengine.bundle import read_classes
+    from echoengine.thresholds import load_thresholds, write_thresholds
+
+    bundle_dir = Path(shutil.copytree(small_bundle, tmp_path / "bundle"))
+    classes = read_classes(bundle_dir)
+    if isinstance(content, list):  # a table of this bundle's weights, with one thing wrong
+        write_thresholds(bundle_dir, pd.DataFrame(content, columns=["class", "threshold"]))
+    else:
+        (bundle_dir / "thresholds.csv").write_bytes(content)
+    with pytest.raises(EchoError, match=re.escape(words)) as error:
+        load_thresholds(bundle_dir, classes)
+    assert str(error.value).startswith(str(bundle_dir / "thresholds.csv")) and "\n" not in str(error.value)
+
+
+def test_thresholds_record_the_weights_they_were_calibrated_for(small_bundle, tmp_path, capsys, caplog):
+    import logging
+    import shutil
+
+    from echoengine.bundle import read_classes, weights_digest
+    from echoengine.cli import main
+    from echoengine.thresholds import load_thresholds, models_digest, write_thresholds
+
+    bundle_dir = Path(shutil.copytree(small_bundle, tmp_path / "bundle"))
+    classes = read_classes(bundle_dir)
+    table = pd.DataFrame({"class": classes, "threshold": [0.123456, 0.5, 0.25, 1.0]})
+    write_thresholds(bundle_dir, table)
+    written = pd.read_csv(bundle_dir / "thresholds.csv")  # a plain CSV
+    assert written.columns.tolist() == ["class", "threshold", "weights"]
+    assert set(written["weights"]) == {weights_digest(bundle_dir)}
+    np.testing.assert_array_equal(load_thresholds(bundle_dir, classes[::-1]), [1.0, 0.25, 0.5, 0.1235])
+    (bundle_dir / "thresholds.csv").write_text("class,threshold\n" + "".join(f"{c},0.5\n" for c in classes))
+    with caplog.at_level(logging.WARNING):  # written before the digest was recorded: used, with a warning
+        assert load_thresholds(bundle_dir, classes).tolist() == [0.5] * 4
+    assert "records no weights digest" in caplog.text and "re-run `echoengine calibrate`" in caplog.text
+    write_thresholds(bundle_dir, table)
+
+    files = _field_recordings(tmp_path / "field", 1, seconds=6.0)
+    _retrained(bundle_dir)
+    with pytest.raises(EchoError, match=r"calibrated for other weights.*re-run `echoengine calibrate"):
+        load_thresholds(bundle_dir, classes)
+    capsys.readouterr()
+    assert main(["detect", str(bundle_dir), *files, "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "calibrated for other weights" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any scoring
+    assert main(["detect", str(bundle_dir), *files, "--out", str(tmp_path / "out"), "--threshold", "2"]) == 2
+    assert "error: --threshold must be in [0, 1]" in capsys.readouterr().err
+    with pytest.raises(EchoError, match="must be in"):
+        from echoengine.detect import DetectOptions
+
+        DetectOptions(threshold=float("nan"))
+
+    cv = tmp_path / "cv"  # a CV folder: one digest over its folds
+    for fold in ("fold0", "fold1"):
+        shutil.copytree(small_bundle, cv / fold)
+        (cv / fold / "metrics.json").write_text("{}")
+    write_thresholds(cv, table)
+    assert pd.read_csv(cv / "thresholds.csv")["weights"].iloc[0] == models_digest(cv) != weights_digest(cv / "fold0")
+    assert load_thresholds(cv, classes) is not None
+    _retrained(cv / "fold1")
+    with pytest.raises(EchoError, match="calibrated for other weights"):
+        load_thresholds(cv, classes)
+
+
+def test_a_truncated_record_is_scored_again_on_resume(small_bundle, tmp_path):
+    from echoengine.bundle import load_bundle
+    from echoengine.detect import DetectOptions, detect
+
+    files = _field_recordings(tmp_path / "field", 3, seconds=8.0)
+    bundle, out, options = load_bundle(small_bundle), tmp_path / "out", DetectOptions(threshold=0.3)
+    detect([bundle], files, out, options=options, progress=False, log=lambda line: None)
+    reference = _snapshot(out)
+    record = sorted((out / ".detect").glob("*.npz"))[1]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])  # a disk that filled up, a bad copy
+    lines: list[str] = []
+    detect([bundle], files, out, options=options, resume=True, progress=False, log=lines.append)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 1 and record.name in warnings[0] and "scoring it again" in warnings[0]
+    assert "2 of 3 files already done" in " ".join(lines)
+    assert _snapshot(out) == reference  # the same records and outputs as the uninterrupted run

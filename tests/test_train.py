@@ -207,3 +207,34 @@ def test_options_that_would_do_nothing_are_refused():
         EchoConfig().replace(train={"unfreeze_epoch": 3})
     with pytest.raises(ConfigError, match="pretrained already"):
         EchoConfig().replace(model={"embedder": "birdnet", "head": "linear", "pretrained": True})
+
+
+def test_the_same_seed_gives_the_same_model_whatever_the_cache_and_across_a_resume(tiny_training, tmp_path,
+                                                                                   one_torch_thread):
+    from echoengine.cli import main
+
+    data, quick = tiny_training
+
+    def train(out: str, epochs: int, *options: str) -> None:
+        assert main(["train", str(data), "--config", str(quick), "--out", str(tmp_path / out), "--epochs",
+                     str(epochs), "--quiet", *options]) == 0
+
+    def outcome(out: str) -> tuple[pd.DataFrame, dict, dict]:
+        history = pd.read_csv(tmp_path / out / "history.csv").drop(columns=["seconds", "images_per_second"])
+        best = torch.load(tmp_path / out / "weights.pt", weights_only=True)
+        last = torch.load(tmp_path / out / "checkpoint.pt", weights_only=True)["model"]
+        return history, best, last
+
+    train("cold", 3, "--cache-dir", str(tmp_path / "shared-cache"))
+    train("warm", 3, "--cache-dir", str(tmp_path / "shared-cache"))  # every image a hit
+    train("uncached", 3, "--no-cache")
+    train("resumed", 2, "--cache-dir", str(tmp_path / "cold-1"))
+    train("resumed", 3, "--resume", "--cache-dir", str(tmp_path / "cold-2"))  # a cold cache again
+    history, best, last = outcome("cold")
+    assert history["epoch"].tolist() == [1, 2, 3]
+    for out in ("warm", "uncached", "resumed"):
+        other_history, other_best, other_last = outcome(out)
+        pd.testing.assert_frame_equal(other_history, history, check_exact=True, obj=out)
+        for mine, theirs in ((best, other_best), (last, other_last)):
+            assert mine.keys() == theirs.keys()
+            assert all(torch.equal(mine[k], theirs[k]) for k in mine), out

@@ -1,7 +1,11 @@
 """Decode audio files to float32 mono at the configured sample rate.
 
-soundfile (libsndfile) decodes ``.wav .flac .ogg .mp3``; soxr resamples with
-the same quality as ``librosa.load`` (``"HQ"``). Every failure raises
+soundfile (libsndfile) decodes the formats whose header gives the exact
+length (``.wav .flac .ogg .oga .aif .aiff``: PCM sizes, FLAC's STREAMINFO, Ogg
+granule positions); PyAV (FFmpeg, :mod:`echoengine.decode`) decodes the
+compressed ones (``.mp3 .m4a .aac .opus .wma``) to the end of their stream,
+since their header's length is an estimate. soxr resamples with the same
+quality as ``librosa.load`` (``"HQ"``). Every failure raises
 :class:`~echoengine.errors.AudioError` with the file and the reason, so a
 caller can report it in one line and go on with the next file.
 
@@ -19,6 +23,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Iterator
@@ -29,6 +34,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from echoengine import decode
 from echoengine.config import AUDIO_EXTENSIONS, AudioConfig
 from echoengine.errors import AudioError
 
@@ -39,11 +45,13 @@ __all__ = ["AudioInfo", "check", "info", "load", "mix_to_mono", "resample", "str
 _RESAMPLE_CONTEXT_FRAMES = 2048
 # Frames decoded at a time when a whole file is checked.
 _CHECK_BLOCK_FRAMES = 1 << 20
+# Read by soundfile, whose length from their header is exact; the other AUDIO_EXTENSIONS are decoded by PyAV.
+_SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff")
 
 
 @dataclass(frozen=True)
 class AudioInfo:
-    """What a file's header says about it."""
+    """What a file's header says about it (from :func:`check`: its decoded length)."""
 
     path: str
     sample_rate: int
@@ -58,8 +66,13 @@ class AudioInfo:
         return self.frames / self.sample_rate
 
 
-def _open(path: str | Path) -> sf.SoundFile:
-    """Open a file for reading, turning every failure into an AudioError."""
+def _compressed(path: str | Path) -> bool:
+    """Whether a file is decoded by PyAV (its header's length an estimate) rather than soundfile."""
+    return Path(path).suffix.lower() not in _SOUNDFILE_EXTENSIONS
+
+
+def _validate(path: str | Path) -> Path:
+    """A path to an existing, non-empty file of a supported format, or an AudioError."""
     path = Path(path)
     if path.suffix.lower() not in AUDIO_EXTENSIONS:
         raise AudioError(
@@ -75,6 +88,12 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError(path, "is a folder, not an audio file")
     if size == 0:
         raise AudioError(path, "empty file (0 bytes)")
+    return path
+
+
+def _open(path: str | Path) -> sf.SoundFile:
+    """Open a file with soundfile, turning every failure into an AudioError."""
+    path = _validate(path)
     try:
         return sf.SoundFile(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -84,14 +103,35 @@ def _open(path: str | Path) -> sf.SoundFile:
         raise AudioError(path, f"not a readable audio file ({detail})") from None
 
 
+def _probe(path: str | Path) -> AudioInfo:
+    """A compressed file's header, its length the header's estimate (0: none)."""
+    header = decode.probe(_validate(path))
+    return AudioInfo(str(path), header.sample_rate, header.channels, header.frames, header.format, header.subtype)
+
+
 def info(path: str | Path) -> AudioInfo:
     """Read a file's header without decoding its samples.
+
+    For compressed formats (MP3, AAC, Opus, WMA) the length is the header's
+    estimate (decoded when the header has none); :func:`check` gives the
+    decoded length.
 
     Raises
     ------
     AudioError
         Missing, empty, unsupported or undecodable file, or one with no samples.
+
+    Examples
+    --------
+    >>> import soundfile as sf, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tone.flac")
+    >>> sf.write(path, np.zeros(8000, dtype="float32"), 16000)
+    >>> info(path).duration
+    0.5
     """
+    if _compressed(path):
+        result = _probe(path)
+        return result if result.frames > 0 else dataclasses.replace(result, frames=_decode_all(path))
     with _open(path) as f:
         result = AudioInfo(str(path), f.samplerate, f.channels, f.frames, f.format, f.subtype)
     if result.frames <= 0:
@@ -154,7 +194,7 @@ def load(
     Parameters
     ----------
     path : str or Path
-        A ``.wav``, ``.flac``, ``.ogg`` or ``.mp3`` file.
+        A file with one of :data:`~echoengine.config.AUDIO_EXTENSIONS`.
     config : AudioConfig, optional
         Target sample rate, channel selection and resampling quality; the
         Echo defaults when omitted.
@@ -162,7 +202,9 @@ def load(
         Start of the range in seconds.
     duration : float, optional
         Length of the range in seconds; to the end of the file when omitted.
-        A range running past the end returns the samples that exist.
+        A range running past the end returns the samples that exist. Of a
+        compressed file, a range holds the same samples as that range of the
+        whole decoded file.
 
     Returns
     -------
@@ -172,18 +214,24 @@ def load(
     ------
     AudioError
         The file is missing, empty, not audio, in an unsupported format,
-        truncated, has no samples, has non-finite samples, or lacks the
-        requested channel.
+        truncated (WAV, FLAC, Ogg; a compressed file is decoded as far as it
+        goes, with a warning when that is far short of its header's length),
+        has no samples, has non-finite samples, or lacks the requested channel.
     """
     config = config or AudioConfig()
     if offset < 0 or (duration is not None and duration < 0):
         raise AudioError(path, f"invalid time range: offset={offset}, duration={duration}")
-    with _open(path) as f:
-        sr, total = f.samplerate, f.frames
-        if total <= 0:
-            raise AudioError(path, "zero-length audio (the header lists no samples)")
-        first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, total, offset, duration)
-        y = _read_frames(f, path, read_start, read_stop)
+    if _compressed(path):
+        sr = _probe(path).sample_rate
+        first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, None, offset, duration)
+        y = decode.read(path, read_start, read_stop)
+    else:
+        with _open(path) as f:
+            sr, total = f.samplerate, f.frames
+            if total <= 0:
+                raise AudioError(path, "zero-length audio (the header lists no samples)")
+            first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, total, offset, duration)
+            y = _read_frames(f, path, read_start, total if read_stop is None else read_stop)
     y = _to_mono(y, path, config.channel)
     if not math.isfinite(float(y.sum(dtype=np.float64))):
         raise AudioError(path, "contains non-finite samples (NaN or inf)")
@@ -194,31 +242,39 @@ def load(
 
 
 def _plan_range(
-    sr: int, target_sr: int, total: int, offset: float, duration: float | None
-) -> tuple[int, int | None, int, int]:
+    sr: int, target_sr: int, total: int | None, offset: float, duration: float | None
+) -> tuple[int, int | None, int, int | None]:
     """Which input frames to decode for an output range, and where it sits in their resampled output.
 
     Returns ``(first, count, read_start, read_stop)``: decode input frames
-    ``[read_start, read_stop)``, resample, and keep ``count`` output samples
-    from ``first`` (``count`` None: to the end). Reading starts on an input
-    frame that falls exactly on an output sample, with some context before
-    and after, so a range equals the same range of the whole file resampled.
+    ``[read_start, read_stop)`` (``read_stop`` None: to the end), resample,
+    and keep ``count`` output samples from ``first`` (``count`` None: to the
+    end). Reading starts on an input frame that falls exactly on an output
+    sample, with some context before and after, so a range equals the same
+    range of the whole file resampled. ``total`` None: the length is unknown
+    until decoded, and a range past the end keeps what exists.
+
+    Examples
+    --------
+    >>> _plan_range(32000, 48000, None, 10.0, 1.0)
+    (3072, 48000, 317952, 354048)
     """
+    end = math.inf if total is None else total
     if sr == target_sr:
-        start = min(round(offset * sr), total)
-        stop = total if duration is None else min(start + round(duration * sr), total)
+        start = round(min(offset * sr, end))
+        stop = None if duration is None else round(min(start + round(duration * sr), end))
         return 0, None, start, stop
-    out_total = math.ceil(total * target_sr / sr)
-    out_start = min(round(offset * target_sr), out_total)
-    out_stop = out_total if duration is None else min(out_start + round(duration * target_sr), out_total)
-    if out_start == 0 and out_stop == out_total:
+    out_end = math.inf if total is None else math.ceil(total * target_sr / sr)
+    out_start = round(min(offset * target_sr, out_end))
+    out_stop = None if duration is None else min(out_start + round(duration * target_sr), out_end)
+    if out_start == 0 and out_stop in (None, out_end):
         return 0, None, 0, total
     step = sr // math.gcd(sr, target_sr)  # input frames per exact output-aligned position
     wanted_start = out_start * sr / target_sr - _RESAMPLE_CONTEXT_FRAMES
     read_start = max(int(wanted_start // step) * step, 0)
-    read_stop = min(math.ceil(out_stop * sr / target_sr) + _RESAMPLE_CONTEXT_FRAMES, total)
+    read_stop = None if out_stop is None else min(math.ceil(out_stop * sr / target_sr) + _RESAMPLE_CONTEXT_FRAMES, end)
     first = out_start - read_start * target_sr // sr
-    return first, out_stop - out_start, read_start, read_stop
+    return first, None if out_stop is None else round(out_stop - out_start), read_start, read_stop
 
 
 def _read_frames(f: sf.SoundFile, path: str | Path, start: int, stop: int) -> np.ndarray:
@@ -273,22 +329,32 @@ def stream(path: str | Path, config: AudioConfig | None = None, *, block_seconds
     144000
     """
     config = config or AudioConfig()
-    f = _open(path)
-    with f:
-        sr, total = f.samplerate, f.frames
-        if total <= 0:
-            raise AudioError(path, "zero-length audio (the header lists no samples)")
-        resampler = None if sr == config.sample_rate else soxr.ResampleStream(
-            sr, config.sample_rate, 1, dtype="float32", quality=config.resample_quality)
-        step = max(1, round(block_seconds * sr))
-        for start in range(0, total, step):
-            stop = min(start + step, total)
-            y = _to_mono(_read_frames(f, path, start, stop), path, config.channel)
-            if not math.isfinite(float(y.sum(dtype=np.float64))):
-                raise AudioError(path, f"contains non-finite samples (NaN or inf) near {start / sr:.1f} s")
-            if resampler is not None:
-                y = resampler.resample_chunk(y, last=stop == total)
-            yield np.ascontiguousarray(y, dtype=np.float32)
+    sr = (_probe(path) if _compressed(path) else info(path)).sample_rate
+    resampler = None if sr == config.sample_rate else soxr.ResampleStream(
+        sr, config.sample_rate, 1, dtype="float32", quality=config.resample_quality)
+    start = 0
+    for block in _blocks(path, max(1, round(block_seconds * sr))):
+        y = _to_mono(block, path, config.channel)
+        if not math.isfinite(float(y.sum(dtype=np.float64))):
+            raise AudioError(path, f"contains non-finite samples (NaN or inf) near {start / sr:.1f} s")
+        start += len(y)
+        if resampler is not None:
+            y = resampler.resample_chunk(y)
+        yield np.ascontiguousarray(y, dtype=np.float32)
+    if resampler is not None:
+        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        if len(tail):
+            yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+def _blocks(path: str | Path, size: int) -> Iterator[np.ndarray]:
+    """A whole file's frames in blocks of ``size`` (the last one shorter), from soundfile or PyAV."""
+    if _compressed(path):
+        yield from decode.blocks(path, size)
+        return
+    with _open(path) as f:
+        for start in range(0, f.frames, size):
+            yield _read_frames(f, path, start, min(start + size, f.frames))
 
 
 def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
@@ -296,15 +362,26 @@ def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
 
     Unlike :func:`info`, this finds problems that only decoding shows
     (truncation, NaN or inf samples), and files too short to use. Memory
-    stays bounded whatever the file's length.
+    stays bounded whatever the file's length. Of a compressed file, the
+    length returned is the decoded one (a file far shorter than its header
+    says is used, with a warning).
 
     Raises
     ------
     AudioError
         The file cannot be used; the message says why.
+
+    Examples
+    --------
+    >>> import soundfile as sf, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
+    >>> sf.write(path, np.zeros(48000, dtype="float32"), 48000)
+    >>> check(path).frames
+    48000
     """
     config = config or AudioConfig()
-    header = info(path)
+    compressed = _compressed(path)  # its header's length is an estimate: the file's length is what decodes
+    header = dataclasses.replace(_probe(path), frames=_decode_all(path)) if compressed else info(path)
     if header.duration < config.min_seconds:
         raise AudioError(
             path,
@@ -315,15 +392,28 @@ def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
         raise AudioError(
             path, f"audio has {header.channels} channel(s); channel index {config.channel} does not exist"
         )
-    with _open(path) as f:
-        for start in range(0, header.frames, _CHECK_BLOCK_FRAMES):
-            block = _read_frames(f, path, start, min(start + _CHECK_BLOCK_FRAMES, header.frames))
-            if not math.isfinite(float(block.sum(dtype=np.float64))):
-                raise AudioError(path, "contains non-finite samples (NaN or inf)")
+    if not compressed:
+        _decode_all(path)
     return header
 
 
+def _decode_all(path: str | Path) -> int:
+    """Decode a whole file, checking that its samples are finite; how many frames it holds."""
+    frames = 0
+    for block in _blocks(path, _CHECK_BLOCK_FRAMES):
+        if not math.isfinite(float(block.sum(dtype=np.float64))):
+            raise AudioError(path, "contains non-finite samples (NaN or inf)")
+        frames += len(block)
+    return frames
+
+
 def is_audio_file(path: str | os.PathLike, extensions: tuple[str, ...] = AUDIO_EXTENSIONS) -> bool:
-    """Whether a path has an audio extension and is not a hidden file."""
+    """Whether a path has an audio extension and is not a hidden file.
+
+    Examples
+    --------
+    >>> is_audio_file("frog.M4A"), is_audio_file(".frog.mp3"), is_audio_file("notes.txt")
+    (True, False, False)
+    """
     name = os.path.basename(path)
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,8 +42,8 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.models import Classifier, build_model
 
-__all__ = ["Bundle", "find_bundles", "load_bundle", "read_classes", "save_atomic", "selection_history",
-           "weights_digest", "write_metadata"]
+__all__ = ["Bundle", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes", "save_atomic",
+           "selection_history", "weights_digest", "write_metadata"]
 
 CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
@@ -66,6 +67,24 @@ def save_atomic(obj, path: str | Path) -> None:
     temporary = path.with_name(path.name + ".tmp")
     torch.save(obj, temporary)
     os.replace(temporary, path)
+
+
+def load_state(path: str | Path, *, what: str = "the weights", map_location: str | torch.device = "cpu"):
+    """Read a file written by :func:`save_atomic`: tensors, numbers, strings and containers, never code.
+
+    ``torch.load(weights_only=True)`` refuses any other pickled object, so a
+    crafted ``weights.pt`` or ``checkpoint.pt`` cannot run anything.
+
+    Raises
+    ------
+    EchoError
+        The file is missing, truncated, or holds something else: one line naming it.
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        detail = " ".join(str(exc).split())[:300]  # one line
+        raise EchoError(f"{path}: cannot load {what} ({detail})") from None
 
 
 def write_metadata(folder: str | Path, config: EchoConfig, classes: list[str]) -> Path:
@@ -93,8 +112,49 @@ def weights_digest(folder: str | Path) -> str:
 
 
 def read_classes(folder: str | Path) -> list[str]:
-    """The class names of a bundle, in output order."""
-    return [line for line in (Path(folder) / CLASSES_FILE).read_text(encoding="utf-8").splitlines() if line]
+    """The class names of a bundle, in output order: the lines of its ``classes.txt``.
+
+    Raises
+    ------
+    EchoError
+        ``classes.txt`` is missing, unreadable, not UTF-8 text, empty or
+        names a class twice (the message names the file).
+    """
+    path = Path(folder) / CLASSES_FILE
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise EchoError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "expected one class name per line in UTF-8, as training writes it") from None
+    except OSError as exc:
+        raise EchoError(f"{path}: cannot read the class list ({exc.strerror or exc})") from None
+    names = [line for line in text.splitlines() if line]
+    if not names:
+        raise EchoError(f"{path}: lists no class; expected one class name per line, in the model's output order")
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for name in names:
+        (repeated if name in seen else seen).add(name)
+    if repeated:
+        raise EchoError(f"{path}: names {', '.join(map(repr, sorted(repeated)))} more than once; "
+                        "expected each class once, in the model's output order")
+    return names
+
+
+def _check_class_count(folder: Path, classes: list[str], state) -> None:
+    """Refuse a ``classes.txt`` whose length is not the number of outputs of the weights.
+
+    Every head ends in a layer whose bias has one value per class: the last
+    ``head.*.bias`` of the state dict.
+    """
+    if not isinstance(state, dict):
+        return  # not a state dict: reported when it is loaded
+    biases = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".bias")]
+    if not biases or getattr(biases[-1], "ndim", 0) != 1 or len(biases[-1]) == len(classes):
+        return  # nothing to compare, or it matches
+    raise EchoError(f"{folder / CLASSES_FILE}: lists {len(classes)} classes but {WEIGHTS_FILE} has "
+                    f"{len(biases[-1])} outputs; the class list does not belong to these weights: put back the "
+                    f"{CLASSES_FILE} written with them (one class per output, in output order)")
 
 
 def selection_history(folder: str | Path) -> Path:
@@ -122,11 +182,67 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
     model = build_model(dataclasses.replace(config.model, pretrained=False), len(classes))
     try:
         state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
+        _check_class_count(folder, classes, state)
         model.load_state_dict(state)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         detail = " ".join(str(exc).split())[:400]  # one line
         raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({detail})") from None
     return Bundle(folder, config, classes, model.to(device, memory_format=torch.channels_last).eval())
+
+
+# What training, cross-validation, evaluation, calibration and export write into a bundle or CV folder.
+_RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, "history.csv", "selection_history.csv",
+              "splits.csv", "annotations.csv", "metrics.json", "per_class.csv", "model.onnx", "thresholds.csv",
+              "folds.csv", "cv_folds.csv", "oof_predictions.csv", "test_predictions.csv", "plots", "tensorboard",
+              "probe", "fold[0-9]*", "evaluate-*", "*.tmp")
+
+
+def prepare_output(folder: str | Path, *, resume: bool = False, overwrite: bool = False,
+                   owned: tuple[str, ...] = _RUN_FILES) -> Path:
+    """Make ``folder`` ready for a new training run without losing anything by surprise.
+
+    A missing or empty folder is created. A non-empty one is refused unless
+    the run resumes (``resume``: kept as it is) or ``overwrite`` is given,
+    which removes every file of the earlier run first, so that no stale ONNX
+    graph or thresholds survive beside new weights. A folder holding files
+    that echoengine did not write (that match none of the ``owned`` name
+    patterns) is never cleared.
+
+    Raises
+    ------
+    EchoError
+        The folder is not empty and neither ``resume`` nor ``overwrite`` is
+        given, or it holds files of someone else.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> folder = write_metadata(Path(tempfile.mkdtemp()) / "bundle", EchoConfig(), ["frog"])
+    >>> prepare_output(folder)
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.EchoError: ...: not empty (an earlier run's output); pass --resume ...
+    >>> sorted(prepare_output(folder, overwrite=True).iterdir())
+    []
+    """
+    folder = Path(folder)
+    if resume and overwrite:
+        raise EchoError(f"{folder}: --resume continues the run there and --overwrite replaces it; give one")
+    if resume:
+        return folder
+    entries = sorted(folder.iterdir()) if folder.is_dir() else []
+    if entries:
+        foreign = [entry.name for entry in entries if not any(entry.match(name) for name in owned)]
+        if foreign:
+            raise EchoError(f"{folder}: holds files echoengine did not write ({', '.join(foreign[:3])}); "
+                            "choose another output folder")
+        if not overwrite:
+            raise EchoError(f"{folder}: not empty (an earlier run's output); pass --resume to continue it or "
+                            "--overwrite to replace it")
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def find_bundles(folder: str | Path) -> list[Path]:

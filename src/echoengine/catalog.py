@@ -116,12 +116,34 @@ def _find_audio_dir(csv_path: Path, first_file: str) -> Path:
     )
 
 
-def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group_regex: str = "") -> pd.DataFrame:
+def _refuse_outside_paths(csv_path: Path, folder: Path, names: pd.Series) -> None:
+    """Raise when a row of the CSV names a file outside ``folder`` (``../x.wav``, an absolute path elsewhere)."""
+    root = os.path.normpath(folder.absolute())
+    outside = [i for i, name in enumerate(names)
+               if os.path.commonpath([root, os.path.normpath(os.path.join(root, name))]) != root]
+    if outside:
+        first = outside[0]
+        more = f" (and {len(outside) - 1} more row(s))" if len(outside) > 1 else ""
+        raise DataError(f"{csv_path}: row {first + 1} (line {first + 2}) names {names.iloc[first]!r}, outside the "
+                        f"dataset folder {folder}{more}; move the audio into that folder, or allow such rows with "
+                        "--allow-outside-paths (data.allow_outside_paths = true)")
+
+
+def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group_regex: str = "",
+             allow_outside_paths: bool = False) -> pd.DataFrame:
     """Read an ESC-50-style metadata CSV.
 
     Columns: ``filename`` (required), ``category`` or ``target`` (the label),
     optional ``fold`` and ``src_file`` (the source recording, used as group
     unless ``group_regex`` is given).
+
+    Raises
+    ------
+    DataError
+        The CSV cannot be read or lacks a column, or (unless
+        ``allow_outside_paths``) a row names a file outside the audio folder,
+        such as ``../../x.wav`` or an absolute path elsewhere: the message
+        names the CSV and the row.
     """
     csv_path = Path(csv_path)
     try:
@@ -136,6 +158,8 @@ def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group
     if meta.empty:
         raise DataError(f"{csv_path}: the CSV has no rows")
     folder = Path(audio_dir) if audio_dir else _find_audio_dir(csv_path, meta["filename"].iloc[0])
+    if not allow_outside_paths:
+        _refuse_outside_paths(csv_path, folder, meta["filename"])
     pattern = _compile(group_regex)
     if pattern is None and "src_file" in meta.columns:
         stems = [_group_of(name, None) for name in meta["filename"]]
@@ -153,7 +177,9 @@ def from_csv(csv_path: str | Path, *, audio_dir: str | Path | None = None, group
 
 
 def load_catalog(source: str | Path, config: DataConfig | None = None) -> pd.DataFrame:
-    """Read a dataset from a CSV, an ESC-50-style folder or a folder of files.
+    """Read a dataset from a CSV, an ESC-50-style folder, a folder of files or one audio file.
+
+    A single audio file is a dataset of one unlabelled file.
 
     Examples
     --------
@@ -161,16 +187,26 @@ def load_catalog(source: str | Path, config: DataConfig | None = None) -> pd.Dat
     Traceback (most recent call last):
     ...
     echoengine.errors.DataError: no/such/place: no such file or folder
+    >>> import tempfile
+    >>> song = Path(tempfile.mkdtemp()) / "song.mp3"
+    >>> _ = song.write_bytes(b"")
+    >>> load_catalog(song)[["label", "group"]].to_dict("records")
+    [{'label': '', 'group': 'song'}]
     """
     config = config or DataConfig()
     source = Path(source)
+    outside = config.allow_outside_paths
+    if source.is_file() and audio.is_audio_file(source):
+        group = _group_of(source.name, _compile(config.group_regex))
+        return pd.DataFrame([(str(source.absolute()), "", group)], columns=COLUMNS)
     if source.is_file():
-        return from_csv(source, group_regex=config.group_regex)
+        return from_csv(source, group_regex=config.group_regex, allow_outside_paths=outside)
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     metas = sorted((source / "meta").glob("*.csv")) if (source / "meta").is_dir() else []
     if metas and (source / "audio").is_dir():
-        return from_csv(metas[0], audio_dir=source / "audio", group_regex=config.group_regex)
+        return from_csv(metas[0], audio_dir=source / "audio", group_regex=config.group_regex,
+                        allow_outside_paths=outside)
     return from_folder(source, extensions=config.extensions, group_regex=config.group_regex)
 
 
@@ -417,13 +453,15 @@ def scan(
     return usable, errors
 
 
-def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_classes: str) -> np.ndarray:
+def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_classes: str,
+                         fix: str = "") -> np.ndarray:
     """Check that every class can sit on both sides of a split; the rows that can.
 
     A class needs two source recordings to be both trained on and held out;
     with fewer it is an error, or its rows are left out under
     ``sparse_classes="drop"``. A class with fewer recordings than ``parts``
-    is kept, with a warning that it is missing from some parts.
+    is kept, with a warning that it is missing from some parts, ending in
+    ``fix`` (where ``{fewest}`` is the fewest recordings of such a class).
     """
     if table.empty:
         raise DataError(f"no samples to split for {purpose}")
@@ -444,7 +482,8 @@ def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_c
     few = counts[(counts >= 2) & (counts < parts)]
     if len(few):
         listing = ", ".join(f"{label} ({n})" for label, n in few.items())
-        logger.warning("%s: fewer source recordings than %d parts, so missing from some: %s", purpose, parts, listing)
+        logger.warning("%s: fewer source recordings than %d parts, so missing from some: %s%s", purpose, parts, listing,
+                       f"; {fix.format(fewest=few.min())}" if fix else "")
     return ~table["label"].isin(single.index).to_numpy()
 
 
@@ -465,17 +504,32 @@ def _stratified_group_parts(table: pd.DataFrame, parts: int, seed: int) -> np.nd
 def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0, sparse_classes: str = "error") -> np.ndarray:
     """The fold (0 .. folds-1) of each row, stratified by label, grouped by source recording.
 
-    Rows of classes left out (``sparse_classes="drop"``) get -1.
+    Rows of classes left out (``sparse_classes="drop"``) get -1. A class
+    with fewer source recordings than ``folds`` is kept, with a warning
+    naming it and its recordings: it is missing from some folds.
 
     Raises
     ------
     DataError
         A class has a single source recording (and ``sparse_classes`` is
-        ``"error"``), or a sample has no label.
+        ``"error"``), a sample has no label, or every class has fewer files
+        than ``folds`` (folds cannot be stratified then; the message names
+        the classes and the most folds possible).
     """
-    keep = _classes_to_hold_out(table, folds, f"{folds}-fold cross-validation", sparse_classes)
+    purpose = f"{folds}-fold cross-validation"
+    fix = "use fewer folds (--folds {fewest}, data.folds) for every class to be in every fold"
+    keep = _classes_to_hold_out(table, folds, purpose, sparse_classes, fix)
+    kept = table[keep]
+    files, n_groups = kept.groupby("label").size(), kept["group"].nunique()
+    if n_groups >= folds and (files < folds).all():  # StratifiedGroupKFold needs a class with a file per fold
+        recordings = kept.groupby("label")["group"].nunique()
+        listing = ", ".join(f"{label} ({recordings[label]} recordings, {n} files)" for label, n in files[:8].items())
+        more = f" and {len(files) - 8} more" if len(files) > 8 else ""
+        most = min(int(files.max()), n_groups)
+        raise DataError(f"{purpose} needs a class with at least {folds} files to stratify the folds, but every class "
+                        f"has fewer: {listing}{more}; use --folds {most} or fewer (data.folds), or add recordings")
     fold = np.full(len(table), -1, dtype=np.int64)
-    fold[keep] = _stratified_group_parts(table[keep], folds, seed)
+    fold[keep] = _stratified_group_parts(kept, folds, seed)
     return fold
 
 

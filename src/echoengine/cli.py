@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from echoengine import catalog, runtime, synthetic
-from echoengine.config import EchoConfig
+from echoengine.config import CONFIG_VERSION, EchoConfig
 from echoengine.dataset import ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.plots import plot_images
@@ -31,10 +30,13 @@ DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
 __all__ = ["main"]
 
 
-def _config(args: argparse.Namespace) -> EchoConfig:
-    config = EchoConfig.load(args.config) if getattr(args, "config", None) else EchoConfig()
+def _config(args: argparse.Namespace, base: EchoConfig | None = None) -> EchoConfig:
+    """The config file (or ``base``, or the defaults) with the data options of the command line."""
+    config = base or (EchoConfig.load(args.config) if getattr(args, "config", None) else EchoConfig())
     if getattr(args, "group_regex", None):
         config = config.replace(data={"group_regex": args.group_regex})
+    if getattr(args, "allow_outside_paths", False):
+        config = config.replace(data={"allow_outside_paths": True})
     return config
 
 
@@ -81,6 +83,25 @@ def _training_config(args: argparse.Namespace) -> EchoConfig:
     return config
 
 
+def _refuse_existing(path: Path, overwrite: bool, *, ours: str | None = None) -> None:
+    """A file the user names as output is replaced only when they say so, or when it starts as ours does."""
+    if not path.exists() or overwrite:
+        return
+    if ours is not None and path.is_file():
+        with open(path, encoding="utf-8", errors="replace") as file:
+            if file.readline().rstrip("\n") == ours:
+                print(f"replacing {path} (written by an earlier echoengine run)", file=sys.stderr)
+                return
+    raise EchoError(f"{path}: already exists; pass --overwrite to replace it, or choose another --out")
+
+
+def _refuse_nonempty(folder: Path, overwrite: bool) -> None:
+    """Files are written into a folder that holds others only when the user says so (same names are replaced)."""
+    if folder.is_dir() and any(folder.iterdir()) and not overwrite:
+        raise EchoError(f"{folder}: not empty; pass --overwrite to write into it anyway (files of the same names "
+                        "are replaced), or choose another folder")
+
+
 def _progress(description: str):
     def wrap(iterable, total):
         return tqdm(iterable, total=total, desc=description, unit="file", leave=False, file=sys.stderr)
@@ -115,12 +136,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"sample rates: {_counts(usable['sample_rate'], ' Hz')}")
         channels = usable["channels"].map(lambda n: {1: "mono", 2: "stereo"}.get(n, f"{n} channels"))
         print(f"channels: {_counts(channels, '')}")
-        per_class = usable.groupby("label")["duration"].agg(["count", "sum", "min", "max"])
-        width = max([len(str(label)) for label in per_class.index] + [10])
-        print(f"\n  {'class':<{width}} {'files':>6} {'duration':>10} {'shortest':>9} {'longest':>9}")
-        for label, row in per_class.iterrows():
-            print(f"  {label or '(none)':<{width}} {int(row['count']):>6} {_minutes(row['sum']):>10} "
-                  f"{row['min']:>8.1f}s {row['max']:>8.1f}s")
+        _print_classes(usable)
     if errors:
         print(f"\nunreadable files ({len(errors)}):")
         for error in errors:
@@ -131,10 +147,28 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_classes(usable: pd.DataFrame) -> None:
+    """Files, source recordings and durations per class; a warning for classes that cannot be split."""
+    per_class = usable.groupby("label").agg(count=("duration", "size"), recordings=("group", "nunique"),
+                                            sum=("duration", "sum"), min=("duration", "min"),
+                                            max=("duration", "max"))
+    width = max([len(str(label)) for label in per_class.index] + [10])
+    print(f"\n  {'class':<{width}} {'files':>6} {'recordings':>10} {'duration':>10} {'shortest':>9} {'longest':>9}")
+    for label, row in per_class.iterrows():
+        print(f"  {label or '(none)':<{width}} {int(row['count']):>6} {int(row['recordings']):>10} "
+              f"{_minutes(row['sum']):>10} {row['min']:>8.1f}s {row['max']:>8.1f}s")
+    single = [str(label) for label, n in per_class["recordings"].items() if label and n < 2]
+    if single:
+        print(f"\nwarning: {len(single)} class(es) have a single source recording and cannot be both trained on "
+              f"and held out: {', '.join(single[:10])}{' ...' if len(single) > 10 else ''}; add recordings, or "
+              "leave them out with --sparse-classes drop", file=sys.stderr)
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise EchoError(f"--n must be at least 1, got {args.n}")
     config = _config(args)
+    _refuse_existing(args.out if args.out.suffix else args.out.with_suffix(".png"), args.overwrite)
     usable, _ = _scan(args.data, config)
     if not len(usable):
         print("error: no usable audio files", file=sys.stderr)
@@ -171,6 +205,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     config = _config(args)
     config = config.replace(data=changes) if changes else config
     data = config.data
+    _refuse_existing(args.out, args.overwrite, ours="path,label,group,part")
     usable, _ = _scan(args.data, config)
     if args.kfold:
         parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
@@ -208,7 +243,7 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
         saved = bundle_files.CONFIG_FILE
         if not (out / saved).is_file() or not (out / "splits.csv").is_file():
             raise EchoError(f"{out}: nothing to resume (no {saved} and splits.csv)")
-        config = EchoConfig.load(out / saved).replace(**(resume_changes or {}))
+        config = EchoConfig.load(out / saved).with_machine_settings(config).replace(**(resume_changes or {}))
         splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
         usable, _ = catalog.scan(splits.drop(columns="part"), config.audio, progress=_progress("checking"))
         parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
@@ -287,7 +322,8 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
     from echoengine.train import fit_and_refit
 
     if resume:
-        config = EchoConfig.load(out / bundle_files.CONFIG_FILE).replace(**(resume_changes or {}))
+        config = EchoConfig.load(out / bundle_files.CONFIG_FILE).with_machine_settings(config).replace(
+            **(resume_changes or {}))
         splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
         boxes = pd.read_csv(out / "annotations.csv", keep_default_na=False, dtype={"label": str, "path": str})
         for column in ("start", "end", "low_freq", "high_freq"):  # empty cells: NaN, not ""
@@ -325,7 +361,7 @@ def _write_multilabel_report(metrics: dict, out: Path, evaluated_on: str) -> Non
     print(f"\n{evaluated_on}:\n" + write_multilabel_report(metrics, out, evaluated_on=evaluated_on))
 
 
-_RESUME_OPTIONS = ("epochs", "device", "workers", "quiet", "resume")
+_RESUME_OPTIONS = ("epochs", "device", "workers", "cache_dir", "no_cache", "quiet", "resume")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -335,8 +371,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if ignored:
             print(f"warning: --resume continues with the run's own config; ignored: {', '.join(sorted(ignored))}",
                   file=sys.stderr)
+    from echoengine.bundle import prepare_output
+
     config = _training_config(args)
-    # a resumed run keeps its own config; only these may be given again
+    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
+    # a resumed run keeps its own config; only these (and this machine's settings) may be given again
     given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
     changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
     if config.model.multilabel or (args.resume and (args.out / "annotations.csv").is_file()):
@@ -364,7 +403,8 @@ def _cache_for(config: EchoConfig, args: argparse.Namespace):
 
     if getattr(args, "no_cache", False):
         return None
-    return FeatureCache(config.data.cache_dir or str(DEFAULT_CACHE), config)
+    # where to cache is this machine's setting: a bundle's config never says (EchoConfig.portable)
+    return FeatureCache(getattr(args, "cache_dir", None) or DEFAULT_CACHE, config)
 
 
 def _warn_seen(bundles, usable: pd.DataFrame, what: str) -> int:
@@ -385,7 +425,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from echoengine.evaluate import evaluate, write_report
 
     bundles = _load_bundles(args.bundle)
-    config = bundles[0].config
+    config = _config(args, base=bundles[0].config)
     if config.model.multilabel:
         from echoengine.detect import load_thresholds
         from echoengine.evaluate import evaluate_multilabel
@@ -413,11 +453,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from echoengine.detect import THRESHOLDS_FILE
     from echoengine.evaluate import calibrate
+    from echoengine.thresholds import write_thresholds
 
     bundles = _load_bundles(args.bundle)
-    config = bundles[0].config
+    config = _config(args, base=bundles[0].config)
     boxes = None
     if config.model.multilabel:
         usable = _recordings(args.data, config, quiet=False)
@@ -427,13 +467,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                                  progress=_progress("checking"))
     _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
     thresholds = calibrate(bundles, usable, boxes=boxes, cache=_cache_for(config, args), progress=True)
-    path = args.bundle / THRESHOLDS_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    thresholds.round(4).to_csv(temporary, index=False, lineterminator="\n")
-    os.replace(temporary, path)
+    path = write_thresholds(args.bundle, thresholds)  # records the weights it was calibrated on
     print(thresholds.round(3).to_string(index=False))
-    print(f"\nwrote {path} (F1-optimal threshold per class over the windows of {len(usable)} files); "
-          "echoengine detect uses it unless --threshold is given")
+    print(f"\nwrote {path} (F1-optimal threshold per class over the windows of {len(usable)} files, for these "
+          "weights); echoengine detect uses it unless --threshold is given")
     return 0
 
 
@@ -446,8 +483,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         include=tuple(_species(args.species)), exclude=tuple(_species(args.exclude)), merge_gap=args.merge_gap,
         batch_size=args.batch_size, workers=args.workers, onnx=args.onnx,
     )
-    written = detect(bundles, args.paths, args.out, options=options, resume=args.resume, progress=not args.quiet,
-                     log=lambda line: print(line, file=sys.stderr))
+    written = detect(bundles, args.paths, args.out, options=options, resume=args.resume, overwrite=args.overwrite,
+                     progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
     errors = pd.read_csv(written["errors.csv"])
     events = pd.read_csv(written["events.csv"])
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
@@ -486,6 +523,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
     from echoengine.mix import mix_soundscapes, split_sources
 
     config = _config(args)
+    _refuse_nonempty(args.out, args.overwrite)
     common = {"duration": args.duration, "events": _range(args.events, int), "snr": _range(args.snr),
               "config": config.audio, "seed": args.seed}
     backgrounds = find_audio(args.background) if args.background else []
@@ -508,10 +546,12 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
+    from echoengine.bundle import prepare_output
     from echoengine.crossval import cross_validate, cross_validate_multilabel
     from echoengine.evaluate import SUMMARY_KEYS
 
     config = _training_config(args)
+    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
     if config.model.multilabel:
         usable = _recordings(args.data, config, quiet=args.quiet)
         boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
@@ -547,7 +587,7 @@ def _audio_files(paths: list[Path], extensions) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from echoengine.predict import predict_table
+    from echoengine.predict import predict_files
 
     if args.top_k < 1:
         raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
@@ -561,43 +601,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not len(usable):
         print("error: no file could be read", file=sys.stderr)
         return 1
-    if args.onnx:
-        probabilities = _onnx_probabilities(bundles, usable["path"].tolist())
-    else:
-        probabilities = predict_table(bundles, usable, cache=_cache_for(config, args), progress=len(usable) > 20)
+    # each file decoded block by block: memory stays bounded whatever its length
+    probabilities = predict_files(bundles, usable["path"].tolist(), onnx=args.onnx,
+                                  cache=None if args.onnx else _cache_for(config, args), progress=len(usable) > 20,
+                                  log=lambda line: print(line, file=sys.stderr))
     results = []
     for path, probs in zip(usable["path"], probabilities):
-        if np.isnan(probs).any():
-            print(f"error: {path}: could not be read", file=sys.stderr)
+        if np.isnan(probs).any():  # unreadable: reported by predict_files
             continue
         order = np.argsort(-probs)[: args.top_k]
         top = [{"species": classes[i], "probability": round(100 * float(probs[i]), 2)} for i in order]
         results.append({"file": path, **top[0], "top_k": top})
     _print_predictions(results, args.format)
     return 0 if results else 1
-
-
-def _onnx_probabilities(bundles, paths: list[str]) -> np.ndarray:
-    """File probabilities from the bundles' exported model.onnx, run by onnxruntime; each file decoded once."""
-    from echoengine import audio
-    from echoengine.export import ONNX_FILE, onnx_predict_waveform, onnx_session
-    from echoengine.predict import check_ensemble
-
-    check_ensemble(bundles)
-    sessions = []
-    for member in bundles:
-        if not (member.path / ONNX_FILE).is_file():
-            raise EchoError(f"{member.path}: no {ONNX_FILE}; run: echoengine export {member.path}")
-        sessions.append(onnx_session(member.path / ONNX_FILE))
-    total = np.full((len(paths), len(bundles[0].classes)), np.nan)
-    for i, path in enumerate(paths):
-        try:
-            y = audio.load(path, bundles[0].config.audio)  # the members share their audio config
-        except AudioError as error:
-            print(f"error: {error}", file=sys.stderr)
-            continue
-        total[i] = sum(onnx_predict_waveform(s, m, y)[0] for s, m in zip(sessions, bundles)) / len(bundles)
-    return total
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -626,7 +642,12 @@ def _print_predictions(results: list[dict], form: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from echoengine.bundle import prepare_output
+
     out = args.out
+    if out.is_dir() and any(out.iterdir()):
+        print(f"replacing the earlier demo in {out}")
+    prepare_output(out, overwrite=True, owned=("data", "bundle", "cache", "field", "detections"))
     data = synthetic.make_dataset(out / "data", classes=5, files_per_class=args.files_per_class, seed=args.seed)
     print(f"1/5 wrote a SYNTHETIC dataset (computer-made calls over noise, not animals): {data}")
     config = EchoConfig().replace(
@@ -675,6 +696,7 @@ def _demo_detection(data: Path, bundle: Path, out: Path, config: EchoConfig) -> 
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    _refuse_nonempty(args.out, args.overwrite)
     root = synthetic.make_dataset(args.out, classes=args.classes, files_per_class=args.files_per_class, seed=args.seed)
     print(f"wrote a SYNTHETIC dataset of {args.classes} classes x {args.files_per_class} files to {root}")
     return 0
@@ -683,6 +705,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.out:
+        _refuse_existing(args.out, args.overwrite, ours=f"version = {CONFIG_VERSION}")
         print(f"wrote {config.save(args.out)}")
     else:
         import tomli_w
@@ -700,6 +723,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("data", type=Path, help="folder per class, flat folder, ESC-50-style CSV or ESC-50 folder")
         p.add_argument("--config", type=Path, help="a TOML config (defaults: the Echo pipeline's)")
         p.add_argument("--group-regex", help="regex on file names naming the source recording")
+        p.add_argument("--allow-outside-paths", action="store_true",
+                       help="use CSV rows naming files outside the dataset folder (../x.wav, absolute paths); "
+                            "refused by default")
         return p
 
     p = data_command("inspect", "list classes, files, durations and unreadable files of a dataset")
@@ -708,12 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write (default preview.png)")
     p.add_argument("--n", type=int, default=16, help="how many inputs (default 16)")
     p.add_argument("--augment", action="store_true", help="show augmented training variants")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_preview)
 
     p = data_command("split", "assign files to train/val/test (or k folds), stratified and grouped by recording")
     p.add_argument("--out", type=Path, default=Path("splits.csv"), help="CSV to write (default splits.csv)")
     p.add_argument("--kfold", action="store_true", help="k folds instead of train/val/test")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.add_argument("--folds", type=int, help="number of folds (default 5)")
     p.add_argument("--val", type=float, help="validation fraction (default 0.15)")
     p.add_argument("--test", type=float, help="test fraction (default 0.15)")
@@ -778,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
         g.add_argument("--no-cache", action="store_true", help="compute features every time")
         g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        g.add_argument("--overwrite", action="store_true",
+                       help="replace the earlier run in --out (every file of it is removed first)")
         g.add_argument("--quiet", action="store_true", help="no progress bars")
         m = p.add_argument_group("multi-label training on annotated recordings")
         m.add_argument("--multilabel", action="store_true",
@@ -807,6 +837,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="use CSV rows naming files outside the dataset folder; refused by default")
     annotation_options(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -817,17 +850,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("detect", help="timestamped detections over long recordings: CSV, Raven, Audacity, JSON")
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (its fold models as an ensemble)")
     p.add_argument("paths", type=Path, nargs="+", help="audio files or folders (walked recursively)")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new or empty, unless --resume or --overwrite")
     p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows (default 0)")
     p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
                    help="drop a file's last, partial window when it holds less audio than this")
     p.add_argument("--threshold", type=float,
-                   help="one score threshold for all classes (default: the bundle's thresholds.csv, else 0.5)")
+                   help="one score threshold for all classes, in [0, 1] (default: the bundle's thresholds.csv, "
+                   "else 0.5)")
     p.add_argument("--top-n", type=int, default=0, help="only a window's N best classes may detect (default: all)")
     p.add_argument("--species", action="append", metavar="NAMES|FILE",
                    help="report only these species (comma-separated, or a file of one per line)")
@@ -839,7 +875,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes decoding audio and computing features beside the model's (default 0: in the "
                    "main process, the fastest on 2 cores; more cores gain from them)")
     p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
-    p.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true",
+                          help="keep the files an interrupted run into --out finished")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier run's outputs in --out (only the files detect wrote)")
     p.add_argument("--summary", action="store_true", help="print detections per species and plot them over time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_detect)
@@ -858,6 +898,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0,
                    help="draw of the train/test split of sources (keep it to mix more soundscapes of one side)")
     p.add_argument("--config", type=Path, help="a TOML config (its [audio] sets the sample rate)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     p.add_argument("--group-regex", help="regex on file names naming the source recording")
     p.set_defaults(func=cmd_mix)
 
@@ -865,6 +906,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="a bundle, or a CV folder (thresholds for the ensemble)")
     p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
+    p.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="use CSV rows naming files outside the dataset folder; refused by default")
     annotation_options(p)
     p.set_defaults(func=cmd_calibrate)
 
@@ -887,12 +931,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path)
     p.add_argument("--classes", type=int, default=4)
     p.add_argument("--files-per-class", type=int, default=6)
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("config", help="print (or write) the configuration with its defaults")
     p.add_argument("--config", type=Path, help="start from this TOML instead of the defaults")
     p.add_argument("--out", type=Path, help="write it here instead of printing")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=cmd_config)
     return parser
 

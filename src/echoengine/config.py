@@ -48,11 +48,19 @@ __all__ = [
     "TrainConfig",
 ]
 
-#: File extensions read as audio (lower case).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+#: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
 
 CONFIG_VERSION = 1
 _NONE = "none"  # how an unset optional value is written in TOML
+
+#: Most samples in one clip (512 MiB as float32): ``audio.clip_seconds`` x ``audio.sample_rate``.
+MAX_CLIP_SAMPLES = 2**27
+#: Most values in the STFT of one clip (1 GiB as complex64): frames x (``n_fft`` / 2 + 1).
+MAX_STFT_VALUES = 2**27
+#: Most values in one batch of model images (4 GiB as float32): ``data.batch_size`` x channels x height x width.
+MAX_BATCH_VALUES = 2**30
+MAX_SEED = 2**32 - 1  # numpy, torch and scikit-learn all take seeds up to this
 
 
 def _require(condition: bool, message: str) -> None:
@@ -68,6 +76,11 @@ def _check_range(section: str, name: str, low: float, high: float) -> None:
     _require(low <= high, f"{section}.{name}: minimum {low} is above maximum {high}")
 
 
+def _check_at_most(section: str, name: str, value: float, high: float, why: str) -> None:
+    """An upper bound on a size, so that a typo cannot ask for an allocation no machine has."""
+    _require(value <= high, f"{section}.{name} must be at most {high} ({why}), got {value}")
+
+
 @dataclass(frozen=True)
 class AudioConfig:
     """How audio files are decoded and cut into clips.
@@ -75,9 +88,10 @@ class AudioConfig:
     Parameters
     ----------
     sample_rate : int
-        Every file is resampled to this rate (Hz).
+        Every file is resampled to this rate (Hz); at most 1,000,000.
     clip_seconds : float
-        Length of one model input clip.
+        Length of one model input clip; at most 600 s, and at most
+        :data:`MAX_CLIP_SAMPLES` (2**27) samples at ``sample_rate``.
     channel : str or int
         ``"mean"`` averages the channels; an integer picks one channel
         (0-based; the Echo pipeline kept channel 1, the right one).
@@ -101,7 +115,14 @@ class AudioConfig:
     def __post_init__(self) -> None:
         s = "audio"
         _require(self.sample_rate > 0, f"{s}.sample_rate must be positive, got {self.sample_rate}")
+        _check_at_most(s, "sample_rate", self.sample_rate, 1_000_000, "Hz, above any recorder's rate")
         _require(self.clip_seconds > 0, f"{s}.clip_seconds must be positive, got {self.clip_seconds}")
+        _check_at_most(s, "clip_seconds", self.clip_seconds, 600, "seconds per model input clip")
+        _require(
+            1 <= self.clip_samples <= MAX_CLIP_SAMPLES,
+            f"{s}: a clip of clip_seconds x sample_rate = {self.clip_samples} samples must hold 1 to "
+            f"{MAX_CLIP_SAMPLES} samples (512 MiB); change audio.clip_seconds or audio.sample_rate",
+        )
         _require(
             self.channel == "mean" or (isinstance(self.channel, int) and self.channel >= 0),
             f"{s}.channel must be 'mean' or a channel index >= 0, got {self.channel!r}",
@@ -130,10 +151,11 @@ class FrontendConfig:
     ----------
     n_fft, hop_length, win_length, window, center, pad_mode
         STFT settings with librosa's meaning; ``win_length`` defaults to
-        ``n_fft``.
+        ``n_fft``. ``n_fft`` and ``hop_length`` are at most 65536, and the
+        STFT of one clip at most :data:`MAX_STFT_VALUES` (2**27) values.
     n_mels, fmin, fmax, htk, norm
         Mel filter bank (``librosa.filters.mel``); ``norm`` is ``"slaney"``
-        or ``"none"``.
+        or ``"none"``; at most 1024 mel bands.
     power : float
         Exponent of the magnitude (2: power spectrogram).
     top_db, ref, amin
@@ -141,6 +163,7 @@ class FrontendConfig:
     image_height, image_width, image_channels
         The model image: height is time, width is mel bands (the Echo
         layout), the single channel repeated ``image_channels`` times.
+        At most 2048 x 2048 pixels and 4 channels.
     resize : str
         ``"lanczos5"`` (the Echo pipeline's ``tf.image.resize`` method),
         ``"bilinear"`` or ``"bicubic"``.
@@ -175,6 +198,8 @@ class FrontendConfig:
         s = "frontend"
         _require(self.n_fft > 0, f"{s}.n_fft must be positive, got {self.n_fft}")
         _require(self.hop_length > 0, f"{s}.hop_length must be positive, got {self.hop_length}")
+        for name in ("n_fft", "hop_length"):
+            _check_at_most(s, name, getattr(self, name), 65536, "samples")
         _require(
             self.win_length is None or 0 < self.win_length <= self.n_fft,
             f"{s}.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}",
@@ -187,14 +212,16 @@ class FrontendConfig:
         except ValueError:
             raise ConfigError(f"{s}.window {self.window!r} is not a window scipy.signal.get_window knows") from None
         _require(self.n_mels > 0, f"{s}.n_mels must be positive, got {self.n_mels}")
+        _check_at_most(s, "n_mels", self.n_mels, 1024, "mel bands")
         _require(self.fmin >= 0, f"{s}.fmin must be >= 0, got {self.fmin}")
         _require(self.fmin < self.fmax, f"{s}.fmin ({self.fmin}) must be below fmax ({self.fmax})")
         _require(self.norm in ("slaney", "none"), f"{s}.norm must be 'slaney' or 'none', got {self.norm!r}")
         _require(self.power > 0, f"{s}.power must be positive, got {self.power}")
         _require(self.top_db is None or self.top_db >= 0, f"{s}.top_db must be >= 0, got {self.top_db}")
         _require(self.ref > 0 and self.amin > 0, f"{s}.ref and {s}.amin must be positive")
-        for name in ("image_height", "image_width", "image_channels"):
+        for name, high in (("image_height", 2048), ("image_width", 2048), ("image_channels", 4)):
             _require(getattr(self, name) > 0, f"{s}.{name} must be positive, got {getattr(self, name)}")
+            _check_at_most(s, name, getattr(self, name), high, "of the model image")
         _require(
             self.resize in ("lanczos5", "bilinear", "bicubic"),
             f"{s}.resize must be 'lanczos5', 'bilinear' or 'bicubic', got {self.resize!r}",
@@ -218,12 +245,16 @@ class AugmentConfig:
     ----------
     variants : int
         Augmented variants computed (and cached) per training sample; an
-        epoch draws one of them per sample.
+        epoch draws one of them per sample. At most 1000.
     seed : int
-        Variant ``k`` of a sample is a function of ``(seed, k, sample)``.
+        Variant ``k`` of a sample is a function of ``(seed, k, sample)``;
+        0 to 2**32 - 1.
+    time_masks, freq_masks : int
+        SpecAugment masks per image; at most 100 each.
     embedding_variants : int
         The same for models on a pretrained embedder, where each variant
         costs a pass of the embedder: fewer, computed once and cached.
+        At most 1000.
     """
 
     variants: int = 20
@@ -255,6 +286,11 @@ class AugmentConfig:
         s = "augment"
         _require(self.variants >= 1, f"{s}.variants must be >= 1, got {self.variants}")
         _require(self.seed >= 0, f"{s}.seed must be >= 0, got {self.seed}")
+        for name, high, why in (("variants", 1000, "each is computed and cached"),
+                                ("embedding_variants", 1000, "each is computed and cached"),
+                                ("time_masks", 100, "masks per image"), ("freq_masks", 100, "masks per image"),
+                                ("seed", MAX_SEED, "the largest seed numpy, torch and scikit-learn take")):
+            _check_at_most(s, name, getattr(self, name), high, why)
         for name in ("noise_p", "time_stretch_p", "pitch_shift_p", "shift_p", "specaugment_p", "rotation_p", "mixup_p"):
             _check_probability(s, name, getattr(self, name))
         _check_range(s, "noise amplitude", self.noise_min_amplitude, self.noise_max_amplitude)
@@ -283,19 +319,27 @@ class DataConfig:
         names the source recording; empty means each file is its own group
         unless the dataset says otherwise (ESC-50's ``src_file``).
     val_fraction, test_fraction, folds, split_seed
-        Grouped, stratified splits.
+        Grouped, stratified splits; 2 to 100 folds, seed 0 to 2**32 - 1.
     batch_size, num_workers
-        DataLoader settings (batch 16 as in the Echo pipeline).
+        DataLoader settings (batch 16 as in the Echo pipeline); at most
+        4096 samples a batch (and :data:`MAX_BATCH_VALUES` values in a batch
+        of model images) and 256 workers.
     cache_dir : str
         Feature cache folder; empty disables the cache.
     cache_size_gb : float
         Size limit of the cache; least recently stored entries are evicted.
+        At most 100000 (100 TB).
     cache_identity : str
         ``"stat"`` (size and modification time) or ``"content"`` (hash of the
         bytes) identifies a file in cache keys.
     on_error : str
         What to do with an unusable file: ``"warn"`` (one line, then skip),
         ``"ignore"`` (skip silently) or ``"raise"``.
+    allow_outside_paths : bool
+        Use the rows of a dataset CSV that name files outside the dataset's
+        audio folder (``../x.wav``, absolute paths); refused by default. A
+        setting of the reader (:data:`MACHINE_SETTINGS`), never read from a
+        bundle.
     sparse_classes : str
         A class with a single source recording cannot be both trained on and
         held out: ``"error"`` stops with a message naming it, ``"drop"``
@@ -313,7 +357,7 @@ class DataConfig:
     box_jitter : float
         Multi-label training crops hold a box; 0 centres it, 1 lets it sit anywhere in the crop.
     background_crops : int
-        Multi-label training: crops drawn anywhere per recording per epoch, besides one per box.
+        Multi-label training: crops drawn anywhere per recording per epoch, besides one per box; at most 1000.
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
@@ -328,6 +372,7 @@ class DataConfig:
     cache_size_gb: float = 4.0
     cache_identity: str = "stat"
     on_error: str = "warn"
+    allow_outside_paths: bool = False
     sparse_classes: str = "error"
     min_overlap: float = 0.5
     min_overlap_fraction: float = 0.5
@@ -350,6 +395,12 @@ class DataConfig:
         _require(self.batch_size >= 1, f"{s}.batch_size must be >= 1, got {self.batch_size}")
         _require(self.num_workers >= 0, f"{s}.num_workers must be >= 0, got {self.num_workers}")
         _require(self.cache_size_gb > 0, f"{s}.cache_size_gb must be positive")
+        for name, high, why in (("folds", 100, "one model is trained per fold"),
+                                ("split_seed", MAX_SEED, "the largest seed numpy and scikit-learn take"),
+                                ("batch_size", 4096, "samples held in memory at once"),
+                                ("num_workers", 256, "processes"), ("cache_size_gb", 100_000, "GB of disk"),
+                                ("background_crops", 1000, "crops per recording and epoch")):
+            _check_at_most(s, name, getattr(self, name), high, why)
         _require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
         _require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
         _require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
@@ -392,12 +443,12 @@ class ModelConfig:
         How a clip's window logits become the clip's: ``"mean"`` or ``"max"``
         (embedding models).
     hidden_size : int
-        Width of the ``"mlp"`` head's hidden layer.
+        Width of the ``"mlp"`` head's hidden layer; at most 16384.
     embedding_hop : float
         Seconds between the embedder windows of a clip; 0: the window length
-        (no overlap). A 5 s clip gets BirdNET windows at 0 and 3 s (the second
-        padded) with 0, at 0, 1 and 2 s with 1. Also the window hop of the
-        ``birdnet`` backbone.
+        (no overlap), else 0.1 to 600 s. A 5 s clip gets BirdNET windows at 0
+        and 3 s (the second padded) with 0, at 0, 1 and 2 s with 1. Also the
+        window hop of the ``birdnet`` backbone.
     trainable_blocks : int
         With the ``birdnet`` backbone (BirdNET V2.4 fine-tuned on raw audio,
         CC BY-NC-SA 4.0): train only its last N blocks (0: all of it).
@@ -435,7 +486,9 @@ class ModelConfig:
                  f"{s}.head 'attention' works on CNN backbones and embedders, not the fine-tuned birdnet backbone")
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
-        _require(self.embedding_hop >= 0, f"{s}.embedding_hop must be >= 0, got {self.embedding_hop}")
+        _check_at_most(s, "hidden_size", self.hidden_size, 16384, "units of the mlp head")
+        _require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
+                 f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
         _require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
         _require(not (self.embedder and self.pretrained),
                  f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
@@ -536,7 +589,7 @@ class TrainConfig:
         _require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")
         _require(self.lr_patience >= 0 and self.patience >= 1, f"{s}: patience values must be >= 0 and >= 1")
         _require(0 <= self.label_smoothing < 1, f"{s}.label_smoothing must be in [0, 1)")
-        _require(self.seed >= 0, f"{s}.seed must be >= 0, got {self.seed}")
+        _require(0 <= self.seed <= MAX_SEED, f"{s}.seed must be in [0, {MAX_SEED}], got {self.seed}")
         _require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
 
 
@@ -634,6 +687,15 @@ class EchoConfig:
             fe.center or clip >= fe.n_fft,
             f"frontend.center = false needs clips of at least n_fft = {fe.n_fft} samples, got {clip}",
         )
+        stft = (clip // fe.hop_length + 1) * (fe.n_fft // 2 + 1)
+        _require(stft <= MAX_STFT_VALUES,
+                 f"the STFT of one clip would hold {stft} values ({clip} samples / hop_length {fe.hop_length} "
+                 f"x n_fft {fe.n_fft} / 2), above {MAX_STFT_VALUES} (1 GiB); raise frontend.hop_length or "
+                 "shorten audio.clip_seconds")
+        batch = self.data.batch_size * fe.image_channels * fe.image_height * fe.image_width
+        _require(batch <= MAX_BATCH_VALUES,
+                 f"a batch of data.batch_size {self.data.batch_size} model images of {fe.image_shape} would hold "
+                 f"{batch} values, above {MAX_BATCH_VALUES} (4 GiB); lower data.batch_size or the image size")
 
     # ---- dict / TOML ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -665,8 +727,11 @@ class EchoConfig:
             values = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                              "a config is a TOML file: save it as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc.strerror or exc})") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
         try:
@@ -728,8 +793,9 @@ class EchoConfig:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-#: Settings of the machine that runs a command, not of a model: never read from a bundle.
-MACHINE_SETTINGS = ("data.cache_dir", "data.cache_size_gb", "data.cache_identity", "data.num_workers", "train.device")
+#: Settings of the machine (and user) that runs a command, not of a model: never read from a bundle.
+MACHINE_SETTINGS = ("data.cache_dir", "data.cache_size_gb", "data.cache_identity", "data.num_workers", "train.device",
+                    "data.allow_outside_paths")
 
 
 def _machine_defaults() -> dict[str, dict[str, Any]]:

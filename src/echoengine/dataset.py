@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from echoengine import audio
 from echoengine.augment import WaveformAugmenter, rotate, spec_augment, variant_seed
-from echoengine.cache import FeatureCache
+from echoengine.cache import FeatureCache, quantise_image
 from echoengine.clips import box_labels, crop_around, pad_to_length, random_start, window_starts
 from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, DataError
@@ -153,13 +153,14 @@ class ClipDataset(Dataset):
         return torch.from_numpy(image).unsqueeze(0).expand(channels, -1, -1)
 
     def _cached_image(self, row: int, start: int, variant: int) -> np.ndarray:
+        """The image of a clip, rounded as the cache stores it whether it is a hit, a miss or uncached."""
         key = None
         if self.cache is not None:
             key = self.cache_key(row, start, variant)
             hit = self.cache.get(key)
             if hit is not None:
                 return hit
-        image = self.compute_image(row, start, variant)
+        image = quantise_image(self.compute_image(row, start, variant))  # the same values as a later hit
         if key is not None:
             self.cache.put(key, image)
         return image

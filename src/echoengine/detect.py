@@ -15,8 +15,11 @@ scores, written atomically; batches always have one shape, so a window's
 scores do not depend on which other windows share its batch), so ``resume=True`` after a crash or a kill
 scores only the files not yet finished, and the outputs, always rebuilt
 from the records in the order of the input files, are the same bytes as an
-uninterrupted run's. An unreadable file is reported in one line, listed in
-``errors.csv`` with the reason, and the run goes on.
+uninterrupted run's (a damaged record is scored again). An unreadable file
+is reported in one line, listed in ``errors.csv`` with the reason, and the
+run goes on. A run writes into a new or empty folder only, unless it
+resumes the folder's run or overwrites it, which removes only the files of
+that run (:func:`echoengine.ledger.claim_output`).
 
 From the window scores, events: a window detects a class when its score
 reaches the class's threshold (``threshold``, else the bundle's calibrated
@@ -38,7 +41,6 @@ Examples
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -53,18 +55,16 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from echoengine import audio, formats
+from echoengine import audio, formats, ledger
 from echoengine.bundle import Bundle
 from echoengine.errors import AudioError, EchoError
+from echoengine.summary import summarize
+from echoengine.thresholds import DEFAULT_THRESHOLD, THRESHOLDS_FILE, load_thresholds, write_thresholds
 
 __all__ = [
-    "DetectOptions", "WindowScorer", "detect", "find_audio", "load_thresholds", "merge_events", "stream_windows",
-    "summarize", "window_detections", "write_outputs",
+    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "find_audio", "load_thresholds", "merge_events",
+    "stream_windows", "summarize", "window_detections", "write_outputs", "write_thresholds",
 ]
-
-THRESHOLDS_FILE = "thresholds.csv"
-_LEDGER = ".detect"
-_DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -78,8 +78,8 @@ class DetectOptions:
     min_window : float
         Drop the last, partial window of a file when it holds fewer seconds of audio.
     threshold : float, optional
-        One threshold for every class; None: the bundle's calibrated
-        ``thresholds.csv`` where it has one, else 0.5.
+        One threshold for every class, in [0, 1] (scores are probabilities);
+        None: the bundle's calibrated ``thresholds.csv`` where it has one, else 0.5.
     top_n : int
         Consider only the ``top_n`` best-scoring classes of each window (0: all).
     include, exclude : sequence of str
@@ -108,6 +108,10 @@ class DetectOptions:
     workers: int = 0
     block_seconds: float = 60.0
     onnx: bool = False
+
+    def __post_init__(self) -> None:
+        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
+            raise EchoError(f"--threshold must be in [0, 1] (scores are probabilities), got {self.threshold}")
 
     def scoring(self) -> dict:
         """The options that change window scores (a resumed run must keep them)."""
@@ -194,12 +198,9 @@ class WindowScorer:
         self._embedder = None
         self._sessions = None
         if self.kind == "onnx":
-            from echoengine.export import ONNX_FILE, onnx_session
+            from echoengine.export import ONNX_FILE, bundle_onnx_session
 
-            missing = [b.path for b in self.bundles if not (b.path / ONNX_FILE).is_file()]
-            if missing:
-                raise EchoError(f"{missing[0]}: no {ONNX_FILE}; run `echoengine export {missing[0]}` first")
-            self._sessions = [onnx_session(b.path / ONNX_FILE) for b in self.bundles]
+            self._sessions = [bundle_onnx_session(b.path) for b in self.bundles]  # graphs of the current weights
             if self._sessions[0].get_inputs()[0].name != "waveform":
                 raise EchoError(f"{self.bundles[0].path}: its {ONNX_FILE} takes embeddings, not audio; "
                                 "detect with PyTorch (without --onnx)")
@@ -294,15 +295,6 @@ class _FileWindows(IterableDataset):
 
 
 # ---- events ----------------------------------------------------------------------------------------------------
-def load_thresholds(folder: str | Path, classes: Sequence[str]) -> np.ndarray | None:
-    """Per-class thresholds from ``folder/thresholds.csv`` (written by ``echoengine calibrate``), or None."""
-    path = Path(folder) / THRESHOLDS_FILE
-    if not path.is_file():
-        return None
-    table = pd.read_csv(path, keep_default_na=False).set_index("class")["threshold"]
-    return np.array([float(table.get(c, _DEFAULT_THRESHOLD)) for c in classes])
-
-
 def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
                       include: Sequence[str] = (), exclude: Sequence[str] = ()) -> pd.DataFrame:
     """Window-level detections: (file, start, end, label, score) where a class reaches its threshold.
@@ -371,44 +363,6 @@ def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
-def _key(path: str) -> str:
-    return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
-
-
-def _write_atomic(path: Path, write) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
-
-
-def _start_ledger(out: Path, bundles: Sequence[Bundle], options: DetectOptions, resume: bool) -> Path:
-    ledger = out / _LEDGER
-    identity = {"bundles": [str(b.path.resolve()) for b in bundles],
-                "weights": [_weights_identity(b.path) for b in bundles],  # a bundle retrained in place differs
-                "config": bundles[0].config.fingerprint(), **options.scoring()}
-    run_file = ledger / "run.json"
-    if resume and run_file.is_file():
-        saved = json.loads(run_file.read_text())
-        if saved != identity:
-            changed = sorted(k for k in identity if saved.get(k) != identity[k])
-            raise EchoError(f"{out}: cannot resume: the earlier run differs in {', '.join(changed)}; "
-                            "use the same model and window options, or another --out")
-        return ledger
-    if ledger.exists():
-        for old in ledger.iterdir():
-            old.unlink()
-    ledger.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
-    return ledger
-
-
-def _weights_identity(folder: Path) -> str:
-    from echoengine.bundle import WEIGHTS_FILE
-
-    stat = (folder / WEIGHTS_FILE).stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
-
-
 def detect(
     bundles: Sequence[Bundle],
     paths: Sequence[str | Path],
@@ -416,6 +370,7 @@ def detect(
     *,
     options: DetectOptions = DetectOptions(),
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     log=print,
 ) -> dict[str, Path]:
@@ -428,10 +383,13 @@ def detect(
     paths : sequence of paths
         Audio files and folders.
     out : path
-        Output folder (see :func:`write_outputs`).
+        Output folder (see :func:`write_outputs`): new or empty, unless ``resume`` or ``overwrite``.
     resume : bool
         Keep the files finished by an earlier run into ``out`` (with the same
         model and window options) and score only the others.
+    overwrite : bool
+        Remove an earlier run's files from ``out`` first (refused when it holds
+        files detect did not write).
 
     Returns
     -------
@@ -451,17 +409,16 @@ def detect(
     if scorer.kind == "images" and options.batch_size % WindowScorer.model_batch:
         raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
                         f"that every window is scored in batches of one shape; got {options.batch_size}")
-    ledger = _start_ledger(out, bundles, options, resume)
-    todo = [(i, f) for i, f in enumerate(files) if not _finished(ledger, f)]  # failed files are tried again
+    thresholds = _thresholds(bundles, options, scorer.classes)  # a bad thresholds.csv stops the run now
+    ledger.claim_output(out, resume=resume, overwrite=overwrite)
+    records = ledger.start_ledger(out, bundles, options.scoring(), resume)
+    todo = [(i, f) for i, f in enumerate(files) if not ledger.finished(records, f, log)]  # failed files are tried again
     if resume and len(todo) < len(files):
         log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
-    seconds = {f: _duration(f) for _, f in todo}
     rate = scorer.config.audio.sample_rate
-    bar = tqdm(total=sum(seconds.values()) / 3600, unit="h", desc="detect", disable=not progress,
-               file=sys.stderr, bar_format="{l_bar}{bar}| {n:.2f}/{total:.2f} h audio [{elapsed}<{remaining}{postfix}]")
+    bar = _Progress({i: round(_duration(f) * rate) for i, f in todo}, rate, files=len(files),
+                    done=len(files) - len(todo), enabled=progress)
     pending: dict[int, list] = {i: [] for i, _ in todo}
-    reached: dict[int, int] = {}
-    done = len(files) - len(todo)
     loader = DataLoader(_FileWindows(todo, scorer, options), batch_size=None, num_workers=options.workers,
                         persistent_workers=False)
     with bar:
@@ -470,23 +427,57 @@ def detect(
                 probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
                 for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
                     pending[index].append((start, valid, partial, p))
-                    advance = start + valid - reached.get(index, 0)
-                    if advance > 0:
-                        bar.update(advance / rate / 3600)
-                        reached[index] = start + valid
+                    bar.reach(index, start + valid)
             for index, error in batch.finished:
                 path = files[index]
                 if error is None:
-                    _record_scores(ledger, path, pending.pop(index), scorer)
+                    ledger.record_scores(records, path, pending.pop(index), rate=rate, n_classes=len(scorer.classes))
                 else:
                     pending.pop(index, None)
                     log(f"error: {path}: {error}")
-                    record = json.dumps({"file": path, "error": error})
-                    _write_atomic(ledger / f"{_key(path)}.error", lambda p, r=record: p.write_text(r))
-                done += 1
-                bar.set_postfix_str(f"{done}/{len(files)} files")
-    return write_outputs(out, files, scorer.classes, scorer.config, options=options,
-                         thresholds=_thresholds(bundles, options, scorer.classes))
+                    ledger.record_error(records, path, error)
+                bar.finish(index)
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
+
+
+class _Progress:
+    """Audio scored, on a bar in units that suit its total (s, min or h), never past the total.
+
+    Counted in samples at the model's rate, each file's capped at the length
+    its header gives: decoders and resamplers may yield a sample more.
+    """
+
+    def __init__(self, samples: dict[int, int], rate: int, *, files: int, done: int, enabled: bool) -> None:
+        self.expected, self.reached, self.count = samples, dict.fromkeys(samples, 0), 0
+        self.files, self.done = files, done
+        total = sum(samples.values())
+        unit, self.scale = ("s", rate) if total < 120 * rate else ("min", 60 * rate) if total < 7200 * rate else (
+            "h", 3600 * rate)
+        digits = 2 if unit == "h" else 1
+        self.bar = tqdm(total=total / self.scale, desc="detect", disable=not enabled, file=sys.stderr,
+                        bar_format=f"{{l_bar}}{{bar}}| {{n:.{digits}f}}/{{total:.{digits}f}} {unit} audio "
+                        "[{elapsed}<{remaining}{postfix}]")
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+    def reach(self, index: int, sample: int) -> None:
+        """The audio of file ``index`` up to ``sample`` is scored."""
+        capped = min(sample, self.expected[index])
+        if capped > self.reached[index]:
+            self.count += capped - self.reached[index]
+            self.reached[index] = capped
+            self.bar.n = self.count / self.scale  # at most the total: integers, divided alike
+            self.bar.update(0)
+
+    def finish(self, index: int) -> None:
+        """File ``index`` is done (its dropped tail or its failure counts as scored)."""
+        self.done += 1
+        self.bar.set_postfix_str(f"{self.done}/{self.files} files", refresh=False)  # shown with the next update
+        self.reach(index, self.expected[index])
 
 
 def _duration(path: str) -> float:
@@ -496,45 +487,26 @@ def _duration(path: str) -> float:
         return 0.0
 
 
-def _finished(ledger: Path, path: str) -> bool:
-    return (ledger / f"{_key(path)}.npz").is_file()
-
-
-def _record_scores(ledger: Path, path: str, rows: list, scorer: WindowScorer) -> None:
-    """A finished file's window scores, written atomically: the record a resumed run keeps."""
-    rate = scorer.config.audio.sample_rate
-    rows.sort(key=lambda r: r[0])
-    starts = np.array([r[0] for r in rows], dtype=np.int64)
-    valid = np.array([r[1] for r in rows], dtype=np.int64)
-    matrix = np.stack([r[3] for r in rows]) if rows else np.zeros((0, len(scorer.classes)))
-
-    def write(target: Path) -> None:
-        with open(target, "wb") as file:
-            np.savez(file, start=np.round(starts / rate, 6), end=np.round((starts + valid) / rate, 6),
-                     partial=np.array([r[2] for r in rows], dtype=bool), scores=matrix.astype(np.float32))
-
-    _write_atomic(ledger / f"{_key(path)}.npz", write)
-    (ledger / f"{_key(path)}.error").unlink(missing_ok=True)  # failed in an earlier run, read now
-
-
-def _recorded_scores(ledger: Path, path: str, classes: list[str]) -> pd.DataFrame:
-    with np.load(ledger / f"{_key(path)}.npz") as record:
-        table = pd.DataFrame({"file": path, "start": record["start"], "end": record["end"],
-                              "partial": record["partial"]})
-        return pd.concat([table, pd.DataFrame(record["scores"], columns=classes)], axis=1)
-
-
 def _thresholds(bundles: Sequence[Bundle], options: DetectOptions, classes: list[str]) -> np.ndarray:
     if options.threshold is not None:
         return np.full(len(classes), options.threshold)
     root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
     calibrated = load_thresholds(root, classes)
-    return calibrated if calibrated is not None else np.full(len(classes), _DEFAULT_THRESHOLD)
+    return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)
 
 
 def _output_name(path: str, common: str, *, extension: bool = False) -> str:
     relative = os.path.relpath(path, common) if common else os.path.basename(path)
     return re.sub(r"[\\/]+", "__", relative if extension else os.path.splitext(relative)[0])
+
+
+def _table_names(files: list[str]) -> list[str]:
+    """Names of the per-file tables: paths below the files' common folder, extension kept where names clash."""
+    common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files]) if files else ""
+    names = [_output_name(os.path.abspath(f), common) for f in files]
+    clashing = {n for n in names if names.count(n) > 1}  # a.wav and a.flac: keep the extension
+    return [_output_name(os.path.abspath(f), common, extension=True) if n in clashing else n
+            for f, n in zip(files, names, strict=True)]
 
 
 def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
@@ -549,15 +521,15 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     then renamed into place.
     """
     out = Path(out)
-    ledger = out / _LEDGER
+    records = out / ledger.LEDGER
     windows, errors = [], []
     classes = list(classes)
     for path in files:
-        key = _key(path)
-        if (ledger / f"{key}.npz").is_file():
-            windows.append(_recorded_scores(ledger, path, classes))
-        elif (ledger / f"{key}.error").is_file():
-            errors.append(json.loads((ledger / f"{key}.error").read_text()))
+        key = ledger.key(path)
+        if (records / f"{key}.npz").is_file():
+            windows.append(ledger.recorded_scores(records, path, classes))
+        elif (records / f"{key}.error").is_file():
+            errors.append(json.loads((records / f"{key}.error").read_text()))
     scores = (pd.concat(windows, ignore_index=True) if windows else
               pd.DataFrame(columns=["file", "start", "end", "partial", *classes]))
     events = merge_events(window_detections(scores, classes, thresholds=thresholds, top_n=options.top_n,
@@ -571,7 +543,7 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     def put(name: str, write) -> None:
         path = out / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, write)
+        ledger.write_atomic(path, write)
         written[name] = path
 
     long = scores.melt(id_vars=["file", "start", "end", "partial"], value_vars=classes, var_name="class",
@@ -586,53 +558,14 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     put("events.csv", lambda p: formats.write_csv(events, p))
     put("events.jsonl", lambda p: formats.write_jsonl(events, p))
     put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True))
-    done = [f for f in files if (ledger / f"{_key(f)}.npz").is_file()]
-    common = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in done]) if done else ""
-    names = [_output_name(os.path.abspath(f), common) for f in done]
-    clashing = {n for n in names if names.count(n) > 1}  # a.wav and a.flac: keep the extension
+    done = [f for f in files if (records / f"{ledger.key(f)}.npz").is_file()]
+    names = _table_names(done)
+    ledger.list_outputs(records, [f"{folder}/{n}{suffix}" for n in names
+                                  for folder, suffix in (("raven", ".selections.txt"), ("audacity", ".txt"))])
     for path, name in zip(done, names, strict=True):
         mine = events[events["file"] == path]
-        if name in clashing:
-            name = _output_name(os.path.abspath(path), common, extension=True)
         put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p))
         put(f"audacity/{name}.txt", lambda p, m=mine: formats.write_audacity(m, p))
     error_table = pd.DataFrame(errors, columns=["file", "error"])
     put("errors.csv", lambda p: error_table.to_csv(p, index=False, lineterminator="\n"))
     return written
-
-
-def summarize(out: str | Path, *, log=print) -> pd.DataFrame:
-    """Per species: events, files, seconds detected, and the hours of day of detections; plots them over time.
-
-    The time of a detection is read from a ``YYYYMMDD_HHMMSS`` stamp in the
-    file name when there is one (recorders such as AudioMoth and Song Meter
-    name files so), else it is the position in the file. Writes
-    ``summary.csv`` and ``summary.png`` into ``out``.
-    """
-    from echoengine.plots import detections_over_time
-
-    out = Path(out)
-    events = pd.read_csv(out / "events.csv", keep_default_na=False)
-    events["when"] = [_timestamp(f, s) for f, s in zip(events["file"], events["start"], strict=True)]
-    rows = []
-    for label, group in events.groupby("label", sort=True):
-        stamped = group["when"].dropna()
-        hours = sorted({t.hour for t in stamped})
-        rows.append({"species": label, "events": len(group), "files": group["file"].nunique(),
-                     "seconds": round(float((group["end"] - group["start"]).sum()), 1),
-                     "hours_of_day": " ".join(f"{h:02d}" for h in hours)})
-    table = pd.DataFrame(rows, columns=["species", "events", "files", "seconds", "hours_of_day"])
-    table = table.sort_values(["events", "species"], ascending=[False, True], kind="stable").reset_index(drop=True)
-    _write_atomic(out / "summary.csv", lambda p: table.to_csv(p, index=False, lineterminator="\n"))
-    detections_over_time(events, out / "summary.png")
-    log(table.to_string(index=False) if len(table) else "no detections")
-    return table
-
-
-def _timestamp(path: str, offset: float):
-    match = re.search(r"(\d{8})[_T-]?(\d{6})", os.path.basename(str(path)))
-    if not match:
-        return None
-    stamp = pd.to_datetime(match.group(1) + match.group(2), format="%Y%m%d%H%M%S", errors="coerce")
-    return None if pd.isna(stamp) else stamp + pd.Timedelta(seconds=float(offset))
-

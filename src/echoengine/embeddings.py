@@ -64,7 +64,22 @@ def embed_clips(embedder, clips: np.ndarray, config: EchoConfig) -> np.ndarray:
 
 
 class EmbeddingCache(FeatureCache):
-    """A :class:`FeatureCache` of float32 embedding arrays, keyed by the embedder too."""
+    """A :class:`FeatureCache` of float32 embedding arrays, keyed by the embedder too.
+
+    Values are stored exactly (float32, never pickled), so a hit returns the
+    very values of the miss that stored them.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> cache = EmbeddingCache(tempfile.mkdtemp(), EchoConfig(), "test-embedder")
+    >>> value = np.random.default_rng(0).normal(size=(2, 8)).astype(np.float32)
+    >>> cache.put("k", value)
+    >>> np.array_equal(cache.get("k"), value)
+    True
+    """
+
+    stored_dtype = np.dtype("<f4")
 
     def __init__(self, directory, config: EchoConfig, embedder_identity: str) -> None:
         super().__init__(directory, config)
@@ -74,11 +89,11 @@ class EmbeddingCache(FeatureCache):
             "audio", "augment", ignore=("augment.variants", "augment.mixup_p", "augment.mixup_alpha",
                                         "augment.embedding_variants"))
 
-    def get(self, key: str) -> np.ndarray | None:
-        return self.store.get(key)
+    def _to_stored(self, value: np.ndarray) -> np.ndarray:
+        return np.asarray(value, dtype=self.stored_dtype)
 
-    def put(self, key: str, value: np.ndarray) -> None:
-        self.store.set(key, np.asarray(value, dtype=np.float32))
+    def _from_stored(self, stored: np.ndarray) -> np.ndarray:
+        return stored.astype(np.float32, copy=False)
 
 
 class EmbeddingDataset(ClipDataset):

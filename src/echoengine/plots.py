@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-__all__ = ["detections_over_time", "plot_confusion", "plot_cv_boxplot", "plot_history", "plot_images"]
+__all__ = ["detection_layout", "detections_over_time", "plot_confusion", "plot_cv_boxplot", "plot_history",
+           "plot_images"]
 
 
 def plot_images(
@@ -64,6 +65,8 @@ def plot_images(
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.tight_layout()
     path = Path(path)
+    if path.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
+        path = path.with_name(path.name + ".png")  # what savefig would write: name the file it writes
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
@@ -134,47 +137,93 @@ def plot_cv_boxplot(histories: Sequence[pd.DataFrame], path: str | Path, *, colu
     return _save(fig, path)
 
 
-def detections_over_time(events: pd.DataFrame, path: str | Path, *, max_species: int = 30) -> Path:
-    """One row per species, a mark per detected event along time, coloured by score.
+def detection_layout(events: pd.DataFrame) -> pd.DataFrame:
+    """Where each event goes on the summary plot: time-stamped files by time of day, the others end to end.
 
     Parameters
     ----------
     events : DataFrame
-        ``label``, ``start``, ``end``, ``score`` and ``when`` (the event's
-        clock time, or None when the file names carry no time stamp; then
-        files are laid end to end in their order, ``file`` telling them apart).
+        ``file``, ``start``, ``end`` (seconds in the file) and ``when`` (the
+        event's clock time, None when the file name carries no time stamp).
+
+    Returns
+    -------
+    DataFrame
+        Per event (same index): ``axis`` ("time of day" or "end to end"),
+        ``x`` and ``width``, in hours since midnight on the time-of-day axis
+        (days folded onto one), in seconds from the first unstamped file's
+        start on the other, where those files are laid end to end in order.
+
+    Examples
+    --------
+    >>> events = pd.DataFrame({"file": ["x_20240501_063000.wav", "a.wav", "b.wav"], "start": [0.0, 0.0, 5.0],
+    ...                        "end": [36.0, 5.0, 10.0], "when": [pd.Timestamp("2024-05-01 06:30"), None, None]})
+    >>> detection_layout(events).to_dict("list")
+    {'axis': ['time of day', 'end to end', 'end to end'], 'x': [6.5, 0.0, 10.0], 'width': [0.01, 5.0, 5.0]}
+    """
+    layout = pd.DataFrame({"axis": "end to end", "x": 0.0, "width": 0.0}, index=events.index)
+    stamped = events["when"].notna().to_numpy()
+    if stamped.any():
+        when = pd.to_datetime(events.loc[stamped, "when"])
+        layout.loc[stamped, "axis"] = "time of day"
+        layout.loc[stamped, "x"] = (when - when.dt.normalize()).dt.total_seconds() / 3600
+        layout.loc[stamped, "width"] = (events.loc[stamped, "end"] - events.loc[stamped, "start"]) / 3600
+    others = events[~stamped]
+    offsets, position = {}, 0.0
+    for file, group in others.groupby("file", sort=False):
+        offsets[file] = position
+        position += float(group["end"].max())
+    layout.loc[~stamped, "x"] = others["start"] + others["file"].map(offsets)
+    layout.loc[~stamped, "width"] = others["end"] - others["start"]
+    return layout
+
+
+def detections_over_time(events: pd.DataFrame, path: str | Path, *, max_species: int = 30) -> Path:
+    """One row per species, a mark per detected event along time, coloured by score.
+
+    Events of files whose names carry a time stamp are drawn on a time-of-day
+    axis (0 to 24 h, days folded onto one); those of the other files, in a
+    panel of their own below, with the files laid end to end (see
+    :func:`detection_layout`).
+
+    Parameters
+    ----------
+    events : DataFrame
+        ``file``, ``label``, ``start``, ``end``, ``score`` and ``when`` (the
+        event's clock time, or None when the file name carries no time stamp).
     max_species : int
         The species with most events are drawn.
     """
-    path = Path(path)
     counts = events["label"].value_counts()
     species = sorted(counts.index[:max_species], key=lambda s: (-counts[s], s))
-    stamped = events["when"].notna().all() and len(events)
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.35 * max(len(species), 1)))
-    if stamped:
-        x = pd.to_datetime(events["when"])
-        width = pd.to_timedelta(events["end"] - events["start"], unit="s")
-        ax.set_xlabel("time of recording")
-    else:
-        offsets, position = {}, 0.0
-        for file, group in events.groupby("file", sort=False):
-            offsets[file] = position
-            position += float(group["end"].max())
-        x = events["start"] + events["file"].map(offsets)
-        width = events["end"] - events["start"]
-        ax.set_xlabel("seconds (files end to end)")
+    layout = detection_layout(events)
+    axes_names = [a for a in ("time of day", "end to end") if (layout["axis"] == a).any()] or ["end to end"]
+    height = 1.2 + 0.35 * max(len(species), 1)
+    fig, axes = plt.subplots(len(axes_names), 1, figsize=(11, height * len(axes_names)), squeeze=False,
+                             layout="constrained")  # room for one colour bar beside all panels
     rows = {s: i for i, s in enumerate(species)}
-    keep = events["label"].isin(rows).to_numpy()
     colours = plt.cm.viridis(np.clip(events["score"].to_numpy(dtype=float), 0, 1))
-    for left, w, label, colour in zip(np.asarray(x)[keep], np.asarray(width)[keep], events["label"][keep],
-                                      colours[keep], strict=True):
-        ax.barh(rows[label], w, left=left, height=0.6, color=colour, edgecolor=colour, linewidth=2)
-    ax.set_yticks(range(len(species)), [f"{s} ({counts[s]})" for s in species])
-    ax.invert_yaxis()
-    ax.set_title("detections over time (colour: score)" if len(events) else "no detections")
-    ax.grid(axis="x", alpha=0.3)
-    fig.colorbar(plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1)), ax=ax, label="score", pad=0.01)
-    fig.tight_layout()
+    for ax, name in zip(axes[:, 0], axes_names, strict=True):
+        mine = (layout["axis"] == name).to_numpy() & events["label"].isin(rows).to_numpy()
+        for left, w, label, colour in zip(layout["x"][mine], layout["width"][mine], events["label"][mine],
+                                          colours[mine], strict=True):
+            ax.barh(rows[label], w, left=left, height=0.6, color=colour, edgecolor=colour, linewidth=2)
+        if name == "time of day":
+            ax.set_xlim(0, 24)
+            ax.set_xticks(range(0, 25, 3), [f"{h:02d}:00" for h in range(0, 25, 3)])
+            ax.set_xlabel("time of day (from the time stamps in the file names)")
+        else:
+            files = events.loc[layout["axis"] == name, "file"].nunique()
+            ax.set_xlabel(f"seconds ({files} file(s) without a time stamp in the name, end to end)"
+                          if len(axes_names) > 1 else "seconds (files end to end)")
+        ax.set_yticks(range(len(species)), [f"{s} ({counts[s]})" for s in species])
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].set_title("detections over time (colour: score)" if len(events) else "no detections")
+    fig.colorbar(plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1)), ax=list(axes[:, 0]), label="score",
+                 pad=0.01)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

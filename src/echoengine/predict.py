@@ -9,6 +9,13 @@ label of a clip means; for "is the species anywhere in this long recording"
 use :mod:`echoengine.detect`-style window scores instead. An ensemble (the
 fold models of a cross-validation) averages the members' file probabilities.
 
+:func:`predict_table` scores the windows of a catalog through its dataset
+(evaluation: with the labels of the windows); :func:`predict_files`
+(``echoengine predict``) decodes each file block by block and scores its
+windows as they come (:func:`echoengine.detect.stream_windows`, the scorer
+of ``echoengine detect``, or the exported ONNX graph), so that memory stays
+bounded whatever a file's length.
+
 Examples
 --------
 >>> import numpy as np
@@ -21,7 +28,9 @@ array([[0.6, 0.4],
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,13 +38,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
+from echoengine import audio
 from echoengine.bundle import Bundle
 from echoengine.cache import FeatureCache
 from echoengine.dataset import ClipDataset
+from echoengine.detect import WindowScorer, stream_windows
 from echoengine.embeddings import make_dataset
-from echoengine.errors import EchoError
+from echoengine.errors import AudioError, EchoError
 
-__all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "predict_table", "window_probabilities"]
+__all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "pool_windows", "predict_files",
+           "predict_table", "stream_window_probabilities", "window_probabilities"]
 
 
 class _Indexed(Dataset):
@@ -169,3 +181,146 @@ def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> 
     if bundles[0].config.model.multilabel:  # is the species anywhere in the file: its best window
         return clip_maxes(probabilities, rows, n_rows=len(table))
     return clip_means(probabilities, rows, n_rows=len(table))
+
+
+# ---- files of any length, decoded block by block -----------------------------------------------------------------
+def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
+    """A file's probabilities from its windows': the mean (multi-label models: the max).
+
+    Examples
+    --------
+    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=False)
+    array([0.6, 0.4])
+    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=True)
+    array([0.8, 0.6])
+    """
+    if multilabel:
+        return window_probs.max(axis=0).astype(np.float64)
+    return window_probs.mean(axis=0, dtype=np.float64)
+
+
+def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch_size: int = 16,
+                                block_seconds: float = 60.0, cache: FeatureCache | None = None) -> np.ndarray:
+    """Class probabilities (n_windows, n_classes) of the windows of one file, decoded and scored block by block.
+
+    The windows are those of :func:`predict_table` (the clip length apart,
+    the last one padded with silence), cut as ``echoengine detect`` cuts
+    them; only a block of audio and a batch of windows are held at a time.
+    With a ``cache``, the images of CNN bundles are read from it and stored
+    into it, under the keys of the dataset's clean windows.
+
+    Raises
+    ------
+    AudioError
+        The file cannot be decoded.
+
+    Examples
+    --------
+    >>> scorer = WindowScorer([load_bundle("bundle")])  # doctest: +SKIP
+    >>> stream_window_probabilities(scorer, "dawn_chorus.flac").shape  # doctest: +SKIP
+    (720, 4)
+    """
+    clip = scorer.clip_samples
+    blocks = audio.stream(path, scorer.config.audio, block_seconds=block_seconds)
+    windows = stream_windows(blocks, length=clip, hop=clip)
+    scores = []
+    while batch := list(islice(windows, batch_size)):
+        stacked = np.stack([window for _, window, _ in batch])
+        scores.append(scorer.score(_window_inputs(scorer, stacked, path, [start for start, _, _ in batch], cache)))
+    return np.concatenate(scores)
+
+
+def _window_inputs(scorer: WindowScorer, windows: np.ndarray, path: str | Path, starts: list[int],
+                   cache: FeatureCache | None) -> torch.Tensor:
+    """The scorer's inputs of windows; the images of CNN bundles through the cache when there is one."""
+    if cache is None or scorer.kind != "images":
+        return scorer.prepare(windows)
+    keys = [cache.key(path, start=start, length=scorer.clip_samples, variant=-1) for start in starts]
+    images = [cache.get(key) for key in keys]
+    missing = [i for i, image in enumerate(images) if image is None]
+    if missing:
+        for i, image in zip(missing, scorer.prepare(windows[missing])[:, 0].numpy(), strict=True):
+            cache.put(keys[i], image)
+            images[i] = image
+    channels = scorer.config.frontend.image_channels
+    return torch.from_numpy(np.stack(images)).unsqueeze(1).expand(-1, channels, -1, -1)
+
+
+def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onnx: bool = False,
+                  cache: FeatureCache | None = None, batch_size: int = 16, block_seconds: float = 60.0,
+                  chunk_seconds: float | None = None, progress: bool = False,
+                  log: Callable[[str], None] = print) -> np.ndarray:
+    """File probabilities (n_files, n_classes) of audio files of any length, in bounded memory.
+
+    The probabilities of :func:`predict_table`: the mean of the windows'
+    (multi-label models: the max), averaged over an ensemble's members. Each
+    file is decoded block by block; PyTorch scores its windows in batches as
+    they come (the scorer of ``echoengine detect``), and with ``onnx`` each
+    bundle's exported graph runs on chunks of whole windows
+    (:func:`echoengine.export.onnx_predict_stream`).
+
+    Parameters
+    ----------
+    bundles : sequence of Bundle
+        One bundle, or an ensemble sharing classes and front end.
+    paths : sequence of paths
+        Audio files.
+    onnx : bool
+        Score with each bundle's ``model.onnx`` (onnxruntime) instead of PyTorch.
+    cache : FeatureCache, optional
+        Where the images of CNN bundles are read from and stored (PyTorch only).
+    batch_size : int
+        Windows scored at a time by PyTorch.
+    block_seconds : float
+        Audio decoded at a time.
+    chunk_seconds : float, optional
+        Audio fed to an ONNX graph at a time (default
+        :data:`echoengine.export.CHUNK_SECONDS`).
+    log : callable
+        Given one line per file that cannot be decoded; its row is NaN.
+
+    Examples
+    --------
+    >>> predict_files([load_bundle("bundle")], ["dawn_chorus.flac", "pond.wav"]).shape  # doctest: +SKIP
+    (2, 4)
+    """
+    check_ensemble(bundles)
+    if onnx:
+        score = _onnx_file_scorer(bundles, block_seconds=block_seconds, chunk_seconds=chunk_seconds)
+    else:
+        score = _torch_file_scorer(bundles, batch_size=batch_size, block_seconds=block_seconds, cache=cache)
+    probabilities = np.full((len(paths), len(bundles[0].classes)), np.nan)
+    for i, path in enumerate(tqdm(paths, desc="predicting", unit="file", leave=False, disable=not progress,
+                                  file=sys.stderr)):
+        try:
+            probabilities[i] = score(path)
+        except AudioError as error:
+            log(f"error: {error}")
+    return probabilities
+
+
+def _torch_file_scorer(bundles: Sequence[Bundle], *, batch_size: int, block_seconds: float,
+                       cache: FeatureCache | None) -> Callable[[str | Path], np.ndarray]:
+    scorer = WindowScorer(bundles)
+    multilabel = scorer.config.model.multilabel
+
+    def score(path: str | Path) -> np.ndarray:
+        windows = stream_window_probabilities(scorer, path, batch_size=batch_size, block_seconds=block_seconds,
+                                              cache=cache)
+        return pool_windows(windows, multilabel=multilabel)
+
+    return score
+
+
+def _onnx_file_scorer(bundles: Sequence[Bundle], *, block_seconds: float,
+                      chunk_seconds: float | None) -> Callable[[str | Path], np.ndarray]:
+    from echoengine.export import CHUNK_SECONDS, bundle_onnx_session, onnx_predict_stream
+
+    sessions = [bundle_onnx_session(member.path) for member in bundles]
+    config = bundles[0].config  # the members share their audio config: each file is decoded once
+
+    def score(path: str | Path) -> np.ndarray:
+        blocks = audio.stream(path, config.audio, block_seconds=block_seconds)
+        return onnx_predict_stream(sessions, bundles, blocks, chunk_seconds=chunk_seconds or CHUNK_SECONDS)[0]
+
+    return score

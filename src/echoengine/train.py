@@ -32,9 +32,9 @@ from torch import nn
 from tqdm import tqdm
 
 from echoengine.augment import mixup
-from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, save_atomic, write_metadata
+from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_state, save_atomic, write_metadata
 from echoengine.cache import FeatureCache
-from echoengine.config import EchoConfig, TrainConfig
+from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
@@ -46,7 +46,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
                   "seconds", "images_per_second"]
 
 # Settings that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = ("train.epochs", "train.device", "data.num_workers", "data.cache_dir", "data.cache_size_gb")
+_RESUMABLE_CHANGES = ("train.epochs", *MACHINE_SETTINGS)
 
 
 @dataclass
@@ -273,7 +273,7 @@ def fit(
         if not (bundle / CHECKPOINT_FILE).is_file():
             raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
         _check_resumable(bundle, config)
-        checkpoint = torch.load(bundle / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
     write_metadata(bundle, config, classes)
     torch.manual_seed(train.seed)
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
@@ -315,7 +315,7 @@ def fit(
         if checkpoint["epoch"] - best_epoch >= train.patience:
             log("the run had already stopped early")
             start_epoch = train.epochs + 1
-    best_state = (torch.load(bundle / WEIGHTS_FILE, map_location=device, weights_only=True)
+    best_state = (load_state(bundle / WEIGHTS_FILE, map_location=device)
                   if best_epoch else copy.deepcopy(model.state_dict()))
 
     from torch.utils.tensorboard import SummaryWriter
@@ -356,9 +356,7 @@ def fit(
                         bundle / CHECKPOINT_FILE)
             if improved:
                 save_atomic(best_state, bundle / WEIGHTS_FILE)
-            log(f"epoch {epoch}: loss {train_loss:.4f} acc {train_acc:.3f} | val loss {val_loss:.4f} "
-                f"acc {val_acc:.3f} | lr {learning_rate:.2e} | {row['images_per_second']:.1f} images/s"
-                + (" *" if improved else ""))
+            log(_epoch_line(row, config, refit=keep == "last", improved=improved))
             if keep == "best" and epoch - best_epoch >= train.patience:
                 log(f"early stop: no better validation loss since epoch {best_epoch}")
                 break
@@ -368,6 +366,15 @@ def fit(
         save_atomic(best_state, bundle / WEIGHTS_FILE)
     model.load_state_dict(best_state)
     return TrainResult(bundle, history, best_epoch, model.eval())
+
+
+def _epoch_line(row: dict[str, float], config: EchoConfig, *, refit: bool, improved: bool) -> str:
+    """One epoch in one line. A refit trains on its validation part, so it is not scored there."""
+    unit = "images/s" if not config.model.embedder and config.model.backbone != "birdnet" else "clips/s"
+    validation = ("" if refit else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}")
+    marker = " *" if improved and not refit else ""
+    return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}{validation} | "
+            f"lr {row['learning_rate']:.2e} | {row['images_per_second']:.1f} {unit}{marker}")
 
 
 def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
@@ -407,7 +414,10 @@ def _checkpoint_stage(bundle: Path) -> str | None:
     """What the bundle's checkpoint was training: ``"best"`` (selection), ``"last"`` (a refit) or None."""
     if not (bundle / CHECKPOINT_FILE).is_file():
         return None
-    return torch.load(bundle / CHECKPOINT_FILE, map_location="cpu", weights_only=False).get("keep", "best")
+    checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
+    if not isinstance(checkpoint, dict) or checkpoint.get("keep", "best") not in ("best", "last"):
+        raise EchoError(f"{bundle / CHECKPOINT_FILE}: not an echoengine checkpoint; train again with --overwrite")
+    return checkpoint.get("keep", "best")
 
 
 def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
@@ -426,7 +436,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     stage = _checkpoint_stage(bundle) if resume else None
     if stage == "last":  # killed during the refit: continue it with its own config
         saved = EchoConfig.load(bundle / CONFIG_FILE)
-        saved = saved.replace(train={"device": config.train.device}, data={"num_workers": config.data.num_workers})
+        saved = saved.with_machine_settings(config)
         return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last",
                    boxes=boxes)
     if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
