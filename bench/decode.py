@@ -14,7 +14,7 @@ refused, a few frames short of their header) and the second half cut off.
 Then prints one table, side by side in one run, for each encoding:
 
 * how many files ``check`` accepts: the OLD decoder (``audio.py`` of the
-  committed ``HEAD``, loaded from ``git show`` with its extension list) and
+  commit before PyAV (:data:`OLD_REVISION`), loaded from ``git show`` with its extension list) and
   the new one, and how many of those the new one warns about;
 * the largest difference between the duration ``check`` returns and the
   reference: the source WAV for complete files, the samples the ``ffmpeg``
@@ -58,16 +58,20 @@ ENCODINGS = {
 CUTS = {"": None, ", last 0.5 % cut": 0.995, ", half cut": 0.5}
 
 
+# The last commit whose audio.py decoded everything with soundfile (libsndfile).
+OLD_REVISION = "d8c5640"
+
+
 def old_audio() -> types.ModuleType:
-    """``src/echoengine/audio.py`` as committed at HEAD, as a module of its own."""
+    """``src/echoengine/audio.py`` as committed at :data:`OLD_REVISION`, as a module of its own."""
     try:
-        source = subprocess.run(["git", "show", "HEAD:src/echoengine/audio.py"], cwd=ROOT, check=True,
+        source = subprocess.run(["git", "show", f"{OLD_REVISION}:src/echoengine/audio.py"], cwd=ROOT, check=True,
                                 capture_output=True, text=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         sys.exit(f"cannot read the committed audio.py with git ({exc}): run this in the project's checkout")
     module = types.ModuleType("echoengine_audio_head")
     sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, "HEAD:src/echoengine/audio.py", "exec"), module.__dict__)
+    exec(compile(source, f"{OLD_REVISION}:src/echoengine/audio.py", "exec"), module.__dict__)
     module.AUDIO_EXTENSIONS = OLD_EXTENSIONS
     return module
 

@@ -350,3 +350,11 @@ def test_embeddings_are_the_same_from_a_miss_and_a_hit(tmp_path):
     assert hit.dtype == np.float32 and hit.flags.writeable
     np.testing.assert_array_equal(hit, value.astype(np.float32))
     assert EmbeddingCache(tmp_path, EchoConfig(), "test-embedder").get("k").tobytes() == hit.tobytes()
+
+
+def test_a_command_with_the_default_limit_never_shrinks_a_larger_cache(tmp_path):
+    large = FeatureCache(tmp_path, EchoConfig().replace(data={"cache_size_gb": 20}))
+    large.put(large.key(__file__, start=0, length=10, variant=-1), np.zeros((4, 4), np.float32))
+    large.close()
+    default = FeatureCache(tmp_path, EchoConfig())  # e.g. predict: the bundle's config holds no cache settings
+    assert default.store.size_limit == 20 * 2**30 and len(default) == 1

@@ -122,6 +122,30 @@ def test_a_folder_of_someone_elses_files_is_never_cleared(synthetic_dataset, tmp
     assert (folder / "chapter1.docx").read_text() == "years of work"
 
 
+def test_overwrite_clears_only_what_echoengine_wrote_at_every_depth(trained, tmp_path):
+    from echoengine.bundle import prepare_output
+
+    earlier = Path(shutil.copytree(trained, tmp_path / "earlier"))
+    (earlier / "plots" / "my_notes.txt").write_text("field notes")
+    with pytest.raises(EchoError, match=r"did not write .*plots/my_notes.txt"):
+        prepare_output(earlier, overwrite=True)
+    assert (earlier / "plots" / "my_notes.txt").is_file() and (earlier / WEIGHTS_FILE).is_file()
+    figures = tmp_path / "figures"  # names echoengine uses, but no run of it: someone's folder
+    (figures / "plots").mkdir(parents=True)
+    (figures / "plots" / "map.png").write_bytes(b"png")
+    with pytest.raises(EchoError, match="did not write"):
+        prepare_output(figures, overwrite=True)
+    assert (figures / "plots" / "map.png").is_file()
+
+
+def test_the_demo_never_clears_a_folder_it_did_not_make(tmp_path, capsys):
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    (tmp_path / "project" / "data" / "frog.wav").write_bytes(b"RIFF")
+    assert main(["demo", "--out", str(tmp_path / "project"), "--quiet"]) == 2
+    assert "did not write (data)" in capsys.readouterr().err
+    assert (tmp_path / "project" / "data" / "frog.wav").is_file()
+
+
 def test_an_onnx_graph_of_older_weights_is_an_error(bundle):
     from echoengine.export import bundle_onnx_session, export_onnx
 

@@ -67,6 +67,9 @@ def test_evaluate_warns_about_files_seen_in_training(bundle, calls, tmp_path, ca
     assert metrics["n"] == 48 and metrics["files_seen_in_training"] > 0
     assert (tmp_path / "report" / "plots" / "confusion.png").is_file()
     assert "macro_f1" in captured.out
+    assert main(["evaluate", str(bundle), str(calls), "--out", str(tmp_path / "report")]) == 2  # not again silently
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["evaluate", str(bundle), str(calls), "--out", str(tmp_path / "report"), "--overwrite"]) == 0
 
 
 def test_predict_reports_a_bad_file_in_one_line_and_predicts_the_rest(bundle, calls, tmp_path, capsys):
@@ -110,6 +113,15 @@ def test_cv_keeps_fold_models_that_never_share_a_recording_and_serve_as_an_ensem
     file = next(calls.glob("*/*.wav"))
     assert main(["predict", str(out), str(file)]) == 0
     assert "ensemble of 3 fold models" in capsys.readouterr().err
+    # resuming keeps finished folds only under the run's own settings and folds
+    command = ["cv", str(calls), "--config", str(quick_toml), "--epochs", "2", "--out", str(out), "--no-cache",
+               "--quiet", "--resume"]
+    assert main([*command, "--folds", "3"]) == 0
+    assert "finished before, kept" in capsys.readouterr().out
+    assert main([*command, "--folds", "3", "--lr", "0.5"]) == 2
+    assert "trained with other settings" in capsys.readouterr().err
+    assert main([*command, "--folds", "4"]) == 2
+    assert "differ from the run's" in capsys.readouterr().err
 
 
 def test_a_run_killed_with_sigkill_resumes_without_losing_or_repeating_epochs(calls, quick_toml, tmp_path):
@@ -147,6 +159,15 @@ def test_demo_runs_end_to_end_on_synthetic_data(tmp_path, capsys):
     assert (tmp_path / "demo" / "bundle" / "plots" / "confusion.png").is_file()
     assert (tmp_path / "demo" / "detections" / "events.csv").is_file()
     assert (tmp_path / "demo" / "field" / "synthetic_field_0000.selections.txt").is_file()
+    # run again: the earlier demo is replaced whole; a folder holding someone else's file is left alone
+    (tmp_path / "demo" / "bundle" / "model.onnx").write_bytes(b"a graph of the earlier weights")
+    command = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--files-per-class", "6", "--quiet"]
+    assert main(command) == 0
+    assert "replaced the earlier demo" in capsys.readouterr().out
+    assert not (tmp_path / "demo" / "bundle" / "model.onnx").exists()
+    (tmp_path / "demo" / "notes.txt").write_text("mine")
+    assert main(command) == 2
+    assert "notes.txt" in capsys.readouterr().err and (tmp_path / "demo" / "notes.txt").read_text() == "mine"
 
 
 def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):

@@ -4,7 +4,8 @@
 
     BUNDLE/
       echoengine.toml   the full config (front end included), so a model always
-                        runs with the front end it was trained with
+                        runs with the front end it was trained with; never the
+                        settings of a machine (cache folder, workers, device)
       classes.txt       one label per line, in output order
       weights.pt        the best state_dict (by validation loss; the last epoch's after a refit)
       checkpoint.pt     the last epoch's full training state (for --resume)
@@ -13,6 +14,11 @@
       metrics.json      evaluation on held-out data
       plots/            training curves, confusion matrix
       tensorboard/      TensorBoard event files
+      model.onnx        the exported serving graph (``echoengine export``)
+      thresholds.csv    per-class detection thresholds (``echoengine calibrate``)
+
+``model.onnx`` and ``thresholds.csv`` record the digest of the weights they
+were made from (:func:`weights_digest`); readers refuse a mismatch.
 
 A cross-validation folder holds one bundle per fold (``fold0/``, ``fold1/``,
 ...); loaded together they are an ensemble that averages probabilities.
@@ -36,14 +42,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.models import Classifier, build_model
 
-__all__ = ["Bundle", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes", "save_atomic",
-           "selection_history", "weights_digest", "write_metadata"]
+__all__ = ["Bundle", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes", "read_splits",
+           "save_atomic", "selection_history", "weights_digest", "write_metadata"]
 
 CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
@@ -157,6 +164,27 @@ def _check_class_count(folder: Path, classes: list[str], state) -> None:
                     f"{CLASSES_FILE} written with them (one class per output, in output order)")
 
 
+def read_splits(folder: str | Path) -> pd.DataFrame | None:
+    """A bundle's ``splits.csv`` (at least ``path`` and ``part`` columns), or None when it has none.
+
+    Raises
+    ------
+    EchoError
+        The file is there but is not a table of files and their parts.
+    """
+    path = Path(folder) / "splits.csv"
+    if not path.is_file():
+        return None
+    try:
+        table = pd.read_csv(path, keep_default_na=False, dtype=str)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise EchoError(f"{path}: not a readable CSV ({' '.join(str(exc).split())[:200]})") from None
+    missing = [column for column in ("path", "part") if column not in table.columns]
+    if missing:
+        raise EchoError(f"{path}: has no {' or '.join(missing)} column; expected the splits.csv training wrote")
+    return table
+
+
 def selection_history(folder: str | Path) -> Path:
     """The history whose validation scores chose the weights: the selection run's after a refit."""
     folder = Path(folder)
@@ -180,33 +208,53 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
     classes = read_classes(folder)
     # the architecture only: the weights come from the bundle, never from a download
     model = build_model(dataclasses.replace(config.model, pretrained=False), len(classes))
+    state = load_state(folder / WEIGHTS_FILE)
+    if not isinstance(state, dict):
+        raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights (a {type(state).__name__}, not a "
+                        "state dict of tensors)")
+    _check_class_count(folder, classes, state)
     try:
-        state = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True)
-        _check_class_count(folder, classes, state)
         model.load_state_dict(state)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:400]  # one line
         raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({detail})") from None
     return Bundle(folder, config, classes, model.to(device, memory_format=torch.channels_last).eval())
 
 
-# What training, cross-validation, evaluation, calibration and export write into a bundle or CV folder.
+# What training, cross-validation, evaluation, calibration and export write into a bundle or CV folder
+# (checked at every depth: fold, probe and report folders hold the same kinds of files), and the files that
+# show a folder is an earlier run's. Desktop litter may go with it.
 _RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, "history.csv", "selection_history.csv",
-              "splits.csv", "annotations.csv", "metrics.json", "per_class.csv", "model.onnx", "thresholds.csv",
-              "folds.csv", "cv_folds.csv", "oof_predictions.csv", "test_predictions.csv", "plots", "tensorboard",
-              "probe", "fold[0-9]*", "evaluate-*", "*.tmp")
+              "splits.csv", "annotations.csv", "metrics.json", "per_class.csv", "per_class_*.csv", "model.onnx",
+              "thresholds.csv", "folds.csv", "cv_folds.csv", "oof_predictions.csv", "test_predictions.csv", "plots",
+              "*.png", "tensorboard", "refit", "events.out.tfevents.*", "probe", "fold[0-9]*", "evaluate-*", "*.tmp",
+              ".DS_Store", "._*", "Thumbs.db", "desktop.ini")
+_RUN_MARKERS = (CONFIG_FILE, "splits.csv", "folds.csv")
+
+
+def _foreign(folder: Path, owned: tuple[str, ...], *, recursive: bool) -> list[str]:
+    """Entries under ``folder`` whose names match none of the ``owned`` patterns (relative paths)."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if not any(entry.match(pattern) for pattern in owned):
+            found.append(entry.name)
+        elif recursive and entry.is_dir() and not entry.is_symlink():
+            found += [f"{entry.name}/{name}" for name in _foreign(entry, owned, recursive=True)]
+    return found
 
 
 def prepare_output(folder: str | Path, *, resume: bool = False, overwrite: bool = False,
-                   owned: tuple[str, ...] = _RUN_FILES) -> Path:
-    """Make ``folder`` ready for a new training run without losing anything by surprise.
+                   owned: tuple[str, ...] = _RUN_FILES, markers: tuple[str, ...] = _RUN_MARKERS,
+                   recursive: bool = True) -> Path:
+    """Make ``folder`` ready for a new run without losing anything by surprise.
 
     A missing or empty folder is created. A non-empty one is refused unless
     the run resumes (``resume``: kept as it is) or ``overwrite`` is given,
     which removes every file of the earlier run first, so that no stale ONNX
-    graph or thresholds survive beside new weights. A folder holding files
-    that echoengine did not write (that match none of the ``owned`` name
-    patterns) is never cleared.
+    graph or thresholds survive beside new weights. Only a folder that holds
+    one of the ``markers`` and nothing but entries matching the ``owned``
+    name patterns (at every depth when ``recursive``) counts as an earlier
+    run: anything else there means it is someone's, and it is never cleared.
 
     Raises
     ------
@@ -232,7 +280,9 @@ def prepare_output(folder: str | Path, *, resume: bool = False, overwrite: bool 
         return folder
     entries = sorted(folder.iterdir()) if folder.is_dir() else []
     if entries:
-        foreign = [entry.name for entry in entries if not any(entry.match(name) for name in owned)]
+        foreign = _foreign(folder, owned, recursive=recursive)
+        if not foreign and not any((folder / marker).exists() for marker in markers):
+            foreign = [entry.name for entry in entries]
         if foreign:
             raise EchoError(f"{folder}: holds files echoengine did not write ({', '.join(foreign[:3])}); "
                             "choose another output folder")
@@ -240,7 +290,7 @@ def prepare_output(folder: str | Path, *, resume: bool = False, overwrite: bool 
             raise EchoError(f"{folder}: not empty (an earlier run's output); pass --resume to continue it or "
                             "--overwrite to replace it")
         for entry in entries:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

@@ -10,7 +10,7 @@ Entries are keyed by
   value misses the old entries instead of reusing them (the Echo pipeline
   had to clear its cache by hand), and the version of the feature code
   (:data:`echoengine.features.FEATURES_VERSION`);
-* the clip (start and length) and the variant index (-1: not augmented).
+* the clip (start and length) and the variant index (-1: not augmented; -2: cut from a streamed decode).
 
 The store is :mod:`diskcache` (SQLite + files): safe with several DataLoader
 worker processes, with a size limit and least-recently-stored eviction.
@@ -126,19 +126,29 @@ class _NoPickleDisk(diskcache.Disk):
             super().remove(file_path)
 
 
-def _check_settings(directory: Path) -> None:
-    """Refuse a ``cache.db`` whose Settings table holds rows of its own: diskcache sets each as an attribute."""
+# The largest stored size limit honoured (data.cache_size_gb's own bound).
+_MAX_SIZE_LIMIT = 100_000 * 2**30
+
+
+def _check_settings(directory: Path) -> int:
+    """Refuse a ``cache.db`` whose Settings table holds rows of its own: diskcache sets each as an attribute.
+
+    Returns the size limit stored there (0 when none), so that a command
+    opening the cache with the default limit does not shrink a larger one.
+    """
     path = directory / diskcache.core.DBNAME
     if not path.is_file():
-        return
+        return 0
     with contextlib.closing(sqlite3.connect(path)) as db:
         try:
-            keys = {key for (key,) in db.execute("SELECT key FROM Settings")}
+            settings = dict(db.execute("SELECT key, value FROM Settings"))
         except sqlite3.OperationalError:  # no Settings table (yet)
-            return
-    unknown = keys - set(diskcache.DEFAULT_SETTINGS) - set(diskcache.core.METADATA)
+            return 0
+    unknown = set(settings) - set(diskcache.DEFAULT_SETTINGS) - set(diskcache.core.METADATA)
     if unknown:
         raise UnsafeEntryError(f"settings that are not diskcache's: {', '.join(sorted(map(str, unknown)))}")
+    stored = settings.get("size_limit")
+    return stored if type(stored) is int and 0 < stored <= _MAX_SIZE_LIMIT else 0
 
 
 def _encode(array: np.ndarray) -> bytes:
@@ -217,8 +227,8 @@ class FeatureCache:
     directory : str or Path
     config : EchoConfig
         Its audio, front-end and augmentation sections enter every key; its
-        ``data.cache_size_gb`` and ``data.cache_identity`` set the limit and
-        the file identity.
+        ``data.cache_size_gb`` and ``data.cache_identity`` set the limit (a
+        larger one already stored in the folder is kept) and the file identity.
 
     Notes
     -----
@@ -253,9 +263,9 @@ class FeatureCache:
         """The store, opened on first use in each process; None once the folder proved unusable."""
         if self._store is None and not self.broken:
             try:
-                _check_settings(self.directory)
-                # every setting given, so that none is taken from the database
-                settings = {**diskcache.DEFAULT_SETTINGS, "size_limit": self._size_limit,
+                stored_limit = _check_settings(self.directory)
+                # every setting given, so that none is taken from the database; the limit never shrinks
+                settings = {**diskcache.DEFAULT_SETTINGS, "size_limit": max(self._size_limit, stored_limit),
                             "eviction_policy": "least-recently-stored"}
                 self._store = diskcache.Cache(str(self.directory), disk=_NoPickleDisk, **settings)
             except Exception as error:  # any failure to open an optional cache: go on without it
@@ -300,7 +310,7 @@ class FeatureCache:
         return state
 
     def key(self, path: str | os.PathLike, *, start: int, length: int, variant: int) -> str:
-        """The cache key of one clip of one file; ``variant=-1`` means not augmented."""
+        """The cache key of one clip of one file; a negative ``variant`` is not augmented (-1: read as a range)."""
         identity = file_identity(path, mode="stat")  # cheap: looked up every time
         if self.identity_mode == "content":  # hashed once per version of the file
             if identity not in self._identities:

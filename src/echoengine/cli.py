@@ -19,12 +19,13 @@ import torch
 from tqdm import tqdm
 
 from echoengine import catalog, runtime, synthetic
-from echoengine.config import CONFIG_VERSION, EchoConfig
+from echoengine.config import EchoConfig
 from echoengine.dataset import ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.plots import plot_images
 
-#: Where features are cached unless ``--cache-dir`` or ``data.cache_dir`` says otherwise.
+#: Where features are cached unless ``--cache-dir`` (or, for train and cv, ``--config``'s ``data.cache_dir``) says
+#: otherwise; a bundle's config never does.
 DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
 
 __all__ = ["main"]
@@ -83,16 +84,10 @@ def _training_config(args: argparse.Namespace) -> EchoConfig:
     return config
 
 
-def _refuse_existing(path: Path, overwrite: bool, *, ours: str | None = None) -> None:
-    """A file the user names as output is replaced only when they say so, or when it starts as ours does."""
-    if not path.exists() or overwrite:
-        return
-    if ours is not None and path.is_file():
-        with open(path, encoding="utf-8", errors="replace") as file:
-            if file.readline().rstrip("\n") == ours:
-                print(f"replacing {path} (written by an earlier echoengine run)", file=sys.stderr)
-                return
-    raise EchoError(f"{path}: already exists; pass --overwrite to replace it, or choose another --out")
+def _refuse_existing(path: Path, overwrite: bool) -> None:
+    """A file the user names as output (often edited by hand since) is replaced only when they say so."""
+    if path.exists() and not overwrite:
+        raise EchoError(f"{path}: already exists; pass --overwrite to replace it, or choose another --out")
 
 
 def _refuse_nonempty(folder: Path, overwrite: bool) -> None:
@@ -205,7 +200,7 @@ def cmd_split(args: argparse.Namespace) -> int:
     config = _config(args)
     config = config.replace(data=changes) if changes else config
     data = config.data
-    _refuse_existing(args.out, args.overwrite, ours="path,label,group,part")
+    _refuse_existing(args.out, args.overwrite)
     usable, _ = _scan(args.data, config)
     if args.kfold:
         parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
@@ -409,10 +404,12 @@ def _cache_for(config: EchoConfig, args: argparse.Namespace):
 
 def _warn_seen(bundles, usable: pd.DataFrame, what: str) -> int:
     """Warn when files of the data trained or selected the model; returns how many."""
+    from echoengine.bundle import read_splits
+
     seen = set()
     for member in bundles:
-        if (member.path / "splits.csv").is_file():
-            splits = pd.read_csv(member.path / "splits.csv", keep_default_na=False)
+        splits = read_splits(member.path)
+        if splits is not None:
             seen |= set(splits.loc[splits["part"].isin(["train", "val"]), "path"])
     overlap = int(usable["path"].isin(seen).sum())
     if overlap:
@@ -422,10 +419,13 @@ def _warn_seen(bundles, usable: pd.DataFrame, what: str) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from echoengine.bundle import prepare_output
     from echoengine.evaluate import evaluate, write_report
 
     bundles = _load_bundles(args.bundle)
     config = _config(args, base=bundles[0].config)
+    out = prepare_output(args.out or args.bundle / f"evaluate-{Path(args.data).stem}", overwrite=args.overwrite,
+                         markers=("metrics.json",))
     if config.model.multilabel:
         from echoengine.detect import load_thresholds
         from echoengine.evaluate import evaluate_multilabel
@@ -436,16 +436,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         thresholds = load_thresholds(args.bundle, bundles[0].classes)  # from echoengine calibrate, else 0.5
         metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=_cache_for(config, args),
                                       progress=True)
-        _write_multilabel_report(metrics, args.out or args.bundle / f"evaluate-{Path(args.data).stem}",
-                                 str(args.data))
+        _write_multilabel_report(metrics, out, str(args.data))
+        print(f"\nwrote {out / 'metrics.json'}, {out / 'per_class_recording.csv'} and {out / 'plots'}")
         return 0
     table = catalog.load_catalog(args.data, config.data)
     usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
     overlap = _warn_seen(bundles, usable, "their scores are optimistic")
     metrics, _ = evaluate(bundles, usable, cache=_cache_for(config, args), progress=True)
     metrics.update(evaluated_on=str(args.data), files_seen_in_training=overlap)
-    out = args.out or args.bundle / f"evaluate-{Path(args.data).stem}"
-    history = None if len(bundles) > 1 else pd.read_csv(bundles[0].path / "history.csv")
+    single = len(bundles) == 1 and (bundles[0].path / "history.csv").is_file()
+    history = pd.read_csv(bundles[0].path / "history.csv") if single else None
     write_report(metrics, bundles[0].classes, out, history=history)
     _print_metrics(metrics, f"{args.data}:")
     print(f"\nwrote {out / 'metrics.json'} and {out / 'plots'}")
@@ -644,10 +644,13 @@ def _print_predictions(results: list[dict], form: str) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from echoengine.bundle import prepare_output
 
-    out = args.out
-    if out.is_dir() and any(out.iterdir()):
-        print(f"replacing the earlier demo in {out}")
-    prepare_output(out, overwrite=True, owned=("data", "bundle", "cache", "field", "detections"))
+    out, marker = args.out, ".echoengine-demo"
+    earlier = out.is_dir() and any(out.iterdir())
+    prepare_output(out, overwrite=True, owned=("data", "bundle", "cache", "field", "detections", marker),
+                   markers=(marker,), recursive=False)
+    (out / marker).write_text("a folder of echoengine demo: `echoengine demo` replaces it\n", encoding="utf-8")
+    if earlier:
+        print(f"replaced the earlier demo in {out}")
     data = synthetic.make_dataset(out / "data", classes=5, files_per_class=args.files_per_class, seed=args.seed)
     print(f"1/5 wrote a SYNTHETIC dataset (computer-made calls over noise, not animals): {data}")
     config = EchoConfig().replace(
@@ -705,7 +708,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.out:
-        _refuse_existing(args.out, args.overwrite, ours=f"version = {CONFIG_VERSION}")
+        _refuse_existing(args.out, args.overwrite)
         print(f"wrote {config.save(args.out)}")
     else:
         import tomli_w
@@ -836,6 +839,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path)
     p.add_argument("data", type=Path)
     p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run in --out")
     p.add_argument("--no-cache", action="store_true", help="compute features every time")
     p.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
     p.add_argument("--allow-outside-paths", action="store_true",
@@ -899,6 +903,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw of the train/test split of sources (keep it to mix more soundscapes of one side)")
     p.add_argument("--config", type=Path, help="a TOML config (its [audio] sets the sample rate)")
     p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    p.add_argument("--allow-outside-paths", action="store_true",
+                   help="use CSV rows naming files outside the dataset folder; refused by default")
     p.add_argument("--group-regex", help="regex on file names naming the source recording")
     p.set_defaults(func=cmd_mix)
 

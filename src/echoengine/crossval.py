@@ -27,8 +27,8 @@ import pandas as pd
 from echoengine import catalog, plots
 from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
 from echoengine.cache import FeatureCache
-from echoengine.config import EchoConfig
-from echoengine.errors import DataError
+from echoengine.config import MACHINE_SETTINGS, EchoConfig
+from echoengine.errors import DataError, EchoError
 from echoengine.evaluate import (
     MULTILABEL_KEYS,
     SUMMARY_KEYS,
@@ -56,6 +56,25 @@ def inner_split(table: pd.DataFrame, *, val_fraction: float, seed: int) -> np.nd
         parts = catalog.split(table[several], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
         trains[several] = parts != "val"
     return trains
+
+
+# What a fold's saved config may differ in from the command's: a refit changes its epoch counts.
+_FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", *MACHINE_SETTINGS)
+
+
+def _check_resumable(out: Path, paths: pd.Series, folds: np.ndarray, config: EchoConfig) -> None:
+    """Refuse to resume a CV run whose folds or settings differ from the command's: folds would mix them."""
+    restart = "start again with --overwrite, or resume with the run's own data and options"
+    if (out / "folds.csv").is_file():
+        before = pd.read_csv(out / "folds.csv", keep_default_na=False, dtype={"path": str})
+        if not before[["path", "fold"]].astype(str).equals(
+                pd.DataFrame({"path": paths.astype(str), "fold": folds.astype(str)}).reset_index(drop=True)):
+            raise EchoError(f"{out / 'folds.csv'}: the data or the folds (--folds, the split seed) differ from the "
+                            f"run's; {restart}")
+    wanted = config.fingerprint(ignore=_FOLD_CHANGES)
+    for saved in sorted(out.glob("fold*/echoengine.toml")):
+        if EchoConfig.load(saved).fingerprint(ignore=_FOLD_CHANGES) != wanted:
+            raise EchoError(f"{saved}: this fold was trained with other settings than the command's; {restart}")
 
 
 def cross_validate(
@@ -90,6 +109,8 @@ def cross_validate(
     out.mkdir(parents=True, exist_ok=True)
     data = config.data
     folds = catalog.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
+    if resume:
+        _check_resumable(out, table["path"], folds, config)
     table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
     classes = catalog.class_names(table)
@@ -192,6 +213,8 @@ def cross_validate_multilabel(
     out.mkdir(parents=True, exist_ok=True)
     data = config.data
     folds = group_folds(recordings, folds=data.folds, seed=data.split_seed)
+    if resume:
+        _check_resumable(out, recordings["path"], folds, config)
     recordings.assign(fold=folds)[["path", "group", "fold"]].to_csv(out / "folds.csv", index=False)
     boxes.to_csv(out / "annotations.csv", index=False)
     classes = sorted(boxes.loc[boxes["positive"], "label"].unique())

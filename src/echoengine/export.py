@@ -50,12 +50,11 @@ from pathlib import Path
 
 import librosa
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from echoengine import audio
-from echoengine.bundle import WEIGHTS_FILE, Bundle, load_bundle, weights_digest
+from echoengine.bundle import WEIGHTS_FILE, Bundle, load_bundle, read_splits, weights_digest
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
@@ -200,9 +199,8 @@ def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> lis
     """Real clips for the parity check: the given files, else the bundle's test files."""
     if files:
         return [str(f) for f in files]
-    splits = bundle.path / "splits.csv"
-    if splits.is_file():
-        table = pd.read_csv(splits, keep_default_na=False)
+    table = read_splits(bundle.path)
+    if table is not None:
         test = table.loc[table["part"] == "test", "path"].tolist() or table["path"].tolist()
         found = [p for p in test if os.path.isfile(p)][:n]
         if found:
@@ -211,10 +209,9 @@ def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> lis
 
 
 def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
-    from echoengine.predict import predict_table
+    from echoengine.predict import predict_files
 
-    table = pd.DataFrame({"path": files, "label": "", "group": files})
-    return predict_table([bundle], table)
+    return predict_files([bundle], files, log=lambda line: None)  # each file as it decodes, to its end
 
 
 def onnx_session(path: str | Path):

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from echoengine import audio
 from echoengine.bundle import Bundle
-from echoengine.cache import FeatureCache
+from echoengine.cache import FeatureCache, quantise_image
 from echoengine.dataset import ClipDataset
 from echoengine.detect import WindowScorer, stream_windows
 from echoengine.embeddings import make_dataset
@@ -230,18 +230,30 @@ def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch
     return np.concatenate(scores)
 
 
+# Cache entries of windows cut from a streamed decode: their own keys, since a streamed decode equals the
+# ranged reads of datasets only within resampling rounding (no run's values depend on which ran first).
+_STREAMED = -2
+
+
 def _window_inputs(scorer: WindowScorer, windows: np.ndarray, path: str | Path, starts: list[int],
                    cache: FeatureCache | None) -> torch.Tensor:
-    """The scorer's inputs of windows; the images of CNN bundles through the cache when there is one."""
-    if cache is None or scorer.kind != "images":
+    """The scorer's inputs of windows; the images of CNN bundles through the cache when there is one.
+
+    Images are rounded as the cache stores them (:func:`~echoengine.cache.quantise_image`) whether
+    they come from it or not, so a cold cache, a warm one and none give the same probabilities.
+    """
+    if scorer.kind != "images":
         return scorer.prepare(windows)
-    keys = [cache.key(path, start=start, length=scorer.clip_samples, variant=-1) for start in starts]
-    images = [cache.get(key) for key in keys]
+    keys, images = [], [None] * len(windows)
+    if cache is not None:
+        keys = [cache.key(path, start=start, length=scorer.clip_samples, variant=_STREAMED) for start in starts]
+        images = [cache.get(key) for key in keys]
     missing = [i for i, image in enumerate(images) if image is None]
     if missing:
         for i, image in zip(missing, scorer.prepare(windows[missing])[:, 0].numpy(), strict=True):
-            cache.put(keys[i], image)
-            images[i] = image
+            images[i] = quantise_image(image)
+            if cache is not None:
+                cache.put(keys[i], images[i])
     channels = scorer.config.frontend.image_channels
     return torch.from_numpy(np.stack(images)).unsqueeze(1).expand(-1, channels, -1, -1)
 

@@ -273,7 +273,7 @@ def fit(
         if not (bundle / CHECKPOINT_FILE).is_file():
             raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
         _check_resumable(bundle, config)
-        checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
+        checkpoint = _read_checkpoint(bundle)
     write_metadata(bundle, config, classes)
     torch.manual_seed(train.seed)
     cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
@@ -303,14 +303,8 @@ def fit(
     history: list[dict[str, float]] = []
     best_loss, best_epoch, start_epoch = math.inf, 0, 1
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-        history, best_loss, best_epoch = checkpoint["history"], checkpoint["best_loss"], checkpoint["best_epoch"]
+        history, best_loss, best_epoch = _restore(checkpoint, bundle, model, optimizer, schedule)
         start_epoch = checkpoint["epoch"] + 1
-        if best_epoch == checkpoint["epoch"]:  # killed between the checkpoint and the weights
-            save_atomic(checkpoint["model"], bundle / WEIGHTS_FILE)
         log(f"resuming {bundle} after epoch {checkpoint['epoch']} (best so far: epoch {best_epoch})")
         if checkpoint["epoch"] - best_epoch >= train.patience:
             log("the run had already stopped early")
@@ -410,14 +404,40 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     return head
 
 
+_CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "torch_rng", "history", "best_loss", "best_epoch")
+
+
+def _read_checkpoint(bundle: Path) -> dict:
+    """The bundle's ``checkpoint.pt``, read without running code and checked to hold a whole training state."""
+    checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
+    if (not isinstance(checkpoint, dict) or any(key not in checkpoint for key in _CHECKPOINT_KEYS)
+            or checkpoint.get("keep", "best") not in ("best", "last")):
+        raise EchoError(f"{bundle / CHECKPOINT_FILE}: not a whole echoengine checkpoint; start again with --overwrite")
+    return checkpoint
+
+
+def _restore(checkpoint: dict, bundle: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+             schedule: _Schedule) -> tuple[list[dict[str, float]], float, int]:
+    """Put a checkpoint's state back; returns its history, best validation loss and best epoch."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        torch.set_rng_state(checkpoint["torch_rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())[:200]
+        raise EchoError(f"{bundle / CHECKPOINT_FILE}: does not fit this run ({detail}); start again with "
+                        "--overwrite") from None
+    if checkpoint["best_epoch"] == checkpoint["epoch"]:  # killed between the checkpoint and the weights
+        save_atomic(checkpoint["model"], bundle / WEIGHTS_FILE)
+    return checkpoint["history"], checkpoint["best_loss"], checkpoint["best_epoch"]
+
+
 def _checkpoint_stage(bundle: Path) -> str | None:
     """What the bundle's checkpoint was training: ``"best"`` (selection), ``"last"`` (a refit) or None."""
     if not (bundle / CHECKPOINT_FILE).is_file():
         return None
-    checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
-    if not isinstance(checkpoint, dict) or checkpoint.get("keep", "best") not in ("best", "last"):
-        raise EchoError(f"{bundle / CHECKPOINT_FILE}: not an echoengine checkpoint; train again with --overwrite")
-    return checkpoint.get("keep", "best")
+    return _read_checkpoint(bundle).get("keep", "best")
 
 
 def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
@@ -442,7 +462,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
         history = pd.read_csv(selection)
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        config = EchoConfig.load(bundle / CONFIG_FILE)
+        config = EchoConfig.load(bundle / CONFIG_FILE).with_machine_settings(config)
     else:
         if not resume:
             selection.unlink(missing_ok=True)
