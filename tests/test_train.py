@@ -238,3 +238,12 @@ def test_the_same_seed_gives_the_same_model_whatever_the_cache_and_across_a_resu
         for mine, theirs in ((best, other_best), (last, other_last)):
             assert mine.keys() == theirs.keys()
             assert all(torch.equal(mine[k], theirs[k]) for k in mine), out
+
+
+def test_a_run_still_improving_at_its_epoch_limit_says_so(tiny_training, tmp_path, capsys):
+    from echoengine.cli import main
+
+    data, config = tiny_training
+    assert main(["train", str(data), "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "b"),
+                 "--no-cache", "--quiet"]) == 0
+    assert "still falling at the last epoch (1)" in capsys.readouterr().out

@@ -53,7 +53,7 @@ _TRAINING_OPTIONS = {
     "warmup_epochs": ("train", "warmup_epochs"), "patience": ("train", "patience"),
     "label_smoothing": ("train", "label_smoothing"), "class_weights": ("train", "class_weights"),
     "freeze_backbone": ("train", "freeze_backbone"), "unfreeze_epoch": ("train", "unfreeze_epoch"),
-    "refit": ("train", "refit"), "probe_epochs": ("train", "probe_epochs"),
+    "refit": ("train", "refit"), "probe_epochs": ("train", "probe_epochs"), "solver": ("train", "solver"),
     "seed": ("train", "seed"), "device": ("train", "device"),
     "mixup": ("augment", "mixup_p"), "batch_size": ("data", "batch_size"), "workers": ("data", "num_workers"),
     "folds": ("data", "folds"), "sparse_classes": ("data", "sparse_classes"), "cache_dir": ("data", "cache_dir"),
@@ -248,14 +248,15 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
         if not len(usable):
             raise EchoError(f"{data}: no usable audio files")
         data_cfg = config.data
-        parts = catalog.split(usable, val_fraction=data_cfg.val_fraction, test_fraction=data_cfg.test_fraction,
+        val_fraction = 0.0 if config.convex_head() else data_cfg.val_fraction  # L-BFGS selects by inner CV
+        parts = catalog.split(usable, val_fraction=val_fraction, test_fraction=data_cfg.test_fraction,
                               seed=data_cfg.split_seed, sparse_classes=data_cfg.sparse_classes)
         classes = catalog.class_names(usable[parts != "excluded"])
         out.mkdir(parents=True, exist_ok=True)
         usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
     counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
     model_name = config.model.embedder or config.model.backbone
-    print(f"training {model_name} + {config.model.head} head on {len(classes)} classes: "
+    print(f"training {model_name} + {config.model.head_name} head on {len(classes)} classes: "
           f"{counts['train']} train, {counts['val']} validation, {counts['test']} test files", flush=True)
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                            progress=not quiet)
@@ -337,8 +338,8 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
         usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
         boxes.to_csv(out / "annotations.csv", index=False)
     counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
-    print(f"multi-label training of {config.model.embedder or config.model.backbone} + {config.model.head} head on "
-          f"{len(classes)} classes, {int(boxes['positive'].sum())} boxes: {counts['train']} train, {counts['val']} "
+    print(f"multi-label training of {config.model.embedder or config.model.backbone} + {config.model.head_name} head "
+          f"on {len(classes)} classes, {int(boxes['positive'].sum())} boxes: {counts['train']} train, {counts['val']} "
           f"validation, {counts['test']} test recordings", flush=True)
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                            progress=not quiet, boxes=boxes)
@@ -772,7 +773,11 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--trainable-blocks", type=int, metavar="N",
                        help="with --backbone birdnet: fine-tune only its last N blocks (default: all)")
         g.add_argument("--backbone-lr-factor", type=float, help="the backbone's learning rate relative to the head's")
-        g.add_argument("--head", choices=["echo", "linear", "mlp", "attention"],
+        g.add_argument("--solver", choices=["auto", "sgd", "lbfgs"],
+                       help="lbfgs: a linear head on an embedder fitted to convergence, its L2 strength chosen by "
+                            "cross-validation over the training recordings (no validation part); auto (default): "
+                            "lbfgs where it applies, sgd (epochs) elsewhere")
+        g.add_argument("--head", choices=["auto", "echo", "linear", "mlp", "attention"],
                        help="attention: per-class attention pooling over time (multi-label)")
         g.add_argument("--embedder", help="train a head on a frozen pretrained embedder: birdnet (BirdNET V2.4, "
                        "CC BY-NC-SA 4.0) or cnn:/path/to/bundle")

@@ -423,8 +423,9 @@ class ModelConfig:
         ``mobilenetv3_large_100`` (timm), ``small_cnn`` (from scratch, CPU-sized)
         or ``birdnet`` (BirdNET V2.4 on raw 48 kHz audio, for fine-tuning).
     head : str
-        ``"echo"`` (the Echo dense head), ``"linear"`` (global pooling +
-        linear), ``"mlp"`` (one hidden layer of ``hidden_size``) or
+        ``"auto"`` (``"linear"`` on an embedder, else ``"echo"``; see
+        :attr:`head_name`), ``"echo"`` (the Echo dense head), ``"linear"``
+        (global pooling + linear), ``"mlp"`` (one hidden layer of ``hidden_size``) or
         ``"attention"`` (per-class attention pooling over the time axis of the
         CNN's feature map, or over an embedder's windows).
     pretrained : bool
@@ -459,7 +460,7 @@ class ModelConfig:
     """
 
     backbone: str = "efficientnetv2_b0"
-    head: str = "echo"
+    head: str = "auto"
     pretrained: bool = False
     weights: str = ""
     dropout: float = 0.5
@@ -475,14 +476,14 @@ class ModelConfig:
         known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
                  "mobilenetv3_large_100", "small_cnn", "birdnet")
         _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
-        _require(self.head in ("echo", "linear", "mlp", "attention"),
-                 f"{s}.head must be 'echo', 'linear', 'mlp' or 'attention', got {self.head!r}")
+        _require(self.head in ("auto", "echo", "linear", "mlp", "attention"),
+                 f"{s}.head must be 'auto', 'echo', 'linear', 'mlp' or 'attention', got {self.head!r}")
         _require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
                  f"{s}.embedder must be '', 'birdnet', 'birdnet-tflite' or 'cnn:/path/to/bundle', "
                  f"got {self.embedder!r}")
-        _require(not self.embedder or self.head in ("linear", "mlp", "attention"),
+        _require(not self.embedder or self.head_name in ("linear", "mlp", "attention"),
                  f"{s}.head must be 'linear', 'mlp' or 'attention' on an embedder, got {self.head!r}")
-        _require(not (self.head == "attention" and self.backbone == "birdnet" and not self.embedder),
+        _require(not (self.head_name == "attention" and self.backbone == "birdnet" and not self.embedder),
                  f"{s}.head 'attention' works on CNN backbones and embedders, not the fine-tuned birdnet backbone")
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
@@ -493,6 +494,19 @@ class ModelConfig:
         _require(not (self.embedder and self.pretrained),
                  f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_name(self) -> str:
+        """The head that ``head`` names: ``"auto"`` is ``"linear"`` on an embedder, else ``"echo"``.
+
+        Examples
+        --------
+        >>> ModelConfig(embedder="birdnet").head_name, ModelConfig().head_name
+        ('linear', 'echo')
+        """
+        if self.head != "auto":
+            return self.head
+        return "linear" if self.embedder else "echo"
 
 
 @dataclass(frozen=True)
@@ -546,6 +560,13 @@ class TrainConfig:
         head alone on the frozen network's cached embeddings for up to this
         many epochs (Adam 1e-3, early stopping), then fine-tune from that head
         ("linear probing, then fine-tuning"); 0: the head starts at random.
+    solver : str
+        ``"lbfgs"``: a linear head on frozen embeddings (mean pooling, one
+        label per clip) is fitted to convergence by full-batch L-BFGS, its L2
+        strength chosen by cross-validation over the training recordings
+        (:mod:`echoengine.headfit`): no validation part, epochs or learning
+        rate. ``"sgd"``: the epoch loop with the optimizer above. ``"auto"``
+        (default): ``"lbfgs"`` where it applies, else ``"sgd"``.
     """
 
     epochs: int = 100
@@ -567,9 +588,12 @@ class TrainConfig:
     backbone_lr_factor: float = 1.0
     refit: bool = False
     probe_epochs: int = 0
+    solver: str = "auto"
 
     def __post_init__(self) -> None:
         s = "train"
+        _require(self.solver in ("auto", "sgd", "lbfgs"),
+                 f"{s}.solver must be 'auto', 'sgd' or 'lbfgs', got {self.solver!r}")
         _require(self.optimizer in ("adam", "adamw", "adamax"),
                  f"{s}.optimizer must be 'adam', 'adamw' or 'adamax', got {self.optimizer!r}")
         _require(self.schedule in ("plateau", "cosine"),
@@ -675,8 +699,11 @@ class EchoConfig:
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
-        _require(not self.train.probe_epochs or self.model.head in ("linear", "mlp"),
+        _require(not self.train.probe_epochs or self.model.head_name in ("linear", "mlp"),
                  f"train.probe_epochs works with the linear and mlp heads, not {self.model.head!r}")
+        _require(self.train.solver != "lbfgs" or self.convex_head(strict=False),
+                 "train.solver 'lbfgs' fits a linear head with mean pooling on a frozen embedder, single-label "
+                 "(model.embedder set, model.head 'linear', model.pooling 'mean', model.multilabel false)")
         fe, clip = self.frontend, self.audio.clip_samples
         _require(
             not (fe.center and fe.pad_mode == "reflect") or clip > fe.n_fft // 2,
@@ -696,6 +723,23 @@ class EchoConfig:
         _require(batch <= MAX_BATCH_VALUES,
                  f"a batch of data.batch_size {self.data.batch_size} model images of {fe.image_shape} would hold "
                  f"{batch} values, above {MAX_BATCH_VALUES} (4 GiB); lower data.batch_size or the image size")
+
+    def convex_head(self, *, strict: bool = True) -> bool:
+        """Whether training fits a linear head by L-BFGS (:mod:`echoengine.headfit`) rather than by epochs.
+
+        ``strict=False`` says whether it could (``train.solver = "lbfgs"`` is allowed).
+
+        Examples
+        --------
+        >>> EchoConfig().replace(model={"embedder": "birdnet"}).convex_head()
+        True
+        >>> EchoConfig().replace(model={"embedder": "birdnet", "head": "mlp"}).convex_head()
+        False
+        """
+        model = self.model
+        possible = (bool(model.embedder) and model.head_name == "linear" and model.pooling == "mean"
+                    and not model.multilabel)
+        return possible and (not strict or self.train.solver != "sgd")
 
     # ---- dict / TOML ---------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

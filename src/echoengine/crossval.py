@@ -115,7 +115,7 @@ def cross_validate(
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
     classes = catalog.class_names(table)
     log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
-        f"{config.model.head} head on "
+        f"{config.model.head_name} head on "
         f"{len(table)} files, {len(classes)} classes, {table['group'].nunique()} source recordings")
     cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
     oof = np.full((len(table), len(classes)), np.nan)
@@ -130,7 +130,8 @@ def cross_validate(
             result = json.loads(metrics_file.read_text(encoding="utf-8"))
             probabilities = pd.read_csv(predictions_file)[classes].to_numpy()
         else:
-            trains = inner_split(rest, val_fraction=data.val_fraction, seed=data.split_seed + k)
+            trains = (np.ones(len(rest), dtype=bool) if config.convex_head()  # selects by its own inner CV
+                      else inner_split(rest, val_fraction=data.val_fraction, seed=data.split_seed + k))
             log(f"fold {k}: train {int(trains.sum())}, validation {int((~trains).sum())}, test {len(test)} files")
             bundle_dir.mkdir(parents=True, exist_ok=True)
             splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
@@ -219,7 +220,7 @@ def cross_validate_multilabel(
     boxes.to_csv(out / "annotations.csv", index=False)
     classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
     log(f"{data.folds}-fold multi-label cross-validation of {config.model.embedder or config.model.backbone} + "
-        f"{config.model.head} head on {len(recordings)} recordings, {len(classes)} classes, "
+        f"{config.model.head_name} head on {len(recordings)} recordings, {len(classes)} classes, "
         f"{int(boxes['positive'].sum())} boxes")
     cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
     rows = []

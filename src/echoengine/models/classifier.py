@@ -99,13 +99,13 @@ def build_model(config: ModelConfig, n_classes: int) -> Classifier | EmbeddingCl
         from echoengine.models.embedders import embedding_size
 
         size = embedding_size(config.embedder)
-        return EmbeddingClassifier(HEADS[config.head](size, n_classes, **options), embedding_size=size,
+        return EmbeddingClassifier(HEADS[config.head_name](size, n_classes, **options), embedding_size=size,
                                    pooling=config.pooling)
     if config.backbone == "birdnet" and not config.embedder:
         from echoengine.models.birdnet_torch import BirdNETClassifier
 
-        head = HEADS[config.head](1024, n_classes, **options)
+        head = HEADS[config.head_name](1024, n_classes, **options)
         return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
                                  trainable_blocks=config.trainable_blocks)
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
-    return Classifier(backbone, HEADS[config.head](backbone.num_features, n_classes, **options))
+    return Classifier(backbone, HEADS[config.head_name](backbone.num_features, n_classes, **options))

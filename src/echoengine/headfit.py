@@ -1,0 +1,336 @@
+"""Linear heads fitted to convergence on frozen embeddings, their regularisation chosen by grouped inner CV.
+
+A linear head over the mean of a clip's window embeddings is multinomial
+logistic regression: a convex problem over a few hundred cached vectors. It
+is solved here in full batches with L-BFGS (seconds, no learning rate, no
+epochs, no held-out validation part), with an L2 penalty whose strength is
+chosen by cross-validation over the training recordings (folds grouped by
+source recording, so that no recording is on both sides), then fitted on all
+of them. The objective is scikit-learn's ``LogisticRegression``:
+
+    minimise  C * sum_i w_i * loss_i + ||W||^2 / 2
+
+(here divided by ``C * sum_i w_i``), so ``C`` means what it means there.
+The logits of the inner folds' held-out clips also fit a temperature
+(calibration): the final head is divided by it.
+
+Examples
+--------
+>>> rng = np.random.default_rng(0)
+>>> X = np.concatenate([rng.normal(0, 1, (20, 4)), rng.normal(2, 1, (20, 4))])
+>>> y = np.repeat([0, 1], 20)
+>>> weight, bias = fit_logistic(X, y, n_classes=2, c=1.0)
+>>> weight.shape, bias.shape, float((np.argmax(X @ weight.T + bias, 1) == y).mean()) > 0.9
+((2, 4), (2,), True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+
+from echoengine.cache import FeatureCache
+from echoengine.config import EchoConfig
+from echoengine.embeddings import EmbeddingDataset, make_dataset
+from echoengine.errors import EchoError
+from echoengine.evaluate import expected_calibration_error
+from echoengine.models import EmbeddingClassifier, build_model
+
+__all__ = ["C_GRID", "DEFAULT_C", "HeadFit", "choose_c", "clip_embeddings", "fit_logistic", "fit_temperature",
+           "select_and_fit", "train_linear_head"]
+
+logger = logging.getLogger(__name__)
+
+#: The strengths tried by the inner cross-validation (inverse L2 penalty, as scikit-learn's ``C``).
+C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+#: The strength used when the training recordings are too few for an inner split.
+DEFAULT_C = 0.1
+
+
+@dataclass
+class HeadFit:
+    """A fitted head: ``logits = features @ weight.T + bias``, and how it was chosen."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    c: float
+    temperature: float
+    inner_scores: dict[float, float]
+    inner_folds: int
+    inner_accuracy: float
+    ece_before: float
+    ece_after: float
+    train_loss: float = math.nan
+    train_accuracy: float = math.nan
+
+
+def _targets(y: np.ndarray, n_classes: int, smoothing: float) -> torch.Tensor:
+    """One-hot rows (smoothed toward uniform); multi-hot float rows pass through."""
+    if y.ndim == 2:
+        return torch.as_tensor(y, dtype=torch.float64)
+    onehot = torch.nn.functional.one_hot(torch.as_tensor(y, dtype=torch.long), n_classes).double()
+    return onehot * (1 - smoothing) + smoothing / n_classes
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0,
+                 sample_weight: np.ndarray | None = None, label_smoothing: float = 0.0,
+                 multilabel: bool = False, start: tuple[np.ndarray, np.ndarray] | None = None,
+                 max_iter: int = 1000, tolerance: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial (or, ``multilabel``, one-vs-rest) logistic regression by full-batch L-BFGS.
+
+    Parameters
+    ----------
+    x : np.ndarray, shape (n, d)
+        Features (standardise them first: the penalty is on the weights).
+    y : np.ndarray, shape (n,) of class indices, or (n, n_classes) of 0/1 (multi-label; NaN: unknown)
+    n_classes : int
+    c : float
+        Inverse strength of the L2 penalty on the weights (not the bias), as scikit-learn's.
+    sample_weight : np.ndarray, optional
+        Weight of each sample's loss (class weights: the weight of its class).
+    label_smoothing : float
+        Single-label targets move toward uniform by this much.
+    start : (weight, bias), optional
+        Where L-BFGS starts (a nearby solution converges faster); zeros when omitted.
+    tolerance : float
+        Stop when the largest gradient component falls below it.
+
+    Returns
+    -------
+    weight : np.ndarray, shape (n_classes, d)
+    bias : np.ndarray, shape (n_classes,)
+    """
+    features = torch.as_tensor(x, dtype=torch.float64)
+    targets = _targets(np.asarray(y), n_classes, label_smoothing)
+    weights = torch.ones(len(features), dtype=torch.float64) if sample_weight is None else torch.as_tensor(
+        sample_weight, dtype=torch.float64)
+    known = ~torch.isnan(targets) if multilabel else None
+    w = torch.zeros(n_classes, features.shape[1], dtype=torch.float64)
+    b = torch.zeros(n_classes, dtype=torch.float64)
+    if start is not None:
+        w, b = torch.as_tensor(start[0], dtype=torch.float64).clone(), torch.as_tensor(start[1], dtype=torch.float64)
+    w, b = w.requires_grad_(), b.clone().requires_grad_()
+    total = float(weights.sum())
+    optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
+                                  tolerance_change=tolerance * 1e-3, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        logits = features @ w.T + b
+        if multilabel:
+            losses = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, torch.where(known, targets, 0.0), reduction="none") * known
+            per_sample = losses.sum(1)
+        else:
+            per_sample = -(targets * torch.log_softmax(logits, 1)).sum(1)
+        loss = (weights * per_sample).sum() / total + (w * w).sum() / (2 * c * total)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return w.detach().numpy(), b.detach().numpy()
+
+
+def _grouped_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Inner folds grouped by recording and stratified by class; [] when no class has two recordings.
+
+    As many folds as most classes have recordings (the 10th percentile),
+    at most ``folds``: a few classes recorded once do not cut the search to
+    a default, they are only scored where they were trained on.
+    """
+    labels = y if y.ndim == 1 else np.argmax(np.nan_to_num(y), 1)
+    per_class = np.array([len(np.unique(groups[labels == c])) for c in np.unique(labels)])
+    folds = min(folds, int(np.percentile(per_class, 10)))
+    if folds < 2 or per_class.max() < 2:
+        return []
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings():  # "the least populated class has only N members": known, handled
+        warnings.simplefilter("ignore", UserWarning)
+        return list(splitter.split(np.zeros(len(labels)), labels, groups))
+
+
+def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int, grid: Sequence[float] = C_GRID,
+             folds: int = 5, seed: int = 0, fit: Callable[..., tuple[np.ndarray, np.ndarray]] | None = None,
+             **options) -> tuple[float, dict[float, float], np.ndarray | None, int]:
+    """The ``C`` of ``grid`` with the lowest held-out log-loss over inner folds grouped by recording.
+
+    Each inner fold holds out whole recordings (``groups``) and keeps every
+    class on both sides where the data allows (at most as many folds as the
+    rarest class has recordings). With fewer than 2 recordings in some class
+    no inner split exists: :data:`DEFAULT_C` is returned with a message.
+    Held-out clips of a class absent from their fold's training part are
+    left out of its score.
+
+    Returns
+    -------
+    c : float
+    scores : dict
+        Mean held-out log-loss per ``C``.
+    out_of_fold_logits : np.ndarray or None
+        Held-out logits of every sample at the chosen ``C`` (None without a split).
+    folds : int
+        Inner folds used (0: none).
+    """
+    fit = fit or fit_logistic
+    splits = _grouped_folds(np.asarray(y), np.asarray(groups), folds, seed)
+    if not splits:
+        logger.warning("too few recordings per class for an inner cross-validation (a class has fewer than 2): "
+                       "the head's L2 strength is the default C = %g", DEFAULT_C)
+        return DEFAULT_C, {}, None, 0
+    scored = _scorable(y, splits)
+    scores, logits_at, starts = {}, {}, [None] * len(splits)
+    for c in sorted(grid):  # weakest penalty last, each fold starting from its solution at the previous c
+        logits = np.zeros((len(x), n_classes))
+        for k, (train, held) in enumerate(splits):
+            starts[k] = fit(x[train], y[train], n_classes=n_classes, c=c, start=starts[k], **_subset(options, train))
+            logits[held] = x[held] @ starts[k][0].T + starts[k][1]
+        scores[c] = _log_loss(logits[scored], y[scored])
+        logits_at[c] = logits
+    best = min(scores, key=lambda c: (scores[c], -c))
+    return best, scores, np.where(scored[:, None], logits_at[best], np.nan), len(splits)
+
+
+def _scorable(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Which samples, when held out, had their class (all their labels) in the training part."""
+    scorable = np.zeros(len(y), dtype=bool)
+    for train, held in splits:
+        if y.ndim == 1:
+            scorable[held] = np.isin(y[held], y[train])
+        else:
+            present = np.nansum(y[train], 0) > 0
+            scorable[held] = ((np.nan_to_num(y[held]) > 0) <= present).all(1)
+    return scorable
+
+
+def _subset(options: dict, rows: np.ndarray) -> dict:
+    """Per-sample options (``sample_weight``) restricted to some rows."""
+    weight = options.get("sample_weight")
+    return {**options, "sample_weight": None if weight is None else weight[rows]}
+
+
+def _log_loss(logits: np.ndarray, y: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true classes (multi-label: mean binary cross-entropy of known labels)."""
+    tensor = torch.as_tensor(logits, dtype=torch.float64)
+    if y.ndim == 2:
+        targets = torch.as_tensor(y, dtype=torch.float64)
+        known = ~torch.isnan(targets)
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(tensor[known], targets[known])
+        return float(losses)
+    return float(torch.nn.functional.cross_entropy(tensor, torch.as_tensor(y, dtype=torch.long)))
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimising the log-loss of ``logits / T`` (Guo et al. 2017), in [0.05, 20].
+
+    Examples
+    --------
+    >>> logits = np.array([[4.0, 0.0], [0.0, 4.0], [4.0, 0.0], [4.0, 0.0]])
+    >>> round(fit_temperature(logits, np.array([0, 1, 1, 0])), 1) > 1  # overconfident: cooled
+    True
+    """
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    tensor = torch.as_tensor(logits, dtype=torch.float64)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = _torch_log_loss(tensor / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return float(np.clip(math.exp(float(log_t.detach())), 0.05, 20.0))
+
+
+def _torch_log_loss(logits: torch.Tensor, y: np.ndarray) -> torch.Tensor:
+    if y.ndim == 2:
+        targets = torch.as_tensor(y, dtype=torch.float64)
+        known = ~torch.isnan(targets)
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
+    return torch.nn.functional.cross_entropy(logits, torch.as_tensor(y, dtype=torch.long))
+
+
+def _ece(logits: np.ndarray, y: np.ndarray) -> float:
+    """Expected calibration error of the softmax of some logits."""
+    return float(expected_calibration_error(torch.softmax(torch.as_tensor(logits), 1).numpy(), y))
+
+
+def select_and_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int, grid: Sequence[float] = C_GRID,
+                   folds: int = 5, seed: int = 0, calibrate: bool = True, **options) -> HeadFit:
+    """Choose ``C`` by grouped inner CV, fit on all samples, and fit a temperature on the inner folds' logits.
+
+    ``options`` go to :func:`fit_logistic` (``sample_weight``,
+    ``label_smoothing``, ``multilabel``). A single-value ``grid`` skips the
+    search but still calibrates when an inner split exists.
+    """
+    c, scores, held_out, used = choose_c(x, y, groups, n_classes=n_classes, grid=grid, folds=folds, seed=seed,
+                                         **options)
+    weight, bias = fit_logistic(x, y, n_classes=n_classes, c=c, **options)
+    temperature, accuracy, before, after = 1.0, math.nan, math.nan, math.nan
+    if held_out is not None and np.asarray(y).ndim == 1:
+        rows = ~np.isnan(held_out).any(1)
+        held_out, y_held = held_out[rows], np.asarray(y)[rows]
+        accuracy = float((held_out.argmax(1) == y_held).mean())
+        if calibrate:
+            temperature = fit_temperature(held_out, y_held)
+            before, after = _ece(held_out, y_held), _ece(held_out / temperature, y_held)
+    return HeadFit(weight / temperature, bias / temperature, c, temperature, scores, used, accuracy, before, after)
+
+
+def clip_embeddings(data: EmbeddingDataset) -> tuple[np.ndarray, np.ndarray]:
+    """The mean window embedding of every readable clip of an (evaluation) embedding dataset, and its row.
+
+    A linear head's mean over a clip's window logits is the head applied to
+    the mean of its window embeddings, so a clip is one vector.
+    """
+    data.precompute()
+    means, rows = [], []
+    for index, (row, _) in enumerate(data.items):
+        item = data[index]
+        if item is not None:
+            means.append(item[0].double().mean(0).numpy())
+            rows.append(row)
+    if not means:
+        raise EchoError("no training clip could be read")
+    return np.stack(means), np.array(rows)
+
+
+def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *,
+                      cache: FeatureCache | None = None, progress: bool = False) -> tuple[EmbeddingClassifier, HeadFit]:
+    """An embedding model whose linear head is fitted by :func:`select_and_fit` on the clips of ``table``.
+
+    The clip embeddings are standardised with their own mean and standard
+    deviation (the model's ``mean``/``std`` buffers), balanced class weights
+    and label smoothing follow ``config.train``, and the inner folds are
+    grouped by the table's ``group`` column (source recordings).
+    """
+    data = make_dataset(table, classes, config, train=False, cache=cache, progress=progress)
+    features, rows = clip_embeddings(data)
+    targets = np.asarray(data.targets)[rows]
+    groups = table["group"].to_numpy()[rows]
+    mean, std = features.mean(0), np.maximum(features.std(0), 1e-6)
+    sample_weight = None
+    if config.train.class_weights == "balanced":
+        counts = np.bincount(targets, minlength=len(classes))
+        sample_weight = (len(targets) / (np.count_nonzero(counts) * counts))[targets]
+    x = (features - mean) / std
+    fit = select_and_fit(x, targets, groups, n_classes=len(classes), seed=config.train.seed,
+                         sample_weight=sample_weight, label_smoothing=config.train.label_smoothing)
+    logits = x @ fit.weight.T + fit.bias
+    fit.train_loss, fit.train_accuracy = _log_loss(logits, targets), float((logits.argmax(1) == targets).mean())
+    model = build_model(config.model, len(classes))
+    linear = next(module for module in model.head.modules() if isinstance(module, torch.nn.Linear))
+    with torch.no_grad():
+        model.mean.copy_(torch.as_tensor(mean))
+        model.std.copy_(torch.as_tensor(std))
+        linear.weight.copy_(torch.as_tensor(fit.weight))
+        linear.bias.copy_(torch.as_tensor(fit.bias))
+    return model.eval(), fit
