@@ -207,7 +207,7 @@ def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch
     the last one padded with silence), cut as ``echoengine detect`` cuts
     them; only a block of audio and a batch of windows are held at a time.
     With a ``cache``, the images of CNN bundles are read from it and stored
-    into it, under the keys of the dataset's clean windows.
+    into it, under keys of their own (not the dataset's ranged reads).
 
     Raises
     ------
