@@ -64,7 +64,7 @@ import numpy as np
 from echoengine.config import EchoConfig
 from echoengine.features import FEATURES_VERSION
 
-__all__ = ["FeatureCache", "file_identity", "quantise_image"]
+__all__ = ["FeatureCache", "feature_cache", "file_identity", "quantise_image"]
 
 logger = logging.getLogger("echoengine")
 
@@ -197,6 +197,11 @@ def quantise_image(image: np.ndarray) -> np.ndarray:
     ('float32', 1.0, True)
     """
     return _dequantise(_quantise(image))
+
+
+def feature_cache(config: EchoConfig) -> FeatureCache | None:
+    """The cache at ``config.data.cache_dir``, or None when that is empty (caching off)."""
+    return FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
 
 
 def file_identity(path: str | os.PathLike, *, mode: str = "stat") -> str:

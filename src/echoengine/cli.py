@@ -228,7 +228,7 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
                   resume_changes: dict | None = None) -> Path:
     """Scan, split, train, and evaluate on the test part; the library side of ``train`` and ``demo``."""
     from echoengine import bundle as bundle_files
-    from echoengine.cache import FeatureCache
+    from echoengine.cache import feature_cache
     from echoengine.evaluate import evaluate, write_report
     from echoengine.train import fit_and_refit
 
@@ -264,7 +264,7 @@ def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, qu
     if held_out == "val" and config.train.refit:
         print("warning: no test part, and --refit trained on the validation part: the scores below are not "
               "held out", file=sys.stderr)
-    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    cache = feature_cache(config)
     bundle = bundle_files.Bundle(out, config, classes, result.model)
     metrics, _ = evaluate([bundle], usable[parts == held_out], cache=cache)
     honest = held_out == "test" or not config.train.refit
@@ -313,7 +313,7 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
                       negatives: Path | None = None, columns: str | None = None) -> Path:
     """Multi-label training on annotated recordings, evaluated per window and per recording on the test part."""
     from echoengine import bundle as bundle_files
-    from echoengine.cache import FeatureCache
+    from echoengine.cache import feature_cache
     from echoengine.evaluate import evaluate_multilabel
     from echoengine.train import fit_and_refit
 
@@ -344,7 +344,7 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                            progress=not quiet, boxes=boxes)
     held_out = "test" if counts["test"] else "val"
-    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    cache = feature_cache(config)
     bundle = bundle_files.Bundle(out, config, classes, result.model)
     metrics = evaluate_multilabel([bundle], usable[parts == held_out].reset_index(drop=True), boxes, cache=cache)
     _write_multilabel_report(metrics, out, f"{held_out} part of {data}")

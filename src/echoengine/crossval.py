@@ -26,7 +26,7 @@ import pandas as pd
 
 from echoengine import catalog, plots
 from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
-from echoengine.cache import FeatureCache
+from echoengine.cache import feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import DataError, EchoError
 from echoengine.evaluate import (
@@ -117,7 +117,7 @@ def cross_validate(
     log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
         f"{config.model.head_name} head on "
         f"{len(table)} files, {len(classes)} classes, {table['group'].nunique()} source recordings")
-    cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
+    cache = feature_cache(config)
     oof = np.full((len(table), len(classes)), np.nan)
     fold_metrics, histories = [], []
     for k in range(data.folds):
@@ -222,7 +222,7 @@ def cross_validate_multilabel(
     log(f"{data.folds}-fold multi-label cross-validation of {config.model.embedder or config.model.backbone} + "
         f"{config.model.head_name} head on {len(recordings)} recordings, {len(classes)} classes, "
         f"{int(boxes['positive'].sum())} boxes")
-    cache = FeatureCache(data.cache_dir, config) if data.cache_dir else None
+    cache = feature_cache(config)
     rows = []
     for k in range(data.folds):
         bundle_dir = out / f"fold{k}"

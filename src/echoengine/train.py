@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from echoengine.augment import mixup
 from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_state, save_atomic, write_metadata
-from echoengine.cache import FeatureCache
+from echoengine.cache import feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
 from echoengine.embeddings import make_dataset
@@ -276,7 +276,7 @@ def fit(
         checkpoint = _read_checkpoint(bundle)
     write_metadata(bundle, config, classes)
     torch.manual_seed(train.seed)
-    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    cache = feature_cache(config)
     if config.model.multilabel != (boxes is not None):
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
     train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
@@ -455,7 +455,7 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
 
     write_metadata(bundle, config, classes)
     (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
-    cache = FeatureCache(config.data.cache_dir, config) if config.data.cache_dir else None
+    cache = feature_cache(config)
     started = time.perf_counter()
     model, fit = train_linear_head(table, classes, config, cache=cache, progress=progress)
     save_atomic(model.state_dict(), bundle / WEIGHTS_FILE)
