@@ -129,7 +129,7 @@ def finished(ledger: Path, path: str, log) -> bool:
     if not record.is_file():
         return False
     try:
-        with np.load(record) as data:
+        with np.load(record, allow_pickle=False) as data:
             [data[name] for name in ("start", "end", "partial", "scores")]
         return True
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
@@ -165,7 +165,7 @@ def record_error(ledger: Path, path: str, error: str) -> None:
 
 def recorded_scores(ledger: Path, path: str, classes: list[str]) -> pd.DataFrame:
     """A finished file's window scores: ``file, start, end, partial`` and a column per class."""
-    with np.load(ledger / f"{key(path)}.npz") as record:
+    with np.load(ledger / f"{key(path)}.npz", allow_pickle=False) as record:
         table = pd.DataFrame({"file": path, "start": record["start"], "end": record["end"],
                               "partial": record["partial"]})
         return pd.concat([table, pd.DataFrame(record["scores"], columns=classes)], axis=1)
