@@ -39,6 +39,7 @@ from echoengine.config import EchoConfig
 from echoengine.embeddings import make_dataset
 from echoengine.evaluate import expected_calibration_error
 from echoengine.headfit import select_and_fit
+from echoengine.headmlp import select_and_train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +59,8 @@ def window_embeddings(table: pd.DataFrame, hop: float, cache_dir: Path) -> list[
 
 def features(windows: list[np.ndarray], pooling: str) -> np.ndarray:
     """One vector per clip: the mean of its windows, or mean and standard deviation side by side."""
+    if pooling == "windows":  # the mlp head applies itself to every window
+        return np.stack(windows)
     means = np.stack([w.mean(0) for w in windows])
     if pooling == "mean":
         return means
@@ -72,12 +75,35 @@ def anchor(x_train, y_train, x_test) -> np.ndarray:
     return out
 
 
-def echoengine_head(x_train, y_train, g_train, x_test, *, calibrate: bool = True) -> np.ndarray:
+def echoengine_head(x_train, y_train, g_train, x_test, *, calibrate: bool = True, **options) -> np.ndarray:
     """What ``echoengine train/cv --embedder birdnet`` fits: standardised features, C by grouped inner CV."""
     mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-6)
     n_classes = y_train.max() + 1
-    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=n_classes, calibrate=calibrate)
+    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=n_classes, calibrate=calibrate,
+                         **options)
     return torch.softmax(torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias), 1).numpy()
+
+
+def mixup_head(x_train, y_train, g_train, x_test) -> np.ndarray:
+    """``train.head_mixup = 0.4``: each fit also sees a mixed copy of its rows."""
+    return echoengine_head(x_train, y_train, g_train, x_test, mixup=0.4)
+
+
+def ensemble_head(x_train, y_train, g_train, x_test) -> np.ndarray:
+    """``train.head_ensemble = true``: the inner folds' heads averaged with the refit."""
+    return echoengine_head(x_train, y_train, g_train, x_test, ensemble=True)
+
+
+def mlp_head(w_train, y_train, g_train, w_test) -> np.ndarray:
+    """``--head mlp``: window embeddings (n, windows, d), settings and epochs by grouped inner CV."""
+    flat = w_train.reshape(-1, w_train.shape[-1])
+    mean, std = flat.mean(0), np.maximum(flat.std(0), 1e-6)
+    fit = select_and_train((w_train - mean) / std, y_train, g_train, n_classes=y_train.max() + 1)
+    hidden = np.maximum((w_test - mean) / std @ fit.first_weight.T + fit.first_bias, 0)
+    return torch.softmax(torch.as_tensor((hidden @ fit.weight.T + fit.bias).mean(1)), 1).numpy()
+
+
+GROUPED = (echoengine_head, mixup_head, ensemble_head, mlp_head)
 
 
 METHODS = {
@@ -86,6 +112,9 @@ METHODS = {
     "echoengine linear head, mean + std of windows": ("mean+std", 0.0, echoengine_head),
     "LR anchor, windows every 1 s (mean)": ("mean", 1.0, anchor),
     "echoengine linear head, windows every 1 s (mean)": ("mean", 1.0, echoengine_head),
+    "echoengine linear head + feature-space mixup (alpha 0.4), mean": ("mean", 0.0, mixup_head),
+    "echoengine linear head + ensemble of the inner-CV heads, mean": ("mean", 0.0, ensemble_head),
+    "echoengine mlp head (size, dropout, decay, epochs by inner CV)": ("windows", 0.0, mlp_head),
 }
 
 
@@ -101,7 +130,7 @@ def cross_validate(table: pd.DataFrame, windows: dict[float, list[np.ndarray]], 
         scores = []
         for k in np.unique(folds[folds >= 0]):
             train, test = folds != k, folds == k
-            args = (x[train], labels[train], groups[train], x[test]) if method is echoengine_head else (
+            args = (x[train], labels[train], groups[train], x[test]) if method in GROUPED else (
                 x[train], labels[train], x[test])
             probabilities = method(*args)
             predicted = probabilities.argmax(1)
@@ -143,7 +172,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "esc50-subset")
     parser.add_argument("--seeds", type=int, default=5, help="draws of each small-data set")
     parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: a temporary folder)")
+    parser.add_argument("--only", nargs="*", default=[], help="rows whose name holds one of these (and the anchor)")
     args = parser.parse_args()
+    if args.only:
+        for name in list(METHODS)[1:]:
+            if not any(part in name for part in args.only):
+                del METHODS[name]
     if not args.data.exists():
         print(f"skipped: real data not found at {args.data}", file=sys.stderr)
         return 0
@@ -153,7 +187,8 @@ def main() -> int:
     table, _ = catalog.scan(catalog.load_catalog(args.data), EchoConfig().audio)
     folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
-    windows = {hop: window_embeddings(table, hop, cache_dir) for hop in (0.0, 1.0)}
+    hops = sorted({hop for _, hop, _ in METHODS.values()})
+    windows = {hop: window_embeddings(table, hop, cache_dir) for hop in hops}
     print(f"BirdNET V2.4 embeddings (CC BY-NC-SA 4.0) of {len(table)} clips in {time.perf_counter() - started:.0f} s")
     report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
            f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])

@@ -123,3 +123,114 @@ def test_train_with_birdnet_alone_fits_a_calibrated_linear_head(few_recordings, 
     assert bundle.config.model.head_name == "linear" and bundle.config.convex_head()
     history = pd.read_csv(out / "history.csv")
     assert len(history) == 1 and history["train_accuracy"].iloc[0] > 0.9
+
+
+@pytest.fixture
+def multilabel_blobs():
+    """Four independent labels in 20 dimensions, each clip holding any of them; some labels unknown (NaN)."""
+    rng = np.random.default_rng(5)
+    y = (rng.random((120, 4)) < 0.35).astype(float)
+    x = y @ rng.normal(0, 1, (4, 20)) + rng.normal(0, 1.5, (120, 20))
+    return StandardScaler().fit_transform(x), y, np.repeat(np.arange(30), 4)
+
+
+@pytest.mark.parametrize("balanced", [False, True])
+def test_multilabel_heads_are_scikit_learns_one_vs_rest_logistic_regression(multilabel_blobs, balanced):
+    from sklearn.multiclass import OneVsRestClassifier
+
+    from echoengine.headfit import balanced_weights
+
+    x, y, _ = multilabel_blobs
+    weights = balanced_weights(y, 4) if balanced else None
+    weight, bias = fit_logistic(x, y, n_classes=4, c=0.3, multilabel=True, sample_weight=weights)
+    reference = OneVsRestClassifier(LogisticRegression(C=0.3, max_iter=10_000, tol=1e-10,
+                                                       class_weight="balanced" if balanced else None)).fit(x, y)
+    ours = torch.sigmoid(torch.as_tensor(x @ weight.T + bias)).numpy()
+    np.testing.assert_allclose(ours, reference.predict_proba(x), atol=1e-3)
+
+
+def test_unknown_labels_are_left_out_of_their_class_only(multilabel_blobs):
+    x, y, _ = multilabel_blobs
+    masked = y.copy()
+    masked[:40, 1] = np.nan  # label 1 unknown on a third of the clips
+    weight, _ = fit_logistic(x, masked, n_classes=4, c=1.0, multilabel=True)
+    only_known = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(x[40:], y[40:, 1])
+    np.testing.assert_allclose(weight[1], only_known.coef_[0], atol=1e-3)
+    whole = LogisticRegression(C=1.0, max_iter=10_000, tol=1e-10).fit(x, y[:, 0])
+    np.testing.assert_allclose(weight[0], whole.coef_[0], atol=1e-3)
+
+
+def test_multilabel_strength_and_temperature_come_from_the_inner_folds(multilabel_blobs):
+    x, y, groups = multilabel_blobs
+    y = y.copy()
+    y[::7, 2] = np.nan
+    fit = select_and_fit(x, y, groups, n_classes=4, multilabel=True, label_smoothing=0.1)
+    assert fit.inner_folds == 5 and min(fit.inner_scores.values()) == fit.inner_scores[fit.c]
+    assert 0.05 <= fit.temperature <= 20 and fit.ece_after <= fit.ece_before + 1e-9
+    assert 0.7 < fit.inner_accuracy <= 1
+
+
+def test_mixup_and_the_ensemble_still_fit_a_linear_head(blobs):
+    x, y, groups = blobs
+    plain = select_and_fit(x, y, groups, n_classes=10)
+    mixed = select_and_fit(x, y, groups, n_classes=10, mixup=0.4, ensemble=True)
+    assert mixed.weight.shape == plain.weight.shape and not np.allclose(mixed.weight, plain.weight)
+    assert (np.argmax(x @ mixed.weight.T + mixed.bias, 1) == y).mean() > 0.8
+
+
+def test_the_mlp_head_is_chosen_by_inner_cv_and_folds_into_one_network(blobs):
+    from echoengine.headmlp import CHECKPOINTS, GRID, select_and_train
+
+    x, y, groups = blobs
+    windows = np.stack([x, x + np.random.default_rng(0).normal(0, 0.3, x.shape)], 1)  # two windows per clip
+    fit = select_and_train(windows, y, groups, n_classes=10, grid=GRID[:2], checkpoints=CHECKPOINTS[:4])
+    assert fit.inner_folds == 3 and len(fit.inner_scores) == 8 and fit.settings in fit.inner_scores
+    assert fit.inner_scores[fit.settings] == min(fit.inner_scores.values())
+    hidden = np.maximum(windows @ fit.first_weight.T + fit.first_bias, 0)
+    logits = (hidden @ fit.weight.T + fit.bias).mean(1)
+    assert (logits.argmax(1) == y).mean() > 0.9
+    ensemble = select_and_train(windows, y, groups, n_classes=10, grid=GRID[:1], checkpoints=(40,), ensemble=True)
+    assert ensemble.first_weight.shape[0] == 4 * GRID[0].hidden_size  # the refit and three inner networks
+
+
+def test_the_mlp_head_falls_back_to_its_default_with_one_recording_per_class(blobs, caplog):
+    from echoengine.headmlp import DEFAULT_SETTINGS, select_and_train
+
+    x, y, groups = blobs
+    one = groups % 3 == 0
+    with caplog.at_level(logging.WARNING):
+        fit = select_and_train(x[one][:, None], y[one], groups[one], n_classes=10)
+    assert fit.settings == DEFAULT_SETTINGS and fit.inner_folds == 0 and fit.temperature == 1.0
+    assert "the mlp head's settings are the default" in caplog.text
+
+
+@pytest.mark.parametrize("head", ["linear", "mlp"])
+def test_multilabel_train_on_a_cnn_embedder_fits_the_head_by_inner_cv(synthetic_dataset, tmp_path, capsys, head):
+    from echoengine import catalog
+    from echoengine.bundle import load_bundle
+    from echoengine.cli import main
+    from echoengine.config import EchoConfig
+    from echoengine.train import fit
+
+    config = EchoConfig().replace(
+        audio={"sample_rate": 16000}, frontend={"n_mels": 64, "image_height": 64, "image_width": 64,
+                                                "hop_length": 400, "n_fft": 1024, "fmax": 7000.0},
+        model={"backbone": "small_cnn", "head": "linear", "dropout": 0.0},
+        train={"epochs": 1, "device": "cpu", "learning_rate": 1e-2},
+        augment={"embedding_variants": 2}, data={"val_fraction": 0.2, "test_fraction": 0.2})
+    table, _ = catalog.scan(catalog.load_catalog(synthetic_dataset), config.audio)
+    fit(table, table, catalog.class_names(table), config, tmp_path / "cnn", progress=False, log=lambda line: None)
+    config_file = config.save(tmp_path / "small.toml")
+    assert main(["mix", str(synthetic_dataset), "--out", str(tmp_path / "mix"), "--count", "16", "--duration", "12",
+                 "--events", "1-3", "--config", str(config_file), "--group-regex", r"^(.+_rec\d+)_"]) == 0
+    out = tmp_path / "bundle"
+    assert main(["train", str(tmp_path / "mix"), "--out", str(out), "--config", str(config_file),
+                 "--embedder", f"cnn:{tmp_path / 'cnn'}", "--head", head, "--multilabel", "--no-cache",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert ("linear head fitted by L-BFGS" if head == "linear" else "mlp head trained full-batch") in printed
+    assert "cross-validation over the training recordings" in printed or "too few recordings" in printed
+    bundle = load_bundle(out)  # the saved config builds the fitted network (the mlp's chosen width)
+    assert bundle.config.model.multilabel and bundle.config.convex_head()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["recording"]["lwlrap"] <= 1

@@ -68,7 +68,9 @@ def _training_config(args: argparse.Namespace) -> EchoConfig:
     if getattr(args, "finetune", False):
         if (args.backbone or config.model.backbone) != "birdnet":
             raise EchoError("--finetune fine-tunes BirdNET: use it with --backbone birdnet")
-        config = config.replace(train={"backbone_lr_factor": 0.1, "freeze_backbone": False})
+        head = {"head": "linear"} if config.model.head == "auto" else {}  # warm-started from an L-BFGS probe
+        config = config.replace(model=head, train={"backbone_lr_factor": 0.1, "freeze_backbone": False,
+                                                   "probe_epochs": config.train.probe_epochs or 1})
     elif (getattr(args, "backbone", None) or config.model.backbone) == "birdnet" and not config.train.freeze_backbone:
         config = config.replace(train={"freeze_backbone": True})  # without --finetune, BirdNET stays frozen
     changes: dict[str, dict] = {}

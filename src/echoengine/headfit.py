@@ -44,8 +44,9 @@ from echoengine.errors import EchoError
 from echoengine.evaluate import expected_calibration_error
 from echoengine.models import EmbeddingClassifier, build_model
 
-__all__ = ["C_GRID", "DEFAULT_C", "HeadFit", "choose_c", "clip_embeddings", "fit_logistic", "fit_temperature",
-           "select_and_fit", "train_linear_head"]
+__all__ = ["C_GRID", "DEFAULT_C", "HeadData", "HeadFit", "balanced_weights", "calibrate_held_out", "choose_c",
+           "clip_embeddings", "fit_logistic", "fit_temperature", "head_data", "mixup_rows", "select_and_fit",
+           "train_linear_head"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +71,31 @@ class HeadFit:
     ece_after: float
     train_loss: float = math.nan
     train_accuracy: float = math.nan
+    #: What was fitted, for the training log.
+    method: str = "linear head fitted by L-BFGS"
+    #: The config the fitted model needs, where the fit chose part of it (None: the training config).
+    config: EchoConfig | None = None
+
+    def describe(self) -> str:
+        """How the head was chosen, in one line."""
+        if not self.inner_folds:
+            return f"C = {self.c:g} (too few recordings per class for an inner cross-validation)"
+        return (f"C = {self.c:g} chosen by {self.inner_folds}-fold cross-validation over the training recordings "
+                f"(held-out log-loss {min(self.inner_scores.values()):.4f}, accuracy {self.inner_accuracy:.3f}); "
+                f"temperature {self.temperature:.2f} (inner-fold ECE {self.ece_before:.3f} -> {self.ece_after:.3f})")
 
 
-def _targets(y: np.ndarray, n_classes: int, smoothing: float) -> torch.Tensor:
-    """One-hot rows (smoothed toward uniform); multi-hot float rows pass through."""
+def _targets(y: np.ndarray, n_classes: int, smoothing: float, multilabel: bool = False) -> torch.Tensor:
+    """Target rows smoothed as the losses of :mod:`echoengine.train` smooth them.
+
+    Class indices become one-hot rows and 2-D rows (soft single-label targets,
+    e.g. mixed ones) stay, both moved toward uniform by ``smoothing``;
+    multi-label rows move toward 0.5 by ``smoothing / 2`` (as ``MaskedBCE``),
+    NaN (unknown) staying NaN.
+    """
     if y.ndim == 2:
-        return torch.as_tensor(y, dtype=torch.float64)
+        rows = torch.as_tensor(y, dtype=torch.float64)
+        return rows * (1 - smoothing) + smoothing / (2 if multilabel else n_classes)
     onehot = torch.nn.functional.one_hot(torch.as_tensor(y, dtype=torch.long), n_classes).double()
     return onehot * (1 - smoothing) + smoothing / n_classes
 
@@ -94,10 +114,15 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
     n_classes : int
     c : float
         Inverse strength of the L2 penalty on the weights (not the bias), as scikit-learn's.
-    sample_weight : np.ndarray, optional
-        Weight of each sample's loss (class weights: the weight of its class).
+    sample_weight : np.ndarray, shape (n,) or, multi-label, (n, n_classes), optional
+        Weight of each sample's loss (class weights: the weight of its class),
+        or of each of its labels (:func:`balanced_weights`).
     label_smoothing : float
-        Single-label targets move toward uniform by this much.
+        Single-label targets move toward uniform by this much, multi-label
+        ones toward 0.5 by half of it.
+    multilabel : bool
+        One-vs-rest: a binary cross-entropy per class, NaN labels left out;
+        each class's problem is scikit-learn's binary ``LogisticRegression``.
     start : (weight, bias), optional
         Where L-BFGS starts (a nearby solution converges faster); zeros when omitted.
     tolerance : float
@@ -109,7 +134,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
     bias : np.ndarray, shape (n_classes,)
     """
     features = torch.as_tensor(x, dtype=torch.float64)
-    targets = _targets(np.asarray(y), n_classes, label_smoothing)
+    targets = _targets(np.asarray(y), n_classes, label_smoothing, multilabel)
     weights = torch.ones(len(features), dtype=torch.float64) if sample_weight is None else torch.as_tensor(
         sample_weight, dtype=torch.float64)
     known = ~torch.isnan(targets) if multilabel else None
@@ -118,7 +143,8 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
     if start is not None:
         w, b = torch.as_tensor(start[0], dtype=torch.float64).clone(), torch.as_tensor(start[1], dtype=torch.float64)
     w, b = w.requires_grad_(), b.clone().requires_grad_()
-    total = float(weights.sum())
+    total = float(weights.sum()) / (n_classes if weights.ndim == 2 else 1)
+    label_weights = weights if weights.ndim == 2 else weights[:, None]
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
                                   tolerance_change=tolerance * 1e-3, history_size=20, line_search_fn="strong_wolfe")
 
@@ -128,10 +154,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
         if multilabel:
             losses = torch.nn.functional.binary_cross_entropy_with_logits(
                 logits, torch.where(known, targets, 0.0), reduction="none") * known
-            per_sample = losses.sum(1)
+            weighted = (label_weights * losses).sum()
         else:
-            per_sample = -(targets * torch.log_softmax(logits, 1)).sum(1)
-        loss = (weights * per_sample).sum() / total + (w * w).sum() / (2 * c * total)
+            weighted = (weights * -(targets * torch.log_softmax(logits, 1)).sum(1)).sum()
+        loss = weighted / total + (w * w).sum() / (2 * c * total)
         loss.backward()
         return loss
 
@@ -179,23 +205,93 @@ def choose_c(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int
     folds : int
         Inner folds used (0: none).
     """
+    return _inner_cv(x, y, groups, n_classes=n_classes, grid=grid, folds=folds, seed=seed, fit=fit, **options)[:4]
+
+
+def _inner_cv(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int, grid: Sequence[float],
+              folds: int, seed: int, fit: Callable[..., tuple[np.ndarray, np.ndarray]] | None,
+              **options) -> tuple[float, dict[float, float], np.ndarray | None, int, list]:
+    """:func:`choose_c`, and the inner folds' heads at the chosen ``C`` (for an ensemble)."""
     fit = fit or fit_logistic
     splits = _grouped_folds(np.asarray(y), np.asarray(groups), folds, seed)
     if not splits:
         logger.warning("too few recordings per class for an inner cross-validation (a class has fewer than 2): "
                        "the head's L2 strength is the default C = %g", DEFAULT_C)
-        return DEFAULT_C, {}, None, 0
+        return DEFAULT_C, {}, None, 0, []
     scored = _scorable(y, splits)
-    scores, logits_at, starts = {}, {}, [None] * len(splits)
+    scores, logits_at, heads_at, starts = {}, {}, {}, [None] * len(splits)
     for c in sorted(grid):  # weakest penalty last, each fold starting from its solution at the previous c
         logits = np.zeros((len(x), n_classes))
         for k, (train, held) in enumerate(splits):
             starts[k] = fit(x[train], y[train], n_classes=n_classes, c=c, start=starts[k], **_subset(options, train))
             logits[held] = x[held] @ starts[k][0].T + starts[k][1]
         scores[c] = _log_loss(logits[scored], y[scored])
-        logits_at[c] = logits
+        logits_at[c], heads_at[c] = logits, list(starts)
     best = min(scores, key=lambda c: (scores[c], -c))
-    return best, scores, np.where(scored[:, None], logits_at[best], np.nan), len(splits)
+    return best, scores, np.where(scored[:, None], logits_at[best], np.nan), len(splits), heads_at[best]
+
+
+def balanced_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """scikit-learn's "balanced" class weights of every sample, or (multi-label) of every label.
+
+    Single-label: ``n / (n_present * count of the class)`` per sample.
+    Multi-label: each class is its own binary problem, so a positive label
+    weighs ``known / (2 * positives)`` and a negative ``known / (2 * negatives)``
+    (what ``OneVsRestClassifier(LogisticRegression(class_weight="balanced"))``
+    gives each class); NaN labels weigh 1 (they are left out anyway).
+
+    Examples
+    --------
+    >>> balanced_weights(np.array([0, 0, 0, 1]), 2).round(3).tolist()
+    [0.667, 0.667, 0.667, 2.0]
+    >>> balanced_weights(np.array([[1.0], [0.0], [0.0], [np.nan]]), 1).round(3).tolist()
+    [[1.5], [0.75], [0.75], [1.0]]
+    """
+    y = np.asarray(y)
+    if y.ndim == 1:
+        counts = np.bincount(y, minlength=n_classes)
+        return (len(y) / (np.count_nonzero(counts) * counts))[y]
+    known = ~np.isnan(y)
+    positive = np.nan_to_num(y) > 0.5
+    n_known = known.sum(0)
+    pos, neg = (positive & known).sum(0), (~positive & known).sum(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(positive, n_known / (2 * pos), n_known / (2 * neg))
+    return np.where(known & np.isfinite(weights), weights, 1.0)
+
+
+def mixup_rows(x: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None, *, n_classes: int, alpha: float,
+               rng: np.random.Generator, copies: int = 1,
+               multilabel: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Feature-space mixup: the rows, and ``copies`` mixtures of each with a random partner, soft targets.
+
+    ``lambda ~ Beta(alpha, alpha)`` per mixture; features, targets (one-hot
+    or multi-hot; NaN when either label is unknown) and weights are mixed
+    alike. Mixes only the rows given: an inner fold's training rows.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    targets = np.eye(n_classes)[y.astype(np.int64)] if not multilabel else y
+    weights = np.ones(len(x)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    xs, ys, ws = [x], [targets], [weights]
+    for _ in range(copies):
+        partner = rng.permutation(len(x))
+        lam = rng.beta(alpha, alpha, len(x))[:, None]
+        xs.append(lam * x + (1 - lam) * x[partner])
+        ys.append(lam * targets + (1 - lam) * targets[partner])
+        lam_w = lam if weights.ndim == 2 else lam[:, 0]
+        ws.append(lam_w * weights + (1 - lam_w) * weights[partner])
+    return np.concatenate(xs), np.concatenate(ys), None if sample_weight is None else np.concatenate(ws)
+
+
+def _mixup_fit(alpha: float, seed: int) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """:func:`fit_logistic` on the rows it is given and their mixtures (:func:`mixup_rows`)."""
+    def fit(x: np.ndarray, y: np.ndarray, *, n_classes: int, sample_weight: np.ndarray | None = None,
+            multilabel: bool = False, **options) -> tuple[np.ndarray, np.ndarray]:
+        mixed = mixup_rows(x, y, sample_weight, n_classes=n_classes, alpha=alpha, multilabel=multilabel,
+                           rng=np.random.default_rng([seed, len(x)]))
+        return fit_logistic(mixed[0], mixed[1], n_classes=n_classes, sample_weight=mixed[2], multilabel=multilabel,
+                            **options)
+    return fit
 
 
 def _scorable(y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -259,29 +355,58 @@ def _torch_log_loss(logits: torch.Tensor, y: np.ndarray) -> torch.Tensor:
 
 
 def _ece(logits: np.ndarray, y: np.ndarray) -> float:
-    """Expected calibration error of the softmax of some logits."""
+    """Expected calibration error of the softmax of some logits (multi-label: of every known label's sigmoid)."""
+    if y.ndim == 2:
+        known = ~np.isnan(y)
+        p = torch.sigmoid(torch.as_tensor(logits[known])).numpy()
+        return float(expected_calibration_error(np.stack([1 - p, p], 1), (y[known] > 0.5).astype(np.int64)))
     return float(expected_calibration_error(torch.softmax(torch.as_tensor(logits), 1).numpy(), y))
 
 
+def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Share of right answers: the top class, or (multi-label) the right yes/no at 0.5 among the known labels."""
+    if y.ndim == 2:
+        known = ~np.isnan(y)
+        return float(((logits[known] > 0) == (y[known] > 0.5)).mean())
+    return float((logits.argmax(1) == y).mean())
+
+
+def calibrate_held_out(held_out: np.ndarray | None, y: np.ndarray, *,
+                       calibrate: bool = True) -> tuple[float, float, float, float]:
+    """(temperature, accuracy, ECE before, ECE after) of the inner folds' held-out logits (NaN rows: unscored)."""
+    if held_out is None:
+        return 1.0, math.nan, math.nan, math.nan
+    rows = ~np.isnan(held_out).any(1)
+    held_out, y = held_out[rows], np.asarray(y)[rows]
+    if not len(y):
+        return 1.0, math.nan, math.nan, math.nan
+    temperature = fit_temperature(held_out, y) if calibrate else 1.0
+    before = _ece(held_out, y)
+    after = _ece(held_out / temperature, y) if calibrate else math.nan
+    return temperature, _accuracy(held_out, y), before, after
+
+
 def select_and_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int, grid: Sequence[float] = C_GRID,
-                   folds: int = 5, seed: int = 0, calibrate: bool = True, **options) -> HeadFit:
+                   folds: int = 5, seed: int = 0, calibrate: bool = True, mixup: float = 0.0, ensemble: bool = False,
+                   **options) -> HeadFit:
     """Choose ``C`` by grouped inner CV, fit on all samples, and fit a temperature on the inner folds' logits.
 
     ``options`` go to :func:`fit_logistic` (``sample_weight``,
     ``label_smoothing``, ``multilabel``). A single-value ``grid`` skips the
-    search but still calibrates when an inner split exists.
+    search but still calibrates when an inner split exists. ``mixup`` (a
+    Beta alpha, 0: off) adds a mixed copy of every training row to every fit
+    (:func:`mixup_rows`); ``ensemble`` averages the logits of the inner
+    folds' heads at the chosen ``C`` and the head fitted on all samples (a
+    linear head still: their weights averaged).
     """
-    c, scores, held_out, used = choose_c(x, y, groups, n_classes=n_classes, grid=grid, folds=folds, seed=seed,
-                                         **options)
-    weight, bias = fit_logistic(x, y, n_classes=n_classes, c=c, **options)
-    temperature, accuracy, before, after = 1.0, math.nan, math.nan, math.nan
-    if held_out is not None and np.asarray(y).ndim == 1:
-        rows = ~np.isnan(held_out).any(1)
-        held_out, y_held = held_out[rows], np.asarray(y)[rows]
-        accuracy = float((held_out.argmax(1) == y_held).mean())
-        if calibrate:
-            temperature = fit_temperature(held_out, y_held)
-            before, after = _ece(held_out, y_held), _ece(held_out / temperature, y_held)
+    fit = _mixup_fit(mixup, seed) if mixup > 0 else fit_logistic
+    c, scores, held_out, used, members = _inner_cv(x, y, groups, n_classes=n_classes, grid=grid, folds=folds,
+                                                   seed=seed, fit=fit, **options)
+    weight, bias = fit(x, y, n_classes=n_classes, c=c, **options)
+    if ensemble and members:
+        weight = np.mean([w for w, _ in members] + [weight], axis=0)
+        bias = np.mean([b for _, b in members] + [bias], axis=0)
+    temperature, accuracy, before, after = calibrate_held_out(held_out, y, calibrate=calibrate)
     return HeadFit(weight / temperature, bias / temperature, c, temperature, scores, used, accuracy, before, after)
 
 
@@ -291,41 +416,86 @@ def clip_embeddings(data: EmbeddingDataset) -> tuple[np.ndarray, np.ndarray]:
     A linear head's mean over a clip's window logits is the head applied to
     the mean of its window embeddings, so a clip is one vector.
     """
+    windows, rows = _readable(data, variants=1)
+    return windows.mean(1), rows
+
+
+def _readable(data: EmbeddingDataset, *, variants: int) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The window embeddings (items, windows, d) of every readable item (of each variant), rows and targets."""
     data.precompute()
-    means, rows = [], []
+    windows, rows, targets = [], [], []
     for index, (row, _) in enumerate(data.items):
-        item = data[index]
-        if item is not None:
-            means.append(item[0].double().mean(0).numpy())
-            rows.append(row)
-    if not means:
+        for variant in range(variants):
+            item = data[(index, variant)] if data.train else data[index]
+            if item is not None:
+                windows.append(item[0].double().numpy())
+                rows.append(row)
+                targets.append(item[1].numpy())
+    if not windows:
         raise EchoError("no training clip could be read")
-    return np.stack(means), np.array(rows)
+    return np.stack(windows), np.array(rows), targets
+
+
+@dataclass
+class HeadData:
+    """The training clips of a head on frozen embeddings, as arrays.
+
+    windows : (n, windows, d) window embeddings of each clip (float64)
+    targets : (n,) class indices, or (n, n_classes) multi-hot labels (NaN: unknown)
+    groups : (n,) source recording of each clip (inner folds never split one)
+    sample_weight : (n,) or (n, n_classes) loss weights (``train.class_weights``), or None
+    """
+
+    windows: np.ndarray
+    targets: np.ndarray
+    groups: np.ndarray
+    sample_weight: np.ndarray | None
+    multilabel: bool
+
+
+def head_data(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, cache: FeatureCache | None = None,
+              progress: bool = False, boxes: pd.DataFrame | None = None) -> HeadData:
+    """The clips a head is fitted on: every clip-length window of every file (single-label), or (multi-label,
+    ``boxes`` given) the training crops around each box and the background crops, all their cached variants,
+    as the epoch loop trains on them."""
+    multilabel = config.model.multilabel
+    if multilabel != (boxes is not None):
+        raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
+    data = make_dataset(table, classes, config, train=multilabel, cache=cache, progress=progress, boxes=boxes)
+    windows, rows, targets = _readable(data, variants=data.variants if multilabel else 1)
+    if multilabel:
+        group_of = dict(zip(table["path"], table["group"], strict=True))
+        groups = np.array([group_of[data.paths[row]] for row in rows])
+        y = np.stack(targets).astype(np.float64)
+    else:
+        groups = table["group"].to_numpy()[rows]
+        y = np.asarray(data.targets)[rows]
+    weight = balanced_weights(y, len(classes)) if config.train.class_weights == "balanced" else None
+    return HeadData(windows, y, groups, weight, multilabel)
 
 
 def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *,
-                      cache: FeatureCache | None = None, progress: bool = False) -> tuple[EmbeddingClassifier, HeadFit]:
+                      cache: FeatureCache | None = None, progress: bool = False,
+                      boxes: pd.DataFrame | None = None) -> tuple[EmbeddingClassifier, HeadFit]:
     """An embedding model whose linear head is fitted by :func:`select_and_fit` on the clips of ``table``.
 
     The clip embeddings are standardised with their own mean and standard
-    deviation (the model's ``mean``/``std`` buffers), balanced class weights
-    and label smoothing follow ``config.train``, and the inner folds are
-    grouped by the table's ``group`` column (source recordings).
+    deviation (the model's ``mean``/``std`` buffers), balanced class weights,
+    label smoothing, feature-space mixup and the inner-CV ensemble follow
+    ``config.train``, and the inner folds are grouped by the table's
+    ``group`` column (source recordings). Multi-label (``boxes`` given):
+    one-vs-rest binary cross-entropy on :func:`head_data`'s crops.
     """
-    data = make_dataset(table, classes, config, train=False, cache=cache, progress=progress)
-    features, rows = clip_embeddings(data)
-    targets = np.asarray(data.targets)[rows]
-    groups = table["group"].to_numpy()[rows]
+    data = head_data(table, classes, config, cache=cache, progress=progress, boxes=boxes)
+    features = data.windows.mean(1)
     mean, std = features.mean(0), np.maximum(features.std(0), 1e-6)
-    sample_weight = None
-    if config.train.class_weights == "balanced":
-        counts = np.bincount(targets, minlength=len(classes))
-        sample_weight = (len(targets) / (np.count_nonzero(counts) * counts))[targets]
     x = (features - mean) / std
-    fit = select_and_fit(x, targets, groups, n_classes=len(classes), seed=config.train.seed,
-                         sample_weight=sample_weight, label_smoothing=config.train.label_smoothing)
+    train = config.train
+    fit = select_and_fit(x, data.targets, data.groups, n_classes=len(classes), seed=train.seed,
+                         sample_weight=data.sample_weight, label_smoothing=train.label_smoothing,
+                         multilabel=data.multilabel, mixup=train.head_mixup, ensemble=train.head_ensemble)
     logits = x @ fit.weight.T + fit.bias
-    fit.train_loss, fit.train_accuracy = _log_loss(logits, targets), float((logits.argmax(1) == targets).mean())
+    fit.train_loss, fit.train_accuracy = _log_loss(logits, data.targets), _accuracy(logits, data.targets)
     model = build_model(config.model, len(classes))
     linear = next(module for module in model.head.modules() if isinstance(module, torch.nn.Linear))
     with torch.no_grad():
