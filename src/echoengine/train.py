@@ -412,6 +412,11 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     log(f"linear probing: epoch {result.best_epoch} kept, val loss {best['val_loss']:.4f} "
         f"acc {best['val_accuracy']:.3f}")
     probe = result.model
+    return _raw_embedding_head(probe)
+
+
+def _raw_embedding_head(probe: EmbeddingClassifier) -> nn.Module:
+    """A copy of the probe's head for raw embeddings: its standardisation folded into the first linear layer."""
     head = copy.deepcopy(probe.head)
     first = next(m for m in head.modules() if isinstance(m, nn.Linear))
     with torch.no_grad():  # head((x - mean) / std) == head'(x)
@@ -426,12 +431,7 @@ def _probe_linear(train_table: pd.DataFrame, classes: list[str], config: EchoCon
                                   train={"probe_epochs": 0})
     probe, fit = train_linear_head(train_table, classes, probe_config, cache=feature_cache(config))
     log(f"linear probing: L-BFGS head on frozen BirdNET embeddings ({fit.describe()})")
-    head = copy.deepcopy(probe.head)
-    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
-    with torch.no_grad():  # head((x - mean) / std) == head'(x)
-        first.bias -= first.weight @ (probe.mean / probe.std)
-        first.weight /= probe.std
-    return head
+    return _raw_embedding_head(probe)
 
 
 _CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "torch_rng", "history", "best_loss", "best_epoch")
