@@ -76,11 +76,18 @@ class HeadFit:
     #: The config the fitted model needs, where the fit chose part of it (None: the training config).
     config: EchoConfig | None = None
 
+    #: Why the settings are a default, when no inner cross-validation could be made.
+    fallback: str = "too few recordings per class for an inner cross-validation"
+
+    def chosen(self) -> str:
+        """The settings the fit chose."""
+        return f"C = {self.c:g}"
+
     def describe(self) -> str:
         """How the head was chosen, in one line."""
         if not self.inner_folds:
-            return f"C = {self.c:g} (too few recordings per class for an inner cross-validation)"
-        return (f"C = {self.c:g} chosen by {self.inner_folds}-fold cross-validation over the training recordings "
+            return f"{self.chosen()} ({self.fallback})"
+        return (f"{self.chosen()} chosen by {self.inner_folds}-fold cross-validation over the training recordings "
                 f"(held-out log-loss {min(self.inner_scores.values()):.4f}, accuracy {self.inner_accuracy:.3f}); "
                 f"temperature {self.temperature:.2f} (inner-fold ECE {self.ece_before:.3f} -> {self.ece_after:.3f})")
 

@@ -39,7 +39,16 @@ import torch
 
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
-from echoengine.headfit import HeadFit, _accuracy, _grouped_folds, _log_loss, _scorable, calibrate_held_out, head_data
+from echoengine.headfit import (
+    HeadFit,
+    _accuracy,
+    _grouped_folds,
+    _log_loss,
+    _scorable,
+    _targets,
+    calibrate_held_out,
+    head_data,
+)
 from echoengine.models import EmbeddingClassifier, build_model
 
 __all__ = ["CHECKPOINTS", "COMPONENTS", "DEFAULT_SETTINGS", "GRID", "MLPFit", "MLPSettings", "select_and_train",
@@ -78,18 +87,13 @@ class MLPFit(HeadFit):
     first_weight: np.ndarray = None
     first_bias: np.ndarray = None
     settings: MLPSettings = DEFAULT_SETTINGS
-    inner_table: dict = None
+    fallback: str = "the default: too few recordings per class for an inner cross-validation"
     method: str = "mlp head trained full-batch"
 
-    def describe(self) -> str:
-        """How the head was chosen, in one line."""
+    def chosen(self) -> str:
+        """The settings the fit chose."""
         s = self.settings
-        chosen = f"hidden {s.hidden_size}, dropout {s.dropout:g}, weight decay {s.weight_decay:g}, {s.epochs} epochs"
-        if not self.inner_folds:
-            return f"{chosen} (the default: too few recordings per class for an inner cross-validation)"
-        return (f"{chosen}, chosen by {self.inner_folds}-fold cross-validation over the training recordings "
-                f"(held-out log-loss {min(self.inner_scores.values()):.4f}, accuracy {self.inner_accuracy:.3f}); "
-                f"temperature {self.temperature:.2f} (inner-fold ECE {self.ece_before:.3f} -> {self.ece_after:.3f})")
+        return f"hidden {s.hidden_size}, dropout {s.dropout:g}, weight decay {s.weight_decay:g}, {s.epochs} epochs"
 
 
 def _projection(windows: np.ndarray, rows: np.ndarray, components: int) -> np.ndarray:
@@ -165,12 +169,6 @@ def _mix(x: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, alpha: f
     y = targets.expand(members, *targets.shape[-2:])
     mixed_y = lam[..., None] * y + (1 - lam[..., None]) * torch.stack([y[k, index[k]] for k in range(members)])
     return mixed_x, mixed_y
-
-
-def _soft_targets(y: np.ndarray, n_classes: int, smoothing: float, multilabel: bool) -> torch.Tensor:
-    if multilabel:
-        return torch.as_tensor(y * (1 - smoothing) + smoothing / 2, dtype=torch.float32)[None]
-    return torch.as_tensor(np.eye(n_classes)[y] * (1 - smoothing) + smoothing / n_classes, dtype=torch.float32)[None]
 
 
 def _member_weights(masks: np.ndarray, sample_weight: np.ndarray | None, multilabel: bool,
@@ -259,7 +257,7 @@ def select_and_train(windows: np.ndarray, y: np.ndarray, groups: np.ndarray, *, 
     """
     y = np.asarray(y)
     options = {"multilabel": multilabel, "mixup": mixup, "seed": seed}
-    targets = _soft_targets(y, n_classes, label_smoothing, multilabel)
+    targets = _targets(y, n_classes, label_smoothing, multilabel).float()[None]
     splits = _grouped_folds(y, np.asarray(groups), folds, seed)
     if splits:
         settings, scores, held_out, members = _search(windows, y, splits, targets, sample_weight, grid=grid,

@@ -277,8 +277,6 @@ def fit(
         raise EchoError("no validation files: early stopping and the best checkpoint need some; add recordings "
                         "(3 per class give one to each part) or raise data.val_fraction")
     device = resolve_device(train.device)
-    if config.model.backbone == "birdnet" and not train.freeze_backbone and device.type == "cpu":
-        log(_FINETUNE_ON_CPU.format(hours=len(train_table) * 2 * train.epochs * 1.3 / 3600))
     checkpoint = None
     if resume:
         if not (bundle / CHECKPOINT_FILE).is_file():
@@ -292,6 +290,9 @@ def fit(
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
     train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
     train_loader = make_loader(train_data, config)
+    if config.model.backbone == "birdnet" and not train.freeze_backbone and device.type == "cpu":
+        windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
+        log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
     val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
                                           boxes=boxes), config)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
@@ -479,14 +480,12 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
     and as validation scores those of the inner cross-validation's held-out
     recordings at the chosen settings.
     """
-    write_metadata(bundle, config, classes)
     (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
     cache = feature_cache(config)
     started = time.perf_counter()
     train_head = train_mlp_head if config.model.head_name == "mlp" else train_linear_head
     model, fit = train_head(table, classes, config, cache=cache, progress=progress, boxes=boxes)
-    if fit.config is not None:  # the MLP's chosen size: the bundle's config must build it
-        write_metadata(bundle, fit.config, classes)
+    write_metadata(bundle, fit.config or config, classes)  # an MLP's chosen size: the bundle must build it
     save_atomic(model.state_dict(), bundle / WEIGHTS_FILE)
     inner = min(fit.inner_scores.values()) if fit.inner_scores else math.nan
     seconds = time.perf_counter() - started
