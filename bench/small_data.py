@@ -2,9 +2,11 @@
 
 The anchor is what any user can write in ten lines of scikit-learn:
 ``StandardScaler`` + ``LogisticRegression(C=1)`` on each clip's mean BirdNET
-V2.4 embedding. Every row of the table is scored on the same folds (grouped by
-source recording, stratified by class, as ``echoengine cv`` makes them) and the
-same cached embeddings, side by side in one run:
+V2.4 embedding, and the same on echoengine's default features (the embedding
+with the mean and max of BirdNET blocks 3-3 to 3-5). Every row of the table is
+scored on the same folds (grouped by source recording, stratified by class, as
+``echoengine cv`` makes them) and the same cached embeddings, side by side in
+one run:
 
 * the ESC-50 subset of ``../shared/data`` (5 folds, the class recorded once
   left out, as ``--sparse-classes drop``);
@@ -35,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 
 from echoengine import catalog
 from echoengine.cache import FeatureCache
-from echoengine.config import EchoConfig
+from echoengine.config import EchoConfig, ModelConfig
 from echoengine.embeddings import make_dataset
 from echoengine.evaluate import expected_calibration_error
 from echoengine.headfit import select_and_fit
@@ -44,9 +46,16 @@ from echoengine.headmlp import select_and_train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def window_embeddings(table: pd.DataFrame, hop: float, cache_dir: Path) -> list[np.ndarray]:
-    """Each file's first clip as BirdNET window embeddings (windows, 1024), through the embedding cache."""
-    config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop})
+PLAIN = (0.0, ())  # (seconds between windows (0: no overlap), BirdNET blocks pooled beside the embedding)
+BLOCKS = (0.0, ModelConfig().birdnet_blocks)  # the default features
+EVERY_SECOND = (1.0, ())
+EVERY_SECOND_BLOCKS = (1.0, ModelConfig().birdnet_blocks)
+
+
+def window_embeddings(table: pd.DataFrame, source: tuple[float, tuple], cache_dir: Path) -> list[np.ndarray]:
+    """Each file's first clip as BirdNET window features (windows, size), through the embedding cache."""
+    hop, blocks = source
+    config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop, "birdnet_blocks": blocks})
     cache = FeatureCache(cache_dir, config)
     data = make_dataset(table, catalog.class_names(table), config, train=False, cache=cache, progress=True)
     data.precompute()
@@ -107,26 +116,30 @@ GROUPED = (echoengine_head, mixup_head, ensemble_head, mlp_head)
 
 
 METHODS = {
-    "LR anchor (StandardScaler + LogisticRegression C=1), mean": ("mean", 0.0, anchor),
-    "echoengine linear head (L-BFGS, C by grouped inner CV, temperature), mean": ("mean", 0.0, echoengine_head),
-    "echoengine linear head, mean + std of windows": ("mean+std", 0.0, echoengine_head),
-    "LR anchor, windows every 1 s (mean)": ("mean", 1.0, anchor),
-    "echoengine linear head, windows every 1 s (mean)": ("mean", 1.0, echoengine_head),
-    "echoengine linear head + feature-space mixup (alpha 0.4), mean": ("mean", 0.0, mixup_head),
-    "echoengine linear head + ensemble of the inner-CV heads, mean": ("mean", 0.0, ensemble_head),
-    "echoengine mlp head (size, dropout, decay, epochs by inner CV)": ("windows", 0.0, mlp_head),
+    "LR anchor (StandardScaler + LogisticRegression C=1), mean embedding": ("mean", PLAIN, anchor),
+    "echoengine linear head (L-BFGS, C by grouped inner CV, temperature), embedding": ("mean", PLAIN, echoengine_head),
+    "LR anchor, embedding + blocks 3-3 to 3-5 mean & max": ("mean", BLOCKS, anchor),
+    "echoengine linear head, embedding + blocks 3-3 to 3-5 (the default)": ("mean", BLOCKS, echoengine_head),
+    "echoengine mlp head, embedding + blocks 3-3 to 3-5": ("windows", BLOCKS, mlp_head),
+    "echoengine linear head, embedding + blocks, windows every 1 s": ("mean", EVERY_SECOND_BLOCKS, echoengine_head),
+    "echoengine linear head, embedding, mean + std of windows": ("mean+std", PLAIN, echoengine_head),
+    "LR anchor, embedding, windows every 1 s (mean)": ("mean", EVERY_SECOND, anchor),
+    "echoengine linear head, embedding, windows every 1 s (mean)": ("mean", EVERY_SECOND, echoengine_head),
+    "echoengine linear head + feature-space mixup (alpha 0.4), embedding": ("mean", PLAIN, mixup_head),
+    "echoengine linear head + ensemble of the inner-CV heads, embedding": ("mean", PLAIN, ensemble_head),
+    "echoengine mlp head (size, dropout, decay, epochs by inner CV), embedding": ("windows", PLAIN, mlp_head),
 }
 
 
-def cross_validate(table: pd.DataFrame, windows: dict[float, list[np.ndarray]], folds: np.ndarray) -> dict:
+def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], folds: np.ndarray) -> dict:
     """Accuracy, macro-F1 and ECE of every method over the folds (mean and std across folds)."""
     from sklearn.metrics import f1_score
 
     labels = pd.Categorical(table["label"]).codes.astype(np.int64)
     groups = table["group"].to_numpy()
     results = {}
-    for name, (pooling, hop, method) in METHODS.items():
-        x = features(windows[hop], pooling)
+    for name, (pooling, source, method) in METHODS.items():
+        x = features(windows[source], pooling)
         scores = []
         for k in np.unique(folds[folds >= 0]):
             train, test = folds != k, folds == k
@@ -187,8 +200,8 @@ def main() -> int:
     table, _ = catalog.scan(catalog.load_catalog(args.data), EchoConfig().audio)
     folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
-    hops = sorted({hop for _, hop, _ in METHODS.values()})
-    windows = {hop: window_embeddings(table, hop, cache_dir) for hop in hops}
+    sources = {source for _, source, _ in METHODS.values()}
+    windows = {source: window_embeddings(table, source, cache_dir) for source in sources}
     print(f"BirdNET V2.4 embeddings (CC BY-NC-SA 4.0) of {len(table)} clips in {time.perf_counter() - started:.0f} s")
     report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
            f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
@@ -196,7 +209,7 @@ def main() -> int:
         results = []
         for draw in small_sets(table, recordings, args.seeds):
             rows = table.reset_index().merge(draw[["path"]], on="path")["index"].to_numpy()
-            subset = {hop: [w[i] for i in rows] for hop, w in windows.items()}
+            subset = {source: [w[i] for i in rows] for source, w in windows.items()}
             draw_folds = catalog.kfold(draw, folds=recordings, seed=0)
             results.append(cross_validate(draw, subset, draw_folds))
         report(f"{recordings} recordings per class ({draw['label'].nunique()} classes, one clip each), "

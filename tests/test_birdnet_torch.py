@@ -36,19 +36,25 @@ def test_a_named_trainable_structure(birdnet_torch):
 
 def test_parity_with_the_tflite_interpreter_on_real_audio(birdnet_torch, soundscapes, esc10):
     from echoengine import litert_pool
-    from echoengine.models.embedders import birdnet_files
+    from echoengine.config import BIRDNET_BLOCKS
+    from echoengine.models.embedders import _tflite_block_tensor, birdnet_files, feature_size
 
     paths = [soundscapes / name for name in ("robin.ogg", "birds_10s.flac", "spinetail.flac", "humpback_whale.ogg")]
     windows = _windows(paths + esc10["path"].tolist()[::10])
-    interpreter, indices = litert_pool.make_interpreter(str(birdnet_files()[0]), 2, "model/GLOBAL_AVG_POOL/Mean")
+    blocks = tuple(BIRDNET_BLOCKS)  # every block's pooled output after the embedding, in both runtimes
+    interpreter, indices = litert_pool.make_interpreter(str(birdnet_files()[0]), 2, "model/GLOBAL_AVG_POOL/Mean",
+                                                        [_tflite_block_tensor(block) for block in blocks])
     # batches of 16: the interpreter slows down badly on large batches (52 windows: 80 s, against 1 s)
     outputs = [litert_pool.run(interpreter, indices, windows[i : i + 16]) for i in range(0, len(windows), 16)]
-    expected_embedding, expected_logits = (np.concatenate(parts) for parts in zip(*outputs))
+    expected_features, expected_logits = (np.concatenate(parts) for parts in zip(*outputs))
     with torch.no_grad():
-        logits, embedding = (t.numpy() for t in birdnet_torch(torch.from_numpy(windows)))
-    cosine = (embedding * expected_embedding).sum(1) / (
-        np.linalg.norm(embedding, axis=1) * np.linalg.norm(expected_embedding, axis=1))
-    assert cosine.min() >= 0.9999, cosine.min()
+        logits, features = (t.numpy() for t in birdnet_torch(torch.from_numpy(windows), blocks))
+    assert features.shape == expected_features.shape == (len(windows), feature_size(blocks))
+    sizes = [1024] + [BIRDNET_BLOCKS[block] for block in blocks for _ in ("mean", "max")]
+    for part, expected in zip(np.split(features, np.cumsum(sizes)[:-1], axis=1),
+                              np.split(expected_features, np.cumsum(sizes)[:-1], axis=1), strict=True):
+        cosine = (part * expected).sum(1) / (np.linalg.norm(part, axis=1) * np.linalg.norm(expected, axis=1))
+        assert cosine.min() >= 0.9999, cosine.min()
 
     def top5(values):
         return np.argsort(-values, axis=1)[:, :5]

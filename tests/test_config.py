@@ -21,6 +21,21 @@ def test_toml_round_trip(tmp_path):
     assert loaded.frontend.top_db is None and loaded.audio.channel == 1
 
 
+def test_a_version_1_config_keeps_birdnet_embedding_alone_and_the_current_one_adds_blocks(tmp_path):
+    old = {"version": 1, "model": {"embedder": "birdnet"}}
+    assert EchoConfig.from_dict(old).model.birdnet_blocks == ()
+    assert EchoConfig.from_dict({**old, "version": 2}).model.birdnet_blocks == ("3-3", "3-4", "3-5")
+    explicit = {"version": 1, "model": {"embedder": "birdnet", "birdnet_blocks": ["4-4"]}}
+    assert EchoConfig.from_dict(explicit).model.birdnet_blocks == ("4-4",)
+    path = tmp_path / "old.toml"
+    path.write_text('version = 1\n[model]\nembedder = "birdnet"\n')
+    assert EchoConfig.load(path).model.birdnet_blocks == ()
+    from echoengine.models import build_model  # an old bundle's head keeps the width its weights have
+
+    assert build_model(EchoConfig.load(path).model, 3).mean.shape == (1024,)
+    assert build_model(EchoConfig.from_dict({"model": {"embedder": "birdnet"}}).model, 3).mean.shape == (1672,)
+
+
 @pytest.mark.parametrize(
     ("changes", "words"),
     [
@@ -40,6 +55,8 @@ def test_toml_round_trip(tmp_path):
         ({"frontend": {"window": "hannn"}}, "frontend.window"),
         ({"audio": {"clip_seconds": 0.01}, "frontend": {"pad_mode": "reflect"}}, "reflect"),
         ({"audio": {"clip_seconds": 0.01}, "frontend": {"center": False}}, "center = false"),
+        ({"model": {"birdnet_blocks": ["3-6"]}}, "model.birdnet_blocks: unknown block(s) 3-6"),
+        ({"version": 3}, "config version 3 is not supported"),
     ],
 )
 def test_invalid_values_are_named(changes, words):

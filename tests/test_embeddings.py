@@ -101,7 +101,7 @@ def test_embeddings_are_cached_once_per_variant(esc10, tmp_path):
     again.embedder = None  # a cache hit must not need the embedder
     again.precompute()
     x, y = again[(0, 1)]
-    assert x.shape == (2, 1024) and y.sum() == 1
+    assert x.shape == (2, 1024 + 6 * 108) and y.sum() == 1  # the embedding, blocks 3-3 to 3-5 pooled
     torch.testing.assert_close(x, data[(0, 1)][0])
     assert not torch.equal(data[(0, 0)][0], data[(0, 1)][0])  # two different augmented variants
 

@@ -35,7 +35,7 @@ def test_the_probe_is_the_lbfgs_head_with_its_standardisation_folded_in(esc50, t
     classes = catalog.class_names(table)
     head = _probe_head(table, table.iloc[:0], classes, config, tmp_path / "probe", keep="best", log=print)
     probe, _ = train_linear_head(table, classes, config.replace(model={"embedder": "birdnet"}))
-    x = torch.randn(5, 1024) * 3
+    x = torch.randn(5, probe.mean.shape[0]) * 3  # window features: the embedding and the pooled blocks
     with torch.no_grad():
         expected = probe.head((x - probe.mean) / probe.std)
         np.testing.assert_allclose(head(x).numpy(), expected.numpy(), rtol=1e-4, atol=1e-4)

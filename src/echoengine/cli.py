@@ -47,6 +47,7 @@ _TRAINING_OPTIONS = {
     "weights": ("model", "weights"), "dropout": ("model", "dropout"), "embedder": ("model", "embedder"),
     "pooling": ("model", "pooling"), "hidden_size": ("model", "hidden_size"),
     "embedding_hop": ("model", "embedding_hop"), "trainable_blocks": ("model", "trainable_blocks"),
+    "birdnet_blocks": ("model", "birdnet_blocks"),
     "backbone_lr_factor": ("train", "backbone_lr_factor"),
     "epochs": ("train", "epochs"), "lr": ("train", "learning_rate"), "optimizer": ("train", "optimizer"),
     "weight_decay": ("train", "weight_decay"), "schedule": ("train", "schedule"),
@@ -84,6 +85,11 @@ def _training_config(args: argparse.Namespace) -> EchoConfig:
     elif not config.data.cache_dir:
         config = config.replace(data={"cache_dir": str(DEFAULT_CACHE)})
     return config
+
+
+def _block_list(text: str) -> list[str]:
+    """``--birdnet-blocks``: ``"3-4,3-5"`` -> ``["3-4", "3-5"]``; ``"none"`` -> ``[]``."""
+    return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",")]
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -787,6 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--hidden-size", type=int, help="hidden layer of the mlp head (default 512)")
         g.add_argument("--embedding-hop", type=float, metavar="SECONDS",
                        help="hop between the embedder windows of a clip (default: the window, no overlap)")
+        g.add_argument("--birdnet-blocks", type=_block_list, metavar="BLOCKS",
+                       help="BirdNET blocks whose pooled outputs join its embedding, comma-separated "
+                       "(default 3-3,3-4,3-5; none: the embedding alone)")
         g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (timm backbones)")
         g.add_argument("--weights", type=Path, help="a local weights file for --pretrained (offline)")
         g.add_argument("--dropout", type=float)

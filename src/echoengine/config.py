@@ -38,6 +38,7 @@ from echoengine.errors import ConfigError
 
 __all__ = [
     "AUDIO_EXTENSIONS",
+    "BIRDNET_BLOCKS",
     "MACHINE_SETTINGS",
     "AudioConfig",
     "AugmentConfig",
@@ -51,7 +52,10 @@ __all__ = [
 #: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2  # 2: model.birdnet_blocks (a version-1 config means none)
+#: BirdNET V2.4's blocks, in order, and the channels of each one's output (``model.birdnet_blocks``).
+BIRDNET_BLOCKS = {"1-1": 36, "1-2": 36, "1-3": 36, "2-1": 72, "2-2": 72, "2-3": 72, "2-4": 72, "3-1": 108,
+                  "3-2": 108, "3-3": 108, "3-4": 108, "3-5": 108, "4-1": 192, "4-2": 192, "4-3": 192, "4-4": 192}
 _NONE = "none"  # how an unset optional value is written in TOML
 
 #: Most samples in one clip (512 MiB as float32): ``audio.clip_seconds`` x ``audio.sample_rate``.
@@ -453,6 +457,13 @@ class ModelConfig:
     trainable_blocks : int
         With the ``birdnet`` backbone (BirdNET V2.4 fine-tuned on raw audio,
         CC BY-NC-SA 4.0): train only its last N blocks (0: all of it).
+    birdnet_blocks : tuple of str
+        BirdNET blocks (``"1-1"`` ... ``"4-4"``, :data:`BIRDNET_BLOCKS`) whose
+        outputs, pooled over time and frequency (mean and max), join BirdNET's
+        1024-d embedding (the ``birdnet`` embedders and backbone; unused by
+        other models). The default, the last three blocks of stage 3, beat the
+        embedding alone on every dataset measured (``bench/small_data.py``);
+        ``[]``: the embedding alone, as in configs of version 1.
     multilabel : bool
         Several species per clip: sigmoid outputs trained with binary
         cross-entropy on clips labelled from annotated boxes (with
@@ -470,6 +481,7 @@ class ModelConfig:
     embedding_hop: float = 0.0
     trainable_blocks: int = 0
     multilabel: bool = False
+    birdnet_blocks: tuple[str, ...] = ("3-3", "3-4", "3-5")
 
     def __post_init__(self) -> None:
         s = "model"
@@ -488,6 +500,10 @@ class ModelConfig:
         _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
         _check_at_most(s, "hidden_size", self.hidden_size, 16384, "units of the mlp head")
+        unknown = sorted(str(block) for block in self.birdnet_blocks if not isinstance(block, str)
+                         or block not in BIRDNET_BLOCKS)
+        _require(not unknown, f"{s}.birdnet_blocks: unknown block(s) {', '.join(unknown)}; known: "
+                 f"{', '.join(BIRDNET_BLOCKS)}")
         _require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
                  f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
         _require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
@@ -772,7 +788,10 @@ class EchoConfig:
         """Build a config from a nested dict; missing keys take defaults."""
         values = dict(values)
         version = values.pop("version", CONFIG_VERSION)
-        _require(version == CONFIG_VERSION, f"config version {version} is not supported (expected {CONFIG_VERSION})")
+        _require(version in (1, CONFIG_VERSION),
+                 f"config version {version} is not supported (expected 1 to {CONFIG_VERSION})")
+        if version == 1:  # before BirdNET's blocks joined its embedding
+            values["model"] = {"birdnet_blocks": [], **values.get("model", {})}
         unknown = sorted(set(values) - set(_SECTIONS))
         _require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
         sections = {}

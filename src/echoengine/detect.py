@@ -239,7 +239,7 @@ class WindowScorer:
         from echoengine.models.embedders import build_embedder
 
         if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder)
+            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
         return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
 
 

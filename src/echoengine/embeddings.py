@@ -106,7 +106,7 @@ class EmbeddingDataset(ClipDataset):
 
     def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                  cache: FeatureCache | None = None, progress: bool = False) -> None:
-        self.embedder = build_embedder(config.model.embedder)
+        self.embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
         if self.embedder.sample_rate != config.audio.sample_rate:
             raise EchoError(f"the {config.model.embedder} embedder takes {self.embedder.sample_rate} Hz audio: "
                             f"set audio.sample_rate = {self.embedder.sample_rate}")

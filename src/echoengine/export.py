@@ -158,7 +158,8 @@ class _BirdNETEmbeddingHead(nn.Module):
         from echoengine.models.birdnet_torch import BirdNETClassifier
 
         window = BirdNETClassifier.window
-        self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window))
+        self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window),
+                                          blocks=bundle.config.model.birdnet_blocks)
         self.head = bundle.model
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
@@ -299,7 +300,7 @@ def onnx_window_probabilities(session, bundle: Bundle, y: np.ndarray, *, embedde
 
     clip = bundle.config.audio.clip_samples
     clips, _ = fixed_windows(y, length=clip, hop=clip)
-    embedder = embedder or build_embedder(bundle.config.model.embedder)
+    embedder = embedder or build_embedder(bundle.config.model.embedder, bundle.config.model.birdnet_blocks)
     embeddings = embed_clips(embedder, clips, bundle.config)
     return session.run(None, {"embeddings": embeddings.astype(np.float32)})[1]
 
@@ -339,7 +340,8 @@ def onnx_predict_stream(sessions: Sequence, bundles: Sequence[Bundle], blocks: I
 
     clip = bundles[0].config.audio.clip_samples
     size = clip * max(1, round(chunk_seconds * bundles[0].config.audio.sample_rate / clip))
-    embedders = [None if s.get_inputs()[0].name == "waveform" else build_embedder(b.config.model.embedder)
+    embedders = [None if s.get_inputs()[0].name == "waveform"
+                 else build_embedder(b.config.model.embedder, b.config.model.birdnet_blocks)
                  for s, b in zip(sessions, bundles, strict=True)]  # built once, not once per chunk
     windows: list[list[np.ndarray]] = [[] for _ in sessions]
     for _, chunk, valid in stream_windows(blocks, length=size, hop=size):

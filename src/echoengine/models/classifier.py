@@ -98,14 +98,15 @@ def build_model(config: ModelConfig, n_classes: int) -> Classifier | EmbeddingCl
     if config.embedder:
         from echoengine.models.embedders import embedding_size
 
-        size = embedding_size(config.embedder)
+        size = embedding_size(config.embedder, config.birdnet_blocks)
         return EmbeddingClassifier(HEADS[config.head_name](size, n_classes, **options), embedding_size=size,
                                    pooling=config.pooling)
     if config.backbone == "birdnet" and not config.embedder:
         from echoengine.models.birdnet_torch import BirdNETClassifier
+        from echoengine.models.embedders import feature_size
 
-        head = HEADS[config.head_name](1024, n_classes, **options)
+        head = HEADS[config.head_name](feature_size(config.birdnet_blocks), n_classes, **options)
         return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
-                                 trainable_blocks=config.trainable_blocks)
+                                 trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks)
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
     return Classifier(backbone, HEADS[config.head_name](backbone.num_features, n_classes, **options))

