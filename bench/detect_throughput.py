@@ -44,9 +44,10 @@ import torch
 from echoengine import audio
 from echoengine.bundle import load_bundle, save_atomic, write_metadata
 from echoengine.config import EchoConfig
-from echoengine.detect import DetectOptions, detect, find_audio
+from echoengine.detection import DetectOptions, detect
 from echoengine.features import reference_mel_db
 from echoengine.models import build_model
+from echoengine.sources import find_audio
 
 CLASSES = [f"class_{i:02d}" for i in range(49)]
 
@@ -68,7 +69,7 @@ def baseline_loop(bundle, files: list[str]) -> None:
     if config.model.embedder:
         from echoengine.models.embedders import build_embedder
 
-        embedder = build_embedder(config.model.embedder)
+        embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
     for path in files:
         y, _ = librosa.load(path, sr=rate, mono=True)
         for start in range(0, max(len(y), 1), clip):
@@ -96,7 +97,7 @@ def echoengine_run(bundle, files: list[str], out: Path) -> None:
 MEMORY_SCRIPT = """
 import sys
 from echoengine.bundle import load_bundle
-from echoengine.detect import DetectOptions, detect
+from echoengine.detection import DetectOptions, detect
 detect([load_bundle(sys.argv[1])], [sys.argv[2]], sys.argv[3], options=DetectOptions(workers=0),
        progress=False, log=lambda line: None)
 peak = max(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM'))

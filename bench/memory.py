@@ -13,7 +13,7 @@ resident memory (libraries included: about 0.9 GiB of them) and wall time
 are printed in one table beside the target: under 1.5 GiB for a 3 h file,
 whatever its length. ``predict`` decodes each file block by block and scores
 windows as they come; ``predict --onnx`` feeds the graph a minute of windows
-at a time (:data:`echoengine.export.CHUNK_SECONDS`).
+at a time (:data:`echoengine.exporting.CHUNK_SECONDS`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from pathlib import Path
 from detect_throughput import long_recording
 from echoengine import catalog
 from echoengine.config import EchoConfig
-from echoengine.export import export_onnx
+from echoengine.exporting import export_onnx
 from echoengine.synthetic import make_dataset
-from echoengine.train import fit
+from echoengine.training import fit
 
 TARGET_GIB = 1.5
 

@@ -39,7 +39,7 @@ from echoengine import catalog
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig, ModelConfig
 from echoengine.embeddings import make_dataset
-from echoengine.evaluate import expected_calibration_error
+from echoengine.evaluation import expected_calibration_error
 from echoengine.headfit import select_and_fit
 from echoengine.headmlp import select_and_train
 

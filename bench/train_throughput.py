@@ -5,7 +5,7 @@ Usage::
     python bench/train_throughput.py --data ../shared/data/esc50-subset [--files 96] [--backbones a,b]
 
 For each backbone, the same model (channels-last, as TensorFlow and
-:func:`echoengine.train.fit` run it), optimizer (Adam) and batch size (16) are
+:func:`echoengine.training.fit` run it), optimizer (Adam) and batch size (16) are
 fed by three pipelines, one after the other, and the table gives training
 images per second over one epoch of ``--files`` files:
 

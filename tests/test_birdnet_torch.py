@@ -65,7 +65,7 @@ def test_parity_with_the_tflite_interpreter_on_real_audio(birdnet_torch, soundsc
 def test_birdnet_fine_tunes_as_a_backbone_with_a_new_head():
     from echoengine.config import ModelConfig
     from echoengine.models import build_model
-    from echoengine.train import _set_backbone_frozen
+    from echoengine.training import _set_backbone_frozen
 
     model = build_model(ModelConfig(backbone="birdnet", head="linear", trainable_blocks=2, dropout=0.0), n_classes=3)
     clips = torch.from_numpy(np.random.default_rng(0).normal(0, 0.1, (2, 240000)).astype(np.float32))
@@ -88,8 +88,8 @@ def test_a_fine_tuned_birdnet_bundle_exports_one_onnx_graph(esc10, tmp_path):
     from echoengine import catalog
     from echoengine.bundle import load_bundle
     from echoengine.config import EchoConfig
-    from echoengine.export import export_onnx, onnx_predict_file, onnx_session
-    from echoengine.train import fit
+    from echoengine.exporting import export_onnx, onnx_predict_file, onnx_session
+    from echoengine.training import fit
 
     config = EchoConfig().replace(
         model={"backbone": "birdnet", "head": "linear", "trainable_blocks": 1, "dropout": 0.0},

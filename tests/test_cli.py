@@ -101,12 +101,13 @@ def test_split_kfold_names_the_classes_too_small_for_the_folds(synthetic_dataset
     out = tmp_path / "folds.csv"
     assert main(["split", str(synthetic_dataset), "--kfold", "--folds", "7", "--out", str(out)]) == 2
     err = capsys.readouterr().err.split("\r")[-1]  # after the progress bar
+    err = err[err.index("error: "):]  # after the library's warnings
     assert err.startswith("error: 7-fold cross-validation needs a class with at least 7 files") and err.count("\n") == 1
     assert "synthetic-trill (6 recordings, 6 files)" in err and "use --folds 6 or fewer" in err
     assert not out.exists()
     cv = ["cv", str(synthetic_dataset), "--folds", "7", "--backbone", "small_cnn", "--no-cache", "--quiet"]
     assert main([*cv, "--out", str(tmp_path / "cv")]) == 2  # cross-validation says the same, before training
-    assert capsys.readouterr().err.split("\r")[-1] == err
+    assert capsys.readouterr().err.split("\r")[-1].endswith(err)
     # fewer recordings than folds in some classes: the same warning as cross-validation gives, and the split
     regex = r"^([a-z]+_rec\d+)_"
     assert main(["split", str(synthetic_dataset), "--kfold", "--group-regex", regex, "--out", str(out)]) == 0

@@ -156,3 +156,38 @@ def test_an_undecodable_or_unreadable_config_names_the_file(tmp_path):
     path.write_text('[train]\nepochs = "ten"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"echoengine\.toml: train\.epochs must be int, got 'ten'$"):
         EchoConfig.load(path)
+
+
+def test_birdnet_blocks_are_kept_in_block_order_once_and_version_1_cnn_configs_are_unaffected():
+    config = EchoConfig.from_dict({"model": {"embedder": "birdnet", "birdnet_blocks": ["3-5", "3-3", "3-5"]}})
+    assert config.model.birdnet_blocks == ("3-3", "3-5")
+    cnn = EchoConfig.from_dict({"version": 1, "model": {"backbone": "small_cnn"}})
+    assert cnn.fingerprint() == EchoConfig.from_dict({"model": {"backbone": "small_cnn"}}).fingerprint()
+    with pytest.raises(ConfigError, match=r"\[model\] must be a table"):
+        EchoConfig.from_dict({"version": 1, "model": 3})
+
+
+def test_an_ensemble_of_models_on_different_birdnet_features_is_refused():
+    from echoengine.bundle import Bundle
+    from echoengine.errors import EchoError
+    from echoengine.prediction import check_ensemble
+
+    new = EchoConfig().replace(model={"embedder": "birdnet"})
+    old = new.replace(model={"birdnet_blocks": []})
+    check_ensemble([Bundle("a", new, ["x"], None), Bundle("b", new, ["x"], None)])
+    with pytest.raises(EchoError, match="b: its audio or front-end config differs"):
+        check_ensemble([Bundle("a", new, ["x"], None), Bundle("b", old, ["x"], None)])
+    cnn = EchoConfig()  # blocks are not the inputs of a CNN
+    check_ensemble([Bundle("a", cnn, ["x"], None), Bundle("b", cnn.replace(model={"birdnet_blocks": []}), ["x"], None)])
+
+
+def test_birdnet_blocks_from_the_command_line(tmp_path):
+    from echoengine.cli import _training_options, build_parser
+
+    base = ["cv", str(tmp_path), "--out", str(tmp_path / "cv"), "--embedder", "birdnet"]
+    for given, expected in (("none", ()), ("3-5, 3-4", ("3-4", "3-5")), ("3-4,,3-5", ("3-4", "3-5"))):
+        config, changes = _training_options(build_parser().parse_args([*base, "--birdnet-blocks", given]))
+        assert config.replace(**changes).model.birdnet_blocks == expected
+    config, changes = _training_options(build_parser().parse_args([*base, "--birdnet-blocks", "3-9"]))
+    with pytest.raises(ConfigError, match="unknown block"):
+        config.replace(**changes)

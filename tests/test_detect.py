@@ -16,7 +16,7 @@ import soundfile as sf
 from echoengine import catalog, formats
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
-from echoengine.detect import merge_events, stream_windows, window_detections
+from echoengine.detection import merge_events, stream_windows, window_detections
 from echoengine.errors import EchoError
 from echoengine.synthetic import synthesize_call
 
@@ -26,7 +26,7 @@ SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400,
 @pytest.fixture(scope="module")
 def small_bundle(synthetic_dataset, tmp_path_factory):
     """A small_cnn bundle on a light front end (16 kHz), trained for one epoch: detection plumbing only."""
-    from echoengine.train import fit
+    from echoengine.training import fit
 
     config = EchoConfig().replace(
         audio={"sample_rate": 16000}, frontend={**SMALL, "fmax": 7000.0},
@@ -202,7 +202,7 @@ def test_a_two_hour_recording_streams_in_bounded_memory(small_bundle, tmp_path):
     whole_file_bytes = rate * seconds * 4  # float32, as a decode of the whole file would hold it (920 MB)
     script = (  # peak memory of the run itself: Linux's high-water mark, reset once the libraries are loaded
         "from echoengine.bundle import load_bundle\n"
-        "from echoengine.detect import DetectOptions, detect\n"
+        "from echoengine.detection import DetectOptions, detect\n"
         "def kib(key):\n"
         "    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))\n"
         f"bundle = load_bundle({str(small_bundle)!r})\n"
@@ -226,8 +226,8 @@ def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds
     import shutil
 
     from echoengine.bundle import load_bundle, weights_digest
-    from echoengine.detect import DetectOptions, detect, load_thresholds
-    from echoengine.predict import window_probabilities
+    from echoengine.detection import DetectOptions, detect, load_thresholds
+    from echoengine.prediction import window_probabilities
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(small_bundle, bundle_dir)
@@ -256,8 +256,8 @@ def test_onnx_scoring_matches_pytorch_and_min_window_drops_the_short_tail(small_
     import shutil
 
     from echoengine.bundle import load_bundle
-    from echoengine.detect import DetectOptions, detect
-    from echoengine.export import export_onnx
+    from echoengine.detection import DetectOptions, detect
+    from echoengine.exporting import export_onnx
 
     bundle_dir = tmp_path / "bundle"
     shutil.copytree(small_bundle, bundle_dir)
@@ -360,7 +360,7 @@ def test_progress_stays_within_its_total_in_seconds_for_short_files(small_bundle
     from tqdm import TqdmWarning
 
     from echoengine.bundle import load_bundle
-    from echoengine.detect import DetectOptions, detect
+    from echoengine.detection import DetectOptions, detect
 
     files = [*_field_recordings(tmp_path / "a", 1, seconds=6.1), *_field_recordings(tmp_path / "b", 1, seconds=11.7)]
     detect([load_bundle(small_bundle)], files, tmp_path / "out", options=DetectOptions(), progress=True,
@@ -372,7 +372,7 @@ def test_progress_stays_within_its_total_in_seconds_for_short_files(small_bundle
 
 
 def test_summary_puts_stamped_files_on_the_time_of_day_and_the_others_apart(tmp_path):
-    from echoengine.detect import summarize
+    from echoengine.detection import summarize
     from echoengine.plots import detection_layout
     from echoengine.summary import file_timestamp
 
@@ -477,7 +477,7 @@ def test_thresholds_record_the_weights_they_were_calibrated_for(small_bundle, tm
     assert main(["detect", str(bundle_dir), *files, "--out", str(tmp_path / "out"), "--threshold", "2"]) == 2
     assert "error: --threshold must be in [0, 1]" in capsys.readouterr().err
     with pytest.raises(EchoError, match="must be in"):
-        from echoengine.detect import DetectOptions
+        from echoengine.detection import DetectOptions
 
         DetectOptions(threshold=float("nan"))
 
@@ -495,7 +495,7 @@ def test_thresholds_record_the_weights_they_were_calibrated_for(small_bundle, tm
 
 def test_a_truncated_record_is_scored_again_on_resume(small_bundle, tmp_path):
     from echoengine.bundle import load_bundle
-    from echoengine.detect import DetectOptions, detect
+    from echoengine.detection import DetectOptions, detect
 
     files = _field_recordings(tmp_path / "field", 3, seconds=8.0)
     bundle, out, options = load_bundle(small_bundle), tmp_path / "out", DetectOptions(threshold=0.3)

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import label_ranking_average_precision_score
 
-from echoengine.evaluate import classification_metrics, expected_calibration_error, format_report, write_report
-from echoengine.predict import clip_means
+from echoengine.evaluation import classification_metrics, expected_calibration_error, format_report, write_report
+from echoengine.prediction import clip_means
 
 CLASSES = ["a", "b", "c"]
 # Four files with hand-checked answers: predictions a, b, a, c for truths a, b, c, c.

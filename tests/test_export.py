@@ -10,13 +10,13 @@ import torch
 from echoengine import audio, catalog
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
-from echoengine.export import GraphFrontend, export_onnx
+from echoengine.exporting import GraphFrontend, export_onnx
 from echoengine.features import MelFrontend
 
 
 @pytest.fixture(scope="module")
 def cnn_bundle(synthetic_dataset, tmp_path_factory):
-    from echoengine.train import fit
+    from echoengine.training import fit
 
     config = EchoConfig().replace(
         model={"backbone": "small_cnn", "head": "echo"}, train={"epochs": 2, "device": "cpu"},

@@ -5,14 +5,20 @@ import pandas as pd
 import torch
 
 from echoengine import catalog
-from echoengine.cli import _training_config, build_parser
+from echoengine.cli import _training_options, build_parser
 from echoengine.config import EchoConfig
 from echoengine.headfit import train_linear_head
-from echoengine.train import _probe_head
+from echoengine.training import _probe_head
+from echoengine.trainrun import training_config
 
 
 def test_finetune_warm_starts_a_linear_head_and_keeps_an_explicit_choice(tmp_path):
     parser = build_parser()
+
+    def _training_config(args):  # what `train` and `cv` (and the Python API) run with
+        base, changes = _training_options(args)
+        return training_config(base, finetune=args.finetune, changes=changes)
+
     train = ["train", str(tmp_path), "--out", str(tmp_path / "out")]
     config = _training_config(parser.parse_args([*train, "--backbone", "birdnet", "--finetune"]))
     assert (config.model.head_name, config.train.probe_epochs, config.train.freeze_backbone) == ("linear", 1, False)

@@ -210,7 +210,7 @@ def test_multilabel_train_on_a_cnn_embedder_fits_the_head_by_inner_cv(synthetic_
     from echoengine.bundle import load_bundle
     from echoengine.cli import main
     from echoengine.config import EchoConfig
-    from echoengine.train import fit
+    from echoengine.training import fit
 
     config = EchoConfig().replace(
         audio={"sample_rate": 16000}, frontend={"n_mels": 64, "image_height": 64, "image_width": 64,

@@ -87,7 +87,7 @@ def test_training_crops_hold_their_box():
 def test_lwlrap_equals_sklearn_on_random_inputs():
     from sklearn.metrics import label_ranking_average_precision_score
 
-    from echoengine.evaluate import lwlrap
+    from echoengine.evaluation import lwlrap
 
     rng = np.random.default_rng(0)
     for draw in range(20):
@@ -168,7 +168,7 @@ def test_multilabel_dataset_items_carry_their_boxes(tmp_path):
 
 
 def test_masked_bce_leaves_out_unknown_labels():
-    from echoengine.train import MaskedBCE
+    from echoengine.training import MaskedBCE
 
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     known = MaskedBCE()(logits, torch.tensor([[1.0, 0.0, float("nan")]]))

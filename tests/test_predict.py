@@ -10,9 +10,9 @@ from echoengine import audio, catalog
 from echoengine.bundle import load_bundle, save_atomic, write_metadata
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
-from echoengine.export import export_onnx, onnx_predict_stream, onnx_predict_waveform, onnx_session
+from echoengine.exporting import export_onnx, onnx_predict_stream, onnx_predict_waveform, onnx_session
 from echoengine.models import build_model
-from echoengine.predict import predict_files, predict_table
+from echoengine.prediction import predict_files, predict_table
 
 SMALL_FRONTEND = {"n_mels": 128, "image_height": 128, "image_width": 96}
 
@@ -20,7 +20,7 @@ SMALL_FRONTEND = {"n_mels": 128, "image_height": 128, "image_width": 96}
 @pytest.fixture(scope="module")
 def cnn_bundle(synthetic_dataset, tmp_path_factory):
     """small_cnn trained for a few seconds on the synthetic calls (its answers differ by file), exported to ONNX."""
-    from echoengine.train import fit
+    from echoengine.training import fit
 
     config = EchoConfig().replace(model={"backbone": "small_cnn", "head": "linear", "dropout": 0.0},
                                   train={"epochs": 3, "device": "cpu", "learning_rate": 1e-2}, frontend=SMALL_FRONTEND)
@@ -131,8 +131,8 @@ def test_predict_with_onnx_streams_long_files_and_gives_the_pytorch_answer(cnn_b
 
 
 def test_a_graph_on_embeddings_is_fed_in_chunks_too(cnn_bundle, synthetic_dataset, long_file, tmp_path):
-    from echoengine.export import onnx_window_probabilities
-    from echoengine.train import fit
+    from echoengine.exporting import onnx_window_probabilities
+    from echoengine.training import fit
 
     config = EchoConfig().replace(model={"embedder": f"cnn:{cnn_bundle.path}", "head": "linear"},
                                   train={"epochs": 1, "device": "cpu"})

@@ -9,8 +9,8 @@ from echoengine import catalog
 from echoengine.bundle import load_bundle, read_classes
 from echoengine.config import EchoConfig
 from echoengine.errors import ConfigError, EchoError
-from echoengine.predict import predict_table
-from echoengine.train import balanced_class_weights, fit
+from echoengine.prediction import predict_table
+from echoengine.training import balanced_class_weights, fit
 
 # A small front end keeps these tests quick on a CPU.
 QUICK = dict(
@@ -151,7 +151,7 @@ def test_training_options_are_checked():
 
 
 def test_refit_trains_again_on_both_parts_for_the_chosen_epochs(splits, tmp_path):
-    from echoengine.train import fit_and_refit
+    from echoengine.training import fit_and_refit
 
     classes = catalog.class_names(splits["train"])
     config = quick_config(train={"epochs": 4, "refit": True})
@@ -169,7 +169,7 @@ def test_refit_trains_again_on_both_parts_for_the_chosen_epochs(splits, tmp_path
 
 
 def test_a_run_killed_during_its_refit_resumes_the_refit(splits, tmp_path):
-    from echoengine.train import fit_and_refit
+    from echoengine.training import fit_and_refit
 
     classes = catalog.class_names(splits["train"])
     config = quick_config(train={"epochs": 4, "refit": True, "patience": 4})

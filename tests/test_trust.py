@@ -147,7 +147,7 @@ def test_the_demo_never_clears_a_folder_it_did_not_make(tmp_path, capsys):
 
 
 def test_an_onnx_graph_of_older_weights_is_an_error(bundle):
-    from echoengine.export import bundle_onnx_session, export_onnx
+    from echoengine.exporting import bundle_onnx_session, export_onnx
 
     export_onnx(bundle)
     assert bundle_onnx_session(bundle) is not None

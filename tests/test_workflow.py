@@ -190,8 +190,8 @@ def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
 def test_training_on_real_esc10_clips(esc10, quick_toml, tmp_path, epochs):
     from echoengine import catalog
     from echoengine.bundle import load_bundle
-    from echoengine.evaluate import evaluate
-    from echoengine.train import fit
+    from echoengine.evaluation import evaluate
+    from echoengine.training import fit
 
     config = EchoConfig.load(quick_toml).replace(data={"group_regex": "", "cache_dir": str(tmp_path / "cache")},
                                                  train={"epochs": epochs, "patience": epochs, "learning_rate": 1e-3})

@@ -10,7 +10,9 @@
       weights.pt        the best state_dict (by validation loss; the last epoch's after a refit)
       checkpoint.pt     the last epoch's full training state (for --resume)
       history.csv       one row per epoch
+      selection_history.csv  after a refit: the selection run's history
       splits.csv        which file went to train / val / test
+      annotations.csv   the boxes of a multi-label run
       metrics.json      evaluation on held-out data
       plots/            training curves, confusion matrix
       tensorboard/      TensorBoard event files
@@ -22,6 +24,9 @@ were made from (:func:`weights_digest`); readers refuse a mismatch.
 
 A cross-validation folder holds one bundle per fold (``fold0/``, ``fold1/``,
 ...); loaded together they are an ensemble that averages probabilities.
+
+The file names are the ``*_FILE`` constants of this module; :class:`BundleFiles`
+(``bundle.files``) gives their paths.
 
 Examples
 --------
@@ -36,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 import pickle
 import shutil
 from dataclasses import dataclass
@@ -47,15 +51,105 @@ import torch
 
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
+from echoengine.files import TEMPORARY_SUFFIX, write_atomic
 from echoengine.models import Classifier, build_model
 
-__all__ = ["Bundle", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes", "read_splits",
-           "save_atomic", "selection_history", "weights_digest", "write_metadata"]
+__all__ = ["ANNOTATIONS_FILE", "CHECKPOINT_FILE", "CLASSES_FILE", "CONFIG_FILE", "CV_FOLDS_FILE", "FOLDS_FILE",
+           "HISTORY_FILE", "METRICS_FILE", "ONNX_FILE", "OOF_PREDICTIONS_FILE", "PER_CLASS_FILE",
+           "SELECTION_HISTORY_FILE", "SPLITS_FILE", "TEST_PREDICTIONS_FILE", "THRESHOLDS_FILE", "WEIGHTS_FILE",
+           "Bundle", "BundleFiles", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes",
+           "read_splits", "save_atomic", "selection_history", "weights_digest", "write_metadata"]
 
+# The files of a bundle (see the layout above); every module names them by these constants.
 CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
 WEIGHTS_FILE = "weights.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
+HISTORY_FILE = "history.csv"
+SELECTION_HISTORY_FILE = "selection_history.csv"  # the selection run's history, after a refit
+SPLITS_FILE = "splits.csv"
+ANNOTATIONS_FILE = "annotations.csv"  # the boxes of a multi-label run
+METRICS_FILE = "metrics.json"
+PER_CLASS_FILE = "per_class.csv"
+TEST_PREDICTIONS_FILE = "test_predictions.csv"  # a fold bundle's held-out probabilities
+ONNX_FILE = "model.onnx"
+THRESHOLDS_FILE = "thresholds.csv"
+# ... and of a cross-validation folder
+FOLDS_FILE = "folds.csv"
+CV_FOLDS_FILE = "cv_folds.csv"
+OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+
+
+@dataclass(frozen=True)
+class BundleFiles:
+    """The paths of the files of the bundle at ``folder``, whether they exist yet or not.
+
+    Examples
+    --------
+    >>> files = BundleFiles(Path("frogs"))
+    >>> files.weights.as_posix(), files.splits.as_posix()
+    ('frogs/weights.pt', 'frogs/splits.csv')
+    """
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))  # a str is welcome too
+
+    @property
+    def config(self) -> Path:
+        """The full config (``echoengine.toml``)."""
+        return self.folder / CONFIG_FILE
+
+    @property
+    def classes(self) -> Path:
+        """The class names in output order."""
+        return self.folder / CLASSES_FILE
+
+    @property
+    def weights(self) -> Path:
+        """The chosen weights (``weights.pt``)."""
+        return self.folder / WEIGHTS_FILE
+
+    @property
+    def checkpoint(self) -> Path:
+        """The last epoch's training state."""
+        return self.folder / CHECKPOINT_FILE
+
+    @property
+    def history(self) -> Path:
+        """One row per epoch (``history.csv``)."""
+        return self.folder / HISTORY_FILE
+
+    @property
+    def selection_history(self) -> Path:
+        """The selection run's history, kept by a refit."""
+        return self.folder / SELECTION_HISTORY_FILE
+
+    @property
+    def splits(self) -> Path:
+        """Which file went to train / val / test."""
+        return self.folder / SPLITS_FILE
+
+    @property
+    def annotations(self) -> Path:
+        """A multi-label run's boxes."""
+        return self.folder / ANNOTATIONS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        """The held-out evaluation (``metrics.json``)."""
+        return self.folder / METRICS_FILE
+
+    @property
+    def thresholds(self) -> Path:
+        """Per-class detection thresholds."""
+        return self.folder / THRESHOLDS_FILE
+
+    @property
+    def onnx(self) -> Path:
+        """The exported serving graph (``model.onnx``)."""
+        return self.folder / ONNX_FILE
 
 
 @dataclass
@@ -67,13 +161,24 @@ class Bundle:
     classes: list[str]
     model: Classifier
 
+    @property
+    def files(self) -> BundleFiles:
+        """The paths of the bundle's files (see :class:`BundleFiles`)."""
+        return BundleFiles(self.path)
+
 
 def save_atomic(obj, path: str | Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    """``torch.save`` to a temporary file, then rename: a kill never leaves half a file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / WEIGHTS_FILE
+    >>> save_atomic({"bias": torch.zeros(2)}, path)
+    >>> load_state(path)["bias"].tolist()
+    [0.0, 0.0]
+    """
+    write_atomic(path, lambda temporary: torch.save(obj, temporary))
 
 
 def load_state(path: str | Path, *, what: str = "the weights", map_location: str | torch.device = "cpu"):
@@ -172,7 +277,7 @@ def read_splits(folder: str | Path) -> pd.DataFrame | None:
     EchoError
         The file is there but is not a table of files and their parts.
     """
-    path = Path(folder) / "splits.csv"
+    path = Path(folder) / SPLITS_FILE
     if not path.is_file():
         return None
     try:
@@ -181,19 +286,19 @@ def read_splits(folder: str | Path) -> pd.DataFrame | None:
         raise EchoError(f"{path}: not a readable CSV ({' '.join(str(exc).split())[:200]})") from None
     missing = [column for column in ("path", "part") if column not in table.columns]
     if missing:
-        raise EchoError(f"{path}: has no {' or '.join(missing)} column; expected the splits.csv training wrote")
+        raise EchoError(f"{path}: has no {' or '.join(missing)} column; expected the {SPLITS_FILE} training wrote")
     return table
 
 
 def selection_history(folder: str | Path) -> Path:
     """The history whose validation scores chose the weights: the selection run's after a refit."""
     folder = Path(folder)
-    selection = folder / "selection_history.csv"
-    return selection if selection.is_file() else folder / "history.csv"
+    selection = folder / SELECTION_HISTORY_FILE
+    return selection if selection.is_file() else folder / HISTORY_FILE
 
 
 def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle written by :func:`echoengine.train.fit`.
+    """Load a bundle written by :func:`echoengine.training.fit`.
 
     Raises
     ------
@@ -224,12 +329,12 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
 # What training, cross-validation, evaluation, calibration and export write into a bundle or CV folder
 # (checked at every depth: fold, probe and report folders hold the same kinds of files), and the files that
 # show a folder is an earlier run's. Desktop litter may go with it.
-_RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, "history.csv", "selection_history.csv",
-              "splits.csv", "annotations.csv", "metrics.json", "per_class.csv", "per_class_*.csv", "model.onnx",
-              "thresholds.csv", "folds.csv", "cv_folds.csv", "oof_predictions.csv", "test_predictions.csv", "plots",
-              "*.png", "tensorboard", "refit", "events.out.tfevents.*", "probe", "fold[0-9]*", "evaluate-*", "*.tmp",
-              ".DS_Store", "._*", "Thumbs.db", "desktop.ini")
-_RUN_MARKERS = (CONFIG_FILE, "splits.csv", "folds.csv")
+_RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, HISTORY_FILE, SELECTION_HISTORY_FILE,
+              SPLITS_FILE, ANNOTATIONS_FILE, METRICS_FILE, PER_CLASS_FILE, "per_class_*.csv", ONNX_FILE,
+              THRESHOLDS_FILE, FOLDS_FILE, CV_FOLDS_FILE, OOF_PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, "plots",
+              "*.png", "tensorboard", "refit", "events.out.tfevents.*", "probe", "fold[0-9]*", "evaluate-*",
+              f"*{TEMPORARY_SUFFIX}", ".DS_Store", "._*", "Thumbs.db", "desktop.ini")
+_RUN_MARKERS = (CONFIG_FILE, SPLITS_FILE, FOLDS_FILE)
 
 
 def _foreign(folder: Path, owned: tuple[str, ...], *, recursive: bool) -> list[str]:
@@ -306,7 +411,7 @@ def find_bundles(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if (folder / CONFIG_FILE).is_file():
         return [folder]
-    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}") if (p.parent / "metrics.json").is_file())
+    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}") if (p.parent / METRICS_FILE).is_file())
     if not members:
         raise EchoError(f"{folder}: neither a model bundle nor a cross-validation folder of finished fold bundles")
     return members

@@ -27,7 +27,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,6 +43,7 @@ __all__ = [
     "class_names",
     "from_csv",
     "from_folder",
+    "group_names",
     "kfold",
     "load_catalog",
     "scan",
@@ -69,6 +70,18 @@ def _compile(group_regex: str) -> re.Pattern | None:
         return re.compile(group_regex)
     except re.error as exc:
         raise DataError(f"invalid group regex {group_regex!r}: {exc}") from None
+
+
+def group_names(names: Sequence[str], group_regex: str = "") -> list[str]:
+    r"""The source recording of each file name: the regex's first group (or whole match), else the name's stem.
+
+    Examples
+    --------
+    >>> group_names(["site1_rec2_003.wav"], r"^(.+_rec\d+)_"), group_names(["x.flac"])
+    (['site1_rec2'], ['x'])
+    """
+    pattern = _compile(group_regex)
+    return [_group_of(name, pattern) for name in names]
 
 
 def from_folder(

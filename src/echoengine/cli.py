@@ -1,8 +1,10 @@
-"""The ``echoengine`` command: thin wiring over the modules of the package.
+"""The ``echoengine`` command: thin wiring over the Python API (:mod:`echoengine.api`).
 
 Each subcommand parses its arguments, builds the config, calls the library
-and prints. Bad input ends in a one-line ``error:`` message, never a
-traceback.
+once and prints. Bad input ends in a one-line ``error:`` message, never a
+traceback. The library (and with it torch, pandas and numpy) is imported
+inside the commands that use it, so that ``echoengine --help`` and a typo's
+usage message come back at once.
 """
 
 from __future__ import annotations
@@ -12,17 +14,16 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
-import torch
-from tqdm import tqdm
-
-from echoengine import catalog, runtime, synthetic
+from echoengine import runtime
 from echoengine.config import EchoConfig
-from echoengine.dataset import ClipDataset
-from echoengine.errors import AudioError, EchoError
-from echoengine.plots import plot_images
+from echoengine.errors import EchoError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from echoengine.errors import AudioError
 
 #: Where features are cached unless ``--cache-dir`` (or, for train and cv, ``--config``'s ``data.cache_dir``) says
 #: otherwise; a bundle's config never does.
@@ -63,33 +64,24 @@ _TRAINING_OPTIONS = {
 }
 
 
-def _training_config(args: argparse.Namespace) -> EchoConfig:
-    """The config file (or defaults), changed by the options given on the command line."""
-    config = _config(args)
-    if getattr(args, "finetune", False):
-        if (args.backbone or config.model.backbone) != "birdnet":
-            raise EchoError("--finetune fine-tunes BirdNET: use it with --backbone birdnet")
-        head = {"head": "linear"} if config.model.head == "auto" else {}  # warm-started from an L-BFGS probe
-        config = config.replace(model=head, train={"backbone_lr_factor": 0.1, "freeze_backbone": False,
-                                                   "probe_epochs": config.train.probe_epochs or 1})
-    elif (getattr(args, "backbone", None) or config.model.backbone) == "birdnet" and not config.train.freeze_backbone:
-        config = config.replace(train={"freeze_backbone": True})  # without --finetune, BirdNET stays frozen
+def _training_options(args: argparse.Namespace) -> tuple[EchoConfig, dict[str, dict]]:
+    """The config file (or defaults) and the changes the command line asks for, applied after the training policy."""
     changes: dict[str, dict] = {}
     for option, (section, key) in _TRAINING_OPTIONS.items():
         value = getattr(args, option, None)
         if value is not None and value is not False:
             changes.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
-    config = config.replace(**changes) if changes else config
+    config = _config(args)
     if getattr(args, "no_cache", False):
-        config = config.replace(data={"cache_dir": ""})
-    elif not config.data.cache_dir:
-        config = config.replace(data={"cache_dir": str(DEFAULT_CACHE)})
-    return config
+        changes.setdefault("data", {})["cache_dir"] = ""
+    elif not (changes.get("data", {}).get("cache_dir") or config.data.cache_dir):
+        changes.setdefault("data", {})["cache_dir"] = str(DEFAULT_CACHE)
+    return config, changes
 
 
 def _block_list(text: str) -> list[str]:
     """``--birdnet-blocks``: ``"3-4,3-5"`` -> ``["3-4", "3-5"]``; ``"none"`` -> ``[]``."""
-    return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",")]
+    return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -105,16 +97,11 @@ def _refuse_nonempty(folder: Path, overwrite: bool) -> None:
                         "are replaced), or choose another folder")
 
 
-def _progress(description: str):
-    def wrap(iterable, total):
-        return tqdm(iterable, total=total, desc=description, unit="file", leave=False, file=sys.stderr)
-    return wrap
-
-
 def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn",
           progress: bool = True) -> tuple[pd.DataFrame, list[AudioError]]:
-    table = catalog.load_catalog(data, config.data)
-    return catalog.scan(table, config.audio, on_error=on_error, progress=_progress("checking") if progress else None)
+    from echoengine.sources import labelled_files
+
+    return labelled_files(data, config, on_error=on_error, progress=progress)
 
 
 def _minutes(seconds: float) -> str:
@@ -126,6 +113,8 @@ def _counts(series: pd.Series, unit: str) -> str:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from echoengine import catalog
+
     config = _config(args)
     usable, errors = _scan(args.data, config, on_error="ignore")  # listed in the report below
     total = len(usable) + len(errors)
@@ -170,6 +159,13 @@ def _print_classes(usable: pd.DataFrame) -> None:
 def cmd_preview(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise EchoError(f"--n must be at least 1, got {args.n}")
+    import numpy as np
+    import torch
+
+    from echoengine import catalog
+    from echoengine.dataset import ClipDataset
+    from echoengine.plots import plot_images
+
     config = _config(args)
     _refuse_existing(args.out if args.out.suffix else args.out.with_suffix(".png"), args.overwrite)
     usable, _ = _scan(args.data, config)
@@ -202,6 +198,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from echoengine import catalog
+
     options = {"folds": args.folds, "val_fraction": args.val, "test_fraction": args.test,
                "split_seed": args.seed, "sparse_classes": args.sparse_classes}
     changes = {key: value for key, value in options.items() if value is not None}
@@ -225,283 +225,96 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics(result: dict, title: str) -> None:
-    from echoengine.evaluate import format_report
-
-    print(f"\n{title}")
-    print(format_report(result))
-
-
-def _train_bundle(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool = False,
-                  resume_changes: dict | None = None) -> Path:
-    """Scan, split, train, and evaluate on the test part; the library side of ``train`` and ``demo``."""
-    from echoengine import bundle as bundle_files
-    from echoengine.cache import feature_cache
-    from echoengine.evaluate import evaluate, write_report
-    from echoengine.train import fit_and_refit
-
-    if config.model.multilabel:
-        return _train_multilabel(data, config, out, resume=resume, quiet=quiet, resume_changes=resume_changes)
-    if resume:
-        saved = bundle_files.CONFIG_FILE
-        if not (out / saved).is_file() or not (out / "splits.csv").is_file():
-            raise EchoError(f"{out}: nothing to resume (no {saved} and splits.csv)")
-        config = EchoConfig.load(out / saved).with_machine_settings(config).replace(**(resume_changes or {}))
-        splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
-        usable, _ = catalog.scan(splits.drop(columns="part"), config.audio, progress=_progress("checking"))
-        parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
-        classes = bundle_files.read_classes(out)
-    else:
-        usable, _ = _scan(data, config, progress=not quiet)
-        if not len(usable):
-            raise EchoError(f"{data}: no usable audio files")
-        data_cfg = config.data
-        val_fraction = 0.0 if config.convex_head() else data_cfg.val_fraction  # L-BFGS selects by inner CV
-        parts = catalog.split(usable, val_fraction=val_fraction, test_fraction=data_cfg.test_fraction,
-                              seed=data_cfg.split_seed, sparse_classes=data_cfg.sparse_classes)
-        classes = catalog.class_names(usable[parts != "excluded"])
-        out.mkdir(parents=True, exist_ok=True)
-        usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
-    counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
-    model_name = config.model.embedder or config.model.backbone
-    print(f"training {model_name} + {config.model.head_name} head on {len(classes)} classes: "
-          f"{counts['train']} train, {counts['val']} validation, {counts['test']} test files", flush=True)
-    result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                           progress=not quiet)
-    held_out = "test" if counts["test"] else "val"
-    if held_out == "val" and config.train.refit:
-        print("warning: no test part, and --refit trained on the validation part: the scores below are not "
-              "held out", file=sys.stderr)
-    cache = feature_cache(config)
-    bundle = bundle_files.Bundle(out, config, classes, result.model)
-    metrics, _ = evaluate([bundle], usable[parts == held_out], cache=cache)
-    honest = held_out == "test" or not config.train.refit
-    metrics.update(evaluated_on=f"{held_out} part of {data}" + ("" if honest else " (trained on: not held out)"),
-                   best_epoch=result.best_epoch)
-    write_report(metrics, classes, out, history=pd.read_csv(bundle_files.selection_history(out)),
-                 best_epoch=result.best_epoch)
-    _print_metrics(metrics, f"held-out {held_out} files (best epoch {result.best_epoch}):")
-    return out
-
-
-def _recordings(data: Path, config: EchoConfig, *, quiet: bool) -> pd.DataFrame:
-    """The audio files under DATA as unlabelled recordings (their group: the regex's, else the file)."""
-    from echoengine.detect import find_audio
-
-    files = [f for f in find_audio([data]) if Path(f).suffix.lower() in config.data.extensions]
-    pattern = catalog._compile(config.data.group_regex)
-    table = pd.DataFrame({"path": [str(Path(f).absolute()) for f in files], "label": "",
-                          "group": [catalog._group_of(Path(f).name, pattern) for f in files]})
-    usable, _ = catalog.scan(table, config.audio, progress=None if quiet else _progress("checking"))
-    return usable
-
-
-def _columns(text: str | None) -> dict[str, str]:
-    """``"file=recording_id,label=species"`` -> {"file": "recording_id", "label": "species"}."""
-    pairs = [item.split("=", 1) for item in (text or "").split(",") if item.strip()]
-    if any(len(pair) != 2 for pair in pairs):
-        raise EchoError(f"--columns takes ours=theirs pairs, e.g. file=recording_id,label=species; got {text!r}")
-    return {ours.strip(): theirs.strip() for ours, theirs in pairs}
-
-
-def _annotations(data: Path, annotations: Path | None, negatives: Path | None,
-                 columns: str | None = None) -> pd.DataFrame:
-    mapping = _columns(columns)
-    boxes = catalog.read_annotations(annotations or data, columns=mapping, audio_dir=data)
-    if negatives is not None:
-        boxes = pd.concat([boxes, catalog.read_annotations(negatives, positive=False, columns=mapping,
-                                                           audio_dir=data)], ignore_index=True)
-    if not boxes["positive"].any():
-        raise EchoError(f"{annotations or data}: no annotated boxes found (Raven tables, Audacity labels or CSVs)")
-    return boxes
-
-
-def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool, quiet: bool,
-                      resume_changes: dict | None, annotations: Path | None = None,
-                      negatives: Path | None = None, columns: str | None = None) -> Path:
-    """Multi-label training on annotated recordings, evaluated per window and per recording on the test part."""
-    from echoengine import bundle as bundle_files
-    from echoengine.cache import feature_cache
-    from echoengine.evaluate import evaluate_multilabel
-    from echoengine.train import fit_and_refit
-
-    if resume:
-        config = EchoConfig.load(out / bundle_files.CONFIG_FILE).with_machine_settings(config).replace(
-            **(resume_changes or {}))
-        splits = pd.read_csv(out / "splits.csv", keep_default_na=False)
-        boxes = pd.read_csv(out / "annotations.csv", keep_default_na=False, dtype={"label": str, "path": str})
-        for column in ("start", "end", "low_freq", "high_freq"):  # empty cells: NaN, not ""
-            boxes[column] = pd.to_numeric(boxes[column], errors="coerce")
-        usable, _ = catalog.scan(splits.drop(columns="part"), config.audio)
-        parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
-        classes = bundle_files.read_classes(out)
-    else:
-        usable = _recordings(data, config, quiet=quiet)
-        boxes = _annotations(data, annotations, negatives, columns)
-        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
-        classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
-        parts = catalog.split_groups(usable, val_fraction=config.data.val_fraction,
-                                     test_fraction=config.data.test_fraction, seed=config.data.split_seed)
-        out.mkdir(parents=True, exist_ok=True)
-        usable[["path", "label", "group"]].assign(part=parts).to_csv(out / "splits.csv", index=False)
-        boxes.to_csv(out / "annotations.csv", index=False)
-    counts = {part: int((parts == part).sum()) for part in ("train", "val", "test")}
-    print(f"multi-label training of {config.model.embedder or config.model.backbone} + {config.model.head_name} head "
-          f"on {len(classes)} classes, {int(boxes['positive'].sum())} boxes: {counts['train']} train, {counts['val']} "
-          f"validation, {counts['test']} test recordings", flush=True)
-    result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                           progress=not quiet, boxes=boxes)
-    held_out = "test" if counts["test"] else "val"
-    cache = feature_cache(config)
-    bundle = bundle_files.Bundle(out, config, classes, result.model)
-    metrics = evaluate_multilabel([bundle], usable[parts == held_out].reset_index(drop=True), boxes, cache=cache)
-    _write_multilabel_report(metrics, out, f"{held_out} part of {data}")
-    return out
-
-
-def _write_multilabel_report(metrics: dict, out: Path, evaluated_on: str) -> None:
-    from echoengine.evaluate import write_multilabel_report
-
-    print(f"\n{evaluated_on}:\n" + write_multilabel_report(metrics, out, evaluated_on=evaluated_on))
-
-
 _RESUME_OPTIONS = ("epochs", "device", "workers", "cache_dir", "no_cache", "quiet", "resume")
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _boxes_options(args: argparse.Namespace) -> dict:
+    """The annotation options of a multi-label command, as the API takes them."""
+    from echoengine.sources import parse_columns
+
+    return {"annotations": getattr(args, "annotations", None), "negatives": getattr(args, "negatives", None),
+            "columns": parse_columns(getattr(args, "columns", None))}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from echoengine import api
+
     if args.resume:
         ignored = [f"--{name.replace('_', '-')}" for name in {*_TRAINING_OPTIONS, "config", "no_cache", "group_regex"}
                    if name not in _RESUME_OPTIONS and getattr(args, name, None) not in (None, False)]
         if ignored:
             print(f"warning: --resume continues with the run's own config; ignored: {', '.join(sorted(ignored))}",
                   file=sys.stderr)
-    from echoengine.bundle import prepare_output
-
-    config = _training_config(args)
-    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
+    config, changes = _training_options(args)
     # a resumed run keeps its own config; only these (and this machine's settings) may be given again
     given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
-    changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
-    if config.model.multilabel or (args.resume and (args.out / "annotations.csv").is_file()):
-        out = _train_multilabel(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
-                                resume_changes=changes, annotations=args.annotations, negatives=args.negatives,
-                                columns=args.columns)
-    else:
-        out = _train_bundle(args.data, config, args.out, resume=args.resume, quiet=args.quiet,
-                            resume_changes=changes)
-    print(f"\nwrote the bundle {out} (metrics.json, plots/, history.csv; tensorboard --logdir {out / 'tensorboard'})")
+    resume_changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
+    result = api.train(args.data, config=config, changes=changes, finetune=args.finetune, out=args.out,
+                       resume=args.resume, overwrite=args.overwrite, resume_changes=resume_changes,
+                       progress=not args.quiet, log=_say, **_boxes_options(args))
+    print(f"\n{result.report}")
+    print(f"\nwrote the bundle {result.bundle} (metrics.json, plots/, history.csv; tensorboard --logdir "
+          f"{result.bundle / 'tensorboard'})")
     return 0
 
 
-def _load_bundles(path: Path, device: str = "cpu"):
-    from echoengine.bundle import find_bundles, load_bundle
-
-    bundles = [load_bundle(folder, device=device) for folder in find_bundles(path)]
-    if len(bundles) > 1:
-        print(f"ensemble of {len(bundles)} fold models from {path} (probabilities averaged)", file=sys.stderr)
-    return bundles
+def _cache_dir(args: argparse.Namespace) -> Path | None:
+    """Where this command caches features: never where a bundle's config says (EchoConfig.portable)."""
+    return None if getattr(args, "no_cache", False) else getattr(args, "cache_dir", None) or DEFAULT_CACHE
 
 
-def _cache_for(config: EchoConfig, args: argparse.Namespace):
-    from echoengine.cache import FeatureCache
-
-    if getattr(args, "no_cache", False):
-        return None
-    # where to cache is this machine's setting: a bundle's config never says (EchoConfig.portable)
-    return FeatureCache(getattr(args, "cache_dir", None) or DEFAULT_CACHE, config)
-
-
-def _warn_seen(bundles, usable: pd.DataFrame, what: str) -> int:
-    """Warn when files of the data trained or selected the model; returns how many."""
-    from echoengine.bundle import read_splits
-
-    seen = set()
-    for member in bundles:
-        splits = read_splits(member.path)
-        if splits is not None:
-            seen |= set(splits.loc[splits["part"].isin(["train", "val"]), "path"])
-    overlap = int(usable["path"].isin(seen).sum())
-    if overlap:
-        print(f"warning: {overlap} of these {len(usable)} files were used to train or select the model; "
-              f"{what}", file=sys.stderr)
-    return overlap
+def _data_options(args: argparse.Namespace) -> dict:
+    options = {"group_regex": getattr(args, "group_regex", None),
+               "allow_outside_paths": getattr(args, "allow_outside_paths", False) or None}
+    return {key: value for key, value in options.items() if value}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from echoengine.bundle import prepare_output
-    from echoengine.evaluate import evaluate, write_report
+    from echoengine import api
 
-    bundles = _load_bundles(args.bundle)
-    config = _config(args, base=bundles[0].config)
-    out = prepare_output(args.out or args.bundle / f"evaluate-{Path(args.data).stem}", overwrite=args.overwrite,
-                         markers=("metrics.json",))
-    if config.model.multilabel:
-        from echoengine.detect import load_thresholds
-        from echoengine.evaluate import evaluate_multilabel
-
-        usable = _recordings(args.data, config, quiet=False)
-        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
-        _warn_seen(bundles, usable, "their scores are optimistic")
-        thresholds = load_thresholds(args.bundle, bundles[0].classes)  # from echoengine calibrate, else 0.5
-        metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=_cache_for(config, args),
-                                      progress=True)
-        _write_multilabel_report(metrics, out, str(args.data))
-        print(f"\nwrote {out / 'metrics.json'}, {out / 'per_class_recording.csv'} and {out / 'plots'}")
+    result = api.evaluate(args.bundle, args.data, out=args.out, overwrite=args.overwrite,
+                          data_options=_data_options(args), cache_dir=_cache_dir(args), progress=True,
+                          **_boxes_options(args))
+    if result.multilabel:
+        print(f"\n{args.data}:\n{result.report}")
+        print(f"\nwrote {result.out / 'metrics.json'}, {result.out / 'per_class_recording.csv'} and "
+              f"{result.out / 'plots'}")
         return 0
-    table = catalog.load_catalog(args.data, config.data)
-    usable, _ = catalog.scan(table, config.audio, progress=_progress("checking"))
-    overlap = _warn_seen(bundles, usable, "their scores are optimistic")
-    metrics, _ = evaluate(bundles, usable, cache=_cache_for(config, args), progress=True)
-    metrics.update(evaluated_on=str(args.data), files_seen_in_training=overlap)
-    single = len(bundles) == 1 and (bundles[0].path / "history.csv").is_file()
-    history = pd.read_csv(bundles[0].path / "history.csv") if single else None
-    write_report(metrics, bundles[0].classes, out, history=history)
-    _print_metrics(metrics, f"{args.data}:")
-    print(f"\nwrote {out / 'metrics.json'} and {out / 'plots'}")
+    print(f"\n{args.data}:\n{result.report}")
+    print(f"\nwrote {result.out / 'metrics.json'} and {result.out / 'plots'}")
     return 0
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from echoengine.evaluate import calibrate
-    from echoengine.thresholds import write_thresholds
+    from echoengine import api
 
-    bundles = _load_bundles(args.bundle)
-    config = _config(args, base=bundles[0].config)
-    boxes = None
-    if config.model.multilabel:
-        usable = _recordings(args.data, config, quiet=False)
-        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
-    else:
-        usable, _ = catalog.scan(catalog.load_catalog(args.data, config.data), config.audio,
-                                 progress=_progress("checking"))
-    _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
-    thresholds = calibrate(bundles, usable, boxes=boxes, cache=_cache_for(config, args), progress=True)
-    path = write_thresholds(args.bundle, thresholds)  # records the weights it was calibrated on
-    print(thresholds.round(3).to_string(index=False))
-    print(f"\nwrote {path} (F1-optimal threshold per class over the windows of {len(usable)} files, for these "
-          "weights); echoengine detect uses it unless --threshold is given")
+    result = api.calibrate(args.bundle, args.data, data_options=_data_options(args), cache_dir=_cache_dir(args),
+                           progress=True, **_boxes_options(args))
+    print(result.thresholds.round(3).to_string(index=False))
+    print(f"\nwrote {result.path} (F1-optimal threshold per class over the windows of {result.files} files, for "
+          "these weights); echoengine detect uses it unless --threshold is given")
     return 0
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from echoengine.detect import DetectOptions, detect, summarize
+    from echoengine import api
 
-    bundles = _load_bundles(args.bundle)
-    options = DetectOptions(
+    result = api.detect(
+        args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
+        progress=not args.quiet, log=lambda line: print(line, file=sys.stderr),
         overlap=args.overlap, min_window=args.min_window, threshold=args.threshold, top_n=args.top_n,
         include=tuple(_species(args.species)), exclude=tuple(_species(args.exclude)), merge_gap=args.merge_gap,
-        batch_size=args.batch_size, workers=args.workers, onnx=args.onnx,
-    )
-    written = detect(bundles, args.paths, args.out, options=options, resume=args.resume, overwrite=args.overwrite,
-                     progress=not args.quiet, log=lambda line: print(line, file=sys.stderr))
-    errors = pd.read_csv(written["errors.csv"])
-    events = pd.read_csv(written["events.csv"])
+        batch_size=args.batch_size, workers=args.workers, onnx=args.onnx)
+    events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
-    if len(errors):
-        print(f"{len(errors)} file(s) could not be read: see {written['errors.csv']}", file=sys.stderr)
+    if len(result.errors):
+        print(f"{len(result.errors)} file(s) could not be read: see {result.written['errors.csv']}", file=sys.stderr)
     if args.summary:
-        summarize(args.out)
         print(f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'summary.png'}")
     return 0
 
@@ -528,8 +341,8 @@ def _range(text: str, kind=float) -> tuple:
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
-    from echoengine.detect import find_audio
     from echoengine.mix import mix_soundscapes, split_sources
+    from echoengine.sources import find_audio
 
     config = _config(args)
     _refuse_nonempty(args.out, args.overwrite)
@@ -555,83 +368,55 @@ def cmd_mix(args: argparse.Namespace) -> int:
 
 
 def cmd_cv(args: argparse.Namespace) -> int:
-    from echoengine.bundle import prepare_output
-    from echoengine.crossval import cross_validate, cross_validate_multilabel
-    from echoengine.evaluate import SUMMARY_KEYS
+    from echoengine import api
 
-    config = _training_config(args)
-    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)
-    if config.model.multilabel:
-        usable = _recordings(args.data, config, quiet=args.quiet)
-        boxes = _annotations(args.data, args.annotations, args.negatives, args.columns)
-        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
-        result = cross_validate_multilabel(usable, boxes, config, args.out, resume=args.resume,
-                                           progress=not args.quiet)
-        print(f"\n{'metric':<22} {'mean':>7} {'std':>7}   per fold")
-        for key, mean in result["mean"].items():
-            folds = " ".join(f"{row[key]:.3f}" for row in result["folds"])
-            print(f"{key:<22} {mean:>7.4f} {result['std'][key]:>7.4f}   {folds}")
-        print(f"\nwrote {args.out} (fold0..fold{config.data.folds - 1} bundles, metrics.json, cv_folds.csv)")
-        return 0
-    usable, _ = _scan(args.data, config, progress=not args.quiet)
-    summary = cross_validate(usable, config, args.out, resume=args.resume, progress=not args.quiet,
-                             log=lambda line: print(line, flush=True))
-    print(f"\n{'metric':<18} {'mean':>7} {'std':>7}   per fold")
-    for key in SUMMARY_KEYS:
-        per_fold = " ".join(f"{fold[key]:.3f}" for fold in summary["folds"])
-        print(f"{key:<18} {summary['mean'][key]:>7.4f} {summary['std'][key]:>7.4f}   {per_fold}")
-    print(f"\nwrote {args.out} (fold0..fold{config.data.folds - 1} bundles, metrics.json, cv_folds.csv, plots/); "
-          f"predict with it as an ensemble: echoengine predict {args.out} FILE...")
+    config, changes = _training_options(args)
+    result = api.cross_validate(args.data, config=config, changes=changes, finetune=args.finetune, out=args.out,
+                                resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=_say,
+                                **_boxes_options(args))
+    table = result.table()
+    width = 22 if result.multilabel else 18
+    print(f"\n{'metric':<{width}} {'mean':>7} {'std':>7}   per fold")
+    for row in table.itertuples(index=False):
+        per_fold = " ".join(f"{value:.3f}" for value in row[3:])
+        print(f"{row.metric:<{width}} {row.mean:>7.4f} {row.std:>7.4f}   {per_fold}")
+    what = "metrics.json, cv_folds.csv" + ("" if result.multilabel else ", plots/")
+    print(f"\nwrote {args.out} (fold0..fold{len(result.summary['folds']) - 1} bundles, {what})"
+          + ("" if result.multilabel else f"; predict with it as an ensemble: echoengine predict {args.out} FILE..."))
     return 0
 
 
-def _audio_files(paths: list[Path], extensions) -> list[Path]:
-    files = []
-    for path in paths:
-        if path.is_dir():
-            files += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in extensions)
-        else:
-            files.append(path)
-    return files
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from echoengine.predict import predict_files
+    from echoengine import api
 
     if args.top_k < 1:
         raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
-    bundles = _load_bundles(args.bundle)
-    config, classes = bundles[0].config, bundles[0].classes
-    files = _audio_files(args.files, config.data.extensions)
-    table = pd.DataFrame({"path": [str(f.resolve()) for f in files], "label": "", "group": [f.stem for f in files]})
-    usable, errors = catalog.scan(table, config.audio, on_error="ignore")
-    for error in errors:
+    result = api.predict(args.bundle, args.files, onnx=args.onnx, cache_dir=None if args.onnx else _cache_dir(args),
+                         progress=len(args.files) > 20)
+    for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
-    if not len(usable):
+    if not len(result.table):
         print("error: no file could be read", file=sys.stderr)
         return 1
-    # each file decoded block by block: memory stays bounded whatever its length
-    probabilities = predict_files(bundles, usable["path"].tolist(), onnx=args.onnx,
-                                  cache=None if args.onnx else _cache_for(config, args), progress=len(usable) > 20,
-                                  log=lambda line: print(line, file=sys.stderr))
-    results = []
-    for path, probs in zip(usable["path"], probabilities):
-        if np.isnan(probs).any():  # unreadable: reported by predict_files
-            continue
-        order = np.argsort(-probs)[: args.top_k]
-        top = [{"species": classes[i], "probability": round(100 * float(probs[i]), 2)} for i in order]
-        results.append({"file": path, **top[0], "top_k": top})
-    _print_predictions(results, args.format)
-    return 0 if results else 1
+    _print_predictions(_prediction_rows(result, top_k=args.top_k), args.format)
+    return 0
+
+
+def _prediction_rows(result, *, top_k: int) -> list[dict]:
+    """Each file's ``top_k`` classes, probabilities in percent: the rows of ``predict``'s outputs."""
+    rows = []
+    for path, ranks in zip(result.table["file"], result.top(top_k), strict=True):
+        top = [{"species": name, "probability": round(100 * probability, 2)} for name, probability in ranks]
+        rows.append({"file": path, **top[0], "top_k": top})
+    return rows
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from echoengine.bundle import find_bundles
-    from echoengine.export import export_onnx
+    from echoengine import api
 
-    for folder in find_bundles(args.bundle):
-        path, difference = export_onnx(folder, check=args.check or ())
-        print(f"wrote {path} (checked against PyTorch: max probability difference {difference:.1e})")
+    for exported in api.export(args.bundle, check=args.check or ()):
+        print(f"wrote {exported.path} (checked against PyTorch: max probability difference "
+              f"{exported.difference:.1e})")
     return 0
 
 
@@ -639,6 +424,8 @@ def _print_predictions(results: list[dict], form: str) -> None:
     if form == "json":
         print(json.dumps(results, indent=2, ensure_ascii=False))
     elif form == "csv":
+        import pandas as pd
+
         rows = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"]}
                 for r in results for rank, t in enumerate(r["top_k"])]
         pd.DataFrame(rows, columns=["file", "rank", "species", "probability"]).to_csv(sys.stdout, index=False)
@@ -651,6 +438,7 @@ def _print_predictions(results: list[dict], form: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from echoengine import api, synthetic
     from echoengine.bundle import prepare_output
 
     out, marker = args.out, ".echoengine-demo"
@@ -670,10 +458,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         augment={"variants": 4, "time_stretch_p": 0.0, "pitch_shift_p": 0.0},
     )
     print("2/5 training small_cnn on the CPU (a few minutes)", flush=True)
-    bundle = _train_bundle(data, config, out / "bundle", resume=False, quiet=args.quiet)
+    trained = api.train(data, config=config, out=out / "bundle", progress=not args.quiet, log=_say)
+    print(f"\n{trained.report}")
+    bundle = trained.bundle
     print("\n3/5 predicting the first file of each class with the bundle:")
     examples = sorted(next(iter(sorted(folder.glob("*.*")))) for folder in data.iterdir() if folder.is_dir())
-    cmd_predict(argparse.Namespace(bundle=bundle, files=examples, top_k=2, format="table", no_cache=True, onnx=False))
+    _print_predictions(_prediction_rows(api.predict(bundle, examples), top_k=2), "table")
     _demo_detection(data, bundle, out, config)
     print(f"\n5/5 done. bundle: {bundle}\n    metrics: {bundle / 'metrics.json'}\n"
           f"    plots: {bundle / 'plots' / 'confusion.png'}, {bundle / 'plots' / 'training.png'}\n"
@@ -683,8 +473,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _demo_detection(data: Path, bundle: Path, out: Path, config: EchoConfig) -> None:
     """Mix a 60 s SYNTHETIC field recording from the held-out test files, detect its calls, compare with the truth."""
+    import pandas as pd
+
+    from echoengine import catalog
     from echoengine.bundle import load_bundle
-    from echoengine.detect import DetectOptions, detect
+    from echoengine.detection import DetectOptions, detect
     from echoengine.mix import mix_soundscapes
 
     splits = pd.read_csv(bundle / "splits.csv", keep_default_na=False)
@@ -708,6 +501,8 @@ def _demo_detection(data: Path, bundle: Path, out: Path, config: EchoConfig) -> 
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from echoengine import synthetic
+
     _refuse_nonempty(args.out, args.overwrite)
     root = synthetic.make_dataset(args.out, classes=args.classes, files_per_class=args.files_per_class, seed=args.seed)
     print(f"wrote a SYNTHETIC dataset of {args.classes} classes x {args.files_per_class} files to {root}")
@@ -965,9 +760,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _MessageFormat(logging.Formatter):
+    """Messages as they are; warnings and errors after their level (``WARNING: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+
+
+def _log_to_stderr() -> None:
+    """The library's messages (what it does, warnings) on this command's standard error."""
+    logger = logging.getLogger("echoengine")
+    for handler in [h for h in logger.handlers if isinstance(h.formatter, _MessageFormat)]:
+        logger.removeHandler(handler)  # an earlier main() of this process (tests, notebooks)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MessageFormat())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s", stream=sys.stderr)
+    _log_to_stderr()
     runtime.keep_freed_memory()
     try:
         return args.func(args)

@@ -504,12 +504,19 @@ class ModelConfig:
                          or block not in BIRDNET_BLOCKS)
         _require(not unknown, f"{s}.birdnet_blocks: unknown block(s) {', '.join(unknown)}; known: "
                  f"{', '.join(BIRDNET_BLOCKS)}")
+        # in block order, once each: the order of the features, whatever order they were named in
+        object.__setattr__(self, "birdnet_blocks", tuple(b for b in BIRDNET_BLOCKS if b in self.birdnet_blocks))
         _require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
                  f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
         _require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
         _require(not (self.embedder and self.pretrained),
                  f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
         _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def uses_birdnet(self) -> bool:
+        """Whether BirdNET computes the model's inputs (as its embedder or its backbone)."""
+        return self.embedder.startswith("birdnet") or (self.backbone == "birdnet" and not self.embedder)
 
     @property
     def head_name(self) -> str:
@@ -790,8 +797,11 @@ class EchoConfig:
         version = values.pop("version", CONFIG_VERSION)
         _require(version in (1, CONFIG_VERSION),
                  f"config version {version} is not supported (expected 1 to {CONFIG_VERSION})")
-        if version == 1:  # before BirdNET's blocks joined its embedding
-            values["model"] = {"birdnet_blocks": [], **values.get("model", {})}
+        model = values.get("model", {})
+        _require(isinstance(model, dict), "[model] must be a table of keys")
+        uses_birdnet = str(model.get("embedder", "")).startswith("birdnet") or model.get("backbone") == "birdnet"
+        if version == 1 and uses_birdnet:  # before BirdNET's blocks joined its embedding
+            values["model"] = {"birdnet_blocks": [], **model}
         unknown = sorted(set(values) - set(_SECTIONS))
         _require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
         sections = {}

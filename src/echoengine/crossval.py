@@ -25,11 +25,22 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, plots
-from echoengine.bundle import CHECKPOINT_FILE, Bundle, selection_history
+from echoengine.bundle import (
+    ANNOTATIONS_FILE,
+    CHECKPOINT_FILE,
+    CV_FOLDS_FILE,
+    FOLDS_FILE,
+    METRICS_FILE,
+    OOF_PREDICTIONS_FILE,
+    SPLITS_FILE,
+    TEST_PREDICTIONS_FILE,
+    Bundle,
+    selection_history,
+)
 from echoengine.cache import feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import DataError, EchoError
-from echoengine.evaluate import (
+from echoengine.evaluation import (
     MULTILABEL_KEYS,
     SUMMARY_KEYS,
     classification_metrics,
@@ -38,7 +49,8 @@ from echoengine.evaluate import (
     write_multilabel_report,
     write_report,
 )
-from echoengine.train import fit_and_refit
+from echoengine.files import write_text_atomic
+from echoengine.training import fit_and_refit
 
 __all__ = ["cross_validate", "cross_validate_multilabel", "group_folds", "inner_split"]
 
@@ -65,8 +77,8 @@ _FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", *MACHI
 def _check_resumable(out: Path, paths: pd.Series, folds: np.ndarray, config: EchoConfig) -> None:
     """Refuse to resume a CV run whose folds or settings differ from the command's: folds would mix them."""
     restart = "start again with --overwrite, or resume with the run's own data and options"
-    if (out / "folds.csv").is_file():
-        before = pd.read_csv(out / "folds.csv", keep_default_na=False, dtype={"path": str})
+    if (out / FOLDS_FILE).is_file():
+        before = pd.read_csv(out / FOLDS_FILE, keep_default_na=False, dtype={"path": str})
         if not before[["path", "fold"]].astype(str).equals(
                 pd.DataFrame({"path": paths.astype(str), "fold": folds.astype(str)}).reset_index(drop=True)):
             raise EchoError(f"{out / 'folds.csv'}: the data or the folds (--folds, the split seed) differ from the "
@@ -111,7 +123,7 @@ def cross_validate(
     folds = catalog.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
     if resume:
         _check_resumable(out, table["path"], folds, config)
-    table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / "folds.csv", index=False)
+    table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / FOLDS_FILE, index=False)
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
     classes = catalog.class_names(table)
     log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
@@ -124,7 +136,7 @@ def cross_validate(
         bundle_dir = out / f"fold{k}"
         test = table[folds == k].reset_index(drop=True)
         rest = table[folds != k].reset_index(drop=True)
-        metrics_file, predictions_file = bundle_dir / "metrics.json", bundle_dir / "test_predictions.csv"
+        metrics_file, predictions_file = bundle_dir / METRICS_FILE, bundle_dir / TEST_PREDICTIONS_FILE
         if resume and metrics_file.is_file() and predictions_file.is_file():
             log(f"fold {k}: finished before, kept")
             result = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -135,7 +147,7 @@ def cross_validate(
             log(f"fold {k}: train {int(trains.sum())}, validation {int((~trains).sum())}, test {len(test)} files")
             bundle_dir.mkdir(parents=True, exist_ok=True)
             splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
-            splits[["path", "label", "group", "part"]].to_csv(bundle_dir / "splits.csv", index=False)
+            splits[["path", "label", "group", "part"]].to_csv(bundle_dir / SPLITS_FILE, index=False)
             trained = fit_and_refit(rest[trains], rest[~trains], classes, config, bundle_dir,
                                     resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
                                     log=log)
@@ -155,7 +167,7 @@ def cross_validate(
 
 def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -> dict:
     per_fold = pd.DataFrame(fold_metrics)
-    per_fold.to_csv(out / "cv_folds.csv", index=False)
+    per_fold.to_csv(out / CV_FOLDS_FILE, index=False)
     held = ~np.isnan(oof).any(axis=1)
     labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
     pooled = classification_metrics(labels[held], oof[held], classes)
@@ -166,9 +178,9 @@ def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -
         "std": {key: round(float(per_fold[key].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for key in SUMMARY_KEYS},
         "pooled_out_of_fold": pooled,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
     pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds).to_csv(
-        out / "oof_predictions.csv", index=False)
+        out / OOF_PREDICTIONS_FILE, index=False)
     plots.plot_cv_boxplot(histories, out / "plots" / "cv_val_accuracy.png")
     title = f"out-of-fold confusion matrix ({len(histories)} folds, accuracy {pooled['accuracy']:.1%})"
     plots.plot_confusion(np.array(pooled["confusion_matrix"]), classes, out / "plots" / "confusion.png", title=title)
@@ -204,7 +216,7 @@ def cross_validate_multilabel(
     """Multi-label k-fold cross-validation: folds of recordings (grouped), metrics per window and per recording.
 
     Each fold trains on the others (early stopping on a grouped validation
-    part of them) and is scored by :func:`echoengine.evaluate.evaluate_multilabel`;
+    part of them) and is scored by :func:`echoengine.evaluation.evaluate_multilabel`;
     ``metrics.json`` holds every fold's scores and their mean and std. The
     fold bundles serve together as an ensemble (probabilities averaged).
     """
@@ -216,8 +228,8 @@ def cross_validate_multilabel(
     folds = group_folds(recordings, folds=data.folds, seed=data.split_seed)
     if resume:
         _check_resumable(out, recordings["path"], folds, config)
-    recordings.assign(fold=folds)[["path", "group", "fold"]].to_csv(out / "folds.csv", index=False)
-    boxes.to_csv(out / "annotations.csv", index=False)
+    recordings.assign(fold=folds)[["path", "group", "fold"]].to_csv(out / FOLDS_FILE, index=False)
+    boxes.to_csv(out / ANNOTATIONS_FILE, index=False)
     classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
     log(f"{data.folds}-fold multi-label cross-validation of {config.model.embedder or config.model.backbone} + "
         f"{config.model.head_name} head on {len(recordings)} recordings, {len(classes)} classes, "
@@ -228,32 +240,32 @@ def cross_validate_multilabel(
         bundle_dir = out / f"fold{k}"
         test = recordings[folds == k].reset_index(drop=True)
         rest = recordings[folds != k].reset_index(drop=True)
-        if resume and (bundle_dir / "metrics.json").is_file():
+        if resume and (bundle_dir / METRICS_FILE).is_file():
             log(f"fold {k}: finished before, kept")
-            summary = json.loads((bundle_dir / "metrics.json").read_text(encoding="utf-8"))
+            summary = json.loads((bundle_dir / METRICS_FILE).read_text(encoding="utf-8"))
         else:
             parts = split_groups(rest, val_fraction=data.val_fraction, test_fraction=0.0, seed=data.split_seed + k)
             log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
                 f"test {len(test)} recordings")
             bundle_dir.mkdir(parents=True, exist_ok=True)
             pd.concat([rest.assign(part=parts), test.assign(part="test")])[["path", "label", "group", "part"]].to_csv(
-                bundle_dir / "splits.csv", index=False)
+                bundle_dir / SPLITS_FILE, index=False)
             trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], classes, config, bundle_dir,
                                     resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
                                     log=log, boxes=boxes)
             metrics = evaluate_multilabel([Bundle(bundle_dir, config, classes, trained.model)], test, boxes,
                                           cache=cache)
             write_multilabel_report(metrics, bundle_dir, evaluated_on=f"fold {k}", best_epoch=trained.best_epoch)
-            summary = json.loads((bundle_dir / "metrics.json").read_text(encoding="utf-8"))
+            summary = json.loads((bundle_dir / METRICS_FILE).read_text(encoding="utf-8"))
             log(f"fold {k}: recording LWLRAP {summary['recording']['lwlrap']:.3f}, "
                 f"mAP {summary['recording']['map_macro']:.3f}; window LWLRAP {summary['window']['lwlrap']:.3f}")
         rows.append({"fold": k, **{f"{level}_{key}": summary[level][key] for level in ("window", "recording")
                                    for key in MULTILABEL_KEYS}})
     per_fold = pd.DataFrame(rows)
-    per_fold.to_csv(out / "cv_folds.csv", index=False)
+    per_fold.to_csv(out / CV_FOLDS_FILE, index=False)
     columns = [c for c in per_fold.columns if c != "fold"]
     result = {"classes": classes, "folds": rows,
               "mean": {c: round(float(per_fold[c].mean()), 4) for c in columns},
               "std": {c: round(float(per_fold[c].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for c in columns}}
-    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(out / METRICS_FILE, json.dumps(result, indent=2) + "\n")
     return result

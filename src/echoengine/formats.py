@@ -9,7 +9,7 @@ millisecond and scores to 4 decimals, and readers give back exactly what
 was written, so an event table survives a round trip through Raven or
 Audacity. This module is pure table I/O (pandas only): the annotation
 readers of :mod:`echoengine.catalog` and the writers of
-:mod:`echoengine.detect` share it.
+:mod:`echoengine.detection` share it.
 
 Examples
 --------

@@ -41,7 +41,7 @@ from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
 from echoengine.embeddings import EmbeddingDataset, make_dataset
 from echoengine.errors import EchoError
-from echoengine.evaluate import expected_calibration_error
+from echoengine.evaluation import expected_calibration_error
 from echoengine.models import EmbeddingClassifier, build_model
 
 __all__ = ["C_GRID", "DEFAULT_C", "HeadData", "HeadFit", "balanced_weights", "calibrate_held_out", "choose_c",
@@ -93,7 +93,7 @@ class HeadFit:
 
 
 def _targets(y: np.ndarray, n_classes: int, smoothing: float, multilabel: bool = False) -> torch.Tensor:
-    """Target rows smoothed as the losses of :mod:`echoengine.train` smooth them.
+    """Target rows smoothed as the losses of :mod:`echoengine.training` smooth them.
 
     Class indices become one-hot rows and 2-D rows (soft single-label targets,
     e.g. mixed ones) stay, both moved toward uniform by ``smoothing``;

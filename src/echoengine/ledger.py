@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import Bundle
+from echoengine.bundle import WEIGHTS_FILE, Bundle
 from echoengine.errors import EchoError
+from echoengine.files import temporary_path, write_atomic
 
 __all__ = ["LEDGER", "OUTPUTS", "claim_output", "finished", "key", "list_outputs", "record_error", "record_scores",
            "recorded_scores", "start_ledger", "write_atomic"]
@@ -41,13 +42,6 @@ _RECORD = re.compile(r"[0-9a-f]{20}\.(npz|error)(\.tmp)?|run\.json(\.tmp)?|outpu
 def key(path: str) -> str:
     """The name of a file's records in the ledger."""
     return hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:20]
-
-
-def write_atomic(path: Path, write) -> None:
-    """``write(temporary path)``, then rename into place: a kill never leaves half a file."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(temporary)
-    os.replace(temporary, path)
 
 
 def claim_output(out: Path, *, resume: bool, overwrite: bool) -> None:
@@ -84,7 +78,7 @@ def claim_output(out: Path, *, resume: bool, overwrite: bool) -> None:
 def _run_files(out: Path) -> set[Path]:
     """The files of an earlier run in ``out``: its ledger, its outputs and the per-file tables it listed."""
     ledger = out / LEDGER
-    ours = {out / name for name in OUTPUTS} | {out / f"{name}.tmp" for name in OUTPUTS}
+    ours = {out / name for name in OUTPUTS} | {temporary_path(out / name) for name in OUTPUTS}
     if ledger.is_dir():
         ours |= {path for path in ledger.iterdir() if _RECORD.fullmatch(path.name) and path.is_file()}
     if (ledger / MANIFEST).is_file():
@@ -94,7 +88,7 @@ def _run_files(out: Path) -> set[Path]:
                   for p in (out / folder).glob(pattern)]
     else:
         listed = []
-    return ours | {out / name for name in listed} | {out / f"{name}.tmp" for name in listed}
+    return ours | {out / name for name in listed} | {temporary_path(out / name) for name in listed}
 
 
 def start_ledger(out: Path, bundles: Sequence[Bundle], scoring: dict, resume: bool) -> Path:
@@ -117,8 +111,6 @@ def start_ledger(out: Path, bundles: Sequence[Bundle], scoring: dict, resume: bo
 
 
 def _weights_identity(folder: Path) -> str:
-    from echoengine.bundle import WEIGHTS_FILE
-
     stat = (folder / WEIGHTS_FILE).stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 

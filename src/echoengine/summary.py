@@ -30,7 +30,7 @@ __all__ = ["file_timestamp", "summarize"]
 def summarize(out: str | Path, *, log=print) -> pd.DataFrame:
     """Per species: events, files, seconds detected, and the hours of day of detections; plots them over time.
 
-    Reads ``out/events.csv`` (written by :func:`echoengine.detect.detect`)
+    Reads ``out/events.csv`` (written by :func:`echoengine.detection.detect`)
     and writes ``summary.csv`` and ``summary.png`` into ``out``. The hours
     of day come from the files with a time stamp in their names; the files
     without one are named in the log and plotted apart.

@@ -13,9 +13,9 @@ Examples
 --------
 >>> import tempfile
 >>> from echoengine.config import EchoConfig
->>> from echoengine.bundle import write_metadata
+>>> from echoengine.bundle import WEIGHTS_FILE, write_metadata
 >>> folder = write_metadata(tempfile.mkdtemp(), EchoConfig(), ["frog", "owl"])
->>> _ = (folder / "weights.pt").write_bytes(b"weights")
+>>> _ = (folder / WEIGHTS_FILE).write_bytes(b"weights")
 >>> _ = write_thresholds(folder, pd.DataFrame({"class": ["frog", "owl"], "threshold": [0.25, 0.7]}))
 >>> print((folder / THRESHOLDS_FILE).read_text(), end="")
 class,threshold,weights
@@ -30,19 +30,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import find_bundles, weights_digest
+from echoengine.bundle import THRESHOLDS_FILE, find_bundles, weights_digest
 from echoengine.errors import EchoError
+from echoengine.files import write_atomic
 
 __all__ = ["DEFAULT_THRESHOLD", "THRESHOLDS_FILE", "load_thresholds", "models_digest", "write_thresholds"]
 
-THRESHOLDS_FILE = "thresholds.csv"
 DEFAULT_THRESHOLD = 0.5
 _WEIGHTS_COLUMN = "weights"
 _RECALIBRATE = "re-run `echoengine calibrate`"
@@ -70,7 +69,7 @@ def write_thresholds(folder: str | Path, table: pd.DataFrame) -> Path:
         The bundle, or the cross-validation folder, the thresholds were calibrated for.
     table : DataFrame
         ``class``, ``threshold`` and any other per-class columns
-        (:func:`echoengine.evaluate.calibrate` gives them).
+        (:func:`echoengine.evaluation.calibrate` gives them).
 
     Returns
     -------
@@ -80,10 +79,7 @@ def write_thresholds(folder: str | Path, table: pd.DataFrame) -> Path:
     path = Path(folder) / THRESHOLDS_FILE
     table = table.drop(columns=_WEIGHTS_COLUMN, errors="ignore").round(4)
     table[_WEIGHTS_COLUMN] = models_digest(folder)
-    temporary = path.with_name(path.name + ".tmp")
-    table.to_csv(temporary, index=False, lineterminator="\n")
-    os.replace(temporary, path)
-    return path
+    return write_atomic(path, lambda temporary: table.to_csv(temporary, index=False, lineterminator="\n"))
 
 
 def load_thresholds(folder: str | Path, classes: Sequence[str]) -> np.ndarray | None:

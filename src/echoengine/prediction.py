@@ -6,13 +6,13 @@ the file's probabilities are the **mean of its windows' softmax
 probabilities**. Averaging probabilities (rather than taking the maximum)
 makes a clip's answer the species heard through most of it, which is what a
 label of a clip means; for "is the species anywhere in this long recording"
-use :mod:`echoengine.detect`-style window scores instead. An ensemble (the
+use :mod:`echoengine.detection`-style window scores instead. An ensemble (the
 fold models of a cross-validation) averages the members' file probabilities.
 
 :func:`predict_table` scores the windows of a catalog through its dataset
 (evaluation: with the labels of the windows); :func:`predict_files`
 (``echoengine predict``) decodes each file block by block and scores its
-windows as they come (:func:`echoengine.detect.stream_windows`, the scorer
+windows as they come (:func:`echoengine.detection.stream_windows`, the scorer
 of ``echoengine detect``, or the exported ONNX graph), so that memory stays
 bounded whatever a file's length.
 
@@ -42,7 +42,7 @@ from echoengine import audio
 from echoengine.bundle import Bundle
 from echoengine.cache import FeatureCache, quantise_image
 from echoengine.dataset import ClipDataset
-from echoengine.detect import WindowScorer, stream_windows
+from echoengine.detection import WindowScorer, stream_windows
 from echoengine.embeddings import make_dataset
 from echoengine.errors import AudioError, EchoError
 
@@ -93,7 +93,8 @@ def clip_maxes(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int
 
 
 def _model_inputs(config) -> tuple:
-    return config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop
+    return (config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop,
+            config.model.birdnet_blocks if config.model.uses_birdnet else ())
 
 
 def check_ensemble(bundles: Sequence[Bundle]) -> None:
@@ -269,7 +270,7 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
     file is decoded block by block; PyTorch scores its windows in batches as
     they come (the scorer of ``echoengine detect``), and with ``onnx`` each
     bundle's exported graph runs on chunks of whole windows
-    (:func:`echoengine.export.onnx_predict_stream`).
+    (:func:`echoengine.exporting.onnx_predict_stream`).
 
     Parameters
     ----------
@@ -287,7 +288,7 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
         Audio decoded at a time.
     chunk_seconds : float, optional
         Audio fed to an ONNX graph at a time (default
-        :data:`echoengine.export.CHUNK_SECONDS`).
+        :data:`echoengine.exporting.CHUNK_SECONDS`).
     log : callable
         Given one line per file that cannot be decoded; its row is NaN.
 
@@ -326,7 +327,7 @@ def _torch_file_scorer(bundles: Sequence[Bundle], *, batch_size: int, block_seco
 
 def _onnx_file_scorer(bundles: Sequence[Bundle], *, block_seconds: float,
                       chunk_seconds: float | None) -> Callable[[str | Path], np.ndarray]:
-    from echoengine.export import CHUNK_SECONDS, bundle_onnx_session, onnx_predict_stream
+    from echoengine.exporting import CHUNK_SECONDS, bundle_onnx_session, onnx_predict_stream
 
     sessions = [bundle_onnx_session(member.path) for member in bundles]
     config = bundles[0].config  # the members share their audio config: each file is decoded once

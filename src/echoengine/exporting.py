@@ -3,7 +3,7 @@
 For a CNN bundle, ``model.onnx`` takes a mono float32 waveform at the bundle's
 sample rate, of any length of at least one sample, and does everything
 inside the graph: cut it into windows of the clip length (the last one padded
-with silence, as :mod:`echoengine.predict` does), the mel front end, the CNN,
+with silence, as :mod:`echoengine.prediction` does), the mel front end, the CNN,
 the softmax, and the mean over windows. Outputs:
 
 * ``probabilities`` (n_classes,): the file's class probabilities;
@@ -54,17 +54,17 @@ import torch
 from torch import nn
 
 from echoengine import audio
-from echoengine.bundle import WEIGHTS_FILE, Bundle, load_bundle, read_splits, weights_digest
+from echoengine.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, load_bundle, read_splits, weights_digest
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
+from echoengine.files import write_atomic
 
 __all__ = [
-    "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model", "export_onnx", "onnx_predict_file",
-    "onnx_predict_stream", "onnx_predict_waveform", "onnx_session", "onnx_window_probabilities",
+    "ONNX_FILE", "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model", "export_onnx",
+    "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform", "onnx_session", "onnx_window_probabilities",
 ]
 
-ONNX_FILE = "model.onnx"
 #: Audio fed to an exported graph at a time by :func:`onnx_predict_stream`: the graph's memory grows with its
 #: input (small_cnn on the Echo front end: about 0.3 GiB per minute), not with the file's length.
 CHUNK_SECONDS = 60.0
@@ -125,7 +125,7 @@ class GraphFrontend(nn.Module):
 
 
 def _file_and_window_scores(logits: torch.Tensor, multilabel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window scores and the file's, as :mod:`echoengine.predict` pools them: softmax and mean, or sigmoid and max."""
+    """Window scores and the file's, as :mod:`echoengine.prediction` pools them (softmax and mean, or sigmoid, max)."""
     if multilabel:
         probabilities = torch.sigmoid(logits)
         return probabilities.amax(dim=0), probabilities
@@ -210,7 +210,7 @@ def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> lis
 
 
 def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
-    from echoengine.predict import predict_files
+    from echoengine.prediction import predict_files
 
     return predict_files([bundle], files, log=lambda line: None)  # each file as it decodes, to its end
 
@@ -335,7 +335,7 @@ def onnx_predict_stream(sessions: Sequence, bundles: Sequence[Bundle], blocks: I
     >>> blocks = audio.stream("long.flac", bundle.config.audio)  # doctest: +SKIP
     >>> probabilities, windows = onnx_predict_stream([session], [bundle], blocks)  # doctest: +SKIP
     """
-    from echoengine.detect import stream_windows
+    from echoengine.detection import stream_windows
     from echoengine.models.embedders import build_embedder
 
     clip = bundles[0].config.audio.clip_samples
@@ -377,13 +377,24 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     Raises
     ------
     EchoError
-        The exported graph disagrees with PyTorch beyond ``tolerance`` (the file is removed).
+        The exported graph disagrees with PyTorch beyond ``tolerance``: nothing is
+        written (an earlier graph at ``out`` stays as it was).
     """
-
     bundle = load_bundle(bundle_path)
     out = Path(out) if out else bundle.path / ONNX_FILE
-    temporary = out.with_name(out.name + ".tmp")
     files = _check_files(bundle, check)
+    differences: list[float] = []
+
+    def write(temporary: Path) -> None:  # a failed export or check raises here: write_atomic leaves nothing
+        _export_graph(bundle, temporary, opset=opset)
+        differences.append(_check_graph(bundle, temporary, files, tolerance=tolerance))
+
+    write_atomic(out, write)
+    return out, differences[0]
+
+
+def _export_graph(bundle: Bundle, path: Path, *, opset: int) -> None:
+    """Write the serving graph of ``bundle`` to ``path`` (the head alone for a bundle on outside embeddings)."""
     if bundle.config.model.embedder not in ("", "birdnet"):
         size = bundle.model.mean.shape[0]
         serving, example = _HeadServing(bundle), torch.zeros(2, 2, size)
@@ -395,25 +406,30 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
     with torch.no_grad(), warnings.catch_warnings():  # tracer notes on the shape arithmetic of the windowing
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(serving.eval(), (example,), str(temporary), input_names=names,
+            torch.onnx.export(serving.eval(), (example,), str(path), input_names=names,
                               output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
                               opset_version=opset, dynamo=False)
         except Exception as exc:  # the exporter's errors carry whole graph dumps: keep the first line
-            temporary.unlink(missing_ok=True)
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise EchoError(f"{bundle.path}: ONNX export failed ({reason.strip()[:300]})") from None
-    try:
-        _stamp_weights(temporary, bundle.path)
-        session = onnx_session(temporary)
-        expected = _torch_probabilities(bundle, files)
-        if np.isnan(expected).any():
-            raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
-        got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
-        difference = float(np.abs(got - expected).max())
-        if not difference <= tolerance:
-            raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
-                            f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return out, difference
+
+
+def _check_graph(bundle: Bundle, path: Path, files: list[str], *, tolerance: float) -> float:
+    """Stamp the graph at ``path`` with its weights and return its largest difference from PyTorch on ``files``.
+
+    Raises
+    ------
+    EchoError
+        A check file could not be read, or the difference exceeds ``tolerance``.
+    """
+    _stamp_weights(path, bundle.path)
+    session = onnx_session(path)
+    expected = _torch_probabilities(bundle, files)
+    if np.isnan(expected).any():
+        raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
+    got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
+    difference = float(np.abs(got - expected).max())
+    if not difference <= tolerance:
+        raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
+                        f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
+    return difference

@@ -32,12 +32,22 @@ from torch import nn
 from tqdm import tqdm
 
 from echoengine.augment import mixup
-from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_state, save_atomic, write_metadata
+from echoengine.bundle import (
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    SELECTION_HISTORY_FILE,
+    WEIGHTS_FILE,
+    load_state,
+    save_atomic,
+    write_metadata,
+)
 from echoengine.cache import feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
+from echoengine.files import write_atomic
 from echoengine.headfit import train_linear_head
 from echoengine.headmlp import train_mlp_head
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
@@ -215,12 +225,15 @@ def _to_device(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", newline="", encoding="utf-8") as file:
-        writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(temporary, path)
+    """Write ``history.csv`` whole: one row per epoch, the :data:`HISTORY_FIELDS` columns."""
+
+    def write(temporary: Path) -> None:
+        with open(temporary, "w", newline="", encoding="utf-8") as file:
+            writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
+            writer.writeheader()
+            writer.writerows(history)
+
+    write_atomic(path, write)
 
 
 def _check_resumable(bundle: Path, config: EchoConfig) -> None:
@@ -355,7 +368,7 @@ def fit(
             if improved:
                 best_loss, best_epoch = val_loss, epoch
                 best_state = copy.deepcopy(model.state_dict())
-            _write_history(bundle / "history.csv", history)
+            _write_history(bundle / HISTORY_FILE, history)
             save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                          "history": history, "best_loss": best_loss, "best_epoch": best_epoch, "keep": keep},
@@ -397,8 +410,8 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     if config.model.head_name == "linear":
         return _probe_linear(train_table, classes, config, log=log)
     epochs = config.train.probe_epochs
-    if keep == "last" and (bundle / "history.csv").is_file():
-        history = pd.read_csv(bundle / "history.csv")
+    if keep == "last" and (bundle / HISTORY_FILE).is_file():
+        history = pd.read_csv(bundle / HISTORY_FILE)
         epochs = int(history.loc[history["val_loss"].idxmin(), "epoch"])
     probe_config = config.replace(
         model={"embedder": "birdnet", "backbone": config.model.backbone},
@@ -492,7 +505,7 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
     history = [{"epoch": 1, "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy, "val_loss": inner,
                 "val_accuracy": fit.inner_accuracy, "learning_rate": math.nan, "seconds": round(seconds, 3),
                 "images_per_second": round(len(table) / seconds, 2)}]
-    _write_history(bundle / "history.csv", history)
+    _write_history(bundle / HISTORY_FILE, history)
     log(f"{fit.method} on {len(table)} files in {seconds:.1f} s: {fit.describe()}")
     return TrainResult(bundle, history, 1, model)
 
@@ -511,7 +524,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     both = pd.concat([train_table, val_table])
     if config.convex_head():  # fitted in seconds on all of it: nothing to select on or resume
         return _fit_linear_head(both, classes, config, bundle, progress=progress, log=log, boxes=boxes)
-    selection = bundle / "selection_history.csv"
+    selection = bundle / SELECTION_HISTORY_FILE
     stage = _checkpoint_stage(bundle) if resume else None
     if stage == "last":  # killed during the refit: continue it with its own config
         saved = EchoConfig.load(bundle / CONFIG_FILE)
@@ -532,7 +545,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
         best_epoch = result.best_epoch
         # the selection checkpoint goes first: a kill never leaves it beside the selection history
         (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
-        os.replace(bundle / "history.csv", selection)
+        os.replace(bundle / HISTORY_FILE, selection)
     epochs = max(best_epoch, 1)
     log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,

@@ -1,0 +1,348 @@
+"""The Python API: what every ``echoengine`` command does, as functions that return results.
+
+Each function takes a data source (a path) or a bundle (a path, or what
+:func:`load_bundle` returns) and an :class:`~echoengine.config.EchoConfig`,
+writes what the command writes, and returns a result object. Nothing is
+printed: progress bars appear with ``progress=True``, and messages go to
+``log`` (default: the ``echoengine`` logger at INFO level) and warnings to
+the ``echoengine`` logger. The command line is a thin layer over these
+functions, so a notebook, a server or a distributed run gets exactly what
+the command gets.
+
+Examples
+--------
+>>> import echoengine as ee  # doctest: +SKIP
+>>> run = ee.train("recordings/", out="frogs-model", config=ee.EchoConfig().replace(
+...     model={"embedder": "birdnet"}))  # doctest: +SKIP
+>>> run.metrics["accuracy"]  # doctest: +SKIP
+0.93
+>>> ee.predict("frogs-model", ["night.wav"]).table  # doctest: +SKIP
+>>> ee.detect("frogs-model", ["field/"], out="detections").events.head()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from echoengine import catalog, sources
+from echoengine.bundle import METRICS_FILE, Bundle, find_bundles, prepare_output
+from echoengine.bundle import load_bundle as _load_one
+from echoengine.cache import FeatureCache
+from echoengine.config import EchoConfig
+from echoengine.crossval import cross_validate as _cross_validate
+from echoengine.crossval import cross_validate_multilabel
+from echoengine.detection import DetectOptions, summarize
+from echoengine.detection import detect as _detect
+from echoengine.evaluation import SUMMARY_KEYS, evaluate_multilabel, write_multilabel_report, write_report
+from echoengine.evaluation import calibrate as _calibrate
+from echoengine.evaluation import evaluate as _evaluate
+from echoengine.exporting import export_onnx
+from echoengine.prediction import predict_files
+from echoengine.thresholds import load_thresholds, write_thresholds
+from echoengine.trainrun import TrainResult, train_run, training_config
+
+__all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
+           "TrainResult", "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle",
+           "load_bundles", "predict", "train", "training_config"]
+
+logger = logging.getLogger("echoengine")
+Log = Callable[[str], None]
+BundleLike = str | Path | Bundle | Sequence[Bundle]
+
+
+def load_bundle(path: str | Path, *, device: str = "cpu") -> Bundle:
+    """A trained bundle: its config, classes and model, read without running code from the file."""
+    return _load_one(path, device=device)
+
+
+def load_bundles(source: BundleLike, *, device: str = "cpu") -> list[Bundle]:
+    """The models behind ``source``: one bundle, or every fold bundle of a cross-validation run (an ensemble)."""
+    if isinstance(source, Bundle):
+        return [source]
+    if not isinstance(source, (str, Path)):
+        return list(source)
+    bundles = [_load_one(folder, device=device) for folder in find_bundles(source)]
+    if len(bundles) > 1:
+        logger.info("ensemble of %d fold models from %s (probabilities averaged)", len(bundles), source)
+    return bundles
+
+
+def _folder(source: BundleLike) -> Path:
+    """The folder that holds ``source``'s files (thresholds are written there)."""
+    if isinstance(source, (str, Path)):
+        return Path(source)
+    if isinstance(source, Bundle):
+        return source.path
+    raise TypeError("give the bundle as a path (or one loaded bundle) to write into its folder")
+
+
+def _cache(config: EchoConfig, cache_dir: str | Path | None) -> FeatureCache | None:
+    return FeatureCache(cache_dir, config) if cache_dir else None
+
+
+def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path, resume: bool = False,
+          overwrite: bool = False, finetune: bool = False, changes: dict | None = None,
+          resume_changes: dict | None = None,
+          annotations: str | Path | None = None, negatives: str | Path | None = None,
+          columns: dict[str, str] | None = None, progress: bool = False, log: Log | None = None) -> TrainResult:
+    """Train a model on a labelled dataset into the bundle folder ``out``, and test it on a held-out part.
+
+    Parameters
+    ----------
+    data : str or Path
+        A folder per class, a CSV or an ESC-50 folder; with
+        ``config.model.multilabel``, recordings with annotation tables.
+    config : EchoConfig, optional
+        Defaults to ``EchoConfig()``; the training policy of
+        :func:`training_config` is applied (BirdNET frozen unless
+        ``finetune``), then ``changes`` (``{"section": {"key": value}}``),
+        which win over the policy.
+    out : str or Path
+        The bundle folder: new or empty, unless ``resume`` or ``overwrite``.
+    resume : bool
+        Continue the interrupted run in ``out`` with its own config;
+        ``resume_changes`` (e.g. ``{"train": {"epochs": 50}}``) may change
+        what a resumed run may change.
+    annotations, negatives, columns
+        Multi-label training: the annotation tables (default: beside the
+        audio), verified negatives, and the tables' column names.
+
+    Returns
+    -------
+    TrainResult
+        The bundle folder, the held-out metrics and the report text.
+    """
+    config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
+    prepare_output(out, resume=resume, overwrite=overwrite)
+    boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
+    return train_run(Path(data), config, Path(out), resume=resume, resume_changes=resume_changes,
+                     boxes_source=boxes_source, progress=progress, log=log or logger.info)
+
+
+@dataclass
+class CrossValidationResult:
+    """A k-fold cross-validation: the run folder (fold bundles, ``metrics.json``) and the summary.
+
+    ``summary`` holds ``mean``, ``std`` and the per-fold metrics (``folds``).
+    """
+
+    out: Path
+    summary: dict
+    multilabel: bool = False
+
+    def table(self) -> pd.DataFrame:
+        """The metrics, one row each: mean, std and the value of every fold."""
+        keys = list(self.summary["mean"]) if self.multilabel else list(SUMMARY_KEYS)
+        rows = [{"metric": key, "mean": self.summary["mean"][key], "std": self.summary["std"][key],
+                 **{f"fold{i}": fold[key] for i, fold in enumerate(self.summary["folds"])}} for key in keys]
+        return pd.DataFrame(rows)
+
+
+def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: str | Path,
+                   folds: int | None = None, resume: bool = False, overwrite: bool = False,
+                   finetune: bool = False, changes: dict | None = None, annotations: str | Path | None = None,
+                   negatives: str | Path | None = None, columns: dict[str, str] | None = None,
+                   progress: bool = False, log: Log | None = None) -> CrossValidationResult:
+    """Train and test one model per fold (grouped by source recording) and summarise them.
+
+    ``folds`` overrides ``config.data.folds``; ``config``, ``finetune`` and
+    ``changes`` are those of :func:`train`. The fold bundles in ``out``
+    predict together as an ensemble (:func:`predict` with ``out``).
+    """
+    config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
+    if folds is not None:
+        config = config.replace(data={"folds": folds})
+    prepare_output(out, resume=resume, overwrite=overwrite)
+    log = log or logger.info
+    if config.model.multilabel:
+        usable = sources.recordings(data, config, progress=progress)
+        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
+        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
+        summary = cross_validate_multilabel(usable, boxes, config, out, resume=resume, progress=progress, log=log)
+        return CrossValidationResult(Path(out), summary, multilabel=True)
+    usable, _ = sources.labelled_files(data, config, progress=progress)
+    summary = _cross_validate(usable, config, out, resume=resume, progress=progress, log=log)
+    return CrossValidationResult(Path(out), summary)
+
+
+@dataclass
+class EvaluateResult:
+    """Metrics of a model on a labelled dataset, the folder of its report, and how many files it had seen."""
+
+    metrics: dict
+    out: Path
+    files_seen_in_training: int = 0
+    report: str = ""
+    multilabel: bool = False
+
+
+def _warn_seen(bundles: Sequence[Bundle], table: pd.DataFrame, consequence: str) -> int:
+    seen = sources.seen_in_training(bundles, table)
+    if seen:
+        logger.warning("%d of these %d files were used to train or select the model; %s", seen, len(table),
+                       consequence)
+    return seen
+
+
+def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = None, overwrite: bool = False,
+             data_options: dict | None = None, cache_dir: str | Path | None = None,
+             annotations: str | Path | None = None, negatives: str | Path | None = None,
+             columns: dict[str, str] | None = None, progress: bool = False) -> EvaluateResult:
+    """Score a bundle (or a fold ensemble) on a labelled dataset and write its report.
+
+    Parameters
+    ----------
+    out : str or Path, optional
+        Where the report goes (default: ``evaluate-<data>`` inside the bundle).
+    data_options : dict, optional
+        ``[data]`` settings of this dataset (e.g. ``{"group_regex": ...}``).
+    cache_dir : str or Path, optional
+        A feature cache folder (default: none).
+    """
+    from echoengine.evaluation import format_report
+
+    bundles = load_bundles(bundle)
+    config = bundles[0].config.replace(data=data_options or {})
+    folder = _folder(bundle) if isinstance(bundle, (str, Path, Bundle)) else bundles[0].path
+    out = prepare_output(out or folder / f"evaluate-{Path(data).stem}", overwrite=overwrite, markers=(METRICS_FILE,))
+    cache = _cache(config, cache_dir)
+    if config.model.multilabel:
+        usable = sources.recordings(data, config, progress=progress)
+        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
+        seen = _warn_seen(bundles, usable, "their scores are optimistic")
+        thresholds = load_thresholds(folder, bundles[0].classes)  # from calibrate, else 0.5
+        metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=cache, progress=progress)
+        report = write_multilabel_report(metrics, out, evaluated_on=str(data))
+        return EvaluateResult(metrics, out, seen, report, multilabel=True)
+    usable, _ = sources.labelled_files(data, config, progress=progress)
+    seen = _warn_seen(bundles, usable, "their scores are optimistic")
+    metrics, _ = _evaluate(bundles, usable, cache=cache, progress=progress)
+    metrics.update(evaluated_on=str(data), files_seen_in_training=seen)
+    single = len(bundles) == 1 and bundles[0].files.history.is_file()
+    history = pd.read_csv(bundles[0].files.history) if single else None
+    write_report(metrics, bundles[0].classes, out, history=history)
+    return EvaluateResult(metrics, out, seen, format_report(metrics))
+
+
+@dataclass
+class CalibrationResult:
+    """Per-class thresholds chosen on a labelled dataset, and the file they were written to."""
+
+    thresholds: pd.DataFrame
+    path: Path
+    files: int
+
+
+def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: dict | None = None,
+              cache_dir: str | Path | None = None, annotations: str | Path | None = None,
+              negatives: str | Path | None = None, columns: dict[str, str] | None = None,
+              progress: bool = False) -> CalibrationResult:
+    """Choose each class's F1-optimal threshold on a labelled dataset and write it into the bundle folder.
+
+    ``detect`` then uses these thresholds unless it is given one.
+    """
+    folder = _folder(bundle)
+    bundles = load_bundles(bundle)
+    config = bundles[0].config.replace(data=data_options or {})
+    boxes = None
+    if config.model.multilabel:
+        usable = sources.recordings(data, config, progress=progress)
+        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
+    else:
+        usable, _ = sources.labelled_files(data, config, progress=progress)
+    _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
+    thresholds = _calibrate(bundles, usable, boxes=boxes, cache=_cache(config, cache_dir), progress=progress)
+    path = write_thresholds(folder, thresholds)  # records the weights it was calibrated on
+    return CalibrationResult(thresholds, path, len(usable))
+
+
+@dataclass
+class PredictResult:
+    """Class probabilities of audio files: one row per readable file, and the files that could not be read.
+
+    ``table`` has the columns ``file``, ``species`` and ``probability`` (of
+    the most probable class, 0-1); ``probabilities`` is (files, classes).
+    """
+
+    table: pd.DataFrame
+    probabilities: np.ndarray
+    classes: list[str]
+    errors: list[str] = field(default_factory=list)
+
+    def top(self, k: int = 1) -> list[list[tuple[str, float]]]:
+        """The ``k`` most probable classes of each file, with their probabilities."""
+        order = np.argsort(-self.probabilities, axis=1)[:, :k]
+        return [[(self.classes[i], float(row[i])) for i in ranks] for row, ranks in zip(self.probabilities, order)]
+
+
+def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
+            cache_dir: str | Path | None = None, progress: bool = False) -> PredictResult:
+    """The class probabilities of each audio file (any length, read in bounded memory).
+
+    Folders among ``files`` are searched for audio of the bundle's extensions.
+    A file that cannot be read is listed in ``errors`` and the others go on.
+    """
+    bundles = load_bundles(bundle)
+    config, classes = bundles[0].config, bundles[0].classes
+    paths = sources.audio_files(files, config.data.extensions)
+    table = pd.DataFrame({"path": [str(f.resolve()) for f in paths], "label": "", "group": [f.stem for f in paths]})
+    usable, errors = catalog.scan(table, config.audio, on_error="ignore")
+    messages = [str(error) for error in errors]
+    empty = np.zeros((0, len(classes)))
+    if not len(usable):
+        return PredictResult(pd.DataFrame(columns=["file", "species", "probability"]), empty, classes, messages)
+    probabilities = predict_files(bundles, usable["path"].tolist(), onnx=onnx,
+                                  cache=None if onnx else _cache(config, cache_dir), progress=progress,
+                                  log=lambda line: messages.append(line.removeprefix("error: ")))
+    readable = ~np.isnan(probabilities).any(axis=1)  # the others were reported by predict_files
+    probabilities = probabilities[readable]
+    best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
+    out = pd.DataFrame({"file": usable["path"].to_numpy()[readable], "species": [classes[i] for i in best],
+                        "probability": probabilities[np.arange(len(best)), best]})
+    return PredictResult(out, probabilities, classes, messages)
+
+
+@dataclass
+class DetectResult:
+    """Events found in field recordings, the files that could not be read, and every file written."""
+
+    events: pd.DataFrame
+    errors: pd.DataFrame
+    written: dict[str, Path]
+    out: Path
+
+
+def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, resume: bool = False,
+           overwrite: bool = False, summary: bool = False, progress: bool = False, log: Log | None = None,
+           **options) -> DetectResult:
+    """Score every window of every recording and write the events (CSV, Raven, Audacity, JSON lines).
+
+    ``options`` are those of :class:`echoengine.detection.DetectOptions`
+    (``overlap``, ``threshold``, ``top_n``, ``include``, ``exclude``,
+    ``merge_gap``, ``onnx``, ...). ``summary`` also writes ``summary.csv`` and
+    ``summary.png`` (detections per species and hour).
+    """
+    written = _detect(load_bundles(bundle), paths, out, options=DetectOptions(**options), resume=resume,
+                      overwrite=overwrite, progress=progress, log=log or logger.info)
+    if summary:
+        summarize(out)
+    return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out))
+
+
+@dataclass
+class ExportResult:
+    """One exported ONNX graph and its largest probability difference from PyTorch on the check files."""
+
+    path: Path
+    difference: float
+
+
+def export(bundle: str | Path, *, check: Sequence[str | Path] = ()) -> list[ExportResult]:
+    """Export the bundle (each fold bundle of a cross-validation run) to ONNX, checked against PyTorch."""
+    return [ExportResult(*export_onnx(folder, check=check)) for folder in find_bundles(bundle)]

