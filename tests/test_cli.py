@@ -136,3 +136,16 @@ def test_csv_rows_outside_the_dataset_need_allow_outside_paths(tmp_path, capsys)
     toml.write_text("[data]\nallow_outside_paths = true\n")
     assert main(["inspect", str(csv), "--config", str(toml)]) == 0
     assert "files: 3 (3 usable, 0 unreadable)" in capsys.readouterr().out
+
+
+def test_a_typo_gets_the_subcommand_usage_and_the_closest_name(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["cv", str(tmp_path), "--out", str(tmp_path / "cv"), "--embeder", "birdnet"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: echoengine cv" in err
+    assert "unrecognized arguments: --embeder (did you mean --embedder?) birdnet" in err
+    with pytest.raises(SystemExit):
+        main(["trian", str(tmp_path)])
+    assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err

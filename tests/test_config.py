@@ -191,3 +191,14 @@ def test_birdnet_blocks_from_the_command_line(tmp_path):
     config, changes = _training_options(build_parser().parse_args([*base, "--birdnet-blocks", "3-9"]))
     with pytest.raises(ConfigError, match="unknown block"):
         config.replace(**changes)
+
+
+def test_a_boolean_option_turns_off_what_the_config_file_turns_on(tmp_path):
+    from echoengine.cli import _training_options, build_parser
+
+    path = EchoConfig().replace(train={"refit": True}, model={"multilabel": True}).save(tmp_path / "on.toml")
+    base = ["train", str(tmp_path), "--out", str(tmp_path / "out"), "--config", str(path)]
+    config, changes = _training_options(build_parser().parse_args(base))
+    assert config.replace(**changes).train.refit and config.replace(**changes).model.multilabel
+    config, changes = _training_options(build_parser().parse_args([*base, "--no-refit", "--no-multilabel"]))
+    assert not config.replace(**changes).train.refit and not config.replace(**changes).model.multilabel

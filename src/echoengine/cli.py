@@ -10,6 +10,7 @@ usage message come back at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
@@ -69,7 +70,7 @@ def _training_options(args: argparse.Namespace) -> tuple[EchoConfig, dict[str, d
     changes: dict[str, dict] = {}
     for option, (section, key) in _TRAINING_OPTIONS.items():
         value = getattr(args, option, None)
-        if value is not None and value is not False:
+        if value is not None:  # a flag given as --no-x turns off a true from the config file
             changes.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
     config = _config(args)
     if getattr(args, "no_cache", False):
@@ -457,7 +458,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               "cache_dir": str(out / "cache")},
         augment={"variants": 4, "time_stretch_p": 0.0, "pitch_shift_p": 0.0},
     )
-    print("2/5 training small_cnn on the CPU (a few minutes)", flush=True)
+    print("2/5 training small_cnn on the CPU (about a minute on 2 cores)", flush=True)
     trained = api.train(data, config=config, out=out / "bundle", progress=not args.quiet, log=_say)
     print(f"\n{trained.report}")
     bundle = trained.bundle
@@ -591,7 +592,8 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--birdnet-blocks", type=_block_list, metavar="BLOCKS",
                        help="BirdNET blocks whose pooled outputs join its embedding, comma-separated "
                        "(default 3-3,3-4,3-5; none: the embedding alone)")
-        g.add_argument("--pretrained", action="store_true", help="start from ImageNet weights (timm backbones)")
+        g.add_argument("--pretrained", action=argparse.BooleanOptionalAction,
+                       help="start from ImageNet weights (timm backbones)")
         g.add_argument("--weights", type=Path, help="a local weights file for --pretrained (offline)")
         g.add_argument("--dropout", type=float)
         g.add_argument("--epochs", type=int)
@@ -605,12 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--label-smoothing", type=float)
         g.add_argument("--mixup", type=float, metavar="P", help="probability of mixup per batch")
         g.add_argument("--class-weights", choices=["none", "balanced"])
-        g.add_argument("--freeze-backbone", action="store_true", help="train the head only")
+        g.add_argument("--freeze-backbone", action=argparse.BooleanOptionalAction, help="train the head only")
         g.add_argument("--unfreeze-epoch", type=int, help="with --freeze-backbone: train everything from this epoch")
         g.add_argument("--probe-epochs", type=int, metavar="N",
                        help="with --finetune: first train the head on the frozen BirdNET embeddings (up to N "
                        "epochs), then fine-tune from it")
-        g.add_argument("--refit", action="store_true",
+        g.add_argument("--refit", action=argparse.BooleanOptionalAction,
                        help="after early stopping, train again on train + validation for the chosen epochs")
         g.add_argument("--seed", type=int)
         g.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -624,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="replace the earlier run in --out (every file of it is removed first)")
         g.add_argument("--quiet", action="store_true", help="no progress bars")
         m = p.add_argument_group("multi-label training on annotated recordings")
-        m.add_argument("--multilabel", action="store_true",
+        m.add_argument("--multilabel", action=argparse.BooleanOptionalAction,
                        help="several species per clip: sigmoid outputs, binary cross-entropy, clips labelled from "
                        "the boxes of annotation tables (Raven, Audacity, CSV) in DATA or --annotations")
         annotation_options(m)
@@ -632,7 +634,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a species with no box in a clip: a negative (default), or left out of the loss")
         m.add_argument("--min-overlap", type=float, metavar="SECONDS",
                        help="a clip holds a box overlapping it this long, or by half the box (default 0.5)")
-        m.add_argument("--frequency-overlap", action="store_true",
+        m.add_argument("--frequency-overlap", action=argparse.BooleanOptionalAction,
                        help="count only boxes whose frequencies overlap the front end's band")
 
     p = data_command("train", "train a classifier and write a model bundle (evaluated on a held-out test part)")
@@ -779,8 +781,32 @@ def _log_to_stderr() -> None:
     logger.setLevel(logging.INFO)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with typos answered by the subcommand's usage and the closest names.
+
+    Examples
+    --------
+    >>> parse(["inspect", "data"]).command
+    'inspect'
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps the subparsers only there
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        near = difflib.get_close_matches(argv[0], commands, n=1)
+        parser.error(f"unknown command {argv[0]!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = commands[args.command]
+        known = [option for option in command._option_string_actions if option.startswith("--")]
+        hints = [f"{extra} (did you mean {near[0]}?)" if extra.startswith("-") and (near := difflib.get_close_matches(
+            extra.split("=")[0], known, n=1)) else extra for extra in extras]
+        command.error(f"unrecognized arguments: {' '.join(hints)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     _log_to_stderr()
     runtime.keep_freed_memory()
     try:
