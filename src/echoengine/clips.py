@@ -17,6 +17,8 @@ array([0, 3, 6])
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
 
 __all__ = [
@@ -241,3 +243,36 @@ def box_labels(
         rows, which = np.nonzero(held & (positive == sign)[None, :])
         labels[rows, columns[which]] = 1.0 if sign else 0.0
     return labels
+
+
+def stream_windows(blocks: Iterable[np.ndarray], *, length: int, hop: int) -> Iterator[tuple[int, np.ndarray, int]]:
+    """Windows of a signal given block by block: ``(start sample, window, samples of audio in it)``.
+
+    The windows are those of :func:`echoengine.clips.window_starts` on the
+    whole signal: every ``hop`` samples while a full window fits, then one
+    partial window padded with silence when samples remain (a signal shorter
+    than a window gives one padded window). Only a window and a block are
+    held in memory.
+    """
+    if length <= 0 or not 0 < hop <= length:
+        raise ValueError(f"need 0 < hop <= length, got length={length}, hop={hop}")
+    buffer = np.zeros(0, dtype=np.float32)
+    offset = 0  # sample index of buffer[0]
+    start = 0  # next window start
+    for block in blocks:
+        buffer = np.concatenate([buffer, block]) if len(buffer) else block
+        while start + length <= offset + len(buffer):
+            a = start - offset
+            yield start, buffer[a : a + length].copy(), length
+            start += hop
+        drop = start - offset
+        if drop > 0:
+            buffer, offset = buffer[drop:], start
+    total = offset + len(buffer)
+    if total == 0:
+        return
+    if start < total and (start == 0 or start - hop + length < total):
+        tail = buffer[start - offset :]
+        window = np.zeros(length, dtype=np.float32)
+        window[: len(tail)] = tail
+        yield start, window, len(tail)

@@ -45,7 +45,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,8 +56,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from echoengine import audio, formats, ledger
-from echoengine.bundle import ONNX_FILE, THRESHOLDS_FILE, Bundle
+from echoengine.bundle import THRESHOLDS_FILE, Bundle
+from echoengine.clips import stream_windows
 from echoengine.errors import AudioError, EchoError
+from echoengine.scoring import WindowScorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds, write_thresholds
@@ -120,113 +122,6 @@ class DetectOptions:
 
 
 # ---- windows ---------------------------------------------------------------------------------------------------
-def stream_windows(blocks: Iterable[np.ndarray], *, length: int, hop: int) -> Iterator[tuple[int, np.ndarray, int]]:
-    """Windows of a signal given block by block: ``(start sample, window, samples of audio in it)``.
-
-    The windows are those of :func:`echoengine.clips.window_starts` on the
-    whole signal: every ``hop`` samples while a full window fits, then one
-    partial window padded with silence when samples remain (a signal shorter
-    than a window gives one padded window). Only a window and a block are
-    held in memory.
-    """
-    if length <= 0 or not 0 < hop <= length:
-        raise ValueError(f"need 0 < hop <= length, got length={length}, hop={hop}")
-    buffer = np.zeros(0, dtype=np.float32)
-    offset = 0  # sample index of buffer[0]
-    start = 0  # next window start
-    for block in blocks:
-        buffer = np.concatenate([buffer, block]) if len(buffer) else block
-        while start + length <= offset + len(buffer):
-            a = start - offset
-            yield start, buffer[a : a + length].copy(), length
-            start += hop
-        drop = start - offset
-        if drop > 0:
-            buffer, offset = buffer[drop:], start
-    total = offset + len(buffer)
-    if total == 0:
-        return
-    if start < total and (start == 0 or start - hop + length < total):
-        tail = buffer[start - offset :]
-        window = np.zeros(length, dtype=np.float32)
-        window[: len(tail)] = tail
-        yield start, window, len(tail)
-
-
-# ---- scoring ---------------------------------------------------------------------------------------------------
-class WindowScorer:
-    """Class probabilities of windows of raw audio (n, clip samples) with a bundle or an ensemble.
-
-    ``prepare`` turns windows into model inputs and runs in the data workers
-    (the mel front end for CNN bundles; the waveforms themselves for
-    embedding, fine-tuned BirdNET and ONNX scoring); ``score`` runs the
-    model(s) in the main process and returns softmax probabilities, the
-    mean over an ensemble's members.
-    """
-
-    # CNN inference on a CPU is fastest in small batches (activations stay in cache): small_cnn 8 ms per
-    # image in batches of 4 against 14 in batches of 16, EfficientNetV2-B0 10 against 20 (2 cores)
-    model_batch = 4
-
-    def __init__(self, bundles: Sequence[Bundle], *, onnx: bool = False) -> None:
-        from echoengine.prediction import check_ensemble
-
-        check_ensemble(bundles)
-        self.bundles = list(bundles)
-        self.config = bundles[0].config
-        self.classes = bundles[0].classes
-        self.clip_samples = self.config.audio.clip_samples
-        self.kind = "onnx" if onnx else ("embeddings" if self.config.model.embedder else
-                                          "waveforms" if self.config.model.backbone == "birdnet" else "images")
-        self._frontend = None
-        self._embedder = None
-        self._sessions = None
-        if self.kind == "onnx":
-            from echoengine.exporting import bundle_onnx_session
-
-            self._sessions = [bundle_onnx_session(b.path) for b in self.bundles]  # graphs of the current weights
-            if self._sessions[0].get_inputs()[0].name != "waveform":
-                raise EchoError(f"{self.bundles[0].path}: its {ONNX_FILE} takes embeddings, not audio; "
-                                "detect with PyTorch (without --onnx)")
-
-    def prepare(self, windows: np.ndarray) -> torch.Tensor:
-        """Model inputs of windows (n, clip samples): images for CNN bundles, else the waveforms."""
-        waveforms = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        if self.kind != "images":
-            return waveforms
-        if self._frontend is None:
-            from echoengine.features import MelFrontend
-
-            self._frontend = MelFrontend.from_config(self.config)
-        with torch.inference_mode():
-            return self._frontend(waveforms)
-
-    def score(self, inputs: torch.Tensor) -> np.ndarray:
-        """Class scores (n, n_classes), averaged over the bundles: softmax, or sigmoids for multi-label models."""
-        if self.kind == "onnx":
-            flat = inputs.numpy().reshape(-1)  # windows of exactly one clip: the graph's own windows
-            return np.mean([s.run(None, {"waveform": flat})[1] for s in self._sessions], axis=0)
-        if self.kind == "embeddings":
-            inputs = self._embed(inputs.numpy())
-        elif self.kind == "images":
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        from echoengine.prediction import activation
-
-        chunk = self.model_batch if self.kind == "images" else len(inputs)
-        scores = activation(self.config)  # softmax, or per-class sigmoids for multi-label models
-        with torch.inference_mode():
-            return np.concatenate([(sum(scores(b.model(part)) for b in self.bundles) / len(self.bundles)).numpy()
-                                   for part in inputs.split(chunk)])
-
-    def _embed(self, windows: np.ndarray) -> torch.Tensor:
-        from echoengine.embeddings import embed_clips
-        from echoengine.models.embedders import build_embedder
-
-        if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
-        return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
-
-
 @dataclass
 class _Batch:
     inputs: torch.Tensor | None

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import librosa
@@ -53,12 +53,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from echoengine import audio
-from echoengine.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, load_bundle, read_splits, weights_digest
+from echoengine.bundle import ONNX_FILE, Bundle, load_bundle, read_splits, weights_digest
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 from echoengine.files import write_atomic
+from echoengine.prediction import predict_files
+from echoengine.scoring import (  # the graph's runtime; re-exported: what an exported bundle is run with
+    WEIGHTS_KEY,
+    bundle_onnx_session,
+    onnx_predict_file,
+    onnx_predict_stream,
+    onnx_predict_waveform,
+    onnx_session,
+    onnx_window_probabilities,
+)
 
 __all__ = [
     "ONNX_FILE", "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model", "export_onnx",
@@ -67,8 +76,6 @@ __all__ = [
 
 #: Audio fed to an exported graph at a time by :func:`onnx_predict_stream`: the graph's memory grows with its
 #: input (small_cnn on the Echo front end: about 0.3 GiB per minute), not with the file's length.
-CHUNK_SECONDS = 60.0
-_WEIGHTS_KEY = "echoengine.weights"  # metadata: the weights_digest of the weights a graph was exported from
 
 
 class GraphFrontend(nn.Module):
@@ -210,40 +217,7 @@ def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> lis
 
 
 def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
-    from echoengine.prediction import predict_files
-
     return predict_files([bundle], files, log=lambda line: None)  # each file as it decodes, to its end
-
-
-def onnx_session(path: str | Path):
-    """An onnxruntime session on the CPU; an unreadable graph is an EchoError naming the file."""
-    import onnxruntime
-
-    try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise EchoError(f"{path}: cannot load the ONNX graph ({' '.join(str(exc).split())[:300]})") from None
-
-
-def bundle_onnx_session(folder: str | Path):
-    """The session of a bundle's ``model.onnx``, checked to come from the bundle's current weights.
-
-    Raises
-    ------
-    EchoError
-        No graph, an unreadable one, or one exported from other weights
-        (the bundle was trained again since): re-export it.
-    """
-    folder = Path(folder)
-    path = folder / ONNX_FILE
-    if not path.is_file():
-        raise EchoError(f"{folder}: no {ONNX_FILE}; run: echoengine export {folder}")
-    session = onnx_session(path)
-    recorded = session.get_modelmeta().custom_metadata_map.get(_WEIGHTS_KEY)
-    if recorded != weights_digest(folder):
-        raise EchoError(f"{path}: exported from other weights than {folder / WEIGHTS_FILE} (the bundle was trained "
-                        f"again since); run: echoengine export {folder}")
-    return session
 
 
 def _stamp_weights(path: Path, folder: Path) -> None:
@@ -252,107 +226,8 @@ def _stamp_weights(path: Path, folder: Path) -> None:
 
     model = onnx.load(str(path))
     entry = model.metadata_props.add()
-    entry.key, entry.value = _WEIGHTS_KEY, weights_digest(folder)
+    entry.key, entry.value = WEIGHTS_KEY, weights_digest(folder)
     onnx.save(model, str(path))
-
-
-def onnx_predict_file(session, bundle: Bundle, path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of one file with an exported graph (onnxruntime session).
-
-    Returns
-    -------
-    probabilities : (n_classes,), window_probabilities : (n_windows, n_classes)
-    """
-    return onnx_predict_waveform(session, bundle, audio.load(path, bundle.config.audio))
-
-
-def onnx_predict_waveform(session, bundle: Bundle, y: np.ndarray, *,
-                          chunk_seconds: float = CHUNK_SECONDS) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`onnx_predict_file` on a waveform already decoded at the bundle's sample rate.
-
-    The graph runs on chunks of ``chunk_seconds`` of whole windows (see
-    :func:`onnx_predict_stream`), so its memory does not grow with the length.
-
-    Examples
-    --------
-    >>> probabilities, windows = onnx_predict_waveform(session, bundle, y)  # doctest: +SKIP
-    """
-    return onnx_predict_stream([session], [bundle], [y], chunk_seconds=chunk_seconds)
-
-
-def onnx_window_probabilities(session, bundle: Bundle, y: np.ndarray, *, embedder=None) -> np.ndarray:
-    """The graph's window probabilities (windows, n_classes) of a waveform, in one run.
-
-    A graph that takes audio cuts it itself; for one that takes embeddings,
-    the waveform is cut into clips (the last one padded) and embedded here,
-    by ``embedder`` (default: the bundle's, built for this call).
-
-    Examples
-    --------
-    >>> onnx_window_probabilities(session, bundle, np.zeros(48000 * 12, "float32")).shape  # doctest: +SKIP
-    (3, 4)
-    """
-    if session.get_inputs()[0].name == "waveform":
-        return session.run(None, {"waveform": np.asarray(y, dtype=np.float32)})[1]
-    from echoengine.clips import fixed_windows
-    from echoengine.embeddings import embed_clips
-    from echoengine.models.embedders import build_embedder
-
-    clip = bundle.config.audio.clip_samples
-    clips, _ = fixed_windows(y, length=clip, hop=clip)
-    embedder = embedder or build_embedder(bundle.config.model.embedder, bundle.config.model.birdnet_blocks)
-    embeddings = embed_clips(embedder, clips, bundle.config)
-    return session.run(None, {"embeddings": embeddings.astype(np.float32)})[1]
-
-
-def onnx_predict_stream(sessions: Sequence, bundles: Sequence[Bundle], blocks: Iterable[np.ndarray], *,
-                        chunk_seconds: float = CHUNK_SECONDS) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities of a waveform given block by block, with the graphs of one bundle or an ensemble.
-
-    Each graph runs on chunks of about ``chunk_seconds`` of whole windows
-    (the last chunk: the rest), so only a chunk and a block are in memory.
-    The graph scores each window on its own, so the chunks' windows are
-    those of the whole waveform, and the file's probabilities pool them as
-    the graph does: the mean (multi-label models: the max). An ensemble
-    averages its members' file and window probabilities.
-
-    Parameters
-    ----------
-    sessions : sequence of onnxruntime sessions
-        One per bundle, in the same order.
-    bundles : sequence of Bundle
-        Sharing their audio config (the windows are cut once for all).
-    blocks : iterable of ndarray
-        The mono float32 waveform at the bundles' sample rate, in consecutive blocks.
-
-    Returns
-    -------
-    probabilities : (n_classes,), window_probabilities : (n_windows, n_classes)
-
-    Examples
-    --------
-    >>> from echoengine import audio
-    >>> blocks = audio.stream("long.flac", bundle.config.audio)  # doctest: +SKIP
-    >>> probabilities, windows = onnx_predict_stream([session], [bundle], blocks)  # doctest: +SKIP
-    """
-    from echoengine.detection import stream_windows
-    from echoengine.models.embedders import build_embedder
-
-    clip = bundles[0].config.audio.clip_samples
-    size = clip * max(1, round(chunk_seconds * bundles[0].config.audio.sample_rate / clip))
-    embedders = [None if s.get_inputs()[0].name == "waveform"
-                 else build_embedder(b.config.model.embedder, b.config.model.birdnet_blocks)
-                 for s, b in zip(sessions, bundles, strict=True)]  # built once, not once per chunk
-    windows: list[list[np.ndarray]] = [[] for _ in sessions]
-    for _, chunk, valid in stream_windows(blocks, length=size, hop=size):
-        for mine, session, bundle, embedder in zip(windows, sessions, bundles, embedders, strict=True):
-            mine.append(onnx_window_probabilities(session, bundle, chunk[:valid], embedder=embedder))
-    if not windows[0]:
-        raise ValueError("no samples to score")
-    per_member = [np.concatenate(mine) for mine in windows]
-    pooled = [w.max(axis=0) if b.config.model.multilabel else w.mean(axis=0, dtype=np.float64)
-              for w, b in zip(per_member, bundles, strict=True)]
-    return np.mean(pooled, axis=0), np.mean(per_member, axis=0)
 
 
 def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check: Sequence[str | Path] = (),

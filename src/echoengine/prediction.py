@@ -12,7 +12,7 @@ fold models of a cross-validation) averages the members' file probabilities.
 :func:`predict_table` scores the windows of a catalog through its dataset
 (evaluation: with the labels of the windows); :func:`predict_files`
 (``echoengine predict``) decodes each file block by block and scores its
-windows as they come (:func:`echoengine.detection.stream_windows`, the scorer
+windows as they come (:func:`echoengine.clips.stream_windows`, the scorer
 of ``echoengine detect``, or the exported ONNX graph), so that memory stays
 bounded whatever a file's length.
 
@@ -41,10 +41,19 @@ from tqdm import tqdm
 from echoengine import audio
 from echoengine.bundle import Bundle
 from echoengine.cache import FeatureCache, quantise_image
+from echoengine.clips import stream_windows
 from echoengine.dataset import ClipDataset
-from echoengine.detection import WindowScorer, stream_windows
 from echoengine.embeddings import make_dataset
-from echoengine.errors import AudioError, EchoError
+from echoengine.errors import AudioError
+from echoengine.scoring import (
+    CHUNK_SECONDS,
+    WindowScorer,
+    activation,
+    bundle_onnx_session,
+    check_ensemble,
+    ensemble_scores,
+    onnx_predict_stream,
+)
 
 __all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "pool_windows", "predict_files",
            "predict_table", "stream_window_probabilities", "window_probabilities"]
@@ -92,26 +101,6 @@ def clip_maxes(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int
     return np.where(np.isfinite(best), best, np.nan)
 
 
-def _model_inputs(config) -> tuple:
-    return (config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop,
-            config.model.birdnet_blocks if config.model.uses_birdnet else ())
-
-
-def check_ensemble(bundles: Sequence[Bundle]) -> None:
-    """Raise an EchoError unless the bundles share their classes and the way their inputs are computed."""
-    first = bundles[0]
-    for other in bundles[1:]:
-        if other.classes != first.classes:
-            raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
-        if _model_inputs(other.config) != _model_inputs(first.config):
-            raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
-
-
-def activation(config) -> callable:
-    """Softmax over the classes, or a sigmoid per class for multi-label models."""
-    return torch.sigmoid if config.model.multilabel else (lambda logits: torch.softmax(logits, dim=1))
-
-
 def window_probabilities(
     bundles: Sequence[Bundle],
     table: pd.DataFrame,
@@ -148,7 +137,6 @@ def window_probabilities(
         label=table["label"].where(table["label"].isin(first.classes), ""))
     dataset: ClipDataset = make_dataset(labelled, first.classes, config, train=False, cache=cache, progress=progress,
                                         boxes=boxes)
-    scores = activation(config)
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
                         num_workers=num_workers, collate_fn=_collate)
     device = next(first.model.parameters()).device
@@ -159,8 +147,7 @@ def window_probabilities(
                 continue
             images, index, target = batch
             images = images.to(device, memory_format=torch.channels_last) if images.ndim == 4 else images.to(device)
-            mean = sum(scores(b.model(images)) for b in bundles) / len(bundles)
-            probabilities.append(mean.cpu().numpy())
+            probabilities.append(ensemble_scores(bundles, images).cpu().numpy())
             indices.append(index.numpy())
             targets.append(target.numpy())
     if not probabilities:
@@ -270,7 +257,7 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
     file is decoded block by block; PyTorch scores its windows in batches as
     they come (the scorer of ``echoengine detect``), and with ``onnx`` each
     bundle's exported graph runs on chunks of whole windows
-    (:func:`echoengine.exporting.onnx_predict_stream`).
+    (:func:`echoengine.scoring.onnx_predict_stream`).
 
     Parameters
     ----------
@@ -288,7 +275,7 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
         Audio decoded at a time.
     chunk_seconds : float, optional
         Audio fed to an ONNX graph at a time (default
-        :data:`echoengine.exporting.CHUNK_SECONDS`).
+        :data:`echoengine.scoring.CHUNK_SECONDS`).
     log : callable
         Given one line per file that cannot be decoded; its row is NaN.
 
@@ -327,7 +314,6 @@ def _torch_file_scorer(bundles: Sequence[Bundle], *, batch_size: int, block_seco
 
 def _onnx_file_scorer(bundles: Sequence[Bundle], *, block_seconds: float,
                       chunk_seconds: float | None) -> Callable[[str | Path], np.ndarray]:
-    from echoengine.exporting import CHUNK_SECONDS, bundle_onnx_session, onnx_predict_stream
 
     sessions = [bundle_onnx_session(member.path) for member in bundles]
     config = bundles[0].config  # the members share their audio config: each file is decoded once
