@@ -67,7 +67,7 @@ def baseline_loop(bundle, files: list[str]) -> None:
     rate, clip, fe = config.audio.sample_rate, config.audio.clip_samples, config.frontend
     embedder = None
     if config.model.embedder:
-        from echoengine.models.embedders import build_embedder
+        from echoengine.embeddings import build_embedder
 
         embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
     for path in files:

@@ -21,7 +21,7 @@ needs_birdnet = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def birdnet():
-    from echoengine.models.embedders import build_embedder
+    from echoengine.embeddings import build_embedder
 
     return build_embedder("birdnet")
 
@@ -107,7 +107,8 @@ def test_embeddings_are_cached_once_per_variant(esc10, tmp_path):
 
 
 def test_a_cnn_bundle_serves_as_an_embedder(synthetic_dataset, tmp_path):
-    from echoengine.models.embedders import CNNEmbedder, embedding_size
+    from echoengine.embeddings import CNNEmbedder
+    from echoengine.models.embedders import embedding_size
     from echoengine.training import fit
 
     config = EchoConfig().replace(

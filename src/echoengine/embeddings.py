@@ -21,24 +21,28 @@ Examples
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
+from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
 from echoengine.dataset import BoxLabels, ClipDataset, MultiLabelDataset, WaveformDataset
 from echoengine.errors import AudioError, EchoError
-from echoengine.models.embedders import build_embedder
+from echoengine.features import MelFrontend
+from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
 
-__all__ = ["EmbeddingCache", "EmbeddingDataset", "clip_windows", "embed_clips", "embedder_windows",
-           "embedding_hop_samples",
-           "make_dataset"]
+__all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "build_embedder", "clip_windows", "embed_clips",
+           "embedder_windows", "embedding_hop_samples", "make_dataset"]
 
 
 def embedder_windows(clip_samples: int, *, window: int, hop: int = 0) -> list[int]:
@@ -55,6 +59,63 @@ def embedding_hop_samples(config: EchoConfig, window: int) -> int:
     """The hop of the embedder windows in samples (the window when ``model.embedding_hop`` is 0)."""
     return round(config.model.embedding_hop * config.audio.sample_rate) or window
 
+
+
+class CNNEmbedder:
+    """The pooled features of an echoengine CNN bundle, over its own clips and front end.
+
+    Parameters
+    ----------
+    bundle : str or Path
+        A bundle written by ``echoengine train``.
+    """
+
+    name = "cnn"
+
+    def __init__(self, bundle: str | Path, *, batch_size: int = 16) -> None:
+        loaded = load_bundle(bundle)
+        self._torch = torch
+        self.model = loaded.model
+        self.frontend = MelFrontend.from_config(loaded.config)
+        self.sample_rate = loaded.config.audio.sample_rate
+        self.window_seconds = loaded.config.audio.clip_seconds
+        self.embedding_size = loaded.model.backbone.num_features
+        self.batch_size = batch_size
+        self.channels = loaded.config.frontend.image_channels
+        weights = hashlib.blake2b((Path(bundle) / "weights.pt").read_bytes(), digest_size=8).hexdigest()
+        self.identity = f"cnn-{weights}-{loaded.config.fingerprint('audio', 'frontend')}"
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate * self.window_seconds)
+
+    def embed(self, waveforms: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(waveforms), self.batch_size):
+                batch = torch.from_numpy(np.ascontiguousarray(waveforms[i : i + self.batch_size], dtype=np.float32))
+                images = self.frontend(batch)
+                out.append(self.model.features(images).numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
+
+
+@functools.cache
+def _shared(name: str, blocks: tuple[str, ...]):
+    return BirdNETTorchEmbedder(blocks=blocks) if name == "birdnet" else BirdNETEmbedder(blocks=blocks)
+
+
+def build_embedder(name: str, blocks: Sequence[str] = ()):
+    """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
+
+    ``blocks`` (BirdNET's, see :func:`feature_size`) add pooled block outputs to
+    BirdNET's embedding. The BirdNET embedders are loaded once per process.
+    """
+    if name in ("birdnet", "birdnet-tflite"):
+        return _shared(name, block_order(blocks))
+    if name.startswith("cnn:"):
+        return CNNEmbedder(name.removeprefix("cnn:"))
+    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
 
 def embed_clips(embedder, clips: np.ndarray, config: EchoConfig) -> np.ndarray:
     """Embeddings of the embedder windows of clips (n, clip samples) -> (n, windows, embedding size)."""

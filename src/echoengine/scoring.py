@@ -33,10 +33,9 @@ import torch
 from echoengine import audio
 from echoengine.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, weights_digest
 from echoengine.clips import fixed_windows, stream_windows
-from echoengine.embeddings import embed_clips
+from echoengine.embeddings import build_embedder, embed_clips
 from echoengine.errors import EchoError
 from echoengine.features import MelFrontend
-from echoengine.models.embedders import build_embedder
 
 __all__ = ["CHUNK_SECONDS", "WEIGHTS_KEY", "WindowScorer", "activation", "bundle_onnx_session", "check_ensemble",
            "ensemble_scores", "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform", "onnx_session",

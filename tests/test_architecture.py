@@ -1,0 +1,66 @@
+"""The package's layering: modules import only those listed above them in the README, and never in a cycle."""
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "echoengine"
+
+
+def _unit(path: Path) -> str:
+    """A module's entry in the README's list: its file name, or ``models/`` for the models package."""
+    relative = path.relative_to(PACKAGE)
+    return "models/" if relative.parts[0] == "models" else relative.name
+
+
+def _imports(path: Path, *, top_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_only else list(ast.walk(tree))
+    found = set()
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("echoengine"):
+            names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "echoengine" else [node.module]
+            for name in names:
+                parts = name.split(".")[1:]
+                if parts:
+                    found.add("models/" if parts[0] == "models" else f"{parts[0]}.py")
+    return found
+
+
+def _graph(*, top_only: bool) -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        if path.name not in ("__init__.py", "__main__.py") or path.parent.name == "models":
+            unit = _unit(path)
+            graph.setdefault(unit, set()).update(d for d in _imports(path, top_only=top_only) if d != unit)
+    return graph
+
+
+def test_no_module_imports_one_listed_below_it_in_the_readme():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("src/echoengine/\n"):]
+    order = [m.group(1) for m in re.finditer(r"^  (\S+\.py|models/)\s", block[: block.index("\ntests/")], re.M)]
+    position = {unit: i for i, unit in enumerate(order)}
+    graph = _graph(top_only=True)
+    assert set(graph) - {"__init__.py"} <= set(position), sorted(set(graph) - set(position))
+    upward = [(unit, dep) for unit, deps in graph.items() for dep in deps
+              if unit in position and dep in position and position[dep] > position[unit]]
+    assert not upward
+
+
+def test_no_import_cycle_even_through_imports_inside_functions():
+    graph = _graph(top_only=False)
+    state: dict[str, int] = {}
+
+    def visit(unit: str, path: list[str]) -> None:
+        state[unit] = 1
+        for dep in sorted(graph.get(unit, ())):
+            assert state.get(dep) != 1, " -> ".join([*path, unit, dep])
+            if dep not in state:
+                visit(dep, [*path, unit])
+        state[unit] = 2
+
+    for unit in sorted(graph):
+        if unit not in state:
+            visit(unit, [])
