@@ -35,6 +35,18 @@ from typing import Any
 import tomli_w
 
 from echoengine.errors import ConfigError
+from echoengine.input_config import (
+    AUDIO_EXTENSIONS,
+    MAX_BATCH_VALUES,
+    MAX_SEED,
+    MAX_STFT_VALUES,
+    AudioConfig,
+    AugmentConfig,
+    DataConfig,
+    FrontendConfig,
+    check_at_most,
+    require,
+)
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -49,370 +61,11 @@ __all__ = [
     "TrainConfig",
 ]
 
-#: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
-
 CONFIG_VERSION = 2  # 2: model.birdnet_blocks (a version-1 config means none)
 #: BirdNET V2.4's blocks, in order, and the channels of each one's output (``model.birdnet_blocks``).
 BIRDNET_BLOCKS = {"1-1": 36, "1-2": 36, "1-3": 36, "2-1": 72, "2-2": 72, "2-3": 72, "2-4": 72, "3-1": 108,
                   "3-2": 108, "3-3": 108, "3-4": 108, "3-5": 108, "4-1": 192, "4-2": 192, "4-3": 192, "4-4": 192}
 _NONE = "none"  # how an unset optional value is written in TOML
-
-#: Most samples in one clip (512 MiB as float32): ``audio.clip_seconds`` x ``audio.sample_rate``.
-MAX_CLIP_SAMPLES = 2**27
-#: Most values in the STFT of one clip (1 GiB as complex64): frames x (``n_fft`` / 2 + 1).
-MAX_STFT_VALUES = 2**27
-#: Most values in one batch of model images (4 GiB as float32): ``data.batch_size`` x channels x height x width.
-MAX_BATCH_VALUES = 2**30
-MAX_SEED = 2**32 - 1  # numpy, torch and scikit-learn all take seeds up to this
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ConfigError(message)
-
-
-def _check_probability(section: str, name: str, value: float) -> None:
-    _require(0.0 <= value <= 1.0, f"{section}.{name} must be a probability in [0, 1], got {value}")
-
-
-def _check_range(section: str, name: str, low: float, high: float) -> None:
-    _require(low <= high, f"{section}.{name}: minimum {low} is above maximum {high}")
-
-
-def _check_at_most(section: str, name: str, value: float, high: float, why: str) -> None:
-    """An upper bound on a size, so that a typo cannot ask for an allocation no machine has."""
-    _require(value <= high, f"{section}.{name} must be at most {high} ({why}), got {value}")
-
-
-@dataclass(frozen=True)
-class AudioConfig:
-    """How audio files are decoded and cut into clips.
-
-    Parameters
-    ----------
-    sample_rate : int
-        Every file is resampled to this rate (Hz); at most 1,000,000.
-    clip_seconds : float
-        Length of one model input clip; at most 600 s, and at most
-        :data:`MAX_CLIP_SAMPLES` (2**27) samples at ``sample_rate``.
-    channel : str or int
-        ``"mean"`` averages the channels; an integer picks one channel
-        (0-based; the Echo pipeline kept channel 1, the right one).
-    resample_quality : str
-        soxr quality: ``"VHQ"``, ``"HQ"`` (librosa's default), ``"MQ"``,
-        ``"LQ"`` or ``"QQ"``.
-    min_seconds : float
-        Files shorter than this are reported as unusable.
-    pad : str
-        Where silence goes when a clip is shorter than ``clip_seconds``:
-        ``"end"`` (the Echo pipeline), ``"center"`` or ``"random"``.
-    """
-
-    sample_rate: int = 48000
-    clip_seconds: float = 5.0
-    channel: str | int = "mean"
-    resample_quality: str = "HQ"
-    min_seconds: float = 0.1
-    pad: str = "end"
-
-    def __post_init__(self) -> None:
-        s = "audio"
-        _require(self.sample_rate > 0, f"{s}.sample_rate must be positive, got {self.sample_rate}")
-        _check_at_most(s, "sample_rate", self.sample_rate, 1_000_000, "Hz, above any recorder's rate")
-        _require(self.clip_seconds > 0, f"{s}.clip_seconds must be positive, got {self.clip_seconds}")
-        _check_at_most(s, "clip_seconds", self.clip_seconds, 600, "seconds per model input clip")
-        _require(
-            1 <= self.clip_samples <= MAX_CLIP_SAMPLES,
-            f"{s}: a clip of clip_seconds x sample_rate = {self.clip_samples} samples must hold 1 to "
-            f"{MAX_CLIP_SAMPLES} samples (512 MiB); change audio.clip_seconds or audio.sample_rate",
-        )
-        _require(
-            self.channel == "mean" or (isinstance(self.channel, int) and self.channel >= 0),
-            f"{s}.channel must be 'mean' or a channel index >= 0, got {self.channel!r}",
-        )
-        _require(
-            self.resample_quality in ("VHQ", "HQ", "MQ", "LQ", "QQ"),
-            f"{s}.resample_quality must be one of VHQ, HQ, MQ, LQ, QQ, got {self.resample_quality!r}",
-        )
-        _require(self.min_seconds >= 0, f"{s}.min_seconds must be >= 0, got {self.min_seconds}")
-        _require(
-            self.pad in ("end", "center", "random"),
-            f"{s}.pad must be 'end', 'center' or 'random', got {self.pad!r}",
-        )
-
-    @property
-    def clip_samples(self) -> int:
-        """Samples in one clip at ``sample_rate``."""
-        return round(self.clip_seconds * self.sample_rate)
-
-
-@dataclass(frozen=True)
-class FrontendConfig:
-    """The mel spectrogram and the model image made from it.
-
-    Parameters
-    ----------
-    n_fft, hop_length, win_length, window, center, pad_mode
-        STFT settings with librosa's meaning; ``win_length`` defaults to
-        ``n_fft``. ``n_fft`` and ``hop_length`` are at most 65536, and the
-        STFT of one clip at most :data:`MAX_STFT_VALUES` (2**27) values.
-    n_mels, fmin, fmax, htk, norm
-        Mel filter bank (``librosa.filters.mel``); ``norm`` is ``"slaney"``
-        or ``"none"``; at most 1024 mel bands.
-    power : float
-        Exponent of the magnitude (2: power spectrogram).
-    top_db, ref, amin
-        ``librosa.power_to_db`` settings; ``top_db = None`` disables the floor.
-    image_height, image_width, image_channels
-        The model image: height is time, width is mel bands (the Echo
-        layout), the single channel repeated ``image_channels`` times.
-        At most 2048 x 2048 pixels and 4 channels.
-    resize : str
-        ``"lanczos5"`` (the Echo pipeline's ``tf.image.resize`` method),
-        ``"bilinear"`` or ``"bicubic"``.
-    resize_antialias : bool
-        Widen the resize kernel when shrinking (as PIL does). The Echo
-        pipeline did not (``tf.image.resize``'s default); False reproduces it.
-        See :mod:`echoengine.features` for how they differ.
-    """
-
-    n_fft: int = 2048
-    hop_length: int = 200
-    win_length: int | None = None
-    window: str = "hann"
-    center: bool = True
-    pad_mode: str = "constant"
-    n_mels: int = 260
-    fmin: float = 20.0
-    fmax: float = 13000.0
-    htk: bool = False
-    norm: str = "slaney"
-    power: float = 2.0
-    top_db: float | None = 80.0
-    ref: float = 1.0
-    amin: float = 1e-10
-    image_height: int = 260
-    image_width: int = 260
-    image_channels: int = 3
-    resize: str = "lanczos5"
-    resize_antialias: bool = True
-
-    def __post_init__(self) -> None:
-        s = "frontend"
-        _require(self.n_fft > 0, f"{s}.n_fft must be positive, got {self.n_fft}")
-        _require(self.hop_length > 0, f"{s}.hop_length must be positive, got {self.hop_length}")
-        for name in ("n_fft", "hop_length"):
-            _check_at_most(s, name, getattr(self, name), 65536, "samples")
-        _require(
-            self.win_length is None or 0 < self.win_length <= self.n_fft,
-            f"{s}.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}",
-        )
-        _require(self.pad_mode in ("constant", "reflect"), f"{s}.pad_mode must be 'constant' or 'reflect'")
-        try:
-            from scipy.signal import get_window
-
-            get_window(self.window, 16)
-        except ValueError:
-            raise ConfigError(f"{s}.window {self.window!r} is not a window scipy.signal.get_window knows") from None
-        _require(self.n_mels > 0, f"{s}.n_mels must be positive, got {self.n_mels}")
-        _check_at_most(s, "n_mels", self.n_mels, 1024, "mel bands")
-        _require(self.fmin >= 0, f"{s}.fmin must be >= 0, got {self.fmin}")
-        _require(self.fmin < self.fmax, f"{s}.fmin ({self.fmin}) must be below fmax ({self.fmax})")
-        _require(self.norm in ("slaney", "none"), f"{s}.norm must be 'slaney' or 'none', got {self.norm!r}")
-        _require(self.power > 0, f"{s}.power must be positive, got {self.power}")
-        _require(self.top_db is None or self.top_db >= 0, f"{s}.top_db must be >= 0, got {self.top_db}")
-        _require(self.ref > 0 and self.amin > 0, f"{s}.ref and {s}.amin must be positive")
-        for name, high in (("image_height", 2048), ("image_width", 2048), ("image_channels", 4)):
-            _require(getattr(self, name) > 0, f"{s}.{name} must be positive, got {getattr(self, name)}")
-            _check_at_most(s, name, getattr(self, name), high, "of the model image")
-        _require(
-            self.resize in ("lanczos5", "bilinear", "bicubic"),
-            f"{s}.resize must be 'lanczos5', 'bilinear' or 'bicubic', got {self.resize!r}",
-        )
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """``(channels, height, width)`` of one model input."""
-        return (self.image_channels, self.image_height, self.image_width)
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training-time augmentation; each one is switched off by ``p = 0``.
-
-    The waveform defaults are the Echo pipeline's (audiomentations, each with
-    p = 0.2), as is the rotation of every image by up to 2 degrees.
-    SpecAugment masks and mixup are off by default.
-
-    Parameters
-    ----------
-    variants : int
-        Augmented variants computed (and cached) per training sample; an
-        epoch draws one of them per sample. At most 1000.
-    seed : int
-        Variant ``k`` of a sample is a function of ``(seed, k, sample)``;
-        0 to 2**32 - 1.
-    time_masks, freq_masks : int
-        SpecAugment masks per image; at most 100 each.
-    embedding_variants : int
-        The same for models on a pretrained embedder, where each variant
-        costs a pass of the embedder: fewer, computed once and cached.
-        At most 1000.
-    """
-
-    variants: int = 20
-    seed: int = 0
-    noise_p: float = 0.2
-    noise_min_amplitude: float = 0.001
-    noise_max_amplitude: float = 0.015
-    time_stretch_p: float = 0.2
-    time_stretch_min_rate: float = 0.8
-    time_stretch_max_rate: float = 1.25
-    pitch_shift_p: float = 0.2
-    pitch_shift_min_semitones: float = -4.0
-    pitch_shift_max_semitones: float = 4.0
-    shift_p: float = 0.2
-    shift_min_fraction: float = -0.5
-    shift_max_fraction: float = 0.5
-    specaugment_p: float = 0.0
-    time_masks: int = 2
-    time_mask_fraction: float = 0.1
-    freq_masks: int = 2
-    freq_mask_fraction: float = 0.1
-    rotation_p: float = 1.0
-    rotation_degrees: float = 2.0
-    mixup_p: float = 0.0
-    mixup_alpha: float = 0.4
-    embedding_variants: int = 4
-
-    def __post_init__(self) -> None:
-        s = "augment"
-        _require(self.variants >= 1, f"{s}.variants must be >= 1, got {self.variants}")
-        _require(self.seed >= 0, f"{s}.seed must be >= 0, got {self.seed}")
-        for name, high, why in (("variants", 1000, "each is computed and cached"),
-                                ("embedding_variants", 1000, "each is computed and cached"),
-                                ("time_masks", 100, "masks per image"), ("freq_masks", 100, "masks per image"),
-                                ("seed", MAX_SEED, "the largest seed numpy, torch and scikit-learn take")):
-            _check_at_most(s, name, getattr(self, name), high, why)
-        for name in ("noise_p", "time_stretch_p", "pitch_shift_p", "shift_p", "specaugment_p", "rotation_p", "mixup_p"):
-            _check_probability(s, name, getattr(self, name))
-        _check_range(s, "noise amplitude", self.noise_min_amplitude, self.noise_max_amplitude)
-        _require(self.time_stretch_min_rate > 0, f"{s}.time_stretch_min_rate must be positive")
-        _check_range(s, "time_stretch rate", self.time_stretch_min_rate, self.time_stretch_max_rate)
-        _check_range(s, "pitch_shift semitones", self.pitch_shift_min_semitones, self.pitch_shift_max_semitones)
-        _check_range(s, "shift fraction", self.shift_min_fraction, self.shift_max_fraction)
-        for name in ("time_mask_fraction", "freq_mask_fraction"):
-            _check_probability(s, name, getattr(self, name))
-        _require(self.time_masks >= 0 and self.freq_masks >= 0, f"{s}: mask counts must be >= 0")
-        _require(self.rotation_degrees >= 0, f"{s}.rotation_degrees must be >= 0")
-        _require(self.mixup_alpha > 0, f"{s}.mixup_alpha must be positive, got {self.mixup_alpha}")
-        _require(self.embedding_variants >= 1, f"{s}.embedding_variants must be >= 1")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Datasets, splits, loading and the feature cache.
-
-    Parameters
-    ----------
-    extensions : tuple of str
-        Audio file extensions to collect from folders.
-    group_regex : str
-        Regular expression on file names whose first group (or whole match)
-        names the source recording; empty means each file is its own group
-        unless the dataset says otherwise (ESC-50's ``src_file``).
-    val_fraction, test_fraction, folds, split_seed
-        Grouped, stratified splits; 2 to 100 folds, seed 0 to 2**32 - 1.
-    batch_size, num_workers
-        DataLoader settings (batch 16 as in the Echo pipeline); at most
-        4096 samples a batch (and :data:`MAX_BATCH_VALUES` values in a batch
-        of model images) and 256 workers.
-    cache_dir : str
-        Feature cache folder; empty disables the cache.
-    cache_size_gb : float
-        Size limit of the cache; least recently stored entries are evicted.
-        At most 100000 (100 TB).
-    cache_identity : str
-        ``"stat"`` (size and modification time) or ``"content"`` (hash of the
-        bytes) identifies a file in cache keys.
-    on_error : str
-        What to do with an unusable file: ``"warn"`` (one line, then skip),
-        ``"ignore"`` (skip silently) or ``"raise"``.
-    allow_outside_paths : bool
-        Use the rows of a dataset CSV that name files outside the dataset's
-        audio folder (``../x.wav``, absolute paths); refused by default. A
-        setting of the reader (:data:`MACHINE_SETTINGS`), never read from a
-        bundle.
-    sparse_classes : str
-        A class with a single source recording cannot be both trained on and
-        held out: ``"error"`` stops with a message naming it, ``"drop"``
-        leaves it out of splits and cross-validation.
-    min_overlap, min_overlap_fraction : float
-        Multi-label data: a clip holds an annotated box when they overlap by
-        at least ``min_overlap`` seconds or by this fraction of the box.
-    frequency_overlap : bool
-        Multi-label data: a box counts only when its frequencies overlap the
-        front end's ``fmin``-``fmax`` band.
-    unlabeled : str
-        Multi-label data: a species with no box in a clip is a negative
-        (``"negative"``) or left out of the loss (``"ignore"``); verified
-        negatives are negatives either way.
-    box_jitter : float
-        Multi-label training crops hold a box; 0 centres it, 1 lets it sit anywhere in the crop.
-    background_crops : int
-        Multi-label training: crops drawn anywhere per recording per epoch, besides one per box; at most 1000.
-    """
-
-    extensions: tuple[str, ...] = AUDIO_EXTENSIONS
-    group_regex: str = ""
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    folds: int = 5
-    split_seed: int = 0
-    batch_size: int = 16
-    num_workers: int = 0
-    cache_dir: str = ""
-    cache_size_gb: float = 4.0
-    cache_identity: str = "stat"
-    on_error: str = "warn"
-    allow_outside_paths: bool = False
-    sparse_classes: str = "error"
-    min_overlap: float = 0.5
-    min_overlap_fraction: float = 0.5
-    frequency_overlap: bool = False
-    unlabeled: str = "negative"
-    box_jitter: float = 1.0
-    background_crops: int = 1
-
-    def __post_init__(self) -> None:
-        s = "data"
-        _require(
-            all(isinstance(e, str) and e in AUDIO_EXTENSIONS for e in self.extensions),
-            f"{s}.extensions must be among {', '.join(AUDIO_EXTENSIONS)} (lower case), got {list(self.extensions)}",
-        )
-        _require(self.split_seed >= 0, f"{s}.split_seed must be >= 0, got {self.split_seed}")
-        for name in ("val_fraction", "test_fraction"):
-            _require(0.0 <= getattr(self, name) < 1.0, f"{s}.{name} must be in [0, 1)")
-        _require(self.val_fraction + self.test_fraction < 1.0, f"{s}: val_fraction + test_fraction must be below 1")
-        _require(self.folds >= 2, f"{s}.folds must be >= 2, got {self.folds}")
-        _require(self.batch_size >= 1, f"{s}.batch_size must be >= 1, got {self.batch_size}")
-        _require(self.num_workers >= 0, f"{s}.num_workers must be >= 0, got {self.num_workers}")
-        _require(self.cache_size_gb > 0, f"{s}.cache_size_gb must be positive")
-        for name, high, why in (("folds", 100, "one model is trained per fold"),
-                                ("split_seed", MAX_SEED, "the largest seed numpy and scikit-learn take"),
-                                ("batch_size", 4096, "samples held in memory at once"),
-                                ("num_workers", 256, "processes"), ("cache_size_gb", 100_000, "GB of disk"),
-                                ("background_crops", 1000, "crops per recording and epoch")):
-            _check_at_most(s, name, getattr(self, name), high, why)
-        _require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
-        _require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
-        _require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
-        _require(self.unlabeled in ("negative", "ignore"), f"{s}.unlabeled must be 'negative' or 'ignore'")
-        _require(self.min_overlap >= 0 and 0 < self.min_overlap_fraction <= 1,
-                 f"{s}: min_overlap must be >= 0 and min_overlap_fraction in (0, 1]")
-        _require(0 <= self.box_jitter <= 1, f"{s}.box_jitter must be in [0, 1]")
-        _require(self.background_crops >= 0, f"{s}.background_crops must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -487,31 +140,31 @@ class ModelConfig:
         s = "model"
         known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
                  "mobilenetv3_large_100", "small_cnn", "birdnet")
-        _require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
-        _require(self.head in ("auto", "echo", "linear", "mlp", "attention"),
+        require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
+        require(self.head in ("auto", "echo", "linear", "mlp", "attention"),
                  f"{s}.head must be 'auto', 'echo', 'linear', 'mlp' or 'attention', got {self.head!r}")
-        _require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
+        require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
                  f"{s}.embedder must be '', 'birdnet', 'birdnet-tflite' or 'cnn:/path/to/bundle', "
                  f"got {self.embedder!r}")
-        _require(not self.embedder or self.head_name in ("linear", "mlp", "attention"),
+        require(not self.embedder or self.head_name in ("linear", "mlp", "attention"),
                  f"{s}.head must be 'linear', 'mlp' or 'attention' on an embedder, got {self.head!r}")
-        _require(not (self.head_name == "attention" and self.backbone == "birdnet" and not self.embedder),
+        require(not (self.head_name == "attention" and self.backbone == "birdnet" and not self.embedder),
                  f"{s}.head 'attention' works on CNN backbones and embedders, not the fine-tuned birdnet backbone")
-        _require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
-        _require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
-        _check_at_most(s, "hidden_size", self.hidden_size, 16384, "units of the mlp head")
+        require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
+        require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
+        check_at_most(s, "hidden_size", self.hidden_size, 16384, "units of the mlp head")
         unknown = sorted(str(block) for block in self.birdnet_blocks if not isinstance(block, str)
                          or block not in BIRDNET_BLOCKS)
-        _require(not unknown, f"{s}.birdnet_blocks: unknown block(s) {', '.join(unknown)}; known: "
+        require(not unknown, f"{s}.birdnet_blocks: unknown block(s) {', '.join(unknown)}; known: "
                  f"{', '.join(BIRDNET_BLOCKS)}")
         # in block order, once each: the order of the features, whatever order they were named in
         object.__setattr__(self, "birdnet_blocks", tuple(b for b in BIRDNET_BLOCKS if b in self.birdnet_blocks))
-        _require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
+        require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
                  f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
-        _require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
-        _require(not (self.embedder and self.pretrained),
+        require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
+        require(not (self.embedder and self.pretrained),
                  f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
-        _require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
+        require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def uses_birdnet(self) -> bool:
@@ -631,30 +284,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _require(self.solver in ("auto", "sgd", "lbfgs"),
+        require(self.solver in ("auto", "sgd", "lbfgs"),
                  f"{s}.solver must be 'auto', 'sgd' or 'lbfgs', got {self.solver!r}")
-        _require(self.optimizer in ("adam", "adamw", "adamax"),
+        require(self.optimizer in ("adam", "adamw", "adamax"),
                  f"{s}.optimizer must be 'adam', 'adamw' or 'adamax', got {self.optimizer!r}")
-        _require(self.schedule in ("plateau", "cosine"),
+        require(self.schedule in ("plateau", "cosine"),
                  f"{s}.schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
-        _require(self.class_weights in ("none", "balanced"),
+        require(self.class_weights in ("none", "balanced"),
                  f"{s}.class_weights must be 'none' or 'balanced', got {self.class_weights!r}")
-        _require(self.weight_decay >= 0, f"{s}.weight_decay must be >= 0, got {self.weight_decay}")
-        _require(0 <= self.warmup_epochs < self.epochs,
+        require(self.weight_decay >= 0, f"{s}.weight_decay must be >= 0, got {self.weight_decay}")
+        require(0 <= self.warmup_epochs < self.epochs,
                  f"{s}.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
-        _require(self.unfreeze_epoch >= 0, f"{s}.unfreeze_epoch must be >= 0, got {self.unfreeze_epoch}")
-        _require(not self.unfreeze_epoch or self.freeze_backbone,
+        require(self.unfreeze_epoch >= 0, f"{s}.unfreeze_epoch must be >= 0, got {self.unfreeze_epoch}")
+        require(not self.unfreeze_epoch or self.freeze_backbone,
                  f"{s}.unfreeze_epoch needs freeze_backbone = true (the backbone trains from the start otherwise)")
-        _require(self.backbone_lr_factor > 0, f"{s}.backbone_lr_factor must be positive")
-        _require(self.probe_epochs >= 0, f"{s}.probe_epochs must be >= 0, got {self.probe_epochs}")
-        _require(self.head_mixup >= 0, f"{s}.head_mixup must be >= 0 (0: off), got {self.head_mixup}")
-        _require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
-        _require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")
-        _require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")
-        _require(self.lr_patience >= 0 and self.patience >= 1, f"{s}: patience values must be >= 0 and >= 1")
-        _require(0 <= self.label_smoothing < 1, f"{s}.label_smoothing must be in [0, 1)")
-        _require(0 <= self.seed <= MAX_SEED, f"{s}.seed must be in [0, {MAX_SEED}], got {self.seed}")
-        _require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
+        require(self.backbone_lr_factor > 0, f"{s}.backbone_lr_factor must be positive")
+        require(self.probe_epochs >= 0, f"{s}.probe_epochs must be >= 0, got {self.probe_epochs}")
+        require(self.head_mixup >= 0, f"{s}.head_mixup must be >= 0 (0: off), got {self.head_mixup}")
+        require(self.epochs >= 1, f"{s}.epochs must be >= 1, got {self.epochs}")
+        require(self.learning_rate > 0, f"{s}.learning_rate must be positive, got {self.learning_rate}")
+        require(0 < self.lr_factor < 1, f"{s}.lr_factor must be in (0, 1), got {self.lr_factor}")
+        require(self.lr_patience >= 0 and self.patience >= 1, f"{s}: patience values must be >= 0 and >= 1")
+        require(0 <= self.label_smoothing < 1, f"{s}.label_smoothing must be in [0, 1)")
+        require(0 <= self.seed <= MAX_SEED, f"{s}.seed must be in [0, {MAX_SEED}], got {self.seed}")
+        require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
 
 
 _SECTIONS: dict[str, type] = {
@@ -675,7 +328,7 @@ def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
     if type(None) in options and (value is None or value == _NONE):
         return None
     if typing.get_origin(hint) is tuple or tuple in options:
-        _require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
         return tuple(value)
     for option in options:
         if option is bool and isinstance(value, bool):
@@ -730,37 +383,37 @@ class EchoConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _require(self.model.backbone != "birdnet" or self.audio.sample_rate == 48000,
+        require(self.model.backbone != "birdnet" or self.audio.sample_rate == 48000,
                  f"the birdnet backbone takes 48 kHz audio: set audio.sample_rate = 48000, "
                  f"not {self.audio.sample_rate}")
         nyquist = self.audio.sample_rate / 2
-        _require(
+        require(
             self.frontend.fmax <= nyquist,
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
-        _require(not self.train.probe_epochs or self.model.head_name in ("linear", "mlp"),
+        require(not self.train.probe_epochs or self.model.head_name in ("linear", "mlp"),
                  f"train.probe_epochs works with the linear and mlp heads, not {self.model.head!r}")
-        _require(self.train.solver != "lbfgs" or self.convex_head(strict=False),
+        require(self.train.solver != "lbfgs" or self.convex_head(strict=False),
                  "train.solver 'lbfgs' fits a linear or mlp head with mean pooling on a frozen embedder "
                  "(model.embedder set, model.head 'linear' or 'mlp', model.pooling 'mean')")
         fe, clip = self.frontend, self.audio.clip_samples
-        _require(
+        require(
             not (fe.center and fe.pad_mode == "reflect") or clip > fe.n_fft // 2,
             f"frontend.pad_mode 'reflect' needs clips longer than n_fft/2 = {fe.n_fft // 2} samples, "
             f"got {clip}; use 'constant'",
         )
-        _require(
+        require(
             fe.center or clip >= fe.n_fft,
             f"frontend.center = false needs clips of at least n_fft = {fe.n_fft} samples, got {clip}",
         )
         stft = (clip // fe.hop_length + 1) * (fe.n_fft // 2 + 1)
-        _require(stft <= MAX_STFT_VALUES,
+        require(stft <= MAX_STFT_VALUES,
                  f"the STFT of one clip would hold {stft} values ({clip} samples / hop_length {fe.hop_length} "
                  f"x n_fft {fe.n_fft} / 2), above {MAX_STFT_VALUES} (1 GiB); raise frontend.hop_length or "
                  "shorten audio.clip_seconds")
         batch = self.data.batch_size * fe.image_channels * fe.image_height * fe.image_width
-        _require(batch <= MAX_BATCH_VALUES,
+        require(batch <= MAX_BATCH_VALUES,
                  f"a batch of data.batch_size {self.data.batch_size} model images of {fe.image_shape} would hold "
                  f"{batch} values, above {MAX_BATCH_VALUES} (4 GiB); lower data.batch_size or the image size")
 
@@ -795,18 +448,18 @@ class EchoConfig:
         """Build a config from a nested dict; missing keys take defaults."""
         values = dict(values)
         version = values.pop("version", CONFIG_VERSION)
-        _require(version in (1, CONFIG_VERSION),
+        require(version in (1, CONFIG_VERSION),
                  f"config version {version} is not supported (expected 1 to {CONFIG_VERSION})")
         model = values.get("model", {})
-        _require(isinstance(model, dict), "[model] must be a table of keys")
+        require(isinstance(model, dict), "[model] must be a table of keys")
         uses_birdnet = str(model.get("embedder", "")).startswith("birdnet") or model.get("backbone") == "birdnet"
         if version == 1 and uses_birdnet:  # before BirdNET's blocks joined its embedding
             values["model"] = {"birdnet_blocks": [], **model}
         unknown = sorted(set(values) - set(_SECTIONS))
-        _require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
+        require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")
         sections = {}
         for name, section_values in values.items():
-            _require(isinstance(section_values, dict), f"[{name}] must be a table of keys")
+            require(isinstance(section_values, dict), f"[{name}] must be a table of keys")
             sections[name] = _section_from_dict(name, section_values)
         return cls(**sections)
 
@@ -844,7 +497,7 @@ class EchoConfig:
         """
         merged = self.to_dict()
         for name, changes in sections.items():
-            _require(name in _SECTIONS, f"unknown section {name!r}; allowed: {', '.join(_SECTIONS)}")
+            require(name in _SECTIONS, f"unknown section {name!r}; allowed: {', '.join(_SECTIONS)}")
             merged[name] = {**merged[name], **_to_toml_values(changes)}
         return EchoConfig.from_dict(merged)
 
