@@ -85,12 +85,14 @@ def test_cross_validate_runs_two_folds_on_two_recordings_per_class(four_classes,
 
 
 @needs_birdnet
-def test_detect_returns_the_events_it_wrote(trained, soundscapes, tmp_path):
+def test_detect_returns_the_events_it_wrote_and_prints_nothing(trained, soundscapes, tmp_path, capsys):
     result = ee.detect(trained.bundle, [soundscapes / "great_plains_toad.flac"], out=tmp_path / "detections",
-                       threshold=0.3, overlap=2.5)
+                       threshold=0.3, overlap=2.5, summary=True)
     assert result.events.equals(pd.read_csv(tmp_path / "detections" / "events.csv"))
     assert len(result.events) >= 1 and set(result.events["label"]) <= {"crow", "dog", "frog", "rain"}
     assert result.errors.empty
+    assert set(result.summary["species"]) == set(result.events["label"]) and result.summary_text
+    assert capsys.readouterr().out == ""  # a library call: the caller decides what to show
 
 
 @needs_birdnet

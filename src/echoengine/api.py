@@ -282,11 +282,12 @@ class PredictResult:
 
 
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
-            cache_dir: str | Path | None = None, progress: bool = False) -> PredictResult:
+            cache_dir: str | Path | None = None, progress: bool | None = False) -> PredictResult:
     """The class probabilities of each audio file (any length, read in bounded memory).
 
     Folders among ``files`` are searched for audio of the bundle's extensions.
     A file that cannot be read is listed in ``errors`` and the others go on.
+    ``progress=None`` shows a progress bar when there are more than 20 files.
     """
     bundles = load_bundles(bundle)
     config, classes = bundles[0].config, bundles[0].classes
@@ -297,6 +298,7 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     empty = np.zeros((0, len(classes)))
     if not len(usable):
         return PredictResult(pd.DataFrame(columns=["file", "species", "probability"]), empty, classes, messages)
+    progress = len(usable) > 20 if progress is None else progress
     probabilities = predict_files(bundles, usable["path"].tolist(), onnx=onnx,
                                   cache=None if onnx else _cache(config, cache_dir), progress=progress,
                                   log=lambda line: messages.append(line.removeprefix("error: ")))
@@ -316,6 +318,8 @@ class DetectResult:
     errors: pd.DataFrame
     written: dict[str, Path]
     out: Path
+    summary: pd.DataFrame | None = None
+    summary_text: str = ""
 
 
 def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, resume: bool = False,
@@ -326,13 +330,15 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     ``options`` are those of :class:`echoengine.detection.DetectOptions`
     (``overlap``, ``threshold``, ``top_n``, ``include``, ``exclude``,
     ``merge_gap``, ``onnx``, ...). ``summary`` also writes ``summary.csv`` and
-    ``summary.png`` (detections per species and hour).
+    ``summary.png`` (detections per species and hour), returned as ``summary``
+    with its printed form in ``summary_text``.
     """
     written = _detect(load_bundles(bundle), paths, out, options=DetectOptions(**options), resume=resume,
                       overwrite=overwrite, progress=progress, log=log or logger.info)
-    if summary:
-        summarize(out)
-    return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out))
+    lines: list[str] = []
+    table = summarize(out, log=lines.append) if summary else None
+    return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out),
+                        table, "\n".join(lines))
 
 
 @dataclass

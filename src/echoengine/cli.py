@@ -316,6 +316,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if len(result.errors):
         print(f"{len(result.errors)} file(s) could not be read: see {result.written['errors.csv']}", file=sys.stderr)
     if args.summary:
+        print(result.summary_text)
         print(f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'summary.png'}")
     return 0
 
@@ -393,7 +394,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
     result = api.predict(args.bundle, args.files, onnx=args.onnx, cache_dir=None if args.onnx else _cache_dir(args),
-                         progress=len(args.files) > 20)
+                         progress=None)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if not len(result.table):
@@ -763,11 +764,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class _MessageFormat(logging.Formatter):
-    """Messages as they are; warnings and errors after their level (``WARNING: ...``)."""
+    """Messages as they are; warnings and errors after their level, as the command's own (``warning: ...``)."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
-        return message if record.levelno < logging.WARNING else f"{record.levelname}: {message}"
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
 
 
 def _log_to_stderr() -> None:

@@ -106,7 +106,7 @@ def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False
         _write_split(out, usable, parts)
     counts = _announce(config, classes, parts, log, kind="training", items="files")
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                           progress=progress)
+                           progress=progress, log=log)
     held_out = "test" if counts["test"] else "val"
     if held_out == "val" and config.train.refit:
         logger.warning("no test part, and --refit trained on the validation part: the scores below are not held out")
@@ -162,7 +162,7 @@ def _train_multilabel(data: Path, config: EchoConfig, out: Path, *, resume: bool
     counts = _announce(config, classes, parts, log, kind="multi-label training of", items="recordings",
                        extra=f", {int(boxes['positive'].sum())} boxes")
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                           progress=progress, boxes=boxes)
+                           progress=progress, log=log, boxes=boxes)
     held_out = "test" if counts["test"] else "val"
     bundle = Bundle(out, config, classes, result.model)
     metrics = evaluate_multilabel([bundle], usable[parts == held_out].reset_index(drop=True), boxes,
