@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 
 from echoengine import catalog, formats
-from echoengine.clips import fixed_windows, window_starts
+from echoengine.clips import fixed_windows, stream_windows, window_starts
 from echoengine.config import EchoConfig
-from echoengine.detection import merge_events, stream_windows, window_detections
 from echoengine.errors import EchoError
+from echoengine.events import merge_events, window_detections
 from echoengine.synthetic import synthesize_call
 
 SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400, "n_fft": 1024}

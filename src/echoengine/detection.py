@@ -59,14 +59,15 @@ from echoengine import audio, formats, ledger
 from echoengine.bundle import THRESHOLDS_FILE, Bundle
 from echoengine.clips import stream_windows
 from echoengine.errors import AudioError, EchoError
+from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
 from echoengine.scoring import WindowScorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
-from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds, write_thresholds
+from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
-    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "load_thresholds", "merge_events",
-    "stream_windows", "summarize", "window_detections", "write_outputs", "write_thresholds",
+    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "load_thresholds", "summarize", "write_outputs",
+    "write_thresholds",
 ]
 
 
@@ -174,73 +175,6 @@ class _FileWindows(IterableDataset):
 
 
 # ---- events ----------------------------------------------------------------------------------------------------
-def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
-                      include: Sequence[str] = (), exclude: Sequence[str] = ()) -> pd.DataFrame:
-    """Window-level detections: (file, start, end, label, score) where a class reaches its threshold.
-
-    Parameters
-    ----------
-    scores : DataFrame
-        One row per window: ``file``, ``start``, ``end`` and one column of scores per class.
-    thresholds : ndarray, shape (n_classes,)
-    top_n : int
-        Only the window's ``top_n`` best classes may detect (0: all).
-    include, exclude : sequence of str
-        Classes to keep only / to drop.
-    """
-    classes = list(classes)
-    _check_species(classes, include, exclude)
-    matrix = scores[classes].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
-    hit = matrix >= thresholds[None, :]
-    if top_n:
-        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
-        hit &= ranks < top_n
-    allowed = np.array([(not include or c in include) and c not in exclude for c in classes])
-    hit &= allowed[None, :]
-    rows, columns = np.nonzero(hit)
-    return pd.DataFrame({
-        "file": scores["file"].to_numpy()[rows], "start": scores["start"].to_numpy()[rows],
-        "end": scores["end"].to_numpy()[rows], "label": np.array(classes, dtype=object)[columns],
-        "score": matrix[rows, columns],
-    })
-
-
-def _check_species(classes: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> None:
-    unknown = sorted((set(include) | set(exclude)) - set(classes))
-    if unknown:
-        raise EchoError(f"unknown species {', '.join(unknown)}: the model's classes are {', '.join(classes)}")
-
-
-def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
-    """Merge window detections of one class in one file that overlap, touch, or are closer than ``gap`` seconds.
-
-    Returns
-    -------
-    DataFrame
-        ``file, start, end, label, score`` (the max), ``mean_score``, ``windows``,
-        sorted by file, start and label.
-    """
-    columns = ["file", "start", "end", "label", "score", "mean_score", "windows"]
-    if detections.empty:
-        return pd.DataFrame(columns=columns)
-    events = []
-    ordered = detections.sort_values(["file", "label", "start"], kind="stable")
-    for (file, label), group in ordered.groupby(["file", "label"], sort=False):
-        current = None
-        for start, end, score in zip(group["start"], group["end"], group["score"], strict=True):
-            if current is not None and start <= current["end"] + gap + 1e-9:
-                current["end"] = max(current["end"], end)
-                current["scores"].append(score)
-                continue
-            if current is not None:
-                events.append(current)
-            current = {"file": file, "start": start, "end": end, "label": label, "scores": [score]}
-        events.append(current)
-    table = pd.DataFrame([{**{k: e[k] for k in ("file", "start", "end", "label")}, "score": max(e["scores"]),
-                           "mean_score": float(np.mean(e["scores"])), "windows": len(e["scores"])} for e in events])
-    return table.sort_values(["file", "start", "label"], kind="stable").reset_index(drop=True)[columns]
-
-
 # ---- the run ---------------------------------------------------------------------------------------------------
 def detect(
     bundles: Sequence[Bundle],
@@ -280,7 +214,7 @@ def detect(
     if not files:
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
     scorer = WindowScorer(bundles, onnx=options.onnx)
-    _check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
+    check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
     clip_seconds = scorer.config.audio.clip_seconds
     if not 0 <= options.overlap < clip_seconds:
         raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
@@ -288,7 +222,8 @@ def detect(
     if scorer.kind == "images" and options.batch_size % WindowScorer.model_batch:
         raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
                         f"that every window is scored in batches of one shape; got {options.batch_size}")
-    thresholds = _thresholds(bundles, options, scorer.classes)  # a bad thresholds.csv stops the run now
+    # a bad thresholds.csv stops the run now, not after hours of scoring
+    thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
     ledger.claim_output(out, resume=resume, overwrite=overwrite)
     records = ledger.start_ledger(out, bundles, options.scoring(), resume)
     todo = [(i, f) for i, f in enumerate(files) if not ledger.finished(records, f, log)]  # failed files are tried again
@@ -364,14 +299,6 @@ def _duration(path: str) -> float:
         return audio.info(path).duration
     except AudioError:
         return 0.0
-
-
-def _thresholds(bundles: Sequence[Bundle], options: DetectOptions, classes: list[str]) -> np.ndarray:
-    if options.threshold is not None:
-        return np.full(len(classes), options.threshold)
-    root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
-    calibrated = load_thresholds(root, classes)
-    return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)
 
 
 def _output_name(path: str, common: str, *, extension: bool = False) -> str:

@@ -1,0 +1,108 @@
+"""From window scores to events: thresholds, window detections, and their merging into events.
+
+A window detects a class when its score reaches the class's threshold (one
+for all, else the bundle's calibrated ``thresholds.csv``, else 0.5),
+optionally only among the window's ``top_n`` classes and the classes included
+and not excluded; detections of one class in overlapping or touching windows
+(or closer than ``gap`` seconds) merge into one event with its start, end, max
+and mean score. Pure table functions: :mod:`echoengine.detection` runs them
+on the recorded window scores.
+
+Examples
+--------
+>>> import pandas as pd
+>>> hits = pd.DataFrame({"file": ["a.wav"] * 2, "start": [0.0, 5.0], "end": [5.0, 10.0],
+...                      "label": ["frog"] * 2, "score": [0.7, 0.9]})
+>>> merge_events(hits)[["start", "end", "score", "windows"]].values.tolist()
+[[0.0, 10.0, 0.9, 2.0]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from echoengine.bundle import Bundle
+from echoengine.errors import EchoError
+from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
+
+__all__ = ["check_species", "detection_thresholds", "merge_events", "window_detections"]
+
+
+def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
+                      include: Sequence[str] = (), exclude: Sequence[str] = ()) -> pd.DataFrame:
+    """Window-level detections: (file, start, end, label, score) where a class reaches its threshold.
+
+    Parameters
+    ----------
+    scores : DataFrame
+        One row per window: ``file``, ``start``, ``end`` and one column of scores per class.
+    thresholds : ndarray, shape (n_classes,)
+    top_n : int
+        Only the window's ``top_n`` best classes may detect (0: all).
+    include, exclude : sequence of str
+        Classes to keep only / to drop.
+    """
+    classes = list(classes)
+    check_species(classes, include, exclude)
+    matrix = scores[classes].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
+    hit = matrix >= thresholds[None, :]
+    if top_n:
+        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
+        hit &= ranks < top_n
+    allowed = np.array([(not include or c in include) and c not in exclude for c in classes])
+    hit &= allowed[None, :]
+    rows, columns = np.nonzero(hit)
+    return pd.DataFrame({
+        "file": scores["file"].to_numpy()[rows], "start": scores["start"].to_numpy()[rows],
+        "end": scores["end"].to_numpy()[rows], "label": np.array(classes, dtype=object)[columns],
+        "score": matrix[rows, columns],
+    })
+
+
+def check_species(classes: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> None:
+    """An EchoError naming any species to include or exclude that is not among the model's classes."""
+    unknown = sorted((set(include) | set(exclude)) - set(classes))
+    if unknown:
+        raise EchoError(f"unknown species {', '.join(unknown)}: the model's classes are {', '.join(classes)}")
+
+
+def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
+    """Merge window detections of one class in one file that overlap, touch, or are closer than ``gap`` seconds.
+
+    Returns
+    -------
+    DataFrame
+        ``file, start, end, label, score`` (the max), ``mean_score``, ``windows``,
+        sorted by file, start and label.
+    """
+    columns = ["file", "start", "end", "label", "score", "mean_score", "windows"]
+    if detections.empty:
+        return pd.DataFrame(columns=columns)
+    events = []
+    ordered = detections.sort_values(["file", "label", "start"], kind="stable")
+    for (file, label), group in ordered.groupby(["file", "label"], sort=False):
+        current = None
+        for start, end, score in zip(group["start"], group["end"], group["score"], strict=True):
+            if current is not None and start <= current["end"] + gap + 1e-9:
+                current["end"] = max(current["end"], end)
+                current["scores"].append(score)
+                continue
+            if current is not None:
+                events.append(current)
+            current = {"file": file, "start": start, "end": end, "label": label, "scores": [score]}
+        events.append(current)
+    table = pd.DataFrame([{**{k: e[k] for k in ("file", "start", "end", "label")}, "score": max(e["scores"]),
+                           "mean_score": float(np.mean(e["scores"])), "windows": len(e["scores"])} for e in events])
+    return table.sort_values(["file", "start", "label"], kind="stable").reset_index(drop=True)[columns]
+
+
+def detection_thresholds(bundles: Sequence[Bundle], threshold: float | None, classes: list[str]) -> np.ndarray:
+    """Each class's threshold: ``threshold`` for all, else the bundle's calibrated ``thresholds.csv``, else 0.5."""
+    if threshold is not None:
+        return np.full(len(classes), threshold)
+    root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
+    calibrated = load_thresholds(root, classes)
+    return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)
