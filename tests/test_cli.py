@@ -84,9 +84,12 @@ def test_split_writes_grouped_parts(esc50, tmp_path, capsys):
     import pandas as pd
 
     out = tmp_path / "folds.csv"
-    assert main(["split", str(esc50), "--kfold", "--out", str(out)]) == 2  # washing_machine: one recording
-    assert "washing_machine" in capsys.readouterr().err
-    assert main(["split", str(esc50), "--kfold", "--sparse-classes", "drop", "--out", str(out)]) == 0
+    assert main(["split", str(esc50), "--kfold", "--sparse-classes", "error", "--out", str(out)]) == 2
+    assert "washing_machine" in capsys.readouterr().err  # one recording: it cannot be held out
+    assert main(["split", str(esc50), "--kfold", "--out", str(out)]) == 0  # the default: trained on, never tested
+    table = pd.read_csv(out)
+    assert set(table["part"][table["label"] == "washing_machine"]) == {"train"}
+    assert main(["split", str(esc50), "--kfold", "--sparse-classes", "drop", "--out", str(out), "--overwrite"]) == 0
     table = pd.read_csv(out)
     assert set(table["part"]) == {"fold0", "fold1", "fold2", "fold3", "fold4", "excluded"}
     assert (table.groupby("group")["part"].nunique() == 1).all()

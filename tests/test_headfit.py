@@ -10,7 +10,15 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from echoengine.headfit import DEFAULT_C, choose_c, fit_logistic, fit_temperature, select_and_fit
+from echoengine.headfit import (
+    DEFAULT_C,
+    PROTOTYPE_SCALE,
+    choose_c,
+    fit_logistic,
+    fit_prototypes,
+    fit_temperature,
+    select_and_fit,
+)
 
 
 @pytest.fixture
@@ -67,8 +75,39 @@ def test_two_recordings_per_class_still_train_and_one_falls_back_to_the_default(
     one = groups % 3 == 0
     with caplog.at_level(logging.WARNING):
         fit = select_and_fit(x[one], y[one], groups[one], n_classes=10)
-    assert fit.c == DEFAULT_C and fit.inner_folds == 0 and fit.temperature == 1.0
+    assert fit.prototypes and fit.inner_folds == 0 and fit.temperature == 1.0
     assert "too few recordings per class for an inner cross-validation" in caplog.text
+    assert "class means" in caplog.text and "class means" in fit.describe()
+    weight, bias = fit_prototypes(x[one], y[one], n_classes=10)
+    np.testing.assert_allclose(fit.weight, weight)
+    np.testing.assert_array_equal(bias, 0)
+
+
+def test_the_class_mean_head_is_the_nearest_class_mean_by_cosine_with_logits_of_the_documented_scale(blobs):
+    x, y, groups = blobs
+    one = groups % 3 == 0
+    weight, bias = fit_prototypes(x[one], y[one], n_classes=10)
+    means = np.stack([x[one][y[one] == c].mean(0) for c in range(10)])
+    cosine = (x @ means.T) / np.linalg.norm(x, axis=1, keepdims=True) / np.linalg.norm(means, axis=1)
+    logits = x @ weight.T + bias
+    np.testing.assert_array_equal(logits.argmax(1), cosine.argmax(1))  # the norm of x does not change the argmax
+    typical = np.linalg.norm(x[one], axis=1).mean()
+    np.testing.assert_allclose(logits, cosine * np.linalg.norm(x, axis=1, keepdims=True) / typical * PROTOTYPE_SCALE)
+    many = np.concatenate([np.flatnonzero(one & (y == 0))] * 5 + [np.flatnonzero(one & (y != 0))])
+    repeated = fit_prototypes(x[many], y[many], n_classes=10)  # five times the clips of class 0: no prior for it
+    unit = lambda w: w / np.linalg.norm(w, axis=1, keepdims=True)  # noqa: E731
+    np.testing.assert_allclose(unit(repeated[0]), unit(weight), atol=1e-12)
+    np.testing.assert_array_equal(repeated[1], 0)
+
+
+def test_multi_label_without_an_inner_split_falls_back_to_the_default_strength(blobs, caplog):
+    x, y, groups = blobs
+    one = groups % 3 == 0
+    multi_hot = np.eye(10)[y[one]]
+    with caplog.at_level(logging.WARNING):
+        fit = select_and_fit(x[one], multi_hot, groups[one], n_classes=10, multilabel=True)
+    assert not fit.prototypes and fit.c == DEFAULT_C and fit.inner_folds == 0
+    assert f"C = {DEFAULT_C:g}" in caplog.text
 
 
 def test_temperature_scaling_makes_the_inner_folds_better_calibrated(blobs):
@@ -104,7 +143,7 @@ def test_cv_with_birdnet_alone_runs_on_two_recordings_per_class(few_recordings, 
     assert main(["cv", str(two), "--folds", "2", "--embedder", "birdnet", "--out", str(out), "--quiet",
                  "--cache-dir", str(tmp_path / "cache")]) == 0
     printed = capsys.readouterr().out
-    assert "linear head fitted by L-BFGS" in printed and "validation 0" in printed
+    assert "class-mean head" in printed and "validation 0" in printed  # one training recording per class
     assert (out / "fold0" / "weights.pt").is_file() and (out / "fold1" / "weights.pt").is_file()
     accuracy = json.loads((out / "metrics.json").read_text())["mean"]["accuracy"]
     assert accuracy > 1 / 6  # better than chance on real recordings never seen in training

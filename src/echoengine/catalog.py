@@ -40,6 +40,8 @@ from echoengine.config import AUDIO_EXTENSIONS, AudioConfig, DataConfig
 from echoengine.errors import AudioError, DataError
 
 __all__ = [
+    "EXCLUDED",
+    "TRAIN_ONLY",
     "class_names",
     "from_csv",
     "from_folder",
@@ -51,6 +53,10 @@ __all__ = [
 ]
 
 COLUMNS = ["path", "label", "group"]
+#: The fold of a row left out of cross-validation (``data.sparse_classes = "drop"``).
+EXCLUDED = -1
+#: The fold of a row trained on in every fold and never tested (``data.sparse_classes = "train"``).
+TRAIN_ONLY = -2
 logger = logging.getLogger("echoengine")
 
 
@@ -470,11 +476,12 @@ def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_c
                          fix: str = "") -> np.ndarray:
     """Check that every class can sit on both sides of a split; the rows that can.
 
-    A class needs two source recordings to be both trained on and held out;
-    with fewer it is an error, or its rows are left out under
-    ``sparse_classes="drop"``. A class with fewer recordings than ``parts``
-    is kept, with a warning that it is missing from some parts, ending in
-    ``fix`` (where ``{fewest}`` is the fewest recordings of such a class).
+    A class needs two source recordings to be both trained on and held out.
+    With fewer, ``sparse_classes`` says what happens to its rows: ``"train"``
+    (they are trained on, never held out), ``"drop"`` (left out) or
+    ``"error"``. A class with fewer recordings than ``parts`` is kept, with
+    a warning that it is missing from some parts, ending in ``fix`` (where
+    ``{fewest}`` is the fewest recordings of such a class).
     """
     if table.empty:
         raise DataError(f"no samples to split for {purpose}")
@@ -483,15 +490,16 @@ def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_c
         raise DataError(f"{unlabelled} sample(s) have no label; {purpose} needs a label for every sample")
     counts = table.groupby("label")["group"].nunique()
     single = counts[counts < 2]
-    if len(single) and sparse_classes != "drop":
+    if len(single) and sparse_classes == "error":
         listing = ", ".join(f"{label!r}" for label in single.index)
         raise DataError(
             f"{purpose} needs at least 2 source recordings per class, to train on one and hold out another; "
-            f"only 1 in: {listing}. Add recordings, or leave such classes out with data.sparse_classes = 'drop' "
-            "(--sparse-classes drop)"
+            f"only 1 in: {listing}. Add recordings, train on them without testing them with data.sparse_classes = "
+            "'train' (--sparse-classes train), or leave them out with --sparse-classes drop"
         )
     if len(single):
-        logger.warning("left out of %s (a single source recording): %s", purpose, ", ".join(single.index))
+        what = "trained on but never tested" if sparse_classes == "train" else "left out"
+        logger.warning("%s: %s (a single source recording): %s", purpose, what, ", ".join(single.index))
     few = counts[(counts >= 2) & (counts < parts)]
     if len(few):
         listing = ", ".join(f"{label} ({n})" for label, n in few.items())
@@ -514,10 +522,12 @@ def _stratified_group_parts(table: pd.DataFrame, parts: int, seed: int) -> np.nd
     return fold
 
 
-def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0, sparse_classes: str = "error") -> np.ndarray:
+def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0, sparse_classes: str = "train") -> np.ndarray:
     """The fold (0 .. folds-1) of each row, stratified by label, grouped by source recording.
 
-    Rows of classes left out (``sparse_classes="drop"``) get -1. A class
+    The rows of a class with a single source recording get :data:`TRAIN_ONLY`
+    (``sparse_classes="train"``: in the training part of every fold, never
+    tested) or :data:`EXCLUDED` (``"drop"``: left out). A class
     with fewer source recordings than ``folds`` is kept, with a warning
     naming it and its recordings: it is missing from some folds.
 
@@ -541,7 +551,7 @@ def kfold(table: pd.DataFrame, *, folds: int, seed: int = 0, sparse_classes: str
         most = min(int(files.max()), n_groups)
         raise DataError(f"{purpose} needs a class with at least {folds} files to stratify the folds, but every class "
                         f"has fewer: {listing}{more}; use --folds {most} or fewer (data.folds), or add recordings")
-    fold = np.full(len(table), -1, dtype=np.int64)
+    fold = np.full(len(table), TRAIN_ONLY if sparse_classes == "train" else EXCLUDED, dtype=np.int64)
     fold[keep] = _stratified_group_parts(kept, folds, seed)
     return fold
 
@@ -552,9 +562,12 @@ def split(
     val_fraction: float = 0.15,
     test_fraction: float = 0.15,
     seed: int = 0,
-    sparse_classes: str = "error",
+    sparse_classes: str = "train",
 ) -> np.ndarray:
     """Assign each row to ``"train"``, ``"val"`` or ``"test"`` (``"excluded"``: left out).
+
+    A class with a single source recording goes to ``"train"``
+    (``sparse_classes="train"``) or is ``"excluded"`` (``"drop"``).
 
     Grouped by source recording and stratified by label: each class sends
     about its fractions of its recordings (drawn with the seed) to test and
@@ -584,6 +597,6 @@ def split(
         n_test, n_val = min(n_test, n - 1), min(n_val, max(n - 1 - n_test, 0))
         for i, group in enumerate(recordings):
             part_of[group] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
-    names = np.full(len(table), "excluded", dtype=object)
+    names = np.full(len(table), "train" if sparse_classes == "train" else "excluded", dtype=object)
     names[keep] = kept["group"].map(part_of).to_numpy()
     return names

@@ -153,8 +153,9 @@ def _print_classes(usable: pd.DataFrame) -> None:
     single = [str(label) for label, n in per_class["recordings"].items() if label and n < 2]
     if single:
         print(f"\nwarning: {len(single)} class(es) have a single source recording and cannot be both trained on "
-              f"and held out: {', '.join(single[:10])}{' ...' if len(single) > 10 else ''}; add recordings, or "
-              "leave them out with --sparse-classes drop", file=sys.stderr)
+              f"and held out: {', '.join(single[:10])}{' ...' if len(single) > 10 else ''}; they are trained on and "
+              "never tested (add recordings to test them, or leave them out with --sparse-classes drop)",
+              file=sys.stderr)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -213,7 +214,8 @@ def cmd_split(args: argparse.Namespace) -> int:
     usable, _ = _scan(args.data, config)
     if args.kfold:
         parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
-        part_names = np.where(parts >= 0, np.char.add("fold", parts.astype(str)), "excluded")
+        part_names = np.where(parts >= 0, np.char.add("fold", parts.astype(str)),
+                              np.where(parts == catalog.TRAIN_ONLY, "train", "excluded"))
     else:
         part_names = catalog.split(usable, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                                    seed=data.split_seed, sparse_classes=data.sparse_classes)
@@ -555,8 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=float, help="validation fraction (default 0.15)")
     p.add_argument("--test", type=float, help="test fraction (default 0.15)")
     p.add_argument("--seed", type=int, help="split seed (default 0)")
-    p.add_argument("--sparse-classes", choices=["error", "drop"],
-                   help="what to do with classes recorded only once (default error)")
+    p.add_argument("--sparse-classes", choices=["train", "drop", "error"],
+                   help="classes recorded only once: train on them without testing them (default), leave them out, "
+                        "or stop")
     p.set_defaults(func=cmd_split)
 
     def annotation_options(p) -> None:
@@ -618,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int)
         g.add_argument("--device", choices=["auto", "cpu", "cuda"])
         g.add_argument("--workers", type=int, help="data loading processes (default 0: in the main process)")
-        g.add_argument("--sparse-classes", choices=["error", "drop"],
-                       help="classes with a single source recording: stop with an error, or leave them out")
+        g.add_argument("--sparse-classes", choices=["train", "drop", "error"],
+                       help="classes with a single source recording: train on them without testing them (default), "
+                            "leave them out, or stop with an error")
         g.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
         g.add_argument("--no-cache", action="store_true", help="compute features every time")
         g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")

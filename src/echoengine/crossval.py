@@ -104,7 +104,8 @@ def cross_validate(
     ----------
     table : pandas.DataFrame
         A scanned, labelled catalog. Classes with a single source recording
-        are left out when ``data.sparse_classes`` is ``"drop"``.
+        are trained on in every fold and never tested (``data.sparse_classes
+        = "train"``), or left out (``"drop"``).
     config : EchoConfig
         ``data.folds``, ``data.split_seed``, ``data.val_fraction`` and
         ``data.sparse_classes`` shape the folds.
@@ -124,7 +125,8 @@ def cross_validate(
     if resume:
         _check_resumable(out, table["path"], folds, config)
     table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / FOLDS_FILE, index=False)
-    table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
+    used = folds != catalog.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
+    table, folds = table[used].reset_index(drop=True), folds[used]
     classes = catalog.class_names(table)
     log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
         f"{config.model.head_name} head on "

@@ -317,8 +317,10 @@ class DataConfig:
         bundle.
     sparse_classes : str
         A class with a single source recording cannot be both trained on and
-        held out: ``"error"`` stops with a message naming it, ``"drop"``
-        leaves it out of splits and cross-validation.
+        held out: ``"train"`` (the default) trains on it in every split and
+        fold and never tests it (a rare species stays in the model, with a
+        warning naming it), ``"drop"`` leaves it out of splits and
+        cross-validation, ``"error"`` stops with a message naming it.
     min_overlap, min_overlap_fraction : float
         Multi-label data: a clip holds an annotated box when they overlap by
         at least ``min_overlap`` seconds or by this fraction of the box.
@@ -348,7 +350,7 @@ class DataConfig:
     cache_identity: str = "stat"
     on_error: str = "warn"
     allow_outside_paths: bool = False
-    sparse_classes: str = "error"
+    sparse_classes: str = "train"
     min_overlap: float = 0.5
     min_overlap_fraction: float = 0.5
     frequency_overlap: bool = False
@@ -378,7 +380,8 @@ class DataConfig:
             check_at_most(s, name, getattr(self, name), high, why)
         require(self.cache_identity in ("stat", "content"), f"{s}.cache_identity must be 'stat' or 'content'")
         require(self.on_error in ("warn", "ignore", "raise"), f"{s}.on_error must be 'warn', 'ignore' or 'raise'")
-        require(self.sparse_classes in ("error", "drop"), f"{s}.sparse_classes must be 'error' or 'drop'")
+        require(self.sparse_classes in ("train", "drop", "error"),
+                f"{s}.sparse_classes must be 'train', 'drop' or 'error'")
         require(self.unlabeled in ("negative", "ignore"), f"{s}.unlabeled must be 'negative' or 'ignore'")
         require(self.min_overlap >= 0 and 0 < self.min_overlap_fraction <= 1,
                  f"{s}: min_overlap must be >= 0 and min_overlap_fraction in (0, 1]")
