@@ -36,13 +36,13 @@ from echoengine.bundle import load_bundle as _load_one
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
 from echoengine.crossval import cross_validate as _cross_validate
-from echoengine.crossval import cross_validate_multilabel
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
-from echoengine.evaluation import SUMMARY_KEYS, evaluate_multilabel, write_multilabel_report, write_report
 from echoengine.evaluation import calibrate as _calibrate
 from echoengine.evaluation import evaluate as _evaluate
+from echoengine.evaluation import format_report, write_report
 from echoengine.exporting import export_onnx
+from echoengine.labelkind import label_kind
 from echoengine.prediction import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
 from echoengine.trainrun import TrainResult, train_run, training_config
@@ -138,9 +138,9 @@ class CrossValidationResult:
 
     def table(self) -> pd.DataFrame:
         """The metrics, one row each: mean, std and the value of every fold."""
-        keys = list(self.summary["mean"]) if self.multilabel else list(SUMMARY_KEYS)
-        rows = [{"metric": key, "mean": self.summary["mean"][key], "std": self.summary["std"][key],
-                 **{f"fold{i}": fold[key] for i, fold in enumerate(self.summary["folds"])}} for key in keys]
+        rows = [{"metric": key, "mean": mean, "std": self.summary["std"][key],
+                 **{f"fold{i}": fold[key] for i, fold in enumerate(self.summary["folds"])}}
+                for key, mean in self.summary["mean"].items()]
         return pd.DataFrame(rows)
 
 
@@ -159,16 +159,12 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     if folds is not None:
         config = config.replace(data={"folds": folds})
     prepare_output(out, resume=resume, overwrite=overwrite)
-    log = log or logger.info
-    if config.model.multilabel:
-        usable = sources.recordings(data, config, progress=progress)
-        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
-        boxes = boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
-        summary = cross_validate_multilabel(usable, boxes, config, out, resume=resume, progress=progress, log=log)
-        return CrossValidationResult(Path(out), summary, multilabel=True)
-    usable, _ = sources.labelled_files(data, config, progress=progress)
-    summary = _cross_validate(usable, config, out, resume=resume, progress=progress, log=log)
-    return CrossValidationResult(Path(out), summary)
+    kind = label_kind(multilabel=config.model.multilabel)
+    boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
+    usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
+    summary = _cross_validate(usable, config, out, boxes=boxes, resume=resume, progress=progress,
+                              log=log or logger.info)
+    return CrossValidationResult(Path(out), summary, multilabel=kind.multilabel)
 
 
 @dataclass
@@ -205,29 +201,22 @@ def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = N
     cache_dir : str or Path, optional
         A feature cache folder (default: none).
     """
-    from echoengine.evaluation import format_report
-
     bundles = load_bundles(bundle)
     config = bundles[0].config.replace(data=data_options or {})
     folder = _folder(bundle) if isinstance(bundle, (str, Path, Bundle)) else bundles[0].path
     out = prepare_output(out or folder / f"evaluate-{Path(data).stem}", overwrite=overwrite, markers=(METRICS_FILE,))
-    cache = _cache(config, cache_dir)
-    if config.model.multilabel:
-        usable = sources.recordings(data, config, progress=progress)
-        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
-        seen = _warn_seen(bundles, usable, "their scores are optimistic")
-        thresholds = load_thresholds(folder, bundles[0].classes)  # from calibrate, else 0.5
-        metrics = evaluate_multilabel(bundles, usable, boxes, thresholds=thresholds, cache=cache, progress=progress)
-        report = write_multilabel_report(metrics, out, evaluated_on=str(data))
-        return EvaluateResult(metrics, out, seen, report, multilabel=True)
-    usable, _ = sources.labelled_files(data, config, progress=progress)
+    kind = label_kind(multilabel=config.model.multilabel)
+    boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
+    usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
     seen = _warn_seen(bundles, usable, "their scores are optimistic")
-    metrics, _ = _evaluate(bundles, usable, cache=cache, progress=progress)
-    metrics.update(evaluated_on=str(data), files_seen_in_training=seen)
+    thresholds = load_thresholds(folder, bundles[0].classes) if kind.thresholded else None  # calibrate's, else 0.5
+    metrics, _ = _evaluate(bundles, usable, boxes=boxes, thresholds=thresholds, cache=_cache(config, cache_dir),
+                           progress=progress)
+    metrics.update(kind.evaluation_notes(evaluated_on=str(data), seen=seen))
     single = len(bundles) == 1 and bundles[0].files.history.is_file()
     history = pd.read_csv(bundles[0].files.history) if single else None
-    write_report(metrics, bundles[0].classes, out, history=history)
-    return EvaluateResult(metrics, out, seen, format_report(metrics))
+    write_report(metrics, bundles[0].classes, out, kind=kind, history=history)
+    return EvaluateResult(metrics, out, seen, format_report(metrics, kind=kind), multilabel=kind.multilabel)
 
 
 @dataclass
@@ -250,12 +239,9 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
     folder = _folder(bundle)
     bundles = load_bundles(bundle)
     config = bundles[0].config.replace(data=data_options or {})
-    boxes = None
-    if config.model.multilabel:
-        usable = sources.recordings(data, config, progress=progress)
-        boxes = sources.annotation_boxes(data, annotations, negatives, columns)
-    else:
-        usable, _ = sources.labelled_files(data, config, progress=progress)
+    boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
+    usable, boxes = label_kind(multilabel=config.model.multilabel).read(data, config, boxes_source=boxes_source,
+                                                                         progress=progress)
     _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
     thresholds = _calibrate(bundles, usable, boxes=boxes, cache=_cache(config, cache_dir), progress=progress)
     path = write_thresholds(folder, thresholds)  # records the weights it was calibrated on

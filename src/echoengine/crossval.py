@@ -1,74 +1,61 @@
-"""K-fold cross-validation, grouped by source recording and stratified by class.
+"""K-fold cross-validation, grouped by source recording: one path for single-label and multi-label data.
 
 Fold ``k`` is held out for testing while a model trains on the others; early
-stopping selects on a validation part carved (grouped, stratified) out of
-the training folds, so the held-out fold never steers training and its
-scores are honest. The output folder keeps every fold's bundle, so the folds
-can serve together as an ensemble::
+stopping selects on a validation part carved (grouped) out of the training
+folds, so the held-out fold never steers training and its scores are
+honest. Single-label folds are stratified by class; multi-label folds hold
+whole recordings (their boxes in ``annotations.csv``). The output folder
+keeps every fold's bundle, so the folds can serve together as an ensemble::
 
     OUT/
       fold0/ ... fold{k-1}/   complete bundles, each with its held-out metrics
       folds.csv               which file is in which fold
       cv_folds.csv            one row of metrics per fold
-      metrics.json            per fold, mean, std, and pooled out-of-fold metrics
-      oof_predictions.csv     every file's out-of-fold probabilities
-      plots/cv_val_accuracy.png, plots/confusion.png
+      metrics.json            per fold, mean, std (single-label: and pooled out-of-fold metrics)
+      oof_predictions.csv     single-label: every file's out-of-fold probabilities
+      plots/cv_val_accuracy.png, plots/confusion.png   (single-label)
+
+What differs between the label kinds (folds, splits, metrics, report) is
+asked of :class:`echoengine.labelkind.LabelKind`.
+
+Examples
+--------
+>>> summary = cross_validate(table, EchoConfig(), "cv")  # doctest: +SKIP
+>>> summary = cross_validate(recordings, config, "cv", boxes=boxes)  # multi-label  # doctest: +SKIP
+>>> summary["mean"]["recording_lwlrap"]  # doctest: +SKIP
+0.81
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog, plots
+from echoengine import catalog
 from echoengine.bundle import (
     ANNOTATIONS_FILE,
     CHECKPOINT_FILE,
     CV_FOLDS_FILE,
     FOLDS_FILE,
     METRICS_FILE,
-    OOF_PREDICTIONS_FILE,
     SPLITS_FILE,
-    TEST_PREDICTIONS_FILE,
     Bundle,
     selection_history,
 )
-from echoengine.cache import feature_cache
+from echoengine.cache import FeatureCache, feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
-from echoengine.errors import DataError, EchoError
-from echoengine.evaluation import (
-    MULTILABEL_KEYS,
-    SUMMARY_KEYS,
-    classification_metrics,
-    evaluate,
-    evaluate_multilabel,
-    write_multilabel_report,
-    write_report,
-)
+from echoengine.errors import EchoError
+from echoengine.evaluation import evaluate, write_report
 from echoengine.files import write_text_atomic
+from echoengine.labelkind import LabelKind, group_folds, inner_split, label_kind
 from echoengine.training import fit_and_refit
 
-__all__ = ["cross_validate", "cross_validate_multilabel", "group_folds", "inner_split"]
-
-
-def inner_split(table: pd.DataFrame, *, val_fraction: float, seed: int) -> np.ndarray:
-    """True for the rows that train, False for the validation rows, within training folds.
-
-    Classes with a single recording among these rows all train (they cannot
-    also be validated without a leak).
-    """
-    recordings = table.groupby("label")["group"].transform("nunique").to_numpy()
-    trains = np.ones(len(table), dtype=bool)
-    several = recordings >= 2
-    if several.any():
-        parts = catalog.split(table[several], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
-        trains[several] = parts != "val"
-    return trains
-
+__all__ = ["cross_validate", "group_folds", "inner_split"]
 
 # What a fold's saved config may differ in from the command's: a refit changes its epoch counts.
 _FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", *MACHINE_SETTINGS)
@@ -94,6 +81,7 @@ def cross_validate(
     config: EchoConfig,
     out: str | Path,
     *,
+    boxes: pd.DataFrame | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -103,171 +91,106 @@ def cross_validate(
     Parameters
     ----------
     table : pandas.DataFrame
-        A scanned, labelled catalog. Classes with a single source recording
-        are trained on in every fold and never tested (``data.sparse_classes
-        = "train"``), or left out (``"drop"``).
+        A scanned, labelled catalog (single-label; classes with a single
+        source recording are trained on in every fold and never tested,
+        ``data.sparse_classes = "train"``, or left out, ``"drop"``), or the
+        recordings of ``boxes`` (multi-label).
     config : EchoConfig
         ``data.folds``, ``data.split_seed``, ``data.val_fraction`` and
         ``data.sparse_classes`` shape the folds.
     out : str or Path
+    boxes : pandas.DataFrame, optional
+        The annotated boxes of the recordings: a multi-label cross-validation,
+        scored per window and per recording.
     resume : bool
         Keep finished folds and continue an interrupted fold from its checkpoint.
 
     Returns
     -------
     dict
-        What ``metrics.json`` holds.
-    """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    data = config.data
-    folds = catalog.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
-    if resume:
-        _check_resumable(out, table["path"], folds, config)
-    table.assign(fold=folds)[["path", "label", "group", "fold"]].to_csv(out / FOLDS_FILE, index=False)
-    used = folds != catalog.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
-    table, folds = table[used].reset_index(drop=True), folds[used]
-    classes = catalog.class_names(table)
-    log(f"{data.folds}-fold cross-validation of {config.model.embedder or config.model.backbone} + "
-        f"{config.model.head_name} head on "
-        f"{len(table)} files, {len(classes)} classes, {table['group'].nunique()} source recordings")
-    cache = feature_cache(config)
-    oof = np.full((len(table), len(classes)), np.nan)
-    fold_metrics, histories = [], []
-    for k in range(data.folds):
-        bundle_dir = out / f"fold{k}"
-        test = table[folds == k].reset_index(drop=True)
-        rest = table[folds != k].reset_index(drop=True)
-        metrics_file, predictions_file = bundle_dir / METRICS_FILE, bundle_dir / TEST_PREDICTIONS_FILE
-        if resume and metrics_file.is_file() and predictions_file.is_file():
-            log(f"fold {k}: finished before, kept")
-            result = json.loads(metrics_file.read_text(encoding="utf-8"))
-            probabilities = pd.read_csv(predictions_file)[classes].to_numpy()
-        else:
-            trains = (np.ones(len(rest), dtype=bool) if config.convex_head()  # selects by its own inner CV
-                      else inner_split(rest, val_fraction=data.val_fraction, seed=data.split_seed + k))
-            log(f"fold {k}: train {int(trains.sum())}, validation {int((~trains).sum())}, test {len(test)} files")
-            bundle_dir.mkdir(parents=True, exist_ok=True)
-            splits = pd.concat([rest.assign(part=np.where(trains, "train", "val")), test.assign(part="test")])
-            splits[["path", "label", "group", "part"]].to_csv(bundle_dir / SPLITS_FILE, index=False)
-            trained = fit_and_refit(rest[trains], rest[~trains], classes, config, bundle_dir,
-                                    resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
-                                    log=log)
-            bundle = Bundle(bundle_dir, config, classes, trained.model)
-            result, probabilities = evaluate([bundle], test, cache=cache)
-            result["best_epoch"] = trained.best_epoch
-            write_report(result, classes, bundle_dir, history=pd.read_csv(selection_history(bundle_dir)),
-                         best_epoch=trained.best_epoch)
-            pd.DataFrame(probabilities, columns=classes).assign(path=test["path"], label=test["label"]).to_csv(
-                predictions_file, index=False)
-            log(f"fold {k}: accuracy {result['accuracy']:.3f}, macro-F1 {result['macro_f1']:.3f}")
-        oof[np.flatnonzero(folds == k)] = probabilities
-        fold_metrics.append({"fold": k, **{key: result[key] for key in SUMMARY_KEYS}})
-        histories.append(pd.read_csv(selection_history(bundle_dir)))
-    return _summarise(table, folds, classes, oof, fold_metrics, histories, out)
-
-
-def _summarise(table, folds, classes, oof, fold_metrics, histories, out: Path) -> dict:
-    per_fold = pd.DataFrame(fold_metrics)
-    per_fold.to_csv(out / CV_FOLDS_FILE, index=False)
-    held = ~np.isnan(oof).any(axis=1)
-    labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
-    pooled = classification_metrics(labels[held], oof[held], classes)
-    summary = {
-        "classes": classes,
-        "folds": fold_metrics,
-        "mean": {key: round(float(per_fold[key].mean()), 4) for key in SUMMARY_KEYS},
-        "std": {key: round(float(per_fold[key].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for key in SUMMARY_KEYS},
-        "pooled_out_of_fold": pooled,
-    }
-    write_text_atomic(out / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
-    pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds).to_csv(
-        out / OOF_PREDICTIONS_FILE, index=False)
-    plots.plot_cv_boxplot(histories, out / "plots" / "cv_val_accuracy.png")
-    title = f"out-of-fold confusion matrix ({len(histories)} folds, accuracy {pooled['accuracy']:.1%})"
-    plots.plot_confusion(np.array(pooled["confusion_matrix"]), classes, out / "plots" / "confusion.png", title=title)
-    return summary
-
-
-def group_folds(table: pd.DataFrame, *, folds: int, seed: int = 0) -> np.ndarray:
-    """The fold of every row, whole groups (source recordings) together, groups shuffled with the seed.
+        What ``metrics.json`` holds: ``classes``, ``folds`` (each fold's
+        scalars), their ``mean`` and ``std`` (single-label: and
+        ``pooled_out_of_fold``).
 
     Examples
     --------
-    >>> group_folds(pd.DataFrame({"group": ["a", "a", "b", "c", "d"]}), folds=2).tolist()
-    [1, 1, 0, 0, 1]
+    >>> cross_validate(table, config.replace(data={"folds": 5}), "cv")["mean"]["accuracy"]  # doctest: +SKIP
+    0.87
     """
-    groups = np.array(sorted(table["group"].unique()))
-    if len(groups) < folds:
-        raise DataError(f"{folds} folds need at least {folds} source recordings, got {len(groups)}")
-    order = np.random.default_rng(seed).permutation(len(groups))
-    fold_of = {groups[index]: position % folds for position, index in enumerate(order)}
-    return table["group"].map(fold_of).to_numpy()
-
-
-def cross_validate_multilabel(
-    recordings: pd.DataFrame,
-    boxes: pd.DataFrame,
-    config: EchoConfig,
-    out: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Multi-label k-fold cross-validation: folds of recordings (grouped), metrics per window and per recording.
-
-    Each fold trains on the others (early stopping on a grouped validation
-    part of them) and is scored by :func:`echoengine.evaluation.evaluate_multilabel`;
-    ``metrics.json`` holds every fold's scores and their mean and std. The
-    fold bundles serve together as an ensemble (probabilities averaged).
-    """
-    from echoengine.catalog import split_groups
-
+    kind = label_kind(multilabel=boxes is not None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = config.data
-    folds = group_folds(recordings, folds=data.folds, seed=data.split_seed)
+    folds = kind.folds(table, config)
     if resume:
-        _check_resumable(out, recordings["path"], folds, config)
-    recordings.assign(fold=folds)[["path", "group", "fold"]].to_csv(out / FOLDS_FILE, index=False)
-    boxes.to_csv(out / ANNOTATIONS_FILE, index=False)
-    classes = sorted(boxes.loc[boxes["positive"], "label"].unique())
-    log(f"{data.folds}-fold multi-label cross-validation of {config.model.embedder or config.model.backbone} + "
-        f"{config.model.head_name} head on {len(recordings)} recordings, {len(classes)} classes, "
-        f"{int(boxes['positive'].sum())} boxes")
+        _check_resumable(out, table["path"], folds, config)
+    table.assign(fold=folds)[list(kind.fold_columns)].to_csv(out / FOLDS_FILE, index=False)
+    if boxes is not None:
+        boxes.to_csv(out / ANNOTATIONS_FILE, index=False)
+    used = folds != catalog.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
+    table, folds = table[used].reset_index(drop=True), folds[used]
+    run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log)
+    model = f"{config.model.embedder or config.model.backbone} + {config.model.head_name} head"
+    log(f"{config.data.folds}-fold {kind.prefix}cross-validation of {model} on {len(table)} {kind.items}, "
+        f"{len(run.classes)} classes, {kind.sizes(table, boxes)}")
     cache = feature_cache(config)
-    rows = []
-    for k in range(data.folds):
-        bundle_dir = out / f"fold{k}"
-        test = recordings[folds == k].reset_index(drop=True)
-        rest = recordings[folds != k].reset_index(drop=True)
-        if resume and (bundle_dir / METRICS_FILE).is_file():
-            log(f"fold {k}: finished before, kept")
-            summary = json.loads((bundle_dir / METRICS_FILE).read_text(encoding="utf-8"))
-        else:
-            parts = split_groups(rest, val_fraction=data.val_fraction, test_fraction=0.0, seed=data.split_seed + k)
-            log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
-                f"test {len(test)} recordings")
-            bundle_dir.mkdir(parents=True, exist_ok=True)
-            pd.concat([rest.assign(part=parts), test.assign(part="test")])[["path", "label", "group", "part"]].to_csv(
-                bundle_dir / SPLITS_FILE, index=False)
-            trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], classes, config, bundle_dir,
-                                    resume=resume and (bundle_dir / CHECKPOINT_FILE).is_file(), progress=progress,
-                                    log=log, boxes=boxes)
-            metrics = evaluate_multilabel([Bundle(bundle_dir, config, classes, trained.model)], test, boxes,
-                                          cache=cache)
-            write_multilabel_report(metrics, bundle_dir, evaluated_on=f"fold {k}", best_epoch=trained.best_epoch)
-            summary = json.loads((bundle_dir / METRICS_FILE).read_text(encoding="utf-8"))
-            log(f"fold {k}: recording LWLRAP {summary['recording']['lwlrap']:.3f}, "
-                f"mAP {summary['recording']['map_macro']:.3f}; window LWLRAP {summary['window']['lwlrap']:.3f}")
-        rows.append({"fold": k, **{f"{level}_{key}": summary[level][key] for level in ("window", "recording")
-                                   for key in MULTILABEL_KEYS}})
-    per_fold = pd.DataFrame(rows)
-    per_fold.to_csv(out / CV_FOLDS_FILE, index=False)
-    columns = [c for c in per_fold.columns if c != "fold"]
-    result = {"classes": classes, "folds": rows,
-              "mean": {c: round(float(per_fold[c].mean()), 4) for c in columns},
-              "std": {c: round(float(per_fold[c].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for c in columns}}
-    write_text_atomic(out / METRICS_FILE, json.dumps(result, indent=2) + "\n")
-    return result
+    return run.summarise([run.fold(k, cache) for k in range(config.data.folds)])
+
+
+@dataclass
+class _Folds:
+    """One cross-validation: its rows and their folds, and what every fold shares."""
+
+    kind: LabelKind
+    table: pd.DataFrame
+    folds: np.ndarray
+    classes: list[str]
+    boxes: pd.DataFrame | None
+    config: EchoConfig
+    out: Path
+    resume: bool
+    progress: bool
+    log: Callable[[str], None]
+
+    def fold(self, k: int, cache: FeatureCache | None) -> tuple[dict, np.ndarray | None]:
+        """Train and test fold ``k`` (or keep it, finished, on resume): its metrics and test scores."""
+        kind, folder = self.kind, self.out / f"fold{k}"
+        test = self.table[self.folds == k].reset_index(drop=True)
+        rest = self.table[self.folds != k].reset_index(drop=True)
+        if self.resume and kind.finished(folder):
+            self.log(f"fold {k}: finished before, kept")
+            metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+            return metrics, kind.saved_test_scores(folder, self.classes)
+        parts = kind.fold_split(rest, self.config, seed=self.config.data.split_seed + k)
+        self.log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
+                 f"test {len(test)} {kind.items}")
+        folder.mkdir(parents=True, exist_ok=True)
+        splits = pd.concat([rest.assign(part=parts), test.assign(part="test")])
+        splits[["path", "label", "group", "part"]].to_csv(folder / SPLITS_FILE, index=False)
+        trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], self.classes, self.config, folder,
+                                resume=self.resume and (folder / CHECKPOINT_FILE).is_file(), progress=self.progress,
+                                log=self.log, boxes=self.boxes)
+        bundle = Bundle(folder, self.config, self.classes, trained.model)
+        metrics, scores = evaluate([bundle], test, boxes=self.boxes, cache=cache)
+        metrics.update(kind.fold_notes(fold=k, best_epoch=trained.best_epoch))
+        write_report(metrics, self.classes, folder, kind=kind, history=pd.read_csv(selection_history(folder)),
+                     best_epoch=trained.best_epoch)
+        kind.save_test_scores(folder, scores, test, self.classes)
+        self.log(f"fold {k}: {kind.headline(metrics)}")
+        return metrics, scores
+
+    def summarise(self, results: list[tuple[dict, np.ndarray | None]]) -> dict:
+        """Write ``cv_folds.csv`` and ``metrics.json``: every fold's scalars, their mean and std, and what the
+        label kind pools from the folds."""
+        rows = [{"fold": k, **self.kind.fold_row(metrics)} for k, (metrics, _) in enumerate(results)]
+        per_fold = pd.DataFrame(rows)
+        per_fold.to_csv(self.out / CV_FOLDS_FILE, index=False)
+        columns = [c for c in per_fold.columns if c != "fold"]
+        summary = {
+            "classes": self.classes,
+            "folds": rows,
+            "mean": {c: round(float(per_fold[c].mean()), 4) for c in columns},
+            "std": {c: round(float(per_fold[c].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for c in columns},
+        }
+        summary.update(self.kind.pool_folds(self.table, self.folds, self.classes, [s for _, s in results], self.out))
+        write_text_atomic(self.out / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+        return summary
