@@ -37,10 +37,14 @@ def _graph(*, top_only: bool) -> dict[str, set[str]]:
     return graph
 
 
-def test_no_module_imports_one_listed_below_it_in_the_readme():
+def _readme_order() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text[text.index("src/echoengine/\n"):]
-    order = [m.group(1) for m in re.finditer(r"^  (\S+\.py|models/)\s", block[: block.index("\ntests/")], re.M)]
+    return [m.group(1) for m in re.finditer(r"^  (\S+\.py|models/)\s", block[: block.index("\ntests/")], re.M)]
+
+
+def test_no_module_imports_one_listed_below_it_in_the_readme():
+    order = _readme_order()
     position = {unit: i for i, unit in enumerate(order)}
     graph = _graph(top_only=True)
     assert set(graph) - {"__init__.py"} <= set(position), sorted(set(graph) - set(position))
@@ -64,3 +68,17 @@ def test_no_import_cycle_even_through_imports_inside_functions():
     for unit in sorted(graph):
         if unit not in state:
             visit(unit, [])
+
+
+def test_the_model_kinds_name_functions_of_modules_listed_below_the_registry():
+    """The registry imports what implements a kind when it is used: those modules lie below it, as imports would."""
+    from echoengine.kinds import KINDS
+
+    order = _readme_order()
+    for kind in KINDS.values():
+        for field in ("builder", "dataset", "make_embedder", "embedding_size", "serving"):
+            target = getattr(kind, field)
+            if target is not None:
+                parts = target.path.partition(":")[0].split(".")[1:]
+                unit = "models/" if parts[0] == "models" else f"{parts[0]}.py"
+                assert order.index(unit) > order.index("kinds.py"), (kind.name, field, target.path)

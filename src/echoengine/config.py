@@ -47,6 +47,7 @@ from echoengine.input_config import (
     check_at_most,
     require,
 )
+from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
 
 __all__ = [
     "AUDIO_EXTENSIONS",
@@ -138,18 +139,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         s = "model"
-        known = ("efficientnetv2_b0", "efficientnet_b0", "efficientnet_b3", "resnet50", "inception_v3",
-                 "mobilenetv3_large_100", "small_cnn", "birdnet")
-        require(self.backbone in known, f"{s}.backbone must be one of {', '.join(known)}, got {self.backbone!r}")
-        require(self.head in ("auto", "echo", "linear", "mlp", "attention"),
-                 f"{s}.head must be 'auto', 'echo', 'linear', 'mlp' or 'attention', got {self.head!r}")
-        require(self.embedder in ("", "birdnet", "birdnet-tflite") or self.embedder.startswith("cnn:"),
-                 f"{s}.embedder must be '', 'birdnet', 'birdnet-tflite' or 'cnn:/path/to/bundle', "
-                 f"got {self.embedder!r}")
-        require(not self.embedder or self.head_name in ("linear", "mlp", "attention"),
-                 f"{s}.head must be 'linear', 'mlp' or 'attention' on an embedder, got {self.head!r}")
-        require(not (self.head_name == "attention" and self.backbone == "birdnet" and not self.embedder),
-                 f"{s}.head 'attention' works on CNN backbones and embedders, not the fine-tuned birdnet backbone")
+        check_model(self)  # backbone, head, embedder and pretrained: what the model kinds allow
         require(self.pooling in ("mean", "max"), f"{s}.pooling must be 'mean' or 'max', got {self.pooling!r}")
         require(self.hidden_size >= 1, f"{s}.hidden_size must be >= 1, got {self.hidden_size}")
         check_at_most(s, "hidden_size", self.hidden_size, 16384, "units of the mlp head")
@@ -162,14 +152,23 @@ class ModelConfig:
         require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
                  f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
         require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
-        require(not (self.embedder and self.pretrained),
-                 f"{s}.pretrained is for CNN backbones; the {self.embedder} embedder is pretrained already")
         require(0.0 <= self.dropout < 1.0, f"{s}.dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def kind(self) -> ModelKind:
+        """The model's kind (:mod:`echoengine.kinds`): a CNN on images, a head on an embedder's embeddings, ...
+
+        Examples
+        --------
+        >>> ModelConfig().kind.name, ModelConfig(embedder="birdnet").kind.input
+        ('cnn', 'embeddings')
+        """
+        return model_kind(self)
 
     @property
     def uses_birdnet(self) -> bool:
         """Whether BirdNET computes the model's inputs (as its embedder or its backbone)."""
-        return self.embedder.startswith("birdnet") or (self.backbone == "birdnet" and not self.embedder)
+        return self.kind.birdnet
 
     @property
     def head_name(self) -> str:
@@ -182,7 +181,7 @@ class ModelConfig:
         """
         if self.head != "auto":
             return self.head
-        return "linear" if self.embedder else "echo"
+        return self.kind.default_head
 
 
 @dataclass(frozen=True)
@@ -383,9 +382,10 @@ class EchoConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        require(self.model.backbone != "birdnet" or self.audio.sample_rate == 48000,
-                 f"the birdnet backbone takes 48 kHz audio: set audio.sample_rate = 48000, "
-                 f"not {self.audio.sample_rate}")
+        rate = backbone_kind(self.model.backbone).sample_rate
+        require(not rate or self.audio.sample_rate == rate,
+                 f"the {self.model.backbone} backbone takes {rate / 1000:g} kHz audio: set audio.sample_rate = "
+                 f"{rate}, not {self.audio.sample_rate}")
         nyquist = self.audio.sample_rate / 2
         require(
             self.frontend.fmax <= nyquist,
@@ -432,7 +432,7 @@ class EchoConfig:
         False
         """
         model = self.model
-        possible = bool(model.embedder) and model.head_name in ("linear", "mlp") and model.pooling == "mean"
+        possible = model.kind.input == EMBEDDINGS and model.head_name in ("linear", "mlp") and model.pooling == "mean"
         return possible and (not strict or self.train.solver != "sgd")
 
     # ---- dict / TOML ---------------------------------------------------
@@ -452,8 +452,8 @@ class EchoConfig:
                  f"config version {version} is not supported (expected 1 to {CONFIG_VERSION})")
         model = values.get("model", {})
         require(isinstance(model, dict), "[model] must be a table of keys")
-        uses_birdnet = str(model.get("embedder", "")).startswith("birdnet") or model.get("backbone") == "birdnet"
-        if version == 1 and uses_birdnet:  # before BirdNET's blocks joined its embedding
+        birdnet = uses_birdnet(embedder=str(model.get("embedder", "")), backbone=str(model.get("backbone", "")))
+        if version == 1 and birdnet:  # before BirdNET's blocks joined its embedding
             values["model"] = {"birdnet_blocks": [], **model}
         unknown = sorted(set(values) - set(_SECTIONS))
         require(not unknown, f"unknown section(s): {', '.join(unknown)}; allowed: {', '.join(_SECTIONS)}")

@@ -36,11 +36,12 @@ from echoengine.augment import WaveformAugmenter, rotate, spec_augment, variant_
 from echoengine.cache import FeatureCache, quantise_image
 from echoengine.clips import box_labels, crop_around, pad_to_length, random_start, window_starts
 from echoengine.config import EchoConfig
-from echoengine.errors import AudioError, DataError
+from echoengine.errors import AudioError, DataError, EchoError
 from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
-__all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "VariantSampler", "WaveformDataset", "make_loader"]
+__all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "VariantSampler", "WaveformDataset", "image_dataset",
+           "make_loader", "waveform_dataset"]
 
 logger = logging.getLogger("echoengine")
 
@@ -371,3 +372,30 @@ def _collate_usable(items: list) -> tuple[torch.Tensor, torch.Tensor]:
     if not usable:
         return torch.empty(0), torch.empty(0)
     return default_collate(usable)
+
+
+def image_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
+                  cache: FeatureCache | None = None, progress: bool = False,
+                  boxes: pd.DataFrame | None = None) -> ClipDataset:
+    """Model images of a catalog (the ``cnn`` kind); with ``boxes``, multi-label items of annotated recordings.
+
+    ``progress`` is unused: images are computed as the loader asks for them.
+    """
+    if boxes is not None:
+        return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache)
+    return ClipDataset(table, classes, config, train=train, cache=cache)
+
+
+def waveform_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
+                     cache: FeatureCache | None = None, progress: bool = False,
+                     boxes: pd.DataFrame | None = None) -> WaveformDataset:
+    """Clip waveforms of a catalog (the fine-tuned ``birdnet`` kind); never cached, single-label only.
+
+    Raises
+    ------
+    EchoError
+        ``boxes`` given: waveform models train on one label per clip.
+    """
+    if boxes is not None:
+        raise EchoError(f"multi-label training works with CNN backbones and embedders, not {config.model.kind.label}")
+    return WaveformDataset(table, classes, config, train=train)

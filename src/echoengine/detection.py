@@ -60,6 +60,7 @@ from echoengine.bundle import THRESHOLDS_FILE, Bundle
 from echoengine.clips import stream_windows
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
+from echoengine.kinds import IMAGES
 from echoengine.scoring import WindowScorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
@@ -219,7 +220,7 @@ def detect(
     if not 0 <= options.overlap < clip_seconds:
         raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
                         f"got {options.overlap}")
-    if scorer.kind == "images" and options.batch_size % WindowScorer.model_batch:
+    if scorer.kind == IMAGES and options.batch_size % WindowScorer.model_batch:
         raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
                         f"that every window is scored in batches of one shape; got {options.batch_size}")
     # a bad thresholds.csv stops the run now, not after hours of scoring

@@ -36,13 +36,15 @@ from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
-from echoengine.dataset import BoxLabels, ClipDataset, MultiLabelDataset, WaveformDataset
+from echoengine.dataset import BoxLabels, ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.features import MelFrontend
+from echoengine.kinds import embedder_kind
 from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
 
-__all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "build_embedder", "clip_windows", "embed_clips",
-           "embedder_windows", "embedding_hop_samples", "make_dataset"]
+__all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "MultiLabelEmbeddingDataset", "birdnet_tflite_embedder",
+           "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "embed_clips",
+           "embedder_windows", "embedding_dataset", "embedding_hop_samples", "make_dataset"]
 
 
 def embedder_windows(clip_samples: int, *, window: int, hop: int = 0) -> list[int]:
@@ -100,22 +102,35 @@ class CNNEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
 
 
-@functools.cache
-def _shared(name: str, blocks: tuple[str, ...]):
-    return BirdNETTorchEmbedder(blocks=blocks) if name == "birdnet" else BirdNETEmbedder(blocks=blocks)
-
-
 def build_embedder(name: str, blocks: Sequence[str] = ()):
     """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
 
-    ``blocks`` (BirdNET's, see :func:`feature_size`) add pooled block outputs to
+    Its kind (:func:`echoengine.kinds.embedder_kind`) builds it. ``blocks``
+    (BirdNET's, see :func:`feature_size`) add pooled block outputs to
     BirdNET's embedding. The BirdNET embedders are loaded once per process.
     """
-    if name in ("birdnet", "birdnet-tflite"):
-        return _shared(name, block_order(blocks))
-    if name.startswith("cnn:"):
-        return CNNEmbedder(name.removeprefix("cnn:"))
-    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
+    return embedder_kind(name).make_embedder(name, blocks)
+
+
+@functools.cache
+def _birdnet(embedder: type, blocks: tuple[str, ...]):
+    return embedder(blocks=blocks)
+
+
+def birdnet_torch_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETTorchEmbedder:
+    """The ``birdnet`` embedder (BirdNET V2.4 in torch), shared within the process."""
+    return _birdnet(BirdNETTorchEmbedder, block_order(blocks))
+
+
+def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETEmbedder:
+    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite), shared within the process."""
+    return _birdnet(BirdNETEmbedder, block_order(blocks))
+
+
+def cnn_embedder(name: str, blocks: Sequence[str] = ()) -> CNNEmbedder:
+    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` are unused)."""
+    return CNNEmbedder(name.removeprefix("cnn:"))
+
 
 def embed_clips(embedder, clips: np.ndarray, config: EchoConfig) -> np.ndarray:
     """Embeddings of the embedder windows of clips (n, clip samples) -> (n, windows, embedding size)."""
@@ -260,25 +275,29 @@ class MultiLabelEmbeddingDataset(BoxLabels, EmbeddingDataset):
 def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                  cache: FeatureCache | None = None, progress: bool = False,
                  boxes: pd.DataFrame | None = None) -> ClipDataset:
-    """The dataset a model of this config trains on: images for CNNs, window embeddings otherwise.
+    """The dataset a model of this config trains on, as its kind makes it: images, window embeddings or waveforms.
 
     With ``boxes`` (annotations of the recordings in ``table``), multi-label
     items (:class:`echoengine.dataset.BoxLabels`). Embedding datasets are
     embedded in full here (batched, cached).
     """
+    kind = config.model.kind
+    if boxes is not None and not kind.multilabel:
+        raise EchoError(f"multi-label training works with CNN backbones and embedders, not {kind.label}")
+    return kind.dataset(table, classes, config, train=train, cache=cache, progress=progress, boxes=boxes)
+
+
+def embedding_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
+                      cache: FeatureCache | None = None, progress: bool = False,
+                      boxes: pd.DataFrame | None = None) -> EmbeddingDataset:
+    """Window embeddings of ``config.model.embedder`` (the embedder kinds), embedded in full now (batched, cached).
+
+    With ``boxes``, multi-label items (:class:`MultiLabelEmbeddingDataset`).
+    """
     if boxes is not None:
-        if config.model.backbone == "birdnet" and not config.model.embedder:
-            raise EchoError("multi-label training works with CNN backbones and embedders, not the birdnet backbone")
-        if not config.model.embedder:
-            return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache)
         dataset = MultiLabelEmbeddingDataset(table, boxes, classes, config, train=train, cache=cache,
                                              progress=progress)
-        dataset.precompute()
-        return dataset
-    if not config.model.embedder:
-        if config.model.backbone == "birdnet":
-            return WaveformDataset(table, classes, config, train=train)
-        return ClipDataset(table, classes, config, train=train, cache=cache)
-    dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
+    else:
+        dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
     dataset.precompute()
     return dataset

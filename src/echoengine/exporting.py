@@ -70,8 +70,9 @@ from echoengine.scoring import (  # the graph's runtime; re-exported: what an ex
 )
 
 __all__ = [
-    "ONNX_FILE", "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model", "export_onnx",
-    "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform", "onnx_session", "onnx_window_probabilities",
+    "ONNX_FILE", "BirdNETEmbeddingHead", "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model",
+    "export_onnx", "image_clip_model", "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform",
+    "onnx_session", "onnx_window_probabilities", "waveform_clip_model",
 ]
 
 #: Audio fed to an exported graph at a time by :func:`onnx_predict_stream`: the graph's memory grows with its
@@ -156,8 +157,11 @@ class ServingModel(nn.Module):
         return _file_and_window_scores(self.model(padded.reshape(-1, self.clip)), self.multilabel)
 
 
-class _BirdNETEmbeddingHead(nn.Module):
-    """Clips -> logits: BirdNET (torch) embeds the clip's 3 s windows, the bundle's embedding head scores them."""
+class BirdNETEmbeddingHead(nn.Module):
+    """Clips -> logits: BirdNET (torch) embeds the clip's 3 s windows, the bundle's embedding head scores them.
+
+    The serving module of the ``birdnet`` embedder's kind (:mod:`echoengine.kinds`).
+    """
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
@@ -174,7 +178,7 @@ class _BirdNETEmbeddingHead(nn.Module):
 
 
 def clip_model(bundle: Bundle) -> nn.Module:
-    """The bundle as one module from raw clips (batch, clip samples) to logits, or an EchoError.
+    """The bundle as one module from raw clips (batch, clip samples) to logits: its kind's ``serving``.
 
     A CNN bundle gets :class:`GraphFrontend`; a BirdNET bundle, fine-tuned or a
     head on the torch BirdNET's embeddings, runs BirdNET inside. Bundles on the
@@ -182,13 +186,19 @@ def clip_model(bundle: Bundle) -> nn.Module:
     (``cnn:``) embeddings have no such module.
     """
     model = bundle.config.model
-    if model.embedder == "birdnet":
-        return _BirdNETEmbeddingHead(bundle)
-    if model.embedder:
+    if model.kind.serving is None:
         raise EchoError(f"{bundle.path}: its {model.embedder} embeddings cannot run inside one graph")
-    if model.backbone == "birdnet":
-        return bundle.model
+    return model.kind.serving(bundle)
+
+
+def image_clip_model(bundle: Bundle) -> nn.Module:
+    """Clips -> logits of a CNN bundle: :class:`GraphFrontend`, then the model (the ``cnn`` kind)."""
     return nn.Sequential(GraphFrontend(bundle.config), bundle.model)
+
+
+def waveform_clip_model(bundle: Bundle) -> nn.Module:
+    """Clips -> logits of a model that takes raw clips itself (fine-tuned BirdNET): the model."""
+    return bundle.model
 
 
 class _HeadServing(nn.Module):
@@ -270,7 +280,7 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
 
 def _export_graph(bundle: Bundle, path: Path, *, opset: int) -> None:
     """Write the serving graph of ``bundle`` to ``path`` (the head alone for a bundle on outside embeddings)."""
-    if bundle.config.model.embedder not in ("", "birdnet"):
+    if bundle.config.model.kind.serving is None:  # its embedder cannot run inside the graph: the head alone
         size = bundle.model.mean.shape[0]
         serving, example = _HeadServing(bundle), torch.zeros(2, 2, size)
         names, axes = ["embeddings"], {"embeddings": {0: "clips", 1: "windows"}}

@@ -45,6 +45,7 @@ from echoengine.clips import stream_windows
 from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
 from echoengine.errors import AudioError
+from echoengine.kinds import IMAGES
 from echoengine.scoring import (
     CHUNK_SECONDS,
     WindowScorer,
@@ -230,7 +231,7 @@ def _window_inputs(scorer: WindowScorer, windows: np.ndarray, path: str | Path, 
     Images are rounded as the cache stores them (:func:`~echoengine.cache.quantise_image`) whether
     they come from it or not, so a cold cache, a warm one and none give the same probabilities.
     """
-    if scorer.kind != "images":
+    if scorer.kind != IMAGES:
         return scorer.prepare(windows)
     keys, images = [], [None] * len(windows)
     if cache is not None:

@@ -36,6 +36,7 @@ from echoengine.clips import fixed_windows, stream_windows
 from echoengine.embeddings import build_embedder, embed_clips
 from echoengine.errors import EchoError
 from echoengine.features import MelFrontend
+from echoengine.kinds import EMBEDDINGS, IMAGES
 
 __all__ = ["CHUNK_SECONDS", "WEIGHTS_KEY", "WindowScorer", "activation", "bundle_onnx_session", "check_ensemble",
            "ensemble_scores", "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform", "onnx_session",
@@ -93,8 +94,7 @@ class WindowScorer:
         self.config = bundles[0].config
         self.classes = bundles[0].classes
         self.clip_samples = self.config.audio.clip_samples
-        self.kind = "onnx" if onnx else ("embeddings" if self.config.model.embedder else
-                                          "waveforms" if self.config.model.backbone == "birdnet" else "images")
+        self.kind = "onnx" if onnx else self.config.model.kind.input  # images, embeddings or waveforms
         self._frontend = None
         self._embedder = None
         self._sessions = None
@@ -107,7 +107,7 @@ class WindowScorer:
     def prepare(self, windows: np.ndarray) -> torch.Tensor:
         """Model inputs of windows (n, clip samples): images for CNN bundles, else the waveforms."""
         waveforms = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        if self.kind != "images":
+        if self.kind != IMAGES:
             return waveforms
         if self._frontend is None:
             self._frontend = MelFrontend.from_config(self.config)
@@ -119,11 +119,11 @@ class WindowScorer:
         if self.kind == "onnx":
             flat = inputs.numpy().reshape(-1)  # windows of exactly one clip: the graph's own windows
             return np.mean([s.run(None, {"waveform": flat})[1] for s in self._sessions], axis=0)
-        if self.kind == "embeddings":
+        if self.kind == EMBEDDINGS:
             inputs = self._embed(inputs.numpy())
-        elif self.kind == "images":
+        elif self.kind == IMAGES:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        chunk = self.model_batch if self.kind == "images" else len(inputs)
+        chunk = self.model_batch if self.kind == IMAGES else len(inputs)
         with torch.inference_mode():
             return np.concatenate([ensemble_scores(self.bundles, part).numpy() for part in inputs.split(chunk)])
 

@@ -50,6 +50,7 @@ from echoengine.errors import EchoError
 from echoengine.files import write_atomic
 from echoengine.headfit import train_linear_head
 from echoengine.headmlp import train_mlp_head
+from echoengine.kinds import IMAGES
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
 
 __all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "fit_and_refit", "resolve_device"]
@@ -303,7 +304,7 @@ def fit(
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
     train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
     train_loader = make_loader(train_data, config)
-    if config.model.backbone == "birdnet" and not train.freeze_backbone and device.type == "cpu":
+    if config.model.kind.finetunes and not train.freeze_backbone and device.type == "cpu":
         windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
         log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
     val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
@@ -311,7 +312,7 @@ def fit(
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
-    if train.probe_epochs and checkpoint is None and config.model.backbone == "birdnet":
+    if train.probe_epochs and checkpoint is None and config.model.kind.finetunes:
         probe = _probe_head(train_table, val_table, classes, config, bundle / "probe", keep=keep, log=log)
         model.head.load_state_dict(probe.state_dict())
     optimizer = _optimizer(model, train)
@@ -392,7 +393,7 @@ def fit(
 
 def _epoch_line(row: dict[str, float], config: EchoConfig, *, refit: bool, improved: bool) -> str:
     """One epoch in one line. A refit trains on its validation part, so it is not scored there."""
-    unit = "images/s" if not config.model.embedder and config.model.backbone != "birdnet" else "clips/s"
+    unit = "images/s" if config.model.kind.input == IMAGES else "clips/s"
     validation = ("" if refit else f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.3f}")
     marker = " *" if improved and not refit else ""
     return (f"epoch {row['epoch']}: loss {row['train_loss']:.4f} acc {row['train_accuracy']:.3f}{validation} | "
@@ -414,7 +415,7 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
         history = pd.read_csv(bundle / HISTORY_FILE)
         epochs = int(history.loc[history["val_loss"].idxmin(), "epoch"])
     probe_config = config.replace(
-        model={"embedder": "birdnet", "backbone": config.model.backbone},
+        model={"embedder": config.model.kind.probe_embedder, "backbone": config.model.backbone},
         train={"epochs": epochs, "patience": min(config.train.patience, 10), "learning_rate": 1e-3,
                "optimizer": "adam", "schedule": "plateau", "warmup_epochs": 0, "freeze_backbone": False,
                "unfreeze_epoch": 0, "refit": False, "probe_epochs": 0},
@@ -441,8 +442,8 @@ def _raw_embedding_head(probe: EmbeddingClassifier) -> nn.Module:
 
 def _probe_linear(train_table: pd.DataFrame, classes: list[str], config: EchoConfig, *, log) -> nn.Module:
     """The linear head fitted by L-BFGS on the frozen embeddings of the training files, standardisation folded in."""
-    probe_config = config.replace(model={"embedder": "birdnet", "backbone": config.model.backbone},
-                                  train={"probe_epochs": 0})
+    probe_config = config.replace(model={"embedder": config.model.kind.probe_embedder,
+                                         "backbone": config.model.backbone}, train={"probe_epochs": 0})
     probe, fit = train_linear_head(train_table, classes, probe_config, cache=feature_cache(config))
     log(f"linear probing: L-BFGS head on frozen BirdNET embeddings ({fit.describe()})")
     return _raw_embedding_head(probe)

@@ -31,6 +31,7 @@ from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, format_report, write_report
+from echoengine.kinds import KINDS, backbone_kind
 from echoengine.labelkind import LabelKind, label_kind
 from echoengine.training import fit_and_refit
 
@@ -63,13 +64,15 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
     """
     changes = changes or {}
     backbone = changes.get("model", {}).get("backbone") or config.model.backbone
+    kind = backbone_kind(backbone)  # None for an unknown name: the changes' validation says so below
     if finetune:
-        if backbone != "birdnet":
-            raise EchoError("--finetune fine-tunes BirdNET: use it with --backbone birdnet")
+        if kind is None or not kind.finetunes:
+            names = " or ".join(name for k in KINDS.values() if k.finetunes for name in k.backbones)
+            raise EchoError(f"--finetune fine-tunes a pretrained backbone: use it with --backbone {names}")
         head = {"head": "linear"} if config.model.head == "auto" else {}  # warm-started from an L-BFGS probe
         config = config.replace(model=head, train={"backbone_lr_factor": 0.1, "freeze_backbone": False,
                                                    "probe_epochs": config.train.probe_epochs or 1})
-    elif backbone == "birdnet" and not config.train.freeze_backbone:
+    elif kind is not None and kind.finetunes and not config.train.freeze_backbone:
         config = config.replace(train={"freeze_backbone": True})  # without finetune, BirdNET stays frozen
     return config.replace(**changes) if changes else config
 

@@ -17,19 +17,9 @@ import torch
 from torch import nn
 
 from echoengine.errors import ConfigError, EchoError
+from echoengine.kinds import TIMM_BACKBONES
 
-__all__ = ["BACKBONES", "SmallCNN", "build_backbone"]
-
-#: echoengine name -> timm model name.
-TIMM_BACKBONES = {
-    "efficientnetv2_b0": "tf_efficientnetv2_b0",  # the Echo pipeline's backbone
-    "efficientnet_b0": "efficientnet_b0",
-    "efficientnet_b3": "efficientnet_b3",
-    "resnet50": "resnet50",
-    "inception_v3": "inception_v3",
-    "mobilenetv3_large_100": "mobilenetv3_large_100",
-}
-
+__all__ = ["BACKBONES", "TIMM_BACKBONES", "SmallCNN", "build_backbone"]
 
 class SmallCNN(nn.Module):
     """A few conv blocks with PReLU, sized for training on a CPU.

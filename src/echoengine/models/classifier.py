@@ -9,7 +9,8 @@ from echoengine.config import ModelConfig
 from echoengine.models.backbones import build_backbone
 from echoengine.models.heads import HEADS, AttentionHead
 
-__all__ = ["Classifier", "EmbeddingClassifier", "build_model"]
+__all__ = ["Classifier", "EmbeddingClassifier", "build_birdnet_model", "build_embedding_model", "build_image_model",
+           "build_model"]
 
 
 class Classifier(nn.Module):
@@ -92,21 +93,51 @@ class EmbeddingClassifier(nn.Module):
         return logits.amax(dim=1) if self.pooling == "max" else logits.mean(dim=1)
 
 
-def build_model(config: ModelConfig, n_classes: int) -> Classifier | EmbeddingClassifier:
-    """The model a ``[model]`` config section describes, for ``n_classes`` outputs."""
-    options = {"dropout": config.dropout, "hidden_size": config.hidden_size}
-    if config.embedder:
-        from echoengine.models.embedders import embedding_size
+def build_model(config: ModelConfig, n_classes: int) -> nn.Module:
+    """The model a ``[model]`` config section describes, for ``n_classes`` outputs: its kind's builder.
 
-        size = embedding_size(config.embedder, config.birdnet_blocks)
-        return EmbeddingClassifier(HEADS[config.head_name](size, n_classes, **options), embedding_size=size,
-                                   pooling=config.pooling)
-    if config.backbone == "birdnet" and not config.embedder:
-        from echoengine.models.birdnet_torch import BirdNETClassifier
-        from echoengine.models.embedders import feature_size
+    Examples
+    --------
+    >>> build_model(ModelConfig(backbone="small_cnn"), n_classes=3).eval()(torch.rand(1, 3, 64, 64)).shape
+    torch.Size([1, 3])
+    """
+    return config.kind.builder(config, n_classes)
 
-        head = HEADS[config.head_name](feature_size(config.birdnet_blocks), n_classes, **options)
-        return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
-                                 trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks)
+
+def _head(config: ModelConfig, in_features: int, n_classes: int) -> nn.Module:
+    return HEADS[config.head_name](in_features, n_classes, dropout=config.dropout, hidden_size=config.hidden_size)
+
+
+def build_image_model(config: ModelConfig, n_classes: int) -> Classifier:
+    """A CNN backbone and a head on spectrogram images (the ``cnn`` kind).
+
+    Examples
+    --------
+    >>> build_image_model(ModelConfig(backbone="small_cnn", head="linear"), 4).head[-1]
+    Linear(in_features=128, out_features=4, bias=True)
+    """
     backbone = build_backbone(config.backbone, pretrained=config.pretrained, weights=config.weights)
-    return Classifier(backbone, HEADS[config.head_name](backbone.num_features, n_classes, **options))
+    return Classifier(backbone, _head(config, backbone.num_features, n_classes))
+
+
+def build_embedding_model(config: ModelConfig, n_classes: int) -> EmbeddingClassifier:
+    """A head on the window embeddings of ``config.embedder`` (the embedder kinds).
+
+    Examples
+    --------
+    >>> model = build_embedding_model(ModelConfig(embedder="birdnet-tflite", birdnet_blocks=()), 4)
+    >>> model(torch.rand(2, 3, 1024)).shape  # 2 clips of 3 windows of BirdNET's 1024-d embedding
+    torch.Size([2, 4])
+    """
+    size = config.kind.embedding_size(config.embedder, config.birdnet_blocks)
+    return EmbeddingClassifier(_head(config, size, n_classes), embedding_size=size, pooling=config.pooling)
+
+
+def build_birdnet_model(config: ModelConfig, n_classes: int) -> nn.Module:
+    """BirdNET V2.4 on raw 48 kHz audio and a head, for fine-tuning (the ``birdnet`` kind)."""
+    from echoengine.models.birdnet_torch import BirdNETClassifier
+    from echoengine.models.embedders import feature_size
+
+    head = _head(config, feature_size(config.birdnet_blocks), n_classes)
+    return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
+                             trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks)

@@ -36,10 +36,11 @@ import numpy as np
 
 from echoengine.config import BIRDNET_BLOCKS
 from echoengine.errors import EchoError
+from echoengine.kinds import embedder_kind
 from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, log_license
 
-__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "birdnet_files", "block_order",
-           "embedding_size", "feature_size"]
+__all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "birdnet_embedding_size", "birdnet_files",
+           "block_order", "cnn_embedding_size", "embedding_size", "feature_size"]
 
 logger = logging.getLogger("echoengine")
 
@@ -191,18 +192,30 @@ def _tflite_block_tensor(block: str) -> str:
 
 
 def embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
-    """The embedding size of an embedder (with BirdNET's ``blocks``), without loading it."""
-    if name in ("birdnet", "birdnet-tflite"):
-        return feature_size(blocks)
-    if name.startswith("cnn:"):
-        import dataclasses
+    """The embedding size of an embedder (with BirdNET's ``blocks``), without loading it: its kind's answer.
 
-        from echoengine.config import EchoConfig
-        from echoengine.models.backbones import build_backbone
+    Examples
+    --------
+    >>> embedding_size("birdnet-tflite", ["3-5"])
+    1240
+    """
+    return embedder_kind(name).embedding_size(name, blocks)
 
-        model = EchoConfig.load(Path(name.removeprefix("cnn:")) / "echoengine.toml").model
-        return build_backbone(dataclasses.replace(model, pretrained=False).backbone).num_features
-    raise EchoError(f"unknown embedder {name!r}; known: birdnet, birdnet-tflite, cnn:/path/to/bundle")
+
+def birdnet_embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
+    """The size of the features of the ``birdnet`` and ``birdnet-tflite`` embedders (:func:`feature_size`)."""
+    return feature_size(blocks)
+
+
+def cnn_embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
+    """The size of the pooled features of the CNN of ``cnn:/path/to/bundle`` (``blocks`` are unused)."""
+    import dataclasses
+
+    from echoengine.config import EchoConfig
+    from echoengine.models.backbones import build_backbone
+
+    model = EchoConfig.load(Path(name.removeprefix("cnn:")) / "echoengine.toml").model
+    return build_backbone(dataclasses.replace(model, pretrained=False).backbone).num_features
 
 
 class BirdNETTorchEmbedder:
