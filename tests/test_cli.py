@@ -152,3 +152,153 @@ def test_a_typo_gets_the_subcommand_usage_and_the_closest_name(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["trian", str(tmp_path)])
     assert "unknown command 'trian'; did you mean 'train'?" in capsys.readouterr().err
+
+
+# ---- options declared once: generated from the config fields' metadata ----------------------------------------------
+
+def _subcommands():
+    from echoengine.cli import build_parser
+
+    parser = build_parser()
+    return parser._subparsers._group_actions[0].choices
+
+
+def _minimal_argv(command: str) -> list[str]:
+    """The command with a value for each positional argument and required option."""
+    argv = [command]
+    for action in _subcommands()[command]._actions:
+        if not action.option_strings:
+            argv.append("x")
+        elif action.required:
+            argv += [action.option_strings[0], "x"]
+    return argv
+
+
+_STRING_VALUES = {"backbone": "small_cnn", "weights": "w.pt", "embedder": "birdnet", "group_regex": r"^(rec\d+)_"}
+_COMPANIONS = {"unfreeze_epoch": ["--freeze-backbone"], "probe_epochs": ["--head", "linear"]}
+
+
+def _example(option):
+    """A value of the option other than the default, as typed on the command line and as the config holds it."""
+    default = option.default
+    if option.hint is bool:
+        return [option.flag if not default else "--no-" + option.flag[2:]], not default
+    if "choices" in option.metadata:
+        value = next(choice for choice in option.metadata["choices"] if choice != default)
+        return [option.flag, value], value
+    if option.hint is int:
+        return [option.flag, str(default + 1)], default + 1
+    if option.hint is float:
+        return [option.flag, str(default + 0.25)], default + 0.25
+    if option.hint is str:
+        return [option.flag, _STRING_VALUES[option.name]], _STRING_VALUES[option.name]
+    return [option.flag, "3-4, 3-5"], ("3-4", "3-5")  # a list
+
+
+def test_every_config_option_reaches_its_field_from_each_of_its_commands():
+    from echoengine.cli import _config, _training_options, parse
+    from echoengine.cli_options import config_options
+
+    assert {option.flag for option in config_options("train")} >= {"--lr", "--refit", "--mixup", "--workers"}
+    commands = _subcommands()
+    for option in config_options():
+        assert set(option.commands) <= set(commands), option
+        for command in option.commands:
+            given, expected = _example(option)
+            args = parse([*_minimal_argv(command), *given, *_COMPANIONS.get(option.name, [])])
+            if command in ("train", "cv"):
+                base, changes = _training_options(args)
+                config = base.replace(**changes)
+            else:
+                config = _config(args)
+            assert getattr(getattr(config, option.section), option.name) == expected, (command, given)
+            left_out = parse(_minimal_argv(command))  # not given: the default (or the --config file's value)
+            assert getattr(left_out, option.dest) is None
+
+
+def test_config_options_override_the_config_file_only_when_given(tmp_path):
+    from echoengine.cli import _config, parse
+
+    path = EchoConfig().replace(data={"folds": 3, "split_seed": 7, "sparse_classes": "drop"}).save(tmp_path / "c.toml")
+    data = _config(parse(["split", "x", "--config", str(path), "--seed", "2"])).data
+    assert (data.folds, data.split_seed, data.sparse_classes) == (3, 2, "drop")
+
+
+def test_choices_in_the_metadata_are_those_the_config_accepts():
+    import pytest
+
+    from echoengine.cli_options import config_options
+    from echoengine.errors import ConfigError
+
+    for option in config_options():
+        cls = type(getattr(EchoConfig(), option.section))
+        for choice in option.metadata.get("choices", ()):
+            assert getattr(cls(**{option.name: choice}), option.name) == choice
+        if "choices" in option.metadata:
+            with pytest.raises(ConfigError, match=option.name):
+                cls(**{option.name: "no-such-choice"})
+            assert option.default in option.metadata["choices"]
+
+
+def test_every_subcommand_and_option_is_described():
+    commands = _subcommands()
+    assert len(commands) == 14
+    for name, command in commands.items():
+        assert command.description, name
+        for action in command._actions:
+            assert action.help and action.help.strip(), (name, action.option_strings or action.dest)
+        command.format_help()  # every help text formats (no stray % signs)
+
+
+def test_the_help_shows_the_dataclass_defaults():
+    from echoengine.cli_options import _shown, config_options
+
+    commands = _subcommands()
+    for name, command in commands.items():
+        text = "".join(command.format_help().split())  # line breaks fall anywhere
+        for option in config_options(name):
+            assert "".join(option.help.split()) in text, (name, option.flag)
+            if _shown(option.default):
+                assert "".join(f"(default: {_shown(option.default)})".split()) in text, (name, option.flag)
+    train = " ".join(commands["train"].format_help().split())
+    assert "--lr LR learning rate (default: 0.0001)" in train
+    assert "--refit, --no-refit after early stopping" in train and "epochs (default: off)" in train
+    assert "(default: 3-3,3-4,3-5)" in train and "--workers WORKERS data loading processes" in train
+    predict = " ".join(commands["predict"].format_help().split())
+    assert "how many species per file (default: 3)" in predict  # hand-written options show theirs too
+
+
+def test_a_typo_of_a_config_option_is_answered_with_its_name(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(tmp_path), "--out", str(tmp_path / "b"), "--batch_size", "8"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "usage: echoengine train" in err
+    assert "--batch_size (did you mean --batch-size?)" in err
+    with pytest.raises(SystemExit):
+        main(["split", str(tmp_path), "--sparse-clases", "drop"])
+    assert "usage: echoengine split" in (err := capsys.readouterr().err) and "did you mean --sparse-classes?" in err
+
+
+def test_resume_names_the_options_it_ignores(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from echoengine import api
+
+    monkeypatch.setattr(api, "train", lambda *args, **kwargs: SimpleNamespace(report="", bundle=tmp_path / "b"))
+    config = EchoConfig().save(tmp_path / "c.toml")
+    assert main(["train", str(tmp_path), "--out", str(tmp_path / "b"), "--resume", "--epochs", "3", "--lr", "0.1",
+                 "--workers", "1", "--group-regex", "x", "--allow-outside-paths", "--no-refit", "--config",
+                 str(config)]) == 0
+    assert ("warning: --resume continues with the run's own config; ignored: --config, --group-regex, --lr\n"
+            in capsys.readouterr().err)
+
+
+def test_the_command_line_imports_no_library_until_a_command_runs():
+    import subprocess
+    import sys
+
+    code = "import sys, echoengine.cli; print([m for m in ('torch', 'numpy', 'pandas') if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

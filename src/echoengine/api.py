@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -265,6 +266,36 @@ class PredictResult:
         """The ``k`` most probable classes of each file, with their probabilities."""
         order = np.argsort(-self.probabilities, axis=1)[:, :k]
         return [[(self.classes[i], float(row[i])) for i in ranks] for row, ranks in zip(self.probabilities, order)]
+
+    def rows(self, top_k: int = 3) -> list[dict]:
+        """Each file's ``top_k`` classes in dicts (``file``, ``species``, ``probability``, ``top_k``), in percent."""
+        rows = []
+        for path, ranks in zip(self.table["file"], self.top(top_k), strict=True):
+            top = [{"species": name, "probability": round(100 * probability, 2)} for name, probability in ranks]
+            rows.append({"file": path, **top[0], "top_k": top})
+        return rows
+
+    def text(self, top_k: int = 3, form: str = "table") -> str:
+        """The predictions as ``echoengine predict`` prints them.
+
+        ``form`` is ``"table"`` (a line per file: its best class and the next
+        ones), ``"json"`` (:meth:`rows`) or ``"csv"`` (a row per file and rank).
+        """
+        rows = self.rows(top_k)
+        if form == "json":
+            return json.dumps(rows, indent=2, ensure_ascii=False)
+        if form == "csv":
+            ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"]}
+                      for r in rows for rank, t in enumerate(r["top_k"])]
+            table = pd.DataFrame(ranked, columns=["file", "rank", "species", "probability"])
+            return table.to_csv(index=False).removesuffix("\n")
+        width = max([len(Path(r["file"]).name) for r in rows] + [4])
+        lines = []
+        for r in rows:
+            others = ", ".join(f"{t['species']} {t['probability']:.1f}%" for t in r["top_k"][1:])
+            lines.append(f"{Path(r['file']).name:<{width}}  {r['species']} ({r['probability']:.1f}%)"
+                         + (f"   next: {others}" if others else ""))
+        return "\n".join(lines)
 
 
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,

@@ -8,7 +8,9 @@ scaled to [0, 1].
 Every section is a frozen dataclass that validates itself on construction, so
 an invalid value fails where it is written, with a message naming the key.
 :class:`EchoConfig` groups the sections, reads and writes TOML, and gives a
-fingerprint of any sections, which keys the feature cache.
+fingerprint of any sections, which keys the feature cache. A field whose
+``metadata`` holds a ``"help"`` text is also a command-line option
+(:mod:`echoengine.cli_options`): declared once, here.
 
 Examples
 --------
@@ -124,18 +126,32 @@ class ModelConfig:
         ``head = "attention"``, per-class attention pooling over time).
     """
 
-    backbone: str = "efficientnetv2_b0"
-    head: str = "auto"
-    pretrained: bool = False
-    weights: str = ""
-    dropout: float = 0.5
-    embedder: str = ""
-    pooling: str = "mean"
-    hidden_size: int = 512
-    embedding_hop: float = 0.0
-    trainable_blocks: int = 0
-    multilabel: bool = False
-    birdnet_blocks: tuple[str, ...] = ("3-3", "3-4", "3-5")
+    backbone: str = field(default="efficientnetv2_b0", metadata={
+        "help": "efficientnetv2_b0, efficientnet_b0, efficientnet_b3, resnet50, inception_v3, mobilenetv3_large_100, "
+                "small_cnn, or birdnet (BirdNET V2.4 on raw audio, CC BY-NC-SA 4.0: fine-tuned with --finetune)"})
+    head: str = field(default="auto", metadata={
+        "help": "auto: linear on an embedder, echo on a CNN; attention: per-class attention pooling over time "
+                "(multi-label)", "choices": ("auto", "echo", "linear", "mlp", "attention")})
+    pretrained: bool = field(default=False, metadata={"help": "start from ImageNet weights (timm backbones)"})
+    weights: str = field(default="", metadata={
+        "help": "a local weights file for --pretrained (offline; default: download)", "metavar": "FILE"})
+    dropout: float = field(default=0.5, metadata={"help": "dropout before the last layer"})
+    embedder: str = field(default="", metadata={
+        "help": "train a head on a frozen pretrained embedder: birdnet (BirdNET V2.4, CC BY-NC-SA 4.0), "
+                "birdnet-tflite or cnn:/path/to/bundle (default: none, a CNN on spectrograms)"})
+    pooling: str = field(default="mean", metadata={
+        "help": "pooling of window logits in a clip (embedders)", "choices": ("mean", "max")})
+    hidden_size: int = field(default=512, metadata={"help": "hidden layer of the mlp head"})
+    embedding_hop: float = field(default=0.0, metadata={
+        "help": "hop between the embedder windows of a clip (0: the window, no overlap)", "metavar": "SECONDS"})
+    trainable_blocks: int = field(default=0, metadata={
+        "help": "with --backbone birdnet: fine-tune only its last N blocks (0: all)", "metavar": "N"})
+    multilabel: bool = field(default=False, metadata={
+        "help": "several species per clip: sigmoid outputs, binary cross-entropy, clips labelled from the boxes of "
+                "annotation tables (Raven, Audacity, CSV) in DATA or --annotations"})
+    birdnet_blocks: tuple[str, ...] = field(default=("3-3", "3-4", "3-5"), metadata={
+        "help": "BirdNET blocks whose pooled outputs join its embedding, comma-separated (none: the embedding alone)",
+        "metavar": "BLOCKS"})
 
     def __post_init__(self) -> None:
         s = "model"
@@ -258,26 +274,38 @@ class TrainConfig:
         cross-validation's folds with the one fitted on all recordings.
     """
 
-    epochs: int = 100
-    learning_rate: float = 1e-4
+    epochs: int = field(default=100, metadata={"help": "most epochs to run"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "learning rate", "flag": "--lr"})
     lr_factor: float = 0.75
     lr_patience: int = 8
     min_lr: float = 1e-7
-    patience: int = 16
-    label_smoothing: float = 0.0
-    seed: int = 0
-    device: str = "auto"
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    schedule: str = "plateau"
-    warmup_epochs: int = 0
-    class_weights: str = "none"
-    freeze_backbone: bool = False
-    unfreeze_epoch: int = 0
-    backbone_lr_factor: float = 1.0
-    refit: bool = False
-    probe_epochs: int = 0
-    solver: str = "auto"
+    patience: int = field(default=16, metadata={"help": "early stopping patience in epochs"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "smoothing of the training targets"})
+    seed: int = field(default=0, metadata={"help": "seed of the model initialisation and the data order"})
+    device: str = field(default="auto", metadata={
+        "help": "where to train (auto: CUDA when available)", "choices": ("auto", "cpu", "cuda")})
+    optimizer: str = field(default="adam", metadata={"help": "the optimizer", "choices": ("adam", "adamw", "adamax")})
+    weight_decay: float = field(default=0.0, metadata={"help": "weight decay: decoupled for AdamW, L2 for the others"})
+    schedule: str = field(default="plateau", metadata={
+        "help": "learning rate schedule: ReduceLROnPlateau on the validation loss, or cosine decay",
+        "choices": ("plateau", "cosine")})
+    warmup_epochs: int = field(default=0, metadata={"help": "linear warm-up of the learning rate over these epochs"})
+    class_weights: str = field(default="none", metadata={
+        "help": "loss weights per class (balanced: n_samples / (n_classes * count))", "choices": ("none", "balanced")})
+    freeze_backbone: bool = field(default=False, metadata={"help": "train the head only"})
+    unfreeze_epoch: int = field(default=0, metadata={
+        "help": "with --freeze-backbone: train everything from this epoch (0: never)"})
+    backbone_lr_factor: float = field(default=1.0, metadata={
+        "help": "the backbone's learning rate relative to the head's"})
+    refit: bool = field(default=False, metadata={
+        "help": "after early stopping, train again on train + validation for the chosen epochs"})
+    probe_epochs: int = field(default=0, metadata={
+        "help": "with --finetune: first train the head on the frozen BirdNET embeddings (up to N epochs), then "
+                "fine-tune from it", "metavar": "N"})
+    solver: str = field(default="auto", metadata={
+        "help": "lbfgs: a linear head on an embedder fitted to convergence, its L2 strength chosen by cross-validation "
+                "over the training recordings (no validation part); auto: lbfgs where it applies, sgd (epochs) "
+                "elsewhere", "choices": ("auto", "sgd", "lbfgs")})
     head_mixup: float = 0.0
     head_ensemble: bool = False
 

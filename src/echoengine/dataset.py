@@ -41,7 +41,7 @@ from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
 __all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "VariantSampler", "WaveformDataset", "image_dataset",
-           "make_loader", "waveform_dataset"]
+           "make_loader", "preview_inputs", "waveform_dataset"]
 
 logger = logging.getLogger("echoengine")
 
@@ -364,6 +364,30 @@ def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = 
         worker_init_fn=_single_thread_worker if workers else None,
         collate_fn=_collate_usable,
     )
+
+
+def preview_inputs(usable: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, n: int = 16,
+                   augment: bool = False, seed: int = 0) -> tuple[torch.Tensor, list[str]] | None:
+    """The model inputs of ``n`` files drawn from a scanned catalog, and their titles, for a preview grid.
+
+    Each file gives its first clean window, or with ``augment`` a random
+    training variant. The titles are the label and the file name. ``None``
+    when no drawn file can be read.
+    """
+    rng = np.random.default_rng(seed)
+    picked = usable.iloc[np.sort(rng.permutation(len(usable))[:n])].reset_index(drop=True)
+    dataset = ClipDataset(picked, classes, config, train=augment)
+    if augment:  # a random variant of each file
+        items = list(zip(range(len(picked)), rng.integers(0, config.augment.variants, len(picked)).tolist()))
+    else:  # the first window of each file
+        items = np.unique(dataset.rows(), return_index=True)[1].tolist()
+    # one item per picked row, in row order; a file that broke since the scan gives None
+    shown = [(path, pair) for path, pair in zip(picked["path"], (dataset[item] for item in items)) if pair]
+    if not shown:
+        return None
+    titles = [f"{classes[int(t.argmax())] if t.sum() else '(unlabelled)'}\n{os.path.basename(path)[:28]}"
+              for path, (_, t) in shown]
+    return torch.stack([image for _, (image, _) in shown]), titles
 
 
 def _collate_usable(items: list) -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,7 +17,7 @@ echoengine.errors.ConfigError: data.folds must be >= 2, got 1
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from echoengine.errors import ConfigError
 
@@ -253,7 +253,8 @@ class AugmentConfig:
     freq_mask_fraction: float = 0.1
     rotation_p: float = 1.0
     rotation_degrees: float = 2.0
-    mixup_p: float = 0.0
+    mixup_p: float = field(default=0.0, metadata={
+        "help": "probability of mixup per batch", "flag": "--mixup", "metavar": "P"})
     mixup_alpha: float = 0.4
     embedding_variants: int = 4
 
@@ -338,23 +339,38 @@ class DataConfig:
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
-    group_regex: str = ""
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    folds: int = 5
-    split_seed: int = 0
-    batch_size: int = 16
-    num_workers: int = 0
+    group_regex: str = field(default="", metadata={
+        "help": "regex on file names whose first group names the source recording", "metavar": "REGEX",
+        "commands": ("inspect", "preview", "split", "train", "cv", "mix")})
+    val_fraction: float = field(default=0.15, metadata={
+        "help": "validation fraction", "flag": "--val", "commands": ("split",)})
+    test_fraction: float = field(default=0.15, metadata={
+        "help": "test fraction", "flag": "--test", "commands": ("split",)})
+    folds: int = field(default=5, metadata={"help": "number of folds", "commands": ("cv", "split")})
+    split_seed: int = field(default=0, metadata={"help": "split seed", "flag": "--seed", "commands": ("split",)})
+    batch_size: int = field(default=16, metadata={"help": "samples per batch"})
+    num_workers: int = field(default=0, metadata={
+        "help": "data loading processes (0: in the main process)", "flag": "--workers"})
     cache_dir: str = ""
     cache_size_gb: float = 4.0
     cache_identity: str = "stat"
     on_error: str = "warn"
-    allow_outside_paths: bool = False
-    sparse_classes: str = "train"
-    min_overlap: float = 0.5
+    allow_outside_paths: bool = field(default=False, metadata={
+        "help": "use CSV rows naming files outside the dataset folder (../x.wav, absolute paths)",
+        "commands": ("inspect", "preview", "split", "train", "cv", "mix", "evaluate", "calibrate")})
+    sparse_classes: str = field(default="train", metadata={
+        "help": "classes with a single source recording: train on them without testing them, leave them out, "
+                "or stop with an error",
+        "choices": ("train", "drop", "error"), "commands": ("train", "cv", "split")})
+    min_overlap: float = field(default=0.5, metadata={
+        "help": "multi-label: a clip holds a box overlapping it this long, or by min_overlap_fraction of the box",
+        "metavar": "SECONDS"})
     min_overlap_fraction: float = 0.5
-    frequency_overlap: bool = False
-    unlabeled: str = "negative"
+    frequency_overlap: bool = field(default=False, metadata={
+        "help": "multi-label: count only boxes whose frequencies overlap the front end's band"})
+    unlabeled: str = field(default="negative", metadata={
+        "help": "multi-label: a species with no box in a clip is a negative, or left out of the loss",
+        "choices": ("negative", "ignore")})
     box_jitter: float = 1.0
     background_crops: int = 1
 

@@ -1,16 +1,17 @@
 """Process-wide settings for echoengine's own processes (the CLI, loader workers, benchmarks).
 
 Nothing here runs on import: a program that uses echoengine as a library
-keeps its own settings unless it calls these functions.
+keeps its own settings (memory, logging) unless it calls these functions.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "log_to_stderr"]
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -35,3 +36,25 @@ def keep_freed_memory(megabytes: int = 64) -> bool:
             (_M_MMAP_THRESHOLD, size), (_M_TRIM_THRESHOLD, 4 * size), (_M_TOP_PAD, size)))
     except (OSError, AttributeError):
         return False
+
+
+class _MessageFormat(logging.Formatter):
+    """Messages as they are; warnings and errors after their level, as the command's own (``warning: ...``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        return message if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {message}"
+
+
+def log_to_stderr() -> None:
+    """Show the ``echoengine`` logger's messages (what it does, warnings) on standard error, as a command does.
+
+    Calling it again (tests, notebooks) replaces the handler it added before.
+    """
+    logger = logging.getLogger("echoengine")
+    for handler in [h for h in logger.handlers if isinstance(h.formatter, _MessageFormat)]:
+        logger.removeHandler(handler)  # an earlier call of this process
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MessageFormat())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)

@@ -27,7 +27,7 @@ from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, EchoError
 
 __all__ = ["annotation_boxes", "audio_files", "find_audio", "labelled_files", "parse_columns", "progress_bar",
-           "recordings", "seen_in_training"]
+           "recordings", "seen_in_training", "species_names"]
 
 
 def progress_bar(description: str, unit: str = "file"):
@@ -96,6 +96,24 @@ def parse_columns(text: str | None) -> dict[str, str]:
     if any(len(pair) != 2 for pair in pairs):
         raise EchoError(f"--columns takes ours=theirs pairs, e.g. file=recording_id,label=species; got {text!r}")
     return {ours.strip(): theirs.strip() for ours, theirs in pairs}
+
+
+def species_names(values: Sequence[str] | None) -> list[str]:
+    """Species names from comma-separated lists, or from files of one name per line.
+
+    Examples
+    --------
+    >>> species_names(["owl, frog", "wren"])
+    ['owl', 'frog', 'wren']
+    """
+    names: list[str] = []
+    for value in values or []:
+        path = Path(value)
+        if path.is_file():
+            names += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            names += [name.strip() for name in value.split(",") if name.strip()]
+    return names
 
 
 def annotation_boxes(data: str | Path, annotations: str | Path | None = None, negatives: str | Path | None = None,

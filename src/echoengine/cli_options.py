@@ -1,0 +1,404 @@
+"""The ``echoengine`` command line: its subcommands and their options, each declared once.
+
+An option that sets a config value is not written here: every field of the
+config sections (:mod:`echoengine.config`) whose ``metadata`` holds a
+``"help"`` text is an option of the commands it names, typed from the field's
+annotation (a ``bool`` gives ``--x`` and ``--no-x``; a tuple, a
+comma-separated list), its help ending with the dataclass default. Such an
+option defaults to ``None``: given, it overrides the ``--config`` file's
+value; left out, it leaves it (:func:`config_changes`). The metadata keys:
+
+``help``
+    The help text (required).
+``flag``
+    The option's name, if not ``--field-name``.
+``choices``
+    The values it takes, where there is a fixed set.
+``metavar``
+    The value's name in the usage.
+``commands``
+    The subcommands that take it (default :data:`TRAINING_COMMANDS`).
+
+The other options (paths, outputs, switches of one command) are written in
+:func:`build_parser`. Only argparse and the config are imported, so that
+``echoengine --help`` answers at once.
+
+Examples
+--------
+>>> args = parse(["train", "data", "--out", "bundle", "--lr", "0.01", "--no-refit", "--birdnet-blocks", "3-5"])
+>>> config_changes(args)
+{'model': {'birdnet_blocks': ['3-5']}, 'train': {'learning_rate': 0.01, 'refit': False}}
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+from echoengine.config import EchoConfig
+
+__all__ = ["DEFAULT_CACHE", "TRAINING_COMMANDS", "ConfigOption", "add_config_options", "build_parser", "config_changes",
+           "config_options", "parse"]
+
+#: The commands that take a config field's option when its metadata names none.
+TRAINING_COMMANDS = ("train", "cv")
+#: Where features are cached unless ``--cache-dir`` (or, for train and cv, ``--config``'s ``data.cache_dir``) says
+#: otherwise; a bundle's config never does.
+DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
+
+
+def _comma_list(text: str) -> list[str]:
+    """A list option: ``"3-4, 3-5"`` -> ``["3-4", "3-5"]``; ``"none"`` -> ``[]``."""
+    return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _range(kind: type) -> typing.Callable[[str], tuple]:
+    """A range option of ``kind`` values: ``"1-4"`` or ``"-5..15"`` -> ``(low, high)``; ``"3"`` -> ``(3, 3)``."""
+    def parse(text: str) -> tuple:
+        low, sep, high = text.partition("..") if ".." in text else text.rpartition("-")
+        try:
+            return (kind(low), kind(high)) if sep else (kind(text), kind(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a range: {text!r} (write it as 1-4 or -5..15)") from None
+    return parse
+
+
+def _shown(value: Any) -> str:
+    """A default as the help shows it: ``on``/``off``, lists comma-separated, an empty string not at all."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, tuple):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """A config field as a command-line option.
+
+    Parameters
+    ----------
+    section : str
+        The config section (``"train"``).
+    name : str
+        The field (``"learning_rate"``).
+    hint : type
+        The field's type (``float``).
+    default : object
+        The dataclass default, shown in the help.
+    metadata : mapping
+        The field's metadata: ``help`` and optionally ``flag``, ``choices``,
+        ``metavar``, ``commands``.
+    """
+
+    section: str
+    name: str
+    hint: Any
+    default: Any
+    metadata: typing.Mapping[str, Any]
+
+    @property
+    def flag(self) -> str:
+        """The option's name, e.g. ``"--lr"``."""
+        return self.metadata.get("flag", "--" + self.name.replace("_", "-"))
+
+    @property
+    def dest(self) -> str:
+        """The attribute of the parsed arguments that holds the value (``"lr"``)."""
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def commands(self) -> tuple[str, ...]:
+        """The subcommands that take the option."""
+        return tuple(self.metadata.get("commands", TRAINING_COMMANDS))
+
+    @property
+    def help(self) -> str:
+        """The help text, ending with the dataclass default (when it is not empty)."""
+        shown = _shown(self.default)
+        return self.metadata["help"] + (f" (default: {shown})" if shown else "")
+
+    def add_to(self, parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+        """Add the option to a parser or argument group; it defaults to ``None`` (not given)."""
+        options: dict[str, Any] = {"dest": self.dest, "default": None, "help": self.help.replace("%", "%%")}
+        if self.hint is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(self.hint) is tuple:
+            options.update(type=_comma_list, metavar=self.metadata.get("metavar", "A,B"))
+        elif self.hint in (int, float, str):
+            options["type"] = self.hint
+        else:
+            raise TypeError(f"{self.section}.{self.name}: no command-line type for {self.hint}")
+        options.update({key: self.metadata[key] for key in ("choices", "metavar") if key in self.metadata})
+        parser.add_argument(self.flag, **options)
+
+
+@functools.cache
+def config_options(command: str | None = None) -> tuple[ConfigOption, ...]:
+    """The config fields that are command-line options (of ``command``, or of any command), in config order.
+
+    Examples
+    --------
+    >>> [option.flag for option in config_options("split")]
+    ['--group-regex', '--val', '--test', '--folds', '--seed', '--allow-outside-paths', '--sparse-classes']
+    """
+    found = []
+    for section, cls in typing.get_type_hints(EchoConfig).items():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            if "help" in field.metadata:
+                found.append(ConfigOption(section, field.name, hints[field.name], field.default, field.metadata))
+    return tuple(option for option in found if command is None or command in option.commands)
+
+
+def add_config_options(parser: argparse.ArgumentParser, command: str) -> None:
+    """Add the config options of ``command`` to its parser, in one argument group per config section."""
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for option in config_options(command):
+        if option.section not in groups:
+            groups[option.section] = parser.add_argument_group(f"config [{option.section}]")
+        option.add_to(groups[option.section])
+
+
+def config_changes(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The config values given on the command line, as ``{"section": {"field": value}}``.
+
+    An option left out (``None``) is not a change, so the ``--config`` file's
+    value stays; ``--no-x`` is a change to false.
+    """
+    changes: dict[str, dict[str, Any]] = {}
+    for option in config_options(args.command):
+        value = getattr(args, option.dest, None)
+        if value is not None:
+            changes.setdefault(option.section, {})[option.name] = value
+    return changes
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help that ends an option's text with its default, where it has one and the text does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.option_strings and default is not None and default is not False and default != argparse.SUPPRESS \
+                and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _command(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand whose description is its one-line summary."""
+    return sub.add_parser(name, help=text, description=text, formatter_class=_HelpFormatter)
+
+
+def _data_command(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    """A subcommand that reads a dataset (DATA), with ``--config``."""
+    p = _command(sub, name, text)
+    p.add_argument("data", type=Path, help="folder per class, flat folder, ESC-50-style CSV or ESC-50 folder")
+    p.add_argument("--config", type=Path, help="a TOML config (default: the Echo pipeline's); the config options "
+                   "given on the command line override it")
+    return p
+
+
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    """Where features are cached, or not at all: a setting of this machine, never of a bundle."""
+    p.add_argument("--cache-dir", type=Path, help=f"feature cache (default {DEFAULT_CACHE})")
+    p.add_argument("--no-cache", action="store_true", help="compute features every time")
+
+
+def _annotation_options(p: argparse.ArgumentParser) -> None:
+    """The annotation tables of multi-label data."""
+    g = p.add_argument_group("annotation tables (multi-label)")
+    g.add_argument("--annotations", type=Path, help="annotation table or folder of them (default: DATA)")
+    g.add_argument("--negatives", type=Path, help="a table of verified negatives (boxes NOT holding their species)")
+    g.add_argument("--columns", help="CSV annotation columns, ours=theirs: file, label, start, end, low_freq, "
+                   "high_freq (RFCx names and these are found by themselves)")
+
+
+def _bundle_command(sub: argparse._SubParsersAction, name: str, text: str, what: str) -> argparse.ArgumentParser:
+    """A subcommand that runs a bundle, or each fold bundle of a CV folder (``what`` says how)."""
+    p = _command(sub, name, text)
+    p.add_argument("bundle", type=Path, help=f"a bundle, or a CV folder ({what})")
+    return p
+
+
+def _dataset_commands(sub: argparse._SubParsersAction) -> None:
+    """inspect, preview and split."""
+    _data_command(sub, "inspect", "list classes, files, durations and unreadable files of a dataset")
+    p = _data_command(sub, "preview", "draw a grid of the model inputs of one batch")
+    p.add_argument("--out", type=Path, default=Path("preview.png"), help="PNG to write")
+    p.add_argument("--n", type=int, default=16, help="how many inputs")
+    p.add_argument("--augment", action="store_true", help="show augmented training variants")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seed", type=int, default=0, help="which files are drawn, and their variants")
+    p = _data_command(sub, "split", "assign files to train/val/test (or k folds), stratified and grouped by recording")
+    p.add_argument("--out", type=Path, default=Path("splits.csv"), help="CSV to write")
+    p.add_argument("--kfold", action="store_true", help="k folds instead of train/val/test")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _training_commands(sub: argparse._SubParsersAction) -> None:
+    """train and cv: their own options; those of the config come from its fields."""
+    train = _data_command(sub, "train", "train a classifier and write a model bundle (evaluated on a held-out test "
+                          "part)")
+    train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    cv = _data_command(sub, "cv", "k-fold cross-validation grouped by source recording; keeps the fold models")
+    cv.add_argument("--out", type=Path, required=True, help="folder for the fold bundles and the summary")
+    for p in (train, cv):
+        p.add_argument("--finetune", action="store_true", help="with --backbone birdnet: train the pretrained "
+                       "network too, at 0.1x the head's rate (change with --backbone-lr-factor)")
+        _cache_options(p)
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace the earlier run in --out (every file of it is removed first)")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+        _annotation_options(p)
+
+
+def _scoring_commands(sub: argparse._SubParsersAction) -> None:
+    """evaluate and predict: a bundle (or a CV folder) run on labelled data or on files."""
+    p = _bundle_command(sub, "evaluate", "score a bundle (or a CV folder as an ensemble) on labelled data",
+                        "its fold models as an ensemble")
+    p.add_argument("data", type=Path, help="labelled data (any DATA of train)")
+    p.add_argument("--out", type=Path, help="report folder (default BUNDLE/evaluate-<data>)")
+    p.add_argument("--overwrite", action="store_true", help="replace the report of an earlier run in --out")
+    _cache_options(p)
+    _annotation_options(p)
+    p = _bundle_command(sub, "predict", "species and probability of audio files (mean over 5 s windows)",
+                        "its fold models as an ensemble")
+    p.add_argument("files", type=Path, nargs="+", help="audio files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="how many species per file")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="how the results are printed")
+    p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
+    _cache_options(p)
+
+
+def _detect_command(sub: argparse._SubParsersAction) -> None:
+    """detect: windows, thresholds, species filters, event merging and the output folder."""
+    p = _bundle_command(sub, "detect", "timestamped detections over long recordings: CSV, Raven, Audacity, JSON",
+                        "its fold models as an ensemble")
+    p.add_argument("paths", type=Path, nargs="+", help="audio files or folders (walked recursively)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new or empty, unless --resume or --overwrite")
+    p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows")
+    p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
+                   help="drop a file's last, partial window when it holds less audio than this")
+    p.add_argument("--threshold", type=float, help="one score threshold for all classes, in [0, 1] (default: the "
+                   "bundle's thresholds.csv, else 0.5)")
+    p.add_argument("--top-n", type=int, default=0, help="only a window's N best classes may detect (default: all)")
+    p.add_argument("--species", action="append", metavar="NAMES|FILE",
+                   help="report only these species (comma-separated, or a file of one per line)")
+    p.add_argument("--exclude", action="append", metavar="NAMES|FILE", help="never report these species")
+    p.add_argument("--merge-gap", type=float, default=0.0, metavar="SECONDS",
+                   help="merge detections of a species closer than this (0: overlapping or touching)")
+    p.add_argument("--batch-size", type=int, default=16, help="windows passed to the model at a time")
+    p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
+                   "the model's (0: in the main process, the fastest on 2 cores; more cores gain from them)")
+    p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
+    existing.add_argument("--overwrite", action="store_true",
+                          help="replace an earlier run's outputs in --out (only the files detect wrote)")
+    p.add_argument("--summary", action="store_true", help="print detections per species and plot them over time")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _mix_command(sub: argparse._SubParsersAction) -> None:
+    """mix: soundscapes from labelled clips over field recordings or noise."""
+    p = _command(sub, "mix", "build soundscapes (and their Raven tables) from labelled clips")
+    p.add_argument("clips", type=Path, help="labelled clips (any DATA: folder per class, ESC-50 CSV or folder)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the soundscapes to")
+    p.add_argument("--count", type=int, default=50, help="soundscapes to write (for training, with --test-fraction)")
+    p.add_argument("--duration", type=float, default=30.0, help="seconds per soundscape")
+    p.add_argument("--events", type=_range(int), default="1-4", help="events per soundscape, a range")
+    p.add_argument("--snr", type=_range(float), default="-5..15", help="event-to-background ratio in dB, a range")
+    p.add_argument("--background", type=Path, nargs="+", help="recordings or folders to mix into (default: noise)")
+    p.add_argument("--test-fraction", type=float, default=0.0,
+                   help="also write test soundscapes from other source recordings and backgrounds (train/, test/)")
+    p.add_argument("--seed", type=int, default=0, help="draws of the soundscapes")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="draw of the train/test split of sources (keep it to mix more soundscapes of one side)")
+    p.add_argument("--config", type=Path, help="a TOML config (its [audio] sets the sample rate)")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+
+
+def _bundle_commands(sub: argparse._SubParsersAction) -> None:
+    """calibrate and export: files a bundle (or each fold of a CV folder) gets beside its weights."""
+    p = _bundle_command(sub, "calibrate", "per-class detection thresholds (F1-optimal) from labelled data",
+                        "thresholds for the ensemble")
+    p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
+    _cache_options(p)
+    _annotation_options(p)
+    p = _bundle_command(sub, "export", "write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it",
+                        "each fold is exported")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the exported graph's format")
+    p.add_argument("--check", type=Path, nargs="+", help="audio files for the parity check (default: test files)")
+
+
+def _making_commands(sub: argparse._SubParsersAction) -> None:
+    """demo, synth and config: commands that make a demo, a dataset or a config file."""
+    p = _command(sub, "demo", "SYNTHETIC end-to-end demo: make data, train small_cnn, evaluate, predict")
+    p.add_argument("--out", type=Path, default=Path("echoengine-demo"), help="folder")
+    p.add_argument("--epochs", type=int, default=20, help="most epochs to train")
+    p.add_argument("--files-per-class", type=int, default=16, help="synthetic files per class")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p = _command(sub, "synth", "write a small SYNTHETIC dataset (for demos and tests)")
+    p.add_argument("out", type=Path, help="folder to write")
+    p.add_argument("--classes", type=int, default=4, help="how many classes")
+    p.add_argument("--files-per-class", type=int, default=6, help="files per class")
+    p.add_argument("--overwrite", action="store_true", help="write into a non-empty OUT")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sounds")
+    p = _command(sub, "config", "print (or write) the configuration with its defaults")
+    p.add_argument("--config", type=Path, help="start from this TOML instead of the defaults")
+    p.add_argument("--out", type=Path, help="write it here instead of printing")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``echoengine`` parser: every subcommand, with the config options of each from the config's fields.
+
+    Examples
+    --------
+    >>> build_parser().parse_args(["cv", "data", "--out", "cv", "--folds", "3"]).folds
+    3
+    """
+    parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_dataset_commands, _training_commands, _scoring_commands, _detect_command, _mix_command,
+                _bundle_commands, _making_commands):
+        add(sub)
+    for name, command in sub.choices.items():
+        add_config_options(command, name)
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with typos answered by the subcommand's usage and the closest names.
+
+    Examples
+    --------
+    >>> parse(["inspect", "data"]).command
+    'inspect'
+    """
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps the subparsers only there
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        near = difflib.get_close_matches(argv[0], commands, n=1)
+        parser.error(f"unknown command {argv[0]!r}" + (f"; did you mean {near[0]!r}?" if near else ""))
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command = commands[args.command]
+        known = [option for option in command._option_string_actions if option.startswith("--")]
+        hints = [f"{extra} (did you mean {near[0]}?)" if extra.startswith("-") and (near := difflib.get_close_matches(
+            extra.split("=")[0], known, n=1)) else extra for extra in extras]
+        command.error(f"unrecognized arguments: {' '.join(hints)}")
+    return args
