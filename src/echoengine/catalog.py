@@ -476,12 +476,11 @@ def _classes_to_hold_out(table: pd.DataFrame, parts: int, purpose: str, sparse_c
                          fix: str = "") -> np.ndarray:
     """Check that every class can sit on both sides of a split; the rows that can.
 
-    A class needs two source recordings to be both trained on and held out.
-    With fewer, ``sparse_classes`` says what happens to its rows: ``"train"``
-    (they are trained on, never held out), ``"drop"`` (left out) or
-    ``"error"``. A class with fewer recordings than ``parts`` is kept, with
-    a warning that it is missing from some parts, ending in ``fix`` (where
-    ``{fewest}`` is the fewest recordings of such a class).
+    A class needs two source recordings to be both trained on and held out;
+    with one, its rows are trained on only (``sparse_classes="train"``), left
+    out (``"drop"``), or an error. A class with fewer recordings than
+    ``parts`` is kept, with a warning that it misses some parts, ending in
+    ``fix`` (``{fewest}``: the fewest recordings of such a class).
     """
     if table.empty:
         raise DataError(f"no samples to split for {purpose}")
@@ -566,8 +565,7 @@ def split(
 ) -> np.ndarray:
     """Assign each row to ``"train"``, ``"val"`` or ``"test"`` (``"excluded"``: left out).
 
-    A class with a single source recording goes to ``"train"``
-    (``sparse_classes="train"``) or is ``"excluded"`` (``"drop"``).
+    A class recorded once goes to ``"train"`` (``sparse_classes="train"``) or ``"excluded"`` (``"drop"``).
 
     Grouped by source recording and stratified by label: each class sends
     about its fractions of its recordings (drawn with the seed) to test and

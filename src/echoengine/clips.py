@@ -178,6 +178,21 @@ def crop_around(start: float, end: float, *, length: float, duration: float, jit
     return float(rng.uniform(low, high)) if high > low else max(min(low, max(duration - length, 0.0)), 0.0)
 
 
+def _windows_holding(boxes, starts: np.ndarray, *, length: float, min_overlap: float, min_fraction: float,
+                     band: tuple[float, float] | None) -> np.ndarray:
+    """(windows, boxes): whether each window holds each box, as :func:`box_labels` defines it."""
+    begin, finish = boxes["start"].to_numpy(float), boxes["end"].to_numpy(float)
+    overlap = np.minimum(starts[:, None] + length, finish[None, :]) - np.maximum(starts[:, None], begin[None, :])
+    held = (overlap >= min_overlap) | (overlap >= min_fraction * (finish - begin)[None, :] - 1e-9)
+    point = (finish == begin)[None, :]  # a point label (Audacity): held by the window it falls in
+    held &= (overlap > 0) | (point & (begin[None, :] >= starts[:, None]) & (begin[None, :] < starts[:, None] + length))
+    if band is not None:
+        low, high = boxes["low_freq"].to_numpy(float), boxes["high_freq"].to_numpy(float)
+        visible = np.isnan(low) | np.isnan(high) | ((low < band[1]) & (high > band[0]))
+        held &= visible[None, :]
+    return held
+
+
 def box_labels(
     boxes,
     starts: np.ndarray,
@@ -226,17 +241,9 @@ def box_labels(
     if len(boxes) == 0 or len(starts) == 0:
         return labels
     index = {c: i for i, c in enumerate(classes)}
-    known = boxes["label"].isin(index).to_numpy()
-    boxes = boxes[known]
-    begin, finish = boxes["start"].to_numpy(float), boxes["end"].to_numpy(float)
-    overlap = np.minimum(starts[:, None] + length, finish[None, :]) - np.maximum(starts[:, None], begin[None, :])
-    held = (overlap >= min_overlap) | (overlap >= min_fraction * (finish - begin)[None, :] - 1e-9)
-    point = (finish == begin)[None, :]  # a point label (Audacity): held by the window it falls in
-    held &= (overlap > 0) | (point & (begin[None, :] >= starts[:, None]) & (begin[None, :] < starts[:, None] + length))
-    if band is not None:
-        low, high = boxes["low_freq"].to_numpy(float), boxes["high_freq"].to_numpy(float)
-        visible = np.isnan(low) | np.isnan(high) | ((low < band[1]) & (high > band[0]))
-        held &= visible[None, :]
+    boxes = boxes[boxes["label"].isin(index).to_numpy()]
+    held = _windows_holding(boxes, starts, length=length, min_overlap=min_overlap, min_fraction=min_fraction,
+                            band=band)
     columns = np.array([index[c] for c in boxes["label"]], dtype=np.int64)
     positive = boxes["positive"].to_numpy(bool)
     for sign in (False, True):  # negatives first, so that a positive wins

@@ -151,32 +151,36 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
     targets = _targets(np.asarray(y), n_classes, label_smoothing, multilabel)
     weights = torch.ones(len(features), dtype=torch.float64) if sample_weight is None else torch.as_tensor(
         sample_weight, dtype=torch.float64)
-    known = ~torch.isnan(targets) if multilabel else None
     w = torch.zeros(n_classes, features.shape[1], dtype=torch.float64)
     b = torch.zeros(n_classes, dtype=torch.float64)
     if start is not None:
         w, b = torch.as_tensor(start[0], dtype=torch.float64).clone(), torch.as_tensor(start[1], dtype=torch.float64)
     w, b = w.requires_grad_(), b.clone().requires_grad_()
-    total = float(weights.sum()) / (n_classes if weights.ndim == 2 else 1)
-    label_weights = weights if weights.ndim == 2 else weights[:, None]
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
                                   tolerance_change=tolerance * 1e-3, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        logits = features @ w.T + b
-        if multilabel:
-            losses = torch.nn.functional.binary_cross_entropy_with_logits(
-                logits, torch.where(known, targets, 0.0), reduction="none") * known
-            weighted = (label_weights * losses).sum()
-        else:
-            weighted = (weights * -(targets * torch.log_softmax(logits, 1)).sum(1)).sum()
-        loss = weighted / total + (w * w).sum() / (2 * c * total)
+        loss = _penalised_loss(features @ w.T + b, targets, weights, w, c=c, multilabel=multilabel)
         loss.backward()
         return loss
 
     optimizer.step(closure)
     return w.detach().numpy(), b.detach().numpy()
+
+
+def _penalised_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, w: torch.Tensor, *,
+                    c: float, multilabel: bool) -> torch.Tensor:
+    """:func:`fit_logistic`'s objective: the weighted loss and the L2 penalty, divided by ``C * sum of weights``."""
+    total = float(weights.sum()) / (logits.shape[1] if weights.ndim == 2 else 1)
+    if multilabel:
+        known = ~torch.isnan(targets)
+        losses = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.where(known, targets, 0.0), reduction="none") * known
+        weighted = ((weights if weights.ndim == 2 else weights[:, None]) * losses).sum()
+    else:
+        weighted = (weights * -(targets * torch.log_softmax(logits, 1)).sum(1)).sum()
+    return weighted / total + (w * w).sum() / (2 * c * total)
 
 
 def _grouped_folds(y: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -76,6 +76,33 @@ def _rms(y: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(y, dtype=np.float64)) + 1e-20))
 
 
+def _add_events(mix: np.ndarray, clips: pd.DataFrame, events: int, snr: tuple[float, float], config: AudioConfig,
+                rng: np.random.Generator) -> list[dict]:
+    """Add ``events`` random clips into ``mix`` (in place) at random onsets and SNRs; their boxes.
+
+    An unreadable clip is skipped with a warning (the soundscape has one event fewer).
+    """
+    rate, n, level = config.sample_rate, len(mix), _rms(mix)
+    rows = []
+    for _ in range(events):
+        clip = clips.iloc[int(rng.integers(len(clips)))]
+        try:
+            event, _ = trim_event(audio.load(clip["path"], config))
+        except AudioError as error:
+            logger.warning("skipping %s", error)
+            continue
+        event = event[:n]
+        onset = int(rng.integers(0, n - len(event) + 1))
+        ratio = 10 ** (float(rng.uniform(*snr)) / 20)
+        segment = mix[onset : onset + len(event)]
+        local = max(_rms(segment), 0.1 * level)
+        mix[onset : onset + len(event)] = segment + event * (ratio * local / _rms(event))
+        low, high = event_band(event, rate)
+        rows.append({"start": onset / rate, "end": (onset + len(event)) / rate, "low_freq": low,
+                     "high_freq": high, "label": clip["label"]})
+    return rows
+
+
 def mix_soundscapes(
     clips: pd.DataFrame,
     out: str | Path,
@@ -115,7 +142,6 @@ def mix_soundscapes(
         raise DataError("no labelled clips to mix")
     if not 1 <= events[0] <= events[1]:
         raise DataError(f"events must be a range like 1-4, got {events[0]}-{events[1]}")
-    rate, n = config.sample_rate, round(duration * config.sample_rate)
     boxes = []
     for index in range(count):
         rng = np.random.default_rng([seed, index])
@@ -124,30 +150,13 @@ def mix_soundscapes(
         except AudioError as error:  # an unreadable background: this soundscape goes on over noise
             logger.warning("skipping %s; noise instead", error)
             mix = _background([], duration, config, rng)
-        level = _rms(mix)
-        name = f"{prefix}_{index:04d}"
-        rows = []
-        for _ in range(int(rng.integers(events[0], events[1] + 1))):
-            clip = clips.iloc[int(rng.integers(len(clips)))]
-            try:
-                event, _ = trim_event(audio.load(clip["path"], config))
-            except AudioError as error:
-                logger.warning("skipping %s", error)
-                continue
-            event = event[:n]
-            onset = int(rng.integers(0, n - len(event) + 1))
-            ratio = 10 ** (float(rng.uniform(*snr)) / 20)
-            segment = mix[onset : onset + len(event)]
-            local = max(_rms(segment), 0.1 * level)
-            mix[onset : onset + len(event)] = segment + event * (ratio * local / _rms(event))
-            low, high = event_band(event, rate)
-            rows.append({"start": onset / rate, "end": (onset + len(event)) / rate, "low_freq": low,
-                         "high_freq": high, "label": clip["label"]})
+        rows = _add_events(mix, clips, int(rng.integers(events[0], events[1] + 1)), snr, config, rng)
         peak = float(np.abs(mix).max())
         if peak > 0.99:
             mix *= 0.99 / peak
+        name = f"{prefix}_{index:04d}"
         path = out / f"{name}.flac"
-        sf.write(path, mix, rate, subtype="PCM_16")
+        sf.write(path, mix, config.sample_rate, subtype="PCM_16")
         table = pd.DataFrame(rows, columns=["start", "end", "low_freq", "high_freq", "label"])
         table = table.sort_values("start", kind="stable").reset_index(drop=True).round(
             {"start": 3, "end": 3, "low_freq": 1, "high_freq": 1})
