@@ -49,7 +49,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from echoengine.config import EchoConfig
+from echoengine.config import CONFIG_FILE, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.files import TEMPORARY_SUFFIX, write_atomic
 from echoengine.models import Classifier, build_model
@@ -61,7 +61,6 @@ __all__ = ["ANNOTATIONS_FILE", "CHECKPOINT_FILE", "CLASSES_FILE", "CONFIG_FILE",
            "read_splits", "save_atomic", "selection_history", "weights_digest", "write_metadata"]
 
 # The files of a bundle (see the layout above); every module names them by these constants.
-CONFIG_FILE = "echoengine.toml"
 CLASSES_FILE = "classes.txt"
 WEIGHTS_FILE = "weights.pt"
 CHECKPOINT_FILE = "checkpoint.pt"

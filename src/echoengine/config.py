@@ -54,6 +54,7 @@ from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, 
 __all__ = [
     "AUDIO_EXTENSIONS",
     "BIRDNET_BLOCKS",
+    "CONFIG_FILE",
     "MACHINE_SETTINGS",
     "AudioConfig",
     "AugmentConfig",
@@ -64,6 +65,8 @@ __all__ = [
     "TrainConfig",
 ]
 
+#: The name of a bundle's full config (see :mod:`echoengine.bundle`), here for the modules below it.
+CONFIG_FILE = "echoengine.toml"
 CONFIG_VERSION = 2  # 2: model.birdnet_blocks (a version-1 config means none)
 #: BirdNET V2.4's blocks, in order, and the channels of each one's output (``model.birdnet_blocks``).
 BIRDNET_BLOCKS = {"1-1": 36, "1-2": 36, "1-3": 36, "2-1": 72, "2-2": 72, "2-3": 72, "2-4": 72, "3-1": 108,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from echoengine.config import BIRDNET_BLOCKS
+from echoengine.config import BIRDNET_BLOCKS, CONFIG_FILE
 from echoengine.errors import EchoError
 from echoengine.kinds import embedder_kind
 from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, log_license
@@ -214,7 +214,7 @@ def cnn_embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
     from echoengine.config import EchoConfig
     from echoengine.models.backbones import build_backbone
 
-    model = EchoConfig.load(Path(name.removeprefix("cnn:")) / "echoengine.toml").model
+    model = EchoConfig.load(Path(name.removeprefix("cnn:")) / CONFIG_FILE).model
     return build_backbone(dataclasses.replace(model, pretrained=False).backbone).num_features
 
 
