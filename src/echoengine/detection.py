@@ -45,7 +45,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -216,13 +216,7 @@ def detect(
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
     scorer = WindowScorer(bundles, onnx=options.onnx)
     check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
-    clip_seconds = scorer.config.audio.clip_seconds
-    if not 0 <= options.overlap < clip_seconds:
-        raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
-                        f"got {options.overlap}")
-    if scorer.kind == IMAGES and options.batch_size % WindowScorer.model_batch:
-        raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
-                        f"that every window is scored in batches of one shape; got {options.batch_size}")
+    _check_windows(scorer, options)
     # a bad thresholds.csv stops the run now, not after hours of scoring
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
     ledger.claim_output(out, resume=resume, overwrite=overwrite)
@@ -230,6 +224,24 @@ def detect(
     todo = [(i, f) for i, f in enumerate(files) if not ledger.finished(records, f, log)]  # failed files are tried again
     if resume and len(todo) < len(files):
         log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
+    _score_files(scorer, files, todo, records, options=options, progress=progress, log=log)
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
+
+
+def _check_windows(scorer: WindowScorer, options: DetectOptions) -> None:
+    """Refuse an overlap of a clip or more, and image batches that are not whole model batches."""
+    clip_seconds = scorer.config.audio.clip_seconds
+    if not 0 <= options.overlap < clip_seconds:
+        raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
+                        f"got {options.overlap}")
+    if scorer.kind == IMAGES and options.batch_size % WindowScorer.model_batch:
+        raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
+                        f"that every window is scored in batches of one shape; got {options.batch_size}")
+
+
+def _score_files(scorer: WindowScorer, files: list[str], todo: list[tuple[int, str]], records: Path, *,
+                 options: DetectOptions, progress: bool, log: Callable[[str], None]) -> None:
+    """Score the windows of the files to do and record each file (its scores or its error) as it finishes."""
     rate = scorer.config.audio.sample_rate
     bar = _Progress({i: round(_duration(f) * rate) for i, f in todo}, rate, files=len(files),
                     done=len(files) - len(todo), enabled=progress)
@@ -252,7 +264,6 @@ def detect(
                     log(f"error: {path}: {error}")
                     ledger.record_error(records, path, error)
                 bar.finish(index)
-    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
 
 
 class _Progress:

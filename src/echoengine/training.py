@@ -17,11 +17,11 @@ the best weights so far. See :mod:`echoengine.bundle` for the folder layout.
 from __future__ import annotations
 
 import copy
-import csv
 import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,29 +38,30 @@ from echoengine.bundle import (
     HISTORY_FILE,
     SELECTION_HISTORY_FILE,
     WEIGHTS_FILE,
-    load_state,
     save_atomic,
     write_metadata,
 )
 from echoengine.cache import feature_cache
-from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
+from echoengine.config import EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
-from echoengine.files import write_atomic
 from echoengine.headfit import train_linear_head
 from echoengine.headmlp import train_mlp_head
 from echoengine.kinds import IMAGES
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
+from echoengine.trainstate import (
+    HISTORY_FIELDS,
+    TrainState,
+    check_resumable,
+    checkpoint_stage,
+    keep_epoch,
+    read_checkpoint,
+    start_state,
+    write_history,
+)
 
 __all__ = ["HISTORY_FIELDS", "TrainResult", "balanced_class_weights", "fit", "fit_and_refit", "resolve_device"]
-
-HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "learning_rate",
-                  "seconds", "images_per_second"]
-
-# Settings that may differ between a run and its resumption.
-_RESUMABLE_CHANGES = ("train.epochs", *MACHINE_SETTINGS)
-
 
 @dataclass
 class TrainResult:
@@ -225,26 +226,19 @@ def _to_device(inputs: torch.Tensor, device: torch.device) -> torch.Tensor:
     return inputs.to(device)
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
-    """Write ``history.csv`` whole: one row per epoch, the :data:`HISTORY_FIELDS` columns."""
+@dataclass
+class _Run:
+    """What the epochs of one run work with: data, model, optimizer, schedule and losses."""
 
-    def write(temporary: Path) -> None:
-        with open(temporary, "w", newline="", encoding="utf-8") as file:
-            writer = csv.DictWriter(file, fieldnames=HISTORY_FIELDS)
-            writer.writeheader()
-            writer.writerows(history)
-
-    write_atomic(path, write)
-
-
-def _check_resumable(bundle: Path, config: EchoConfig) -> None:
-    saved = EchoConfig.load(bundle / CONFIG_FILE)
-    if saved.fingerprint(ignore=_RESUMABLE_CHANGES) != config.fingerprint(ignore=_RESUMABLE_CHANGES):
-        raise EchoError(f"{bundle}: cannot resume with a different config than the run's ({CONFIG_FILE}); "
-                        "only train.epochs, train.device and data loading settings may change")
-    if config.train.schedule == "cosine" and config.train.epochs != saved.train.epochs:
-        raise EchoError(f"{bundle}: the cosine schedule was laid out for {saved.train.epochs} epochs; "
-                        f"resume with --epochs {saved.train.epochs}")
+    device: torch.device
+    train_size: int
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    model: Classifier
+    optimizer: torch.optim.Optimizer
+    schedule: _Schedule
+    train_loss_fn: nn.Module
+    val_loss_fn: nn.Module
 
 
 def fit(
@@ -286,19 +280,50 @@ def fit(
         the recordings in the tables (:func:`echoengine.catalog.read_annotations`).
     """
     bundle = Path(bundle)
-    train = config.train
+    device, checkpoint = _open_bundle(val_table, classes, config, bundle, resume=resume)
+    run = _prepare_run(train_table, val_table, classes, config, bundle, device=device, probe=checkpoint is None,
+                       keep=keep, progress=progress, log=log, boxes=boxes)
+    state = start_state(checkpoint, bundle, run.model, run.optimizer, run.schedule, device=device, train=config.train,
+                        log=log)
+    from torch.utils.tensorboard import SummaryWriter
+
+    board_dir = bundle / "tensorboard" / ("refit" if keep == "last" else "")
+    with SummaryWriter(board_dir, purge_step=state.start_epoch) as board:
+        for epoch in range(state.start_epoch, config.train.epochs + 1):
+            row = _train_epoch(run, config, epoch, progress=progress)
+            _log_board(board, row)
+            improved = keep_epoch(state, row, run.model, run.optimizer, run.schedule, bundle, keep=keep)
+            log(_epoch_line(row, config, refit=keep == "last", improved=improved))
+            if keep == "best" and epoch - state.best_epoch >= config.train.patience:
+                log(f"early stop: no better validation loss since epoch {state.best_epoch}")
+                break
+    _finish(state, run.model, bundle, config.train, keep=keep, log=log)
+    return TrainResult(bundle, state.history, state.best_epoch, run.model.eval())
+
+
+def _open_bundle(val_table: pd.DataFrame, classes: list[str], config: EchoConfig, bundle: Path, *,
+                 resume: bool) -> tuple[torch.device, dict | None]:
+    """Check the run can start, read the checkpoint to resume, write the metadata and seed torch."""
     if len(val_table) == 0:
         raise EchoError("no validation files: early stopping and the best checkpoint need some; add recordings "
                         "(3 per class give one to each part) or raise data.val_fraction")
-    device = resolve_device(train.device)
+    device = resolve_device(config.train.device)
     checkpoint = None
     if resume:
         if not (bundle / CHECKPOINT_FILE).is_file():
             raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
-        _check_resumable(bundle, config)
-        checkpoint = _read_checkpoint(bundle)
+        check_resumable(bundle, config)
+        checkpoint = read_checkpoint(bundle)
     write_metadata(bundle, config, classes)
-    torch.manual_seed(train.seed)
+    torch.manual_seed(config.train.seed)
+    return device, checkpoint
+
+
+def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
+                 bundle: Path, *, device: torch.device, probe: bool, keep: str, progress: bool,
+                 log: Callable[[str], None], boxes: pd.DataFrame | None) -> _Run:
+    """Datasets and loaders, the model (its head probed first when ``probe``), optimizer, schedule, losses."""
+    train = config.train
     cache = feature_cache(config)
     if config.model.multilabel != (boxes is not None):
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
@@ -312,83 +337,72 @@ def fit(
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
-    if train.probe_epochs and checkpoint is None and config.model.kind.finetunes:
-        probe = _probe_head(train_table, val_table, classes, config, bundle / "probe", keep=keep, log=log)
-        model.head.load_state_dict(probe.state_dict())
+    if train.probe_epochs and probe and config.model.kind.finetunes:
+        head = _probe_head(train_table, val_table, classes, config, bundle / "probe", keep=keep, log=log)
+        model.head.load_state_dict(head.state_dict())
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
-    weights = None
-    if train.class_weights == "balanced" and not config.model.multilabel:
-        weights = balanced_class_weights(np.array(train_data.targets), len(classes)).to(device)
+    train_loss_fn, val_loss_fn = _loss_functions(config, train_data.targets, len(classes), device)
+    return _Run(device, len(train_data), train_loader, val_loader, model, optimizer, schedule, train_loss_fn,
+                val_loss_fn)
+
+
+def _loss_functions(config: EchoConfig, targets: list, n_classes: int,
+                    device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """The training loss (balanced class weights where asked) and the unweighted validation loss."""
+    train = config.train
     if config.model.multilabel:
-        train_loss_fn = val_loss_fn = MaskedBCE(smoothing=train.label_smoothing)
-    else:
-        train_loss_fn = torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing)
-        val_loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing)
+        loss_fn = MaskedBCE(smoothing=train.label_smoothing)
+        return loss_fn, loss_fn
+    weights = None
+    if train.class_weights == "balanced":
+        weights = balanced_class_weights(np.array(targets), n_classes).to(device)
+    return (torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing),
+            torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing))
 
-    history: list[dict[str, float]] = []
-    best_loss, best_epoch, start_epoch = math.inf, 0, 1
-    if checkpoint is not None:
-        history, best_loss, best_epoch = _restore(checkpoint, bundle, model, optimizer, schedule)
-        start_epoch = checkpoint["epoch"] + 1
-        log(f"resuming {bundle} after epoch {checkpoint['epoch']} (best so far: epoch {best_epoch})")
-        if checkpoint["epoch"] - best_epoch >= train.patience:
-            log("the run had already stopped early")
-            start_epoch = train.epochs + 1
-    best_state = (load_state(bundle / WEIGHTS_FILE, map_location=device)
-                  if best_epoch else copy.deepcopy(model.state_dict()))
 
-    from torch.utils.tensorboard import SummaryWriter
+def _train_epoch(run: _Run, config: EchoConfig, epoch: int, *, progress: bool) -> dict[str, float]:
+    """One epoch of training, then validation and the schedule's step; returns its history row."""
+    train = config.train
+    frozen = train.freeze_backbone and not (train.unfreeze_epoch and epoch >= train.unfreeze_epoch)
+    _set_backbone_frozen(run.model, frozen)
+    run.train_loader.sampler.set_epoch(epoch - 1)
+    learning_rate = run.optimizer.param_groups[0]["lr"]
+    started = time.perf_counter()
+    train_loss, train_acc = _run_epoch(
+        run.model, run.train_loader, run.train_loss_fn, run.device, optimizer=run.optimizer, frozen_backbone=frozen,
+        mixup_rng=np.random.default_rng([train.seed, epoch]), augment=config.augment,
+        description=f"epoch {epoch}/{train.epochs}", progress=progress,
+    )
+    seconds = time.perf_counter() - started
+    val_loss, val_acc = _run_epoch(run.model, run.val_loader, run.val_loss_fn, run.device, description="validation",
+                                   progress=progress)
+    run.schedule.step(epoch, val_loss)
+    return {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
+            "val_accuracy": val_acc, "learning_rate": learning_rate, "seconds": round(seconds, 3),
+            "images_per_second": round(run.train_size / seconds, 2)}
 
-    board_dir = bundle / "tensorboard" / ("refit" if keep == "last" else "")
-    with SummaryWriter(board_dir, purge_step=start_epoch) as board:
-        for epoch in range(start_epoch, train.epochs + 1):
-            frozen = train.freeze_backbone and not (train.unfreeze_epoch and epoch >= train.unfreeze_epoch)
-            _set_backbone_frozen(model, frozen)
-            train_loader.sampler.set_epoch(epoch - 1)
-            learning_rate = optimizer.param_groups[0]["lr"]
-            started = time.perf_counter()
-            train_loss, train_acc = _run_epoch(
-                model, train_loader, train_loss_fn, device, optimizer=optimizer, frozen_backbone=frozen,
-                mixup_rng=np.random.default_rng([train.seed, epoch]), augment=config.augment,
-                description=f"epoch {epoch}/{train.epochs}", progress=progress,
-            )
-            seconds = time.perf_counter() - started
-            val_loss, val_acc = _run_epoch(model, val_loader, val_loss_fn, device, description="validation",
-                                           progress=progress)
-            schedule.step(epoch, val_loss)
-            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc, "val_loss": val_loss,
-                   "val_accuracy": val_acc, "learning_rate": learning_rate, "seconds": round(seconds, 3),
-                   "images_per_second": round(len(train_data) / seconds, 2)}
-            history.append(row)
-            for part in ("train", "val"):  # one writer: purge_step then also drops the epochs of a killed run
-                board.add_scalar(f"loss/{part}", row[f"{part}_loss"], epoch)
-                board.add_scalar(f"accuracy/{part}", row[f"{part}_accuracy"], epoch)
-            board.add_scalar("learning_rate", learning_rate, epoch)
-            improved = val_loss < best_loss or keep == "last"
-            if improved:
-                best_loss, best_epoch = val_loss, epoch
-                best_state = copy.deepcopy(model.state_dict())
-            _write_history(bundle / HISTORY_FILE, history)
-            save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "history": history, "best_loss": best_loss, "best_epoch": best_epoch, "keep": keep},
-                        bundle / CHECKPOINT_FILE)
-            if improved:
-                save_atomic(best_state, bundle / WEIGHTS_FILE)
-            log(_epoch_line(row, config, refit=keep == "last", improved=improved))
-            if keep == "best" and epoch - best_epoch >= train.patience:
-                log(f"early stop: no better validation loss since epoch {best_epoch}")
-                break
-    if keep == "best" and best_epoch == train.epochs > start_epoch - 1:
+
+def _log_board(board, row: dict[str, float]) -> None:
+    """An epoch's losses, accuracies and learning rate to TensorBoard."""
+    epoch = row["epoch"]
+    for part in ("train", "val"):  # one writer: purge_step then also drops the epochs of a killed run
+        board.add_scalar(f"loss/{part}", row[f"{part}_loss"], epoch)
+        board.add_scalar(f"accuracy/{part}", row[f"{part}_accuracy"], epoch)
+    board.add_scalar("learning_rate", row["learning_rate"], epoch)
+
+
+def _finish(state: TrainState, model: Classifier, bundle: Path, train: TrainConfig, *, keep: str,
+            log: Callable[[str], None]) -> None:
+    """The end-of-training warnings, and the kept weights loaded into the model."""
+    if keep == "best" and state.best_epoch == train.epochs > state.start_epoch - 1:
         log(f"warning: the validation loss was still falling at the last epoch ({train.epochs}): the model may "
             "gain from more (--epochs)")
-    if best_epoch == 0:  # no finite validation loss (every validation file failed to load)
+    if state.best_epoch == 0:  # no finite validation loss (every validation file failed to load)
         log("warning: no epoch had a finite validation loss; the bundle keeps the last weights")
-        best_state = copy.deepcopy(model.state_dict())
-        save_atomic(best_state, bundle / WEIGHTS_FILE)
-    model.load_state_dict(best_state)
-    return TrainResult(bundle, history, best_epoch, model.eval())
+        state.best_state = copy.deepcopy(model.state_dict())
+        save_atomic(state.best_state, bundle / WEIGHTS_FILE)
+    model.load_state_dict(state.best_state)
 
 
 def _epoch_line(row: dict[str, float], config: EchoConfig, *, refit: bool, improved: bool) -> str:
@@ -449,42 +463,6 @@ def _probe_linear(train_table: pd.DataFrame, classes: list[str], config: EchoCon
     return _raw_embedding_head(probe)
 
 
-_CHECKPOINT_KEYS = ("epoch", "model", "optimizer", "schedule", "torch_rng", "history", "best_loss", "best_epoch")
-
-
-def _read_checkpoint(bundle: Path) -> dict:
-    """The bundle's ``checkpoint.pt``, read without running code and checked to hold a whole training state."""
-    checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
-    if (not isinstance(checkpoint, dict) or any(key not in checkpoint for key in _CHECKPOINT_KEYS)
-            or checkpoint.get("keep", "best") not in ("best", "last")):
-        raise EchoError(f"{bundle / CHECKPOINT_FILE}: not a whole echoengine checkpoint; start again with --overwrite")
-    return checkpoint
-
-
-def _restore(checkpoint: dict, bundle: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-             schedule: _Schedule) -> tuple[list[dict[str, float]], float, int]:
-    """Put a checkpoint's state back; returns its history, best validation loss and best epoch."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"])
-        torch.set_rng_state(checkpoint["torch_rng"])
-    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-        detail = " ".join(str(exc).split())[:200]
-        raise EchoError(f"{bundle / CHECKPOINT_FILE}: does not fit this run ({detail}); start again with "
-                        "--overwrite") from None
-    if checkpoint["best_epoch"] == checkpoint["epoch"]:  # killed between the checkpoint and the weights
-        save_atomic(checkpoint["model"], bundle / WEIGHTS_FILE)
-    return checkpoint["history"], checkpoint["best_loss"], checkpoint["best_epoch"]
-
-
-def _checkpoint_stage(bundle: Path) -> str | None:
-    """What the bundle's checkpoint was training: ``"best"`` (selection), ``"last"`` (a refit) or None."""
-    if not (bundle / CHECKPOINT_FILE).is_file():
-        return None
-    return _read_checkpoint(bundle).get("keep", "best")
-
-
 def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig, bundle: Path, *,
                      progress: bool, log, boxes: pd.DataFrame | None = None) -> TrainResult:
     """A linear (:mod:`echoengine.headfit`) or MLP (:mod:`echoengine.headmlp`) head on frozen embeddings, fitted
@@ -506,7 +484,7 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
     history = [{"epoch": 1, "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy, "val_loss": inner,
                 "val_accuracy": fit.inner_accuracy, "learning_rate": math.nan, "seconds": round(seconds, 3),
                 "images_per_second": round(len(table) / seconds, 2)}]
-    _write_history(bundle / HISTORY_FILE, history)
+    write_history(bundle / HISTORY_FILE, history)
     log(f"{fit.method} on {len(table)} files in {seconds:.1f} s: {fit.describe()}")
     return TrainResult(bundle, history, 1, model)
 
@@ -526,7 +504,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     if config.convex_head():  # fitted in seconds on all of it: nothing to select on or resume
         return _fit_linear_head(both, classes, config, bundle, progress=progress, log=log, boxes=boxes)
     selection = bundle / SELECTION_HISTORY_FILE
-    stage = _checkpoint_stage(bundle) if resume else None
+    stage = checkpoint_stage(bundle) if resume else None
     if stage == "last":  # killed during the refit: continue it with its own config
         saved = EchoConfig.load(bundle / CONFIG_FILE)
         saved = saved.with_machine_settings(config)
