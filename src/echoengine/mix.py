@@ -134,8 +134,7 @@ def mix_soundscapes(
     DataFrame
         The boxes written: ``path, start, end, low_freq, high_freq, label, positive``.
     """
-    config = config or AudioConfig()
-    out = Path(out)
+    config, out = config or AudioConfig(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clips = clips[clips["label"] != ""].reset_index(drop=True)
     if clips.empty:
