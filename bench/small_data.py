@@ -216,7 +216,7 @@ def main() -> int:
     if "esc50" in args.sets:
         report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
                f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
-    for name in args.sets[args.sets[:1] == ["esc50"]:]:
+    for name in [name for name in args.sets if name != "esc50"]:
         recordings, all_clips = SETS[name]
         results = []
         for draw in small_sets(table, recordings, args.seeds, all_clips=all_clips):
