@@ -13,7 +13,7 @@ resident memory (libraries included: about 0.9 GiB of them) and wall time
 are printed in one table beside the target: under 1.5 GiB for a 3 h file,
 whatever its length. ``predict`` decodes each file block by block and scores
 windows as they come; ``predict --onnx`` feeds the graph a minute of windows
-at a time (:data:`echoengine.exporting.CHUNK_SECONDS`).
+at a time (:data:`echoengine.scoring.CHUNK_SECONDS`).
 """
 
 from __future__ import annotations

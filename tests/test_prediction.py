@@ -10,9 +10,10 @@ from echoengine import audio, catalog
 from echoengine.bundle import load_bundle, save_atomic, write_metadata
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
-from echoengine.exporting import export_onnx, onnx_predict_stream, onnx_predict_waveform, onnx_session
+from echoengine.exporting import export_onnx, onnx_session
 from echoengine.models import build_model
 from echoengine.prediction import predict_files, predict_table
+from echoengine.scoring import WindowScorer, pool_windows, score_stream
 
 SMALL_FRONTEND = {"n_mels": 128, "image_height": 128, "image_width": 96}
 
@@ -109,29 +110,28 @@ def test_the_onnx_graph_fed_in_chunks_gives_its_answer_on_the_whole_waveform(cnn
     rng = np.random.default_rng(0)
     y = (0.1 * rng.normal(size=int(clip * 7.3)) + np.sin(np.arange(int(clip * 7.3)) * 0.3)).astype(np.float32)
     whole, whole_windows = session.run(None, {"waveform": y})
-    seconds = cnn_bundle.config.audio.clip_seconds
-    for chunk_seconds in (seconds, 2 * seconds, 100 * seconds):  # 8, 4 and 1 graph runs
-        probabilities, windows = onnx_predict_waveform(session, cnn_bundle, y, chunk_seconds=chunk_seconds)
+    scorer = WindowScorer([cnn_bundle], onnx=True)
+    for batch_size in (1, 2, 100):  # 8, 4 and 1 graph runs
+        windows = score_stream(scorer, [y], batch_size=batch_size)
         assert windows.shape == whole_windows.shape == (8, len(cnn_bundle.classes))
         np.testing.assert_allclose(windows, whole_windows, atol=1e-6)
-        np.testing.assert_allclose(probabilities, whole, atol=1e-6)
+        np.testing.assert_allclose(pool_windows(windows, multilabel=False), whole, atol=1e-6)
     blocks = np.split(y, [1000, 1001, clip * 3 + 17])  # blocks that cut windows anywhere
-    probabilities, windows = onnx_predict_stream([session], [cnn_bundle], blocks, chunk_seconds=2 * seconds)
+    windows = score_stream(scorer, blocks, batch_size=2)
     np.testing.assert_allclose(windows, whole_windows, atol=1e-6)
-    np.testing.assert_allclose(probabilities, whole, atol=1e-6)
+    np.testing.assert_allclose(pool_windows(windows, multilabel=False), whole, atol=1e-6)
 
 
 def test_predict_with_onnx_streams_long_files_and_gives_the_pytorch_answer(cnn_bundle, long_file, soundscapes):
     files = [long_file, soundscapes / "robin.ogg", soundscapes / "birds_1min.flac"]
     session = onnx_session(cnn_bundle.path / "model.onnx")
     whole = np.stack([session.run(None, {"waveform": audio.load(f, cnn_bundle.config.audio)})[0] for f in files])
-    got = predict_files([cnn_bundle], files, onnx=True, block_seconds=7.0, chunk_seconds=12.0)
+    got = predict_files([cnn_bundle], files, onnx=True, block_seconds=7.0, batch_size=3)
     np.testing.assert_allclose(got, whole, atol=1e-4)
     np.testing.assert_allclose(got, predict_files([cnn_bundle], files), atol=1e-4)
 
 
 def test_a_graph_on_embeddings_is_fed_in_chunks_too(cnn_bundle, synthetic_dataset, long_file, tmp_path):
-    from echoengine.exporting import onnx_window_probabilities
     from echoengine.training import fit
 
     config = EchoConfig().replace(model={"embedder": f"cnn:{cnn_bundle.path}", "head": "linear"},
@@ -142,10 +142,10 @@ def test_a_graph_on_embeddings_is_fed_in_chunks_too(cnn_bundle, synthetic_datase
     head, session = load_bundle(tmp_path / "head"), onnx_session(path)
     assert [i.name for i in session.get_inputs()] == ["embeddings"]
     y = audio.load(long_file, head.config.audio)
-    whole = onnx_window_probabilities(session, head, y)  # every clip embedded and scored in one run
-    probabilities, windows = onnx_predict_waveform(session, head, y, chunk_seconds=head.config.audio.clip_seconds)
+    scorer = WindowScorer([head], onnx=True)
+    whole = score_stream(scorer, [y], batch_size=100)  # every clip embedded and scored in one run
+    windows = score_stream(scorer, [y], batch_size=1)
     assert windows.shape == whole.shape == (10, len(head.classes))
     np.testing.assert_allclose(windows, whole, atol=1e-6)
-    np.testing.assert_allclose(probabilities, whole.mean(axis=0), atol=1e-6)
-    got = predict_files([head], [long_file], onnx=True, block_seconds=10.0, chunk_seconds=12.0)
+    got = predict_files([head], [long_file], onnx=True, block_seconds=10.0, batch_size=3)
     np.testing.assert_allclose(got, predict_files([head], [long_file]), atol=1e-4)

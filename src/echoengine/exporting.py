@@ -58,25 +58,22 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 from echoengine.files import write_atomic
-from echoengine.prediction import predict_files
+from echoengine.prediction import predict_files, stream_window_probabilities
 from echoengine.scoring import (  # the graph's runtime; re-exported: what an exported bundle is run with
     WEIGHTS_KEY,
+    WindowScorer,
     bundle_onnx_session,
-    onnx_predict_file,
-    onnx_predict_stream,
-    onnx_predict_waveform,
     onnx_session,
-    onnx_window_probabilities,
+    pool_windows,
 )
 
 __all__ = [
     "ONNX_FILE", "BirdNETEmbeddingHead", "GraphFrontend", "ServingModel", "bundle_onnx_session", "clip_model",
-    "export_onnx", "image_clip_model", "onnx_predict_file", "onnx_predict_stream", "onnx_predict_waveform",
-    "onnx_session", "onnx_window_probabilities", "waveform_clip_model",
+    "export_onnx", "image_clip_model", "onnx_session", "waveform_clip_model",
 ]
 
-#: Audio fed to an exported graph at a time by :func:`onnx_predict_stream`: the graph's memory grows with its
-#: input (small_cnn on the Echo front end: about 0.3 GiB per minute), not with the file's length.
+# An exported graph is fed about a minute of windows at a time (echoengine.scoring.CHUNK_SECONDS): its memory
+# grows with its input (small_cnn on the Echo front end: about 0.3 GiB per minute), not with the file's length.
 
 
 class GraphFrontend(nn.Module):
@@ -312,7 +309,9 @@ def _check_graph(bundle: Bundle, path: Path, files: list[str], *, tolerance: flo
     expected = _torch_probabilities(bundle, files)
     if np.isnan(expected).any():
         raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
-    got = np.stack([onnx_predict_file(session, bundle, f)[0] for f in files])
+    scorer = WindowScorer([bundle], sessions=[session])  # the scorer of predict --onnx and detect --onnx
+    multilabel = bundle.config.model.multilabel
+    got = np.stack([pool_windows(stream_window_probabilities(scorer, f), multilabel=multilabel) for f in files])
     difference = float(np.abs(got - expected).max())
     if not difference <= tolerance:
         raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "

@@ -12,9 +12,9 @@ fold models of a cross-validation) averages the members' file probabilities.
 :func:`predict_table` scores the windows of a catalog through its dataset
 (evaluation: with the labels of the windows); :func:`predict_files`
 (``echoengine predict``) decodes each file block by block and scores its
-windows as they come (:func:`echoengine.clips.stream_windows`, the scorer
-of ``echoengine detect``, or the exported ONNX graph), so that memory stays
-bounded whatever a file's length.
+windows as they come (:func:`echoengine.scoring.score_stream`, with the
+scorer of ``echoengine detect``: PyTorch or the exported ONNX graphs), so
+that memory stays bounded whatever a file's length.
 
 Examples
 --------
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
-from itertools import islice
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,20 +41,11 @@ from tqdm import tqdm
 from echoengine import audio
 from echoengine.bundle import Bundle
 from echoengine.cache import FeatureCache, quantise_image
-from echoengine.clips import stream_windows
 from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
 from echoengine.errors import AudioError
 from echoengine.kinds import IMAGES
-from echoengine.scoring import (
-    CHUNK_SECONDS,
-    WindowScorer,
-    activation,
-    bundle_onnx_session,
-    check_ensemble,
-    ensemble_scores,
-    onnx_predict_stream,
-)
+from echoengine.scoring import WindowScorer, activation, check_ensemble, pool_windows, score_stream
 
 __all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "pool_windows", "predict_files",
            "predict_table", "stream_window_probabilities", "window_probabilities"]
@@ -140,17 +131,15 @@ def window_probabilities(
                                         boxes=boxes)
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
                         num_workers=num_workers, collate_fn=_collate)
-    device = next(first.model.parameters()).device
+    scorer = WindowScorer(bundles)
     probabilities, indices, targets = [], [], []
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress, file=sys.stderr):
-            if batch is None:
-                continue
-            images, index, target = batch
-            images = images.to(device, memory_format=torch.channels_last) if images.ndim == 4 else images.to(device)
-            probabilities.append(ensemble_scores(bundles, images).cpu().numpy())
-            indices.append(index.numpy())
-            targets.append(target.numpy())
+    for batch in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress, file=sys.stderr):
+        if batch is None:
+            continue
+        inputs, index, target = batch
+        probabilities.append(scorer.score_inputs(inputs))
+        indices.append(index.numpy())
+        targets.append(target.numpy())
     if not probabilities:
         empty = np.zeros((0, len(first.classes)))
         return (empty, np.zeros(0, dtype=np.int64), empty)[: 3 if with_targets else 2]
@@ -173,30 +162,16 @@ def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> 
 
 
 # ---- files of any length, decoded block by block -----------------------------------------------------------------
-def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
-    """A file's probabilities from its windows': the mean (multi-label models: the max).
-
-    Examples
-    --------
-    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=False)
-    array([0.6, 0.4])
-    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=True)
-    array([0.8, 0.6])
-    """
-    if multilabel:
-        return window_probs.max(axis=0).astype(np.float64)
-    return window_probs.mean(axis=0, dtype=np.float64)
-
-
-def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch_size: int = 16,
+def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch_size: int | None = None,
                                 block_seconds: float = 60.0, cache: FeatureCache | None = None) -> np.ndarray:
     """Class probabilities (n_windows, n_classes) of the windows of one file, decoded and scored block by block.
 
     The windows are those of :func:`predict_table` (the clip length apart,
     the last one padded with silence), cut as ``echoengine detect`` cuts
-    them; only a block of audio and a batch of windows are held at a time.
-    With a ``cache``, the images of CNN bundles are read from it and stored
-    into it, under keys of their own (not the dataset's ranged reads).
+    them (:func:`echoengine.scoring.score_stream`); only a block of audio and
+    a batch of windows are held at a time. With a ``cache``, the images of
+    CNN bundles are read from it and stored into it, under keys of their own
+    (not the dataset's ranged reads).
 
     Raises
     ------
@@ -209,14 +184,8 @@ def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch
     >>> stream_window_probabilities(scorer, "dawn_chorus.flac").shape  # doctest: +SKIP
     (720, 4)
     """
-    clip = scorer.clip_samples
     blocks = audio.stream(path, scorer.config.audio, block_seconds=block_seconds)
-    windows = stream_windows(blocks, length=clip, hop=clip)
-    scores = []
-    while batch := list(islice(windows, batch_size)):
-        stacked = np.stack([window for _, window, _ in batch])
-        scores.append(scorer.score(_window_inputs(scorer, stacked, path, [start for start, _, _ in batch], cache)))
-    return np.concatenate(scores)
+    return score_stream(scorer, blocks, batch_size=batch_size, inputs=partial(_window_inputs, scorer, path, cache))
 
 
 # Cache entries of windows cut from a streamed decode: their own keys, since a streamed decode equals the
@@ -224,8 +193,8 @@ def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch
 _STREAMED = -2
 
 
-def _window_inputs(scorer: WindowScorer, windows: np.ndarray, path: str | Path, starts: list[int],
-                   cache: FeatureCache | None) -> torch.Tensor:
+def _window_inputs(scorer: WindowScorer, path: str | Path, cache: FeatureCache | None, windows: np.ndarray,
+                   starts: list[int]) -> torch.Tensor:
     """The scorer's inputs of windows; the images of CNN bundles through the cache when there is one.
 
     Images are rounded as the cache stores them (:func:`~echoengine.cache.quantise_image`) whether
@@ -248,17 +217,16 @@ def _window_inputs(scorer: WindowScorer, windows: np.ndarray, path: str | Path, 
 
 
 def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onnx: bool = False,
-                  cache: FeatureCache | None = None, batch_size: int = 16, block_seconds: float = 60.0,
-                  chunk_seconds: float | None = None, progress: bool = False,
-                  log: Callable[[str], None] = print) -> np.ndarray:
+                  cache: FeatureCache | None = None, batch_size: int | None = None, block_seconds: float = 60.0,
+                  progress: bool = False, log: Callable[[str], None] = print) -> np.ndarray:
     """File probabilities (n_files, n_classes) of audio files of any length, in bounded memory.
 
     The probabilities of :func:`predict_table`: the mean of the windows'
     (multi-label models: the max), averaged over an ensemble's members. Each
-    file is decoded block by block; PyTorch scores its windows in batches as
-    they come (the scorer of ``echoengine detect``), and with ``onnx`` each
-    bundle's exported graph runs on chunks of whole windows
-    (:func:`echoengine.scoring.onnx_predict_stream`).
+    file is decoded block by block and its windows are scored in batches as
+    they come, by the scorer of ``echoengine detect``
+    (:class:`~echoengine.scoring.WindowScorer`), with PyTorch or with each
+    bundle's exported graph.
 
     Parameters
     ----------
@@ -270,13 +238,10 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
         Score with each bundle's ``model.onnx`` (onnxruntime) instead of PyTorch.
     cache : FeatureCache, optional
         Where the images of CNN bundles are read from and stored (PyTorch only).
-    batch_size : int
-        Windows scored at a time by PyTorch.
+    batch_size : int, optional
+        Windows scored at a time (default: the scorer's, about a minute of audio for a graph).
     block_seconds : float
         Audio decoded at a time.
-    chunk_seconds : float, optional
-        Audio fed to an ONNX graph at a time (default
-        :data:`echoengine.scoring.CHUNK_SECONDS`).
     log : callable
         Given one line per file that cannot be decoded; its row is NaN.
 
@@ -285,42 +250,15 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
     >>> predict_files([load_bundle("bundle")], ["dawn_chorus.flac", "pond.wav"]).shape  # doctest: +SKIP
     (2, 4)
     """
-    check_ensemble(bundles)
-    if onnx:
-        score = _onnx_file_scorer(bundles, block_seconds=block_seconds, chunk_seconds=chunk_seconds)
-    else:
-        score = _torch_file_scorer(bundles, batch_size=batch_size, block_seconds=block_seconds, cache=cache)
-    probabilities = np.full((len(paths), len(bundles[0].classes)), np.nan)
+    scorer = WindowScorer(bundles, onnx=onnx)
+    probabilities = np.full((len(paths), len(scorer.classes)), np.nan)
     for i, path in enumerate(tqdm(paths, desc="predicting", unit="file", leave=False, disable=not progress,
                                   file=sys.stderr)):
         try:
-            probabilities[i] = score(path)
+            windows = stream_window_probabilities(scorer, path, batch_size=batch_size, block_seconds=block_seconds,
+                                                  cache=cache)
         except AudioError as error:
             log(f"error: {error}")
+            continue
+        probabilities[i] = pool_windows(windows, multilabel=scorer.config.model.multilabel)
     return probabilities
-
-
-def _torch_file_scorer(bundles: Sequence[Bundle], *, batch_size: int, block_seconds: float,
-                       cache: FeatureCache | None) -> Callable[[str | Path], np.ndarray]:
-    scorer = WindowScorer(bundles)
-    multilabel = scorer.config.model.multilabel
-
-    def score(path: str | Path) -> np.ndarray:
-        windows = stream_window_probabilities(scorer, path, batch_size=batch_size, block_seconds=block_seconds,
-                                              cache=cache)
-        return pool_windows(windows, multilabel=multilabel)
-
-    return score
-
-
-def _onnx_file_scorer(bundles: Sequence[Bundle], *, block_seconds: float,
-                      chunk_seconds: float | None) -> Callable[[str | Path], np.ndarray]:
-
-    sessions = [bundle_onnx_session(member.path) for member in bundles]
-    config = bundles[0].config  # the members share their audio config: each file is decoded once
-
-    def score(path: str | Path) -> np.ndarray:
-        blocks = audio.stream(path, config.audio, block_seconds=block_seconds)
-        return onnx_predict_stream(sessions, bundles, blocks, chunk_seconds=chunk_seconds or CHUNK_SECONDS)[0]
-
-    return score
