@@ -276,6 +276,31 @@ def test_onnx_scoring_matches_pytorch_and_min_window_drops_the_short_tail(small_
     assert sorted(runs["min_window"]["start"].unique()) == [0.0, 5.0, 10.0]
 
 
+def test_one_file_scored_alone_gives_detects_scores_and_events(small_bundle, tmp_path):
+    """score_file and file_events (what a server runs per upload) give the numbers of a detect run."""
+    from echoengine.bundle import load_bundle
+    from echoengine.detection import DetectOptions, WindowScorer, detect, file_events, score_file
+
+    files = _field_recordings(tmp_path / "field", 2, seconds=16.0, seed=3)
+    bundle = load_bundle(small_bundle)
+    options = DetectOptions(overlap=2.5, min_window=1.5, threshold=0.0, top_n=1)  # every window detects
+    detect([bundle], files, tmp_path / "run", options=options, progress=False, log=lambda line: None)
+    recorded = pd.read_parquet(tmp_path / "run" / "scores.parquet")
+    run_events = pd.read_csv(tmp_path / "run" / "events.csv")
+    scorer = WindowScorer([bundle])
+    for path in files:
+        scores = score_file(scorer, path, options)
+        mine = recorded[recorded["file"] == path].pivot(index="start", columns="class", values="score")
+        assert scores["start"].tolist() == mine.index.tolist()
+        np.testing.assert_allclose(scores[bundle.classes].to_numpy(), mine[bundle.classes].to_numpy(), atol=1e-6)
+        events = file_events(scores, bundle.classes, bundle.config, thresholds=np.zeros(len(bundle.classes)),
+                             options=options)
+        expected = run_events[run_events["file"] == path]
+        assert len(events) == len(expected) > 0
+        assert events["label"].tolist() == expected["label"].tolist()
+        np.testing.assert_allclose(events[["start", "end", "score"]], expected[["start", "end", "score"]], atol=1e-3)
+
+
 def test_resume_retries_failed_files_and_same_named_files_keep_apart(small_bundle, tmp_path):
     folder = tmp_path / "field"
     folder.mkdir()

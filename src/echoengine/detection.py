@@ -67,8 +67,8 @@ from echoengine.summary import summarize
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
-    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "load_thresholds", "summarize", "write_outputs",
-    "write_thresholds",
+    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "file_events", "file_windows", "load_thresholds",
+    "score_file", "summarize", "write_outputs", "write_thresholds",
 ]
 
 
@@ -136,10 +136,7 @@ class _FileWindows(IterableDataset):
 
     def __init__(self, files: list[tuple[int, str]], scorer: WindowScorer, options: DetectOptions) -> None:
         self.files, self.scorer, self.options = files, scorer, options
-        rate = scorer.config.audio.sample_rate
         self.length = scorer.clip_samples
-        self.hop = self.length - round(options.overlap * rate)
-        self.min_samples = round(options.min_window * rate)
 
     def __iter__(self) -> Iterator[_Batch]:
         info = get_worker_info()
@@ -151,11 +148,7 @@ class _FileWindows(IterableDataset):
         for index, path in mine:
             error = None
             try:
-                blocks = audio.stream(path, self.scorer.config.audio, block_seconds=self.options.block_seconds)
-                for start, window, valid in stream_windows(blocks, length=self.length, hop=self.hop):
-                    partial = valid < self.length
-                    if partial and start > 0 and valid < self.min_samples:
-                        continue
+                for start, window, valid, partial in file_windows(path, self.scorer.config, self.options):
                     windows.append(window)
                     batch.rows.append((index, start, valid, partial))
                     if len(windows) == self.options.batch_size:
@@ -175,7 +168,86 @@ class _FileWindows(IterableDataset):
         return batch
 
 
-# ---- events ----------------------------------------------------------------------------------------------------
+def file_windows(path: str | Path, config, options: DetectOptions) -> Iterator[tuple[int, np.ndarray, int, bool]]:
+    """The windows detect scores in one file: ``(start sample, window, samples of audio, partial)``.
+
+    The file is decoded block by block; windows are the clip length long and
+    ``options.overlap`` seconds apart from the next, the last one padded with
+    silence and flagged partial (dropped when it holds less than
+    ``options.min_window`` seconds, unless it is the file's only window).
+
+    Raises
+    ------
+    AudioError
+        The file cannot be decoded (possibly after some windows were given).
+    """
+    rate = config.audio.sample_rate
+    length = config.audio.clip_samples
+    min_samples = round(options.min_window * rate)
+    blocks = audio.stream(path, config.audio, block_seconds=options.block_seconds)
+    for start, window, valid in stream_windows(blocks, length=length, hop=length - round(options.overlap * rate)):
+        partial = valid < length
+        if not (partial and start > 0 and valid < min_samples):
+            yield start, window, valid, partial
+
+
+def score_file(scorer: WindowScorer, path: str | Path, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
+    """The window scores of one file, as :func:`detect` scores and records them.
+
+    Windows go to the scorer in batches of ``options.batch_size``, padded
+    to that size as in :func:`detect`, so the scores are the same numbers.
+
+    Returns
+    -------
+    DataFrame
+        ``file, start, end`` (seconds), ``partial`` and one column of scores per class.
+
+    Examples
+    --------
+    >>> scores = score_file(WindowScorer(load_bundles("bundle"), onnx=True), "pond.wav")  # doctest: +SKIP
+    >>> file_events(scores, scorer.classes, scorer.config, thresholds=np.full(4, 0.5))  # doctest: +SKIP
+    """
+    rate, size = scorer.config.audio.sample_rate, options.batch_size
+    rows, scores, windows = [], [], []
+
+    def flush() -> None:
+        stacked = np.zeros((size, scorer.clip_samples), dtype=np.float32)
+        stacked[: len(windows)] = np.stack(windows)
+        scores.append(scorer.score(scorer.prepare(stacked))[: len(windows)])
+        windows.clear()
+
+    for start, window, valid, partial in file_windows(path, scorer.config, options):
+        windows.append(window)
+        rows.append((start / rate, (start + valid) / rate, partial))
+        if len(windows) == size:
+            flush()
+    if windows:
+        flush()
+    table = pd.DataFrame(rows, columns=["start", "end", "partial"]).round({"start": 6, "end": 6})
+    matrix = np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, len(scorer.classes)), np.float32)
+    return pd.concat([table.assign(file=str(path))[["file", "start", "end", "partial"]],
+                      pd.DataFrame(matrix, columns=scorer.classes)], axis=1)
+
+
+def file_events(scores: pd.DataFrame, classes: Sequence[str], config, *, thresholds: np.ndarray,
+                options: DetectOptions = DetectOptions()) -> pd.DataFrame:
+    """The events of window scores (one file's or many): the events table of :func:`detect`'s outputs.
+
+    Returns
+    -------
+    DataFrame
+        ``file, start, end, label, score`` (the max), ``low_freq, high_freq``
+        (the front end's band), ``mean_score, windows``.
+    """
+    events = merge_events(window_detections(scores, classes, thresholds=thresholds, top_n=options.top_n,
+                                            include=options.include, exclude=options.exclude), gap=options.merge_gap)
+    events = events.round({"start": 3, "end": 3, "score": 4, "mean_score": 4})
+    fe = config.frontend
+    events.insert(5, "low_freq", float(fe.fmin))
+    events.insert(6, "high_freq", float(fe.fmax or config.audio.sample_rate / 2))
+    return events
+
+
 # ---- the run ---------------------------------------------------------------------------------------------------
 def detect(
     bundles: Sequence[Bundle],
@@ -350,12 +422,7 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
             errors.append(json.loads((records / f"{key}.error").read_text()))
     scores = (pd.concat(windows, ignore_index=True) if windows else
               pd.DataFrame(columns=["file", "start", "end", "partial", *classes]))
-    events = merge_events(window_detections(scores, classes, thresholds=thresholds, top_n=options.top_n,
-                                            include=options.include, exclude=options.exclude), gap=options.merge_gap)
-    events = events.round({"start": 3, "end": 3, "score": 4, "mean_score": 4})
-    fe = config.frontend
-    events.insert(5, "low_freq", float(fe.fmin))
-    events.insert(6, "high_freq", float(fe.fmax or config.audio.sample_rate / 2))
+    events = file_events(scores, classes, config, thresholds=thresholds, options=options)
     written: dict[str, Path] = {}
 
     def put(name: str, write) -> None:
