@@ -14,8 +14,11 @@
       splits.csv        which file went to train / val / test
       annotations.csv   the boxes of a multi-label run
       metrics.json      evaluation on held-out data
+      per_class.csv     its per-class table (multi-label: per_class_window.csv, per_class_recording.csv)
+      test_predictions.csv  a fold bundle's held-out probabilities (single-label)
       plots/            training curves, confusion matrix
-      tensorboard/      TensorBoard event files
+      tensorboard/      TensorBoard event files (the refit's in tensorboard/refit/)
+      probe/            the linear probe's bundle, before fine-tuning BirdNET
       model.onnx        the exported serving graph (``echoengine export``)
       thresholds.csv    per-class detection thresholds (``echoengine calibrate``)
 
@@ -24,9 +27,13 @@ were made from (:func:`weights_digest`); readers refuse a mismatch.
 
 A cross-validation folder holds one bundle per fold (``fold0/``, ``fold1/``,
 ...); loaded together they are an ensemble that averages probabilities.
+Beside them: ``folds.csv``, ``cv_folds.csv``, ``metrics.json``,
+``oof_predictions.csv``, ``annotations.csv`` and ``plots/`` (see
+:mod:`echoengine.crossval`).
 
-The file names are the ``*_FILE`` constants of this module; :class:`BundleFiles`
-(``bundle.files``) gives their paths.
+The file names are the ``*_FILE`` and ``*_DIR`` constants of this module;
+:class:`BundleFiles` (``bundle.files``) and :class:`CrossValidationFiles`
+give their paths, and every module names a bundle's files through them.
 
 Examples
 --------
@@ -51,14 +58,15 @@ import torch
 
 from echoengine.config import CONFIG_FILE, EchoConfig
 from echoengine.errors import EchoError
-from echoengine.files import TEMPORARY_SUFFIX, write_atomic
+from echoengine.files import TEMPORARY_SUFFIX, write_atomic, write_text_atomic
 from echoengine.models import Classifier, build_model
 
 __all__ = ["ANNOTATIONS_FILE", "CHECKPOINT_FILE", "CLASSES_FILE", "CONFIG_FILE", "CV_FOLDS_FILE", "FOLDS_FILE",
-           "HISTORY_FILE", "METRICS_FILE", "ONNX_FILE", "OOF_PREDICTIONS_FILE", "PER_CLASS_FILE",
-           "SELECTION_HISTORY_FILE", "SPLITS_FILE", "TEST_PREDICTIONS_FILE", "THRESHOLDS_FILE", "WEIGHTS_FILE",
-           "Bundle", "BundleFiles", "find_bundles", "load_bundle", "load_state", "prepare_output", "read_classes",
-           "read_splits", "save_atomic", "selection_history", "weights_digest", "write_metadata"]
+           "HISTORY_FILE", "METRICS_FILE", "ONNX_FILE", "OOF_PREDICTIONS_FILE", "PER_CLASS_FILE", "PLOTS_DIR",
+           "PROBE_DIR", "SELECTION_HISTORY_FILE", "SPLITS_FILE", "TENSORBOARD_DIR", "TEST_PREDICTIONS_FILE",
+           "THRESHOLDS_FILE", "WEIGHTS_FILE", "Bundle", "BundleFiles", "CrossValidationFiles", "find_bundles",
+           "load_bundle", "load_state", "prepare_output", "read_classes", "read_splits", "save_atomic",
+           "selection_history", "weights_digest", "write_metadata"]
 
 # The files of a bundle (see the layout above); every module names them by these constants.
 CLASSES_FILE = "classes.txt"
@@ -73,10 +81,14 @@ PER_CLASS_FILE = "per_class.csv"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"  # a fold bundle's held-out probabilities
 ONNX_FILE = "model.onnx"
 THRESHOLDS_FILE = "thresholds.csv"
+PLOTS_DIR = "plots"
+TENSORBOARD_DIR = "tensorboard"
+PROBE_DIR = "probe"  # the linear probe's bundle, before fine-tuning
 # ... and of a cross-validation folder
 FOLDS_FILE = "folds.csv"
 CV_FOLDS_FILE = "cv_folds.csv"
 OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+_FOLD_DIR = "fold{k}"
 
 
 @dataclass(frozen=True)
@@ -150,6 +162,112 @@ class BundleFiles:
         """The exported serving graph (``model.onnx``)."""
         return self.folder / ONNX_FILE
 
+    @property
+    def per_class(self) -> Path:
+        """The single-label report's per-class table (``per_class.csv``)."""
+        return self.folder / PER_CLASS_FILE
+
+    def per_class_at(self, level: str) -> Path:
+        """The multi-label report's per-class table at ``level`` (``window`` or ``recording``).
+
+        Examples
+        --------
+        >>> BundleFiles(Path("frogs")).per_class_at("recording").name
+        'per_class_recording.csv'
+        """
+        return self.folder / f"{Path(PER_CLASS_FILE).stem}_{level}.csv"
+
+    @property
+    def test_predictions(self) -> Path:
+        """A fold bundle's held-out probabilities (single-label)."""
+        return self.folder / TEST_PREDICTIONS_FILE
+
+    @property
+    def plots(self) -> Path:
+        """The folder of the report's figures."""
+        return self.folder / PLOTS_DIR
+
+    @property
+    def confusion_plot(self) -> Path:
+        """The confusion matrix (single-label)."""
+        return self.plots / "confusion.png"
+
+    @property
+    def training_plot(self) -> Path:
+        """The training curves (single-label)."""
+        return self.plots / "training.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        """The folder of TensorBoard event files (a refit's in its ``refit/`` folder)."""
+        return self.folder / TENSORBOARD_DIR
+
+    @property
+    def probe(self) -> Path:
+        """The linear probe's bundle folder, before fine-tuning."""
+        return self.folder / PROBE_DIR
+
+
+@dataclass(frozen=True)
+class CrossValidationFiles:
+    """The paths of the files of the cross-validation folder at ``folder``, whether they exist yet or not.
+
+    Examples
+    --------
+    >>> files = CrossValidationFiles(Path("cv"))
+    >>> files.folds.as_posix(), files.fold(2).weights.as_posix()
+    ('cv/folds.csv', 'cv/fold2/weights.pt')
+    """
+
+    folder: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))  # a str is welcome too
+
+    def fold(self, k: int) -> BundleFiles:
+        """The files of fold ``k``'s bundle (``fold{k}/``)."""
+        return BundleFiles(self.folder / _FOLD_DIR.format(k=k))
+
+    @property
+    def folds(self) -> Path:
+        """Which file is in which fold (``folds.csv``)."""
+        return self.folder / FOLDS_FILE
+
+    @property
+    def cv_folds(self) -> Path:
+        """One row of metrics per fold (``cv_folds.csv``)."""
+        return self.folder / CV_FOLDS_FILE
+
+    @property
+    def metrics(self) -> Path:
+        """Per fold, mean and std (``metrics.json``)."""
+        return self.folder / METRICS_FILE
+
+    @property
+    def oof_predictions(self) -> Path:
+        """Every file's out-of-fold probabilities (single-label)."""
+        return self.folder / OOF_PREDICTIONS_FILE
+
+    @property
+    def annotations(self) -> Path:
+        """A multi-label cross-validation's boxes."""
+        return self.folder / ANNOTATIONS_FILE
+
+    @property
+    def plots(self) -> Path:
+        """The folder of the figures pooled over the folds."""
+        return self.folder / PLOTS_DIR
+
+    @property
+    def confusion_plot(self) -> Path:
+        """The out-of-fold confusion matrix (single-label)."""
+        return self.plots / "confusion.png"
+
+    @property
+    def accuracy_plot(self) -> Path:
+        """The folds' validation accuracy per epoch (single-label)."""
+        return self.plots / "cv_val_accuracy.png"
+
 
 @dataclass
 class Bundle:
@@ -200,11 +318,11 @@ def load_state(path: str | Path, *, what: str = "the weights", map_location: str
 
 def write_metadata(folder: str | Path, config: EchoConfig, classes: list[str]) -> Path:
     """Create ``folder`` and write its config (without this machine's settings) and class list."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    config.portable().save(folder / CONFIG_FILE)
-    (folder / CLASSES_FILE).write_text("".join(f"{name}\n" for name in classes), encoding="utf-8")
-    return folder
+    files = BundleFiles(folder)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    config.portable().save(files.config)
+    write_text_atomic(files.classes, "".join(f"{name}\n" for name in classes))
+    return files.folder
 
 
 def weights_digest(folder: str | Path) -> str:
@@ -218,7 +336,7 @@ def weights_digest(folder: str | Path) -> str:
     >>> weights_digest(folder)
     '8eaa55a578eb0f70'
     """
-    with open(Path(folder) / WEIGHTS_FILE, "rb") as file:
+    with open(BundleFiles(folder).weights, "rb") as file:
         return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=8)).hexdigest()
 
 
@@ -231,7 +349,7 @@ def read_classes(folder: str | Path) -> list[str]:
         ``classes.txt`` is missing, unreadable, not UTF-8 text, empty or
         names a class twice (the message names the file).
     """
-    path = Path(folder) / CLASSES_FILE
+    path = BundleFiles(folder).classes
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -263,7 +381,7 @@ def _check_class_count(folder: Path, classes: list[str], state) -> None:
     biases = [value for key, value in state.items() if key.startswith("head.") and key.endswith(".bias")]
     if not biases or getattr(biases[-1], "ndim", 0) != 1 or len(biases[-1]) == len(classes):
         return  # nothing to compare, or it matches
-    raise EchoError(f"{folder / CLASSES_FILE}: lists {len(classes)} classes but {WEIGHTS_FILE} has "
+    raise EchoError(f"{BundleFiles(folder).classes}: lists {len(classes)} classes but {WEIGHTS_FILE} has "
                     f"{len(biases[-1])} outputs; the class list does not belong to these weights: put back the "
                     f"{CLASSES_FILE} written with them (one class per output, in output order)")
 
@@ -276,7 +394,7 @@ def read_splits(folder: str | Path) -> pd.DataFrame | None:
     EchoError
         The file is there but is not a table of files and their parts.
     """
-    path = Path(folder) / SPLITS_FILE
+    path = BundleFiles(folder).splits
     if not path.is_file():
         return None
     try:
@@ -291,9 +409,8 @@ def read_splits(folder: str | Path) -> pd.DataFrame | None:
 
 def selection_history(folder: str | Path) -> Path:
     """The history whose validation scores chose the weights: the selection run's after a refit."""
-    folder = Path(folder)
-    selection = folder / SELECTION_HISTORY_FILE
-    return selection if selection.is_file() else folder / HISTORY_FILE
+    files = BundleFiles(folder)
+    return files.selection_history if files.selection_history.is_file() else files.history
 
 
 def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:
@@ -305,23 +422,24 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
         The folder is not a complete bundle.
     """
     folder = Path(folder)
-    missing = [name for name in (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
+    files = BundleFiles(folder)
+    missing = [path.name for path in (files.config, files.classes, files.weights) if not path.is_file()]
     if missing:
         raise EchoError(f"{folder}: not a model bundle (missing {', '.join(missing)})")
-    config = EchoConfig.load(folder / CONFIG_FILE).portable()  # the cache, workers and device are the reader's
+    config = EchoConfig.load(files.config).portable()  # the cache, workers and device are the reader's
     classes = read_classes(folder)
     # the architecture only: the weights come from the bundle, never from a download
     model = build_model(dataclasses.replace(config.model, pretrained=False), len(classes))
-    state = load_state(folder / WEIGHTS_FILE)
+    state = load_state(files.weights)
     if not isinstance(state, dict):
-        raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights (a {type(state).__name__}, not a "
+        raise EchoError(f"{files.weights}: cannot load the weights (a {type(state).__name__}, not a "
                         "state dict of tensors)")
     _check_class_count(folder, classes, state)
     try:
         model.load_state_dict(state)
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:400]  # one line
-        raise EchoError(f"{folder / WEIGHTS_FILE}: cannot load the weights ({detail})") from None
+        raise EchoError(f"{files.weights}: cannot load the weights ({detail})") from None
     return Bundle(folder, config, classes, model.to(device, memory_format=torch.channels_last).eval())
 
 
@@ -330,8 +448,8 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
 # show a folder is an earlier run's. Desktop litter may go with it.
 _RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, HISTORY_FILE, SELECTION_HISTORY_FILE,
               SPLITS_FILE, ANNOTATIONS_FILE, METRICS_FILE, PER_CLASS_FILE, "per_class_*.csv", ONNX_FILE,
-              THRESHOLDS_FILE, FOLDS_FILE, CV_FOLDS_FILE, OOF_PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, "plots",
-              "*.png", "tensorboard", "refit", "events.out.tfevents.*", "probe", "fold[0-9]*", "evaluate-*",
+              THRESHOLDS_FILE, FOLDS_FILE, CV_FOLDS_FILE, OOF_PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, PLOTS_DIR,
+              "*.png", TENSORBOARD_DIR, "refit", "events.out.tfevents.*", PROBE_DIR, "fold[0-9]*", "evaluate-*",
               f"*{TEMPORARY_SUFFIX}", ".DS_Store", "._*", "Thumbs.db", "desktop.ini")
 _RUN_MARKERS = (CONFIG_FILE, SPLITS_FILE, FOLDS_FILE)
 
@@ -408,9 +526,9 @@ def find_bundles(folder: str | Path) -> list[Path]:
         Neither a bundle nor a folder of bundles.
     """
     folder = Path(folder)
-    if (folder / CONFIG_FILE).is_file():
+    if BundleFiles(folder).config.is_file():
         return [folder]
-    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}") if (p.parent / METRICS_FILE).is_file())
+    members = sorted(p.parent for p in folder.glob(f"fold*/{WEIGHTS_FILE}") if BundleFiles(p.parent).metrics.is_file())
     if not members:
         raise EchoError(f"{folder}: neither a model bundle nor a cross-validation folder of finished fold bundles")
     return members

@@ -18,6 +18,7 @@ from echoengine import runtime
 from echoengine.cli_options import DEFAULT_CACHE, build_parser, config_changes, config_options, parse
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
+from echoengine.files import write_csv_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,7 +162,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         part_names = catalog.split(usable, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                                    seed=data.split_seed, sparse_classes=data.sparse_classes)
     table = usable[["path", "label", "group"]].assign(part=part_names)
-    table.to_csv(args.out, index=False)
+    write_csv_atomic(args.out, table, index=False)
     counts = table.groupby("part").agg(files=("path", "size"), classes=("label", "nunique"),
                                        recordings=("group", "nunique"))
     print(counts.to_string())
@@ -213,13 +214,15 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``echoengine evaluate``: the bundle's (or ensemble's) report on labelled data."""
     from echoengine import api
+    from echoengine.bundle import BundleFiles
 
     result = api.evaluate(args.bundle, args.data, out=args.out, overwrite=args.overwrite,
                           data_options=config_changes(args).get("data"), cache_dir=_cache_dir(args), progress=True,
                           **_boxes_options(args))
     print(f"\n{args.data}:\n{result.report}")
-    written = f", {result.out / 'per_class_recording.csv'}" if result.multilabel else ""
-    print(f"\nwrote {result.out / 'metrics.json'}{written} and {result.out / 'plots'}")
+    files = BundleFiles(result.out)
+    written = f", {files.per_class_at('recording')}" if result.multilabel else ""
+    print(f"\nwrote {files.metrics}{written} and {files.plots}")
     return 0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 import tomli_w
 
 from echoengine.errors import ConfigError
+from echoengine.files import write_text_atomic
 from echoengine.input_config import (
     AUDIO_EXTENSIONS,
     MAX_BATCH_VALUES,
@@ -515,10 +516,8 @@ class EchoConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write the config as TOML and return the path."""
-        path = Path(path)
-        path.write_text(tomli_w.dumps(self.to_dict()), encoding="utf-8")
-        return path
+        """Write the config as TOML, whole (a temporary file, then a rename), and return the path."""
+        return write_text_atomic(path, tomli_w.dumps(self.to_dict()))
 
     # ---- derived ---------------------------------------------------------
     def replace(self, **sections: dict[str, Any]) -> EchoConfig:

@@ -37,21 +37,12 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog
-from echoengine.bundle import (
-    ANNOTATIONS_FILE,
-    CHECKPOINT_FILE,
-    CV_FOLDS_FILE,
-    FOLDS_FILE,
-    METRICS_FILE,
-    SPLITS_FILE,
-    Bundle,
-    selection_history,
-)
+from echoengine.bundle import CONFIG_FILE, Bundle, CrossValidationFiles, selection_history
 from echoengine.cache import FeatureCache, feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, write_report
-from echoengine.files import write_text_atomic
+from echoengine.files import write_csv_atomic, write_text_atomic
 from echoengine.labelkind import LabelKind, group_folds, inner_split, label_kind
 from echoengine.training import fit_and_refit
 
@@ -64,14 +55,15 @@ _FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", *MACHI
 def _check_resumable(out: Path, paths: pd.Series, folds: np.ndarray, config: EchoConfig) -> None:
     """Refuse to resume a CV run whose folds or settings differ from the command's: folds would mix them."""
     restart = "start again with --overwrite, or resume with the run's own data and options"
-    if (out / FOLDS_FILE).is_file():
-        before = pd.read_csv(out / FOLDS_FILE, keep_default_na=False, dtype={"path": str})
+    files = CrossValidationFiles(out)
+    if files.folds.is_file():
+        before = pd.read_csv(files.folds, keep_default_na=False, dtype={"path": str})
         if not before[["path", "fold"]].astype(str).equals(
                 pd.DataFrame({"path": paths.astype(str), "fold": folds.astype(str)}).reset_index(drop=True)):
-            raise EchoError(f"{out / 'folds.csv'}: the data or the folds (--folds, the split seed) differ from the "
+            raise EchoError(f"{files.folds}: the data or the folds (--folds, the split seed) differ from the "
                             f"run's; {restart}")
     wanted = config.fingerprint(ignore=_FOLD_CHANGES)
-    for saved in sorted(out.glob("fold*/echoengine.toml")):
+    for saved in sorted(out.glob(f"fold*/{CONFIG_FILE}")):
         if EchoConfig.load(saved).fingerprint(ignore=_FOLD_CHANGES) != wanted:
             raise EchoError(f"{saved}: this fold was trained with other settings than the command's; {restart}")
 
@@ -123,9 +115,10 @@ def cross_validate(
     folds = kind.folds(table, config)
     if resume:
         _check_resumable(out, table["path"], folds, config)
-    table.assign(fold=folds)[list(kind.fold_columns)].to_csv(out / FOLDS_FILE, index=False)
+    files = CrossValidationFiles(out)
+    write_csv_atomic(files.folds, table.assign(fold=folds)[list(kind.fold_columns)], index=False)
     if boxes is not None:
-        boxes.to_csv(out / ANNOTATIONS_FILE, index=False)
+        write_csv_atomic(files.annotations, boxes, index=False)
     used = folds != catalog.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
     table, folds = table[used].reset_index(drop=True), folds[used]
     run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log)
@@ -153,21 +146,22 @@ class _Folds:
 
     def fold(self, k: int, cache: FeatureCache | None) -> tuple[dict, np.ndarray | None]:
         """Train and test fold ``k`` (or keep it, finished, on resume): its metrics and test scores."""
-        kind, folder = self.kind, self.out / f"fold{k}"
+        kind, files = self.kind, CrossValidationFiles(self.out).fold(k)
+        folder = files.folder
         test = self.table[self.folds == k].reset_index(drop=True)
         rest = self.table[self.folds != k].reset_index(drop=True)
         if self.resume and kind.finished(folder):
             self.log(f"fold {k}: finished before, kept")
-            metrics = json.loads((folder / METRICS_FILE).read_text(encoding="utf-8"))
+            metrics = json.loads(files.metrics.read_text(encoding="utf-8"))
             return metrics, kind.saved_test_scores(folder, self.classes)
         parts = kind.fold_split(rest, self.config, seed=self.config.data.split_seed + k)
         self.log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
                  f"test {len(test)} {kind.items}")
         folder.mkdir(parents=True, exist_ok=True)
         splits = pd.concat([rest.assign(part=parts), test.assign(part="test")])
-        splits[["path", "label", "group", "part"]].to_csv(folder / SPLITS_FILE, index=False)
+        write_csv_atomic(files.splits, splits[["path", "label", "group", "part"]], index=False)
         trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], self.classes, self.config, folder,
-                                resume=self.resume and (folder / CHECKPOINT_FILE).is_file(), progress=self.progress,
+                                resume=self.resume and files.checkpoint.is_file(), progress=self.progress,
                                 log=self.log, boxes=self.boxes)
         bundle = Bundle(folder, self.config, self.classes, trained.model)
         metrics, scores = evaluate([bundle], test, boxes=self.boxes, cache=cache)
@@ -183,7 +177,8 @@ class _Folds:
         label kind pools from the folds."""
         rows = [{"fold": k, **self.kind.fold_row(metrics)} for k, (metrics, _) in enumerate(results)]
         per_fold = pd.DataFrame(rows)
-        per_fold.to_csv(self.out / CV_FOLDS_FILE, index=False)
+        files = CrossValidationFiles(self.out)
+        write_csv_atomic(files.cv_folds, per_fold, index=False)
         columns = [c for c in per_fold.columns if c != "fold"]
         summary = {
             "classes": self.classes,
@@ -192,5 +187,5 @@ class _Folds:
             "std": {c: round(float(per_fold[c].std(ddof=1)) if len(per_fold) > 1 else 0.0, 4) for c in columns},
         }
         summary.update(self.kind.pool_folds(self.table, self.folds, self.classes, [s for _, s in results], self.out))
-        write_text_atomic(self.out / METRICS_FILE, json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(files.metrics, json.dumps(summary, indent=2) + "\n")
         return summary

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from echoengine import api, catalog, synthetic
-from echoengine.bundle import SPLITS_FILE, load_bundle, prepare_output
+from echoengine.bundle import BundleFiles, load_bundle, prepare_output
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, detect
 from echoengine.mix import mix_soundscapes
@@ -78,15 +78,16 @@ def run_demo(out: str | Path, *, epochs: int = 20, files_per_class: int = 16, lr
     examples = sorted(next(iter(sorted(folder.glob("*.*")))) for folder in data.iterdir() if folder.is_dir())
     say(api.predict(bundle, examples).text(top_k=2))
     _detect_in_a_soundscape(bundle, out, config, say)
-    say(f"\n5/5 done. bundle: {bundle}\n    metrics: {bundle / 'metrics.json'}\n"
-        f"    plots: {bundle / 'plots' / 'confusion.png'}, {bundle / 'plots' / 'training.png'}\n"
+    files = BundleFiles(bundle)
+    say(f"\n5/5 done. bundle: {bundle}\n    metrics: {files.metrics}\n"
+        f"    plots: {files.confusion_plot}, {files.training_plot}\n"
         f"    detections: {out / 'detections' / 'events.csv'} (Raven: {out / 'detections' / 'raven'})")
     return bundle
 
 
 def _detect_in_a_soundscape(bundle: Path, out: Path, config: EchoConfig, say: Callable[[str], None]) -> None:
     """Mix a 60 s SYNTHETIC field recording from the held-out test files, detect its calls, compare with the truth."""
-    splits = pd.read_csv(bundle / SPLITS_FILE, keep_default_na=False)
+    splits = pd.read_csv(BundleFiles(bundle).splits, keep_default_na=False)
     clips, _ = catalog.scan(splits[splits["part"] == "test"].drop(columns="part"), config.audio)
     truth = mix_soundscapes(clips, out / "field", count=1, duration=60.0, events=(5, 5), snr=(10.0, 20.0),
                             config=config.audio, seed=1, prefix="synthetic_field")

@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from echoengine.bundle import WEIGHTS_FILE, load_bundle
+from echoengine.bundle import BundleFiles, load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
@@ -84,7 +84,7 @@ class CNNEmbedder:
         self.embedding_size = loaded.model.backbone.num_features
         self.batch_size = batch_size
         self.channels = loaded.config.frontend.image_channels
-        weights = hashlib.blake2b((Path(bundle) / WEIGHTS_FILE).read_bytes(), digest_size=8).hexdigest()
+        weights = hashlib.blake2b(BundleFiles(bundle).weights.read_bytes(), digest_size=8).hexdigest()
         self.identity = f"cnn-{weights}-{loaded.config.fingerprint('audio', 'frontend')}"
 
     @property

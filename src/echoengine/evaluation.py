@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import METRICS_FILE, Bundle
+from echoengine.bundle import Bundle, BundleFiles
 from echoengine.errors import EchoError
 from echoengine.files import write_text_atomic
 from echoengine.labelkind import SINGLE_LABEL, LabelKind, label_kind
@@ -158,6 +158,7 @@ def write_report(result: dict, classes: Sequence[str], out: str | Path, *, kind:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_text_atomic(out / METRICS_FILE, json.dumps(kind.summary(result), indent=kind.json_indent) + "\n")]
+    summary = json.dumps(kind.summary(result), indent=kind.json_indent) + "\n"
+    written = [write_text_atomic(BundleFiles(out).metrics, summary)]
     written += kind.tables(result, out)
     return written + kind.figures(result, classes, out, history=history, best_epoch=best_epoch)

@@ -25,10 +25,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["TEMPORARY_SUFFIX", "temporary_path", "write_atomic", "write_text_atomic"]
+__all__ = ["TEMPORARY_SUFFIX", "temporary_path", "write_atomic", "write_csv_atomic", "write_text_atomic"]
 
 #: Appended to a file's name while it is written (bundle and ledger clean-up recognise it).
 TEMPORARY_SUFFIX = ".tmp"
+
+# The compressions pandas infers from a file's name (longest suffix first): the temporary name hides the
+# suffix, so :func:`write_csv_atomic` infers it from the final name.
+_COMPRESSIONS = ((".tar.gz", "tar"), (".tar.bz2", "tar"), (".tar.xz", "tar"), (".tar", "tar"), (".gz", "gzip"),
+                 (".bz2", "bz2"), (".zip", "zip"), (".xz", "xz"), (".zst", "zstd"))
 
 
 def temporary_path(path: str | Path) -> Path:
@@ -94,3 +99,52 @@ def write_text_atomic(path: str | Path, text: str, *, encoding: str = "utf-8") -
     '{"accuracy": 0.9}\\n'
     """
     return write_atomic(path, lambda temporary: temporary.write_text(text, encoding=encoding))
+
+
+def _compression(path: Path) -> dict | None:
+    """The compression pandas infers from ``path``'s name (an archive's one member named after the file), or None."""
+    for suffix, method in _COMPRESSIONS:
+        if path.name.endswith(suffix):
+            options = {"method": method}
+            if method in ("zip", "tar"):
+                options["archive_name"] = path.name.removesuffix(suffix)
+            if suffix.startswith(".tar."):
+                options["mode"] = f"w:{suffix.rpartition('.')[2]}"
+            return options
+    return None
+
+
+def write_csv_atomic(path: str | Path, table, **to_csv_options) -> Path:
+    """Write ``table.to_csv(path, **to_csv_options)`` whole (see :func:`write_atomic`).
+
+    Parameters
+    ----------
+    path : str or Path
+        The file to write; its folder must exist. A compression suffix
+        (``.gz``, ``.zip``, ...) compresses it, as ``to_csv`` does, unless
+        ``compression`` is given.
+    table : object with a ``to_csv`` method
+        A pandas DataFrame, typically (this module imports only the standard library).
+    **to_csv_options
+        Passed to ``table.to_csv`` (``index=False``, ``lineterminator="\\n"``, ...).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import pandas as pd
+    >>> path = write_csv_atomic(Path(tempfile.mkdtemp()) / "splits.csv", pd.DataFrame({"path": ["a.wav"]}),
+    ...                         index=False)
+    >>> path.read_text()
+    'path\\na.wav\\n'
+    """
+    path = Path(path)
+    if "compression" not in to_csv_options:
+        compression = _compression(path)
+        if compression is not None:
+            to_csv_options["compression"] = compression
+    return write_atomic(path, lambda temporary: table.to_csv(temporary, **to_csv_options))

@@ -40,16 +40,10 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, plots, sources
-from echoengine.bundle import (
-    ANNOTATIONS_FILE,
-    METRICS_FILE,
-    OOF_PREDICTIONS_FILE,
-    PER_CLASS_FILE,
-    TEST_PREDICTIONS_FILE,
-    selection_history,
-)
+from echoengine.bundle import BundleFiles, CrossValidationFiles, selection_history
 from echoengine.config import EchoConfig
 from echoengine.errors import DataError, EchoError
+from echoengine.files import write_csv_atomic
 from echoengine.metrics import MULTILABEL_KEYS, SUMMARY_KEYS, classification_metrics, multilabel_metrics
 from echoengine.prediction import clip_maxes, clip_means
 
@@ -323,14 +317,14 @@ class _SingleLabel(LabelKind):
         return metrics
 
     def tables(self, metrics, out):
-        pd.DataFrame(metrics["per_class"]).to_csv(out / PER_CLASS_FILE, index=False)
-        return [out / PER_CLASS_FILE]
+        return [write_csv_atomic(BundleFiles(out).per_class, pd.DataFrame(metrics["per_class"]), index=False)]
 
     def figures(self, metrics, classes, out, *, history=None, best_epoch=None):
+        files = BundleFiles(out)
         confusion = np.array(metrics["confusion_matrix"])
-        written = [plots.plot_confusion(confusion, classes, out / "plots" / "confusion.png")]
+        written = [plots.plot_confusion(confusion, classes, files.confusion_plot)]
         if history is not None and len(history):
-            written.append(plots.plot_history(history, out / "plots" / "training.png", best_epoch=best_epoch))
+            written.append(plots.plot_history(history, files.training_plot, best_epoch=best_epoch))
         return written
 
     def text(self, metrics):
@@ -352,14 +346,15 @@ class _SingleLabel(LabelKind):
         return f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
 
     def finished(self, folder):
-        return (folder / METRICS_FILE).is_file() and (folder / TEST_PREDICTIONS_FILE).is_file()
+        files = BundleFiles(folder)
+        return files.metrics.is_file() and files.test_predictions.is_file()
 
     def save_test_scores(self, folder, scores, test, classes):
-        pd.DataFrame(scores, columns=classes).assign(path=test["path"], label=test["label"]).to_csv(
-            folder / TEST_PREDICTIONS_FILE, index=False)
+        table = pd.DataFrame(scores, columns=classes).assign(path=test["path"], label=test["label"])
+        write_csv_atomic(BundleFiles(folder).test_predictions, table, index=False)
 
     def saved_test_scores(self, folder, classes):
-        return pd.read_csv(folder / TEST_PREDICTIONS_FILE)[classes].to_numpy()
+        return pd.read_csv(BundleFiles(folder).test_predictions)[classes].to_numpy()
 
     def pool_folds(self, table, folds, classes, scores, out):
         """The out-of-fold predictions of every file and their metrics; the folds' curves and confusion matrix."""
@@ -369,13 +364,14 @@ class _SingleLabel(LabelKind):
         held = ~np.isnan(oof).any(axis=1)
         labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
         pooled = classification_metrics(labels[held], oof[held], classes)
-        pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds).to_csv(
-            out / OOF_PREDICTIONS_FILE, index=False)
-        histories = [pd.read_csv(selection_history(out / f"fold{k}")) for k in range(len(scores))]
-        plots.plot_cv_boxplot(histories, out / "plots" / "cv_val_accuracy.png")
+        files = CrossValidationFiles(out)
+        oof_table = pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds)
+        write_csv_atomic(files.oof_predictions, oof_table, index=False)
+        histories = [pd.read_csv(selection_history(files.fold(k).folder)) for k in range(len(scores))]
+        plots.plot_cv_boxplot(histories, files.accuracy_plot)
         title = f"out-of-fold confusion matrix ({len(histories)} folds, accuracy {pooled['accuracy']:.1%})"
         confusion = np.array(pooled["confusion_matrix"])
-        plots.plot_confusion(confusion, classes, out / "plots" / "confusion.png", title=title)
+        plots.plot_confusion(confusion, classes, files.confusion_plot, title=title)
         return {"pooled_out_of_fold": pooled}
 
 
@@ -391,7 +387,7 @@ class _MultiLabel(LabelKind):
         return usable, boxes[boxes["path"].isin(usable["path"])].reset_index(drop=True)
 
     def saved_boxes(self, folder):
-        boxes = pd.read_csv(folder / ANNOTATIONS_FILE, keep_default_na=False, dtype={"label": str, "path": str})
+        boxes = pd.read_csv(BundleFiles(folder).annotations, keep_default_na=False, dtype={"label": str, "path": str})
         for column in ("start", "end", "low_freq", "high_freq"):  # empty cells: NaN, not ""
             boxes[column] = pd.to_numeric(boxes[column], errors="coerce")
         return boxes
@@ -441,11 +437,9 @@ class _MultiLabel(LabelKind):
                 for key, value in metrics.items()}
 
     def tables(self, metrics, out):
-        written = []
-        for level in LEVELS:
-            metrics[level]["per_class"].round(4).to_csv(out / f"per_class_{level}.csv", index=False)
-            written.append(out / f"per_class_{level}.csv")
-        return written
+        files = BundleFiles(out)
+        return [write_csv_atomic(files.per_class_at(level), metrics[level]["per_class"].round(4), index=False)
+                for level in LEVELS]
 
     def figures(self, metrics, classes, out, *, history=None, best_epoch=None):
         return []
@@ -471,7 +465,7 @@ class _MultiLabel(LabelKind):
                 f"window LWLRAP {window['lwlrap']:.3f}")
 
     def finished(self, folder):
-        return (folder / METRICS_FILE).is_file()
+        return BundleFiles(folder).metrics.is_file()
 
     def save_test_scores(self, folder, scores, test, classes):
         return None

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import WEIGHTS_FILE, Bundle
+from echoengine.bundle import Bundle, BundleFiles
 from echoengine.errors import EchoError
 from echoengine.files import temporary_path, write_atomic
 
@@ -111,7 +111,7 @@ def start_ledger(out: Path, bundles: Sequence[Bundle], scoring: dict, resume: bo
 
 
 def _weights_identity(folder: Path) -> str:
-    stat = (folder / WEIGHTS_FILE).stat()
+    stat = BundleFiles(folder).weights.stat()
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 

@@ -1,7 +1,7 @@
 """Figures a person would rather look at than read.
 
 Matplotlib with the non-interactive Agg backend: every function writes a PNG
-and returns its path.
+(whole: a temporary file, then a rename) and returns its path.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+
+from echoengine.files import write_atomic
 
 __all__ = ["detection_layout", "detections_over_time", "plot_confusion", "plot_cv_boxplot", "plot_history",
            "plot_images"]
@@ -64,12 +66,20 @@ def plot_images(
 
 def _save(fig, path: str | Path, dpi: int = 110) -> Path:
     fig.tight_layout()
+    return _write(fig, path, dpi)
+
+
+def _write(fig, path: str | Path, dpi: int) -> Path:
+    """Save ``fig`` whole at ``path`` (a PNG unless its suffix names another format), close it, return the path."""
     path = Path(path)
-    if path.suffix.lower().lstrip(".") not in fig.canvas.get_supported_filetypes():
-        path = path.with_name(path.name + ".png")  # what savefig would write: name the file it writes
+    image_format = path.suffix.lower().lstrip(".")
+    if image_format not in fig.canvas.get_supported_filetypes():
+        path, image_format = path.with_name(path.name + ".png"), "png"  # what savefig would write: name it
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    try:  # the temporary name has no image suffix: the format is given
+        write_atomic(path, lambda temporary: fig.savefig(temporary, dpi=dpi, format=image_format))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -222,8 +232,4 @@ def detections_over_time(events: pd.DataFrame, path: str | Path, *, max_species:
     axes[0, 0].set_title("detections over time (colour: score)" if len(events) else "no detections")
     fig.colorbar(plt.cm.ScalarMappable(cmap="viridis", norm=plt.Normalize(0, 1)), ax=list(axes[:, 0]), label="score",
                  pad=0.01)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _write(fig, path, 110)

@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import THRESHOLDS_FILE, find_bundles, weights_digest
+from echoengine.bundle import THRESHOLDS_FILE, BundleFiles, find_bundles, weights_digest
 from echoengine.errors import EchoError
-from echoengine.files import write_atomic
+from echoengine.files import write_csv_atomic
 
 __all__ = ["DEFAULT_THRESHOLD", "THRESHOLDS_FILE", "load_thresholds", "models_digest", "write_thresholds"]
 
@@ -76,10 +76,9 @@ def write_thresholds(folder: str | Path, table: pd.DataFrame) -> Path:
     Path
         The file, written whole and then renamed into place.
     """
-    path = Path(folder) / THRESHOLDS_FILE
     table = table.drop(columns=_WEIGHTS_COLUMN, errors="ignore").round(4)
     table[_WEIGHTS_COLUMN] = models_digest(folder)
-    return write_atomic(path, lambda temporary: table.to_csv(temporary, index=False, lineterminator="\n"))
+    return write_csv_atomic(BundleFiles(folder).thresholds, table, index=False, lineterminator="\n")
 
 
 def load_thresholds(folder: str | Path, classes: Sequence[str]) -> np.ndarray | None:
@@ -93,7 +92,7 @@ def load_thresholds(folder: str | Path, classes: Sequence[str]) -> np.ndarray | 
         that is not a number or lies outside [0, 1], or thresholds
         calibrated for other weights than the model's.
     """
-    path = Path(folder) / THRESHOLDS_FILE
+    path = BundleFiles(folder).thresholds
     if not path.is_file():
         return None
     table = _read(path)

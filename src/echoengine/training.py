@@ -32,15 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from echoengine.augment import mixup
-from echoengine.bundle import (
-    CHECKPOINT_FILE,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    SELECTION_HISTORY_FILE,
-    WEIGHTS_FILE,
-    save_atomic,
-    write_metadata,
-)
+from echoengine.bundle import CHECKPOINT_FILE, BundleFiles, save_atomic, write_metadata
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
@@ -287,7 +279,7 @@ def fit(
                         log=log)
     from torch.utils.tensorboard import SummaryWriter
 
-    board_dir = bundle / "tensorboard" / ("refit" if keep == "last" else "")
+    board_dir = BundleFiles(bundle).tensorboard / ("refit" if keep == "last" else "")
     with SummaryWriter(board_dir, purge_step=state.start_epoch) as board:
         for epoch in range(state.start_epoch, config.train.epochs + 1):
             row = _train_epoch(run, config, epoch, progress=progress)
@@ -310,7 +302,7 @@ def _open_bundle(val_table: pd.DataFrame, classes: list[str], config: EchoConfig
     device = resolve_device(config.train.device)
     checkpoint = None
     if resume:
-        if not (bundle / CHECKPOINT_FILE).is_file():
+        if not BundleFiles(bundle).checkpoint.is_file():
             raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
         check_resumable(bundle, config)
         checkpoint = read_checkpoint(bundle)
@@ -338,7 +330,8 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
     if train.probe_epochs and probe and config.model.kind.finetunes:
-        head = _probe_head(train_table, val_table, classes, config, bundle / "probe", keep=keep, log=log)
+        head = _probe_head(train_table, val_table, classes, config, BundleFiles(bundle).probe, keep=keep,
+                           log=log)
         model.head.load_state_dict(head.state_dict())
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
@@ -401,7 +394,7 @@ def _finish(state: TrainState, model: Classifier, bundle: Path, train: TrainConf
     if state.best_epoch == 0:  # no finite validation loss (every validation file failed to load)
         log("warning: no epoch had a finite validation loss; the bundle keeps the last weights")
         state.best_state = copy.deepcopy(model.state_dict())
-        save_atomic(state.best_state, bundle / WEIGHTS_FILE)
+        save_atomic(state.best_state, BundleFiles(bundle).weights)
     model.load_state_dict(state.best_state)
 
 
@@ -425,8 +418,9 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     if config.model.head_name == "linear":
         return _probe_linear(train_table, classes, config, log=log)
     epochs = config.train.probe_epochs
-    if keep == "last" and (bundle / HISTORY_FILE).is_file():
-        history = pd.read_csv(bundle / HISTORY_FILE)
+    history_file = BundleFiles(bundle).history
+    if keep == "last" and history_file.is_file():
+        history = pd.read_csv(history_file)
         epochs = int(history.loc[history["val_loss"].idxmin(), "epoch"])
     probe_config = config.replace(
         model={"embedder": config.model.kind.probe_embedder, "backbone": config.model.backbone},
@@ -472,19 +466,20 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
     and as validation scores those of the inner cross-validation's held-out
     recordings at the chosen settings.
     """
-    (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
+    files = BundleFiles(bundle)
+    files.checkpoint.unlink(missing_ok=True)
     cache = feature_cache(config)
     started = time.perf_counter()
     train_head = train_mlp_head if config.model.head_name == "mlp" else train_linear_head
     model, fit = train_head(table, classes, config, cache=cache, progress=progress, boxes=boxes)
     write_metadata(bundle, fit.config or config, classes)  # an MLP's chosen size: the bundle must build it
-    save_atomic(model.state_dict(), bundle / WEIGHTS_FILE)
+    save_atomic(model.state_dict(), files.weights)
     inner = min(fit.inner_scores.values()) if fit.inner_scores else math.nan
     seconds = time.perf_counter() - started
     history = [{"epoch": 1, "train_loss": fit.train_loss, "train_accuracy": fit.train_accuracy, "val_loss": inner,
                 "val_accuracy": fit.inner_accuracy, "learning_rate": math.nan, "seconds": round(seconds, 3),
                 "images_per_second": round(len(table) / seconds, 2)}]
-    write_history(bundle / HISTORY_FILE, history)
+    write_history(files.history, history)
     log(f"{fit.method} on {len(table)} files in {seconds:.1f} s: {fit.describe()}")
     return TrainResult(bundle, history, 1, model)
 
@@ -503,17 +498,18 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     both = pd.concat([train_table, val_table])
     if config.convex_head():  # fitted in seconds on all of it: nothing to select on or resume
         return _fit_linear_head(both, classes, config, bundle, progress=progress, log=log, boxes=boxes)
-    selection = bundle / SELECTION_HISTORY_FILE
+    files = BundleFiles(bundle)
+    selection = files.selection_history
     stage = checkpoint_stage(bundle) if resume else None
     if stage == "last":  # killed during the refit: continue it with its own config
-        saved = EchoConfig.load(bundle / CONFIG_FILE)
+        saved = EchoConfig.load(files.config)
         saved = saved.with_machine_settings(config)
         return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last",
                    boxes=boxes)
     if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
         history = pd.read_csv(selection)
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
-        config = EchoConfig.load(bundle / CONFIG_FILE).with_machine_settings(config)
+        config = EchoConfig.load(files.config).with_machine_settings(config)
     else:
         if not resume:
             selection.unlink(missing_ok=True)
@@ -523,8 +519,8 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
             return result
         best_epoch = result.best_epoch
         # the selection checkpoint goes first: a kill never leaves it beside the selection history
-        (bundle / CHECKPOINT_FILE).unlink(missing_ok=True)
-        os.replace(bundle / HISTORY_FILE, selection)
+        files.checkpoint.unlink(missing_ok=True)
+        os.replace(files.history, selection)
     epochs = max(best_epoch, 1)
     log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,

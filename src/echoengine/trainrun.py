@@ -26,11 +26,12 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, sources
-from echoengine.bundle import ANNOTATIONS_FILE, CONFIG_FILE, SPLITS_FILE, Bundle, read_classes, selection_history
+from echoengine.bundle import CONFIG_FILE, SPLITS_FILE, Bundle, BundleFiles, read_classes, selection_history
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, format_report, write_report
+from echoengine.files import write_csv_atomic
 from echoengine.kinds import KINDS, backbone_kind
 from echoengine.labelkind import LabelKind, label_kind
 from echoengine.training import fit_and_refit
@@ -94,11 +95,12 @@ def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False
     ...           Path("bundle")).metrics["recording"]["lwlrap"]  # doctest: +SKIP
     0.78
     """
+    files = BundleFiles(out)
     if resume:
-        if not (out / CONFIG_FILE).is_file() or not (out / SPLITS_FILE).is_file():
+        if not files.config.is_file() or not files.splits.is_file():
             raise EchoError(f"{out}: nothing to resume (no {CONFIG_FILE} and {SPLITS_FILE})")
-        config = EchoConfig.load(out / CONFIG_FILE).with_machine_settings(config).replace(**(resume_changes or {}))
-    kind = label_kind(multilabel=config.model.multilabel or (resume and (out / ANNOTATIONS_FILE).is_file()))
+        config = EchoConfig.load(files.config).with_machine_settings(config).replace(**(resume_changes or {}))
+    kind = label_kind(multilabel=config.model.multilabel or (resume and files.annotations.is_file()))
     if resume:
         usable, parts, boxes, classes = _resumed_split(out, config, kind, progress=progress)
     else:
@@ -130,15 +132,16 @@ def _new_split(data: Path, config: EchoConfig, out: Path, kind: LabelKind, boxes
     parts = kind.split(usable, config)
     classes = kind.classes(usable[parts != "excluded"], boxes)
     out.mkdir(parents=True, exist_ok=True)
-    usable[["path", "label", "group"]].assign(part=parts).to_csv(out / SPLITS_FILE, index=False)
+    files = BundleFiles(out)
+    write_csv_atomic(files.splits, usable[["path", "label", "group"]].assign(part=parts), index=False)
     if boxes is not None:
-        boxes.to_csv(out / ANNOTATIONS_FILE, index=False)
+        write_csv_atomic(files.annotations, boxes, index=False)
     return usable, parts, boxes, classes
 
 
 def _resumed_split(out: Path, config: EchoConfig, kind: LabelKind, *, progress: bool) -> _Split:
     """The split, boxes and classes a run saved in ``out``, its files checked again."""
-    splits = pd.read_csv(out / SPLITS_FILE, keep_default_na=False)
+    splits = pd.read_csv(BundleFiles(out).splits, keep_default_na=False)
     usable, _ = catalog.scan(splits.drop(columns="part"), config.audio,
                              progress=sources.progress_bar("checking") if progress else None)
     parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()

@@ -20,7 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, HISTORY_FILE, WEIGHTS_FILE, load_state, save_atomic
+from echoengine.bundle import CONFIG_FILE, BundleFiles, load_state, save_atomic
 from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.errors import EchoError
 from echoengine.files import write_atomic
@@ -70,7 +70,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 def check_resumable(bundle: Path, config: EchoConfig) -> None:
     """Refuse to resume with a config that differs from the run's in more than the resumable settings."""
-    saved = EchoConfig.load(bundle / CONFIG_FILE)
+    saved = EchoConfig.load(BundleFiles(bundle).config)
     if saved.fingerprint(ignore=_RESUMABLE_CHANGES) != config.fingerprint(ignore=_RESUMABLE_CHANGES):
         raise EchoError(f"{bundle}: cannot resume with a different config than the run's ({CONFIG_FILE}); "
                         "only train.epochs, train.device and data loading settings may change")
@@ -81,16 +81,18 @@ def check_resumable(bundle: Path, config: EchoConfig) -> None:
 
 def read_checkpoint(bundle: Path) -> dict:
     """The bundle's ``checkpoint.pt``, read without running code and checked to hold a whole training state."""
-    checkpoint = load_state(bundle / CHECKPOINT_FILE, what="the checkpoint")
+    path = BundleFiles(bundle).checkpoint
+    checkpoint = load_state(path, what="the checkpoint")
     if (not isinstance(checkpoint, dict) or any(key not in checkpoint for key in _CHECKPOINT_KEYS)
             or checkpoint.get("keep", "best") not in ("best", "last")):
-        raise EchoError(f"{bundle / CHECKPOINT_FILE}: not a whole echoengine checkpoint; start again with --overwrite")
+        raise EchoError(f"{path}: not a whole echoengine checkpoint; start again with --overwrite")
     return checkpoint
 
 
 def _restore(checkpoint: dict, bundle: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
              schedule: _Stateful) -> tuple[list[dict[str, float]], float, int]:
     """Put a checkpoint's state back; returns its history, best validation loss and best epoch."""
+    files = BundleFiles(bundle)
     try:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -98,16 +100,16 @@ def _restore(checkpoint: dict, bundle: Path, model: nn.Module, optimizer: torch.
         torch.set_rng_state(checkpoint["torch_rng"])
     except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         detail = " ".join(str(exc).split())[:200]
-        raise EchoError(f"{bundle / CHECKPOINT_FILE}: does not fit this run ({detail}); start again with "
+        raise EchoError(f"{files.checkpoint}: does not fit this run ({detail}); start again with "
                         "--overwrite") from None
     if checkpoint["best_epoch"] == checkpoint["epoch"]:  # killed between the checkpoint and the weights
-        save_atomic(checkpoint["model"], bundle / WEIGHTS_FILE)
+        save_atomic(checkpoint["model"], files.weights)
     return checkpoint["history"], checkpoint["best_loss"], checkpoint["best_epoch"]
 
 
 def checkpoint_stage(bundle: Path) -> str | None:
     """What the bundle's checkpoint was training: ``"best"`` (selection), ``"last"`` (a refit) or None."""
-    if not (bundle / CHECKPOINT_FILE).is_file():
+    if not BundleFiles(bundle).checkpoint.is_file():
         return None
     return read_checkpoint(bundle).get("keep", "best")
 
@@ -125,7 +127,7 @@ def start_state(checkpoint: dict | None, bundle: Path, model: nn.Module, optimiz
         if checkpoint["epoch"] - state.best_epoch >= train.patience:
             log("the run had already stopped early")
             state.start_epoch = train.epochs + 1
-    state.best_state = (load_state(bundle / WEIGHTS_FILE, map_location=device)
+    state.best_state = (load_state(BundleFiles(bundle).weights, map_location=device)
                         if state.best_epoch else copy.deepcopy(model.state_dict()))
     return state
 
@@ -139,11 +141,12 @@ def keep_epoch(state: TrainState, row: dict[str, float], model: nn.Module, optim
     if improved:
         state.best_loss, state.best_epoch = val_loss, epoch
         state.best_state = copy.deepcopy(model.state_dict())
-    write_history(bundle / HISTORY_FILE, state.history)
+    files = BundleFiles(bundle)
+    write_history(files.history, state.history)
     save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
                  "history": state.history, "best_loss": state.best_loss, "best_epoch": state.best_epoch,
-                 "keep": keep}, bundle / CHECKPOINT_FILE)
+                 "keep": keep}, files.checkpoint)
     if improved:
-        save_atomic(state.best_state, bundle / WEIGHTS_FILE)
+        save_atomic(state.best_state, files.weights)
     return improved
