@@ -42,10 +42,11 @@ import soundfile as sf
 import torch
 
 from echoengine import audio
-from echoengine.bundle import load_bundle, save_atomic, write_metadata
+from echoengine.bundle import load_bundle, save_atomic
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, detect
 from echoengine.features import reference_mel_db
+from echoengine.layout import write_metadata
 from echoengine.models import build_model
 from echoengine.sources import find_audio
 

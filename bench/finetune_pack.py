@@ -49,11 +49,11 @@ def encode_opus(y: np.ndarray, path: Path, *, kbps: int) -> None:
 
 def study_table(data: Path) -> pd.DataFrame:
     """The clips of the CV, with their fold, exactly as ``bench/small_data.py`` makes them."""
-    from echoengine import catalog
+    from echoengine import catalog, splits
     from echoengine.config import EchoConfig
 
     table, _ = catalog.scan(catalog.load_catalog(data), EchoConfig().audio)
-    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    folds = splits.kfold(table, folds=5, seed=0, sparse_classes="drop")
     table = table[folds >= 0].reset_index(drop=True)
     table["fold"] = folds[folds >= 0]
     return table

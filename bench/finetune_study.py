@@ -1,7 +1,7 @@
 """Why fine-tuning BirdNET V2.4 loses to frozen embeddings + a linear head on a few hundred clips.
 
 A small study on the ESC-50 subset, 5-fold CV grouped by source recording (the
-folds ``echoengine cv`` makes: ``catalog.kfold(folds=5, seed=0,
+folds ``echoengine cv`` makes: ``echoengine.splits.kfold(folds=5, seed=0,
 sparse_classes="drop")``). Every condition is scored by clip accuracy on the
 outer test fold; a clip's logits are the mean over its 3 s windows, cut as
 ``BirdNETClassifier.embeddings`` cuts them (hop = window):

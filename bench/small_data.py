@@ -38,7 +38,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from echoengine import catalog
+from echoengine import catalog, splits
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig, ModelConfig
 from echoengine.embeddings import make_dataset
@@ -208,7 +208,7 @@ def main() -> int:
     cache_dir = args.cache_dir or Path(tempfile.mkdtemp(prefix="echoengine-bench-"))
     started = time.perf_counter()
     table, _ = catalog.scan(catalog.load_catalog(args.data), EchoConfig().audio)
-    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    folds = splits.kfold(table, folds=5, seed=0, sparse_classes="drop")
     table, folds = table[folds >= 0].reset_index(drop=True), folds[folds >= 0]
     sources = {source for _, source, _ in METHODS.values()}
     windows = {source: window_embeddings(table, source, cache_dir) for source in sources}
@@ -222,7 +222,7 @@ def main() -> int:
         for draw in small_sets(table, recordings, args.seeds, all_clips=all_clips):
             rows = table.reset_index().merge(draw[["path"]], on="path")["index"].to_numpy()
             subset = {source: [w[i] for i in rows] for source, w in windows.items()}
-            draw_folds = catalog.kfold(draw, folds=recordings, seed=0)
+            draw_folds = splits.kfold(draw, folds=recordings, seed=0)
             results.append(cross_validate(draw, subset, draw_folds))
         clips = "all their clips" if all_clips else "one clip each"
         report(f"{recordings} recordings per class ({draw['label'].nunique()} classes, {clips}), "

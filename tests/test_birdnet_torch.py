@@ -89,8 +89,7 @@ def test_a_fine_tuned_birdnet_bundle_exports_one_onnx_graph(esc10, tmp_path):
     from echoengine.bundle import load_bundle
     from echoengine.config import EchoConfig
     from echoengine.exporting import export_onnx, onnx_session
-    from echoengine.prediction import stream_window_probabilities
-    from echoengine.scoring import WindowScorer, pool_windows
+    from echoengine.scoring import pool_windows, stream_window_probabilities, window_scorer
     from echoengine.training import fit
 
     config = EchoConfig().replace(
@@ -107,7 +106,7 @@ def test_a_fine_tuned_birdnet_bundle_exports_one_onnx_graph(esc10, tmp_path):
     session = onnx_session(path)
     assert [i.name for i in session.get_inputs()] == ["waveform"]
     bundle = load_bundle(result.bundle)
-    scorer = WindowScorer([bundle], sessions=[session])
+    scorer = window_scorer([bundle], sessions=[session])
     windows = stream_window_probabilities(scorer, files[0])  # a 5 s ESC clip: one window
     probabilities = pool_windows(windows, multilabel=False)
     assert windows.shape == (1, len(bundle.classes)) and abs(probabilities.sum() - 1.0) < 1e-5

@@ -5,10 +5,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from echoengine.bundle import CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE, load_bundle, read_classes, write_metadata
+from echoengine.bundle import load_bundle
 from echoengine.cli import main
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
+from echoengine.layout import CLASSES_FILE, CONFIG_FILE, WEIGHTS_FILE, read_classes, write_metadata
 from echoengine.models import build_model
 
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from echoengine import catalog
+from echoengine import catalog, splits
 from echoengine.errors import AudioError, DataError
 
 
@@ -44,11 +44,11 @@ def test_esc50_csv_and_folder(esc50):
 def test_kfold_never_leaks_a_source_recording(esc50, caplog):
     table = catalog.load_catalog(esc50)
     with pytest.raises(DataError, match="only 1 in: 'washing_machine'"):
-        catalog.kfold(table, folds=5, sparse_classes="error")
-    trained_only = catalog.kfold(table, folds=5, seed=0)  # the default: in every fold's training part
-    assert set(table.label[trained_only == catalog.TRAIN_ONLY]) == {"washing_machine"}
-    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
-    np.testing.assert_array_equal(np.where(trained_only == catalog.TRAIN_ONLY, catalog.EXCLUDED, trained_only), folds)
+        splits.kfold(table, folds=5, sparse_classes="error")
+    trained_only = splits.kfold(table, folds=5, seed=0)  # the default: in every fold's training part
+    assert set(table.label[trained_only == splits.TRAIN_ONLY]) == {"washing_machine"}
+    folds = splits.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    np.testing.assert_array_equal(np.where(trained_only == splits.TRAIN_ONLY, splits.EXCLUDED, trained_only), folds)
     assert "hand_saw (3)" in caplog.text  # warned: missing from some folds
     kept = table.assign(fold=folds)[folds >= 0]
     assert set(table.label) - set(kept.label) == {"washing_machine"}
@@ -58,13 +58,13 @@ def test_kfold_never_leaks_a_source_recording(esc50, caplog):
     groups = kept.groupby("label")["group"].nunique()
     spread = kept.groupby("label")["fold"].nunique()
     assert (spread[groups >= 5] == 5).all() and (spread == np.minimum(groups, 5)).all()
-    np.testing.assert_array_equal(folds, catalog.kfold(table, folds=5, seed=0, sparse_classes="drop"))
-    assert not np.array_equal(folds, catalog.kfold(table, folds=5, seed=1, sparse_classes="drop"))
+    np.testing.assert_array_equal(folds, splits.kfold(table, folds=5, seed=0, sparse_classes="drop"))
+    assert not np.array_equal(folds, splits.kfold(table, folds=5, seed=1, sparse_classes="drop"))
 
 
 def test_train_val_test_split_is_grouped_and_near_the_fractions(esc50):
     table = catalog.load_catalog(esc50)
-    parts = catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0, sparse_classes="drop")
+    parts = splits.split(table, val_fraction=0.15, test_fraction=0.15, seed=0, sparse_classes="drop")
     assert set(table.label[parts == "excluded"]) == {"washing_machine"}
     table, parts = table[parts != "excluded"], parts[parts != "excluded"]
     shares = pd.Series(parts).value_counts(normalize=True)
@@ -73,7 +73,7 @@ def test_train_val_test_split_is_grouped_and_near_the_fractions(esc50):
     spread = table.assign(part=parts).groupby("label").agg(parts=("part", "nunique"), groups=("group", "nunique"))
     assert (spread.loc[spread.groups >= 3, "parts"] == 3).all()
     assert (table.assign(part=parts).groupby("group")["part"].nunique() == 1).all()
-    np.testing.assert_array_equal(parts, catalog.split(table, val_fraction=0.15, test_fraction=0.15, seed=0))
+    np.testing.assert_array_equal(parts, splits.split(table, val_fraction=0.15, test_fraction=0.15, seed=0))
 
 
 def test_a_class_with_one_recording_trains_by_default_and_is_never_tested(caplog):
@@ -81,19 +81,19 @@ def test_a_class_with_one_recording_trains_by_default_and_is_never_tested(caplog
                           "label": ["frog"] * 9 + ["bat"] * 3,
                           "group": [f"g{i}" for i in range(9)] + ["b0", "b0", "b0"]})
     with caplog.at_level(logging.WARNING, logger="echoengine"):
-        folds = catalog.kfold(table, folds=3)
-    assert (folds[9:] == catalog.TRAIN_ONLY).all() and set(folds[:9]) == {0, 1, 2}
+        folds = splits.kfold(table, folds=3)
+    assert (folds[9:] == splits.TRAIN_ONLY).all() and set(folds[:9]) == {0, 1, 2}
     assert "3-fold cross-validation: trained on but never tested (a single source recording): bat" in caplog.text
-    parts = catalog.split(table)
+    parts = splits.split(table)
     assert (parts[9:] == "train").all() and {"val", "test"} <= set(parts[:9])
     with pytest.raises(DataError, match=r"at least 2 source recordings per class.*only 1 in: 'bat'.*drop"):
-        catalog.kfold(table, folds=5, sparse_classes="error")
+        splits.kfold(table, folds=5, sparse_classes="error")
     with pytest.raises(DataError, match="only 1 in: 'bat'"):
-        catalog.split(table, sparse_classes="error")
-    assert (catalog.kfold(table, folds=3, sparse_classes="drop")[9:] == catalog.EXCLUDED).all()
-    assert (catalog.split(table, sparse_classes="drop")[9:] == "excluded").all()
+        splits.split(table, sparse_classes="error")
+    assert (splits.kfold(table, folds=3, sparse_classes="drop")[9:] == splits.EXCLUDED).all()
+    assert (splits.split(table, sparse_classes="drop")[9:] == "excluded").all()
     with pytest.raises(DataError, match="no label"):
-        catalog.kfold(table.assign(label=""), folds=3)
+        splits.kfold(table.assign(label=""), folds=3)
 
 
 def test_scan_keeps_good_files_and_reports_bad_ones(bad_corpus, caplog):
@@ -115,15 +115,15 @@ def test_a_recording_split_over_class_folders_stays_in_one_fold(tmp_path):
                 _touch_audio(tmp_path / label / f"rec{rec}_{clip}.wav")
     table = catalog.from_folder(tmp_path, group_regex=r"^(rec\d+)_")
     assert table["group"].nunique() == 4
-    folds = catalog.kfold(table, folds=2, seed=0)
+    folds = splits.kfold(table, folds=2, seed=0)
     assert (table.assign(fold=folds).groupby("group")["fold"].nunique() == 1).all()
 
 
 def test_too_small_datasets_give_a_data_error():
     table = pd.DataFrame({"path": ["a", "b", "c", "d"], "label": ["x", "x", "y", "y"], "group": ["1", "2", "3", "4"]})
     with pytest.raises(DataError, match="cannot make 5 parts from 4 source recording"):
-        catalog.kfold(table, folds=5)
-    parts = catalog.split(table, test_fraction=0.1, val_fraction=0.1)
+        splits.kfold(table, folds=5)
+    parts = splits.split(table, test_fraction=0.1, val_fraction=0.1)
     assert sorted(parts[:2]) == sorted(parts[2:]) == ["test", "train"]  # 2 recordings: one each
 
 
@@ -132,17 +132,17 @@ def test_kfold_names_the_classes_too_small_for_the_folds_and_the_fix(caplog):
     table = pd.DataFrame({"path": [f"{i}.wav" for i in range(12)], "label": ["frog", "owl", "bat"] * 4,
                           "group": [f"g{i}" for i in range(12)]})
     with pytest.raises(DataError) as info:
-        catalog.kfold(table, folds=5)
+        splits.kfold(table, folds=5)
     message = str(info.value)
     assert "5-fold cross-validation" in message and "\n" not in message
     assert all(f"{label} (4 recordings, 4 files)" in message for label in ("frog", "owl", "bat"))
     assert "--folds 4 or fewer" in message
-    assert sorted(set(catalog.kfold(table, folds=4))) == [0, 1, 2, 3]  # the fix it suggests works
+    assert sorted(set(splits.kfold(table, folds=4))) == [0, 1, 2, 3]  # the fix it suggests works
     # one class too small for the folds: kept, with a warning naming it, its recordings and the fix (as cv does)
     table = pd.DataFrame({"path": [f"{i}.wav" for i in range(13)], "label": ["frog"] * 10 + ["bat"] * 3,
                           "group": [f"g{i}" for i in range(13)]})
     caplog.clear()
-    folds = catalog.kfold(table, folds=5)
+    folds = splits.kfold(table, folds=5)
     assert sorted(set(folds)) == [0, 1, 2, 3, 4] and len(set(folds[10:])) == 3
     assert "bat (3)" in caplog.text and "--folds 3" in caplog.text and "frog" not in caplog.text
 

@@ -168,9 +168,8 @@ def test_birdnet_blocks_are_kept_in_block_order_once_and_version_1_cnn_configs_a
 
 
 def test_an_ensemble_of_models_on_different_birdnet_features_is_refused():
-    from echoengine.bundle import Bundle
     from echoengine.errors import EchoError
-    from echoengine.prediction import check_ensemble
+    from echoengine.layout import Bundle, check_ensemble
 
     new = EchoConfig().replace(model={"embedder": "birdnet"})
     old = new.replace(model={"birdnet_blocks": []})

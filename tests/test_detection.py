@@ -225,8 +225,9 @@ def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds
                                                                                  tmp_path):
     import shutil
 
-    from echoengine.bundle import load_bundle, weights_digest
+    from echoengine.bundle import load_bundle
     from echoengine.detection import DetectOptions, detect, load_thresholds
+    from echoengine.layout import weights_digest
     from echoengine.prediction import window_probabilities
 
     bundle_dir = tmp_path / "bundle"
@@ -279,7 +280,8 @@ def test_onnx_scoring_matches_pytorch_and_min_window_drops_the_short_tail(small_
 def test_one_file_scored_alone_gives_detects_scores_and_events(small_bundle, tmp_path):
     """score_file and file_events (what a server runs per upload) give the numbers of a detect run."""
     from echoengine.bundle import load_bundle
-    from echoengine.detection import DetectOptions, WindowScorer, detect, file_events, score_file
+    from echoengine.detection import DetectOptions, detect, file_events, score_file
+    from echoengine.scoring import window_scorer
 
     files = _field_recordings(tmp_path / "field", 2, seconds=16.0, seed=3)
     bundle = load_bundle(small_bundle)
@@ -287,7 +289,7 @@ def test_one_file_scored_alone_gives_detects_scores_and_events(small_bundle, tmp
     detect([bundle], files, tmp_path / "run", options=options, progress=False, log=lambda line: None)
     recorded = pd.read_parquet(tmp_path / "run" / "scores.parquet")
     run_events = pd.read_csv(tmp_path / "run" / "events.csv")
-    scorer = WindowScorer([bundle])
+    scorer = window_scorer([bundle])
     for path in files:
         scores = score_file(scorer, path, options)
         mine = recorded[recorded["file"] == path].pivot(index="start", columns="class", values="score")
@@ -429,7 +431,7 @@ def _retrained(bundle_dir) -> None:
     """The same bundle with other weights, as a retraining in place leaves it."""
     import torch
 
-    from echoengine.bundle import WEIGHTS_FILE
+    from echoengine.layout import WEIGHTS_FILE
 
     state = torch.load(bundle_dir / WEIGHTS_FILE, weights_only=True)
     torch.save({k: v + 0.01 if v.is_floating_point() else v for k, v in state.items()}, bundle_dir / WEIGHTS_FILE)
@@ -455,7 +457,7 @@ def test_a_bad_thresholds_file_is_a_one_line_error_naming_it(small_bundle, tmp_p
     import re
     import shutil
 
-    from echoengine.bundle import read_classes
+    from echoengine.layout import read_classes
     from echoengine.thresholds import load_thresholds, write_thresholds
 
     bundle_dir = Path(shutil.copytree(small_bundle, tmp_path / "bundle"))
@@ -473,8 +475,8 @@ def test_thresholds_record_the_weights_they_were_calibrated_for(small_bundle, tm
     import logging
     import shutil
 
-    from echoengine.bundle import read_classes, weights_digest
     from echoengine.cli import main
+    from echoengine.layout import read_classes, weights_digest
     from echoengine.thresholds import load_thresholds, models_digest, write_thresholds
 
     bundle_dir = Path(shutil.copytree(small_bundle, tmp_path / "bundle"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from echoengine import audio, catalog
+from echoengine import audio, catalog, splits
 from echoengine.config import AudioConfig, EchoConfig
 from echoengine.embeddings import EmbeddingDataset, embedder_windows
 from echoengine.models import EmbeddingClassifier
@@ -68,7 +68,7 @@ def esc10_birdnet(esc10, tmp_path_factory):
         data={"cache_dir": str(tmp_path_factory.mktemp("embeddings"))},
     )
     table, _ = catalog.scan(esc10, config.audio)
-    parts = catalog.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
+    parts = splits.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
     classes = catalog.class_names(table)
     result = fit_and_refit(table[parts == "train"], table[parts == "val"], classes, config,
                  tmp_path_factory.mktemp("bundle") / "birdnet-esc10", progress=False, log=lambda line: None)

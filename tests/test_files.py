@@ -8,17 +8,10 @@ import pytest
 import torch
 
 from echoengine import bundle as bundle_module
-from echoengine.bundle import (
-    WEIGHTS_FILE,
-    Bundle,
-    BundleFiles,
-    CrossValidationFiles,
-    load_bundle,
-    save_atomic,
-    write_metadata,
-)
+from echoengine.bundle import load_bundle, save_atomic
 from echoengine.config import EchoConfig
 from echoengine.files import temporary_path, write_atomic, write_csv_atomic, write_text_atomic
+from echoengine.layout import WEIGHTS_FILE, Bundle, BundleFiles, CrossValidationFiles, write_metadata
 from echoengine.models import build_model
 
 

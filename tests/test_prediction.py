@@ -7,13 +7,14 @@ import soundfile as sf
 import torch
 
 from echoengine import audio, catalog
-from echoengine.bundle import load_bundle, save_atomic, write_metadata
+from echoengine.bundle import load_bundle, save_atomic
 from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
 from echoengine.exporting import export_onnx, onnx_session
+from echoengine.layout import write_metadata
 from echoengine.models import build_model
-from echoengine.prediction import predict_files, predict_table
-from echoengine.scoring import WindowScorer, pool_windows, score_stream
+from echoengine.prediction import predict_table
+from echoengine.scoring import pool_windows, predict_files, score_stream, window_scorer
 
 SMALL_FRONTEND = {"n_mels": 128, "image_height": 128, "image_width": 96}
 
@@ -110,7 +111,7 @@ def test_the_onnx_graph_fed_in_chunks_gives_its_answer_on_the_whole_waveform(cnn
     rng = np.random.default_rng(0)
     y = (0.1 * rng.normal(size=int(clip * 7.3)) + np.sin(np.arange(int(clip * 7.3)) * 0.3)).astype(np.float32)
     whole, whole_windows = session.run(None, {"waveform": y})
-    scorer = WindowScorer([cnn_bundle], onnx=True)
+    scorer = window_scorer([cnn_bundle], onnx=True)
     for batch_size in (1, 2, 100):  # 8, 4 and 1 graph runs
         windows = score_stream(scorer, [y], batch_size=batch_size)
         assert windows.shape == whole_windows.shape == (8, len(cnn_bundle.classes))
@@ -142,7 +143,7 @@ def test_a_graph_on_embeddings_is_fed_in_chunks_too(cnn_bundle, synthetic_datase
     head, session = load_bundle(tmp_path / "head"), onnx_session(path)
     assert [i.name for i in session.get_inputs()] == ["embeddings"]
     y = audio.load(long_file, head.config.audio)
-    scorer = WindowScorer([head], onnx=True)
+    scorer = window_scorer([head], onnx=True)
     whole = score_stream(scorer, [y], batch_size=100)  # every clip embedded and scored in one run
     windows = score_stream(scorer, [y], batch_size=1)
     assert windows.shape == whole.shape == (10, len(head.classes))

@@ -6,9 +6,11 @@ import pytest
 import torch
 
 from echoengine import catalog
-from echoengine.bundle import load_bundle, read_classes
+from echoengine import splits as grouped_splits
+from echoengine.bundle import load_bundle
 from echoengine.config import EchoConfig
 from echoengine.errors import ConfigError, EchoError
+from echoengine.layout import read_classes
 from echoengine.prediction import predict_table
 from echoengine.training import balanced_class_weights, fit
 
@@ -34,7 +36,7 @@ def splits(tmp_path_factory):
     root = make_dataset(tmp_path_factory.mktemp("calls"), classes=4, files_per_class=12, seed=1)
     config = quick_config()
     table, _ = catalog.scan(catalog.load_catalog(root, config.data), config.audio)
-    parts = catalog.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
+    parts = grouped_splits.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
     return {part: table[parts == part].reset_index(drop=True) for part in ("train", "val", "test")}
 
 

@@ -9,11 +9,12 @@ import diskcache
 import pytest
 import torch
 
-from echoengine.bundle import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE, load_bundle
+from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.cli import main
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
+from echoengine.layout import CHECKPOINT_FILE, CONFIG_FILE, WEIGHTS_FILE
 
 # a small, fast model: the tests are about files, not accuracy
 _TINY = ["--backbone", "small_cnn", "--head", "linear", "--epochs", "1", "--batch-size", "8", "--quiet"]
@@ -123,7 +124,7 @@ def test_a_folder_of_someone_elses_files_is_never_cleared(synthetic_dataset, tmp
 
 
 def test_overwrite_clears_only_what_echoengine_wrote_at_every_depth(trained, tmp_path):
-    from echoengine.bundle import prepare_output
+    from echoengine.layout import prepare_output
 
     earlier = Path(shutil.copytree(trained, tmp_path / "earlier"))
     (earlier / "plots" / "my_notes.txt").write_text("field notes")

@@ -171,11 +171,11 @@ def test_demo_runs_end_to_end_on_synthetic_data(tmp_path, capsys):
 
 
 def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
-    from echoengine import catalog
+    from echoengine import catalog, splits
     from echoengine.crossval import inner_split
 
     table = catalog.load_catalog(esc50)
-    folds = catalog.kfold(table, folds=5, seed=0, sparse_classes="drop")
+    folds = splits.kfold(table, folds=5, seed=0, sparse_classes="drop")
     for k in range(5):
         rest = table[(folds != k) & (folds >= 0)].reset_index(drop=True)
         trains = inner_split(rest, val_fraction=0.15, seed=k)
@@ -188,7 +188,7 @@ def test_inner_validation_never_shares_a_recording_with_the_test_fold(esc50):
 
 @pytest.mark.parametrize("epochs", [pytest.param(2, id="quick"), pytest.param(25, id="long", marks=pytest.mark.slow)])
 def test_training_on_real_esc10_clips(esc10, quick_toml, tmp_path, epochs):
-    from echoengine import catalog
+    from echoengine import catalog, splits
     from echoengine.bundle import load_bundle
     from echoengine.evaluation import evaluate
     from echoengine.training import fit
@@ -197,7 +197,7 @@ def test_training_on_real_esc10_clips(esc10, quick_toml, tmp_path, epochs):
                                                  train={"epochs": epochs, "patience": epochs, "learning_rate": 1e-3})
     table, errors = catalog.scan(esc10, config.audio)
     assert len(table) == 83 and not errors
-    parts = catalog.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
+    parts = splits.split(table, val_fraction=0.2, test_fraction=0.2, seed=0)
     classes = catalog.class_names(table)
     result = fit(table[parts == "train"], table[parts == "val"], classes, config, tmp_path / "bundle",
                  progress=False, log=lambda line: None)

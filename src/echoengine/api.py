@@ -32,25 +32,19 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, sources
-from echoengine.bundle import METRICS_FILE, Bundle, find_bundles, prepare_output
-from echoengine.bundle import load_bundle as _load_one
-from echoengine.cache import FeatureCache
 from echoengine.config import EchoConfig
-from echoengine.crossval import cross_validate as _cross_validate
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
-from echoengine.evaluation import calibrate as _calibrate
-from echoengine.evaluation import evaluate as _evaluate
-from echoengine.evaluation import format_report, write_report
-from echoengine.exporting import export_onnx
-from echoengine.labelkind import label_kind
-from echoengine.prediction import predict_files
+from echoengine.layout import METRICS_FILE, Bundle, find_bundles, prepare_output, read_bundle
+from echoengine.scoring import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
-from echoengine.trainrun import TrainResult, train_run, training_config
+
+# Training, evaluation and export run in PyTorch, imported by the functions that need it: torch is not part of
+# the serving runtime (``pip install echoengine[serve]``), where predict and detect run the exported graphs.
 
 __all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
-           "TrainResult", "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle",
-           "load_bundles", "predict", "train", "training_config"]
+           "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles", "predict",
+           "train"]
 
 logger = logging.getLogger("echoengine")
 Log = Callable[[str], None]
@@ -59,16 +53,22 @@ BundleLike = str | Path | Bundle | Sequence[Bundle]
 
 def load_bundle(path: str | Path, *, device: str = "cpu") -> Bundle:
     """A trained bundle: its config, classes and model, read without running code from the file."""
-    return _load_one(path, device=device)
+    from echoengine.bundle import load_bundle as load_with_model  # torch
+
+    return load_with_model(path, device=device)
 
 
-def load_bundles(source: BundleLike, *, device: str = "cpu") -> list[Bundle]:
-    """The models behind ``source``: one bundle, or every fold bundle of a cross-validation run (an ensemble)."""
+def load_bundles(source: BundleLike, *, device: str = "cpu", onnx: bool = False) -> list[Bundle]:
+    """The models behind ``source``: one bundle, or every fold bundle of a cross-validation run (an ensemble).
+
+    With ``onnx``, the bundles are read without their PyTorch models (no
+    torch needed): their exported graphs score instead.
+    """
     if isinstance(source, Bundle):
         return [source]
     if not isinstance(source, (str, Path)):
         return list(source)
-    bundles = [_load_one(folder, device=device) for folder in find_bundles(source)]
+    bundles = [read_bundle(folder) if onnx else load_bundle(folder, device=device) for folder in find_bundles(source)]
     if len(bundles) > 1:
         logger.info("ensemble of %d fold models from %s (probabilities averaged)", len(bundles), source)
     return bundles
@@ -83,15 +83,20 @@ def _folder(source: BundleLike) -> Path:
     raise TypeError("give the bundle as a path (or one loaded bundle) to write into its folder")
 
 
-def _cache(config: EchoConfig, cache_dir: str | Path | None) -> FeatureCache | None:
-    return FeatureCache(cache_dir, config) if cache_dir else None
+def _cache(config: EchoConfig, cache_dir: str | Path | None):
+    """A FeatureCache at ``cache_dir``, or None."""
+    if not cache_dir:
+        return None
+    from echoengine.cache import FeatureCache  # torch
+
+    return FeatureCache(cache_dir, config)
 
 
 def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path, resume: bool = False,
           overwrite: bool = False, finetune: bool = False, changes: dict | None = None,
           resume_changes: dict | None = None,
           annotations: str | Path | None = None, negatives: str | Path | None = None,
-          columns: dict[str, str] | None = None, progress: bool = False, log: Log | None = None) -> TrainResult:
+          columns: dict[str, str] | None = None, progress: bool = False, log: Log | None = None):
     """Train a model on a labelled dataset into the bundle folder ``out``, and test it on a held-out part.
 
     Parameters
@@ -101,7 +106,7 @@ def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path
         ``config.model.multilabel``, recordings with annotation tables.
     config : EchoConfig, optional
         Defaults to ``EchoConfig()``; the training policy of
-        :func:`training_config` is applied (BirdNET frozen unless
+        :func:`echoengine.trainrun.training_config` is applied (BirdNET frozen unless
         ``finetune``), then ``changes`` (``{"section": {"key": value}}``),
         which win over the policy.
     out : str or Path
@@ -116,9 +121,11 @@ def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path
 
     Returns
     -------
-    TrainResult
+    echoengine.trainrun.TrainResult
         The bundle folder, the held-out metrics and the report text.
     """
+    from echoengine.trainrun import train_run, training_config  # torch
+
     config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
     prepare_output(out, resume=resume, overwrite=overwrite)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
@@ -156,6 +163,10 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     ``changes`` are those of :func:`train`. The fold bundles in ``out``
     predict together as an ensemble (:func:`predict` with ``out``).
     """
+    from echoengine.crossval import cross_validate as cross_validate_table  # torch
+    from echoengine.labelkind import label_kind
+    from echoengine.trainrun import training_config
+
     config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
     if folds is not None:
         config = config.replace(data={"folds": folds})
@@ -163,7 +174,7 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     kind = label_kind(multilabel=config.model.multilabel)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
-    summary = _cross_validate(usable, config, out, boxes=boxes, resume=resume, progress=progress,
+    summary = cross_validate_table(usable, config, out, boxes=boxes, resume=resume, progress=progress,
                               log=log or logger.info)
     return CrossValidationResult(Path(out), summary, multilabel=kind.multilabel)
 
@@ -202,6 +213,10 @@ def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = N
     cache_dir : str or Path, optional
         A feature cache folder (default: none).
     """
+    from echoengine.evaluation import evaluate as evaluate_table  # torch
+    from echoengine.evaluation import format_report, write_report
+    from echoengine.labelkind import label_kind
+
     bundles = load_bundles(bundle)
     config = bundles[0].config.replace(data=data_options or {})
     folder = _folder(bundle) if isinstance(bundle, (str, Path, Bundle)) else bundles[0].path
@@ -211,7 +226,7 @@ def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = N
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
     seen = _warn_seen(bundles, usable, "their scores are optimistic")
     thresholds = load_thresholds(folder, bundles[0].classes) if kind.thresholded else None  # calibrate's, else 0.5
-    metrics, _ = _evaluate(bundles, usable, boxes=boxes, thresholds=thresholds, cache=_cache(config, cache_dir),
+    metrics, _ = evaluate_table(bundles, usable, boxes=boxes, thresholds=thresholds, cache=_cache(config, cache_dir),
                            progress=progress)
     metrics.update(kind.evaluation_notes(evaluated_on=str(data), seen=seen))
     single = len(bundles) == 1 and bundles[0].files.history.is_file()
@@ -237,6 +252,9 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
 
     ``detect`` then uses these thresholds unless it is given one.
     """
+    from echoengine.evaluation import calibrate as calibrate_table  # torch
+    from echoengine.labelkind import label_kind
+
     folder = _folder(bundle)
     bundles = load_bundles(bundle)
     config = bundles[0].config.replace(data=data_options or {})
@@ -244,7 +262,7 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
     usable, boxes = label_kind(multilabel=config.model.multilabel).read(data, config, boxes_source=boxes_source,
                                                                          progress=progress)
     _warn_seen(bundles, usable, "thresholds chosen on them are optimistic")
-    thresholds = _calibrate(bundles, usable, boxes=boxes, cache=_cache(config, cache_dir), progress=progress)
+    thresholds = calibrate_table(bundles, usable, boxes=boxes, cache=_cache(config, cache_dir), progress=progress)
     path = write_thresholds(folder, thresholds)  # records the weights it was calibrated on
     return CalibrationResult(thresholds, path, len(usable))
 
@@ -305,8 +323,9 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     Folders among ``files`` are searched for audio of the bundle's extensions.
     A file that cannot be read is listed in ``errors`` and the others go on.
     ``progress=None`` shows a progress bar when there are more than 20 files.
+    With ``onnx``, each bundle's exported graph scores (no torch needed).
     """
-    bundles = load_bundles(bundle)
+    bundles = load_bundles(bundle, onnx=onnx)
     config, classes = bundles[0].config, bundles[0].classes
     paths = sources.audio_files(files, config.data.extensions)
     table = pd.DataFrame({"path": [str(f.resolve()) for f in paths], "label": "", "group": [f.stem for f in paths]})
@@ -350,7 +369,8 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     ``summary.png`` (detections per species and hour), returned as ``summary``
     with its printed form in ``summary_text``.
     """
-    written = _detect(load_bundles(bundle), paths, out, options=DetectOptions(**options), resume=resume,
+    onnx = bool(options.get("onnx"))
+    written = _detect(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
                       overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []
     table = summarize(out, log=lines.append) if summary else None
@@ -368,4 +388,6 @@ class ExportResult:
 
 def export(bundle: str | Path, *, check: Sequence[str | Path] = ()) -> list[ExportResult]:
     """Export the bundle (each fold bundle of a cross-validation run) to ONNX, checked against PyTorch."""
+    from echoengine.exporting import export_onnx  # torch
+
     return [ExportResult(*export_onnx(folder, check=check)) for folder in find_bundles(bundle)]

@@ -148,18 +148,18 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``echoengine split``: train/val/test parts (or k folds) of the dataset, grouped by recording, as a CSV."""
     import numpy as np
 
-    from echoengine import catalog
+    from echoengine import splits
 
     config = _config(args)
     data = config.data
     _refuse_existing(args.out, args.overwrite)
     usable, _ = _scan(args.data, config)
     if args.kfold:
-        parts = catalog.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
+        parts = splits.kfold(usable, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
         part_names = np.where(parts >= 0, np.char.add("fold", parts.astype(str)),
-                              np.where(parts == catalog.TRAIN_ONLY, "train", "excluded"))
+                              np.where(parts == splits.TRAIN_ONLY, "train", "excluded"))
     else:
-        part_names = catalog.split(usable, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+        part_names = splits.split(usable, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                                    seed=data.split_seed, sparse_classes=data.sparse_classes)
     table = usable[["path", "label", "group"]].assign(part=part_names)
     write_csv_atomic(args.out, table, index=False)
@@ -214,7 +214,7 @@ def _cache_dir(args: argparse.Namespace) -> Path | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``echoengine evaluate``: the bundle's (or ensemble's) report on labelled data."""
     from echoengine import api
-    from echoengine.bundle import BundleFiles
+    from echoengine.layout import BundleFiles
 
     result = api.evaluate(args.bundle, args.data, out=args.out, overwrite=args.overwrite,
                           data_options=config_changes(args).get("data"), cache_dir=_cache_dir(args), progress=True,
@@ -380,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as exc:  # e.g. an output folder that does not exist
         detail = f"{exc.filename}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename else str(exc)
         print(f"error: {detail}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency: say which extra installs it
+        if (extra := runtime.extra_providing(exc.name)) is None:
+            raise
+        print(f"error: echoengine {args.command} needs {exc.name}: pip install 'echoengine[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog
-from echoengine.bundle import CONFIG_FILE, Bundle, CrossValidationFiles, selection_history
+from echoengine import splits
 from echoengine.cache import FeatureCache, feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, write_report
 from echoengine.files import write_csv_atomic, write_text_atomic
 from echoengine.labelkind import LabelKind, group_folds, inner_split, label_kind
+from echoengine.layout import CONFIG_FILE, Bundle, CrossValidationFiles, selection_history
 from echoengine.training import fit_and_refit
 
 __all__ = ["cross_validate", "group_folds", "inner_split"]
@@ -119,7 +119,7 @@ def cross_validate(
     write_csv_atomic(files.folds, table.assign(fold=folds)[list(kind.fold_columns)], index=False)
     if boxes is not None:
         write_csv_atomic(files.annotations, boxes, index=False)
-    used = folds != catalog.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
+    used = folds != splits.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
     table, folds = table[used].reset_index(drop=True), folds[used]
     run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log)
     model = f"{config.model.embedder or config.model.backbone} + {config.model.head_name} head"

@@ -20,9 +20,10 @@ from pathlib import Path
 import pandas as pd
 
 from echoengine import api, catalog, synthetic
-from echoengine.bundle import BundleFiles, load_bundle, prepare_output
+from echoengine.bundle import load_bundle
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, detect
+from echoengine.layout import BundleFiles, prepare_output
 from echoengine.mix import mix_soundscapes
 
 __all__ = ["run_demo"]

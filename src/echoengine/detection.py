@@ -51,23 +51,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
 from echoengine import audio, formats, ledger
-from echoengine.bundle import THRESHOLDS_FILE, Bundle
 from echoengine.clips import stream_windows
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
-from echoengine.kinds import IMAGES
-from echoengine.scoring import WindowScorer
+from echoengine.kinds import IMAGES, MODEL_BATCH
+from echoengine.layout import THRESHOLDS_FILE, Bundle
+from echoengine.scoring import window_scorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
-    "THRESHOLDS_FILE", "DetectOptions", "WindowScorer", "detect", "file_events", "file_windows", "load_thresholds",
+    "THRESHOLDS_FILE", "DetectOptions", "detect", "file_events", "file_windows", "load_thresholds",
     "score_file", "summarize", "write_outputs", "write_thresholds",
 ]
 
@@ -93,7 +91,7 @@ class DetectOptions:
         Detections of a class closer than this (seconds) merge into one event.
     batch_size : int
         Windows passed from the workers at a time (drawn from several files); a
-        multiple of :attr:`WindowScorer.model_batch`.
+        multiple of :data:`echoengine.kinds.MODEL_BATCH`.
     workers : int
         Processes decoding audio and computing model inputs (0: in the main process).
     block_seconds : float
@@ -126,23 +124,21 @@ class DetectOptions:
 # ---- windows ---------------------------------------------------------------------------------------------------
 @dataclass
 class _Batch:
-    inputs: torch.Tensor | None
+    inputs: object  # the scorer's inputs (a tensor, or an array for graphs); None when no window is left
     rows: list[tuple[int, int, int, bool]]  # (file index, start sample, audio samples, partial)
     finished: list[tuple[int, str | None]] = field(default_factory=list)  # (file index, error or None)
 
 
-class _FileWindows(IterableDataset):
+class _FileWindows:
     """Batches of windows across files; each worker takes every n-th file and reports each file's end."""
 
-    def __init__(self, files: list[tuple[int, str]], scorer: WindowScorer, options: DetectOptions) -> None:
+    def __init__(self, files: list[tuple[int, str]], scorer, options: DetectOptions) -> None:
         self.files, self.scorer, self.options = files, scorer, options
         self.length = scorer.clip_samples
 
-    def __iter__(self) -> Iterator[_Batch]:
-        info = get_worker_info()
-        if info is not None:
-            torch.set_num_threads(1)
-        mine = self.files if info is None else self.files[info.id :: info.num_workers]
+    def share(self, worker: int, workers: int) -> Iterator[_Batch]:
+        """The batches of worker ``worker`` of ``workers``: every ``workers``-th file from its own."""
+        mine = self.files[worker::workers]
         windows: list[np.ndarray] = []
         batch = _Batch(None, [])
         for index, path in mine:
@@ -191,7 +187,7 @@ def file_windows(path: str | Path, config, options: DetectOptions) -> Iterator[t
             yield start, window, valid, partial
 
 
-def score_file(scorer: WindowScorer, path: str | Path, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
+def score_file(scorer, path: str | Path, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
     """The window scores of one file, as :func:`detect` scores and records them.
 
     Windows go to the scorer in batches of ``options.batch_size``, padded
@@ -204,7 +200,7 @@ def score_file(scorer: WindowScorer, path: str | Path, options: DetectOptions = 
 
     Examples
     --------
-    >>> scores = score_file(WindowScorer(load_bundles("bundle"), onnx=True), "pond.wav")  # doctest: +SKIP
+    >>> scores = score_file(window_scorer([read_bundle("bundle")], onnx=True), "pond.wav")  # doctest: +SKIP
     >>> file_events(scores, scorer.classes, scorer.config, thresholds=np.full(4, 0.5))  # doctest: +SKIP
     """
     rate, size = scorer.config.audio.sample_rate, options.batch_size
@@ -286,7 +282,7 @@ def detect(
     files = find_audio(paths)
     if not files:
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
-    scorer = WindowScorer(bundles, onnx=options.onnx)
+    scorer = window_scorer(bundles, onnx=options.onnx)
     check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
     _check_windows(scorer, options)
     # a bad thresholds.csv stops the run now, not after hours of scoring
@@ -300,28 +296,26 @@ def detect(
     return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
 
 
-def _check_windows(scorer: WindowScorer, options: DetectOptions) -> None:
+def _check_windows(scorer, options: DetectOptions) -> None:
     """Refuse an overlap of a clip or more, and image batches that are not whole model batches."""
     clip_seconds = scorer.config.audio.clip_seconds
     if not 0 <= options.overlap < clip_seconds:
         raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
                         f"got {options.overlap}")
-    if scorer.kind == IMAGES and options.batch_size % WindowScorer.model_batch:
-        raise EchoError(f"--batch-size must be a multiple of {WindowScorer.model_batch} (the model's batch), so "
+    if scorer.kind == IMAGES and options.batch_size % MODEL_BATCH:
+        raise EchoError(f"--batch-size must be a multiple of {MODEL_BATCH} (the model's batch), so "
                         f"that every window is scored in batches of one shape; got {options.batch_size}")
 
 
-def _score_files(scorer: WindowScorer, files: list[str], todo: list[tuple[int, str]], records: Path, *,
+def _score_files(scorer, files: list[str], todo: list[tuple[int, str]], records: Path, *,
                  options: DetectOptions, progress: bool, log: Callable[[str], None]) -> None:
     """Score the windows of the files to do and record each file (its scores or its error) as it finishes."""
     rate = scorer.config.audio.sample_rate
     bar = _Progress({i: round(_duration(f) * rate) for i, f in todo}, rate, files=len(files),
                     done=len(files) - len(todo), enabled=progress)
     pending: dict[int, list] = {i: [] for i, _ in todo}
-    loader = DataLoader(_FileWindows(todo, scorer, options), batch_size=None, num_workers=options.workers,
-                        persistent_workers=False)
     with bar:
-        for batch in loader:
+        for batch in _batches(_FileWindows(todo, scorer, options), options.workers):
             if batch.rows:
                 probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
                 for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
@@ -336,6 +330,17 @@ def _score_files(scorer: WindowScorer, files: list[str], todo: list[tuple[int, s
                     log(f"error: {path}: {error}")
                     ledger.record_error(records, path, error)
                 bar.finish(index)
+
+
+def _batches(windows: _FileWindows, workers: int) -> Iterator[_Batch]:
+    """The batches of windows, read in the main process or by ``workers`` processes (torch's DataLoader)."""
+    if workers == 0:
+        return windows.share(0, 1)
+    from torch.utils.data import DataLoader
+
+    from echoengine.torchscorer import WorkerShare  # worker processes come with torch (not in the serving runtime)
+
+    return iter(DataLoader(WorkerShare(windows), batch_size=None, num_workers=workers, persistent_workers=False))
 
 
 class _Progress:
@@ -436,7 +441,7 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     order = {c: i for i, c in enumerate(classes)}
     long = long.assign(_f=long["file"].map({f: i for i, f in enumerate(files)}), _c=long["class"].map(order))
     long = long.sort_values(["_f", "start", "_c"], kind="stable").drop(columns=["_f", "_c"]).reset_index(drop=True)
-    put("scores.parquet", lambda p: long.to_parquet(p, index=False))
+    put("scores.parquet", lambda p: long.to_parquet(p, index=False, engine="fastparquet"))
     event_order = {f: i for i, f in enumerate(files)}
     events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
     events = events.drop(columns="_f").reset_index(drop=True)

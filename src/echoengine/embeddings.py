@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from echoengine.bundle import BundleFiles, load_bundle
+from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
 from echoengine.config import EchoConfig
@@ -40,6 +40,7 @@ from echoengine.dataset import BoxLabels, ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.features import MelFrontend
 from echoengine.kinds import embedder_kind
+from echoengine.layout import BundleFiles
 from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
 
 __all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "MultiLabelEmbeddingDataset", "birdnet_tflite_embedder",

@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import Bundle, BundleFiles
 from echoengine.errors import EchoError
 from echoengine.files import write_text_atomic
 from echoengine.labelkind import SINGLE_LABEL, LabelKind, label_kind
+from echoengine.layout import Bundle, BundleFiles
 from echoengine.metrics import (
     MULTILABEL_KEYS,
     SUMMARY_KEYS,

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import Bundle
 from echoengine.errors import EchoError
+from echoengine.layout import Bundle
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
 __all__ = ["check_species", "detection_thresholds", "merge_events", "window_detections"]

@@ -53,18 +53,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from echoengine.bundle import ONNX_FILE, Bundle, load_bundle, read_splits, weights_digest
+from echoengine.bundle import load_bundle
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 from echoengine.files import write_atomic
-from echoengine.prediction import predict_files, stream_window_probabilities
+from echoengine.layout import ONNX_FILE, Bundle, read_splits, weights_digest
 from echoengine.scoring import (  # the graph's runtime; re-exported: what an exported bundle is run with
     WEIGHTS_KEY,
-    WindowScorer,
     bundle_onnx_session,
     onnx_session,
     pool_windows,
+    predict_files,
+    stream_window_probabilities,
+    window_scorer,
 )
 
 __all__ = [
@@ -309,7 +311,7 @@ def _check_graph(bundle: Bundle, path: Path, files: list[str], *, tolerance: flo
     expected = _torch_probabilities(bundle, files)
     if np.isnan(expected).any():
         raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
-    scorer = WindowScorer([bundle], sessions=[session])  # the scorer of predict --onnx and detect --onnx
+    scorer = window_scorer([bundle], sessions=[session])  # the scorer of predict --onnx and detect --onnx
     multilabel = bundle.config.model.multilabel
     got = np.stack([pool_windows(stream_window_probabilities(scorer, f), multilabel=multilabel) for f in files])
     difference = float(np.abs(got - expected).max())

@@ -39,11 +39,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog, plots, sources
-from echoengine.bundle import BundleFiles, CrossValidationFiles, selection_history
+from echoengine import catalog, plots, sources, splits
 from echoengine.config import EchoConfig
 from echoengine.errors import DataError, EchoError
 from echoengine.files import write_csv_atomic
+from echoengine.layout import BundleFiles, CrossValidationFiles, selection_history
 from echoengine.metrics import MULTILABEL_KEYS, SUMMARY_KEYS, classification_metrics, multilabel_metrics
 from echoengine.prediction import clip_maxes, clip_means
 
@@ -73,7 +73,7 @@ def inner_split(table: pd.DataFrame, *, val_fraction: float, seed: int) -> np.nd
     trains = np.ones(len(table), dtype=bool)
     several = recordings >= 2
     if several.any():
-        parts = catalog.split(table[several], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
+        parts = splits.split(table[several], val_fraction=val_fraction, test_fraction=0.0, seed=seed)
         trains[several] = parts != "val"
     return trains
 
@@ -161,8 +161,8 @@ class LabelKind(ABC):
 
     @abstractmethod
     def folds(self, table: pd.DataFrame, config: EchoConfig) -> np.ndarray:
-        """Each row's fold, grouped by source recording (``catalog.EXCLUDED``: left out;
-        ``catalog.TRAIN_ONLY``: trained on in every fold, never tested)."""
+        """Each row's fold, grouped by source recording (``splits.EXCLUDED``: left out;
+        ``splits.TRAIN_ONLY``: trained on in every fold, never tested)."""
 
     @abstractmethod
     def sizes(self, table: pd.DataFrame, boxes: Boxes) -> str:
@@ -265,7 +265,7 @@ class _SingleLabel(LabelKind):
     def split(self, table, config):
         data = config.data
         val_fraction = 0.0 if config.convex_head() else data.val_fraction  # L-BFGS selects by inner CV
-        return catalog.split(table, val_fraction=val_fraction, test_fraction=data.test_fraction,
+        return splits.split(table, val_fraction=val_fraction, test_fraction=data.test_fraction,
                              seed=data.split_seed, sparse_classes=data.sparse_classes)
 
     def fold_split(self, rest, config, *, seed):
@@ -275,7 +275,7 @@ class _SingleLabel(LabelKind):
 
     def folds(self, table, config):
         data = config.data
-        return catalog.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
+        return splits.kfold(table, folds=data.folds, seed=data.split_seed, sparse_classes=data.sparse_classes)
 
     def sizes(self, table, boxes):
         return f"{table['group'].nunique()} source recordings"
@@ -397,11 +397,11 @@ class _MultiLabel(LabelKind):
 
     def split(self, table, config):
         data = config.data
-        return catalog.split_groups(table, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
+        return splits.split_groups(table, val_fraction=data.val_fraction, test_fraction=data.test_fraction,
                                     seed=data.split_seed)
 
     def fold_split(self, rest, config, *, seed):
-        return catalog.split_groups(rest, val_fraction=config.data.val_fraction, test_fraction=0.0, seed=seed)
+        return splits.split_groups(rest, val_fraction=config.data.val_fraction, test_fraction=0.0, seed=seed)
 
     def folds(self, table, config):
         return group_folds(table, folds=config.data.folds, seed=config.data.split_seed)

@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import Bundle, BundleFiles
 from echoengine.errors import EchoError
 from echoengine.files import temporary_path, write_atomic
+from echoengine.layout import Bundle, BundleFiles
 
 __all__ = ["LEDGER", "OUTPUTS", "claim_output", "finished", "key", "list_outputs", "record_error", "record_scores",
            "recorded_scores", "start_ledger", "write_atomic"]

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from echoengine import audio, catalog, formats
+from echoengine import audio, catalog, formats, splits
 from echoengine.config import AudioConfig
 from echoengine.errors import AudioError, DataError
 
@@ -168,7 +168,7 @@ def mix_soundscapes(
 def split_sources(clips: pd.DataFrame, backgrounds: Sequence[str], *, test_fraction: float,
                   seed: int = 0) -> dict[str, tuple[pd.DataFrame, list[str]]]:
     """Clips split by source recording, and backgrounds by file, into ``train`` and ``test``."""
-    parts = catalog.split(clips, val_fraction=0.0, test_fraction=test_fraction, seed=seed, sparse_classes="drop")
+    parts = splits.split(clips, val_fraction=0.0, test_fraction=test_fraction, seed=seed, sparse_classes="drop")
     backgrounds = sorted(backgrounds)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(backgrounds))

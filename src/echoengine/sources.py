@@ -22,9 +22,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from echoengine import audio, catalog
-from echoengine.bundle import Bundle, read_splits
 from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, EchoError
+from echoengine.layout import Bundle, read_splits
 
 __all__ = ["annotation_boxes", "audio_files", "find_audio", "labelled_files", "parse_columns", "progress_bar",
            "recordings", "seen_in_training", "species_names"]

@@ -3,7 +3,7 @@
 ``echoengine calibrate`` writes one row per class (``class, threshold, f1,
 precision, recall, positives``) and a last ``weights`` column holding the
 digest of the weights the thresholds were chosen with
-(:func:`echoengine.bundle.weights_digest`; for a cross-validation folder,
+(:func:`echoengine.layout.weights_digest`; for a cross-validation folder,
 one digest over its fold bundles', see :func:`models_digest`). The file
 stays a plain CSV a person can open. :func:`load_thresholds` checks every
 row and refuses a table calibrated for other weights: retrained weights
@@ -13,7 +13,7 @@ Examples
 --------
 >>> import tempfile
 >>> from echoengine.config import EchoConfig
->>> from echoengine.bundle import WEIGHTS_FILE, write_metadata
+>>> from echoengine.layout import WEIGHTS_FILE, write_metadata
 >>> folder = write_metadata(tempfile.mkdtemp(), EchoConfig(), ["frog", "owl"])
 >>> _ = (folder / WEIGHTS_FILE).write_bytes(b"weights")
 >>> _ = write_thresholds(folder, pd.DataFrame({"class": ["frog", "owl"], "threshold": [0.25, 0.7]}))
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine.bundle import THRESHOLDS_FILE, BundleFiles, find_bundles, weights_digest
 from echoengine.errors import EchoError
 from echoengine.files import write_csv_atomic
+from echoengine.layout import THRESHOLDS_FILE, BundleFiles, find_bundles, weights_digest
 
 __all__ = ["DEFAULT_THRESHOLD", "THRESHOLDS_FILE", "load_thresholds", "models_digest", "write_thresholds"]
 

@@ -32,7 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from echoengine.augment import mixup
-from echoengine.bundle import CHECKPOINT_FILE, BundleFiles, save_atomic, write_metadata
+from echoengine.bundle import save_atomic
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
@@ -41,6 +41,7 @@ from echoengine.errors import EchoError
 from echoengine.headfit import train_linear_head
 from echoengine.headmlp import train_mlp_head
 from echoengine.kinds import IMAGES
+from echoengine.layout import CHECKPOINT_FILE, BundleFiles, write_metadata
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
 from echoengine.trainstate import (
     HISTORY_FIELDS,

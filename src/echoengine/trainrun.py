@@ -26,7 +26,6 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, sources
-from echoengine.bundle import CONFIG_FILE, SPLITS_FILE, Bundle, BundleFiles, read_classes, selection_history
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
@@ -34,6 +33,7 @@ from echoengine.evaluation import evaluate, format_report, write_report
 from echoengine.files import write_csv_atomic
 from echoengine.kinds import KINDS, backbone_kind
 from echoengine.labelkind import LabelKind, label_kind
+from echoengine.layout import CONFIG_FILE, SPLITS_FILE, Bundle, BundleFiles, read_classes, selection_history
 from echoengine.training import fit_and_refit
 
 __all__ = ["TrainResult", "train_run", "training_config"]
@@ -81,7 +81,7 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
 def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False, resume_changes: dict | None = None,
               boxes_source: dict | None = None, progress: bool = False,
               log: Callable[[str], None] = print) -> TrainResult:
-    """Train into ``out`` (prepared by :func:`echoengine.bundle.prepare_output`) and test on the held-out part.
+    """Train into ``out`` (prepared by :func:`echoengine.layout.prepare_output`) and test on the held-out part.
 
     Multi-label when ``config.model.multilabel`` (or when the resumed run
     has an ``annotations.csv``); ``boxes_source`` then names the

@@ -20,10 +20,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from echoengine.bundle import CONFIG_FILE, BundleFiles, load_state, save_atomic
+from echoengine.bundle import load_state, save_atomic
 from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.errors import EchoError
 from echoengine.files import write_atomic
+from echoengine.layout import CONFIG_FILE, BundleFiles
 
 __all__ = ["HISTORY_FIELDS", "TrainState", "check_resumable", "checkpoint_stage", "keep_epoch", "read_checkpoint",
            "start_state", "write_history"]
