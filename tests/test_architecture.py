@@ -9,9 +9,15 @@ PACKAGE = ROOT / "src" / "echoengine"
 
 
 def _unit(path: Path) -> str:
-    """A module's entry in the README's list: its file name, or ``models/`` for the models package."""
+    """A module's entry in the README's list: its file name, or ``NAME/`` for a subpackage (models, service)."""
     relative = path.relative_to(PACKAGE)
-    return "models/" if relative.parts[0] == "models" else relative.name
+    return f"{relative.parts[0]}/" if len(relative.parts) > 1 else relative.name
+
+
+def _unit_of_import(name: str) -> str:
+    """The README entry of an imported module, e.g. ``echoengine.service.mqtt`` -> ``service/``."""
+    top = name.split(".")[1]
+    return f"{top}/" if (PACKAGE / top).is_dir() else f"{top}.py"
 
 
 def _imports(path: Path, *, top_only: bool) -> set[str]:
@@ -21,17 +27,14 @@ def _imports(path: Path, *, top_only: bool) -> set[str]:
     for node in nodes:
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("echoengine"):
             names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "echoengine" else [node.module]
-            for name in names:
-                parts = name.split(".")[1:]
-                if parts:
-                    found.add("models/" if parts[0] == "models" else f"{parts[0]}.py")
+            found.update(_unit_of_import(name) for name in names if "." in name)
     return found
 
 
 def _graph(*, top_only: bool) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {}
     for path in PACKAGE.rglob("*.py"):
-        if path.name not in ("__init__.py", "__main__.py") or path.parent.name == "models":
+        if path.name not in ("__init__.py", "__main__.py") or path.parent != PACKAGE:
             unit = _unit(path)
             graph.setdefault(unit, set()).update(d for d in _imports(path, top_only=top_only) if d != unit)
     return graph
@@ -40,7 +43,7 @@ def _graph(*, top_only: bool) -> dict[str, set[str]]:
 def _readme_order() -> list[str]:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text[text.index("src/echoengine/\n"):]
-    return [m.group(1) for m in re.finditer(r"^  (\S+\.py|models/)\s", block[: block.index("\ntests/")], re.M)]
+    return [m.group(1) for m in re.finditer(r"^  (\S+\.py|\w+/)\s", block[: block.index("\ntests/")], re.M)]
 
 
 def test_no_module_imports_one_listed_below_it_in_the_readme():
