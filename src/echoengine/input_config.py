@@ -180,12 +180,7 @@ class FrontendConfig:
             f"{s}.win_length must be in [1, n_fft={self.n_fft}], got {self.win_length}",
         )
         require(self.pad_mode in ("constant", "reflect"), f"{s}.pad_mode must be 'constant' or 'reflect'")
-        try:
-            from scipy.signal import get_window
-
-            get_window(self.window, 16)
-        except ValueError:
-            raise ConfigError(f"{s}.window {self.window!r} is not a window scipy.signal.get_window knows") from None
+        _check_window(s, self.window)
         require(self.n_mels > 0, f"{s}.n_mels must be positive, got {self.n_mels}")
         check_at_most(s, "n_mels", self.n_mels, 1024, "mel bands")
         require(self.fmin >= 0, f"{s}.fmin must be >= 0, got {self.fmin}")
@@ -403,3 +398,16 @@ class DataConfig:
                  f"{s}: min_overlap must be >= 0 and min_overlap_fraction in (0, 1]")
         require(0 <= self.box_jitter <= 1, f"{s}.box_jitter must be in [0, 1]")
         require(self.background_crops >= 0, f"{s}.background_crops must be >= 0")
+
+
+def _check_window(section: str, window: str) -> None:
+    """Refuse a window scipy does not know; without scipy (the serving runtime: the graph holds the front
+    end) there is nothing to check it against, nor anything that computes it."""
+    try:
+        from scipy.signal import get_window  # scipy: training's dependency, and a heavy import
+    except ModuleNotFoundError:
+        return
+    try:
+        get_window(window, 16)
+    except ValueError:
+        raise ConfigError(f"{section}.window {window!r} is not a window scipy.signal.get_window knows") from None
