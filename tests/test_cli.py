@@ -242,7 +242,7 @@ def test_choices_in_the_metadata_are_those_the_config_accepts():
 
 def test_every_subcommand_and_option_is_described():
     commands = _subcommands()
-    assert len(commands) == 14
+    assert len(commands) == 15
     for name, command in commands.items():
         assert command.description, name
         for action in command._actions:

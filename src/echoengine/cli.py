@@ -238,17 +238,24 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scoring(args: argparse.Namespace) -> dict:
+    """The scoring options of detect and serve, as :class:`echoengine.detection.DetectOptions` takes them."""
+    from echoengine.sources import species_names
+
+    return {"overlap": args.overlap, "min_window": args.min_window, "threshold": args.threshold,
+            "top_n": args.top_n, "include": tuple(species_names(args.species)),
+            "exclude": tuple(species_names(args.exclude)), "merge_gap": args.merge_gap,
+            "batch_size": args.batch_size, "onnx": args.onnx}
+
+
 def cmd_detect(args: argparse.Namespace) -> int:
     """``echoengine detect``: events in long recordings, written as tables; a summary on request."""
     from echoengine import api
-    from echoengine.sources import species_names
 
     result = api.detect(
         args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
-        progress=not args.quiet, log=lambda line: print(line, file=sys.stderr),
-        overlap=args.overlap, min_window=args.min_window, threshold=args.threshold, top_n=args.top_n,
-        include=tuple(species_names(args.species)), exclude=tuple(species_names(args.exclude)),
-        merge_gap=args.merge_gap, batch_size=args.batch_size, workers=args.workers, onnx=args.onnx)
+        progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
+        **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
@@ -257,6 +264,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.summary:
         print(result.summary_text)
         print(f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'summary.png'}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``echoengine serve``: the HTTP API and its worker until interrupted (:func:`echoengine.service.server.serve`)."""
+    from echoengine.detection import DetectOptions
+    from echoengine.service.server import serve
+
+    serve(args.bundle, store=args.store, db=args.db, host=args.host, port=args.port,
+          options=DetectOptions(**_scoring(args)), api_key_file=args.api_key_file, public_reads=args.public_reads,
+          max_upload_mb=args.max_upload_mb, log_level=args.log_level)
     return 0
 
 
@@ -393,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
 
 _COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "split": cmd_split, "train": cmd_train, "cv": cmd_cv,
              "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export,
-             "detect": cmd_detect, "mix": cmd_mix, "demo": cmd_demo, "synth": cmd_synth, "config": cmd_config}
+             "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "demo": cmd_demo, "synth": cmd_synth,
+             "config": cmd_config}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -279,13 +279,8 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
     _cache_options(p)
 
 
-def _detect_command(sub: argparse._SubParsersAction) -> None:
-    """detect: windows, thresholds, species filters, event merging and the output folder."""
-    p = _bundle_command(sub, "detect", "timestamped detections over long recordings: CSV, Raven, Audacity, JSON",
-                        "its fold models as an ensemble")
-    p.add_argument("paths", type=Path, nargs="+", help="audio files or folders (walked recursively)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="output folder: new or empty, unless --resume or --overwrite")
+def _scoring_options(p: argparse.ArgumentParser) -> None:
+    """How detect and serve score: windows, thresholds, species filters, event merging, batches, ONNX."""
     p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows")
     p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
                    help="drop a file's last, partial window when it holds less audio than this")
@@ -298,15 +293,46 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--merge-gap", type=float, default=0.0, metavar="SECONDS",
                    help="merge detections of a species closer than this (0: overlapping or touching)")
     p.add_argument("--batch-size", type=int, default=16, help="windows passed to the model at a time")
+    p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
+
+
+def _detect_command(sub: argparse._SubParsersAction) -> None:
+    """detect: the scoring options, the output folder and its run."""
+    p = _bundle_command(sub, "detect", "timestamped detections over long recordings: CSV, Raven, Audacity, JSON",
+                        "its fold models as an ensemble")
+    p.add_argument("paths", type=Path, nargs="+", help="audio files or folders (walked recursively)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new or empty, unless --resume or --overwrite")
+    _scoring_options(p)
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
                    "the model's (0: in the main process, the fastest on 2 cores; more cores gain from them)")
-    p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
     existing.add_argument("--overwrite", action="store_true",
                           help="replace an earlier run's outputs in --out (only the files detect wrote)")
     p.add_argument("--summary", action="store_true", help="print detections per species and plot them over time")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _serve_command(sub: argparse._SubParsersAction) -> None:
+    """serve: the HTTP API over a store folder and a database, with detect's scoring options."""
+    p = _bundle_command(sub, "serve", "detection service: HTTP API, background scoring, SQLite or PostgreSQL",
+                        "its fold models as an ensemble")
+    p.add_argument("--store", type=Path, required=True,
+                   help="folder for the uploaded audio (STORE/audio/) and the default database (STORE/echo.db)")
+    p.add_argument("--db", metavar="URL", help="SQLAlchemy database URL, e.g. postgresql+psycopg://user@host/echo "
+                   "(default: SQLite in STORE/echo.db)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on")
+    p.add_argument("--api-key-file", type=Path, metavar="FILE",
+                   help="file whose first line is the key writes need (header X-API-Key); without it, only this "
+                   "machine may write")
+    p.add_argument("--public-reads", action="store_true",
+                   help="let every client read (default: this machine, or clients that give the key)")
+    p.add_argument("--max-upload-mb", type=float, default=512.0, metavar="MB", help="largest upload accepted")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="how much the server logs")
+    _scoring_options(p)
 
 
 def _mix_command(sub: argparse._SubParsersAction) -> None:
@@ -372,8 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_dataset_commands, _training_commands, _scoring_commands, _detect_command, _mix_command,
-                _bundle_commands, _making_commands):
+    for add in (_dataset_commands, _training_commands, _scoring_commands, _detect_command, _serve_command,
+                _mix_command, _bundle_commands, _making_commands):
         add(sub)
     for name, command in sub.choices.items():
         add_config_options(command, name)

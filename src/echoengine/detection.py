@@ -66,7 +66,7 @@ from echoengine.summary import summarize
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
-    "THRESHOLDS_FILE", "DetectOptions", "detect", "file_events", "file_windows", "load_thresholds",
+    "THRESHOLDS_FILE", "DetectOptions", "check_windows", "detect", "file_events", "file_windows", "load_thresholds",
     "score_file", "summarize", "write_outputs", "write_thresholds",
 ]
 
@@ -285,7 +285,7 @@ def detect(
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
     scorer = window_scorer(bundles, onnx=options.onnx)
     check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
-    _check_windows(scorer, options)
+    check_windows(scorer, options)
     # a bad thresholds.csv stops the run now, not after hours of scoring
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
     ledger.claim_output(out, resume=resume, overwrite=overwrite)
@@ -297,7 +297,7 @@ def detect(
     return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
 
 
-def _check_windows(scorer, options: DetectOptions) -> None:
+def check_windows(scorer, options: DetectOptions) -> None:
     """Refuse an overlap of a clip or more, and image batches that are not whole model batches."""
     clip_seconds = scorer.config.audio.clip_seconds
     if not 0 <= options.overlap < clip_seconds:

@@ -1,0 +1,241 @@
+"""The HTTP API's endpoints (FastAPI): recordings in, detections out, reviews, and what the server knows.
+
+The paths are fixed (clients rely on them); :func:`echoengine.service.app.create_app`
+mounts this router and gives it the running service as ``app.state.service``.
+Every bad input is a 4xx whose ``detail`` is one line.
+
+Examples
+--------
+>>> [route.path for route in writes.routes]
+['/api/recordings', '/api/detections/{detection_id}/review']
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, selectinload
+
+from echoengine.errors import EchoError
+from echoengine.service import media, queries
+from echoengine.service.access import API_KEY_HEADER
+from echoengine.service.ingest import IngestError, ingest_stream, parse_time
+from echoengine.service.schema import REVIEW_STATUSES, Detection, Recording, Review
+from echoengine.service.views import detection_json, model_json, recording_json, review_json, sensor_json
+
+__all__ = ["ReviewIn", "router"]
+
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+_ID = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the id the API gave")]
+_Text = Annotated[str | None, Query(max_length=200, pattern=_NO_CONTROL)]
+_Angle = {"allow_inf_nan": False}
+
+
+def _service(request: Request):
+    return request.app.state.service
+
+
+def _client(request: Request) -> tuple[str | None, str | None]:
+    return (request.client.host if request.client else None), request.headers.get(API_KEY_HEADER)
+
+
+def may_read(request: Request) -> None:
+    """Refuse a read the access rules do not allow (403)."""
+    if not _service(request).access.may_read(*_client(request)):
+        raise HTTPException(*_service(request).access.read_refusal())
+
+
+def may_write(request: Request) -> None:
+    """Refuse a write the access rules do not allow (401 without the key, 403 from another machine)."""
+    access = _service(request).access
+    if not access.may_write(*_client(request)):
+        raise HTTPException(*access.write_refusal())
+
+
+router = APIRouter()
+reads = APIRouter(dependencies=[Depends(may_read)])
+writes = APIRouter(dependencies=[Depends(may_write)])
+
+
+class ReviewIn(BaseModel):
+    """A reviewer's verdict on a detection."""
+
+    status: Literal["confirmed", "rejected", "uncertain"]
+    species: str | None = Field(None, min_length=1, max_length=200, pattern=_NO_CONTROL,
+                                description="the right species, when the detection's is wrong")
+    reviewer: str = Field(min_length=1, max_length=100, pattern=_NO_CONTROL)
+    comment: str | None = Field(None, max_length=2000, pattern=r"^[^\x00]*$")
+
+
+class Queued(BaseModel):
+    """A recording's id and its status in the queue."""
+
+    id: int
+    status: str
+
+
+@writes.post("/api/recordings", status_code=202, response_model=Queued,
+             responses={200: {"model": Queued, "description": "this content was uploaded before: its id"},
+                        413: {"description": "larger than --max-upload-mb"},
+                        415: {"description": "not audio, or audio that does not decode"}})
+def upload_recording(
+    request: Request, response: Response,
+    file: Annotated[UploadFile, File(description="the recording (WAV, FLAC, OGG, MP3, M4A, ...)")],
+    sensor_id: Annotated[str | None, Form(max_length=128)] = None,
+    recorded_at: Annotated[str | None, Form(description="when it starts, ISO 8601 (UTC if no zone)")] = None,
+    lat: Annotated[float | None, Form(ge=-90, le=90, **_Angle)] = None,
+    lon: Annotated[float | None, Form(ge=-180, le=180, **_Angle)] = None,
+    alt: Annotated[float | None, Form(allow_inf_nan=False)] = None,
+) -> dict:
+    """Queue a recording for detection (202); the same content again gives the same id (200)."""
+    service = _service(request)
+    try:
+        recording_id, created = ingest_stream(service.db, service.store, file.file, filename=file.filename,
+                                              sensor_id=sensor_id, recorded_at=recorded_at, lat=lat, lon=lon, alt=alt)
+    except IngestError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+    if created:
+        return {"id": recording_id, "status": "queued"}
+    response.status_code = 200
+    with service.db.session() as session:
+        return {"id": recording_id, "status": session.get(Recording, recording_id).status}
+
+
+def _found(session: Session, table, row_id: int, *options):
+    row = session.get(table, row_id, options=list(options))
+    if row is None:
+        raise HTTPException(404, f"no {table.__tablename__[:-1]} with id {row_id}")
+    return row
+
+
+@reads.get("/api/recordings/{recording_id}")
+def get_recording(request: Request, recording_id: _ID) -> dict:
+    """A recording's status, duration, sensor, number of detections and error."""
+    with _service(request).db.session() as session:
+        recording = _found(session, Recording, recording_id)
+        return recording_json(recording, queries.count_recording_detections(session, recording_id))
+
+
+@reads.get("/api/detections")
+def list_detections(
+    request: Request, species: _Text = None, sensor_id: _Text = None,
+    start: Annotated[str | None, Query(description="from this time (ISO 8601)")] = None,
+    end: Annotated[str | None, Query(description="up to this time (ISO 8601)")] = None,
+    min_score: Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False)] = None,
+    review: Annotated[str | None, Query(description="unreviewed, reviewed, " + ", ".join(REVIEW_STATUSES))] = None,
+    limit: Annotated[int, Query(ge=0, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+) -> dict:
+    """Detections that pass the filters, newest first: ``{"total": N, "items": [...]}``."""
+    service = _service(request)
+    try:
+        where = queries.DetectionFilter(species, sensor_id, parse_time(start, "start"), parse_time(end, "end"),
+                                        min_score, review)
+    except EchoError as exc:
+        raise HTTPException(400, str(exc)) from None
+    with service.db.session() as session:
+        total, page = queries.list_detections(session, where, limit=limit, offset=offset)
+        items = [detection_json(d, base_url=service.base_url, review=status) for d, status in page]
+    return {"total": total, "items": items}
+
+
+def _detection(session: Session, detection_id: int) -> Detection:
+    return _found(session, Detection, detection_id, selectinload(Detection.recording),
+                  selectinload(Detection.model), selectinload(Detection.reviews))
+
+
+@reads.get("/api/detections/{detection_id}")
+def get_detection(request: Request, detection_id: _ID) -> dict:
+    """A detection with all its reviews, oldest first."""
+    service = _service(request)
+    with service.db.session() as session:
+        detection = _detection(session, detection_id)
+        reviews = [review_json(r) for r in detection.reviews]
+        status = reviews[-1]["status"] if reviews else None
+        return {**detection_json(detection, base_url=service.base_url, review=status), "reviews": reviews}
+
+
+def _clip(request: Request, detection_id: int):
+    service = _service(request)
+    with service.db.session() as session:
+        detection = _detection(session, detection_id)
+        name, duration = detection.recording.audio, detection.recording.duration
+        start, end = media.context_span(detection.start, detection.end, duration)
+    return service.store.clip(name, start=start, end=end)
+
+
+@reads.get("/api/detections/{detection_id}/audio", response_class=Response,
+           responses={200: {"content": {"audio/wav": {}}, "description": "the event with a second either side"}})
+def get_detection_audio(request: Request, detection_id: _ID) -> Response:
+    """The detection's audio with a second of context either side, as WAV (the recording's own rate, mono)."""
+    samples, rate = _clip(request, detection_id)
+    return Response(media.wav_bytes(samples, rate), media_type="audio/wav",
+                    headers={"Content-Disposition": f'inline; filename="detection-{detection_id}.wav"'})
+
+
+@reads.get("/api/detections/{detection_id}/spectrogram.png", response_class=Response,
+           responses={200: {"content": {"image/png": {}}, "description": "spectrogram of the audio endpoint's clip"}})
+def get_detection_spectrogram(request: Request, detection_id: _ID) -> Response:
+    """The spectrogram of the detection's audio (with its context), as PNG."""
+    samples, rate = _clip(request, detection_id)
+    return Response(media.spectrogram_png(samples, rate), media_type="image/png")
+
+
+@writes.post("/api/detections/{detection_id}/review", status_code=201)
+def review_detection(request: Request, detection_id: _ID, verdict: ReviewIn) -> dict:
+    """Add a reviewer's verdict (several reviewers may review one detection; the latest counts in filters)."""
+    with _service(request).db.transaction() as session:
+        _found(session, Detection, detection_id)
+        review = Review(detection_id=detection_id, **verdict.model_dump())
+        session.add(review)
+        session.flush()
+        return review_json(review)
+
+
+@reads.get("/api/species")
+def list_species(request: Request) -> list[dict]:
+    """Per species: its detections and those confirmed by their latest review."""
+    with _service(request).db.session() as session:
+        return queries.species_counts(session)
+
+
+@reads.get("/api/sensors")
+def list_sensors(request: Request) -> list[dict]:
+    """The sensors, with their last known position and number of recordings."""
+    with _service(request).db.session() as session:
+        return [sensor_json(sensor, n) for sensor, n in queries.sensor_counts(session)]
+
+
+@reads.get("/api/models")
+def list_models(request: Request) -> list[dict]:
+    """Every model this database has served, newest first; ``serving`` marks the one this server runs."""
+    service = _service(request)
+    with service.db.session() as session:
+        return [{**model_json(model, n), "serving": model.id == service.served.row.id}
+                for model, n in queries.model_counts(session)]
+
+
+@router.get("/healthz")
+def health(request: Request) -> JSONResponse:
+    """``ok`` (200) while the database answers and the worker runs, else 503; the queue's length."""
+    service = _service(request)
+    try:
+        with service.db.session() as session:
+            counts = dict(session.execute(select(Recording.status, func.count()).group_by(Recording.status)).all())
+    except SQLAlchemyError as exc:
+        return JSONResponse({"status": f"database unreachable ({type(exc).__name__})"}, status_code=503)
+    ok = service.worker.alive
+    return JSONResponse({"status": "ok" if ok else "worker stopped", "worker": ok,
+                         "model": f"{service.served.row.name}/{service.served.row.version}",
+                         "queued": counts.get("queued", 0), "running": counts.get("running", 0)},
+                        status_code=200 if ok else 503)
+
+
+router.include_router(writes)
+router.include_router(reads)

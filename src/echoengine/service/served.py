@@ -1,0 +1,141 @@
+"""The model a server runs: its bundle(s), scorer, thresholds and options, and its row in ``models``.
+
+The scoring is :func:`echoengine.detection.score_file` and
+:func:`echoengine.detection.file_events`, exactly what ``echoengine detect``
+runs on each file, with ``detect``'s options (:class:`DetectOptions`) and the
+bundle's calibrated thresholds unless one threshold is given.
+
+A served model is registered by its fingerprint: the weights' hash, the
+classes, the thresholds and the options that change detections. The same
+bundle served again reuses its row; anything else adds a row, its
+``version`` one more than the last of that name, so detections already
+stored keep the model they came from.
+
+Examples
+--------
+>>> fingerprint({"weights_hash": "8eaa55a578eb0f70", "classes": ["owl"], "thresholds": [0.5], "options": {}})
+'05cb3c11bda5fdb1'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from echoengine.api import load_bundles
+from echoengine.detection import DetectOptions, WindowScorer, check_windows, file_events, score_file
+from echoengine.events import check_species, detection_thresholds
+from echoengine.service.db import Database
+from echoengine.service.schema import Model
+from echoengine.thresholds import models_digest
+
+__all__ = ["ServedModel", "fingerprint", "load_model"]
+
+#: The options of :class:`DetectOptions` that change which detections a recording gives.
+EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
+TOP_SPECIES = 5
+
+
+def fingerprint(identity: dict) -> str:
+    """A short hash of a model's identity (JSON with sorted keys)."""
+    text = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class ServedModel:
+    """A loaded bundle (or CV ensemble) ready to score recordings, and its ``models`` row.
+
+    Attributes
+    ----------
+    scorer : WindowScorer
+        Windows in, class scores out.
+    thresholds : np.ndarray
+        Each class's threshold.
+    options : DetectOptions
+        Windows, thresholds and species filters, as ``detect`` takes them.
+    row : Model
+        The row detections refer to (``row.id``, ``row.name``, ``row.version``).
+    """
+
+    scorer: WindowScorer
+    thresholds: np.ndarray
+    options: DetectOptions
+    row: Model
+
+    @property
+    def classes(self) -> list[str]:
+        """The model's classes, in output order."""
+        return list(self.scorer.classes)
+
+    def events(self, path: str | Path) -> tuple[pd.DataFrame, list[list[dict]]]:
+        """The events of a recording (``file_events``' table) and the five best species of each."""
+        scores = score_file(self.scorer, path, self.options)
+        events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
+                             options=self.options)
+        return events, [top_species(scores, self.classes, start, end) for start, end in
+                        zip(events["start"], events["end"], strict=True)]
+
+
+def top_species(scores: pd.DataFrame, classes: list[str], start: float, end: float,
+                k: int = TOP_SPECIES) -> list[dict]:
+    """The ``k`` classes of highest score over the windows of an event (each class's max), best first.
+
+    Examples
+    --------
+    >>> scores = pd.DataFrame({"start": [0.0, 5.0], "end": [5.0, 10.0], "owl": [0.9, 0.2], "wren": [0.1, 0.7]})
+    >>> top_species(scores, ["owl", "wren"], 0.0, 5.0)
+    [{'species': 'owl', 'score': 0.9}, {'species': 'wren', 'score': 0.1}]
+    """
+    inside = scores[(scores["start"] >= start - 1e-3) & (scores["end"] <= end + 1e-3)]
+    best = inside[classes].max().sort_values(ascending=False, kind="stable").head(k)
+    return [{"species": str(name), "score": round(float(value), 4)} for name, value in best.items()]
+
+
+def load_model(db: Database, bundle: str | Path, options: DetectOptions | None = None) -> ServedModel:
+    """Load a bundle (or a CV folder's ensemble), check the options against it, and register it in ``models``.
+
+    Raises
+    ------
+    EchoError
+        The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
+    """
+    options = options or DetectOptions()
+    bundles = load_bundles(bundle)
+    scorer = WindowScorer(bundles, onnx=options.onnx)
+    check_species(scorer.classes, options.include, options.exclude)
+    check_windows(scorer, options)
+    thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
+    chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
+    identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
+                "thresholds": [round(float(t), 6) for t in thresholds],
+                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
+    row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
+    return ServedModel(scorer, thresholds, options, row)
+
+
+def _register(db: Database, name: str, path: str, identity: dict) -> Model:
+    """The ``models`` row of this identity: the one there, or a new one whose version follows its name's last."""
+    try:
+        return _find_or_add(db, name, path, identity)
+    except IntegrityError:  # another server registered a version of this name meanwhile: look again
+        return _find_or_add(db, name, path, identity)
+
+
+def _find_or_add(db: Database, name: str, path: str, identity: dict) -> Model:
+    key = fingerprint(identity)
+    with db.transaction() as session:
+        row = session.scalar(select(Model).where(Model.fingerprint == key))
+        if row is None:
+            last = session.scalar(select(func.max(Model.version)).where(Model.name == name)) or 0
+            row = Model(name=name, version=last + 1, fingerprint=key, path=path, **identity)
+            session.add(row)
+            session.flush()
+    return row

@@ -1,0 +1,148 @@
+"""``echoengine serve``: a bundle behind the HTTP API, with its database, audio store and worker.
+
+:func:`open_service` puts the parts together (the store folder, the database
+brought up to date by its migrations, the bundle loaded and registered as a
+model, the worker); :func:`serve` runs them with uvicorn until interrupted.
+A program that embeds the service (or the MQTT bridge) works on the
+:class:`Service`: ``service.db`` and ``service.store`` for
+:func:`echoengine.service.ingest.ingest`, ``service.worker.on_detection``
+for the detections.
+
+Examples
+--------
+>>> service = open_service("frogs-model", store="/srv/echo")  # doctest: +SKIP
+>>> service.worker.on_detection(print)  # doctest: +SKIP
+>>> serve("frogs-model", store="/srv/echo", port=8000)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from echoengine.detection import DetectOptions
+from echoengine.errors import EchoError
+from echoengine.service.access import Access, read_api_key
+from echoengine.service.db import Database, default_url
+from echoengine.service.served import ServedModel, load_model
+from echoengine.service.store import AudioStore
+from echoengine.service.worker import Worker
+
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Service", "open_service", "serve"]
+
+logger = logging.getLogger("echoengine.service")
+#: The largest upload by default: an hour of 48 kHz mono 16-bit WAV is 330 MB.
+DEFAULT_MAX_UPLOAD_MB = 512.0
+
+
+@dataclass
+class Service:
+    """The parts of a running service.
+
+    Attributes
+    ----------
+    db : Database
+        Tables and queue.
+    store : AudioStore
+        The recordings' audio, by content hash.
+    served : ServedModel
+        The bundle that scores, and its ``models`` row.
+    worker : Worker
+        Scores queued recordings; ``worker.on_detection(callback)`` to hear of detections.
+    access : Access
+        Who may read and write.
+    max_upload_mb : float
+        The largest upload accepted.
+    base_url : str
+        The server's address, for links in detections.
+    """
+
+    db: Database
+    store: AudioStore
+    served: ServedModel
+    worker: Worker
+    access: Access
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
+    base_url: str = ""
+
+    @property
+    def version(self) -> str:
+        """The served model as ``name/version``."""
+        return f"{self.served.row.name}/{self.served.row.version}"
+
+    def start(self) -> None:
+        """Start the worker (after putting back what a killed server left running)."""
+        self.worker.start()
+
+    def stop(self) -> None:
+        """Stop the worker and close the database's connections."""
+        self.worker.stop()
+        self.db.dispose()
+
+
+def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None,
+                 options: DetectOptions | None = None, api_key_file: str | Path | None = None,
+                 public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+                 base_url: str = "") -> Service:
+    """Open the store and database, load and register the bundle, and make the worker (not started).
+
+    Parameters
+    ----------
+    bundle : path
+        A bundle, or a cross-validation folder (its folds as an ensemble).
+    store : path
+        The folder for the audio (``store/audio/``) and the default SQLite database (``store/echo.db``).
+    db : str, optional
+        A SQLAlchemy URL (``postgresql+psycopg://user@host/dbname``); default SQLite in ``store``.
+    options : DetectOptions, optional
+        ``detect``'s windows, thresholds and species filters (default: ``detect``'s defaults).
+    api_key_file : path, optional
+        A file whose first line is the key writes need.
+    public_reads : bool
+        Reads open to every client, not only this machine's.
+    max_upload_mb : float
+        The largest upload (MB); larger ones get a 413 as soon as they pass the limit.
+    base_url : str
+        The server's address, for links in detections.
+
+    Raises
+    ------
+    EchoError
+        A bundle, database, key file or option that cannot be used (one line saying why).
+    """
+    if not max_upload_mb > 0:
+        raise EchoError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
+    database = Database.connect(db or default_url(_folder(store)))
+    database.migrate()
+    served = load_model(database, bundle, options)
+    audio = AudioStore(store, served.scorer.config.audio)
+    audio.clear_incoming()
+    worker = Worker(database, audio, served, base_url=base_url)
+    logger.info("serving %s as model %s/%s (%d classes); database %s", bundle, served.row.name, served.row.version,
+                len(served.classes), database.engine.url.render_as_string(hide_password=True))
+    return Service(database, audio, served, worker, access, max_upload_mb, base_url)
+
+
+def _folder(store: str | Path) -> Path:
+    store = Path(store)
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EchoError(f"--store {store}: cannot create it ({exc.strerror})") from None
+    return store
+
+
+def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host: str = "127.0.0.1",
+          port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
+          public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, log_level: str = "info") -> None:
+    """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest)."""
+    import uvicorn
+
+    from echoengine.service.app import create_app
+
+    shown = f"[{host}]" if ":" in host else host
+    service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
+                           public_reads=public_reads, max_upload_mb=max_upload_mb, base_url=f"http://{shown}:{port}")
+    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)

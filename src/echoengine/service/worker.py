@@ -1,0 +1,192 @@
+"""The background worker: the database is the queue, one thread scores what is queued.
+
+A recording's row goes ``queued`` -> ``running`` (claimed, ``attempts`` + 1)
+-> ``done`` or ``failed``. Its detections are written in the same transaction
+that marks it ``done``, so a server killed at any moment (``kill -9``) leaves
+each recording either finished with all its detections or without any; at
+the next start the rows left ``running`` go back to ``queued``
+(:meth:`Worker.requeue`) and are scored again: nothing is lost, nothing is
+stored twice. A recording whose scoring killed the server
+:data:`MAX_ATTEMPTS` times is marked ``failed`` instead of killing it again.
+One server (one worker) per database: a second server would requeue the
+first one's running work.
+
+After each commit, the callbacks given to :meth:`Worker.on_detection` get
+every new detection as a JSON-able dict (:func:`echoengine.service.views.detection_json`):
+what the MQTT bridge publishes.
+
+Examples
+--------
+>>> worker = Worker(db, store, served, base_url="http://127.0.0.1:8000")  # doctest: +SKIP
+>>> worker.on_detection(lambda detection: print(detection["species"], detection["url"]))  # doctest: +SKIP
+>>> worker.start()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import selectinload
+
+from echoengine.errors import AudioError
+from echoengine.service.db import Database
+from echoengine.service.schema import Detection, Recording, utc_now
+from echoengine.service.served import ServedModel
+from echoengine.service.store import AudioStore
+from echoengine.service.views import detection_json
+
+__all__ = ["MAX_ATTEMPTS", "Worker"]
+
+logger = logging.getLogger("echoengine.service")
+#: Claims of one recording before it is marked failed (each claim that did not finish was a server dying on it).
+MAX_ATTEMPTS = 3
+DetectionCallback = Callable[[dict], object]
+
+
+class Worker:
+    """Scores queued recordings in a background thread, one at a time, oldest first.
+
+    Parameters
+    ----------
+    db, store : Database, AudioStore
+        The queue and the audio.
+    served : ServedModel
+        The model that scores (:func:`echoengine.service.served.load_model`).
+    base_url : str
+        The server's address, for the links in detections (``""``: relative links).
+    poll : float
+        Seconds between looks at the queue when nothing wakes the worker
+        (recordings queued by this process wake it at once).
+    """
+
+    def __init__(self, db: Database, store: AudioStore, served: ServedModel, *, base_url: str = "",
+                 poll: float = 2.0) -> None:
+        self.db, self.store, self.served = db, store, served
+        self.base_url, self.poll = base_url, poll
+        self._callbacks: list[DetectionCallback] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def on_detection(self, callback: DetectionCallback) -> DetectionCallback:
+        """Call ``callback(detection dict)`` for each detection stored from now on (usable as a decorator).
+
+        The call happens in the worker's thread after the detections are
+        committed; an exception in it is logged and does not stop the worker.
+        """
+        self._callbacks.append(callback)
+        return callback
+
+    @property
+    def alive(self) -> bool:
+        """Whether the worker's thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def requeue(self) -> int:
+        """Put the recordings a killed server left ``running`` back in the queue; how many."""
+        with self.db.transaction() as session:
+            result = session.execute(update(Recording).where(Recording.status == "running")
+                                     .values(status="queued", started_at=None))
+        if result.rowcount:
+            logger.info("requeued %d recording(s) left running by an earlier server", result.rowcount)
+        return result.rowcount
+
+    def start(self) -> None:
+        """Requeue what an earlier server left running, and start the thread."""
+        self.requeue()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="echoengine-worker", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop after the recording being scored (a recording left running is requeued at the next start)."""
+        self._stop.set()
+        self.db.queued.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.db.queued.clear()
+            try:
+                worked = self.run_once() is not None
+            except Exception:  # the database went away, say: log it, wait, try again
+                logger.exception("worker: unexpected error; retrying in %.0f s", self.poll)
+                worked = False
+            if not worked:
+                self.db.queued.wait(self.poll)
+
+    def run_once(self) -> int | None:
+        """Claim the oldest queued recording and score it; its id, or None when the queue is empty."""
+        claimed = self._claim()
+        if claimed is None:
+            return None
+        recording_id, name = claimed
+        try:
+            events, tops = self.served.events(self.store.path(name))
+        except AudioError as exc:
+            self._fail(recording_id, exc.reason)
+            return recording_id
+        except Exception as exc:
+            logger.exception("worker: recording %d failed", recording_id)
+            self._fail(recording_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
+            return recording_id
+        self._publish(self._finish(recording_id, events, tops))
+        return recording_id
+
+    def _claim(self) -> tuple[int, str] | None:
+        with self.db.transaction() as session:
+            row = session.scalar(select(Recording).where(Recording.status == "queued").order_by(Recording.id)
+                                 .limit(1).with_for_update(skip_locked=True))
+            if row is None:
+                return None
+            row.attempts += 1
+            if row.attempts > MAX_ATTEMPTS:
+                row.status, row.finished_at = "failed", utc_now()
+                row.error = f"gave up after {MAX_ATTEMPTS} attempts: the server stopped while scoring it each time"
+                self.db.queued.set()  # the loop looks again at once
+                return None
+            row.status, row.started_at, row.error = "running", utc_now(), None
+            return row.id, row.audio
+
+    def _fail(self, recording_id: int, reason: str) -> None:
+        with self.db.transaction() as session:
+            session.execute(update(Recording).where(Recording.id == recording_id)
+                            .values(status="failed", error=reason, finished_at=utc_now(),
+                                    model_id=self.served.row.id))
+
+    def _finish(self, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
+        """Write the detections and mark the recording done, in one transaction; the new detections' ids."""
+        with self.db.transaction() as session:
+            recording = session.get(Recording, recording_id)
+            if recording is None or recording.status != "running":  # requeued by another server meanwhile
+                return []
+            base = recording.recorded_at or recording.received_at
+            rows = [Detection(recording_id=recording_id, model_id=self.served.row.id, species=str(event.label),
+                              start=float(event.start), end=float(event.end),
+                              time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),
+                              mean_score=float(event.mean_score), windows=int(event.windows), top_species=top)
+                    for event, top in zip(events.itertuples(index=False), tops, strict=True)]
+            session.add_all(rows)
+            recording.status, recording.finished_at = "done", utc_now()
+            recording.model_id = self.served.row.id
+            session.flush()
+            return [row.id for row in rows]
+
+    def _publish(self, detection_ids: list[int]) -> None:
+        """Give each new detection to the callbacks (after the commit: what they get is stored)."""
+        if not self._callbacks or not detection_ids:
+            return
+        with self.db.session() as session:
+            found = session.scalars(select(Detection).where(Detection.id.in_(detection_ids)).order_by(Detection.id)
+                                    .options(selectinload(Detection.recording), selectinload(Detection.model)))
+            documents = [detection_json(d, base_url=self.base_url) for d in found]
+        for document in documents:
+            for callback in self._callbacks:
+                try:
+                    callback(document)
+                except Exception:
+                    logger.exception("worker: an on_detection callback failed on detection %d", document["id"])
