@@ -439,6 +439,63 @@ def test_writes_need_the_key_and_reads_are_open_to_this_machine_only(bundle, tmp
     _one_line_4xx(public.post("/api/recordings", files=data), 403, "--api-key-file")
 
 
+def test_the_worker_gives_each_stored_detection_to_the_callbacks_once(bundle, tmp_path):
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    service = open_service(bundle, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=2),
+                           base_url="http://sensors.example:8000")
+    heard: list[dict] = []
+    service.worker.on_detection(heard.append)
+    service.worker.on_detection(lambda detection: 1 / 0)  # a broken callback is logged, and changes nothing
+    recording, created = ingest(service.db, service.store, _recording(6.0, seed=400), filename="m.wav",
+                                sensor_id="mqtt-7", recorded_at=1714545000.0)
+    assert created and service.worker.run_once() == recording and service.worker.run_once() is None
+    assert heard and {d["recording_id"] for d in heard} == {recording}
+    first = heard[0]
+    assert first["sensor_id"] == "mqtt-7" and first["model_version"] == "bundle/1"
+    assert first["url"] == f"http://sensors.example:8000/api/detections/{first['id']}"
+    assert {"id", "species", "start", "end", "score", "time", "top_species"} <= set(first)
+    assert first["time"].startswith("2024-05-01T06:30:00")
+    with service.db.session() as session:
+        assert session.get(Recording, recording).status == "done"
+        assert session.query(Detection).count() == len(heard)
+    service.stop()
+
+
+def test_a_recording_that_cannot_be_scored_fails_with_its_reason_and_its_audio_is_a_410(bundle, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from echoengine.detection import DetectOptions
+    from echoengine.service.app import create_app
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Recording
+    from echoengine.service.server import open_service
+    from echoengine.service.worker import MAX_ATTEMPTS
+
+    service = open_service(bundle, store=tmp_path / "store", public_reads=True, options=DetectOptions(threshold=0.0))
+    done, _ = ingest(service.db, service.store, _recording(3.0, seed=500), filename="a.flac")
+    gone, _ = ingest(service.db, service.store, _recording(3.0, seed=501), filename="b.flac")
+    stuck, _ = ingest(service.db, service.store, _recording(3.0, seed=502), filename="c.flac")
+    with service.db.transaction() as session:
+        service.store.path(session.get(Recording, gone).audio).unlink()
+        session.get(Recording, stuck).attempts = MAX_ATTEMPTS  # the server died on it every time
+    for _ in range(3):  # done, failed (no audio), failed (too many attempts)
+        service.worker.run_once()
+    client = TestClient(create_app(service))
+    answers = {i: client.get(f"/api/recordings/{i}").json() for i in (done, gone, stuck)}
+    assert answers[done]["status"] == "done"
+    assert answers[gone]["status"] == "failed" and "file not found" in answers[gone]["error"]
+    assert answers[stuck]["status"] == "failed" and "gave up" in answers[stuck]["error"]
+    detection = client.get("/api/detections").json()["items"][0]
+    with service.db.session() as session:
+        service.store.path(session.get(Recording, done).audio).unlink()
+    _one_line_4xx(client.get(f"/api/detections/{detection['id']}/audio"), 410, "cannot be read")
+    service.stop()
+
+
 def test_serve_on_the_command_line(bundle, tmp_path, capsys):
     from echoengine.cli import main
     from echoengine.cli_options import parse

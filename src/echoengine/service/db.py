@@ -8,7 +8,8 @@ The schema is brought up to date by Alembic at start-up
 
 Examples
 --------
->>> >>> db = Database.connect("sqlite://")  # in memory
+>>> from echoengine.service.schema import Sensor
+>>> db = Database.connect("sqlite://")  # in memory
 >>> db.migrate()
 '0001'
 >>> with db.session() as session:

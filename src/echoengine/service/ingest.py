@@ -77,13 +77,15 @@ def check_filename(filename: str | None) -> str:
     return name
 
 
-def parse_time(value: str | dt.datetime | None, what: str = "recorded_at") -> dt.datetime | None:
-    """An ISO 8601 time (or a datetime) as naive UTC; one without a time zone is taken as UTC.
+def parse_time(value: str | float | dt.datetime | None, what: str = "recorded_at") -> dt.datetime | None:
+    """An ISO 8601 time, a Unix time in seconds, or a datetime, as naive UTC (no zone given: UTC).
 
     Examples
     --------
     >>> parse_time("2024-05-01T06:30:00+02:00")
     datetime.datetime(2024, 5, 1, 4, 30)
+    >>> parse_time(1714545000)
+    datetime.datetime(2024, 5, 1, 6, 30)
     >>> parse_time("yesterday")
     Traceback (most recent call last):
     ...
@@ -91,17 +93,25 @@ def parse_time(value: str | dt.datetime | None, what: str = "recorded_at") -> dt
     """
     if value is None or value == "":
         return None
-    if not isinstance(value, dt.datetime):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            value = dt.datetime.fromtimestamp(value, dt.UTC)
+        except (ValueError, OverflowError, OSError):
+            raise IngestError(f"{what}: {value!r} is not a Unix time in seconds") from None
+    elif not isinstance(value, dt.datetime):
         try:
             value = dt.datetime.fromisoformat(str(value).strip())
         except ValueError:
             raise IngestError(f"{what}: {str(value)[:60]!r} is not an ISO 8601 time (e.g. 2024-05-01T06:30:00Z)") \
                 from None
-    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+    value = value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+    if not 1900 <= value.year <= 2200:
+        raise IngestError(f"{what}: {value.isoformat()} is not a time a recording was made (years 1900 to 2200)")
+    return value
 
 
-def _metadata(sensor_id: str | None, recorded_at: str | dt.datetime | None, lat: float | None, lon: float | None,
-              alt: float | None) -> tuple[str | None, dt.datetime | None, dict[str, float | None]]:
+def _metadata(sensor_id: str | None, recorded_at: str | float | dt.datetime | None, lat: float | None,
+              lon: float | None, alt: float | None) -> tuple[str | None, dt.datetime | None, dict[str, float | None]]:
     """The recording's metadata, checked: sensor id, start time (naive UTC) and position."""
     position = {"lat": lat, "lon": lon, "alt": alt}
     if sensor_id is not None and not (0 < len(sensor_id) <= 128 and not _CONTROL.search(sensor_id)):
@@ -114,8 +124,8 @@ def _metadata(sensor_id: str | None, recorded_at: str | dt.datetime | None, lat:
 
 
 def ingest(db: Database, store: AudioStore, data: bytes, *, filename: str | None = None,
-           sensor_id: str | None = None, recorded_at: str | dt.datetime | None = None, lat: float | None = None,
-           lon: float | None = None, alt: float | None = None) -> tuple[int, bool]:
+           sensor_id: str | None = None, recorded_at: str | float | dt.datetime | None = None,
+           lat: float | None = None, lon: float | None = None, alt: float | None = None) -> tuple[int, bool]:
     """Queue a recording given as bytes; its id, and whether it is new (False: this content was queued before).
 
     Parameters
@@ -129,8 +139,8 @@ def ingest(db: Database, store: AudioStore, data: bytes, *, filename: str | None
         format is read from the content); a path is refused.
     sensor_id : str, optional
         The sensor's id; an unknown one adds a sensor (its position: ``lat``, ``lon``, ``alt``).
-    recorded_at : str or datetime, optional
-        When the recording starts (ISO 8601; UTC when no zone is given).
+    recorded_at : str, float or datetime, optional
+        When the recording starts: ISO 8601 (UTC when no zone is given), Unix seconds, or a datetime.
     lat, lon, alt : float, optional
         Where it was recorded (degrees, metres); they also update the sensor's position.
 
@@ -146,7 +156,7 @@ def ingest(db: Database, store: AudioStore, data: bytes, *, filename: str | None
 
 
 def ingest_stream(db: Database, store: AudioStore, stream: BinaryIO, *, filename: str | None = None,
-                  sensor_id: str | None = None, recorded_at: str | dt.datetime | None = None,
+                  sensor_id: str | None = None, recorded_at: str | float | dt.datetime | None = None,
                   lat: float | None = None, lon: float | None = None, alt: float | None = None) -> tuple[int, bool]:
     """:func:`ingest` of a file object, read in blocks of 1 MiB (an upload never sits whole in memory)."""
     metadata = _metadata(sensor_id, recorded_at, lat, lon, alt)

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
-from echoengine.errors import EchoError
+from echoengine.errors import AudioError, EchoError
 from echoengine.service import media, queries
 from echoengine.service.access import API_KEY_HEADER
 from echoengine.service.ingest import IngestError, ingest_stream, parse_time
@@ -167,7 +167,11 @@ def _clip(request: Request, detection_id: int):
         detection = _detection(session, detection_id)
         name, duration = detection.recording.audio, detection.recording.duration
         start, end = media.context_span(detection.start, detection.end, duration)
-    return service.store.clip(name, start=start, end=end)
+    try:
+        return service.store.clip(name, start=start, end=end)
+    except AudioError as exc:  # the file was removed from the store, or damaged, since it was checked
+        raise HTTPException(410, f"the audio of detection {detection_id} cannot be read from the store "
+                            f"({exc.reason})") from None
 
 
 @reads.get("/api/detections/{detection_id}/audio", response_class=Response,

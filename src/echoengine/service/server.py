@@ -18,8 +18,9 @@ Examples
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
@@ -29,11 +30,19 @@ from echoengine.service.served import ServedModel, load_model
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Service", "open_service", "serve"]
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "open_service", "serve"]
 
 logger = logging.getLogger("echoengine.service")
 #: The largest upload by default: an hour of 48 kHz mono 16-bit WAV is 330 MB.
 DEFAULT_MAX_UPLOAD_MB = 512.0
+
+
+class Part(Protocol):
+    """Something that runs with the service (the MQTT bridge): started after the worker, stopped before it."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
@@ -56,6 +65,8 @@ class Service:
         The largest upload accepted.
     base_url : str
         The server's address, for links in detections.
+    parts : list of Part
+        What runs with the service (:meth:`attach`).
     """
 
     db: Database
@@ -65,18 +76,27 @@ class Service:
     access: Access
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     base_url: str = ""
+    parts: list[Part] = field(default_factory=list)
 
     @property
     def version(self) -> str:
         """The served model as ``name/version``."""
         return f"{self.served.row.name}/{self.served.row.version}"
 
+    def attach(self, part: Part) -> None:
+        """Run ``part`` with the service: its ``start()`` after the worker's, its ``stop()`` before."""
+        self.parts.append(part)
+
     def start(self) -> None:
-        """Start the worker (after putting back what a killed server left running)."""
+        """Start the worker (after putting back what a killed server left running), then the attached parts."""
         self.worker.start()
+        for part in self.parts:
+            part.start()
 
     def stop(self) -> None:
-        """Stop the worker and close the database's connections."""
+        """Stop the attached parts (last first) and the worker, and close the database's connections."""
+        for part in reversed(self.parts):
+            part.stop()
         self.worker.stop()
         self.db.dispose()
 

@@ -45,29 +45,30 @@ _SNIFFED = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "AIF
 _STORED_NAME = re.compile(r"^[0-9a-f]{64}\.[a-z0-9]{1,5}$")
 
 
-def audio_extension(filename: str, head: Path) -> str:
-    """The extension to store a file under: its name's, when an audio one, else its format's as read from ``head``.
+def audio_extension(filename: str, path: Path) -> str:
+    """The extension to store a file under: its format's as libsndfile reads it from the content, else its name's.
+
+    (Formats libsndfile cannot read, such as M4A or Opus, are decoded by
+    PyAV, chosen by the extension: for them the name's is taken.)
 
     Raises
     ------
     AudioError
-        Neither the name nor the content says an audio format.
+        Neither the content nor the name says an audio format.
 
     Examples
     --------
-    >>> audio_extension("pond.FLAC", Path("unused"))
+    >>> audio_extension("pond.FLAC", Path("not-read-here"))
     '.flac'
     """
-    extension = os.path.splitext(filename)[1].lower()
-    if extension in AUDIO_EXTENSIONS:
-        return extension
     try:
-        sniffed = _SNIFFED.get(sf.info(str(head)).format)
+        sniffed = _SNIFFED.get(sf.info(str(path)).format)
     except (sf.LibsndfileError, RuntimeError, TypeError):
         sniffed = None
-    if sniffed is None:
+    extension = os.path.splitext(filename)[1].lower()
+    if sniffed is None and extension not in AUDIO_EXTENSIONS:
         raise AudioError(filename or "upload", f"not a readable audio file (supported: {', '.join(AUDIO_EXTENSIONS)})")
-    return sniffed
+    return sniffed or extension
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ first one's running work.
 
 After each commit, the callbacks given to :meth:`Worker.on_detection` get
 every new detection as a JSON-able dict (:func:`echoengine.service.views.detection_json`):
-what the MQTT bridge publishes.
+what the MQTT bridge publishes. A callback hears of a detection at most once
+(a kill between the commit and the call loses the call, never the detection).
 
 Examples
 --------
@@ -134,7 +135,13 @@ class Worker:
             logger.exception("worker: recording %d failed", recording_id)
             self._fail(recording_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
             return recording_id
-        self._publish(self._finish(recording_id, events, tops))
+        try:
+            stored = self._finish(recording_id, events, tops)
+        except Exception:  # the database, most likely: queue it again (attempts bound the retries)
+            logger.exception("worker: the detections of recording %d could not be stored", recording_id)
+            self._release(recording_id)
+            raise
+        self._publish(stored)
         return recording_id
 
     def _claim(self) -> tuple[int, str] | None:
@@ -151,6 +158,15 @@ class Worker:
                 return None
             row.status, row.started_at, row.error = "running", utc_now(), None
             return row.id, row.audio
+
+    def _release(self, recording_id: int) -> None:
+        """Put a recording this worker claimed back in the queue (if the database lets it; else a restart will)."""
+        try:
+            with self.db.transaction() as session:
+                session.execute(update(Recording).where(Recording.id == recording_id, Recording.status == "running")
+                                .values(status="queued", started_at=None))
+        except Exception:
+            logger.exception("worker: recording %d stays running until the next start", recording_id)
 
     def _fail(self, recording_id: int, reason: str) -> None:
         with self.db.transaction() as session:
