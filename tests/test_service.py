@@ -22,7 +22,6 @@ import soundfile as sf
 from echoengine import catalog
 from echoengine.config import EchoConfig
 from echoengine.synthetic import synthesize_call
-
 from servers import PostgresCluster, Server, postgres_bin
 
 SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400, "n_fft": 1024}
@@ -109,12 +108,13 @@ def _detections(server: Server, **filters) -> dict:
 def _library_events(bundle: Path, data: bytes, tmp_path: Path) -> set[tuple]:
     """What ``detect``'s own functions find in the recording, with the service's options."""
     from echoengine.api import load_bundles
-    from echoengine.detection import DetectOptions, WindowScorer, file_events, score_file
+    from echoengine.detection import DetectOptions, file_events, score_file
+    from echoengine.scoring import window_scorer
 
     path = tmp_path / f"{hashlib.sha256(data).hexdigest()[:12]}.flac"
     path.write_bytes(data)
     options = DetectOptions(threshold=0.0, top_n=2)
-    scorer = WindowScorer(load_bundles(bundle))
+    scorer = window_scorer(load_bundles(bundle))
     events = file_events(score_file(scorer, path, options), scorer.classes, scorer.config,
                          thresholds=np.zeros(len(scorer.classes)), options=options)
     return {(e.label, e.start, e.end, round(e.score, 2)) for e in events.itertuples()}
@@ -415,6 +415,44 @@ def test_a_new_bundle_adds_a_model_row_and_old_detections_keep_theirs(bundle, ne
         db.dispose()
 
 
+def test_sensor_messages_over_mqtt_are_scored_and_their_detections_published(bundle, tmp_path):
+    import base64
+    import json
+    import queue
+
+    import paho.mqtt.client as paho
+    import paho.mqtt.publish as publish
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from broker import Broker
+
+    heard: queue.Queue = queue.Queue()
+    with Broker(tmp_path) as broker:
+        listener = paho.Client(CallbackAPIVersion.VERSION2)
+        listener.on_message = lambda client, userdata, message: heard.put(json.loads(message.payload))
+        listener.connect("127.0.0.1", broker.port)
+        listener.subscribe("echo/detections", qos=1)
+        listener.loop_start()
+        good = {"schema": "echoengine.audio/1", "sensor_id": "pond-9", "recorded_at": "2024-05-01T06:30:00Z",
+                "lat": 51.5, "lon": -0.1, "audio": base64.b64encode(_recording(4.0, seed=600)).decode()}
+        for topic, payload in (("echo/in/a", b"{not json"), ("echo/in/b", json.dumps(good))):
+            publish.single(topic, payload, qos=1, retain=True, hostname="127.0.0.1", port=broker.port)  # kept for
+        server = Server(bundle, tmp_path / "store",  # the bridge, which subscribes once the server is up
+                        options=(*SCORING, "--mqtt", broker.url("echo/in/#"), "--mqtt-out", "echo/detections"))
+        try:
+            server.wait_ready()
+            detection = heard.get(timeout=90)
+            assert detection["sensor_id"] == "pond-9" and detection["model_version"] == "bundle/1"
+            assert detection["link"] == f"{server.url}/api/detections/{detection['id']}"
+            recording = server.client.get(f"/api/recordings/{detection['recording_id']}").json()
+            assert recording["status"] == "done" and recording["recorded_at"] == "2024-05-01T06:30:00Z"
+            assert recording["lat"] == 51.5 and recording["detections"] >= 1
+            assert "echo/in/a skipped" in server.output()  # the malformed message, logged; the bridge went on
+        finally:
+            server.stop()
+            listener.loop_stop()
+
+
 # ---- in-process: access rules, the command line --------------------------------------------------------------------
 def test_writes_need_the_key_and_reads_are_open_to_this_machine_only(bundle, tmp_path):
     from fastapi.testclient import TestClient
@@ -507,7 +545,8 @@ def test_serve_on_the_command_line(bundle, tmp_path, capsys):
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--db", "nosuch://x"], "--db"),
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--species", "owl"], "owl"),
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--max-upload-mb", "0"], "positive"),
-                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--api-key-file", "/none"], "key")]:
+                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--api-key-file", "/none"], "key"),
+                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--mqtt-out", "t"], "--mqtt")]:
         assert main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and "\n" not in error and words in error, error

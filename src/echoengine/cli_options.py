@@ -330,6 +330,11 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--public-reads", action="store_true",
                    help="let every client read (default: this machine, or clients that give the key)")
     p.add_argument("--max-upload-mb", type=float, default=512.0, metavar="MB", help="largest upload accepted")
+    p.add_argument("--mqtt", metavar="mqtt://HOST:PORT/TOPIC", help="also queue the audio of sensor messages on "
+                   "this MQTT topic (Project Echo's, or echoengine.audio/1); mqtt://USER:PASSWORD@HOST... to log in, "
+                   "mqtts:// for TLS")
+    p.add_argument("--mqtt-out", metavar="TOPIC", help="publish each detection as JSON (with its link) to this topic "
+                   "of the --mqtt broker")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="how much the server logs")
     _scoring_options(p)

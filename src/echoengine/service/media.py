@@ -1,8 +1,8 @@
 """A detection's audio and picture: the event with context as WAV bytes, its spectrogram as PNG bytes.
 
 Both are made on request from the stored recording (nothing is kept): the
-WAV with soundfile, the spectrogram with scipy (STFT), a matplotlib colour
-map (no figure, no font, no network) and Pillow.
+WAV with soundfile, the spectrogram with numpy's FFT and Pillow (its colour
+gradient), which the serving runtime has without scipy or matplotlib.
 
 Examples
 --------
@@ -20,10 +20,7 @@ import io
 
 import numpy as np
 import soundfile as sf
-from matplotlib import colormaps
-from PIL import Image
-from scipy.signal import ShortTimeFFT
-from scipy.signal.windows import hann
+from PIL import Image, ImageOps
 
 __all__ = ["CONTEXT_SECONDS", "context_span", "spectrogram_png", "wav_bytes"]
 
@@ -52,21 +49,24 @@ def wav_bytes(samples: np.ndarray, rate: int) -> bytes:
 
 
 def spectrogram_png(samples: np.ndarray, rate: int, *, n_fft: int = 1024, hop: int = 256, height: int = 256,
-                    max_width: int = 1200, top_db: float = 80.0, colormap: str = "magma") -> bytes:
-    """A spectrogram (low frequencies at the bottom, ``top_db`` of range) as a PNG image.
+                    max_width: int = 1200, top_db: float = 80.0) -> bytes:
+    """A spectrogram (low frequencies at the bottom, ``top_db`` of range, dark to bright) as a PNG image.
 
-    The frequency axis is resized to ``height`` pixels and the time axis to
-    one pixel per frame, at most ``max_width``.
+    Frames are ``hop`` samples apart, or farther for long clips (at most
+    twice ``max_width`` frames are computed); the image is ``height`` pixels
+    high and one pixel per frame wide, at most ``max_width``.
     """
+    samples = np.asarray(samples, dtype=np.float32)
     if len(samples) < n_fft:
         samples = np.pad(samples, (0, n_fft - len(samples)))
-    stft = ShortTimeFFT(hann(n_fft, sym=False), hop=hop, fs=rate)
-    power = np.abs(stft.stft(samples)) ** 2
+    hop = max(hop, -(-(len(samples) - n_fft) // (2 * max_width)))
+    frames = np.lib.stride_tricks.sliding_window_view(samples, n_fft)[::hop]
+    power = np.abs(np.fft.rfft(frames * np.hanning(n_fft).astype(np.float32), axis=1)) ** 2
     db = 10 * np.log10(np.maximum(power, 1e-12))
-    db = np.clip(db - db.max(), -top_db, 0.0)
-    levels = ((db + top_db) / top_db)[::-1]  # row 0 is the highest frequency
-    pixels = (colormaps[colormap](levels)[..., :3] * 255).astype(np.uint8)
-    image = Image.fromarray(pixels).resize((min(pixels.shape[1], max_width), height), Image.Resampling.BILINEAR)
+    levels = (np.clip(db - db.max(), -top_db, 0.0) + top_db) / top_db
+    gray = Image.fromarray((levels.T[::-1] * 255).astype(np.uint8))  # rows: frequencies, highest first
+    image = ImageOps.colorize(gray, black="#000004", mid="#b73779", white="#fcfdbf")  # magma's ends and middle
+    image = image.resize((min(gray.width, max_width), height), Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

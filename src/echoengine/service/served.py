@@ -23,6 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,9 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from echoengine.api import load_bundles
-from echoengine.detection import DetectOptions, WindowScorer, check_windows, file_events, score_file
+from echoengine.detection import DetectOptions, check_windows, file_events, score_file
 from echoengine.events import check_species, detection_thresholds
+from echoengine.scoring import window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
 from echoengine.thresholds import models_digest
@@ -55,8 +57,8 @@ class ServedModel:
 
     Attributes
     ----------
-    scorer : WindowScorer
-        Windows in, class scores out.
+    scorer : GraphScorer or TorchScorer
+        Windows in, class scores out (:func:`echoengine.scoring.window_scorer`).
     thresholds : np.ndarray
         Each class's threshold.
     options : DetectOptions
@@ -65,7 +67,7 @@ class ServedModel:
         The row detections refer to (``row.id``, ``row.name``, ``row.version``).
     """
 
-    scorer: WindowScorer
+    scorer: Any
     thresholds: np.ndarray
     options: DetectOptions
     row: Model
@@ -108,8 +110,8 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
     options = options or DetectOptions()
-    bundles = load_bundles(bundle)
-    scorer = WindowScorer(bundles, onnx=options.onnx)
+    bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
+    scorer = window_scorer(bundles, onnx=options.onnx)
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)

@@ -26,11 +26,12 @@ from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
 from echoengine.service.access import Access, read_api_key
 from echoengine.service.db import Database, default_url
+from echoengine.service.ingest import ingest
 from echoengine.service.served import ServedModel, load_model
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "open_service", "serve"]
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "mqtt_bridge", "open_service", "serve"]
 
 logger = logging.getLogger("echoengine.service")
 #: The largest upload by default: an hour of 48 kHz mono 16-bit WAV is 330 MB.
@@ -104,7 +105,7 @@ class Service:
 def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None,
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                 base_url: str = "") -> Service:
+                 base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None) -> Service:
     """Open the store and database, load and register the bundle, and make the worker (not started).
 
     Parameters
@@ -125,6 +126,11 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         The largest upload (MB); larger ones get a 413 as soon as they pass the limit.
     base_url : str
         The server's address, for links in detections.
+    mqtt : str, optional
+        ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on
+        TOPIC are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`).
+    mqtt_out : str, optional
+        The topic each stored detection is published to (JSON, with its link), through the same broker.
 
     Raises
     ------
@@ -133,6 +139,8 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     """
     if not max_upload_mb > 0:
         raise EchoError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if mqtt_out and not mqtt:
+        raise EchoError("--mqtt-out publishes through the broker of --mqtt: give --mqtt too")
     access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
     database = Database.connect(db or default_url(_folder(store)))
     database.migrate()
@@ -142,7 +150,25 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     worker = Worker(database, audio, served, base_url=base_url)
     logger.info("serving %s as model %s/%s (%d classes); database %s", bundle, served.row.name, served.row.version,
                 len(served.classes), database.engine.url.render_as_string(hide_password=True))
-    return Service(database, audio, served, worker, access, max_upload_mb, base_url)
+    service = Service(database, audio, served, worker, access, max_upload_mb, base_url)
+    if mqtt:
+        service.attach(mqtt_bridge(service, mqtt, out_topic=mqtt_out))
+    return service
+
+
+def mqtt_bridge(service: Service, url: str, *, out_topic: str | None = None):
+    """An MQTT bridge that queues sensor messages as :func:`ingest` does and publishes the worker's detections."""
+    from echoengine.service.mqtt import MqttBridge
+
+    def submit(message) -> int:
+        return ingest(service.db, service.store, message.audio, filename=message.filename,
+                      sensor_id=message.sensor_id, recorded_at=message.recorded_at, lat=message.lat, lon=message.lon,
+                      alt=message.alt)[0]
+
+    bridge = MqttBridge(url, submit, out_topic=out_topic, api_base=service.base_url)
+    if out_topic:
+        service.worker.on_detection(bridge.publish_detection)
+    return bridge
 
 
 def _folder(store: str | Path) -> Path:
@@ -156,7 +182,8 @@ def _folder(store: str | Path) -> Path:
 
 def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
-          public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, log_level: str = "info") -> None:
+          public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
+          mqtt_out: str | None = None, log_level: str = "info") -> None:
     """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest)."""
     import uvicorn
 
@@ -164,5 +191,6 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
 
     shown = f"[{host}]" if ":" in host else host
     service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
-                           public_reads=public_reads, max_upload_mb=max_upload_mb, base_url=f"http://{shown}:{port}")
+                           public_reads=public_reads, max_upload_mb=max_upload_mb, base_url=f"http://{shown}:{port}",
+                           mqtt=mqtt, mqtt_out=mqtt_out)
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)
