@@ -503,6 +503,37 @@ def test_the_worker_gives_each_stored_detection_to_the_callbacks_once(bundle, tm
     service.stop()
 
 
+def test_an_exported_bundle_is_served_with_onnx_as_pytorch_serves_it(bundle, tmp_path):
+    from echoengine import api
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    exported = tmp_path / "exported" / bundle.name
+    shutil.copytree(bundle, exported, ignore=shutil.ignore_patterns("checkpoint.pt", "tensorboard"))
+    check = tmp_path / "check.flac"
+    check.write_bytes(_recording(6.0, seed=700))
+    api.export(exported, check=[check])
+    data = _recording(12.0, seed=701)
+    found = {}
+    for onnx in (False, True):
+        service = open_service(exported, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=2,
+                                                                                          onnx=onnx))
+        recording, _ = ingest(service.db, service.store, data, filename=f"{onnx}.flac", sensor_id=f"onnx-{onnx}")
+        if onnx:  # the same content: queue it again for the graph's model
+            with service.db.transaction() as session:
+                session.get(Recording, recording).status = "queued"
+        assert service.worker.run_once() == recording
+        with service.db.session() as session:
+            rows = session.query(Detection).filter_by(model_id=service.served.row.id).all()
+            found[onnx] = {(d.species, d.start, d.end): d.score for d in rows}
+        assert service.served.row.options["onnx"] is onnx and service.served.row.version == 1 + onnx
+        service.stop()
+    assert found[True].keys() == found[False].keys()
+    assert all(abs(found[True][key] - found[False][key]) < 1e-3 for key in found[True])
+
+
 def test_a_recording_that_cannot_be_scored_fails_with_its_reason_and_its_audio_is_a_410(bundle, tmp_path):
     from fastapi.testclient import TestClient
 
