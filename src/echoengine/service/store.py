@@ -11,7 +11,7 @@ before its row was written is harmless: the same content is renamed over it).
 
 Examples
 --------
->>> import tempfile, soundfile as sf
+>>> import hashlib, tempfile, soundfile as sf
 >>> store = AudioStore(tempfile.mkdtemp())
 >>> incoming = store.incoming(".wav")
 >>> sf.write(incoming, np.zeros(8000, "float32"), 16000)
@@ -23,7 +23,6 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import uuid
@@ -37,7 +36,7 @@ from echoengine import audio
 from echoengine.config import AUDIO_EXTENSIONS, AudioConfig
 from echoengine.errors import AudioError, EchoError
 
-__all__ = ["AudioStore", "Stored", "audio_extension", "sha256_file"]
+__all__ = ["AudioStore", "Stored", "audio_extension"]
 
 # What libsndfile calls the formats it can tell from their content (a file sent without a usable name).
 _SNIFFED = {"WAV": ".wav", "WAVEX": ".wav", "FLAC": ".flac", "OGG": ".ogg", "AIFF": ".aiff", "MPEG": ".mp3",
@@ -146,17 +145,3 @@ class AudioStore:
         config = dataclasses.replace(self.audio_config, sample_rate=rate)
         return audio.load(path, config, offset=start, duration=max(0.0, end - start)), rate
 
-
-def sha256_file(path: Path) -> str:
-    """The SHA-256 of a file, in hex.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "a"
-    >>> _ = path.write_bytes(b"abc")
-    >>> sha256_file(path)[:12]
-    'ba7816bf8f01'
-    """
-    with open(path, "rb") as file:
-        return hashlib.file_digest(file, "sha256").hexdigest()

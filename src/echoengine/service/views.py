@@ -18,7 +18,7 @@ import datetime as dt
 
 from echoengine.service.schema import Detection, Model, Recording, Review, Sensor
 
-__all__ = ["detection_json", "iso", "model_json", "recording_json", "review_json", "sensor_json"]
+__all__ = ["detection_json", "detection_link", "iso", "model_json", "recording_json", "review_json", "sensor_json"]
 
 
 def iso(time: dt.datetime | None) -> str | None:
