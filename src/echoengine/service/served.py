@@ -19,8 +19,11 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import importlib.util
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +35,15 @@ from sqlalchemy.exc import IntegrityError
 
 from echoengine.api import load_bundles
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file
+from echoengine.errors import EchoError
 from echoengine.events import check_species, detection_thresholds
+from echoengine.layout import BundleFiles, find_bundles
 from echoengine.scoring import window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
 from echoengine.thresholds import models_digest
+
+logger = logging.getLogger("echoengine")
 
 __all__ = ["ServedModel", "fingerprint", "load_model"]
 
@@ -109,7 +116,7 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
     EchoError
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
-    options = options or DetectOptions()
+    options = runnable_options(bundle, options or DetectOptions())
     bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
     scorer = window_scorer(bundles, onnx=options.onnx)
     check_species(scorer.classes, options.include, options.exclude)
@@ -121,6 +128,24 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
                 "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
     row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
     return ServedModel(scorer, thresholds, options, row)
+
+
+def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:
+    """``options``, scoring with the exported graphs where torch is not installed (the serving runtime).
+
+    Raises
+    ------
+    EchoError
+        Neither torch nor an exported graph of every bundle is there.
+    """
+    if options.onnx or importlib.util.find_spec("torch") is not None:
+        return options
+    missing = [str(folder) for folder in find_bundles(bundle) if not BundleFiles(folder).onnx.is_file()]
+    if missing:
+        raise EchoError(f"{missing[0]}: torch is not installed and the bundle has no model.onnx; export it where "
+                        "torch is (echoengine export), or pip install 'echoengine[train]'")
+    logger.info("torch is not installed: serving the bundle's exported graph (model.onnx)")
+    return dataclasses.replace(options, onnx=True)
 
 
 def _register(db: Database, name: str, path: str, identity: dict) -> Model:
