@@ -14,8 +14,8 @@ plus ``fold`` when the dataset defines one. It is read from
 
 Examples
 --------
->>> group_names(["XC1234_part1.wav", "XC1234_part2.wav", "dawn.wav"], r"^(XC[0-9]+)")
-['XC1234', 'XC1234', 'dawn']
+>>> group_names(["XC1234_part1.wav", "XC1234_part2.wav", "XC98_a.wav"], r"^(XC[0-9]+)")
+['XC1234', 'XC1234', 'XC98']
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from echoengine.errors import AudioError, DataError
 
 __all__ = [
     "class_names",
+    "describe",
     "from_csv",
     "from_folder",
     "group_names",
@@ -433,3 +434,65 @@ def scan(
     usable["channels"] = [i.channels for i in infos]
     usable["duration"] = [i.duration for i in infos]
     return usable, errors
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
+
+
+def _counts(series: pd.Series, unit: str) -> str:
+    return ", ".join(f"{value}{unit} ({n})" for value, n in series.value_counts().sort_index().items())
+
+
+def describe(usable: pd.DataFrame, errors: Sequence[AudioError], *, name: str = "") -> tuple[str, str]:
+    """A report of a scanned dataset (:func:`scan`): files, classes, durations, formats, unreadable files.
+
+    Returns
+    -------
+    report : str
+        What ``echoengine inspect`` prints: totals, then files, source
+        recordings and durations per class, then the unreadable files.
+    warning : str
+        The classes with a single source recording (they cannot be both
+        trained on and held out), or "".
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({"path": ["a.wav", "b.wav"], "label": ["owl", "owl"], "group": ["a", "b"],
+    ...                       "duration": [5.0, 7.0], "sample_rate": [48000, 48000], "channels": [1, 2]})
+    >>> print(describe(table, [], name="owls")[0].splitlines()[4])
+    total duration: 12.0 s
+    """
+    lines = [f"dataset: {name}", f"files: {len(usable) + len(errors)} ({len(usable)} usable, {len(errors)} unreadable)"]
+    warning = ""
+    if len(usable):
+        classes = class_names(usable)
+        channels = usable["channels"].map(lambda n: {1: "mono", 2: "stereo"}.get(n, f"{n} channels"))
+        lines += [f"classes: {len(classes)}" + ("" if classes else " (unlabelled files)"),
+                  f"groups (source recordings): {usable['group'].nunique()}",
+                  f"total duration: {_minutes(usable['duration'].sum())}",
+                  f"sample rates: {_counts(usable['sample_rate'], ' Hz')}", f"channels: {_counts(channels, '')}"]
+        table, warning = _per_class(usable)
+        lines += ["", *table]
+    if errors:
+        lines += ["", f"unreadable files ({len(errors)}):", *(f"  {error}" for error in errors)]
+    return "\n".join(lines), warning
+
+
+def _per_class(usable: pd.DataFrame) -> tuple[list[str], str]:
+    """Files, source recordings and durations per class; the warning about classes recorded once."""
+    per_class = usable.groupby("label").agg(count=("duration", "size"), recordings=("group", "nunique"),
+                                            sum=("duration", "sum"), min=("duration", "min"),
+                                            max=("duration", "max"))
+    width = max([len(str(label)) for label in per_class.index] + [10])
+    lines = [f"  {'class':<{width}} {'files':>6} {'recordings':>10} {'duration':>10} {'shortest':>9} {'longest':>9}"]
+    for label, row in per_class.iterrows():
+        lines.append(f"  {label or '(none)':<{width}} {int(row['count']):>6} {int(row['recordings']):>10} "
+                     f"{_minutes(row['sum']):>10} {row['min']:>8.1f}s {row['max']:>8.1f}s")
+    single = [str(label) for label, n in per_class["recordings"].items() if label and n < 2]
+    warning = ""
+    if single:
+        warning = (f"{len(single)} class(es) have a single source recording and cannot be both trained on and held "
+                   f"out: {', '.join(single[:10])}{' ...' if len(single) > 10 else ''}; they are trained on and "
+                   "never tested (add recordings to test them, or leave them out with --sparse-classes drop)")
+    return lines, warning

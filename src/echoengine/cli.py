@@ -66,58 +66,19 @@ def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn",
     return labelled_files(data, config, on_error=on_error, progress=progress)
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.1f} s"
-
-
-def _counts(series: pd.Series, unit: str) -> str:
-    return ", ".join(f"{value}{unit} ({n})" for value, n in series.value_counts().sort_index().items())
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``echoengine inspect``: the dataset's classes, files, durations and unreadable files; 1 if none is usable."""
-    from echoengine import catalog
+    from echoengine.catalog import describe
 
-    config = _config(args)
-    usable, errors = _scan(args.data, config, on_error="ignore")  # listed in the report below
-    total = len(usable) + len(errors)
-    print(f"dataset: {args.data}")
-    print(f"files: {total} ({len(usable)} usable, {len(errors)} unreadable)")
-    if len(usable):
-        classes = catalog.class_names(usable)
-        print(f"classes: {len(classes)}" + ("" if classes else " (unlabelled files)"))
-        print(f"groups (source recordings): {usable['group'].nunique()}")
-        print(f"total duration: {_minutes(usable['duration'].sum())}")
-        print(f"sample rates: {_counts(usable['sample_rate'], ' Hz')}")
-        channels = usable["channels"].map(lambda n: {1: "mono", 2: "stereo"}.get(n, f"{n} channels"))
-        print(f"channels: {_counts(channels, '')}")
-        _print_classes(usable)
-    if errors:
-        print(f"\nunreadable files ({len(errors)}):")
-        for error in errors:
-            print(f"  {error}")
+    usable, errors = _scan(args.data, _config(args), on_error="ignore")  # listed in the report below
+    report, warning = describe(usable, errors, name=str(args.data))
+    print(report)
+    if warning:
+        print(f"\nwarning: {warning}", file=sys.stderr)
     if not len(usable):
         print("error: no usable audio files", file=sys.stderr)
         return 1
     return 0
-
-
-def _print_classes(usable: pd.DataFrame) -> None:
-    """Files, source recordings and durations per class; a warning for classes that cannot be split."""
-    per_class = usable.groupby("label").agg(count=("duration", "size"), recordings=("group", "nunique"),
-                                            sum=("duration", "sum"), min=("duration", "min"),
-                                            max=("duration", "max"))
-    width = max([len(str(label)) for label in per_class.index] + [10])
-    print(f"\n  {'class':<{width}} {'files':>6} {'recordings':>10} {'duration':>10} {'shortest':>9} {'longest':>9}")
-    for label, row in per_class.iterrows():
-        print(f"  {label or '(none)':<{width}} {int(row['count']):>6} {int(row['recordings']):>10} "
-              f"{_minutes(row['sum']):>10} {row['min']:>8.1f}s {row['max']:>8.1f}s")
-    single = [str(label) for label, n in per_class["recordings"].items() if label and n < 2]
-    if single:
-        print(f"\nwarning: {len(single)} class(es) have a single source recording and cannot be both trained on "
-              f"and held out: {', '.join(single[:10])}{' ...' if len(single) > 10 else ''}; they are trained on and "
-              "never tested (add recordings to test them, or leave them out with --sparse-classes drop)",
-              file=sys.stderr)
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -280,7 +241,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_mix(args: argparse.Namespace) -> int:
     """``echoengine mix``: soundscapes with their Raven tables from labelled clips."""
-    from echoengine.mix import mix_soundscapes, split_sources
+    from echoengine.mix import mix_parts, mix_soundscapes
     from echoengine.sources import find_audio
 
     config = _config(args)
@@ -290,15 +251,8 @@ def cmd_mix(args: argparse.Namespace) -> int:
     backgrounds = find_audio(args.background) if args.background else []
     clips, _ = _scan(args.clips, config)
     if args.test_fraction:
-        parts = split_sources(clips, backgrounds, test_fraction=args.test_fraction, seed=args.split_seed)
-        test_count = max(1, round(args.count * args.test_fraction / (1 - args.test_fraction)))
-        counts = {"train": args.count, "test": test_count}
-        for part, (part_clips, part_backgrounds) in parts.items():
-            boxes = mix_soundscapes(part_clips, args.out / part, count=counts[part], backgrounds=part_backgrounds,
-                                    prefix=part, **common)
-            print(f"{part}: {counts[part]} soundscapes, {len(boxes)} events of {boxes['label'].nunique()} classes "
-                  f"from {part_clips['group'].nunique()} source recordings over {len(part_backgrounds)} "
-                  f"backgrounds -> {args.out / part}")
+        mix_parts(clips, args.out, count=args.count, backgrounds=backgrounds, test_fraction=args.test_fraction,
+                  split_seed=args.split_seed, **common)
     else:
         boxes = mix_soundscapes(clips, args.out, count=args.count, backgrounds=backgrounds, **common)
         print(f"{args.count} soundscapes, {len(boxes)} events -> {args.out}")

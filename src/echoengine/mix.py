@@ -36,7 +36,7 @@ from echoengine import audio, catalog, formats, splits
 from echoengine.config import AudioConfig
 from echoengine.errors import AudioError, DataError
 
-__all__ = ["event_band", "mix_soundscapes", "split_sources", "trim_event"]
+__all__ = ["event_band", "mix_parts", "mix_soundscapes", "split_sources", "trim_event"]
 
 logger = logging.getLogger("echoengine")
 
@@ -178,3 +178,26 @@ def split_sources(clips: pd.DataFrame, backgrounds: Sequence[str], *, test_fract
         "train": (clips[parts == "train"], [b for b in backgrounds if b not in test_backgrounds]),
         "test": (clips[parts == "test"], [b for b in backgrounds if b in test_backgrounds]),
     }
+
+
+def mix_parts(clips: pd.DataFrame, out: Path, *, count: int, backgrounds: Sequence[str], test_fraction: float,
+              split_seed: int = 0, log=print, **mix_options) -> dict[str, pd.DataFrame]:
+    """Soundscapes for training in ``out/train`` and for testing in ``out/test``, from disjoint sources.
+
+    The clips are split by source recording and the backgrounds by file
+    (:func:`split_sources`), so no recording is heard on both sides; the
+    test part gets ``test_fraction`` of all soundscapes. ``mix_options`` are
+    those of :func:`mix_soundscapes`. Returns the boxes of each part.
+    """
+    test_count = max(1, round(count * test_fraction / (1 - test_fraction)))
+    counts = {"train": count, "test": test_count}
+    written = {}
+    for part, (part_clips, part_backgrounds) in split_sources(clips, backgrounds, test_fraction=test_fraction,
+                                                              seed=split_seed).items():
+        boxes = mix_soundscapes(part_clips, Path(out) / part, count=counts[part], backgrounds=part_backgrounds,
+                                prefix=part, **mix_options)
+        log(f"{part}: {counts[part]} soundscapes, {len(boxes)} events of {boxes['label'].nunique()} classes from "
+            f"{part_clips['group'].nunique()} source recordings over {len(part_backgrounds)} backgrounds -> "
+            f"{Path(out) / part}")
+        written[part] = boxes
+    return written
