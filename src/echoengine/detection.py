@@ -191,8 +191,11 @@ def file_windows(path: str | Path, config, options: DetectOptions) -> Iterator[t
 def score_file(scorer, path: str | Path, options: DetectOptions = DetectOptions()) -> pd.DataFrame:
     """The window scores of one file, as :func:`detect` scores and records them.
 
-    Windows go to the scorer in batches of ``options.batch_size``, padded
-    to that size as in :func:`detect`, so the scores are the same numbers.
+    Windows go to the scorer in batches of ``options.batch_size``; a file's
+    last, short batch is padded only to whole model batches of CNN images
+    (:data:`~echoengine.kinds.MODEL_BATCH`, the shapes :func:`detect`'s
+    batches are scored in), so a short recording costs its own windows, not
+    a whole batch, and the scores are :func:`detect`'s.
 
     Returns
     -------
@@ -208,7 +211,8 @@ def score_file(scorer, path: str | Path, options: DetectOptions = DetectOptions(
     rows, scores, windows = [], [], []
 
     def flush() -> None:
-        stacked = np.zeros((size, scorer.clip_samples), dtype=np.float32)
+        padded = -(-len(windows) // MODEL_BATCH) * MODEL_BATCH if scorer.kind == IMAGES else len(windows)
+        stacked = np.zeros((padded, scorer.clip_samples), dtype=np.float32)
         stacked[: len(windows)] = np.stack(windows)
         scores.append(scorer.score(scorer.prepare(stacked))[: len(windows)])
         windows.clear()
