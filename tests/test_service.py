@@ -503,6 +503,28 @@ def test_the_worker_gives_each_stored_detection_to_the_callbacks_once(bundle, tm
     service.stop()
 
 
+def test_queued_recordings_are_scored_together_and_give_each_one_scored_alone(bundle, tmp_path):
+    """One claim scores several uploads in shared batches (as detect does); each gets its own detections."""
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    service = open_service(bundle, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=1))
+    recordings = [ingest(service.db, service.store, _recording(seconds, seed=800 + i), filename=f"{i}.flac")[0]
+                  for i, seconds in enumerate((3.0, 12.0, 7.0))]
+    assert service.worker.run_once() == recordings[0] and service.worker.run_once() is None  # one claim: all three
+    with service.db.session() as session:
+        assert [session.get(Recording, r).status for r in recordings] == ["done"] * 3
+        for recording in recordings:
+            stored = sorted((d.species, d.start, d.end, round(d.score, 4)) for d in
+                            session.query(Detection).filter_by(recording_id=recording))
+            events, _ = service.served.events(service.store.path(session.get(Recording, recording).audio))
+            alone = sorted(zip(events["label"], events["start"], events["end"], events["score"].round(4)))
+            assert stored == [(str(a), float(b), float(c), float(d)) for a, b, c, d in alone] and stored
+    service.stop()
+
+
 def test_an_exported_bundle_is_served_with_onnx_as_pytorch_serves_it(bundle, tmp_path):
     from echoengine import api
     from echoengine.detection import DetectOptions

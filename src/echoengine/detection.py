@@ -67,7 +67,7 @@ from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
     "THRESHOLDS_FILE", "DetectOptions", "check_windows", "detect", "file_events", "file_windows", "load_thresholds",
-    "score_file", "summarize", "write_outputs", "write_thresholds",
+    "score_file", "score_files", "scored_windows", "summarize", "write_outputs", "write_thresholds",
 ]
 
 
@@ -318,23 +318,74 @@ def _score_files(scorer, files: list[str], todo: list[tuple[int, str]], records:
     rate = scorer.config.audio.sample_rate
     bar = _Progress({i: round(_duration(f) * rate) for i, f in todo}, rate, files=len(files),
                     done=len(files) - len(todo), enabled=progress)
-    pending: dict[int, list] = {i: [] for i, _ in todo}
     with bar:
-        for batch in _batches(_FileWindows(todo, scorer, options), options.workers):
-            if batch.rows:
-                probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
-                for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
-                    pending[index].append((start, valid, partial, p))
-                    bar.reach(index, start + valid)
-            for index, error in batch.finished:
-                path = files[index]
-                if error is None:
-                    ledger.record_scores(records, path, pending.pop(index), rate=rate, n_classes=len(scorer.classes))
-                else:
-                    pending.pop(index, None)
-                    log(f"error: {path}: {error}")
-                    ledger.record_error(records, path, error)
-                bar.finish(index)
+        for index, rows in scored_windows(scorer, todo, options, on_window=bar.reach):
+            path = files[index]
+            if isinstance(rows, str):
+                log(f"error: {path}: {rows}")
+                ledger.record_error(records, path, rows)
+            else:
+                ledger.record_scores(records, path, rows, rate=rate, n_classes=len(scorer.classes))
+            bar.finish(index)
+
+
+def scored_windows(scorer, files: Sequence[tuple[int, str]], options: DetectOptions, *,
+                   on_window: Callable[[int, int], object] | None = None) -> Iterator[tuple[int, list | str]]:
+    """Score the windows of several files together, in :func:`detect`'s batches; give each file as it finishes.
+
+    Parameters
+    ----------
+    files : sequence of (index, path)
+    on_window : callable, optional
+        Called with ``(index, end sample)`` of each window scored (a progress bar).
+
+    Yields
+    ------
+    (index, rows) or (index, reason)
+        ``rows``: ``(start sample, samples of audio, partial, scores)`` of each
+        window of the file; ``reason``: why the file could not be decoded.
+    """
+    pending: dict[int, list] = {i: [] for i, _ in files}
+    for batch in _batches(_FileWindows(list(files), scorer, options), options.workers):
+        if batch.rows:
+            probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
+            for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
+                pending[index].append((start, valid, partial, p))
+                if on_window is not None:
+                    on_window(index, start + valid)
+        for index, error in batch.finished:
+            rows = pending.pop(index, [])
+            yield index, (rows if error is None else error)
+
+
+def score_files(scorer, paths: Sequence[str | Path], options: DetectOptions = DetectOptions()
+                ) -> Iterator[tuple[int, pd.DataFrame | str]]:
+    """The window scores of several files, scored together as :func:`detect` scores them; each as it finishes.
+
+    Windows of several files share the model's batches, so many short
+    recordings cost what one long one does; the scores are :func:`detect`'s.
+
+    Yields
+    ------
+    (index, scores) or (index, reason)
+        ``scores`` as :func:`score_file` gives them; ``reason``: why the file could not be decoded.
+
+    Examples
+    --------
+    >>> for i, scores in score_files(scorer, ["pond.wav", "marsh.flac"]):  # doctest: +SKIP
+    ...     print(i, len(scores))
+    """
+    rate = scorer.config.audio.sample_rate
+    for index, rows in scored_windows(scorer, list(enumerate(map(str, paths))), options):
+        if isinstance(rows, str):
+            yield index, rows
+            continue
+        rows.sort(key=lambda row: row[0])
+        matrix = np.stack([row[3] for row in rows]) if rows else np.zeros((0, len(scorer.classes)))
+        table = pd.DataFrame({"file": str(paths[index]), "start": [round(r[0] / rate, 6) for r in rows],
+                              "end": [round((r[0] + r[1]) / rate, 6) for r in rows],
+                              "partial": [bool(r[2]) for r in rows]})
+        yield index, pd.concat([table, pd.DataFrame(matrix.astype(np.float32), columns=scorer.classes)], axis=1)
 
 
 def _batches(windows: _FileWindows, workers: int) -> Iterator[_Batch]:

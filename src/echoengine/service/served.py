@@ -24,6 +24,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from echoengine.api import load_bundles
-from echoengine.detection import DetectOptions, check_windows, file_events, score_file
+from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import EchoError
 from echoengine.events import check_species, detection_thresholds
 from echoengine.layout import BundleFiles, find_bundles
@@ -86,7 +87,17 @@ class ServedModel:
 
     def events(self, path: str | Path) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording (``file_events``' table) and the five best species of each."""
-        scores = score_file(self.scorer, path, self.options)
+        return self.events_of(score_file(self.scorer, path, self.options))
+
+    def events_of_many(self, paths: list[str | Path]) -> Iterator[tuple[int, tuple | str]]:
+        """:meth:`events` of several recordings scored together (their windows share batches, as in
+        ``detect``): ``(index, (events, top species))``, or ``(index, reason)`` for one that does not decode,
+        each as it finishes."""
+        for index, scores in score_files(self.scorer, paths, self.options):
+            yield index, scores if isinstance(scores, str) else self.events_of(scores)
+
+    def events_of(self, scores: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
+        """The events of a recording's window scores and the five best species of each."""
         events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
                              options=self.options)
         return events, [top_species(scores, self.classes, start, end) for start, end in

@@ -49,7 +49,7 @@ DetectionCallback = Callable[[dict], object]
 
 
 class Worker:
-    """Scores queued recordings in a background thread, one at a time, oldest first.
+    """Scores queued recordings in a background thread, oldest first, up to ``claim`` of them together.
 
     Parameters
     ----------
@@ -62,12 +62,16 @@ class Worker:
     poll : float
         Seconds between looks at the queue when nothing wakes the worker
         (recordings queued by this process wake it at once).
+    claim : int
+        Recordings claimed and scored together at most: their windows share
+        the model's batches as in ``detect``, so short uploads cost what one
+        long recording does. Each is marked done (or failed) as it finishes.
     """
 
     def __init__(self, db: Database, store: AudioStore, served: ServedModel, *, base_url: str = "",
-                 poll: float = 2.0) -> None:
+                 poll: float = 2.0, claim: int = 8) -> None:
         self.db, self.store, self.served = db, store, served
-        self.base_url, self.poll = base_url, poll
+        self.base_url, self.poll, self.claim = base_url, poll, claim
         self._callbacks: list[DetectionCallback] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -121,43 +125,64 @@ class Worker:
                 self.db.queued.wait(self.poll)
 
     def run_once(self) -> int | None:
-        """Claim the oldest queued recording and score it; its id, or None when the queue is empty."""
-        claimed = self._claim()
-        if claimed is None:
+        """Claim the oldest queued recordings (up to ``claim``) and score them; the first's id, or None."""
+        claimed = self._claim(self.claim)
+        if not claimed:
             return None
-        recording_id, name = claimed
+        first = claimed[0][0]
+        if len(claimed) > 1:
+            claimed = self._score_together(claimed)  # those it could not finish, one by one below
+        for recording_id, name in claimed:
+            try:
+                result = self.served.events(self.store.path(name))
+            except AudioError as exc:
+                result = exc.reason
+            except Exception as exc:
+                logger.exception("worker: recording %d failed", recording_id)
+                result = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            self._settle(recording_id, result)
+        return first
+
+    def _score_together(self, claimed: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        """Score claimed recordings together, settling each as it finishes; those left when scoring broke."""
+        left = dict(claimed)
         try:
-            events, tops = self.served.events(self.store.path(name))
-        except AudioError as exc:
-            self._fail(recording_id, exc.reason)
-            return recording_id
-        except Exception as exc:
-            logger.exception("worker: recording %d failed", recording_id)
-            self._fail(recording_id, f"{type(exc).__name__}: {exc}".splitlines()[0])
-            return recording_id
+            for index, result in self.served.events_of_many([self.store.path(name) for _, name in claimed]):
+                recording_id = claimed[index][0]
+                self._settle(recording_id, result)
+                del left[recording_id]
+        except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
+            logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
+        return list(left.items())
+
+    def _settle(self, recording_id: int, result: tuple | str) -> None:
+        """Store a recording's detections and mark it done (or failed, for a reason); publish them."""
+        if isinstance(result, str):
+            self._fail(recording_id, result)
+            return
         try:
-            stored = self._finish(recording_id, events, tops)
+            stored = self._finish(recording_id, *result)
         except Exception:  # the database, most likely: queue it again (attempts bound the retries)
             logger.exception("worker: the detections of recording %d could not be stored", recording_id)
             self._release(recording_id)
             raise
         self._publish(stored)
-        return recording_id
 
-    def _claim(self) -> tuple[int, str] | None:
+    def _claim(self, limit: int) -> list[tuple[int, str]]:
         with self.db.transaction() as session:
-            row = session.scalar(select(Recording).where(Recording.status == "queued").order_by(Recording.id)
-                                 .limit(1).with_for_update(skip_locked=True))
-            if row is None:
-                return None
-            row.attempts += 1
-            if row.attempts > MAX_ATTEMPTS:
-                row.status, row.finished_at = "failed", utc_now()
-                row.error = f"gave up after {MAX_ATTEMPTS} attempts: the server stopped while scoring it each time"
-                self.db.queued.set()  # the loop looks again at once
-                return None
-            row.status, row.started_at, row.error = "running", utc_now(), None
-            return row.id, row.audio
+            rows = session.scalars(select(Recording).where(Recording.status == "queued").order_by(Recording.id)
+                                   .limit(limit).with_for_update(skip_locked=True)).all()
+            claimed = []
+            for row in rows:
+                row.attempts += 1
+                if row.attempts > MAX_ATTEMPTS:
+                    row.status, row.finished_at = "failed", utc_now()
+                    row.error = f"gave up after {MAX_ATTEMPTS} attempts: the server stopped while scoring it each time"
+                    self.db.queued.set()  # the loop looks again at once
+                    continue
+                row.status, row.started_at, row.error = "running", utc_now(), None
+                claimed.append((row.id, row.audio))
+            return claimed
 
     def _release(self, recording_id: int) -> None:
         """Put a recording this worker claimed back in the queue (if the database lets it; else a restart will)."""
