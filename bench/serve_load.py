@@ -3,20 +3,22 @@
 Usage::
 
     python bench/serve_load.py [--bundle DIR] [--data ../shared/data/soundscapes] [--clients 8]
-                               [--duration 60] [--pause 0] [--onnx] [--db URL] [--threshold 0] [--top-n 1]
+                               [--duration 60] [--pause 0] [--in-flight 4] [--onnx] [--db URL] [--threshold 0]
+                               [--top-n 1]
 
 The real server runs in a subprocess (``echoengine serve BUNDLE --store TMP
 --port FREE``, on 127.0.0.1, with ``--onnx`` and ``--db`` when given) while
 ``--clients`` threads (one ``httpx.Client`` each; by default no pause between
 requests: as much load as they can make, ``--pause S`` after each round of
-queries for a lighter one) work for ``--duration`` seconds. Each client keeps one recording of its own
-in the queue: it uploads one (``POST /api/recordings``, with a sensor, a
-time and a position), then, until that recording is ``done`` or ``failed``,
-repeats ``GET /api/recordings/{id}``, ``GET /api/detections`` (a different
-set of filters each time: species and score, sensor, time span and offset,
-review) and ``GET /api/species``; then it uploads the next. So the worker
-always has work (up to one recording per client queued), the queue stays
-short, and every upload is scored by the end.
+queries for a lighter one) work for ``--duration`` seconds. Each client keeps ``--in-flight``
+recordings of its own (default 4) in the queue: it uploads
+(``POST /api/recordings``, with a sensor, a time and a position) until it has
+that many unfinished, then repeats ``GET /api/recordings/{id}`` (its oldest),
+``GET /api/detections`` (a different set of filters each time: species and
+score, sensor, time span and offset, review) and ``GET /api/species``, and
+uploads again as its recordings are ``done`` or ``failed``. So the worker
+always has work (the server's rate is its capacity, not the clients' pace),
+the queue stays bounded, and every upload is scored by the end.
 
 Every upload is new content (the store keeps audio once per content hash,
 and a known content is answered without scoring): each recording of
@@ -34,10 +36,9 @@ seconds the server scored per second (durations of the recordings that
 reached ``done``, over the time from the first upload's arrival to the last
 ``done``, waiting after the clients stop for the queue to drain, at most
 ``--drain`` seconds) next to ``detect``'s, and their ratio (target: at
-least 0.8x; the server scores each recording alone, its windows in batches
-of ``--batch-size`` padded to that size, where ``detect`` fills its batches
-with the windows of several files: short recordings cost the server more
-per audio second); and the server's peak resident memory (``VmHWM`` of the server
+least 0.8x; the server's worker, like ``detect``, scores up to 8 queued
+recordings together, their windows sharing batches, while it also answers
+the clients); and the server's peak resident memory (``VmHWM`` of the server
 and of any child process, sampled while they run). Without ``--bundle`` a
 quick one is made first (``echoengine synth``, ``train --backbone small_cnn
 --epochs 1``, ``export``: about 25 s on 2 cores). The defaults score every
@@ -258,6 +259,7 @@ class Load:
     species: list[str]
     deadline: float
     pause: float = 0.0
+    in_flight: int = 4
     stats: Stats = field(default_factory=Stats)
     uploaded: list[int] = field(default_factory=list)
 
@@ -299,18 +301,20 @@ class Load:
         return answer["id"]
 
     def client(self, client: int) -> None:
-        """Upload, then query until that recording is scored, then upload again, until the deadline."""
+        """Upload until ``in_flight`` recordings are unfinished, query, upload as they finish, until the deadline."""
         with httpx.Client(base_url=self.url, timeout=120.0) as http:
-            pending, cycle, number = None, 0, 0
+            pending, cycle, number = [], 0, 0
             while time.monotonic() < self.deadline:
-                if pending is None:
-                    pending, number = self.upload(http, client, number), number + 1
-                    if pending is None:
+                if len(pending) < self.in_flight:
+                    uploaded, number = self.upload(http, client, number), number + 1
+                    if uploaded is None:
                         time.sleep(0.5)  # an error: do not spin on it
+                    else:
+                        pending.append(uploaded)
                     continue
-                recording = self.call(http, ENDPOINTS[1], "GET", f"/api/recordings/{pending}")
+                recording = self.call(http, ENDPOINTS[1], "GET", f"/api/recordings/{pending[0]}")
                 if recording is None or recording["status"] in ("done", "failed"):
-                    pending = None
+                    pending.pop(0)
                 self.call(http, ENDPOINTS[2], "GET", "/api/detections", params=self.filters(client, cycle))
                 self.call(http, ENDPOINTS[3], "GET", "/api/species")
                 cycle += 1
@@ -424,6 +428,8 @@ def parse_args() -> argparse.Namespace:
                         help="most seconds to wait for the queue to empty after the clients stop (default 60)")
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds a client waits after each round of queries (default 0: none)")
+    parser.add_argument("--in-flight", type=int, default=4,
+                        help="recordings each client keeps queued or being scored (default 4)")
     parser.add_argument("--onnx", action="store_true", help="serve and detect with the bundle's model.onnx")
     parser.add_argument("--db", help="a SQLAlchemy URL for the server (default: SQLite in the temporary store)")
     parser.add_argument("--threshold", type=float, default=0.0, help="serve's and detect's --threshold (default 0)")
@@ -448,7 +454,7 @@ def run_load(args: argparse.Namespace, bundle: Path, sources: Sources, scoring: 
         server.wait_ready()
         models = httpx.get(f"{server.url}/api/models", timeout=30).json()
         species = next(model["classes"] for model in models if model["serving"])
-        load = Load(server.url, sources, species, time.monotonic() + args.duration, args.pause)
+        load = Load(server.url, sources, species, time.monotonic() + args.duration, args.pause, args.in_flight)
         threads = [threading.Thread(target=load.client, args=(k,)) for k in range(args.clients)]
         start = time.monotonic()
         for thread in threads:

@@ -22,6 +22,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -35,7 +36,8 @@ from echoengine import catalog, sources
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
-from echoengine.layout import METRICS_FILE, Bundle, find_bundles, prepare_output, read_bundle
+from echoengine.errors import EchoError
+from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
 from echoengine.scoring import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
 
@@ -44,7 +46,7 @@ from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
            "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles", "predict",
-           "train"]
+           "train", "use_onnx"]
 
 logger = logging.getLogger("echoengine")
 Log = Callable[[str], None]
@@ -72,6 +74,25 @@ def load_bundles(source: BundleLike, *, device: str = "cpu", onnx: bool = False)
     if len(bundles) > 1:
         logger.info("ensemble of %d fold models from %s (probabilities averaged)", len(bundles), source)
     return bundles
+
+
+def use_onnx(source: BundleLike, onnx: bool = False) -> bool:
+    """Whether to score with the exported graphs: when asked, or when torch is not installed (the serving runtime).
+
+    Raises
+    ------
+    EchoError
+        Torch is not installed and a bundle has no ``model.onnx``.
+    """
+    if onnx or importlib.util.find_spec("torch") is not None or not isinstance(source, (str, Path)):
+        return onnx
+    missing = [folder for folder in find_bundles(source) if not BundleFiles(folder).onnx.is_file()]
+    if missing:
+        raise EchoError(f"{missing[0]}: torch is not installed and the bundle has no model.onnx; export it where "
+                        "torch is (echoengine export), or install the train extra (pip install -e '.[train]' in "
+                        "echoengine's folder)")
+    logger.info("torch is not installed: scoring with the bundle's exported graph (model.onnx)")
+    return True
 
 
 def _folder(source: BundleLike) -> Path:
@@ -323,8 +344,10 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     Folders among ``files`` are searched for audio of the bundle's extensions.
     A file that cannot be read is listed in ``errors`` and the others go on.
     ``progress=None`` shows a progress bar when there are more than 20 files.
-    With ``onnx``, each bundle's exported graph scores (no torch needed).
+    With ``onnx``, each bundle's exported graph scores (no torch needed;
+    the default where torch is not installed).
     """
+    onnx = use_onnx(bundle, onnx)
     bundles = load_bundles(bundle, onnx=onnx)
     config, classes = bundles[0].config, bundles[0].classes
     paths = sources.audio_files(files, config.data.extensions)
@@ -369,7 +392,7 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     ``summary.png`` (detections per species and hour), returned as ``summary``
     with its printed form in ``summary_text``.
     """
-    onnx = bool(options.get("onnx"))
+    options["onnx"] = onnx = use_onnx(bundle, bool(options.get("onnx")))
     written = _detect(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
                       overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []

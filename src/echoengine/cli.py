@@ -224,7 +224,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(f"{len(result.errors)} file(s) could not be read: see {result.written['errors.csv']}", file=sys.stderr)
     if args.summary:
         print(result.summary_text)
-        print(f"wrote {Path(args.out) / 'summary.csv'} and {Path(args.out) / 'summary.png'}")
+        written = [path for path in (Path(args.out) / "summary.csv", Path(args.out) / "summary.png") if path.exists()]
+        print("wrote " + " and ".join(map(str, written)))
     return 0
 
 
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # an optional dependency: say which extra installs it
         if (extra := runtime.extra_providing(exc.name)) is None:
             raise
-        print(f"error: echoengine {args.command} needs {exc.name}: pip install 'echoengine[{extra}]'", file=sys.stderr)
+        print(f"error: echoengine {args.command} needs {exc.name}, of the {extra} extra: pip install -e '.[{extra}]' "
+              "in echoengine's folder", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -31,12 +31,12 @@ def summarize(out: str | Path, *, log=print) -> pd.DataFrame:
     """Per species: events, files, seconds detected, and the hours of day of detections; plots them over time.
 
     Reads ``out/events.csv`` (written by :func:`echoengine.detection.detect`)
-    and writes ``summary.csv`` and ``summary.png`` into ``out``. The hours
-    of day come from the files with a time stamp in their names; the files
-    without one are named in the log and plotted apart.
+    and writes ``summary.csv`` and ``summary.png`` into ``out`` (the plot
+    needs matplotlib, which the serving runtime lacks: without it, the table
+    alone, with a note). The hours of day come from the files with a time
+    stamp in their names; the files without one are named in the log and
+    plotted apart.
     """
-    from echoengine.plots import detections_over_time
-
     out = Path(out)
     events = pd.read_csv(out / "events.csv", keep_default_na=False)
     events["when"] = [file_timestamp(f, s) for f, s in zip(events["file"], events["start"], strict=True)]
@@ -50,12 +50,21 @@ def summarize(out: str | Path, *, log=print) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=["species", "events", "files", "seconds", "hours_of_day"])
     table = table.sort_values(["events", "species"], ascending=[False, True], kind="stable").reset_index(drop=True)
     ledger.write_atomic(out / "summary.csv", lambda p: table.to_csv(p, index=False, lineterminator="\n"))
-    detections_over_time(events, out / "summary.png")
+    _plot(events, out / "summary.png", log)
     log(table.to_string(index=False) if len(table) else "no detections")
     note = _time_note(events)
     if note:
         log(note)
     return table
+
+
+def _plot(events: pd.DataFrame, path: Path, log) -> None:
+    try:
+        from echoengine.plots import detections_over_time  # matplotlib: the train extra's
+    except ModuleNotFoundError as exc:
+        log(f"note: no {path.name}: plotting needs {exc.name} (the train extra: pip install -e '.[train]')")
+        return
+    detections_over_time(events, path)
 
 
 def _time_note(events: pd.DataFrame) -> str:

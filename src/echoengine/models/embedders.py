@@ -85,7 +85,8 @@ class BirdNETEmbedder:
     def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16, workers: int | None = None,
                  threads: int | None = None) -> None:
         if importlib.util.find_spec("ai_edge_litert") is None:
-            raise EchoError("the BirdNET embedder needs ai-edge-litert: pip install 'echoengine[birdnet]'")
+            raise EchoError("the BirdNET embedder needs ai-edge-litert: pip install -e '.[birdnet]' in echoengine's "
+                            "folder")
         from echoengine import litert_pool
 
         model, labels = birdnet_files()
@@ -233,7 +234,7 @@ class BirdNETTorchEmbedder:
     def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16) -> None:
         if importlib.util.find_spec("tflite") is None:
             raise EchoError("the BirdNET embedder needs the tflite package to read the model file: "
-                            "pip install 'echoengine[birdnet]'")
+                            "pip install -e '.[birdnet]' in echoengine's folder")
         import torch
 
         from echoengine.models.birdnet_torch import BirdNET

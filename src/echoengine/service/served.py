@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import logging
 from collections.abc import Iterator
@@ -34,11 +33,9 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from echoengine.api import load_bundles
+from echoengine.api import load_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
-from echoengine.errors import EchoError
 from echoengine.events import check_species, detection_thresholds
-from echoengine.layout import BundleFiles, find_bundles
 from echoengine.scoring import window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -149,14 +146,7 @@ def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOption
     EchoError
         Neither torch nor an exported graph of every bundle is there.
     """
-    if options.onnx or importlib.util.find_spec("torch") is not None:
-        return options
-    missing = [str(folder) for folder in find_bundles(bundle) if not BundleFiles(folder).onnx.is_file()]
-    if missing:
-        raise EchoError(f"{missing[0]}: torch is not installed and the bundle has no model.onnx; export it where "
-                        "torch is (echoengine export), or pip install 'echoengine[train]'")
-    logger.info("torch is not installed: serving the bundle's exported graph (model.onnx)")
-    return dataclasses.replace(options, onnx=True)
+    return dataclasses.replace(options, onnx=use_onnx(bundle, options.onnx))
 
 
 def _register(db: Database, name: str, path: str, identity: dict) -> Model:
