@@ -26,7 +26,7 @@ and a known content is answered without scoring): each recording of
 upload is that WAV with :data:`TAIL` samples of near-silence appended (each
 -1, 0 or +1 at random, under -90 dBFS: new content in every run, even on a
 ``--db`` that keeps earlier runs' recordings).
-``echoengine detect`` runs on those same WAV copies (its wall time measured
+``echoengine detect`` runs three times on those same WAV copies (the best run counts; its wall time measured
 inside its process, after its imports; the bundle load is included), with
 the same bundle and scoring options, before the server starts.
 
@@ -355,18 +355,24 @@ def scored(url: str, ids: list[int], stats: Stats) -> tuple[float, float, int]:
     return audio, max(last - first, 1e-9), done
 
 
-def detect_reference(bundle: Path, sources: Sources, scoring: list[str], folder: Path) -> float:
-    """``echoengine detect`` over the WAV copies with the same options: audio seconds per wall second."""
-    seconds = folder / "detect.seconds"
-    log = folder / "detect.log"
-    arguments = ["detect", str(bundle), str(sources.folder), "--out", str(folder / "detections"), "--quiet",
-                 *scoring]
-    with open(log, "w") as out:
-        status = subprocess.run([sys.executable, "-c", DETECT_SCRIPT, str(seconds), *arguments], stdout=out,
-                                stderr=subprocess.STDOUT, env=environment()).returncode
-    if status:
-        sys.exit(f"echoengine {' '.join(arguments)} failed ({status}):\n{log.read_text()[-2000:]}")
-    return sources.seconds / float(seconds.read_text())
+def detect_reference(bundle: Path, sources: Sources, scoring: list[str], folder: Path, runs: int = 3) -> float:
+    """``echoengine detect`` over the WAV copies with the same options: audio seconds per wall second.
+
+    The best of ``runs`` runs: a run on a shared machine is only ever slowed down by the others' load.
+    """
+    rates = []
+    for run in range(runs):
+        seconds = folder / f"detect{run}.seconds"
+        log = folder / f"detect{run}.log"
+        arguments = ["detect", str(bundle), str(sources.folder), "--out", str(folder / f"detections{run}"),
+                     "--quiet", *scoring]
+        with open(log, "w") as out:
+            status = subprocess.run([sys.executable, "-c", DETECT_SCRIPT, str(seconds), *arguments], stdout=out,
+                                    stderr=subprocess.STDOUT, env=environment()).returncode
+        if status:
+            sys.exit(f"echoengine {' '.join(arguments)} failed ({status}):\n{log.read_text()[-2000:]}")
+        rates.append(sources.seconds / float(seconds.read_text()))
+    return max(rates)
 
 
 @dataclass
