@@ -188,6 +188,11 @@ MALFORMED = {
     "boolean time": (_project_echo(timestamp=True), "^bad timestamp in 'timestamp': expected seconds"),
     "own epoch time": (_own(recorded_at=1714545000), "^bad timestamp in 'recorded_at': expected an ISO 8601"),
     "own month 13": (_own(recorded_at="2024-13-01T00:00:00Z"), "^bad timestamp in 'recorded_at': '2024-13-01"),
+    "year 1 east of UTC": (_own(recorded_at="0001-01-01T00:00:00+14:00"),
+                           "^bad timestamp in 'recorded_at': '0001-01-01T00:00:00\\+14:00' is not a time a "
+                           "recording was made \\(years 1900 to 2200\\)$"),
+    "year 9999 west of UTC": (_project_echo(timestamp="9999-12-31T23:59:59-12:00"),
+                              "^bad timestamp in 'timestamp': '9999-12-31T23:59:59-12:00' is not a time"),
     "sensor as object": (_own(sensor_id={"a": 1}), "^bad sensor id in 'sensor_id': expected a string, got an obj"),
     "sensor too long": (_project_echo(sensorId="x" * 300), "^bad sensor id in 'sensorId': expected up to 200"),
     "sensor with a newline": (_own(sensor_id="a\nb"), "^bad sensor id in 'sensor_id'"),
@@ -248,6 +253,30 @@ def test_handle_logs_and_skips_what_submit_refuses_and_goes_on(caplog):
     assert bridge.counts == {"received": 3, "submitted": 1, "skipped": 0, "failed": 2, "published": 0}
     assert "from sensor refused not queued: not an audio file" in caplog.text
     assert "database is locked" in caplog.text  # with its traceback
+
+
+def test_handle_says_when_the_audio_was_already_stored(caplog):
+    stored = iter([(7, True), (7, False)])  # submit's (id, created): the same audio twice
+    bridge = MqttBridge("mqtt://127.0.0.1:1/in", lambda message: next(stored))
+    with caplog.at_level(logging.INFO, logger="echoengine.service.mqtt"):
+        assert [bridge.handle(json.dumps(_own()).encode(), topic="in") for _ in range(2)] == [7, 7]
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[0].endswith("from sensor pond-2 queued as recording 7"), lines
+    assert lines[1].endswith("from sensor pond-2 not queued: its audio is already stored as recording 7"), lines
+
+
+def test_a_timestamp_past_the_calendar_is_skipped_with_its_reason_not_an_unexpected_error(caplog):
+    bridge = MqttBridge("mqtt://127.0.0.1:1/in", Recorder())
+    message = paho.MQTTMessage(topic=b"in")
+    message.payload = json.dumps(_own(recorded_at="0001-01-01T00:00:00+14:00")).encode()
+    with caplog.at_level(logging.INFO, logger="echoengine.service.mqtt"):
+        bridge._on_message(bridge._client, None, message)  # as paho's network thread calls it
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert record.getMessage() == ("MQTT message on in skipped: bad timestamp in 'recorded_at': "
+                                   "'0001-01-01T00:00:00+14:00' is not a time a recording was made "
+                                   "(years 1900 to 2200)")
+    assert bridge.counts["skipped"] == 1
 
 
 def test_detection_json():
@@ -371,6 +400,23 @@ def test_bridge_reconnects_and_subscribes_again_when_the_broker_restarts(tmp_pat
             _publish(own_broker.port, ("echo/b", _own(sensor_id="after")))
             assert [m.sensor_id for m in recorder.wait(2)] == ["before", "after"]
     assert "lost the broker" in caplog.text
+
+
+def test_a_fixed_client_id_gets_the_messages_sent_while_the_bridge_was_down(broker):
+    recorder = Recorder()
+    with _running(MqttBridge(broker.url("echo/persist/#"), recorder, client_id="echoengine-test-persist")):
+        pass  # subscribed once: the broker now keeps a session for this id
+    _publish(broker.port, ("echo/persist/a", _own(sensor_id="while-down")))
+    assert recorder.messages == []
+    with _running(MqttBridge(broker.url("echo/persist/#"), recorder, client_id="echoengine-test-persist")) as bridge:
+        assert [m.sensor_id for m in recorder.wait(1)] == ["while-down"]
+        assert bridge.persistent and bridge.client_id == "echoengine-test-persist"
+    lost = Recorder()  # a random id asks for a clean session: nothing is kept for it
+    with _running(MqttBridge(broker.url("echo/clean/#"), lost)) as bridge:
+        assert not bridge.persistent and bridge.client_id.startswith("echoengine-")
+    _publish(broker.port, ("echo/clean/a", _own(sensor_id="lost")))
+    with _running(MqttBridge(broker.url("echo/clean/#"), lost)):
+        assert lost.wait(1, timeout=1.0) == []
 
 
 def test_credentials_in_the_url(tmp_path, caplog):

@@ -22,7 +22,7 @@ import soundfile as sf
 from echoengine import catalog
 from echoengine.config import EchoConfig
 from echoengine.synthetic import synthesize_call
-from servers import PostgresCluster, Server, postgres_bin
+from servers import PostgresCluster, Server, free_port, postgres_bin
 
 SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400, "n_fft": 1024}
 # every window detects its two best classes: each recording gives detections, of more than one species
@@ -192,11 +192,15 @@ def test_every_bad_upload_gets_a_4xx_with_a_one_line_reason(server):
     _one_line_4xx(_upload(server, np.random.default_rng(1).bytes(5000), "blob"), 415, "not a readable audio")
     for trick in ("../../etc/evil.flac", "folder/inside.flac", "..\\evil.flac", "/abs/olute.flac", ".."):
         _one_line_4xx(_upload(server, good, trick), 400, "plain file name")
+    _one_line_4xx(_upload(server, good, "a" * 396 + ".wav"), 400, "too long (400 characters, at most 255)")
     _one_line_4xx(_upload(server, np.random.default_rng(2).bytes(3 << 20), "big.wav"), 413, "--max-upload-mb")
     _one_line_4xx(_chunked_upload(server, 3 << 20), 413, "--max-upload-mb")
     _one_line_4xx(_upload(server, good, lat=91), 422, "lat")
     _one_line_4xx(_upload(server, good, lon="nan"), 422, "lon")
     _one_line_4xx(_upload(server, good, recorded_at="last tuesday"), 400, "ISO 8601")
+    for edge in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00", "1900-01-01T00:30:00+02:00"):
+        _one_line_4xx(_upload(server, good, recorded_at=edge), 400, f"recorded_at: {edge} is not a time a recording "
+                      "was made (years 1900 to 2200)")
     _one_line_4xx(_upload(server, good, sensor_id="pond\x01"), 400, "sensor_id")
     _one_line_4xx(server.client.post("/api/recordings", data={"sensor_id": "x"}), 422, "file")
     after = sorted(p for p in (server.store / "audio").rglob("*") if p.is_file())
@@ -217,8 +221,14 @@ def test_unknown_ids_and_bad_filters_get_a_4xx(server):
                                   ({"min_score": "nan"}, 422, "min_score"), ({"species": "owl\x00"}, 422, "species"),
                                   ({"start": "yesterday"}, 400, "start"), ({"end": "2024-13-01"}, 400, "end"),
                                   ({"start": "2024-05-02", "end": "2024-05-01"}, 400, "after"),
-                                  ({"review": "maybe"}, 400, "review")]:
+                                  ({"review": "maybe"}, 400, "review"),
+                                  ({"start": "0001-01-01T00:00:00+14:00"}, 400, "start: 0001-01-01T00:00:00+14:00"),
+                                  ({"end": "9999-12-31T23:59:59-12:00"}, 400, "years 1900 to 2200")]:
         _one_line_4xx(get("/api/detections", params=params), status, words)
+    for body in (b'{"status": "confirmed",', b"\xff\xfe", b"status=confirmed"):
+        _one_line_4xx(server.client.post("/api/detections/1/review", content=body,
+                                         headers={"content-type": "application/json"}), 422,
+                      "the request body is not valid JSON")
 
 
 def _wait_detections(server: Server, sensor: str, recordings: list[tuple[bytes, str]]) -> list[int]:
@@ -291,7 +301,9 @@ def test_a_detection_has_its_audio_with_context_and_a_spectrogram(server):
 def test_openapi_has_exactly_the_paths_and_the_docs_need_no_network(server):
     spec = server.client.get("/openapi.json").json()
     assert set(spec["paths"]) == PATHS
-    docs = server.client.get("/docs")
+    home = server.client.get("/", follow_redirects=False)
+    assert home.status_code in (302, 307) and home.headers["location"] == "/docs", home
+    docs = server.client.get("/", follow_redirects=True)
     assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
     assert all(path in docs.text for path in PATHS)
     assert "<script" not in docs.text and "cdn" not in docs.text.lower()
@@ -466,15 +478,22 @@ def test_writes_need_the_key_and_reads_are_open_to_this_machine_only(bundle, tmp
     data = {"file": ("a.flac", _recording(2.0, seed=300))}
     # TestClient's address is "testclient": another machine, as far as the rules go
     keyed = TestClient(create_app(open_service(bundle, store=tmp_path / "a", api_key_file=key)))
-    _one_line_4xx(keyed.get("/api/species"), 403, "X-API-Key")
+    _one_line_4xx(keyed.get("/api/species"), 403, "X-API-Key header")
     assert keyed.get("/api/species", headers=secret).status_code == 200
-    _one_line_4xx(keyed.post("/api/recordings", files=data), 401, "API key")
-    _one_line_4xx(keyed.post("/api/recordings", files=data, headers={"X-API-Key": "wrong"}), 401, "API key")
+    _one_line_4xx(keyed.get("/api/species", headers={"X-API-Key": "wrong"}), 401, "wrong API key")
+    _one_line_4xx(keyed.post("/api/recordings", files=data), 401, "API key in the X-API-Key header")
+    _one_line_4xx(keyed.post("/api/recordings", files=data, headers={"X-API-Key": "wrong"}), 401, "wrong API key")
     assert keyed.post("/api/recordings", files=data, headers=secret).status_code == 202
     _one_line_4xx(keyed.post("/api/detections/1/review", json={"status": "confirmed", "reviewer": "a"}), 401)
     public = TestClient(create_app(open_service(bundle, store=tmp_path / "b", public_reads=True)))
     assert public.get("/api/detections").status_code == 200
     _one_line_4xx(public.post("/api/recordings", files=data), 403, "--api-key-file")
+    closed = TestClient(create_app(open_service(bundle, store=tmp_path / "c")))  # no key: nothing to send
+    for headers in ({}, {"X-API-Key": "anything"}):
+        answer = closed.get("/api/species", headers=headers)
+        _one_line_4xx(answer, 403, "reads are open to this machine only; start the server with --public-reads or "
+                      "--api-key-file")
+        assert "header" not in answer.json()["detail"]
 
 
 def test_the_worker_gives_each_stored_detection_to_the_callbacks_once(bundle, tmp_path):
@@ -599,7 +618,98 @@ def test_serve_on_the_command_line(bundle, tmp_path, capsys):
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--species", "owl"], "owl"),
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--max-upload-mb", "0"], "positive"),
                         (["serve", str(bundle), "--store", str(tmp_path / "s"), "--api-key-file", "/none"], "key"),
-                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--mqtt-out", "t"], "--mqtt")]:
+                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--mqtt-out", "t"], "--mqtt"),
+                        (["serve", str(tmp_path), "--store", str(tmp_path / "s")], "neither a model bundle"),
+                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--mqtt", "http://h/t"], "mqtt://"),
+                        (["serve", str(bundle), "--store", str(tmp_path / "s"), "--mqtt", "mqtt://h/t", "--mqtt-out",
+                          "out/#"], "wildcards")]:
         assert main(argv) == 2
         error = capsys.readouterr().err.strip()
         assert error.startswith("error: ") and "\n" not in error and words in error, error
+    assert not (tmp_path / "s").exists()  # a failed start leaves no store behind
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    assert main(["serve", str(bundle), "--store", str(kept), "--species", "owl"]) == 2
+    assert (kept / "notes.txt").read_text() == "mine"  # a store that was there keeps what it held
+
+
+def test_a_second_server_on_the_store_is_refused_before_it_touches_the_queue(bundle, tmp_path, capsys):
+    import os
+    import socket
+
+    from echoengine.cli import main
+    from echoengine.errors import EchoError
+    from echoengine.service.db import default_url
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Recording
+    from echoengine.service.server import open_service
+
+    store = tmp_path / "store"
+    first = open_service(bundle, store=store)
+    recording, _ = ingest(first.db, first.store, _recording(3.0, seed=900), filename="a.flac")
+    with first.db.transaction() as session:
+        session.get(Recording, recording).status = "running"  # the first server scores it
+    with pytest.raises(EchoError, match=f"^--store {store}: another server uses this store \\(process {os.getpid()}"):
+        open_service(bundle, store=store)
+    capsys.readouterr()  # what was logged so far
+    assert main(["serve", str(bundle), "--store", str(store), "--port", str(free_port())]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "another server uses this store" in error and "\n" not in error, error
+    assert _statuses(default_url(store)) == {recording: "running"}
+    with socket.socket() as busy:  # the store is free once the first stops; a busy port is refused first
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        first.stop()
+        port = busy.getsockname()[1]
+        assert main(["serve", str(bundle), "--store", str(store), "--port", str(port)]) == 2
+        error = capsys.readouterr().err.strip()
+        assert f"--port {port}: 127.0.0.1:{port} is in use" in error and "\n" not in error, error
+    assert _statuses(default_url(store)) == {recording: "running"}  # nothing requeued it
+    open_service(bundle, store=store).stop()  # a stopped server lets the store go
+
+
+def test_sensor_messages_sent_while_the_server_is_down_are_queued_when_it_is_back(bundle, tmp_path, caplog):
+    import base64
+    import json
+    import logging
+
+    import paho.mqtt.publish as publish
+
+    from broker import Broker
+    from echoengine.service.schema import Recording
+    from echoengine.service.server import open_service
+
+    def bridge_of(store):
+        service = open_service(bundle, store=store, mqtt=url)
+        for part in service.parts:  # the bridge alone: the worker is not needed here
+            part.start()
+        assert service.parts[0].wait_subscribed(10)
+        return service, service.parts[0]
+
+    message = json.dumps({"schema": "echoengine.audio/1", "sensor_id": "late-1",
+                          "audio": base64.b64encode(_recording(2.0, seed=910)).decode()})
+    with Broker(tmp_path) as broker, caplog.at_level(logging.INFO, logger="echoengine.service.mqtt"):
+        url = broker.url("echo/late/#")
+        first, bridge = bridge_of(tmp_path / "store")
+        first.stop()
+        publish.single("echo/late/a", message, qos=1, hostname="127.0.0.1", port=broker.port)  # while it is down
+        other, stranger = bridge_of(tmp_path / "other")
+        other.stop()
+        again, back = bridge_of(tmp_path / "store")
+        try:
+            assert back.persistent and back.client_id == bridge.client_id != stranger.client_id
+            deadline = time.monotonic() + 10
+            while back.counts["submitted"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with again.db.session() as session:
+                (row,) = session.query(Recording).all()
+                assert (row.sensor_id, row.status) == ("late-1", "queued")
+            publish.single("echo/late/b", message, qos=1, hostname="127.0.0.1", port=broker.port)
+            deadline = time.monotonic() + 10
+            while back.counts["submitted"] < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            again.stop()
+    assert f"from sensor late-1 not queued: its audio is already stored as recording {row.id}" in caplog.text
+    assert stranger.counts["received"] == 0

@@ -20,6 +20,8 @@ Modules, from the bottom up:
     an offline ``/docs`` page, the endpoints and the FastAPI application.
 ``messages``, ``mqtt``
     Sensor messages (Project Echo's and ``echoengine.audio/1``) and the MQTT bridge.
+``lock``
+    One server per store: an exclusive lock on ``STORE/serve.lock`` for the server's life.
 ``server``
     :func:`~echoengine.service.server.open_service` and :func:`~echoengine.service.server.serve`.
 

@@ -27,6 +27,7 @@ from echoengine.errors import EchoError
 __all__ = ["API_KEY_HEADER", "Access", "is_loopback", "read_api_key"]
 
 API_KEY_HEADER = "X-API-Key"
+_WRONG_KEY = f"wrong API key: the {API_KEY_HEADER} header does not hold the key the server was started with"
 
 
 def read_api_key(path: str | Path) -> str:
@@ -92,14 +93,34 @@ class Access:
         """Whether a client at ``host`` that sent the key ``given`` may write."""
         return self._key_matches(given) if self.api_key is not None else is_loopback(host)
 
-    def write_refusal(self) -> tuple[int, str]:
-        """The status and reason a refused write gets."""
+    def _wrong_key(self, given: str | None) -> bool:
+        return self.api_key is not None and given is not None and not self._key_matches(given)
+
+    def write_refusal(self, given: str | None = None) -> tuple[int, str]:
+        """The status and reason a refused write gets, for a client that sent the key ``given``.
+
+        Examples
+        --------
+        >>> Access(api_key="s3cret-key").write_refusal("guess")
+        (401, 'wrong API key: the X-API-Key header does not hold the key the server was started with')
+        """
+        if self._wrong_key(given):
+            return 401, _WRONG_KEY
         if self.api_key is not None:
             return 401, f"writes need the server's API key in the {API_KEY_HEADER} header"
         return 403, "writes are open to this machine only; give the server a key (--api-key-file) to write from others"
 
-    @staticmethod
-    def read_refusal() -> tuple[int, str]:
-        """The status and reason a refused read gets."""
-        return 403, (f"reads are open to this machine only; send the {API_KEY_HEADER} header, or start the server "
-                     "with --public-reads")
+    def read_refusal(self, given: str | None = None) -> tuple[int, str]:
+        """The status and reason a refused read gets, for a client that sent the key ``given``.
+
+        Examples
+        --------
+        >>> Access().read_refusal()[1]
+        'reads are open to this machine only; start the server with --public-reads or --api-key-file'
+        """
+        if self._wrong_key(given):
+            return 401, _WRONG_KEY
+        if self.api_key is not None:
+            return 403, (f"reads from other machines need the server's API key in the {API_KEY_HEADER} header "
+                         "(or a server started with --public-reads)")
+        return 403, "reads are open to this machine only; start the server with --public-reads or --api-key-file"

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
@@ -45,9 +45,18 @@ def one_line(errors: list[dict]) -> str:
     --------
     >>> one_line([{"loc": ("query", "limit"), "msg": "Input should be greater than or equal to 0"}])
     'limit: Input should be greater than or equal to 0'
+    >>> one_line([{"type": "json_invalid", "loc": ("body", 10), "msg": "JSON decode error",
+    ...            "ctx": {"error": "Expecting value"}}])
+    'the request body is not valid JSON (Expecting value, at character 10)'
     """
     parts = []
     for error in errors:
+        if error.get("type") == "json_invalid":
+            at = error.get("loc", ())[-1]
+            reason = " ".join(str(error.get("ctx", {}).get("error", "JSON decode error")).split())
+            parts.append(f"the request body is not valid JSON ({reason}"
+                         f"{f', at character {at}' if isinstance(at, int) else ''})")
+            continue
         where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "body", "path", "form"))
         message = " ".join(str(error.get("msg", "invalid")).split())
         parts.append(f"{where or 'request'}: {message}")
@@ -95,7 +104,8 @@ def _error_handlers(app: FastAPI, max_upload_mb: float) -> None:
 def create_app(service) -> FastAPI:
     """The application serving ``service`` (:class:`echoengine.service.server.Service`); it runs its worker.
 
-    ``/docs`` is a self-contained HTML reference (no CDN); ``/openapi.json`` the OpenAPI document.
+    ``/docs`` is a self-contained HTML reference (no CDN), where ``/`` leads; ``/openapi.json`` the OpenAPI
+    document.
     """
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -117,5 +127,9 @@ def create_app(service) -> FastAPI:
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:
         return HTMLResponse(docs_page(app.openapi()))
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> RedirectResponse:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
 
     return app

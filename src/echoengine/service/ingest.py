@@ -48,6 +48,8 @@ __all__ = ["IngestError", "check_filename", "ingest", "ingest_stream", "parse_ti
 
 _BLOCK = 1 << 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_NAME = 255
+_YEARS = (1900, 2200)
 _RANGES = {"lat": (-90.0, 90.0), "lon": (-180.0, 180.0), "alt": (-12000.0, 100000.0)}
 
 
@@ -72,7 +74,9 @@ def check_filename(filename: str | None) -> str:
     echoengine.service.ingest.IngestError: file name '../../etc/passwd.wav': give a plain file name, not a path
     """
     name = filename or ""
-    if "/" in name or "\\" in name or name in (".", "..") or _CONTROL.search(name) or len(name) > 255:
+    if len(name) > _MAX_NAME:
+        raise IngestError(f"file name {name[:60]!r}...: too long ({len(name)} characters, at most {_MAX_NAME})")
+    if "/" in name or "\\" in name or name in (".", "..") or _CONTROL.search(name):
         raise IngestError(f"file name {name[:100]!r}: give a plain file name, not a path")
     return name
 
@@ -104,9 +108,13 @@ def parse_time(value: str | float | dt.datetime | None, what: str = "recorded_at
         except ValueError:
             raise IngestError(f"{what}: {str(value)[:60]!r} is not an ISO 8601 time (e.g. 2024-05-01T06:30:00Z)") \
                 from None
-    value = value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
-    if not 1900 <= value.year <= 2200:
-        raise IngestError(f"{what}: {value.isoformat()} is not a time a recording was made (years 1900 to 2200)")
+    shown = value.isoformat()
+    try:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+    except OverflowError:  # year 1 or 9999 moved past the calendar's end by its offset
+        value = None
+    if value is None or not _YEARS[0] <= value.year <= _YEARS[1]:
+        raise IngestError(f"{what}: {shown} is not a time a recording was made (years {_YEARS[0]} to {_YEARS[1]})")
     return value
 
 

@@ -327,7 +327,11 @@ def _iso_time(value: object, name: str) -> datetime:
     except ValueError:
         raise MessageError(f"bad timestamp in {name!r}: {_short(value)} is not ISO 8601 "
                            "(e.g. 2024-05-01T06:30:00Z)") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    try:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 moved past the calendar's end by its offset
+        raise MessageError(f"bad timestamp in {name!r}: {_short(value)} is not a time a recording was made "
+                           "(years 1900 to 2200)") from None
 
 
 def _lla(value: object) -> tuple[float | None, float | None, float | None]:

@@ -153,7 +153,9 @@ class MqttBridge:
         ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC`` (see :func:`parse_broker_url`).
     submit : callable
         ``submit(message: AudioMessage) -> int``: queues the recording and
-        returns its id. Called on the bridge's network thread, once per good
+        returns its id, or ``(id, created)`` where ``created`` False says the
+        same audio was stored before (nothing new queued; logged as such).
+        Called on the bridge's network thread, once per good
         message, before the message is acknowledged: keep it quick (store and
         enqueue, never score). Whatever it raises is logged and the message skipped.
     out_topic : str, optional
@@ -169,9 +171,11 @@ class MqttBridge:
         ``audio_url`` values, and the largest message and audio accepted.
     client_id : str, optional
         A fixed MQTT client id asks the broker for a persistent session: it keeps
-        the QoS 1 messages that arrive while the server is down (if it persists
-        them itself). Two servers must not share one. By default a random id
-        and a clean session.
+        the subscription, and the QoS 1 messages that arrive while the bridge is
+        down, until the bridge connects again with this id (across broker
+        restarts only if the broker persists them). Two bridges must not share
+        one: the broker drops the older connection. By default a random id and
+        a clean session.
 
     Examples
     --------
@@ -186,6 +190,8 @@ class MqttBridge:
                  fetch: Callable[[str], bytes] | None = None, max_bytes: int = MAX_MESSAGE_BYTES,
                  client_id: str | None = None) -> None:
         self.address = parse_broker_url(url)
+        self.client_id = client_id or f"echoengine-{uuid.uuid4().hex[:12]}"
+        self.persistent = client_id is not None
         self.out_topic = check_topic(out_topic, wildcards=False) if out_topic is not None else None
         self.api_base = api_base.rstrip("/")
         self.counts = {"received": 0, "submitted": 0, "skipped": 0, "failed": 0, "published": 0}
@@ -196,11 +202,10 @@ class MqttBridge:
         self._pending_lock = threading.Lock()
         self._running = False
         self._unreachable_reported = False
-        self._client = self._make_client(client_id)
+        self._client = self._make_client()
 
-    def _make_client(self, client_id: str | None) -> paho.Client:
-        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id or f"echoengine-{uuid.uuid4().hex[:12]}",
-                             clean_session=client_id is None)
+    def _make_client(self) -> paho.Client:
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=not self.persistent)
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
@@ -279,6 +284,7 @@ class MqttBridge:
             return None
         try:
             recording = self._submit(message)
+            recording, created = recording if isinstance(recording, tuple) else (recording, True)
         except EchoError as error:  # the service refused it: undecodable audio, a full queue...
             self.counts["failed"] += 1
             self._log.warning("MQTT message%s from sensor %s not queued: %s", where, message.sensor_id, error)
@@ -288,7 +294,8 @@ class MqttBridge:
             self._log.exception("MQTT message%s from sensor %s not queued", where, message.sensor_id)
             return None
         self.counts["submitted"] += 1
-        self._log.info("MQTT message%s from sensor %s queued as recording %s", where, message.sensor_id, recording)
+        self._log.info("MQTT message%s from sensor %s %s as recording %s", where, message.sensor_id,
+                       "queued" if created else "not queued: its audio is already stored", recording)
         return recording
 
     def publish_detection(self, detection: dict) -> int | None:
@@ -373,8 +380,9 @@ class MqttBridge:
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         try:
             self.handle(message.payload, topic=message.topic)
-        except Exception:  # never let an exception reach paho: it would end the network thread
-            self._log.exception("MQTT message on %s: unexpected error", message.topic)
+        except Exception as error:  # never let an exception reach paho: it would end the network thread
+            self._log.exception("MQTT message on %s: unexpected error (%s: %s)", message.topic,
+                                type(error).__name__, " ".join(str(error).split()))
 
 
 def detection_json(detection: dict, api_base: str = "") -> str:

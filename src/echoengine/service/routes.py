@@ -46,16 +46,19 @@ def _client(request: Request) -> tuple[str | None, str | None]:
 
 
 def may_read(request: Request) -> None:
-    """Refuse a read the access rules do not allow (403)."""
-    if not _service(request).access.may_read(*_client(request)):
-        raise HTTPException(*_service(request).access.read_refusal())
+    """Refuse a read the access rules do not allow (403; 401 for a wrong key)."""
+    host, given = _client(request)
+    access = _service(request).access
+    if not access.may_read(host, given):
+        raise HTTPException(*access.read_refusal(given))
 
 
 def may_write(request: Request) -> None:
-    """Refuse a write the access rules do not allow (401 without the key, 403 from another machine)."""
+    """Refuse a write the access rules do not allow (401 without the right key, 403 from another machine)."""
+    host, given = _client(request)
     access = _service(request).access
-    if not access.may_write(*_client(request)):
-        raise HTTPException(*access.write_refusal())
+    if not access.may_write(host, given):
+        raise HTTPException(*access.write_refusal(given))
 
 
 router = APIRouter()

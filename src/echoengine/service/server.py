@@ -17,25 +17,35 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import re
+import socket
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
+from echoengine.layout import find_bundles
 from echoengine.service.access import Access, read_api_key
-from echoengine.service.db import Database, default_url
+from echoengine.service.db import DB_FILE, Database, default_url
 from echoengine.service.ingest import ingest
+from echoengine.service.lock import LOCK_FILE, StoreLock, lock_store
 from echoengine.service.served import ServedModel, load_model
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
 
-__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "mqtt_bridge", "open_service", "serve"]
+__all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "mqtt_bridge", "mqtt_client_id", "open_service", "serve"]
 
 logger = logging.getLogger("echoengine.service")
 #: The largest upload by default: an hour of 48 kHz mono 16-bit WAV is 330 MB.
 DEFAULT_MAX_UPLOAD_MB = 512.0
+#: The file in the store that keeps its MQTT client id (:func:`mqtt_client_id`).
+MQTT_CLIENT_ID_FILE = "mqtt-client-id"
+_CLIENT_ID = re.compile(r"echoengine-[0-9a-f]{12}")
 
 
 class Part(Protocol):
@@ -68,6 +78,8 @@ class Service:
         The server's address, for links in detections.
     parts : list of Part
         What runs with the service (:meth:`attach`).
+    lock : StoreLock, optional
+        The store's lock, released by :meth:`stop`.
     """
 
     db: Database
@@ -78,6 +90,7 @@ class Service:
     max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB
     base_url: str = ""
     parts: list[Part] = field(default_factory=list)
+    lock: StoreLock | None = None
 
     @property
     def version(self) -> str:
@@ -95,18 +108,25 @@ class Service:
             part.start()
 
     def stop(self) -> None:
-        """Stop the attached parts (last first) and the worker, and close the database's connections."""
+        """Stop the attached parts (last first) and the worker, close the database, and let the store go."""
         for part in reversed(self.parts):
             part.stop()
         self.worker.stop()
         self.db.dispose()
+        if self.lock is not None:
+            self.lock.release()
 
 
 def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None,
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                  base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None) -> Service:
-    """Open the store and database, load and register the bundle, and make the worker (not started).
+    """Lock the store, open its database, load and register the bundle, and make the worker (not started).
+
+    The options, the MQTT address and the bundle are checked before the store
+    folder is made; a start that fails once it is made removes what it made.
+    The store's lock (:func:`~echoengine.service.lock.lock_store`) is taken
+    before the database is opened, and held until :meth:`Service.stop`.
 
     Parameters
     ----------
@@ -128,69 +148,174 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         The server's address, for links in detections.
     mqtt : str, optional
         ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on
-        TOPIC are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`).
+        TOPIC are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`),
+        under the store's own MQTT client id, in a persistent session: the
+        broker keeps the QoS 1 messages sent while the server is down.
     mqtt_out : str, optional
         The topic each stored detection is published to (JSON, with its link), through the same broker.
 
     Raises
     ------
     EchoError
-        A bundle, database, key file or option that cannot be used (one line saying why).
+        A bundle, database, key file or option that cannot be used, or a store
+        another server uses (one line saying why).
     """
+    _check_options(max_upload_mb, mqtt, mqtt_out)
+    access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
+    find_bundles(bundle)  # a path that holds no bundle is refused before the store is made
+    folder, made = _folder(store)
+    lock = lock_store(folder)
+    try:
+        client_id = mqtt_client_id(folder) if mqtt else None
+        database, served, audio = _open_store(folder, db, bundle, options)
+    except BaseException:
+        lock.release()
+        if made:
+            _remove_new_store(folder)
+        raise
+    worker = Worker(database, audio, served, base_url=base_url)
+    logger.info("serving %s as model %s/%s (%d classes); database %s", bundle, served.row.name, served.row.version,
+                len(served.classes), database.engine.url.render_as_string(hide_password=True))
+    service = Service(database, audio, served, worker, access, max_upload_mb, base_url, lock=lock)
+    if mqtt:
+        service.attach(mqtt_bridge(service, mqtt, out_topic=mqtt_out, client_id=client_id))
+    return service
+
+
+def _open_store(folder: Path, db: str | None, bundle: str | Path,
+                options: DetectOptions | None) -> tuple[Database, ServedModel, AudioStore]:
+    """The database brought up to date, the bundle loaded and registered in it, and the audio store."""
+    database = Database.connect(db or default_url(folder))
+    try:
+        database.migrate()
+        served = load_model(database, bundle, options)
+        audio = AudioStore(folder, served.scorer.config.audio)
+        audio.clear_incoming()
+    except BaseException:
+        database.dispose()
+        raise
+    return database, served, audio
+
+
+def _check_options(max_upload_mb: float, mqtt: str | None, mqtt_out: str | None) -> None:
+    """Refuse options that cannot work, before anything is made."""
     if not max_upload_mb > 0:
         raise EchoError(f"--max-upload-mb must be positive, got {max_upload_mb}")
     if mqtt_out and not mqtt:
         raise EchoError("--mqtt-out publishes through the broker of --mqtt: give --mqtt too")
-    access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
-    database = Database.connect(db or default_url(_folder(store)))
-    database.migrate()
-    served = load_model(database, bundle, options)
-    audio = AudioStore(store, served.scorer.config.audio)
-    audio.clear_incoming()
-    worker = Worker(database, audio, served, base_url=base_url)
-    logger.info("serving %s as model %s/%s (%d classes); database %s", bundle, served.row.name, served.row.version,
-                len(served.classes), database.engine.url.render_as_string(hide_password=True))
-    service = Service(database, audio, served, worker, access, max_upload_mb, base_url)
     if mqtt:
-        service.attach(mqtt_bridge(service, mqtt, out_topic=mqtt_out))
-    return service
+        from echoengine.service.mqtt import check_topic, parse_broker_url
+
+        parse_broker_url(mqtt)
+        if mqtt_out is not None:
+            check_topic(mqtt_out, wildcards=False)
 
 
-def mqtt_bridge(service: Service, url: str, *, out_topic: str | None = None):
-    """An MQTT bridge that queues sensor messages as :func:`ingest` does and publishes the worker's detections."""
+def mqtt_bridge(service: Service, url: str, *, out_topic: str | None = None, client_id: str | None = None):
+    """An MQTT bridge that queues sensor messages as :func:`ingest` does and publishes the worker's detections.
+
+    ``client_id`` (:func:`mqtt_client_id`) asks the broker for a persistent session; None: a clean one.
+    """
     from echoengine.service.mqtt import MqttBridge
 
-    def submit(message) -> int:
+    def submit(message) -> tuple[int, bool]:
         return ingest(service.db, service.store, message.audio, filename=message.filename,
                       sensor_id=message.sensor_id, recorded_at=message.recorded_at, lat=message.lat, lon=message.lon,
-                      alt=message.alt)[0]
+                      alt=message.alt)
 
-    bridge = MqttBridge(url, submit, out_topic=out_topic, api_base=service.base_url)
+    bridge = MqttBridge(url, submit, out_topic=out_topic, api_base=service.base_url, client_id=client_id)
     if out_topic:
         service.worker.on_detection(bridge.publish_detection)
     return bridge
 
 
-def _folder(store: str | Path) -> Path:
+def mqtt_client_id(store: str | Path) -> str:
+    """The store's MQTT client id, ``echoengine-`` and 12 hex digits: made once, kept in ``store/mqtt-client-id``.
+
+    Random when made, so that servers on other machines whose stores have the
+    same path (``/data`` in every container) never share one; the same for
+    every start on this store, so that the broker keeps its session while the
+    server is down.
+    """
+    path = Path(store) / MQTT_CLIENT_ID_FILE
+    try:
+        found = path.read_text(encoding="utf-8").strip()
+    except OSError:
+        found = ""
+    if _CLIENT_ID.fullmatch(found):
+        return found
+    made = f"echoengine-{uuid.uuid4().hex[:12]}"
+    try:
+        path.write_text(made + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise EchoError(f"--store {store}: cannot write {path.name} ({exc.strerror})") from None
+    return made
+
+
+def _folder(store: str | Path) -> tuple[Path, bool]:
+    """The store folder, made if missing; and whether it was made now."""
     store = Path(store)
+    made = not store.exists()
     try:
         store.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EchoError(f"--store {store}: cannot create it ({exc.strerror})") from None
-    return store
+    if not store.is_dir():
+        raise EchoError(f"--store {store}: not a folder")
+    return store, made
+
+
+def _remove_new_store(folder: Path) -> None:
+    """Remove what a failed start made in the store folder it made (only those files; the folder if empty)."""
+    names = [DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE, MQTT_CLIENT_ID_FILE]
+    for path in [*(folder / name for name in names), folder / "audio" / "incoming", folder / "audio", folder]:
+        with contextlib.suppress(OSError):  # a folder that is not empty stays, with what it holds
+            if path.is_dir():
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
 
 
 def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
           public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
           mqtt_out: str | None = None, log_level: str = "info") -> None:
-    """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest)."""
+    """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest).
+
+    The port is taken first, then the store (:func:`open_service`): a server
+    that cannot have both stops before it changes anything in the store.
+    """
     import uvicorn
 
     from echoengine.service.app import create_app
 
     shown = f"[{host}]" if ":" in host else host
-    service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
-                           public_reads=public_reads, max_upload_mb=max_upload_mb, base_url=f"http://{shown}:{port}",
-                           mqtt=mqtt, mqtt_out=mqtt_out)
-    uvicorn.run(create_app(service), host=host, port=port, log_level=log_level)
+    with _listen(host, port) as listener:
+        service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
+                               public_reads=public_reads, max_upload_mb=max_upload_mb,
+                               base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out)
+        config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
+        logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
+                                                service.base_url)
+        try:
+            uvicorn.Server(config).run(sockets=[listener])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            service.stop()  # does nothing more when the application's shutdown stopped it
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds it), or a one-line EchoError saying why it cannot be."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise EchoError(f"--port {port}: {host}:{port} is in use, by another server perhaps; stop it, or give "
+                            "another --port") from None
+        raise EchoError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
+    listener.set_inheritable(True)
+    return listener

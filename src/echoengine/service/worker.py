@@ -9,7 +9,9 @@ the next start the rows left ``running`` go back to ``queued``
 stored twice. A recording whose scoring killed the server
 :data:`MAX_ATTEMPTS` times is marked ``failed`` instead of killing it again.
 One server (one worker) per database: a second server would requeue the
-first one's running work.
+first one's running work. A server locks its store before it opens the
+database (:mod:`echoengine.service.lock`), so a second one on the same store
+is refused; two stores must not share one ``--db``.
 
 After each commit, the callbacks given to :meth:`Worker.on_detection` get
 every new detection as a JSON-able dict (:func:`echoengine.service.views.detection_json`):
