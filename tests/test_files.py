@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from echoengine import bundle as bundle_module
+from echoengine import layout
 from echoengine.bundle import load_bundle, save_atomic
 from echoengine.config import EchoConfig
 from echoengine.files import temporary_path, write_atomic, write_csv_atomic, write_text_atomic
@@ -51,7 +51,7 @@ def test_a_failed_first_write_leaves_nothing(tmp_path):
 
 def test_the_temporary_name_is_the_one_run_folders_recognise(tmp_path):
     assert temporary_path(tmp_path / "weights.pt") == tmp_path / "weights.pt.tmp"
-    assert any(Path("weights.pt.tmp").match(pattern) for pattern in bundle_module._RUN_FILES)
+    assert any(Path("weights.pt.tmp").match(pattern) for pattern in layout._RUN_FILES)
 
 
 def test_write_text_atomic_and_save_atomic(tmp_path):
@@ -81,7 +81,7 @@ def test_cross_validation_files_name_every_file(tmp_path):
                 "confusion_plot": "plots/confusion.png", "accuracy_plot": "plots/cv_val_accuracy.png"}
     assert {name: getattr(files, name) for name in expected} == {k: tmp_path / v for k, v in expected.items()}
     assert files.fold(3) == BundleFiles(tmp_path / "fold3")
-    assert any(Path("fold3").match(pattern) for pattern in bundle_module._RUN_FILES)
+    assert any(Path("fold3").match(pattern) for pattern in layout._RUN_FILES)
 
 
 def test_write_csv_atomic_writes_the_table(tmp_path):
@@ -155,5 +155,5 @@ def test_a_loaded_bundle_names_its_files(tmp_path):
 def test_file_names_are_shared_with_the_modules_that_read_them():
     from echoengine import detection, exporting, thresholds
 
-    assert detection.THRESHOLDS_FILE == thresholds.THRESHOLDS_FILE == bundle_module.THRESHOLDS_FILE
-    assert exporting.ONNX_FILE == bundle_module.ONNX_FILE
+    assert detection.THRESHOLDS_FILE == thresholds.THRESHOLDS_FILE == layout.THRESHOLDS_FILE
+    assert exporting.ONNX_FILE == layout.ONNX_FILE
