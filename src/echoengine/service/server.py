@@ -123,10 +123,9 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
                  base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
-    The options, the MQTT address and the bundle are checked before the store
-    folder is made; a start that fails once it is made removes what it made.
-    The store's lock (:func:`~echoengine.service.lock.lock_store`) is taken
-    before the database is opened, and held until :meth:`Service.stop`.
+    Options, MQTT address and bundle are checked before the store folder is
+    made (a failed start removes what it made); the store's lock is taken
+    before the database opens and held until :meth:`Service.stop`.
 
     Parameters
     ----------
@@ -138,19 +137,16 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         A SQLAlchemy URL (``postgresql+psycopg://user@host/dbname``); default SQLite in ``store``.
     options : DetectOptions, optional
         ``detect``'s windows, thresholds and species filters (default: ``detect``'s defaults).
-    api_key_file : path, optional
-        A file whose first line is the key writes need.
-    public_reads : bool
-        Reads open to every client, not only this machine's.
+    api_key_file, public_reads : path, bool
+        A file whose first line is the key writes need; reads open to every client, not only this machine's.
     max_upload_mb : float
         The largest upload (MB); larger ones get a 413 as soon as they pass the limit.
     base_url : str
         The server's address, for links in detections.
     mqtt : str, optional
-        ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on
-        TOPIC are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`),
-        under the store's own MQTT client id, in a persistent session: the
-        broker keeps the QoS 1 messages sent while the server is down.
+        ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on TOPIC
+        are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`), in
+        a persistent session: the broker keeps QoS 1 messages sent while the server is down.
     mqtt_out : str, optional
         The topic each stored detection is published to (JSON, with its link), through the same broker.
 
