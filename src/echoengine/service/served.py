@@ -75,7 +75,8 @@ class ServedModel:
     scorer: Any
     thresholds: np.ndarray
     options: DetectOptions
-    row: Model
+    row: Model | None
+    process: Any = None  # a ScorerProcess that scores instead of this process (echoengine serve starts one)
 
     @property
     def classes(self) -> list[str]:
@@ -89,7 +90,10 @@ class ServedModel:
     def events_of_many(self, paths: list[str | Path]) -> Iterator[tuple[int, tuple | str]]:
         """:meth:`events` of several recordings scored together (their windows share batches, as in
         ``detect``): ``(index, (events, top species))``, or ``(index, reason)`` for one that does not decode,
-        each as it finishes."""
+        each as it finishes (all at the end when a scoring process scores them)."""
+        if self.process is not None:
+            yield from self.process.events_of_many(paths)
+            return
         for index, scores in score_files(self.scorer, paths, self.options):
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 

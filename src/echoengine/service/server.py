@@ -34,6 +34,7 @@ from echoengine.service.access import Access, read_api_key
 from echoengine.service.db import DB_FILE, Database, default_url
 from echoengine.service.ingest import ingest
 from echoengine.service.lock import LOCK_FILE, StoreLock, lock_store
+from echoengine.service.scorer_process import ScorerProcess
 from echoengine.service.served import ServedModel, load_model
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
@@ -112,6 +113,9 @@ class Service:
         for part in reversed(self.parts):
             part.stop()
         self.worker.stop()
+        if self.served.process is not None:
+            self.served.process.stop()
+            self.served.process = None
         self.db.dispose()
         if self.lock is not None:
             self.lock.release()
@@ -290,6 +294,12 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
         service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
                                public_reads=public_reads, max_upload_mb=max_upload_mb,
                                base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out)
+        # scoring in a process of its own: the HTTP side keeps this process's GIL to itself
+        try:
+            service.served.process = ScorerProcess(bundle, service.served.options, service.served.thresholds)
+        except BaseException:
+            service.stop()
+            raise
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)

@@ -132,7 +132,7 @@ class Worker:
         if not claimed:
             return None
         first = claimed[0][0]
-        if len(claimed) > 1:
+        if len(claimed) > 1 or self.served.process is not None:
             claimed = self._score_together(claimed)  # those it could not finish, one by one below
         for recording_id, name in claimed:
             try:

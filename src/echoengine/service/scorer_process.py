@@ -1,0 +1,76 @@
+"""Scoring in a process of its own, so that a server's HTTP side and its scoring do not share one GIL.
+
+The worker thread (:mod:`echoengine.service.worker`) still claims, settles
+and publishes; only :meth:`ServedModel.events_of_many` runs in the child,
+which loads the bundle once (in PyTorch, or its exported graph) and gives
+back each recording's events and top species. The child is started with
+``spawn`` (no copy of the server's threads, sockets or store lock) and ends
+with the server: it reads its work from a pipe that closes when the server
+dies, even by ``kill -9``.
+
+Examples
+--------
+>>> process = ScorerProcess("bundle", DetectOptions(threshold=0.3), thresholds)  # doctest: +SKIP
+>>> results = process.events_of_many(["store/audio/ab/ab12....flac"])  # doctest: +SKIP
+>>> process.stop()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from echoengine.detection import DetectOptions
+
+__all__ = ["ScorerProcess"]
+
+_SERVED = None  # the child's ServedModel
+
+
+def _load(bundle: str, options: DetectOptions, thresholds: np.ndarray) -> None:
+    """In the child: load the bundle and keep a ServedModel without a database row."""
+    global _SERVED
+    from echoengine.api import load_bundles
+    from echoengine.scoring import window_scorer
+    from echoengine.service.served import ServedModel
+
+    scorer = window_scorer(load_bundles(bundle, onnx=options.onnx), onnx=options.onnx)
+    _SERVED = ServedModel(scorer, thresholds, options, row=None)
+
+
+def _ready() -> bool:
+    return _SERVED is not None
+
+
+def _events_of_many(paths: list[str]) -> list[tuple[int, tuple | str]]:
+    return list(_SERVED.events_of_many(paths))
+
+
+class ScorerProcess:
+    """A child process that scores recordings with the served bundle (see the module's text).
+
+    Parameters
+    ----------
+    bundle : path
+        The bundle (or CV folder) served.
+    options : DetectOptions
+        The served options (``onnx`` included).
+    thresholds : ndarray
+        Each class's threshold, as the server chose them.
+    """
+
+    def __init__(self, bundle: str | Path, options: DetectOptions, thresholds: np.ndarray) -> None:
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_load,
+                                         initargs=(str(bundle), options, np.asarray(thresholds)))
+        self._pool.submit(_ready).result()  # the bundle is loaded now, not at the first upload
+
+    def events_of_many(self, paths: list[str | Path]) -> list[tuple[int, tuple | str]]:
+        """``(index, (events, top species))`` or ``(index, reason)`` of each recording, scored in the child."""
+        return self._pool.submit(_events_of_many, [str(p) for p in paths]).result()
+
+    def stop(self) -> None:
+        """End the child (after the recordings it is scoring)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
