@@ -297,6 +297,14 @@ def test_the_migrations_make_exactly_the_tables_of_the_schema(new_database, tmp_
 
 
 # ---- durability, on each database --------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (Linux's /proc)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
 def test_kill_9_with_work_queued_then_a_restart_scores_each_recording_once(bundle, new_database, tmp_path):
     from echoengine.service.db import Database, default_url
     from echoengine.service.ingest import ingest
@@ -318,9 +326,15 @@ def test_kill_9_with_work_queued_then_a_restart_scores_each_recording_once(bundl
     while "running" not in statuses(db_url).values() and "done" not in statuses(db_url).values():
         assert time.monotonic() < deadline, first.output()
         time.sleep(0.02)
+    children = _children(first.process.pid)  # its scoring process
+    assert children, "serve scores in a process of its own"
     first.kill()
     left = statuses(db_url)
     assert "queued" in left.values() or "running" in left.values(), left  # killed with work to do
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{child}").exists() for child in children):  # it ends with the server
+        assert time.monotonic() < deadline, f"the scoring process outlived a killed server: {children}"
+        time.sleep(0.2)
     second = Server(bundle, store, db=url, options=SCORING).wait_ready()
     try:
         finished = second.wait_for(ids)

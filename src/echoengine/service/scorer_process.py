@@ -5,8 +5,8 @@ and publishes; only :meth:`ServedModel.events_of_many` runs in the child,
 which loads the bundle once (in PyTorch, or its exported graph) and gives
 back each recording's events and top species. The child is started with
 ``spawn`` (no copy of the server's threads, sockets or store lock) and ends
-with the server: it reads its work from a pipe that closes when the server
-dies, even by ``kill -9``.
+with the server, even one killed by ``kill -9``: it exits within a second of
+being left by its parent.
 
 Examples
 --------
@@ -18,6 +18,9 @@ Examples
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -30,9 +33,17 @@ __all__ = ["ScorerProcess"]
 _SERVED = None  # the child's ServedModel
 
 
+def _end_with(parent: int) -> None:
+    """In the child: exit when the server is gone (its pipes may stay open in the child, so no EOF tells it)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 def _load(bundle: str, options: DetectOptions, thresholds: np.ndarray) -> None:
     """In the child: load the bundle and keep a ServedModel without a database row."""
     global _SERVED
+    threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
     from echoengine.api import load_bundles
     from echoengine.scoring import window_scorer
     from echoengine.service.served import ServedModel
