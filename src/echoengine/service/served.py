@@ -35,8 +35,10 @@ from sqlalchemy.exc import IntegrityError
 
 from echoengine.api import load_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
+from echoengine.errors import AudioError
 from echoengine.events import check_species, detection_thresholds
-from echoengine.scoring import window_scorer
+from echoengine.layout import check_ensemble, find_bundles, read_bundle
+from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
 from echoengine.thresholds import models_digest
@@ -85,6 +87,11 @@ class ServedModel:
 
     def events(self, path: str | Path) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording (``file_events``' table) and the five best species of each."""
+        if self.process is not None:
+            (_, result), = self.process.events_of_many([path])
+            if isinstance(result, str):
+                raise AudioError(path, result)
+            return result
         return self.events_of(score_file(self.scorer, path, self.options))
 
     def events_of_many(self, paths: list[str | Path]) -> Iterator[tuple[int, tuple | str]]:
@@ -120,8 +127,31 @@ def top_species(scores: pd.DataFrame, classes: list[str], start: float, end: flo
     return [{"species": str(name), "score": round(float(value), 4)} for name, value in best.items()]
 
 
-def load_model(db: Database, bundle: str | Path, options: DetectOptions | None = None) -> ServedModel:
+@dataclass
+class ModelInputs:
+    """What a server's own process needs of its model when a scoring process scores: no model, no torch."""
+
+    classes: list[str]
+    config: Any
+    kind: str  # the scorer's kind: images, embeddings, waveforms or onnx
+    clip_samples: int
+
+    @classmethod
+    def of(cls, bundles: list, options: DetectOptions) -> ModelInputs:
+        """The inputs of bundles read without their models (:func:`echoengine.layout.read_bundle`)."""
+        check_ensemble(bundles)
+        config = bundles[0].config
+        return cls(bundles[0].classes, config, ONNX if options.onnx else config.model.kind.input,
+                   config.audio.clip_samples)
+
+
+def load_model(db: Database, bundle: str | Path, options: DetectOptions | None = None, *,
+               model_here: bool = True) -> ServedModel:
     """Load a bundle (or a CV folder's ensemble), check the options against it, and register it in ``models``.
+
+    With ``model_here=False`` the model is not loaded in this process (a
+    :class:`~echoengine.service.scorer_process.ScorerProcess` will score):
+    only its config and classes are read.
 
     Raises
     ------
@@ -129,8 +159,12 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
     options = runnable_options(bundle, options or DetectOptions())
-    bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
-    scorer = window_scorer(bundles, onnx=options.onnx)
+    if model_here:
+        bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
+        scorer = window_scorer(bundles, onnx=options.onnx)
+    else:
+        bundles = [read_bundle(folder) for folder in find_bundles(bundle)]
+        scorer = ModelInputs.of(bundles, options)
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)

@@ -124,7 +124,8 @@ class Service:
 def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None,
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
-                 base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None) -> Service:
+                 base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None,
+                 scoring_process: bool = False) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
     Options, MQTT address and bundle are checked before the store folder is
@@ -143,16 +144,16 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         ``detect``'s windows, thresholds and species filters (default: ``detect``'s defaults).
     api_key_file, public_reads : path, bool
         A file whose first line is the key writes need; reads open to every client, not only this machine's.
-    max_upload_mb : float
-        The largest upload (MB); larger ones get a 413 as soon as they pass the limit.
-    base_url : str
-        The server's address, for links in detections.
+    max_upload_mb, base_url : float, str
+        The largest upload (MB; larger ones get a 413 at once); the server's address, for links.
     mqtt : str, optional
         ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on TOPIC
         are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`), in
         a persistent session: the broker keeps QoS 1 messages sent while the server is down.
     mqtt_out : str, optional
         The topic each stored detection is published to (JSON, with its link), through the same broker.
+    scoring_process : bool
+        Score in a process of its own (``serve`` does), the model loaded there only.
 
     Raises
     ------
@@ -167,7 +168,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     lock = lock_store(folder)
     try:
         client_id = mqtt_client_id(folder) if mqtt else None
-        database, served, audio = _open_store(folder, db, bundle, options)
+        database, served, audio = _open_store(folder, db, bundle, options, scoring_process)
     except BaseException:
         lock.release()
         if made:
@@ -182,13 +183,16 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     return service
 
 
-def _open_store(folder: Path, db: str | None, bundle: str | Path,
-                options: DetectOptions | None) -> tuple[Database, ServedModel, AudioStore]:
-    """The database brought up to date, the bundle loaded and registered in it, and the audio store."""
+def _open_store(folder: Path, db: str | None, bundle: str | Path, options: DetectOptions | None,
+                scoring_process: bool) -> tuple[Database, ServedModel, AudioStore]:
+    """The database brought up to date, the bundle registered in it (and loaded, here or in a scoring
+    process), and the audio store."""
     database = Database.connect(db or default_url(folder))
     try:
         database.migrate()
-        served = load_model(database, bundle, options)
+        served = load_model(database, bundle, options, model_here=not scoring_process)
+        if scoring_process:  # the HTTP side keeps this process (and its GIL) to itself
+            served.process = ScorerProcess(bundle, served.options, served.thresholds)
         audio = AudioStore(folder, served.scorer.config.audio)
         audio.clear_incoming()
     except BaseException:
@@ -293,13 +297,8 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
     with _listen(host, port) as listener:
         service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
                                public_reads=public_reads, max_upload_mb=max_upload_mb,
-                               base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out)
-        # scoring in a process of its own: the HTTP side keeps this process's GIL to itself
-        try:
-            service.served.process = ScorerProcess(bundle, service.served.options, service.served.thresholds)
-        except BaseException:
-            service.stop()
-            raise
+                               base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out,
+                               scoring_process=True)
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)
