@@ -227,6 +227,20 @@ def test_serve_on_the_command_line(bundle, tmp_path, capsys):
     assert (kept / "notes.txt").read_text() == "mine"  # a store that was there keeps what it held
 
 
+def test_weights_only_the_scoring_process_reads_fail_the_start_in_one_line(bundle, tmp_path, capsys):
+    """serve loads the model in its scoring process alone: a bundle it cannot load there is still one line."""
+    from echoengine.cli import main
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(bundle, damaged)
+    (damaged / "weights.pt").write_bytes(b"not a state dict")
+    argv = ["serve", str(damaged), "--store", str(tmp_path / "s"), "--port", str(free_port())]
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "\n" not in error and "weights.pt" in error, error
+    assert not (tmp_path / "s").exists()  # and leaves no store behind
+
+
 def test_a_second_server_on_the_store_is_refused_before_it_touches_the_queue(bundle, tmp_path, capsys):
     import os
     import socket

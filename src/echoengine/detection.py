@@ -207,27 +207,36 @@ def score_file(scorer, path: str | Path, options: DetectOptions = DetectOptions(
     >>> scores = score_file(window_scorer([read_bundle("bundle")], onnx=True), "pond.wav")  # doctest: +SKIP
     >>> file_events(scores, scorer.classes, scorer.config, thresholds=np.full(4, 0.5))  # doctest: +SKIP
     """
-    rate, size = scorer.config.audio.sample_rate, options.batch_size
-    rows, scores, windows = [], [], []
+    rows, windows = [], []  # rows: (start sample, samples of audio, partial, scores), as detect records them
 
     def flush() -> None:
         padded = -(-len(windows) // MODEL_BATCH) * MODEL_BATCH if scorer.kind == IMAGES else len(windows)
         stacked = np.zeros((padded, scorer.clip_samples), dtype=np.float32)
-        stacked[: len(windows)] = np.stack(windows)
-        scores.append(scorer.score(scorer.prepare(stacked))[: len(windows)])
+        stacked[: len(windows)] = np.stack([window for _, window, _, _ in windows])
+        probabilities = scorer.score(scorer.prepare(stacked))[: len(windows)]
+        rows.extend((start, valid, partial, p) for (start, _, valid, partial), p in zip(windows, probabilities,
+                                                                                         strict=True))
         windows.clear()
 
-    for start, window, valid, partial in file_windows(path, scorer.config, options):
+    for window in file_windows(path, scorer.config, options):
         windows.append(window)
-        rows.append((start / rate, (start + valid) / rate, partial))
-        if len(windows) == size:
+        if len(windows) == options.batch_size:
             flush()
     if windows:
         flush()
-    table = pd.DataFrame(rows, columns=["start", "end", "partial"]).round({"start": 6, "end": 6})
-    matrix = np.concatenate(scores).astype(np.float32) if scores else np.zeros((0, len(scorer.classes)), np.float32)
-    return pd.concat([table.assign(file=str(path))[["file", "start", "end", "partial"]],
-                      pd.DataFrame(matrix, columns=scorer.classes)], axis=1)
+    return _scores_table(path, rows, scorer)
+
+
+def _scores_table(path: str | Path, rows: list, scorer) -> pd.DataFrame:
+    """A file's window scores from its rows ``(start sample, samples of audio, partial, scores)``, in order."""
+    rate = scorer.config.audio.sample_rate
+    rows = sorted(rows, key=lambda row: row[0])
+    starts = np.array([row[0] for row in rows], dtype=np.int64)
+    ends = starts + np.array([row[1] for row in rows], dtype=np.int64)
+    matrix = np.stack([row[3] for row in rows]) if rows else np.zeros((0, len(scorer.classes)))
+    table = pd.DataFrame({"file": str(path), "start": np.round(starts / rate, 6), "end": np.round(ends / rate, 6),
+                          "partial": np.array([bool(row[2]) for row in rows], dtype=bool)})
+    return pd.concat([table, pd.DataFrame(matrix.astype(np.float32), columns=scorer.classes)], axis=1)
 
 
 def file_events(scores: pd.DataFrame, classes: Sequence[str], config, *, thresholds: np.ndarray,
@@ -375,17 +384,8 @@ def score_files(scorer, paths: Sequence[str | Path], options: DetectOptions = De
     >>> for i, scores in score_files(scorer, ["pond.wav", "marsh.flac"]):  # doctest: +SKIP
     ...     print(i, len(scores))
     """
-    rate = scorer.config.audio.sample_rate
     for index, rows in scored_windows(scorer, list(enumerate(map(str, paths))), options):
-        if isinstance(rows, str):
-            yield index, rows
-            continue
-        rows.sort(key=lambda row: row[0])
-        matrix = np.stack([row[3] for row in rows]) if rows else np.zeros((0, len(scorer.classes)))
-        table = pd.DataFrame({"file": str(paths[index]), "start": [round(r[0] / rate, 6) for r in rows],
-                              "end": [round((r[0] + r[1]) / rate, 6) for r in rows],
-                              "partial": [bool(r[2]) for r in rows]})
-        yield index, pd.concat([table, pd.DataFrame(matrix.astype(np.float32), columns=scorer.classes)], axis=1)
+        yield index, rows if isinstance(rows, str) else _scores_table(paths[index], rows, scorer)
 
 
 def _batches(windows: _FileWindows, workers: int) -> Iterator[_Batch]:

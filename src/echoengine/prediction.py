@@ -38,7 +38,7 @@ from tqdm import tqdm
 from echoengine.cache import FeatureCache
 from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
-from echoengine.layout import Bundle, check_ensemble
+from echoengine.layout import Bundle
 from echoengine.torchscorer import TorchScorer
 
 __all__ = ["clip_maxes", "clip_means", "predict_table", "window_probabilities"]
@@ -115,7 +115,6 @@ def window_probabilities(
     targets : ndarray, shape (n_windows, n_classes)
         Only with ``with_targets``: each window's label (one-hot, or multi-hot with NaN).
     """
-    check_ensemble(bundles)
     first = bundles[0]
     config = first.config
     labelled = table.assign(label="") if "label" not in table else table.assign(

@@ -40,20 +40,28 @@ def _end_with(parent: int) -> None:
     os._exit(0)
 
 
-def _load(bundle: str, options: DetectOptions, thresholds: np.ndarray) -> None:
-    """In the child: load the bundle and keep a ServedModel without a database row."""
-    global _SERVED
+def _watch_parent() -> None:
+    """In the child, once: end with the server."""
     threading.Thread(target=_end_with, args=(os.getppid(),), daemon=True).start()
+
+
+def _load(bundle: str, options: DetectOptions, thresholds: np.ndarray) -> None:
+    """In the child: load the bundle and keep a ServedModel without a database row.
+
+    Run as a task, not as the pool's initializer, so that a bundle that
+    cannot be loaded is the server's one-line EchoError, not a broken pool.
+    """
+    global _SERVED
     from echoengine.api import load_bundles
+    from echoengine.errors import EchoError
     from echoengine.scoring import window_scorer
     from echoengine.service.served import ServedModel
 
-    scorer = window_scorer(load_bundles(bundle, onnx=options.onnx), onnx=options.onnx)
+    try:
+        scorer = window_scorer(load_bundles(bundle, onnx=options.onnx), onnx=options.onnx)
+    except EchoError as exc:  # its own arguments may not survive the trip back: the message does
+        raise EchoError(str(exc)) from None
     _SERVED = ServedModel(scorer, thresholds, options, row=None)
-
-
-def _ready() -> bool:
-    return _SERVED is not None
 
 
 def _events_of_many(paths: list[str]) -> list[tuple[int, tuple | str]]:
@@ -74,9 +82,13 @@ class ScorerProcess:
     """
 
     def __init__(self, bundle: str | Path, options: DetectOptions, thresholds: np.ndarray) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_load,
-                                         initargs=(str(bundle), options, np.asarray(thresholds)))
-        self._pool.submit(_ready).result()  # the bundle is loaded now, not at the first upload
+        self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_watch_parent)
+        try:  # the bundle is loaded now, not at the first upload
+            self._pool.submit(_load, str(bundle), options, np.asarray(thresholds)).result()
+        except BaseException:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
     def events_of_many(self, paths: list[str | Path]) -> list[tuple[int, tuple | str]]:
         """``(index, (events, top species))`` or ``(index, reason)`` of each recording, scored in the child."""
