@@ -55,6 +55,7 @@ import argparse
 import datetime as dt
 import io
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -159,6 +160,16 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (0 once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_kib(pid: int) -> int:
     """``VmHWM`` of a process (KiB; 0 once it is gone)."""
     try:
@@ -209,6 +220,11 @@ class ServerProcess:
         """Keep the largest VmHWM seen of the server and each of its descendants."""
         for pid in [self.process.pid, *descendants(self.process.pid)]:
             self.peaks[pid] = max(self.peaks.get(pid, 0), peak_kib(pid))
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far by the server's own process and by its children (the scoring process)."""
+        children = descendants(self.process.pid)
+        return {"server": cpu_seconds(self.process.pid), "scorer": sum(cpu_seconds(pid) for pid in children)}
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Wait for ``/healthz`` to answer 200; exit with the server's log if it dies or takes too long."""
@@ -431,6 +447,7 @@ class Result:
     peak: int
     burst_audio: float = 0.0
     burst_span: float = 1e-9
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 def print_table(result: Result) -> None:
@@ -465,6 +482,11 @@ def print_table(result: Result) -> None:
     burst_ratio = burst_rate / result.detect_rate
     print(f"{'ratio, a full queue':<28} {'':>9} {burst_ratio:>9.2f}x   target >= {TARGET_RATIO}x: "
           f"{'met' if burst_ratio >= TARGET_RATIO else 'NOT met'}")
+    if result.cpu:
+        cpu, total = result.cpu, result.cpu["wall"] * (os.cpu_count() or 1)
+        shares = ", ".join(f"{name} {cpu[name]:.1f} s ({cpu[name] / total:.0%})"
+                           for name in ("server", "scorer", "clients"))
+        print(f"{'CPU while loaded':<28} {'':>9} {cpu['wall']:>6.1f} s wall x {os.cpu_count()} cores: {shares}")
     print(f"{'server peak memory (VmHWM)':<28} {'':>9} {result.peak / 2**20:>6.0f} MiB")
     if stats.errors:
         print("\nerrors:")
@@ -511,6 +533,7 @@ def run_load(args: argparse.Namespace, bundle: Path, sources: Sources, scoring: 
         species = next(model["classes"] for model in models if model["serving"])
         load = Load(server.url, sources, species, time.monotonic() + args.duration, args.pause, args.in_flight)
         threads = [threading.Thread(target=load.client, args=(k,)) for k in range(args.clients)]
+        before = {**server.cpu(), "clients": _own_cpu()}
         start = time.monotonic()
         for thread in threads:
             thread.start()
@@ -518,13 +541,20 @@ def run_load(args: argparse.Namespace, bundle: Path, sources: Sources, scoring: 
             thread.join()
         period = time.monotonic() - start
         drained, left = drain(server.url, args.drain)
+        after = {**server.cpu(), "clients": _own_cpu()}
+        cpu = {name: after[name] - before[name] for name in after} | {"wall": time.monotonic() - start}
         audio, span, done = scored(server.url, load.uploaded, load.stats)
     finally:
         peak = server.stop()
     burst_audio, burst_span, burst_peak = capacity(bundle, sources, scoring, tmp)
     peak = max(peak, burst_peak)
     return Result(load.stats, period, audio, span, done, len(load.uploaded), left, drained, detect_rate, peak,
-                  burst_audio, burst_span)
+                  burst_audio, burst_span, cpu)
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
