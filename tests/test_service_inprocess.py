@@ -137,6 +137,40 @@ def test_queued_recordings_are_scored_together_and_give_each_one_scored_alone(bu
     service.stop()
 
 
+def test_two_scoring_processes_with_claims_handed_ahead_give_what_scoring_here_gives(bundle, tmp_path):
+    """serve's scoring: 2 child processes, the worker handing them claims before it stores the last ones'."""
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    options = DetectOptions(threshold=0.0, top_n=1)
+    uploads = [make_recording(seconds, seed=1200 + i) for i, seconds in enumerate((3.0, 9.0, 5.0, 4.0, 12.0, 6.0))]
+    found = {}
+    for processes in (0, 2):
+        service = open_service(bundle, store=tmp_path / f"store{processes}", options=options,
+                               scoring_processes=processes)
+        service.worker.claim = 2  # six uploads: three claims, up to three handed over at once
+        ids = [ingest(service.db, service.store, audio, filename=f"{i}.flac")[0] for i, audio in enumerate(uploads)]
+        service.start()
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                with service.db.session() as session:
+                    if all(session.get(Recording, r).status == "done" for r in ids):
+                        break
+                time.sleep(0.2)
+            with service.db.session() as session:
+                assert [session.get(Recording, r).status for r in ids] == ["done"] * len(ids)
+                found[processes] = [sorted((d.species, d.start, d.end, round(d.score, 4)) for d in
+                                           session.query(Detection).filter_by(recording_id=r)) for r in ids]
+            if processes:
+                assert service.served.process.processes == 2 and service.served.process.depth == 3
+        finally:
+            service.stop()
+    assert found[2] == found[0] and all(found[0])
+
+
 def test_an_exported_bundle_is_served_with_onnx_as_pytorch_serves_it(bundle, tmp_path):
     from echoengine import api
     from echoengine.detection import DetectOptions

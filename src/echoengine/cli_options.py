@@ -53,6 +53,27 @@ TRAINING_COMMANDS = ("train", "cv")
 DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
 
 
+def _positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse's type), or argparse's one-line error.
+
+    Examples
+    --------
+    >>> _positive_int("2")
+    2
+    >>> _positive_int("0")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: must be at least 1, got 0
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _comma_list(text: str) -> list[str]:
     """A list option: ``"3-4, 3-5"`` -> ``["3-4", "3-5"]``; ``"none"`` -> ``[]``."""
     return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
@@ -337,6 +358,9 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
                    "of the --mqtt broker")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="how much the server logs")
+    p.add_argument("--scoring-processes", type=_positive_int, metavar="N",
+                   help="processes that score side by side, each with its copy of the model and cores / N threads "
+                   "(default: 2 on 2 or more cores, else 1)")
     _scoring_options(p)
 
 

@@ -40,7 +40,8 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.layout import Bundle, BundleFiles, check_ensemble, weights_digest
 
 __all__ = ["CHUNK_SECONDS", "ONNX", "WEIGHTS_KEY", "GraphScorer", "bundle_onnx_session", "onnx_session",
-           "pool_windows", "predict_files", "score_stream", "stream_window_probabilities", "window_scorer"]
+           "pool_windows", "predict_files", "score_stream", "set_threads", "stream_window_probabilities",
+           "window_scorer"]
 
 #: Seconds of audio an ONNX graph scores at a time: its memory grows with its input, not with a file's length.
 CHUNK_SECONDS = 60.0
@@ -48,6 +49,18 @@ CHUNK_SECONDS = 60.0
 WEIGHTS_KEY = "echoengine.weights"
 #: The kind of a scorer of exported graphs (beside the model kinds' inputs: images, embeddings, waveforms).
 ONNX = "onnx"
+_THREADS: dict[str, int] = {}  # {"intra_op": n} once set_threads(n) was called: what new ONNX sessions use
+
+
+def set_threads(threads: int) -> None:
+    """Score with ``threads`` threads in this process: ONNX sessions made from now on, and PyTorch once imported.
+
+    A scoring process that shares the cores with others (the server's scoring
+    processes) sets its share; by default both runtimes take every core.
+    """
+    _THREADS["intra_op"] = threads
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
 
 
 def window_scorer(bundles: Sequence[Bundle], *, onnx: bool = False, sessions: Sequence | None = None):
@@ -260,8 +273,11 @@ def onnx_session(path: str | Path):
     """An onnxruntime session on the CPU; an unreadable graph is an EchoError naming the file."""
     import onnxruntime  # a heavy import (about 0.3 s), only where a graph is run
 
+    settings = onnxruntime.SessionOptions()
+    if "intra_op" in _THREADS:
+        settings.intra_op_num_threads, settings.inter_op_num_threads = _THREADS["intra_op"], 1
     try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(str(path), settings, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         raise EchoError(f"{path}: cannot load the ONNX graph ({' '.join(str(exc).split())[:300]})") from None
 

@@ -34,7 +34,7 @@ from echoengine.service.access import Access, read_api_key
 from echoengine.service.db import DB_FILE, Database, default_url
 from echoengine.service.ingest import ingest
 from echoengine.service.lock import LOCK_FILE, StoreLock, lock_store
-from echoengine.service.scorer_process import ScorerProcess
+from echoengine.service.scorer_process import ScorerProcess, default_processes
 from echoengine.service.served import ServedModel, load_model
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
@@ -125,7 +125,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                  base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None,
-                 scoring_process: bool = False) -> Service:
+                 scoring_processes: int = 0) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
     Options, MQTT address and bundle are checked before the store folder is
@@ -152,8 +152,9 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         a persistent session: the broker keeps QoS 1 messages sent while the server is down.
     mqtt_out : str, optional
         The topic each stored detection is published to (JSON, with its link), through the same broker.
-    scoring_process : bool
-        Score in a process of its own (``serve`` does), the model loaded there only.
+    scoring_processes : int
+        Score in this many processes of their own (``serve`` does: 2 on 2 or more
+        cores), the model loaded there only; 0 scores in this process.
 
     Raises
     ------
@@ -168,7 +169,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     lock = lock_store(folder)
     try:
         client_id = mqtt_client_id(folder) if mqtt else None
-        database, served, audio = _open_store(folder, db, bundle, options, scoring_process)
+        database, served, audio = _open_store(folder, db, bundle, options, scoring_processes)
     except BaseException:
         lock.release()
         if made:
@@ -184,15 +185,15 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
 
 
 def _open_store(folder: Path, db: str | None, bundle: str | Path, options: DetectOptions | None,
-                scoring_process: bool) -> tuple[Database, ServedModel, AudioStore]:
+                scoring_processes: int) -> tuple[Database, ServedModel, AudioStore]:
     """The database brought up to date, the bundle registered in it (and loaded, here or in a scoring
     process), and the audio store."""
     database = Database.connect(db or default_url(folder))
     try:
         database.migrate()
-        served = load_model(database, bundle, options, model_here=not scoring_process)
-        if scoring_process:  # the HTTP side keeps this process (and its GIL) to itself
-            served.process = ScorerProcess(bundle, served.options, served.thresholds)
+        served = load_model(database, bundle, options, model_here=not scoring_processes)
+        if scoring_processes:  # the HTTP side keeps this process (and its GIL) to itself
+            served.process = ScorerProcess(bundle, served.options, served.thresholds, scoring_processes)
         audio = AudioStore(folder, served.scorer.config.audio)
         audio.clear_incoming()
     except BaseException:
@@ -283,8 +284,11 @@ def _remove_new_store(folder: Path) -> None:
 def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
           public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
-          mqtt_out: str | None = None, log_level: str = "info") -> None:
+          mqtt_out: str | None = None, log_level: str = "info", scoring_processes: int | None = None) -> None:
     """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest).
+
+    The model scores in ``scoring_processes`` processes of their own (default
+    :func:`~echoengine.service.scorer_process.default_processes`: 2 on 2 or more cores).
 
     The port is taken first, then the store (:func:`open_service`): a server
     that cannot have both stops before it changes anything in the store.
@@ -298,7 +302,7 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
         service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
                                public_reads=public_reads, max_upload_mb=max_upload_mb,
                                base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out,
-                               scoring_process=True)
+                               scoring_processes=scoring_processes or default_processes())
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)

@@ -30,7 +30,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
+from typing import NamedTuple
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
@@ -48,6 +51,13 @@ logger = logging.getLogger("echoengine.service")
 #: Claims of one recording before it is marked failed (each claim that did not finish was a server dying on it).
 MAX_ATTEMPTS = 3
 DetectionCallback = Callable[[dict], object]
+
+
+class _Batch(NamedTuple):
+    """Recordings claimed together (``(id, stored name)``, oldest first) and, in a scoring process, their future."""
+
+    claimed: list[tuple[int, str]]
+    future: Future | None
 
 
 class Worker:
@@ -116,24 +126,61 @@ class Worker:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        flight: deque[_Batch] = deque()  # claimed and handed to the scoring processes, oldest first
         while not self._stop.is_set():
             self.db.queued.clear()
+            settling = None
             try:
-                worked = self.run_once() is not None
+                self._fill(flight)
+                if flight:
+                    settling = flight.popleft()
+                    self._settle_batch(settling)
             except Exception:  # the database went away, say: log it, wait, try again
                 logger.exception("worker: unexpected error; retrying in %.0f s", self.poll)
-                worked = False
-            if not worked:
+                for batch in (settling, *flight):
+                    self._drop(batch)
+                flight.clear()
+                settling = None
+            if settling is None:
                 self.db.queued.wait(self.poll)
+        while flight:
+            self._settle_batch(flight.popleft())
+
+    def _fill(self, flight: deque) -> None:
+        """Claim and hand over batches until the scoring processes have enough (one batch without them).
+
+        With scoring processes, the next claims are theirs before the last
+        one's detections are stored: they never wait for the database.
+        """
+        depth = self.served.process.depth if self.served.process is not None else 1
+        while len(flight) < depth:
+            batch = self._start()
+            if batch is None:
+                return
+            flight.append(batch)
 
     def run_once(self) -> int | None:
         """Claim the oldest queued recordings (up to ``claim``) and score them; the first's id, or None."""
+        batch = self._start()
+        if batch is None:
+            return None
+        self._settle_batch(batch)
+        return batch.claimed[0][0]
+
+    def _start(self) -> _Batch | None:
+        """Claim the oldest queued recordings and, with a scoring process, hand them to it; None: nothing queued."""
         claimed = self._claim(self.claim)
         if not claimed:
             return None
-        first = claimed[0][0]
-        if len(claimed) > 1 or self.served.process is not None:
-            claimed = self._score_together(claimed)  # those it could not finish, one by one below
+        process = self.served.process
+        future = process.submit([self.store.path(name) for _, name in claimed]) if process is not None else None
+        return _Batch(claimed, future)
+
+    def _settle_batch(self, batch: _Batch) -> None:
+        """Settle a claimed batch: scored together, then one by one those the shared scoring could not finish."""
+        claimed = batch.claimed
+        if batch.future is not None or len(claimed) > 1:
+            claimed = self._score_together(batch)
         for recording_id, name in claimed:
             try:
                 result = self.served.events(self.store.path(name))
@@ -143,19 +190,29 @@ class Worker:
                 logger.exception("worker: recording %d failed", recording_id)
                 result = f"{type(exc).__name__}: {exc}".splitlines()[0]
             self._settle(recording_id, result)
-        return first
 
-    def _score_together(self, claimed: list[tuple[int, str]]) -> list[tuple[int, str]]:
-        """Score claimed recordings together, settling each as it finishes; those left when scoring broke."""
+    def _score_together(self, batch: _Batch) -> list[tuple[int, str]]:
+        """Score a batch's recordings together, settling each as it finishes; those left when scoring broke."""
+        claimed = batch.claimed
         left = dict(claimed)
         try:
-            for index, result in self.served.events_of_many([self.store.path(name) for _, name in claimed]):
+            results = (batch.future.result() if batch.future is not None
+                       else self.served.events_of_many([self.store.path(name) for _, name in claimed]))
+            for index, result in results:
                 recording_id = claimed[index][0]
                 self._settle(recording_id, result)
                 del left[recording_id]
         except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
             logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
         return list(left.items())
+
+    def _drop(self, batch: _Batch | None) -> None:
+        """Give up a claimed batch after an error: those of its recordings not yet settled go back to the queue."""
+        if batch is not None:
+            if batch.future is not None:
+                batch.future.cancel()
+            for recording_id, _ in batch.claimed:
+                self._release(recording_id)
 
     def _settle(self, recording_id: int, result: tuple | str) -> None:
         """Store a recording's detections and mark it done (or failed, for a reason); publish them."""
