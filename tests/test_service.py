@@ -34,7 +34,8 @@ SMALL = {"n_mels": 64, "image_height": 64, "image_width": 64, "hop_length": 400,
 CONTRACT = (*SCORING, "--max-upload-mb", "1")
 PATHS = {"/api/recordings", "/api/recordings/{recording_id}", "/api/detections", "/api/detections/{detection_id}",
          "/api/detections/{detection_id}/audio", "/api/detections/{detection_id}/spectrogram.png",
-         "/api/detections/{detection_id}/review", "/api/species", "/api/sensors", "/api/models", "/healthz"}
+         "/api/detections/{detection_id}/review", "/api/species", "/api/sensors", "/api/models", "/healthz",
+         "/api/reviews/{review_id}", "/api/review-queue", "/api/precision"}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------------
@@ -264,7 +265,8 @@ def test_a_detection_has_its_audio_with_context_and_a_spectrogram(server):
     picture = server.client.get(f"/api/detections/{detection['id']}/spectrogram.png")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(picture.content))
-    assert image.format == "PNG" and image.size[1] == 256 and image.size[0] > 50
+    left, top, width, height = map(int, picture.headers["X-Plot-Box"].split(","))
+    assert image.format == "PNG" and height == 256 and width >= 50 and image.size[1] > top + height
 
 
 def test_openapi_has_exactly_the_paths_and_the_docs_need_no_network(server):
