@@ -265,7 +265,7 @@ def test_a_detection_has_its_audio_with_context_and_a_spectrogram(server):
     picture = server.client.get(f"/api/detections/{detection['id']}/spectrogram.png")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
     image = Image.open(io.BytesIO(picture.content))
-    left, top, width, height = map(int, picture.headers["X-Plot-Box"].split(","))
+    _, top, width, height = map(int, picture.headers["X-Plot-Box"].split(","))
     assert image.format == "PNG" and height == 256 and width >= 50 and image.size[1] > top + height
 
 
@@ -291,7 +291,7 @@ def test_the_migrations_make_exactly_the_tables_of_the_schema(new_database, tmp_
 
     db = Database.connect(new_database() or default_url(tmp_path))
     try:
-        assert db.migrate() == db.migrate() == "0001"  # a second run finds nothing to do
+        assert db.migrate() == db.migrate() == "0002"  # a second run finds nothing to do
         with db.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:
