@@ -144,9 +144,10 @@ def stratified_sample(rows: Iterable[tuple[int, str, float]], *, budget: int, bi
     [0, 1]
     """
     members: dict[tuple[str, int], list[int]] = {}
-    for detection_id, species, score in rows:
-        members.setdefault((species, bin_of(score, bins)), []).append(detection_id)
     edges = bin_edges(bins)
+    inner = edges[1:-1]  # as bin_of, without making the edges again for each detection
+    for detection_id, species, score in rows:
+        members.setdefault((species, bisect_right(inner, score)), []).append(detection_id)
     keys = [(species, k) for species in sorted({s for s, _ in members}) for k in range(bins)]
     sizes = [len(members.get(key, ())) for key in keys]
     given = allocate(sizes, budget, seed, keys=[f"{species}/{k}" for species, k in keys])
