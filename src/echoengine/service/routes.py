@@ -252,7 +252,12 @@ def review_queue(
     seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="the sample's seed (the same seed, the same "
                                                                 "sample)")] = 0,
 ) -> dict:
-    """A stratified random sample of detections to review (species x score bin), reviewed ones included."""
+    """A stratified random sample of detections to review (species x score bin), reviewed ones included.
+
+    Each stratum says how many detections it holds, how many were sampled
+    and how many of those have a review (any status); each item its stratum.
+    How the budget is shared and the sample drawn: :mod:`echoengine.service.sampling`.
+    """
     service = _service(request)
     with service.db.session() as session:
         strata, picks = sampling.stratified_sample(queries.detection_scores(session, _given(species)),
