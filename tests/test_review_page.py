@@ -34,6 +34,7 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 UPLOADS = [("birds_10s.flac", "pond-1", 40.79, -77.86), ("ruffed_grouse_drum.flac", "ridge-2", 40.81, -77.80),
            ("spinetail.flac", "forest-3", 4.63, -52.30), ("robin.ogg", "garden-4", None, None)]
 MAAD = 3  # and the first few 10 s files of the 24 h series, from pond-1
+KEY = "review-page-key"  # the server needs it for writes: the page's key field is tested too
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------------
@@ -55,8 +56,11 @@ def server(webdriver_module, soundscapes, synthetic_dataset, tmp_path_factory):
     """A server with detections of real recordings: every window's two best classes (threshold 0)."""
     bundle = small_bundle(synthetic_dataset, tmp_path_factory)
     store = tmp_path_factory.mktemp("review-page") / "store"
-    running = Server(bundle, store, options=SCORING).wait_ready()
+    key_file = store.parent / "key.txt"
+    key_file.write_text(KEY + "\n")
+    running = Server(bundle, store, options=(*SCORING, "--api-key-file", str(key_file))).wait_ready()
     running.store = store
+    running.client.headers["X-API-Key"] = KEY
     ids = []
     for day, (name, sensor, lat, lon) in enumerate(UPLOADS):
         position = {"lat": lat, "lon": lon} if lat is not None else {}
@@ -156,16 +160,20 @@ def _console_errors(driver, allowed: tuple[str, ...] = ()) -> list[str]:
             if entry["level"] == "SEVERE" and not any(word in entry["message"] for word in allowed)]
 
 
-def _set_reviewer(driver, name: str) -> None:
+def _sign_in(driver, name: str, key: str = KEY) -> None:
+    """Type the reviewer's name and the API key into the page's settings, as a user would."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
     driver.find_element(By.ID, "settings-summary").click()
-    field = driver.find_element(By.ID, "reviewer")
-    field.clear()
-    field.send_keys(name, Keys.ENTER)
-    _wait(driver, lambda d: f"Reviewer: {name}" in d.find_element(By.ID, "settings-summary").text,
-          what="saving the reviewer")
+    for field_id, value in (("reviewer", name), ("api-key", key)):
+        field = driver.find_element(By.ID, field_id)
+        field.clear()
+        field.send_keys(value)
+    field.send_keys(Keys.ENTER)
+    shown = f"Reviewer: {name}" + (" · key set" if key else "")
+    _wait(driver, lambda d: d.find_element(By.ID, "settings-summary").text == shown,
+          what="saving the reviewer and the key")
 
 
 def _reviews(server: Server) -> list[tuple]:
@@ -177,6 +185,7 @@ def _reviews(server: Server) -> list[tuple]:
 # ---- the tests ---------------------------------------------------------------------------------------------------
 def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, server):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
     everything = _api(server, "/api/detections", limit=1000)
@@ -192,6 +201,15 @@ def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, ser
         "return [...document.querySelectorAll('main input, main select')]"
         ".filter(e => !e.labels || !e.labels.length).map(e => e.name)")
     assert unlabelled == []
+
+    # "?" lists the shortcuts in a dialog (Esc closes it); "/" goes to the filters
+    _keys(browser, "?")
+    _wait(browser, lambda d: d.execute_script("return document.getElementById('help').open"), what="the help")
+    assert len(_rows(browser, "#help-keys tbody tr")) >= 10
+    _keys(browser, Keys.ESCAPE)
+    _wait(browser, lambda d: not d.execute_script("return document.getElementById('help').open"), what="closing")
+    _keys(browser, "/")
+    assert browser.switch_to.active_element.get_attribute("name") == "species"
 
     species = everything["items"][-1]["species"]
     Select(browser.find_element(By.NAME, "species")).select_by_value(species)
@@ -228,7 +246,9 @@ def test_a_detection_shows_its_spectrogram_and_plays_its_clip(browser, server):
     _wait(browser, lambda d: _settled(d) and f"#/detection/{first['id']}?" in d.execute_script("return location.hash"),
           what="opening the first detection")
     detection = _api(server, f"/api/detections/{first['id']}")
-    assert browser.find_element(By.ID, "view-title").text == f"Detection {detection['id']}: {detection['species']}"
+    title = browser.find_element(By.ID, "view-title")
+    assert title.text == f"Detection {detection['id']}: {detection['species']}"
+    assert browser.switch_to.active_element == title  # the new view's heading takes the focus
     _wait(browser, lambda d: d.execute_script(
         "const a = document.getElementById('clip'); return a.readyState >= 1 && a.error === null"),
         what="loading the clip's metadata")
@@ -254,13 +274,17 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
 
     before = _reviews(server)
     _open(browser, server, "#/detections?review=unreviewed&order=oldest")
-    _set_reviewer(browser, "page-test")
+    _sign_in(browser, "page-test")
     unreviewed = _api(server, "/api/detections", review="unreviewed", order="oldest", limit=2)["items"]
     first, second = unreviewed
     _rows(browser)[0].find_element(By.CSS_SELECTOR, "th a").click()
     _wait(browser, lambda d: _settled(d) and f"#/detection/{first['id']}?" in d.execute_script("return location.hash"),
           what="opening the first unreviewed detection")
 
+    # with a key, the page fetches the clip with it (a media element cannot send headers) and plays the bytes
+    _wait(browser, lambda d: d.execute_script("const a = document.getElementById('clip');"
+                                              "return a.src.startsWith('blob:') && a.readyState >= 1 && !a.error"),
+          what="loading the clip with the key")
     # keys do nothing while typing: a "c" in the comment field is text, not a verdict
     comment = browser.find_element(By.ID, "comment")
     comment.send_keys("c")
@@ -308,6 +332,7 @@ def test_the_queue_the_precision_and_the_sensors(browser, server):
 
     queue = _api(server, "/api/review-queue", budget=6, bins=5, seed=0)
     _open(browser, server, "#/queue?budget=6&bins=5&seed=0")
+    _sign_in(browser, "page-test")
     assert [row.find_element(By.CSS_SELECTOR, "th a").text for row in _rows(browser)] == \
         [item["species"] for item in queue["items"]]
     waiting = [item for item in queue["items"] if not item["review"]]
@@ -349,6 +374,15 @@ def test_errors_are_one_line_with_the_servers_reason(browser, server):
     _open(browser, server, "#/detections?max=1.5")
     assert "422" in _status(browser) and "max_score" in _status(browser) and "\n" not in _status(browser)
     assert "max_score" in browser.find_element(By.CSS_SELECTOR, "#results .error").text
+    # a verdict without the key: refused by the server, and the page says why
+    item = _api(server, "/api/detections", limit=1)["items"][0]
+    _open(browser, server, f"#/detection/{item['id']}")
+    _sign_in(browser, "page-test", key="")
+    count = len(_reviews(server))
+    _keys(browser, "c")
+    _wait(browser, lambda d: f"Detection {item['id']} could not be confirmed: 401 " in _status(d), what="refusing")
+    assert "X-API-Key" in _status(browser) and len(_reviews(server)) == count
+    _sign_in(browser, "page-test")
     _console_errors(browser)  # the browser logs the failed requests themselves: expected here
 
 
@@ -385,14 +419,14 @@ def test_screenshots_for_the_readme(browser, server):
     browser.execute_script("localStorage.setItem('echoengine.reviewer', 'ann')")
     browser.refresh()
     _wait(browser, _settled, what="reloading the list")
-    _screenshot(browser, folder / "review-list.png", 820)
+    _screenshot(browser, folder / "review-list.png", 780)
     birds = items[0]  # birds_10s.flac, the first upload
     _open(browser, server, f"#/detection/{birds['id']}?order=oldest&pos=0")
     _keys(browser, " ")
     _wait(browser, lambda d: d.execute_script("return document.getElementById('clip').currentTime > 3.5"),
           what="playing into the clip")
     _keys(browser, " ")
-    _screenshot(browser, folder / "review-detection.png", 860)
+    _screenshot(browser, folder / "review-detection.png", 1010)
     browser.set_window_size(1280, 900)
     for name in ("review-list.png", "review-detection.png"):
         assert (folder / name).stat().st_size < 300_000

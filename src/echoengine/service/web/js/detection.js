@@ -45,7 +45,7 @@ function topSpecies(d) {
 function reviewsTable(d) {
   const reviews = d.reviews || [];
   if (!reviews.length) return h("p", {id: "reviews"}, "No review yet.");
-  return h("table", {id: "reviews", class: "reviews"}, h("caption", {}, "Earlier reviews, oldest first"),
+  return h("table", {id: "reviews", class: "reviews"}, h("caption", {class: "visually-hidden"}, "Earlier reviews, oldest first"),
     head("When (UTC)", "Reviewer", "Verdict", "Species", "Comment"),
     h("tbody", {}, reviews.map((r) => h("tr", {}, h("td", {}, when(r.created_at)), h("td", {}, r.reviewer),
       h("td", {}, h("span", {class: `badge ${r.status}`}, r.status)), h("td", {}, r.species || "–"),
@@ -119,7 +119,7 @@ export async function showDetection(main, params, id) {
     else window.dispatchEvent(new CustomEvent("echoengine:refresh"));
   };
   const relabel = d.reviewed_species && d.reviewed_species !== d.species ? ` → ${d.reviewed_species}` : "";
-  const position = h("p", {class: "muted", id: "position"});
+  const position = h("span", {class: "muted", id: "position"});
   put(main, viewHeading(`Detection ${d.id}: ${d.species}`),
     h("p", {}, h("span", {class: `badge ${d.review || "unreviewed"}`, id: "review-state"}, (d.review || "unreviewed") + relabel),
       " ", position),

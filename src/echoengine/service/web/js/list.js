@@ -138,12 +138,14 @@ function speciesTable(params) {
     const share = (part) => (part === undefined ? "–" : `${count(part)} (${percent(part, reviewed)})`);
     return h("tr", {},
       h("th", {scope: "row"}, h("a", {href: filter}, row.species),
-        h("span", {class: "under"}, shareBar(row), ` ${count(reviewed)} reviewed`)),
+        h("span", {class: "under"}, shareBar(row), `${count(reviewed)} reviewed`,
+          row.relabelled ? ` · ${count(row.relabelled)} relabelled` : "")),
       h("td", {class: "num"}, count(row.detections)),
       h("td", {class: "num"}, share(row.confirmed || 0)), h("td", {class: "num"}, share(row.rejected)));
   });
   return h("table", {class: "species"},
-    h("caption", {}, "Confirmed and rejected: shares of the reviewed detections. The bar: of all detections."),
+    h("caption", {}, "Confirmed and rejected: shares of the reviewed detections (a relabelled one counts under its ",
+      "verdict, and is a false positive for the detected species). The bar: of all detections."),
     head("Species", ["Detections", "num"], ["Confirmed", "num"], ["Rejected", "num"]),
     h("tbody", {}, rows));
 }

@@ -79,8 +79,8 @@ async function start() {
   const line = document.getElementById("serving");
   try {
     const [model, health] = await Promise.all([loadModels(), get("healthz").catch((error) => ({status: error.message}))]);
-    line.textContent = `Serving ${modelName(model)} (${model ? model.classes.length : 0} classes) · ` +
-      `${health.queued ?? "?"} recordings queued · server ${health.status}`;
+    line.textContent = `Serving ${modelName(model)} · ${model ? model.classes.length : 0} classes · ` +
+      `${health.queued ?? "?"} queued${health.status === "ok" ? "" : ` · ${health.status}`}`;
   } catch (error) {
     line.textContent = `The server's model is unknown: ${error.message}`;
     sayError("The server could not be reached", error);
