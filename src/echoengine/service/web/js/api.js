@@ -60,7 +60,8 @@ async function call(method, path, {params, body} = {}) {
   if (apiKey()) headers["X-API-Key"] = apiKey();
   let response;
   try {
-    response = await fetch(url(path, params), {method, headers, body: body === undefined ? undefined : JSON.stringify(body)});
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    response = await fetch(url(path, params), {method, headers, body: payload});
   } catch (error) {
     throw new ApiError(0, `the server did not answer (${error.message})`);
   }

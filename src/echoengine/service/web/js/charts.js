@@ -73,7 +73,8 @@ export function positionsChart(id, sensors, linkOf) {
   const lons = span(placed.map((r) => r.lon), 0.01), lats = span(placed.map((r) => r.lat), 0.01);
   const x = (lon) => M.left + ((lon - lons[0]) / (lons[1] - lons[0])) * (W - M.left - M.right);
   const y = (lat) => H - M.bottom - ((lat - lats[0]) / (lats[1] - lats[0])) * (H - M.top - M.bottom);
-  const points = placed.map((r) => s("a", {href: linkOf(r), "aria-label": `${r.id}: latitude ${r.lat}, longitude ${r.lon}`},
+  const points = placed.map((r) => s("a", {href: linkOf(r),
+    "aria-label": `${r.id}: latitude ${r.lat}, longitude ${r.lon}`},
     s("circle", {cx: x(r.lon), cy: y(r.lat), r: 5, class: "dot"}),
     s("text", {x: x(r.lon) + (x(r.lon) > W * 0.75 ? -8 : 8), y: y(r.lat) - 7, class: "tick",
       "text-anchor": x(r.lon) > W * 0.75 ? "end" : "start"}, r.id)));

@@ -45,7 +45,8 @@ function topSpecies(d) {
 function reviewsTable(d) {
   const reviews = d.reviews || [];
   if (!reviews.length) return h("p", {id: "reviews"}, "No review yet.");
-  return h("table", {id: "reviews", class: "reviews"}, h("caption", {class: "visually-hidden"}, "Earlier reviews, oldest first"),
+  return h("table", {id: "reviews", class: "reviews"},
+    h("caption", {class: "visually-hidden"}, "Earlier reviews, oldest first"),
     head("When (UTC)", "Reviewer", "Verdict", "Species", "Comment"),
     h("tbody", {}, reviews.map((r) => h("tr", {}, h("td", {}, when(r.created_at)), h("td", {}, r.reviewer),
       h("td", {}, h("span", {class: `badge ${r.status}`}, r.status)), h("td", {}, r.species || "–"),
@@ -56,7 +57,8 @@ function verdictPanel(d, act) {
   const button = (status, text, key) => h("button", {type: "button", class: `verdict ${status}`,
     "aria-keyshortcuts": key, onclick: () => act(status)}, text, " ", h("kbd", {}, key));
   const species = h("input", {id: "relabel", name: "species", list: "classes", autocomplete: "off",
-    spellcheck: "false", maxlength: 200, placeholder: known.classes.length ? `one of ${count(known.classes.length)} classes` : ""});
+    spellcheck: "false", maxlength: 200,
+    placeholder: known.classes.length ? `one of ${count(known.classes.length)} classes` : ""});
   const comment = h("input", {id: "comment", name: "comment", maxlength: 2000, autocomplete: "off"});
   const form = h("form", {class: "relabel"},
     h("label", {for: "relabel"}, "Relabel as species ", h("kbd", {}, "l")), species,
@@ -77,7 +79,8 @@ function verdictPanel(d, act) {
   return h("section", {class: "verdict-panel", "aria-labelledby": "verdict-title"},
     h("h3", {id: "verdict-title"}, "Your verdict"),
     h("p", {class: "muted"}, latest ? `Latest: ${latest.status}${latest.species ? ` as ${latest.species}` : ""} by ` +
-      `${latest.reviewer}. ` : "Not reviewed yet. ", reviewer() ? `You review as ${reviewer()}.` : "Set your name first (top)."),
+      `${latest.reviewer}. ` : "Not reviewed yet. ",
+    reviewer() ? `You review as ${reviewer()}.` : "Set your name first (top)."),
     h("div", {class: "buttons"}, button("confirmed", "Confirm", "c"), button("rejected", "Reject", "r"),
       button("uncertain", "Uncertain", "u")),
     form,
@@ -87,13 +90,16 @@ function verdictPanel(d, act) {
       "Undo my last review ", h("kbd", {}, "z"))));
 }
 
+/** Go to the next (+1) or previous (-1) detection; false when there is none (the status line says why). */
 async function step(id, params, direction) {
   try {
     const found = await neighbour(id, params, direction);
     if (found.hash) location.hash = found.hash;
     else say(found.why);
+    return Boolean(found.hash);
   } catch (error) {
     sayError("The next detection could not be found", error);
+    return false;
   }
 }
 
@@ -115,13 +121,13 @@ export async function showDetection(main, params, id) {
     const comment = document.getElementById("comment")?.value.trim() || null;
     const review = await sendVerdict(d, status, species, comment);
     if (!review) return;
-    if (advance()) await step(d.id, params, +1);
-    else window.dispatchEvent(new CustomEvent("echoengine:refresh"));
+    if (!(advance() && await step(d.id, params, +1))) window.dispatchEvent(new CustomEvent("echoengine:refresh"));
   };
   const relabel = d.reviewed_species && d.reviewed_species !== d.species ? ` → ${d.reviewed_species}` : "";
   const position = h("span", {class: "muted", id: "position"});
   put(main, viewHeading(`Detection ${d.id}: ${d.species}`),
-    h("p", {}, h("span", {class: `badge ${d.review || "unreviewed"}`, id: "review-state"}, (d.review || "unreviewed") + relabel),
+    h("p", {}, h("span", {class: `badge ${d.review || "unreviewed"}`, id: "review-state"},
+      (d.review || "unreviewed") + relabel),
       " ", position),
     h("nav", {class: "steps", "aria-label": "Detections"},
       h("button", {type: "button", "aria-keyshortcuts": "p ArrowLeft", onclick: () => step(d.id, params, -1)},

@@ -42,7 +42,8 @@ function typing(target) {
 }
 
 // the keys a focused audio player uses itself (letters still act as shortcuts there)
-const PLAYER_KEYS = [" ", "Enter", "ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp", "PageDown"];
+const PLAYER_KEYS = [" ", "Enter", "ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "Home", "End", "PageUp",
+  "PageDown"];
 
 function playerKey(target, key) {
   return target instanceof Element && ["AUDIO", "VIDEO"].includes(target.tagName) && PLAYER_KEYS.includes(key);

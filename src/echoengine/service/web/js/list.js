@@ -18,7 +18,8 @@ const ORDERS = [["newest", "newest first"], ["oldest", "oldest first"], ["score"
 let current = null; // {params, total} of the list on screen
 
 function filterForm(params) {
-  const species = [["", "any"], ...known.species.map((row) => [row.species, `${row.species} (${count(row.detections)})`])];
+  const species = [["", "any"],
+    ...known.species.map((row) => [row.species, `${row.species} (${count(row.detections)})`])];
   const sensors = [["", "any"], ...known.sensors.map((row) => [row.id, row.name ? `${row.id} (${row.name})` : row.id])];
   const number = (name) => h("input", {name, type: "number", min: 0, max: 1, step: "any", inputmode: "decimal",
     value: params.get(name) || "", placeholder: name === "min" ? "0" : "1"});
@@ -108,7 +109,8 @@ function results(answer, params) {
     h("caption", {class: "visually-hidden"}, "Detections, one per row; the species opens the detection"),
     head("Time (UTC)", "Species", ["Score", "num"], "Sensor", ["Event", "num"], "Review", "Model"),
     h("tbody", {}, answer.items.map((item, i) => row(item, params, first + i))));
-  return [h("p", {id: "list-summary"}, summary), pager(answer.total, params), shown ? h("div", {class: "scroll"}, table) : null,
+  return [h("p", {id: "list-summary"}, summary), pager(answer.total, params),
+    shown ? h("div", {class: "scroll"}, table) : null,
     shown > 20 ? pager(answer.total, params) : null];
 }
 
@@ -153,7 +155,8 @@ function speciesTable(params) {
 function shareBar(row) {
   const total = row.detections || 1;
   const bar = h("span", {class: "bar", role: "img", "aria-label":
-    `${row.confirmed || 0} confirmed, ${row.rejected || 0} rejected, ${row.uncertain || 0} uncertain of ${row.detections}`});
+    `${row.confirmed || 0} confirmed, ${row.rejected || 0} rejected, ${row.uncertain || 0} uncertain ` +
+    `of ${row.detections}`});
   for (const part of ["confirmed", "rejected", "uncertain"]) {
     const piece = h("span", {class: `bar-${part}`});
     piece.style.width = `${(100 * (row[part] || 0)) / total}%`;

@@ -78,9 +78,11 @@ function showSettings() {
 async function start() {
   const line = document.getElementById("serving");
   try {
-    const [model, health] = await Promise.all([loadModels(), get("healthz").catch((error) => ({status: error.message}))]);
+    const health = get("healthz").catch((error) => ({status: error.message}));
+    const model = await loadModels();
+    const state = await health;
     line.textContent = `Serving ${modelName(model)} · ${model ? model.classes.length : 0} classes · ` +
-      `${health.queued ?? "?"} queued${health.status === "ok" ? "" : ` · ${health.status}`}`;
+      `${state.queued ?? "?"} queued${state.status === "ok" ? "" : ` · ${state.status}`}`;
   } catch (error) {
     line.textContent = `The server's model is unknown: ${error.message}`;
     sayError("The server could not be reached", error);

@@ -48,7 +48,8 @@ function follow(image, audio, head, plot) {
 export async function player(d) {
   objectUrls.forEach((address) => URL.revokeObjectURL(address));
   objectUrls = [];
-  const from = Math.max(0, d.start - CONTEXT), to = d.duration ? Math.min(d.duration, d.end + CONTEXT) : d.end + CONTEXT;
+  const from = Math.max(0, d.start - CONTEXT);
+  const to = d.duration ? Math.min(d.duration, d.end + CONTEXT) : d.end + CONTEXT;
   const image = h("img", {id: "spectrogram", alt: `Spectrogram of detection ${d.id} (${d.species}), ${seconds(from)} ` +
     `to ${seconds(to)} of its recording; the event spans ${seconds(d.start)} to ${seconds(d.end)}.`});
   const head = h("span", {class: "playhead", hidden: true});
@@ -68,7 +69,8 @@ export async function player(d) {
     sayError(`The spectrogram or clip of detection ${d.id} could not be loaded`, error);
   }
   return h("figure", {class: "spectrogram"}, h("div", {class: "picture"}, image, head),
-    h("figcaption", {}, h("label", {for: "clip"}, `The event with a second of context either side (${seconds(from)} – ` +
+    h("figcaption", {}, h("label", {for: "clip"},
+      `The event with a second of context either side (${seconds(from)} – ` +
       `${seconds(to)} of recording ${d.recording_id})`), audio));
 }
 

@@ -22,7 +22,8 @@ export function route(hash = location.hash) {
   const cut = raw.indexOf("?");
   const path = cut < 0 ? raw : raw.slice(0, cut);
   const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
-  return {view: parts[0] || "detections", id: parts[1] || null, params: new URLSearchParams(cut < 0 ? "" : raw.slice(cut + 1))};
+  const params = new URLSearchParams(cut < 0 ? "" : raw.slice(cut + 1));
+  return {view: parts[0] || "detections", id: parts[1] || null, params};
 }
 
 /** Whether a hash is one of the page's routes (the skip link's "#main" is not). */

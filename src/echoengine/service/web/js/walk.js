@@ -42,7 +42,7 @@ async function inList(id, params, step) {
   const to = at >= 0 ? start + at + step : (step > 0 ? pos : pos - 1);
   const item = page.items[to - start];
   if (to < 0 || !item) {
-    return {hash: null, why: step > 0 ? "This is the last detection of the list." : "This is the first detection of the list."};
+    return {hash: null, why: `This is the ${step > 0 ? "last" : "first"} detection of the list.`};
   }
   return {hash: hashOf("detection", item.id, {...listParams(params), pos: to})};
 }
