@@ -15,6 +15,9 @@ Modules, from the bottom up:
     The bundle that scores (``score_file`` + ``file_events``, as ``detect``), registered as a model row.
 ``worker``
     The background thread that scores queued recordings; ``on_detection`` callbacks.
+``sampling``
+    The review queue's stratified sample (species x score bin) and the precision it estimates
+    (per-bin Wilson intervals; the stratified estimate per threshold): pure functions.
 ``views``, ``queries``, ``media``, ``access``, ``docs``, ``routes``, ``app``
     The HTTP API: JSON of rows, filtered lists, WAV and PNG of a detection, who may read and write,
     an offline ``/docs`` page, the endpoints and the FastAPI application.

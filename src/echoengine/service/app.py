@@ -20,13 +20,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from echoengine.errors import EchoError
 from echoengine.service.docs import docs_page
+from echoengine.service.page import mount_page
 from echoengine.service.routes import router
 
 __all__ = ["BODY_SLACK", "create_app", "one_line"]
@@ -104,8 +105,8 @@ def _error_handlers(app: FastAPI, max_upload_mb: float) -> None:
 def create_app(service) -> FastAPI:
     """The application serving ``service`` (:class:`echoengine.service.server.Service`); it runs its worker.
 
-    ``/docs`` is a self-contained HTML reference (no CDN), where ``/`` leads; ``/openapi.json`` the OpenAPI
-    document.
+    ``/`` is the review page (:mod:`echoengine.service.page`), ``/docs`` a self-contained HTML reference (no
+    CDN), ``/openapi.json`` the OpenAPI document.
     """
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -128,8 +129,5 @@ def create_app(service) -> FastAPI:
     def docs() -> HTMLResponse:
         return HTMLResponse(docs_page(app.openapi()))
 
-    @app.get("/", include_in_schema=False)
-    def home(request: Request) -> RedirectResponse:
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/docs")
-
+    mount_page(app)
     return app

@@ -1,8 +1,10 @@
-"""The API's read queries: detections by filter (newest first), and counts per species, sensor and model.
+"""The API's read queries: detections by filter and order, counts per species, sensor and model, score strata.
 
 A detection's review status is that of its latest review (several reviewers
 may review one detection; the last word counts), found with one grouped
-subquery that SQLite and PostgreSQL both run.
+subquery that SQLite and PostgreSQL both run. Score bins are computed in SQL
+with the same comparisons as :func:`echoengine.service.sampling.bin_of`
+(``score >= k / bins``), so a detection falls in the same bin everywhere.
 
 Examples
 --------
@@ -12,6 +14,10 @@ Examples
 Traceback (most recent call last):
 ...
 echoengine.errors.EchoError: review: 'maybe' is not one of unreviewed, reviewed, confirmed, rejected, uncertain
+>>> DetectionFilter(min_score=0.8, max_score=0.2)
+Traceback (most recent call last):
+...
+echoengine.errors.EchoError: min_score (0.8) is above max_score (0.2): no detection could pass
 """
 
 from __future__ import annotations
@@ -19,17 +25,23 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, and_, case, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from echoengine.errors import EchoError
+from echoengine.service.sampling import bin_edges
 from echoengine.service.schema import REVIEW_STATUSES, Detection, Model, Recording, Review, Sensor
 
-__all__ = ["REVIEW_FILTERS", "DetectionFilter", "count_recording_detections", "list_detections", "model_counts",
-           "sensor_counts", "species_counts"]
+__all__ = ["ORDERS", "REVIEW_FILTERS", "DetectionFilter", "count_recording_detections", "detection_scores",
+           "detections_by_id", "list_detections", "model_counts", "sensor_counts", "species_counts",
+           "stratum_counts"]
 
 #: What ``review=`` takes: no review yet, any review, or the latest review's status.
 REVIEW_FILTERS = ("unreviewed", "reviewed", *REVIEW_STATUSES)
+#: What ``order=`` takes, and how each sorts (ties by id, the same way).
+ORDERS = {"newest": (Detection.time.desc(), Detection.id.desc()),
+          "score": (Detection.score.desc(), Detection.id.desc()),
+          "oldest": (Detection.time.asc(), Detection.id.asc())}
 
 
 @dataclass(frozen=True)
@@ -42,12 +54,16 @@ class DetectionFilter:
     end: dt.datetime | None = None
     min_score: float | None = None
     review: str | None = None
+    max_score: float | None = None
 
     def __post_init__(self) -> None:
         if self.review is not None and self.review not in REVIEW_FILTERS:
             raise EchoError(f"review: {self.review!r} is not one of {', '.join(REVIEW_FILTERS)}")
         if self.start is not None and self.end is not None and self.start > self.end:
             raise EchoError(f"start ({self.start.isoformat()}) is after end ({self.end.isoformat()})")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise EchoError(f"min_score ({self.min_score:g}) is above max_score ({self.max_score:g}): "
+                            "no detection could pass")
 
     def apply(self, query: Select, latest_status) -> Select:
         """``query`` (of detections, joined to their latest review's status) narrowed by the filters."""
@@ -62,6 +78,8 @@ class DetectionFilter:
             conditions.append(Detection.time <= self.end)
         if self.min_score is not None:
             conditions.append(Detection.score >= self.min_score)
+        if self.max_score is not None:
+            conditions.append(Detection.score <= self.max_score)
         if self.review == "unreviewed":
             conditions.append(latest_status.is_(None))
         elif self.review == "reviewed":
@@ -77,22 +95,69 @@ def _latest_reviews():
             .group_by(Review.detection_id).subquery())
 
 
-def _with_latest_status(query: Select) -> tuple[Select, object]:
+def _with_latest_review(query: Select) -> Select:
+    """``query`` (from detections) outer-joined to each detection's latest review (``Review``'s columns)."""
     latest = _latest_reviews()
-    query = (query.outerjoin(latest, latest.c.detection_id == Detection.id)
-             .outerjoin(Review, Review.id == latest.c.review_id))
-    return query, Review.status
+    return (query.outerjoin(latest, latest.c.detection_id == Detection.id)
+            .outerjoin(Review, Review.id == latest.c.review_id))
 
 
-def list_detections(session: Session, where: DetectionFilter, *, limit: int, offset: int
-                    ) -> tuple[int, list[tuple[Detection, str | None]]]:
-    """The number of detections that pass the filter, and a page of them (newest first) with their review status."""
-    query, status = _with_latest_status(select(Detection, Review.status))
-    query = where.apply(query, status)
+def _loaded(query: Select) -> Select:
+    return query.options(selectinload(Detection.recording), selectinload(Detection.model))
+
+
+def list_detections(session: Session, where: DetectionFilter, *, limit: int, offset: int, order: str = "newest"
+                    ) -> tuple[int, list[tuple[Detection, str | None, str | None]]]:
+    """The number of detections that pass the filter, and a page of them in ``order`` (see :data:`ORDERS`),
+    each with its latest review's status and species (None: not reviewed, or no species given)."""
+    query = where.apply(_with_latest_review(select(Detection, Review.status, Review.species)), Review.status)
     total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery()))
-    page = session.execute(query.order_by(Detection.time.desc(), Detection.id.desc()).limit(limit).offset(offset)
-                           .options(selectinload(Detection.recording), selectinload(Detection.model)))
-    return total, [(detection, review) for detection, review in page]
+    page = session.execute(_loaded(query.order_by(*ORDERS[order]).limit(limit).offset(offset)))
+    return total, [(detection, status, species) for detection, status, species in page]
+
+
+def detections_by_id(session: Session, ids: list[int]) -> dict[int, tuple[Detection, str | None, str | None]]:
+    """The detections of ``ids`` (those that exist), each with its latest review's status and species."""
+    if not ids:
+        return {}
+    query = _with_latest_review(select(Detection, Review.status, Review.species)).where(Detection.id.in_(ids))
+    rows = session.execute(_loaded(query))
+    return {detection.id: (detection, status, species) for detection, status, species in rows}
+
+
+def detection_scores(session: Session, species: str | None = None) -> list[tuple[int, str, float]]:
+    """Every detection's ``(id, species, score)`` (of one species when given), by id."""
+    query = select(Detection.id, Detection.species, Detection.score).order_by(Detection.id)
+    if species is not None:
+        query = query.where(Detection.species == species)
+    return [tuple(row) for row in session.execute(query)]
+
+
+def _score_bin(bins: int):
+    """The score bin of a detection, in SQL: how many of the edges ``k / bins`` (k = 1 .. bins - 1) it reaches."""
+    edges = bin_edges(bins)[1:-1]
+    if not edges:
+        return literal_column("0")
+    return case(*[(Detection.score >= edge, k) for k, edge in reversed(list(enumerate(edges, start=1)))], else_=0)
+
+
+def stratum_counts(session: Session, bins: int, species: str | None = None) -> list[tuple[str, int, int, int, int]]:
+    """Per species and score bin: ``(species, bin, detections, reviewed, correct)`` for the precision estimate.
+
+    Reviewed: the latest review is confirmed or rejected (uncertain is not a
+    verdict); correct: it is confirmed with no other species.
+    """
+    reviewed = Review.status.in_(("confirmed", "rejected"))
+    correct = and_(Review.status == "confirmed", or_(Review.species.is_(None), Review.species == Detection.species))
+    inner = _with_latest_review(select(Detection.species.label("species"), _score_bin(bins).label("bin"),
+                                       case((reviewed, 1), else_=0).label("reviewed"),
+                                       case((correct, 1), else_=0).label("correct")))
+    if species is not None:
+        inner = inner.where(Detection.species == species)
+    rows = inner.subquery()
+    grouped = (select(rows.c.species, rows.c.bin, func.count(), func.sum(rows.c.reviewed), func.sum(rows.c.correct))
+               .group_by(rows.c.species, rows.c.bin))
+    return [(name, int(k), int(n), int(r), int(c)) for name, k, n, r, c in session.execute(grouped)]
 
 
 def latest_status(session: Session, detection_id: int) -> str | None:
@@ -107,17 +172,23 @@ def count_recording_detections(session: Session, recording_id: int) -> int:
 
 
 def species_counts(session: Session) -> list[dict]:
-    """Per species: detections, and those whose latest review confirms them (under a corrected name, if given)."""
-    found = dict(session.execute(select(Detection.species, func.count()).group_by(Detection.species)).all())
-    latest = _latest_reviews()
-    named = func.coalesce(Review.species, Detection.species)
-    confirmed = dict(session.execute(
-        select(named, func.count()).select_from(Detection)
-        .join(latest, latest.c.detection_id == Detection.id).join(Review, Review.id == latest.c.review_id)
-        .where(Review.status == "confirmed").group_by(named)).all())
-    names = sorted(set(found) | set(confirmed), key=lambda name: (-found.get(name, 0), name))
-    return [{"species": name, "detections": found.get(name, 0), "confirmed": confirmed.get(name, 0)}
-            for name in names]
+    """Per detected species, most detections first: its detections and how many have each latest review status.
+
+    ``confirmed + rejected + uncertain + unreviewed == detections``;
+    ``relabelled`` counts those whose latest review names another species.
+    """
+    relabelled = case((and_(Review.species.is_not(None), Review.species != Detection.species), 1), else_=0)
+    rows = session.execute(_with_latest_review(select(Detection.species, Review.status, func.count(),
+                                                      func.sum(relabelled)))
+                           .group_by(Detection.species, Review.status))
+    found: dict[str, dict] = {}
+    for species, status, n, moved in rows:
+        counts = found.setdefault(species, {"species": species, "detections": 0, "relabelled": 0,
+                                            **dict.fromkeys(("confirmed", "rejected", "uncertain", "unreviewed"), 0)})
+        counts["detections"] += n
+        counts[status or "unreviewed"] += n
+        counts["relabelled"] += int(moved or 0)
+    return sorted(found.values(), key=lambda row: (-row["detections"], row["species"]))
 
 
 def sensor_counts(session: Session) -> list[tuple[Sensor, int]]:

@@ -7,7 +7,7 @@ Every bad input is a 4xx whose ``detail`` is one line.
 Examples
 --------
 >>> [route.path for route in writes.routes]
-['/api/recordings', '/api/detections/{detection_id}/review']
+['/api/recordings', '/api/detections/{detection_id}/review', '/api/reviews/{review_id}']
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, selectinload
 
 from echoengine.errors import AudioError, EchoError
-from echoengine.service import media, queries
+from echoengine.service import media, queries, sampling
 from echoengine.service.access import API_KEY_HEADER
 from echoengine.service.ingest import IngestError, ingest_stream, parse_time
 from echoengine.service.schema import REVIEW_STATUSES, Detection, Recording, Review
@@ -35,6 +35,13 @@ _NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
 _ID = Annotated[int, PathParam(ge=1, le=2**31 - 1, description="the id the API gave")]
 _Text = Annotated[str | None, Query(max_length=200, pattern=_NO_CONTROL)]
 _Angle = {"allow_inf_nan": False}
+_Score = Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False)]
+_Bins = Annotated[int, Query(ge=1, le=20, description="equal-width score bins over [0, 1]")]
+
+
+def _given(value: str | None) -> str | None:
+    """A query parameter sent empty (an HTML form's blank field) is one not sent."""
+    return value or None
 
 
 def _service(request: Request):
@@ -130,21 +137,24 @@ def list_detections(
     request: Request, species: _Text = None, sensor_id: _Text = None,
     start: Annotated[str | None, Query(description="from this time (ISO 8601)")] = None,
     end: Annotated[str | None, Query(description="up to this time (ISO 8601)")] = None,
-    min_score: Annotated[float | None, Query(ge=0, le=1, allow_inf_nan=False)] = None,
+    min_score: _Score = None, max_score: _Score = None,
     review: Annotated[str | None, Query(description="unreviewed, reviewed, " + ", ".join(REVIEW_STATUSES))] = None,
+    order: Annotated[Literal["newest", "score", "oldest"], Query(description="newest first, best score first, "
+                                                                             "or oldest first")] = "newest",
     limit: Annotated[int, Query(ge=0, le=1000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> dict:
-    """Detections that pass the filters, newest first: ``{"total": N, "items": [...]}``."""
+    """Detections that pass the filters, newest first (or by ``order``): ``{"total": N, "items": [...]}``."""
     service = _service(request)
     try:
-        where = queries.DetectionFilter(species, sensor_id, parse_time(start, "start"), parse_time(end, "end"),
-                                        min_score, review)
+        where = queries.DetectionFilter(_given(species), _given(sensor_id), parse_time(_given(start), "start"),
+                                        parse_time(_given(end), "end"), min_score, _given(review), max_score)
     except EchoError as exc:
         raise HTTPException(400, str(exc)) from None
     with service.db.session() as session:
-        total, page = queries.list_detections(session, where, limit=limit, offset=offset)
-        items = [detection_json(d, base_url=service.base_url, review=status) for d, status in page]
+        total, page = queries.list_detections(session, where, limit=limit, offset=offset, order=order)
+        items = [detection_json(d, base_url=service.base_url, review=status, reviewed_species=named)
+                 for d, status, named in page]
     return {"total": total, "items": items}
 
 
@@ -160,38 +170,53 @@ def get_detection(request: Request, detection_id: _ID) -> dict:
     with service.db.session() as session:
         detection = _detection(session, detection_id)
         reviews = [review_json(r) for r in detection.reviews]
-        status = reviews[-1]["status"] if reviews else None
-        return {**detection_json(detection, base_url=service.base_url, review=status), "reviews": reviews}
+        latest = reviews[-1] if reviews else {"status": None, "species": None}
+        return {**detection_json(detection, base_url=service.base_url, review=latest["status"],
+                                 reviewed_species=latest["species"]), "reviews": reviews}
 
 
 def _clip(request: Request, detection_id: int):
+    """The detection's audio with context: samples, rate, the clip's start and the event's span (s)."""
     service = _service(request)
     with service.db.session() as session:
         detection = _detection(session, detection_id)
         name, duration = detection.recording.audio, detection.recording.duration
-        start, end = media.context_span(detection.start, detection.end, duration)
+        event = (detection.start, detection.end)
+        start, end = media.context_span(*event, duration)
     try:
-        return service.store.clip(name, start=start, end=end)
+        samples, rate = service.store.clip(name, start=start, end=end)
     except AudioError as exc:  # the file was removed from the store, or damaged, since it was checked
         raise HTTPException(410, f"the audio of detection {detection_id} cannot be read from the store "
                             f"({exc.reason})") from None
+    return samples, rate, start, event
 
 
 @reads.get("/api/detections/{detection_id}/audio", response_class=Response,
            responses={200: {"content": {"audio/wav": {}}, "description": "the event with a second either side"}})
 def get_detection_audio(request: Request, detection_id: _ID) -> Response:
     """The detection's audio with a second of context either side, as WAV (the recording's own rate, mono)."""
-    samples, rate = _clip(request, detection_id)
+    samples, rate, _, _ = _clip(request, detection_id)
     return Response(media.wav_bytes(samples, rate), media_type="audio/wav",
                     headers={"Content-Disposition": f'inline; filename="detection-{detection_id}.wav"'})
 
 
 @reads.get("/api/detections/{detection_id}/spectrogram.png", response_class=Response,
-           responses={200: {"content": {"image/png": {}}, "description": "spectrogram of the audio endpoint's clip"}})
+           responses={200: {"content": {"image/png": {}},
+                            "description": "spectrogram of the audio endpoint's clip, with labelled axes "
+                                           "(time in s into the recording, frequency in kHz) and the event marked"}})
 def get_detection_spectrogram(request: Request, detection_id: _ID) -> Response:
-    """The spectrogram of the detection's audio (with its context), as PNG."""
-    samples, rate = _clip(request, detection_id)
-    return Response(media.spectrogram_png(samples, rate), media_type="image/png")
+    """The spectrogram of the detection's audio (with its context), as PNG, its event's time span marked.
+
+    ``X-Plot-Box`` gives the plot's left, top, width and height in pixels
+    and ``X-Plot-Time`` the seconds (into the recording) at its left and
+    right edges, for a page that draws a play head over it.
+    """
+    samples, rate, offset, event = _clip(request, detection_id)
+    picture = media.spectrogram_png(samples, rate, offset=offset, event=event)
+    left, top, width, height = picture.box
+    return Response(picture.data, media_type="image/png",
+                    headers={"X-Plot-Box": f"{left},{top},{width},{height}",
+                             "X-Plot-Time": f"{picture.start:g},{picture.end:g}"})
 
 
 @writes.post("/api/detections/{detection_id}/review", status_code=201)
@@ -205,11 +230,57 @@ def review_detection(request: Request, detection_id: _ID, verdict: ReviewIn) -> 
         return review_json(review)
 
 
+@writes.delete("/api/reviews/{review_id}")
+def delete_review(request: Request, review_id: _ID) -> dict:
+    """Remove a review (the undo of a verdict): the detection's previous review, if any, is its latest again."""
+    with _service(request).db.transaction() as session:
+        session.delete(_found(session, Review, review_id))
+    return {"id": review_id, "deleted": True}
+
+
 @reads.get("/api/species")
 def list_species(request: Request) -> list[dict]:
-    """Per species: its detections and those confirmed by their latest review."""
+    """Per species: its detections, and how many have each latest review status (and none)."""
     with _service(request).db.session() as session:
         return queries.species_counts(session)
+
+
+@reads.get("/api/review-queue")
+def review_queue(
+    request: Request, species: _Text = None, bins: _Bins = 5,
+    budget: Annotated[int, Query(ge=1, le=5000, description="how many detections to review")] = 50,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1, description="the sample's seed (the same seed, the same "
+                                                                "sample)")] = 0,
+) -> dict:
+    """A stratified random sample of detections to review (species x score bin), reviewed ones included.
+
+    Each stratum says how many detections it holds, how many were sampled
+    and how many of those have a review (any status); each item its stratum.
+    How the budget is shared and the sample drawn: :mod:`echoengine.service.sampling`.
+    """
+    service = _service(request)
+    with service.db.session() as session:
+        strata, picks = sampling.stratified_sample(queries.detection_scores(session, _given(species)),
+                                                   budget=budget, bins=bins, seed=seed)
+        found = queries.detections_by_id(session, [i for i, _ in picks])
+        items = [{**detection_json(found[i][0], base_url=service.base_url, review=found[i][1],
+                                   reviewed_species=found[i][2]), "stratum": stratum}
+                 for i, stratum in picks if i in found]
+    done = {}
+    for item in items:
+        key = (item["species"], item["stratum"]["bin"])
+        done[key] = done.get(key, 0) + (item["review"] is not None)
+    strata = [{**s, "reviewed": done.get((s["species"], s["bin"]), 0)} for s in strata]
+    return {"budget": budget, "seed": seed, "bins": bins, "strata": strata, "items": items}
+
+
+@reads.get("/api/precision")
+def precision(request: Request, species: _Text = None, bins: _Bins = 5) -> list[dict]:
+    """Per species: the confirmed share of reviewed detections per score bin, and the estimated precision of
+    the detections at or above each bin's low edge, with 95 % intervals (see :mod:`echoengine.service.sampling`)."""
+    with _service(request).db.session() as session:
+        counts = queries.stratum_counts(session, bins, _given(species))
+    return sampling.precision_table(counts, bins)
 
 
 @reads.get("/api/sensors")

@@ -120,7 +120,7 @@ class Recording(Base):
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     sensor: Mapped[Sensor | None] = relationship()
-    __table_args__ = (Index("ix_recordings_status", "status", "id"),
+    __table_args__ = (Index("ix_recordings_status", "status", "id"), Index("ix_recordings_sensor", "sensor_id", "id"),
                       CheckConstraint(f"status IN {STATUSES}", name="ck_recordings_status"))
 
 
@@ -146,7 +146,9 @@ class Detection(Base):
     __table_args__ = (
         UniqueConstraint("recording_id", "model_id", "species", "start", name="uq_detections_event"),
         Index("ix_detections_time", "time", "id"),
-        Index("ix_detections_species", "species"),
+        Index("ix_detections_score", "score", "id"),  # the indexes from here on: migration 0002 (review)
+        Index("ix_detections_species_time", "species", "time", "id"),
+        Index("ix_detections_species_score", "species", "score"),
     )
 
 
@@ -155,11 +157,12 @@ class Review(Base):
 
     __tablename__ = "reviews"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id"), index=True)
+    detection_id: Mapped[int] = mapped_column(ForeignKey("detections.id"))
     status: Mapped[str] = mapped_column(String(16))
     species: Mapped[str | None] = mapped_column(String(200))  # a correction of the detection's species
     reviewer: Mapped[str] = mapped_column(String(100))
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utc_now)
     detection: Mapped[Detection] = relationship(back_populates="reviews")
-    __table_args__ = (CheckConstraint(f"status IN {REVIEW_STATUSES}", name="ck_reviews_status"),)
+    __table_args__ = (CheckConstraint(f"status IN {REVIEW_STATUSES}", name="ck_reviews_status"),
+                      Index("ix_reviews_detection_latest", "detection_id", "id"))

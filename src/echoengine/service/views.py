@@ -37,21 +37,24 @@ def detection_link(detection_id: int, base_url: str = "") -> str:
     return f"{base_url.rstrip('/')}/api/detections/{detection_id}"
 
 
-def detection_json(detection: Detection, *, base_url: str = "", review: str | None = None) -> dict:
-    """A detection with its recording's sensor, its model's version and its link.
+def detection_json(detection: Detection, *, base_url: str = "", review: str | None = None,
+                   reviewed_species: str | None = None) -> dict:
+    """A detection with its recording's sensor and duration, its model's version and its links.
 
-    ``review`` is the status of its latest review (None: unreviewed); it
-    needs ``detection.recording`` and ``detection.model`` loaded (or a live session).
+    ``review`` is the status of its latest review (None: unreviewed) and
+    ``reviewed_species`` that review's correction of the species (None: none
+    given); it needs ``detection.recording`` and ``detection.model`` loaded
+    (or a live session).
     """
-    model = detection.model
+    model, link = detection.model, detection_link(detection.id, base_url)
     return {
         "id": detection.id, "recording_id": detection.recording_id, "sensor_id": detection.recording.sensor_id,
         "species": detection.species, "start": detection.start, "end": detection.end, "time": iso(detection.time),
         "score": detection.score, "mean_score": detection.mean_score, "windows": detection.windows,
         "top_species": detection.top_species, "model": {"id": model.id, "name": model.name, "version": model.version},
-        "model_version": f"{model.name}/{model.version}", "review": review, "created_at": iso(detection.created_at),
-        "url": detection_link(detection.id, base_url),
-        "audio_url": detection_link(detection.id, base_url) + "/audio",
+        "model_version": f"{model.name}/{model.version}", "review": review, "reviewed_species": reviewed_species,
+        "duration": detection.recording.duration, "created_at": iso(detection.created_at),
+        "url": link, "audio_url": f"{link}/audio", "spectrogram_url": f"{link}/spectrogram.png",
     }
 
 
