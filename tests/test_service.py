@@ -247,7 +247,7 @@ def test_detections_are_filtered_paged_and_reviewed(server):
                 {"status": "confirmed"}):
         one_line_4xx(server.client.post(f"/api/detections/{target['id']}/review", json=bad), 422)
     sensors = {s["id"]: s for s in server.client.get("/api/sensors").json()}
-    assert sensors["t-review"]["recordings"] == 2
+    assert sensors["t-review"]["recordings"] == 2 and sensors["t-review"]["detections"] == total
     models = server.client.get("/api/models").json()
     assert [(m["name"], m["version"], m["serving"]) for m in models] == [("bundle", 1, True)]
 

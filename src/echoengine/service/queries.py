@@ -172,31 +172,35 @@ def count_recording_detections(session: Session, recording_id: int) -> int:
 
 
 def species_counts(session: Session) -> list[dict]:
-    """Per detected species, most detections first: its detections and how many have each latest review status.
+    """Per detected species, most detections first: its detections and what their latest reviews say.
 
-    ``confirmed + rejected + uncertain + unreviewed == detections``;
-    ``relabelled`` counts those whose latest review names another species.
+    ``confirmed`` counts those confirmed as the detected species,
+    ``relabelled`` those whose latest review names another species (a false
+    positive of the detected one, whatever its status), and ``rejected``,
+    ``uncertain`` and ``unreviewed`` the rest: the five add up to ``detections``.
     """
-    relabelled = case((and_(Review.species.is_not(None), Review.species != Detection.species), 1), else_=0)
-    rows = session.execute(_with_latest_review(select(Detection.species, Review.status, func.count(),
-                                                      func.sum(relabelled)))
-                           .group_by(Detection.species, Review.status))
+    relabelled = and_(Review.species.is_not(None), Review.species != Detection.species)
+    verdict = case((relabelled, "relabelled"), (Review.status.is_(None), "unreviewed"), else_=Review.status)
+    rows = session.execute(_with_latest_review(select(Detection.species, verdict, func.count()))
+                           .group_by(Detection.species, verdict))
     found: dict[str, dict] = {}
-    for species, status, n, moved in rows:
-        counts = found.setdefault(species, {"species": species, "detections": 0, "relabelled": 0,
-                                            **dict.fromkeys(("confirmed", "rejected", "uncertain", "unreviewed"), 0)})
+    for species, status, n in rows:
+        counts = found.setdefault(species, {"species": species, "detections": 0, **dict.fromkeys(
+            ("confirmed", "relabelled", "rejected", "uncertain", "unreviewed"), 0)})
         counts["detections"] += n
-        counts[status or "unreviewed"] += n
-        counts["relabelled"] += int(moved or 0)
+        counts[status] += n
     return sorted(found.values(), key=lambda row: (-row["detections"], row["species"]))
 
 
-def sensor_counts(session: Session) -> list[tuple[Sensor, int]]:
-    """Every sensor with its number of recordings, by id."""
-    counts = (select(Recording.sensor_id, func.count().label("n")).group_by(Recording.sensor_id).subquery())
-    rows = session.execute(select(Sensor, func.coalesce(counts.c.n, 0))
-                           .outerjoin(counts, counts.c.sensor_id == Sensor.id).order_by(Sensor.id))
-    return [(sensor, n) for sensor, n in rows]
+def sensor_counts(session: Session) -> list[tuple[Sensor, int, int]]:
+    """Every sensor with its numbers of recordings and of detections, by id."""
+    recordings = (select(Recording.sensor_id, func.count().label("n")).group_by(Recording.sensor_id).subquery())
+    detections = (select(Recording.sensor_id, func.count(Detection.id).label("n"))
+                  .join(Detection, Detection.recording_id == Recording.id).group_by(Recording.sensor_id).subquery())
+    rows = session.execute(select(Sensor, func.coalesce(recordings.c.n, 0), func.coalesce(detections.c.n, 0))
+                           .outerjoin(recordings, recordings.c.sensor_id == Sensor.id)
+                           .outerjoin(detections, detections.c.sensor_id == Sensor.id).order_by(Sensor.id))
+    return [(sensor, n, d) for sensor, n, d in rows]
 
 
 def model_counts(session: Session) -> list[tuple[Model, int]]:

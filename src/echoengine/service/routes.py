@@ -285,9 +285,9 @@ def precision(request: Request, species: _Text = None, bins: _Bins = 5) -> list[
 
 @reads.get("/api/sensors")
 def list_sensors(request: Request) -> list[dict]:
-    """The sensors, with their last known position and number of recordings."""
+    """The sensors, with their last known position and numbers of recordings and detections."""
     with _service(request).db.session() as session:
-        return [sensor_json(sensor, n) for sensor, n in queries.sensor_counts(session)]
+        return [sensor_json(*counts) for counts in queries.sensor_counts(session)]
 
 
 @reads.get("/api/models")

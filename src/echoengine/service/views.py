@@ -83,8 +83,8 @@ def model_json(model: Model, detections: int = 0) -> dict:
             "options": model.options, "created_at": iso(model.created_at), "detections": detections}
 
 
-def sensor_json(sensor: Sensor, recordings: int = 0) -> dict:
-    """A sensor and its last known position."""
+def sensor_json(sensor: Sensor, recordings: int = 0, detections: int = 0) -> dict:
+    """A sensor, its last known position, and its numbers of recordings and detections."""
     return {"id": sensor.id, "name": sensor.name, "lat": sensor.lat, "lon": sensor.lon, "alt": sensor.alt,
             "created_at": iso(sensor.created_at), "last_seen_at": iso(sensor.last_seen_at),
-            "recordings": recordings}
+            "recordings": recordings, "detections": detections}

@@ -135,7 +135,8 @@ async function loadPage(params, announce = false) {
 
 function speciesTable(params) {
   const rows = known.species.map((row) => {
-    const reviewed = (row.confirmed || 0) + (row.rejected || 0) + (row.uncertain || 0);
+    const wrong = (row.rejected || 0) + (row.relabelled || 0);
+    const reviewed = (row.confirmed || 0) + wrong + (row.uncertain || 0);
     const filter = hashOf("detections", null, {...listParams(params), species: row.species, page: ""});
     const share = (part) => (part === undefined ? "–" : `${count(part)} (${percent(part, reviewed)})`);
     return h("tr", {},
@@ -143,21 +144,22 @@ function speciesTable(params) {
         h("span", {class: "under"}, shareBar(row), `${count(reviewed)} reviewed`,
           row.relabelled ? ` · ${count(row.relabelled)} relabelled` : "")),
       h("td", {class: "num"}, count(row.detections)),
-      h("td", {class: "num"}, share(row.confirmed || 0)), h("td", {class: "num"}, share(row.rejected)));
+      h("td", {class: "num"}, share(row.confirmed || 0)), h("td", {class: "num"}, share(wrong)));
   });
   return h("table", {class: "species"},
-    h("caption", {}, "Confirmed and rejected: shares of the reviewed detections (a relabelled one counts under its ",
-      "verdict, and is a false positive for the detected species). The bar: of all detections."),
-    head("Species", ["Detections", "num"], ["Confirmed", "num"], ["Rejected", "num"]),
+    h("caption", {}, "Confirmed as the species, and rejected or relabelled to another: shares of the reviewed ",
+      "detections. The bar: of all detections."),
+    head("Species", ["Detections", "num"], ["Confirmed", "num"], ["Rejected or relabelled", "num"]),
     h("tbody", {}, rows));
 }
 
 function shareBar(row) {
   const total = row.detections || 1;
   const bar = h("span", {class: "bar", role: "img", "aria-label":
-    `${row.confirmed || 0} confirmed, ${row.rejected || 0} rejected, ${row.uncertain || 0} uncertain ` +
+    `${row.confirmed || 0} confirmed, ${row.rejected || 0} rejected, ${row.relabelled || 0} relabelled, ` +
+    `${row.uncertain || 0} uncertain ` +
     `of ${row.detections}`});
-  for (const part of ["confirmed", "rejected", "uncertain"]) {
+  for (const part of ["confirmed", "rejected", "relabelled", "uncertain"]) {
     const piece = h("span", {class: `bar-${part}`});
     piece.style.width = `${(100 * (row[part] || 0)) / total}%`;
     bar.append(piece);

@@ -2,7 +2,6 @@
 //
 //   #/sensors
 
-import {detections} from "./api.js";
 import {count, h, head, put, sayError, viewHeading, when} from "./dom.js";
 import {bindKeys} from "./keys.js";
 import {positionsChart} from "./charts.js";
@@ -11,24 +10,11 @@ import {hashOf} from "./state.js";
 
 const linkOf = (sensor) => hashOf("detections", null, {sensor: sensor.id});
 
-/** Each sensor's number of detections: the API's own count when it gives one, else one count query each. */
-async function detectionCounts(sensors) {
-  const counts = new Map();
-  const missing = sensors.filter((sensor) => sensor.detections === undefined);
-  for (const sensor of sensors) if (sensor.detections !== undefined) counts.set(sensor.id, sensor.detections);
-  for (let i = 0; i < missing.length; i += 6) {  // a few at a time
-    const batch = missing.slice(i, i + 6);
-    const answers = await Promise.all(batch.map((sensor) => detections({sensor_id: sensor.id, limit: 0})));
-    batch.forEach((sensor, j) => counts.set(sensor.id, answers[j].total));
-  }
-  return counts;
-}
-
 function fixed(value, digits) {
   return value === null || value === undefined ? "–" : Number(value).toFixed(digits);
 }
 
-function table(sensors, counts) {
+function table(sensors) {
   return h("table", {class: "sensors"}, h("caption", {}, "Sensors and their last known position"),
     head("Sensor", "Name", ["Latitude", "num"], ["Longitude", "num"], ["Altitude (m)", "num"], ["Recordings", "num"],
       ["Detections", "num"], "Last seen (UTC)"),
@@ -36,7 +22,7 @@ function table(sensors, counts) {
       h("th", {scope: "row"}, h("a", {href: linkOf(sensor), "aria-label": `${sensor.id}: its detections`}, sensor.id)),
       h("td", {}, sensor.name || "–"), h("td", {class: "num"}, fixed(sensor.lat, 5)),
       h("td", {class: "num"}, fixed(sensor.lon, 5)), h("td", {class: "num"}, fixed(sensor.alt, 0)),
-      h("td", {class: "num"}, count(sensor.recordings)), h("td", {class: "num"}, count(counts.get(sensor.id))),
+      h("td", {class: "num"}, count(sensor.recordings)), h("td", {class: "num"}, count(sensor.detections)),
       h("td", {}, when(sensor.last_seen_at))))));
 }
 
@@ -44,10 +30,8 @@ function table(sensors, counts) {
 export async function showSensors(main) {
   put(main, viewHeading("Sensors"), h("p", {class: "muted"}, "Loading…"));
   bindKeys({});
-  let counts;
   try {
     await loadSensors();
-    counts = await detectionCounts(known.sensors);
   } catch (error) {
     put(main, viewHeading("Sensors"), h("p", {class: "error"}, error.message));
     sayError("The sensors could not be listed", error);
@@ -57,7 +41,7 @@ export async function showSensors(main) {
   const chart = positionsChart("positions", sensors, linkOf);
   put(main, viewHeading("Sensors"),
     sensors.length ? [
-      h("div", {class: "scroll"}, table(sensors, counts)),
+      h("div", {class: "scroll"}, table(sensors)),
       h("figure", {class: "positions"}, chart || h("p", {}, "No sensor has given its position."),
         h("figcaption", {class: "muted small"}, "Positions as longitude and latitude (a plain plot, no map); a point ",
           "opens its sensor's detections.")),
