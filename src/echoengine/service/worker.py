@@ -75,6 +75,7 @@ class Worker:
         self.db, self.store, self.served = db, store, served
         self.base_url, self.poll, self.claim = base_url, poll, claim
         self._callbacks: list[DetectionCallback] = []
+        self._scoring = threading.Lock()  # held while a batch is claimed, scored and settled: :meth:`use` waits
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,6 +87,12 @@ class Worker:
         """
         self._callbacks.append(callback)
         return callback
+
+    def use(self, served: ServedModel) -> ServedModel:
+        """Score with ``served`` from the next batch on (after the batch being scored); the model it replaces."""
+        with self._scoring:
+            previous, self.served = self.served, served
+        return previous
 
     @property
     def alive(self) -> bool:
@@ -127,43 +134,49 @@ class Worker:
                 self.db.queued.wait(self.poll)
 
     def run_once(self) -> int | None:
-        """Claim the oldest queued recordings (up to ``claim``) and score them; the first's id, or None."""
-        claimed = self._claim(self.claim)
-        if not claimed:
-            return None
-        first = claimed[0][0]
-        if len(claimed) > 1 or self.served.process is not None:
-            claimed = self._score_together(claimed)  # those it could not finish, one by one below
-        for recording_id, name in claimed:
-            try:
-                result = self.served.events(self.store.path(name))
-            except AudioError as exc:
-                result = exc.reason
-            except Exception as exc:
-                logger.exception("worker: recording %d failed", recording_id)
-                result = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            self._settle(recording_id, result)
-        return first
+        """Claim the oldest queued recordings (up to ``claim``) and score them; the first's id, or None.
 
-    def _score_together(self, claimed: list[tuple[int, str]]) -> list[tuple[int, str]]:
+        One model scores and is named by the whole batch, even when
+        :meth:`use` is called meanwhile (it waits for the batch).
+        """
+        with self._scoring:
+            served = self.served
+            claimed = self._claim(self.claim)
+            if not claimed:
+                return None
+            first = claimed[0][0]
+            if len(claimed) > 1 or served.process is not None:
+                claimed = self._score_together(served, claimed)  # those it could not finish, one by one below
+            for recording_id, name in claimed:
+                try:
+                    result = served.events(self.store.path(name))
+                except AudioError as exc:
+                    result = exc.reason
+                except Exception as exc:
+                    logger.exception("worker: recording %d failed", recording_id)
+                    result = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                self._settle(served, recording_id, result)
+            return first
+
+    def _score_together(self, served: ServedModel, claimed: list[tuple[int, str]]) -> list[tuple[int, str]]:
         """Score claimed recordings together, settling each as it finishes; those left when scoring broke."""
         left = dict(claimed)
         try:
-            for index, result in self.served.events_of_many([self.store.path(name) for _, name in claimed]):
+            for index, result in served.events_of_many([self.store.path(name) for _, name in claimed]):
                 recording_id = claimed[index][0]
-                self._settle(recording_id, result)
+                self._settle(served, recording_id, result)
                 del left[recording_id]
         except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
             logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
         return list(left.items())
 
-    def _settle(self, recording_id: int, result: tuple | str) -> None:
+    def _settle(self, served: ServedModel, recording_id: int, result: tuple | str) -> None:
         """Store a recording's detections and mark it done (or failed, for a reason); publish them."""
         if isinstance(result, str):
-            self._fail(recording_id, result)
+            self._fail(served, recording_id, result)
             return
         try:
-            stored = self._finish(recording_id, *result)
+            stored = self._finish(served, recording_id, *result)
         except Exception:  # the database, most likely: queue it again (attempts bound the retries)
             logger.exception("worker: the detections of recording %d could not be stored", recording_id)
             self._release(recording_id)
@@ -195,27 +208,26 @@ class Worker:
         except Exception:
             logger.exception("worker: recording %d stays running until the next start", recording_id)
 
-    def _fail(self, recording_id: int, reason: str) -> None:
+    def _fail(self, served: ServedModel, recording_id: int, reason: str) -> None:
         with self.db.transaction() as session:
             session.execute(update(Recording).where(Recording.id == recording_id)
-                            .values(status="failed", error=reason, finished_at=utc_now(),
-                                    model_id=self.served.row.id))
+                            .values(status="failed", error=reason, finished_at=utc_now(), model_id=served.row.id))
 
-    def _finish(self, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
+    def _finish(self, served: ServedModel, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
         """Write the detections and mark the recording done, in one transaction; the new detections' ids."""
         with self.db.transaction() as session:
             recording = session.get(Recording, recording_id)
             if recording is None or recording.status != "running":  # requeued by another server meanwhile
                 return []
             base = recording.recorded_at or recording.received_at
-            rows = [Detection(recording_id=recording_id, model_id=self.served.row.id, species=str(event.label),
+            rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event.label),
                               start=float(event.start), end=float(event.end),
                               time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),
                               mean_score=float(event.mean_score), windows=int(event.windows), top_species=top)
                     for event, top in zip(events.itertuples(index=False), tops, strict=True)]
             session.add_all(rows)
             recording.status, recording.finished_at = "done", utc_now()
-            recording.model_id = self.served.row.id
+            recording.model_id = served.row.id
             session.flush()
             return [row.id for row in rows]
 
