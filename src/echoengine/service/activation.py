@@ -81,9 +81,6 @@ def _last_registered(db: Database, path: str):
 def _chosen(db: Database, registered: Model, active: Model | None, *, candidate: bool, activate: bool) -> Model:
     """The row to serve at start (see the module's text for the rules)."""
     if candidate:
-        if active is None:
-            raise EchoError("--candidate: this store has no active model to serve beside the candidate; serve a "
-                            "bundle without --candidate first")
         return active
     if activate or active is None or active.path == registered.path:
         return registered
@@ -104,8 +101,11 @@ def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, can
     """
     if candidate and activate:
         raise EchoError("--candidate registers the bundle without activating it, --activate activates it: give one")
-    registered = load_model(db, bundle, options, model_here=model_here)
     active = active_model(db)
+    if candidate and active is None:
+        raise EchoError("--candidate: this store has no active model to serve beside the candidate; serve a "
+                        "bundle without --candidate first")
+    registered = load_model(db, bundle, options, model_here=model_here)
     row = _chosen(db, registered.row, active, candidate=candidate, activate=activate)
     if row.id == registered.row.id:
         served = registered

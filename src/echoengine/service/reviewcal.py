@@ -101,7 +101,7 @@ def precision_threshold(scores: np.ndarray, slope: float, intercept: float,
     last_of_ties = np.r_[ordered[1:] != ordered[:-1], True]  # a threshold keeps every score equal to it
     reached = np.flatnonzero(last_of_ties & (cumulative >= target))
     if not len(reached):
-        return None, float(cumulative[0]) if len(cumulative) else math.nan
+        return None, round(float(cumulative[0]), 6) if len(cumulative) else math.nan
     k = reached[-1]
     threshold = math.floor(ordered[k] * 10_000) / 10_000
     return threshold, round(expected_precision(scores, slope, intercept, threshold), 6)
