@@ -3,15 +3,15 @@
 Usage::
 
     python bench/review_loop.py [--classes all|esc10] [--base-sources 2] [--per-recording 4] [--out DIR]
-                                [--precision 0.9] [--min-reviews 10] [--seed 0]
+                                [--precision 0.9] [--min-reviews 10] [--shares 0.4,0.3,0.3] [--seed 0]
 
 ESC-50's subset (``../shared/data/esc50-subset``) gives real clips with a
 known truth. Per class, the clips of ``--base-sources`` source recordings
 are the original training data; the other sources are the field: their clips
 are concatenated, ``--per-recording`` of distinct classes and one 5 s
 stretch of a real background (``soundscapes/maad-indices``) in each, into
-"field recordings" of three days (the sources split 50/25/25 %, each source
-on one day only, so no day shares a source recording with another). Then,
+"field recordings" of three days (the sources split 40/30/30 %, each source
+on one day only, so no day shares a source recording with another; ``--shares``). Then,
 each step through ``echoengine``'s own command line and HTTP API:
 
 1. ``train`` the first model (BirdNET embeddings + the default linear head) on the original data;
@@ -80,15 +80,14 @@ def split_sources(clips: pd.DataFrame, base_sources: int, seed: int) -> tuple[pd
     return clips[in_base].reset_index(drop=True), clips[~np.array(in_base)].reset_index(drop=True)
 
 
-def assign_days(field: pd.DataFrame, seed: int, shares: tuple = (0.5, 0.25, 0.25)) -> np.ndarray:
+def assign_days(field: pd.DataFrame, seed: int, shares: tuple = (0.4, 0.3, 0.3)) -> np.ndarray:
     """A day (0, 1, 2) for each field clip: each source recording's clips on one day, per class in these shares."""
     rng = np.random.default_rng(seed + 1)
     day_of: dict[tuple[str, str], int] = {}
     for category, rows in field.groupby("category"):
         sources = list(rng.permutation(sorted(rows["src_file"].unique())))
-        cuts = np.cumsum(shares)[:-1] * len(sources)
-        for i, source in enumerate(sources):
-            day_of[(category, source)] = int(np.searchsorted(cuts, i, side="right"))
+        for i, source in enumerate(sources):  # the middle of each source's place in [0, 1], against the shares
+            day_of[(category, source)] = min(int(np.searchsorted(np.cumsum(shares), (i + 0.5) / len(sources))), 2)
     return np.array([day_of[(c, s)] for c, s in zip(field["category"], field["src_file"], strict=True)])
 
 
@@ -244,6 +243,7 @@ class Loop:
     precision: float = 0.9
     min_reviews: int = 10
     seed: int = 0
+    shares: tuple[float, float, float] = (0.4, 0.3, 0.3)
     train_options: tuple[str, ...] = ("--embedder", "birdnet")
     recordings: list[FieldRecording] = field(default_factory=list)
     reviews: dict[str, int] = field(default_factory=dict)
@@ -261,17 +261,18 @@ class Loop:
         started = time.monotonic()
         base, field_clips = split_sources(esc_clips(esc50, self.esc10), self.base_sources, self.seed)
         original = write_dataset(base, self.path("original"))
-        days = assign_days(field_clips, self.seed)
+        days = assign_days(field_clips, self.seed, self.shares)
         self.recordings = make_field_recordings(field_clips, days, self.path("field"),
                                                 per_recording=self.per_recording,
                                                 backgrounds=sorted(backgrounds.glob("*.flac")), seed=self.seed)
         self.timed("prepare", started)
         return original
 
-    def train(self, data: Path, name: str, *extra: str) -> Path:
+    def train(self, data: Path, name: str, *extra: str, options: tuple[str, ...] | None = None) -> Path:
+        """``echoengine train DATA --out OUT/NAME`` with the loop's model options (or ``options``) and ``extra``."""
         started = time.monotonic()
         echoengine("train", data, "--out", self.path(name), "--quiet", "--cache-dir", self.path("cache"),
-                   *self.train_options, *extra, log=self.path("commands.log"))
+                   *(self.train_options if options is None else options), *extra, log=self.path("commands.log"))
         self.timed(f"train {name}", started)
         return self.path(name)
 
@@ -363,6 +364,8 @@ def main() -> int:
     parser.add_argument("--per-recording", type=int, default=4, help="clips per field recording")
     parser.add_argument("--precision", type=float, default=0.9, help="the calibrated thresholds' target")
     parser.add_argument("--min-reviews", type=int, default=10, help="reviews a species needs to be calibrated")
+    parser.add_argument("--shares", type=lambda text: tuple(float(x) for x in text.split(",")),
+                        default=(0.4, 0.3, 0.3), help="each day's share of the field sources: train, calibrate, test")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="keep everything here (default: a temporary folder)")
     args = parser.parse_args()
@@ -372,7 +375,7 @@ def main() -> int:
     out = args.out or Path(tempfile.mkdtemp(prefix="review-loop-"))
     loop = Loop(out, esc10=args.classes == "esc10", base_sources=args.base_sources,
                 per_recording=args.per_recording, precision=args.precision, min_reviews=args.min_reviews,
-                seed=args.seed)
+                seed=args.seed, shares=args.shares)
     printed = loop.run()
     print(printed)
     table = pd.read_csv(loop.path("compare.csv")).set_index("species")

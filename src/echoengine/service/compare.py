@@ -15,7 +15,8 @@ model's own thresholds (its calibrated ``thresholds.csv``, else 0.5):
 
 An event's truth for a species is :func:`echoengine.service.reviewed.truth`:
 one species per event; a rejected event is known only not to be its
-detected species. The last row, ``all``, pools every species (micro averages).
+detected species. The last row, ``all``, pools every species (micro averages; its ``reviewed`` counts events
+once, its ``true`` the events that are one of the species).
 
 Examples
 --------
@@ -58,8 +59,8 @@ def _side(scored: ScoredEvents, events: pd.DataFrame, species: list[str]) -> pd.
     """One model's counts per species, and over all of them (``all``), with precision and recall."""
     rows = [{"species": name, "threshold": scored.threshold(name),
              **counts(scored.of(name), truth(events, name), scored.threshold(name))} for name in species]
-    rows.append({"species": "all", "threshold": math.nan,
-                 **{key: sum(row[key] for row in rows) for key in ("reviewed", "true", "detections", "found")}})
+    rows.append({"species": "all", "threshold": math.nan, "reviewed": len(events),
+                 **{key: sum(row[key] for row in rows) for key in ("true", "detections", "found")}})
     table = pd.DataFrame(rows)
     table["precision"] = [_ratio(f, d) for f, d in zip(table["found"], table["detections"], strict=True)]
     known = [name in scored.classes or name == "all" for name in table["species"]]
