@@ -389,7 +389,7 @@ def _bundle_commands(sub: argparse._SubParsersAction) -> None:
 def _reviews_command(sub: argparse._SubParsersAction) -> None:
     """reviews export and reviews compare: what reviewers said of a store's detections, as data and as a test."""
     p = _command(sub, "reviews", "reviewed detections of a store: export them as training data, compare models")
-    actions = p.add_subparsers(dest="action", required=True, metavar="{export,compare}")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{export,compare}", help="what to do")
     e = actions.add_parser("export", formatter_class=_HelpFormatter, help="confirmed and corrected detections as "
                            "labelled clips, rejected ones as verified negatives, with Raven tables",
                            description="write the store's reviewed detections as the data train reads: "
