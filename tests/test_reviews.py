@@ -187,3 +187,21 @@ def test_compare_scores_both_models_on_held_out_reviews(reviewed, tmp_path, caps
     assert main(["reviews", "compare", "--store", str(reviewed.store), str(reviewed.bundle), str(other),
                  "--since", "2030-01-01"]) == 2
     assert "no reviewed detection left to compare on" in capsys.readouterr().err
+
+
+def test_an_export_never_touches_files_it_did_not_write(reviewed, tmp_path):
+    from echoengine.errors import EchoError
+    from echoengine.service.export import export_reviews
+
+    mine = tmp_path / "mine"
+    (mine / "recordings").mkdir(parents=True)
+    (mine / "recordings" / "field-notes.txt").write_text("keep me")
+    with pytest.raises(EchoError, match="holds files but no reviews.csv"):
+        export_reviews(reviewed.store, mine, overwrite=True)
+    out = export_reviews(reviewed.store, tmp_path / "export").out
+    (out / "recordings" / "field-notes.txt").write_text("mine too")  # a file of the user's, in an export
+    (out / "recordings" / "0123456789abcdef.flac.tmp").write_bytes(b"half")  # what a killed export left
+    again = export_reviews(reviewed.store, out, overwrite=True)
+    assert again.written == [] and again.removed == []
+    assert (out / "recordings" / "field-notes.txt").read_text() == "mine too"
+    assert not (out / "recordings" / "0123456789abcdef.flac.tmp").exists()

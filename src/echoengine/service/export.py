@@ -64,7 +64,9 @@ __all__ = ["ExportResult", "export_reviews", "species_folder"]
 CLIPS, RECORDINGS, NEGATIVES = "clips", "recordings", "negatives"
 CLIPS_TABLE, COMBINED = "clips/meta/clips.csv", "combined.csv"
 _TABLE = ".Table.1.selections.txt"
-_MANAGED_FOLDERS = ("clips/audio", RECORDINGS, NEGATIVES)
+# the names an export gives its files, below the folders it writes (no other file there is ever touched)
+_EXPORTED = re.compile(r"^(clips/audio/[^/]+/[0-9a-f]{16}_\d{9}-\d{9}\.wav|(recordings|negatives)/[0-9a-f]{16}"
+                       r"(\.Table\.1\.selections\.txt|\.[a-z0-9]{1,5}))$")
 
 
 def species_folder(species: str) -> str:
@@ -137,10 +139,13 @@ def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None,
     Raises
     ------
     EchoError
-        Not a store; no reviewed detection to export; or (without
-        ``overwrite``) files of an earlier export in ``out`` that this one
-        would change or leave stale.
+        Not a store; no reviewed detection to export; an ``out`` that holds
+        files but no export; or (without ``overwrite``) files of an earlier
+        export in ``out`` that this one would change or leave stale. Files
+        in ``out`` not named as an export names its files are never touched.
     """
+    out = Path(out)
+    _check_folder(out)
     events = read_store(store, db, since=since, until=until)
     if events.empty:
         raise EchoError(f"--store {store}: no detection has a latest review of confirmed or rejected"
@@ -151,7 +156,6 @@ def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None,
                                                         events["label"], strict=True)]
     events["recording_file"] = [f"{RECORDINGS}/{key}{Path(name).suffix}"
                                 for key, name in zip(events["key"], events["audio"], strict=True)]
-    out = Path(out)
     plan = _plan(events, audio, out, with_data)
     result = ExportResult(out, events[[*COLUMNS, "recording_file", "clip"]])
     changed, stale = _compare(plan, out, result)
@@ -270,13 +274,24 @@ def _compare(plan: list[_File], out: Path, result: ExportResult) -> tuple[list[s
                 changed.append(entry.relative)
     planned = {entry.relative for entry in plan}
     found = [COMBINED, CLIPS_TABLE, REVIEWS_FILE]
-    for folder in _MANAGED_FOLDERS:
+    for folder in ("clips/audio", RECORDINGS, NEGATIVES):
         if (out / folder).is_dir():
             found += sorted(p.relative_to(out).as_posix() for p in (out / folder).rglob("*") if p.is_file())
-    for relative in [r for r in found if r.endswith(TEMPORARY_SUFFIX) and (out / r).is_file()]:
-        (out / relative).unlink()
-    stale = [r for r in found if not r.endswith(TEMPORARY_SUFFIX) and r not in planned and (out / r).is_file()]
+    for relative in found:  # leftovers of a killed export
+        if relative.endswith(TEMPORARY_SUFFIX) and _EXPORTED.match(relative.removesuffix(TEMPORARY_SUFFIX)):
+            (out / relative).unlink()
+    stale = [r for r in found if r not in planned and (out / r).is_file()
+             and (_EXPORTED.match(r) or r in (COMBINED, CLIPS_TABLE, REVIEWS_FILE))]
     return changed, stale
+
+
+def _check_folder(out: Path) -> None:
+    """Refuse a folder that holds files but no export: an export writes into a new or empty folder, or its own."""
+    if out.exists() and not out.is_dir():
+        raise EchoError(f"--out {out}: not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / REVIEWS_FILE).is_file():
+        raise EchoError(f"--out {out}: holds files but no {REVIEWS_FILE}, so it is not a review export; export "
+                        "into a new or empty folder, or into an earlier export")
 
 
 def _write(out: Path, entry: _File) -> None:

@@ -92,7 +92,8 @@ def open_store(store: str | Path, db: str | None = None) -> tuple[Database, Audi
     if not (store / "audio").is_dir():
         raise EchoError(f"--store {store}: not the store folder of echoengine serve (it has no audio/ folder)")
     if db is None and not (store / DB_FILE).is_file():
-        raise EchoError(f"--store {store}: has no {DB_FILE}; give its database with --db URL")
+        raise EchoError(f"{store}: has no {DB_FILE}, so it is neither the store of echoengine serve (whose "
+                        f"database --db URL gives, when it is elsewhere) nor a review export (no {REVIEWS_FILE})")
     return Database.connect(db or default_url(store)), AudioStore(store)
 
 
