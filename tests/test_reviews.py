@@ -196,7 +196,7 @@ def test_an_export_never_touches_files_it_did_not_write(reviewed, tmp_path):
     mine = tmp_path / "mine"
     (mine / "recordings").mkdir(parents=True)
     (mine / "recordings" / "field-notes.txt").write_text("keep me")
-    with pytest.raises(EchoError, match="holds files but no reviews.csv"):
+    with pytest.raises(EchoError, match=r"holds files but no reviews\.csv"):
         export_reviews(reviewed.store, mine, overwrite=True)
     out = export_reviews(reviewed.store, tmp_path / "export").out
     (out / "recordings" / "field-notes.txt").write_text("mine too")  # a file of the user's, in an export

@@ -114,9 +114,10 @@ def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, can
             served = load_registered(row, registered.options, model_here=model_here)
         except EchoError as exc:
             raise EchoError(f"{exc}; or serve {bundle} with --activate to make it the active model instead") from None
-        logger.info("%s is registered as model %s/%s (id %d), not active: the store's active model is %s/%s; "
-                    "activate it with POST /api/models/%d/activate", bundle, registered.row.name,
-                    registered.row.version, registered.row.id, row.name, row.version, registered.row.id)
+        say = logger.info if candidate else logger.warning  # unasked: the user should hear of it
+        say("%s is registered as model %s/%s (id %d), not active: the store's active model is %s/%s, activated "
+            "since; activate it with POST /api/models/%d/activate, or serve it with --activate", bundle,
+            registered.row.name, registered.row.version, registered.row.id, row.name, row.version, registered.row.id)
     if active is None or active.id != row.id:
         mark_active(db, row.id)
     return served
