@@ -102,6 +102,18 @@ def test_lwlrap_equals_sklearn_on_random_inputs():
         assert np.nansum(per_class * weights) == pytest.approx(overall)
 
 
+def test_a_class_with_no_known_label_in_the_evaluated_windows_has_no_score_not_an_error():
+    """With data.unlabeled = "ignore" (a review export's recordings), a class may have no box, positive or
+    negative, in the test recordings: its precision, recall and F1 are NaN, and the rest is scored."""
+    from echoengine.metrics import multilabel_metrics
+
+    truth = np.array([[1, np.nan], [0, np.nan], [1, np.nan]])
+    metrics = multilabel_metrics(truth, np.array([[.9, .2], [.3, .8], [.6, .6]]), ["owl", "wren"])
+    owl, wren = metrics["per_class"].to_dict("records")
+    assert owl["f1"] == 1.0 and owl["ap"] == 1.0 and metrics["macro_f1"] == 1.0
+    assert np.isnan(wren["f1"]) and np.isnan(wren["precision"]) and wren["support"] == 0
+
+
 def test_the_attention_head_learns_events_at_any_time():
     from echoengine.models.heads import AttentionHead
 

@@ -35,7 +35,7 @@ CONTRACT = (*SCORING, "--max-upload-mb", "1")
 PATHS = {"/api/recordings", "/api/recordings/{recording_id}", "/api/detections", "/api/detections/{detection_id}",
          "/api/detections/{detection_id}/audio", "/api/detections/{detection_id}/spectrogram.png",
          "/api/detections/{detection_id}/review", "/api/species", "/api/sensors", "/api/models", "/healthz",
-         "/api/reviews/{review_id}", "/api/review-queue", "/api/precision"}
+         "/api/reviews/{review_id}", "/api/review-queue", "/api/precision", "/api/models/{model_id}/activate"}
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def test_the_migrations_make_exactly_the_tables_of_the_schema(new_database, tmp_
 
     db = Database.connect(new_database() or default_url(tmp_path))
     try:
-        assert db.migrate() == db.migrate() == "0002"  # a second run finds nothing to do
+        assert db.migrate() == db.migrate() == "0003"  # a second run finds nothing to do
         with db.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:

@@ -188,7 +188,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    """``echoengine calibrate``: per-class detection thresholds written beside the weights."""
+    """``echoengine calibrate``: per-class detection thresholds written beside the weights (from data or reviews)."""
+    if args.reviews is not None:
+        return _calibrate_from_reviews(args)
+    given = [flag for flag, value in (("--db", args.db), ("--precision", args.precision),
+                                      ("--min-reviews", args.min_reviews), ("--exclude", args.exclude)) if value]
+    if given:
+        raise EchoError(f"{', '.join(given)} go with --reviews STORE|EXPORT (without it, thresholds are F1-optimal "
+                        "on labelled DATA)")
+    if args.data is None:
+        raise EchoError("give labelled DATA, or --reviews STORE|EXPORT to fit thresholds on reviewed detections")
     from echoengine import api
 
     result = api.calibrate(args.bundle, args.data, data_options=config_changes(args).get("data"),
@@ -196,6 +205,43 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     print(result.thresholds.round(3).to_string(index=False))
     print(f"\nwrote {result.path} (F1-optimal threshold per class over the windows of {result.files} files, for "
           "these weights); echoengine detect uses it unless --threshold is given")
+    return 0
+
+
+def _calibrate_from_reviews(args: argparse.Namespace) -> int:
+    """``echoengine calibrate BUNDLE --reviews STORE|EXPORT``: thresholds for a target precision, from reviews."""
+    from echoengine.service.reviewcal import DEFAULT_PRECISION, MIN_REVIEWS, calibrate_from_reviews
+
+    if args.data is not None:
+        raise EchoError(f"give DATA ({args.data}) or --reviews ({args.reviews}), not both")
+    result = calibrate_from_reviews(args.bundle, args.reviews, db=args.db,
+                                    precision=DEFAULT_PRECISION if args.precision is None else args.precision,
+                                    min_reviews=MIN_REVIEWS if args.min_reviews is None else args.min_reviews,
+                                    exclude=tuple(args.exclude or ()))
+    print(result.text())
+    kept = f"; the previous thresholds are kept in {result.previous}" if result.previous else ""
+    print(f"\nwrote {result.path} from {result.events} reviewed detections ({result.left_out} left out: of "
+          f"recordings the bundle trained on, or of --exclude exports){kept}")
+    return 0
+
+
+def cmd_reviews(args: argparse.Namespace) -> int:
+    """``echoengine reviews export|compare``: reviewed detections as training data, or as a test of two models."""
+    if args.action == "export":
+        from echoengine.service.export import export_reviews
+
+        result = export_reviews(args.store, args.out, db=args.db, since=args.since, until=args.until,
+                                with_data=args.with_data, overwrite=args.overwrite)
+        print(result.text())
+        return 0
+    from echoengine.service.compare import compare_models
+
+    comparison = compare_models(args.old, args.new, args.store, db=args.db, since=args.since, until=args.until,
+                                exclude=tuple(args.exclude or ()))
+    print(comparison.text())
+    if args.out:
+        write_csv_atomic(args.out, comparison.table.round(4), index=False)
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -237,7 +283,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(args.bundle, store=args.store, db=args.db, host=args.host, port=args.port,
           options=DetectOptions(**_scoring(args)), api_key_file=args.api_key_file, public_reads=args.public_reads,
           max_upload_mb=args.max_upload_mb, mqtt=args.mqtt, mqtt_out=args.mqtt_out, log_level=args.log_level,
-          scoring_processes=args.scoring_processes)
+          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate)
     return 0
 
 
@@ -368,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
 
 _COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "split": cmd_split, "train": cmd_train, "cv": cmd_cv,
              "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export,
-             "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "demo": cmd_demo, "synth": cmd_synth,
-             "config": cmd_config}
+             "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "reviews": cmd_reviews, "demo": cmd_demo,
+             "synth": cmd_synth, "config": cmd_config}
 
 if __name__ == "__main__":
     sys.exit(main())

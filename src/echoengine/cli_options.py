@@ -361,6 +361,11 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scoring-processes", type=_positive_int, metavar="N",
                    help="processes that score side by side, each with its copy of the model and cores / N threads "
                    "(default: 2 on 2 or more cores, else 1)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--candidate", action="store_true", help="register BUNDLE beside the store's active model "
+                       "without activating it (POST /api/models/ID/activate promotes it)")
+    which.add_argument("--activate", action="store_true", help="make BUNDLE the store's active model even if another "
+                       "was activated since it was last served")
     _scoring_options(p)
 
 
@@ -385,15 +390,55 @@ def _mix_command(sub: argparse._SubParsersAction) -> None:
 
 def _bundle_commands(sub: argparse._SubParsersAction) -> None:
     """calibrate and export: files a bundle (or each fold of a CV folder) gets beside its weights."""
-    p = _bundle_command(sub, "calibrate", "per-class detection thresholds (F1-optimal) from labelled data",
-                        "thresholds for the ensemble")
-    p.add_argument("data", type=Path, help="labelled validation data (not the training data)")
+    p = _bundle_command(sub, "calibrate", "per-class detection thresholds: F1-optimal on labelled data, or for a "
+                        "target precision from reviewed detections (--reviews)", "thresholds for the ensemble")
+    p.add_argument("data", type=Path, nargs="?", help="labelled validation data (not the training data)")
     _cache_options(p)
     _annotation_options(p)
+    g = p.add_argument_group("from reviewed detections (instead of DATA)")
+    g.add_argument("--reviews", type=Path, metavar="STORE|EXPORT", help="a store of echoengine serve, or a folder "
+                   "of echoengine reviews export: each species' threshold for --precision, fitted on its reviews")
+    g.add_argument("--db", metavar="URL", help="the store's database URL (default: SQLite in STORE/echo.db)")
+    g.add_argument("--precision", type=float, help="the precision to reach (default 0.9)")
+    g.add_argument("--min-reviews", type=int, help="fewer reviews of a species (or fewer than 3 of either verdict) "
+                   "keep its threshold (default 20)")
+    g.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
+                   "this export (e.g. the one the bundle was trained on; those in BUNDLE's splits.csv always are)")
     p = _bundle_command(sub, "export", "write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it",
                         "each fold is exported")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the exported graph's format")
     p.add_argument("--check", type=Path, nargs="+", help="audio files for the parity check (default: test files)")
+
+
+def _reviews_command(sub: argparse._SubParsersAction) -> None:
+    """reviews export and reviews compare: what reviewers said of a store's detections, as data and as a test."""
+    p = _command(sub, "reviews", "reviewed detections of a store: export them as training data, compare models")
+    actions = p.add_subparsers(dest="action", required=True, metavar="{export,compare}", help="what to do")
+    e = actions.add_parser("export", formatter_class=_HelpFormatter, help="confirmed and corrected detections as "
+                           "labelled clips, rejected ones as verified negatives, with Raven tables",
+                           description="write the store's reviewed detections as the data train reads: "
+                           "OUT/clips (train OUT/clips), OUT/recordings and OUT/negatives (train --multilabel "
+                           "OUT/recordings --negatives OUT/negatives --unlabeled ignore), OUT/reviews.csv")
+    e.add_argument("--out", type=Path, required=True, help="the export folder (re-exporting into it changes only "
+                   "what changed)")
+    e.add_argument("--with", dest="with_data", type=Path, metavar="DATA", help="also write OUT/combined.csv: DATA's "
+                   "labelled files and the exported clips (train OUT/combined.csv --allow-outside-paths)")
+    e.add_argument("--overwrite", action="store_true", help="replace files of an earlier export that differ, and "
+                   "remove those no longer exported")
+    c = actions.add_parser("compare", formatter_class=_HelpFormatter, help="two models on the reviewed detections "
+                           "neither trained on: precision at each one's thresholds, recall, counts per species",
+                           description="score the store's reviewed detections that neither bundle trained on with "
+                           "both, and print per species precision at each bundle's thresholds and recall")
+    c.add_argument("old", type=Path, help="a bundle (or CV folder)")
+    c.add_argument("new", type=Path, help="another bundle (or CV folder)")
+    c.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
+                   "this export (those in either bundle's splits.csv always are)")
+    c.add_argument("--out", type=Path, help="also write the table as CSV")
+    for q in (e, c):
+        q.add_argument("--store", type=Path, required=True, help="the store folder of echoengine serve")
+        q.add_argument("--db", metavar="URL", help="the store's database URL (default: SQLite in STORE/echo.db)")
+        q.add_argument("--since", metavar="TIME", help="only detections from this time on (ISO 8601, UTC if no zone)")
+        q.add_argument("--until", metavar="TIME", help="only detections up to this time (ISO 8601)")
 
 
 def _making_commands(sub: argparse._SubParsersAction) -> None:
@@ -428,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_dataset_commands, _training_commands, _scoring_commands, _detect_command, _serve_command,
-                _mix_command, _bundle_commands, _making_commands):
+                _mix_command, _bundle_commands, _reviews_command, _making_commands):
         add(sub)
     for name, command in sub.choices.items():
         add_config_options(command, name)

@@ -230,8 +230,10 @@ def multilabel_metrics(truth: np.ndarray, scores: np.ndarray, classes: Sequence[
     for c, name in enumerate(classes):
         mine = known[:, c]
         ap = float(skm.average_precision_score(truth[mine, c], scores[mine, c])) if present[c] else np.nan
-        precision, recall, f1, _ = skm.precision_recall_fscore_support(
-            truth[mine, c], predicted[mine, c], average="binary", zero_division=0)
+        precision = recall = f1 = np.nan  # no known label of the class (data.unlabeled = "ignore"): no score
+        if mine.any():
+            precision, recall, f1, _ = skm.precision_recall_fscore_support(
+                truth[mine, c], predicted[mine, c], average="binary", zero_division=0)
         rows.append({"class": name, "ap": ap, "f1": float(f1), "precision": float(precision),
                      "recall": float(recall), "lwlrap": float(per_class_lwlrap[c]),
                      "threshold": float(thresholds[c]), "support": int(truth[:, c].sum())})

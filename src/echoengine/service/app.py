@@ -27,6 +27,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from echoengine.errors import EchoError
 from echoengine.service.docs import docs_page
+from echoengine.service.model_routes import router as model_router
 from echoengine.service.page import mount_page
 from echoengine.service.routes import router
 
@@ -124,6 +125,7 @@ def create_app(service) -> FastAPI:
     app.add_middleware(_DeclaredTooLarge, max_body_size=limit, reason=_too_large(service.max_upload_mb))
     _error_handlers(app, service.max_upload_mb)
     app.include_router(router)
+    app.include_router(model_router)  # POST /api/models/{id}/activate
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

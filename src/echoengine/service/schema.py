@@ -93,6 +93,8 @@ class Model(Base):
     options: Mapped[dict] = mapped_column(JSON)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utc_now)
+    # when it last became the model new uploads are scored with; the latest is the store's active model
+    activated_at: Mapped[dt.datetime | None] = mapped_column(DateTime)
     __table_args__ = (UniqueConstraint("name", "version", name="uq_models_name_version"),)
 
 

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 
 from echoengine.api import load_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
-from echoengine.errors import AudioError
+from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
 from echoengine.layout import check_ensemble, find_bundles, read_bundle
 from echoengine.scoring import ONNX, window_scorer
@@ -45,7 +45,7 @@ from echoengine.thresholds import models_digest
 
 logger = logging.getLogger("echoengine")
 
-__all__ = ["ServedModel", "fingerprint", "load_model"]
+__all__ = ["ServedModel", "fingerprint", "load_model", "load_registered", "prepare_model"]
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
@@ -158,7 +158,47 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
     EchoError
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
-    options = runnable_options(bundle, options or DetectOptions())
+    served, identity = prepare_model(bundle, options or DetectOptions(), model_here=model_here)
+    served.row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
+    return served
+
+
+def load_registered(row: Model, options: DetectOptions, *, model_here: bool = True) -> ServedModel:
+    """A registered model loaded again from its bundle folder, with the scoring options it was registered with.
+
+    ``options`` gives what does not change detections (batch size,
+    workers); the rest comes from the row.
+
+    Raises
+    ------
+    EchoError
+        The bundle is gone, cannot be loaded, or has changed since it was
+        registered (other weights, classes or thresholds): serving it again
+        registers the change as a new version.
+    """
+    chosen = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in row.options.items() if name in EVENT_OPTIONS}
+    try:
+        served, identity = prepare_model(row.path, dataclasses.replace(options, **chosen), model_here=model_here)
+    except EchoError as exc:
+        raise EchoError(f"model {row.name}/{row.version} cannot be loaded from {row.path} ({exc})") from None
+    if fingerprint(identity) != row.fingerprint:
+        raise EchoError(f"model {row.name}/{row.version}: the bundle at {row.path} has changed since it was "
+                        "registered (other weights, classes or thresholds); serve it again to register the change")
+    served.row = row
+    return served
+
+
+def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: bool = True
+                  ) -> tuple[ServedModel, dict]:
+    """A bundle ready to score (without its ``models`` row) and its identity (what :func:`fingerprint` hashes).
+
+    Raises
+    ------
+    EchoError
+        As :func:`load_model`.
+    """
+    options = runnable_options(bundle, options)
     if model_here:
         bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
         scorer = window_scorer(bundles, onnx=options.onnx)
@@ -172,8 +212,7 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
     identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
                 "thresholds": [round(float(t), 6) for t in thresholds],
                 "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
-    row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
-    return ServedModel(scorer, thresholds, options, row)
+    return ServedModel(scorer, thresholds, options, None), identity
 
 
 def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:

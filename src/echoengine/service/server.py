@@ -31,11 +31,12 @@ from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
 from echoengine.layout import find_bundles
 from echoengine.service.access import Access, read_api_key
+from echoengine.service.activation import open_served
 from echoengine.service.db import DB_FILE, Database, default_url
 from echoengine.service.ingest import ingest
 from echoengine.service.lock import LOCK_FILE, StoreLock, lock_store
 from echoengine.service.scorer_process import ScorerProcess, default_processes
-from echoengine.service.served import ServedModel, load_model
+from echoengine.service.served import ServedModel
 from echoengine.service.store import AudioStore
 from echoengine.service.worker import Worker
 
@@ -125,7 +126,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                  base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None,
-                 scoring_processes: int = 0) -> Service:
+                 scoring_processes: int = 0, candidate: bool = False, activate: bool = False) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
     Options, MQTT address and bundle are checked before the store folder is
@@ -155,6 +156,10 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     scoring_processes : int
         Score in this many processes of their own (``serve`` does: 2 on 2 or more
         cores), the model loaded there only; 0 scores in this process.
+    candidate, activate : bool
+        Register ``bundle`` without making it the store's active model (the
+        active one is served), or make it active whatever the store's active
+        model is; by default the rules of :mod:`echoengine.service.activation`.
 
     Raises
     ------
@@ -169,14 +174,16 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     lock = lock_store(folder)
     try:
         client_id = mqtt_client_id(folder) if mqtt else None
-        database, served, audio = _open_store(folder, db, bundle, options, scoring_processes)
+        database, served, audio = _open_store(folder, db, bundle, options, scoring_processes,
+                                              {"candidate": candidate, "activate": activate})
     except BaseException:
         lock.release()
         if made:
             _remove_new_store(folder)
         raise
     worker = Worker(database, audio, served, base_url=base_url)
-    logger.info("serving %s as model %s/%s (%d classes); database %s", bundle, served.row.name, served.row.version,
+    logger.info("serving %s as model %s/%s (%d classes); database %s", served.row.path, served.row.name,
+                served.row.version,
                 len(served.classes), database.engine.url.render_as_string(hide_password=True))
     service = Service(database, audio, served, worker, access, max_upload_mb, base_url, lock=lock)
     if mqtt:
@@ -185,15 +192,16 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
 
 
 def _open_store(folder: Path, db: str | None, bundle: str | Path, options: DetectOptions | None,
-                scoring_processes: int) -> tuple[Database, ServedModel, AudioStore]:
-    """The database brought up to date, the bundle registered in it (and loaded, here or in a scoring
-    process), and the audio store."""
+                scoring_processes: int, activation: dict) -> tuple[Database, ServedModel, AudioStore]:
+    """The database brought up to date, the bundle registered in it, the store's active model loaded (here or in
+    scoring processes), and the audio store."""
     database = Database.connect(db or default_url(folder))
     try:
         database.migrate()
-        served = load_model(database, bundle, options, model_here=not scoring_processes)
+        served = open_served(database, bundle, options or DetectOptions(), model_here=not scoring_processes,
+                             **activation)
         if scoring_processes:  # the HTTP side keeps this process (and its GIL) to itself
-            served.process = ScorerProcess(bundle, served.options, served.thresholds, scoring_processes)
+            served.process = ScorerProcess(served.row.path, served.options, served.thresholds, scoring_processes)
         audio = AudioStore(folder, served.scorer.config.audio)
         audio.clear_incoming()
     except BaseException:
@@ -284,7 +292,8 @@ def _remove_new_store(folder: Path) -> None:
 def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host: str = "127.0.0.1",
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
           public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
-          mqtt_out: str | None = None, log_level: str = "info", scoring_processes: int | None = None) -> None:
+          mqtt_out: str | None = None, log_level: str = "info", scoring_processes: int | None = None,
+          candidate: bool = False, activate: bool = False) -> None:
     """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest).
 
     The model scores in ``scoring_processes`` processes of their own (default
@@ -302,7 +311,8 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
         service = open_service(bundle, store=store, db=db, options=options, api_key_file=api_key_file,
                                public_reads=public_reads, max_upload_mb=max_upload_mb,
                                base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out,
-                               scoring_processes=scoring_processes or default_processes())
+                               scoring_processes=scoring_processes or default_processes(), candidate=candidate,
+                               activate=activate)
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)

@@ -57,6 +57,7 @@ class _Batch(NamedTuple):
     """Recordings claimed together (``(id, stored name)``, oldest first) and, in a scoring process, their future."""
 
     claimed: list[tuple[int, str]]
+    served: ServedModel  # the model that scores them, and that their detections name
     future: Future | None
 
 
@@ -85,6 +86,10 @@ class Worker:
         self.db, self.store, self.served = db, store, served
         self.base_url, self.poll, self.claim = base_url, poll, claim
         self._callbacks: list[DetectionCallback] = []
+        self._scoring = threading.Lock()  # held while batches are claimed and settled, and by :meth:`use`
+        self._next: ServedModel | None = None  # the model use() switches to, once the batches in flight are settled
+        self._previous: ServedModel = served
+        self._switched = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,6 +101,31 @@ class Worker:
         """
         self._callbacks.append(callback)
         return callback
+
+    def use(self, served: ServedModel) -> ServedModel:
+        """Score with ``served`` from the next claim on; the model it replaces.
+
+        The batches already handed to the old model are settled first (their
+        detections name it), so that its scoring processes may be stopped once
+        this returns; a running worker makes the switch in its thread.
+        """
+        with self._scoring:
+            self._next = served
+            if not self.alive:
+                return self._switch()
+            self._switched.clear()
+        self.db.queued.set()  # wake the loop
+        while not self._switched.wait(0.5):
+            with self._scoring:
+                if self._next is served and not self.alive:  # stopped meanwhile
+                    return self._switch()
+        return self._previous
+
+    def _switch(self) -> ServedModel:
+        """Make the model waiting in ``use`` the one that scores (the caller holds ``_scoring``)."""
+        self._previous, self.served, self._next = self.served, self._next, None
+        self._switched.set()
+        return self._previous
 
     @property
     def alive(self) -> bool:
@@ -130,21 +160,27 @@ class Worker:
         while not self._stop.is_set():
             self.db.queued.clear()
             settling = None
-            try:
-                self._fill(flight)
-                if flight:
-                    settling = flight.popleft()
-                    self._settle_batch(settling)
-            except Exception:  # the database went away, say: log it, wait, try again
-                logger.exception("worker: unexpected error; retrying in %.0f s", self.poll)
-                for batch in (settling, *flight):
-                    self._drop(batch)
-                flight.clear()
-                settling = None
+            with self._scoring:
+                try:
+                    if self._next is None:
+                        self._fill(flight)
+                    if flight:
+                        settling = flight.popleft()
+                        self._settle_batch(settling)
+                    elif self._next is not None:  # all that the old model had is settled
+                        self._switch()
+                        continue
+                except Exception:  # the database went away, say: log it, wait, try again
+                    logger.exception("worker: unexpected error; retrying in %.0f s", self.poll)
+                    for batch in (settling, *flight):
+                        self._drop(batch)
+                    flight.clear()
+                    settling = None
             if settling is None:
                 self.db.queued.wait(self.poll)
-        while flight:
-            self._settle_batch(flight.popleft())
+        with self._scoring:
+            while flight:
+                self._settle_batch(flight.popleft())
 
     def _fill(self, flight: deque) -> None:
         """Claim and hand over batches until the scoring processes have enough (one batch without them).
@@ -152,7 +188,8 @@ class Worker:
         With scoring processes, the next claims are theirs before the last
         one's detections are stored: they never wait for the database.
         """
-        depth = self.served.process.depth if self.served.process is not None else 1
+        process = self.served.process
+        depth = process.depth if process is not None else 1
         while len(flight) < depth:
             batch = self._start()
             if batch is None:
@@ -161,46 +198,47 @@ class Worker:
 
     def run_once(self) -> int | None:
         """Claim the oldest queued recordings (up to ``claim``) and score them; the first's id, or None."""
-        batch = self._start()
-        if batch is None:
-            return None
-        self._settle_batch(batch)
-        return batch.claimed[0][0]
+        with self._scoring:
+            batch = self._start()
+            if batch is None:
+                return None
+            self._settle_batch(batch)
+            return batch.claimed[0][0]
 
     def _start(self) -> _Batch | None:
-        """Claim the oldest queued recordings and, with a scoring process, hand them to it; None: nothing queued."""
+        """Claim the oldest queued recordings and, with scoring processes, hand them over; None: nothing queued."""
         claimed = self._claim(self.claim)
         if not claimed:
             return None
-        process = self.served.process
-        future = process.submit([self.store.path(name) for _, name in claimed]) if process is not None else None
-        return _Batch(claimed, future)
+        served = self.served
+        paths = [self.store.path(name) for _, name in claimed]
+        return _Batch(claimed, served, served.process.submit(paths) if served.process is not None else None)
 
     def _settle_batch(self, batch: _Batch) -> None:
         """Settle a claimed batch: scored together, then one by one those the shared scoring could not finish."""
-        claimed = batch.claimed
+        claimed, served = batch.claimed, batch.served
         if batch.future is not None or len(claimed) > 1:
             claimed = self._score_together(batch)
         for recording_id, name in claimed:
             try:
-                result = self.served.events(self.store.path(name))
+                result = served.events(self.store.path(name))
             except AudioError as exc:
                 result = exc.reason
             except Exception as exc:
                 logger.exception("worker: recording %d failed", recording_id)
                 result = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            self._settle(recording_id, result)
+            self._settle(served, recording_id, result)
 
     def _score_together(self, batch: _Batch) -> list[tuple[int, str]]:
         """Score a batch's recordings together, settling each as it finishes; those left when scoring broke."""
-        claimed = batch.claimed
+        claimed, served = batch.claimed, batch.served
         left = dict(claimed)
         try:
             results = (batch.future.result() if batch.future is not None
-                       else self.served.events_of_many([self.store.path(name) for _, name in claimed]))
+                       else served.events_of_many([self.store.path(name) for _, name in claimed]))
             for index, result in results:
                 recording_id = claimed[index][0]
-                self._settle(recording_id, result)
+                self._settle(served, recording_id, result)
                 del left[recording_id]
         except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
             logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
@@ -214,13 +252,13 @@ class Worker:
             for recording_id, _ in batch.claimed:
                 self._release(recording_id)
 
-    def _settle(self, recording_id: int, result: tuple | str) -> None:
+    def _settle(self, served: ServedModel, recording_id: int, result: tuple | str) -> None:
         """Store a recording's detections and mark it done (or failed, for a reason); publish them."""
         if isinstance(result, str):
-            self._fail(recording_id, result)
+            self._fail(served, recording_id, result)
             return
         try:
-            stored = self._finish(recording_id, *result)
+            stored = self._finish(served, recording_id, *result)
         except Exception:  # the database, most likely: queue it again (attempts bound the retries)
             logger.exception("worker: the detections of recording %d could not be stored", recording_id)
             self._release(recording_id)
@@ -252,27 +290,26 @@ class Worker:
         except Exception:
             logger.exception("worker: recording %d stays running until the next start", recording_id)
 
-    def _fail(self, recording_id: int, reason: str) -> None:
+    def _fail(self, served: ServedModel, recording_id: int, reason: str) -> None:
         with self.db.transaction() as session:
             session.execute(update(Recording).where(Recording.id == recording_id)
-                            .values(status="failed", error=reason, finished_at=utc_now(),
-                                    model_id=self.served.row.id))
+                            .values(status="failed", error=reason, finished_at=utc_now(), model_id=served.row.id))
 
-    def _finish(self, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
+    def _finish(self, served: ServedModel, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
         """Write the detections and mark the recording done, in one transaction; the new detections' ids."""
         with self.db.transaction() as session:
             recording = session.get(Recording, recording_id)
             if recording is None or recording.status != "running":  # requeued by another server meanwhile
                 return []
             base = recording.recorded_at or recording.received_at
-            rows = [Detection(recording_id=recording_id, model_id=self.served.row.id, species=str(event.label),
+            rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event.label),
                               start=float(event.start), end=float(event.end),
                               time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),
                               mean_score=float(event.mean_score), windows=int(event.windows), top_species=top)
                     for event, top in zip(events.itertuples(index=False), tops, strict=True)]
             session.add_all(rows)
             recording.status, recording.finished_at = "done", utc_now()
-            recording.model_id = self.served.row.id
+            recording.model_id = served.row.id
             session.flush()
             return [row.id for row in rows]
 
