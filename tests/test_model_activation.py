@@ -58,6 +58,7 @@ def test_a_candidate_is_promoted_with_the_key_and_stays_active_after_a_restart(b
     try:
         models = {m["version"]: m for m in server.client.get("/api/models").json()}
         assert {v: m["serving"] for v, m in models.items()} == {1: True, 2: False}
+        assert models[1]["activated_at"] is not None and models[2]["activated_at"] is None  # 2: a candidate
         assert server.client.get("/healthz").json()["model"] == "bundle/1"
         second = _upload(server, seed=51)  # the candidate does not score
         candidate = models[2]["id"]

@@ -292,7 +292,8 @@ def list_sensors(request: Request) -> list[dict]:
 
 @reads.get("/api/models")
 def list_models(request: Request) -> list[dict]:
-    """Every model this database has served, newest first; ``serving`` marks the one this server runs."""
+    """Every model this database has served, newest first; ``serving`` marks the one this server scores new
+    uploads with (the store's active model: ``activated_at`` is when it last became so; a candidate has none)."""
     service = _service(request)
     with service.db.session() as session:
         return [{**model_json(model, n), "serving": model.id == service.served.row.id}

@@ -80,7 +80,8 @@ def model_json(model: Model, detections: int = 0) -> dict:
     """A served model: name, version, weights hash, classes, thresholds, options."""
     return {"id": model.id, "name": model.name, "version": model.version, "weights_hash": model.weights_hash,
             "classes": model.classes, "thresholds": dict(zip(model.classes, model.thresholds, strict=True)),
-            "options": model.options, "created_at": iso(model.created_at), "detections": detections}
+            "options": model.options, "created_at": iso(model.created_at),
+            "activated_at": iso(model.activated_at), "detections": detections}
 
 
 def sensor_json(sensor: Sensor, recordings: int = 0, detections: int = 0) -> dict:
