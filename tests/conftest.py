@@ -180,3 +180,28 @@ def _write_bad_corpus(root: Path) -> dict[str, str | None]:
 def bad_corpus(tmp_path) -> tuple[Path, dict[str, str | None]]:
     """A one-class folder of good and broken files, with the error each should give."""
     return tmp_path, _write_bad_corpus(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A throwaway PostgreSQL cluster for the session; skipped when PostgreSQL is not installed."""
+    from servers import PostgresCluster, postgres_bin
+
+    folder = postgres_bin()
+    if folder is None:
+        pytest.skip("PostgreSQL's initdb and pg_ctl not found (Debian: apt-get install postgresql): "
+                    "the PostgreSQL half of the service tests is skipped")
+    cluster = PostgresCluster(folder)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def new_database(request):
+    """A function that gives a fresh database URL of the backend (None: the store's own SQLite file).
+
+    A module whose ``server`` fixture takes it runs each of its tests against both databases.
+    """
+    if request.param == "sqlite":
+        return lambda: None
+    return request.getfixturevalue("postgres").database

@@ -83,18 +83,3 @@ def reviewed_store(bundle: Path, store: Path) -> ReviewedStore:
         return ReviewedStore(store, bundle, detections, verdicts)
     finally:
         service.stop()
-
-
-def changed_weights(bundle: Path, folder: Path) -> Path:
-    """A copy of the bundle with other weights (as a retrained model would have): the same name, a new hash."""
-    import shutil
-
-    import torch
-
-    copy = folder / bundle.name
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoint.pt", "tensorboard"))
-    state = torch.load(copy / "weights.pt", weights_only=True)
-    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
-    state[name] = state[name] + 0.05
-    torch.save(state, copy / "weights.pt")
-    return copy

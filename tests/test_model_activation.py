@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from reviewkit import KEY, changed_weights, open_reviewable, upload_and_score
+from reviewkit import KEY, open_reviewable, upload_and_score
 from servers import Server
-from servicekit import SCORING, make_recording, one_line_4xx, small_bundle
+from servicekit import SCORING, changed_weights, make_recording, one_line_4xx, small_bundle
 
 
 @pytest.fixture(scope="module")

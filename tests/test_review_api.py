@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servers import PostgresCluster, Server, postgres_bin
+from servers import Server
 from servicekit import SCORING, make_recording, one_line_4xx, small_bundle
 
 ITEM_KEYS = {"id", "recording_id", "sensor_id", "species", "start", "end", "time", "score", "mean_score",
@@ -173,26 +173,6 @@ def test_sql_bins_are_the_python_bins(new_database, tmp_path):
 def bundle(synthetic_dataset, tmp_path_factory) -> Path:
     """A small_cnn bundle on a light front end, trained for one epoch: service plumbing only."""
     return small_bundle(synthetic_dataset, tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A throwaway PostgreSQL cluster; skipped when PostgreSQL is not installed."""
-    folder = postgres_bin()
-    if folder is None:
-        pytest.skip("PostgreSQL's initdb and pg_ctl not found (Debian: apt-get install postgresql): "
-                    "the PostgreSQL half of the review API tests is skipped")
-    cluster = PostgresCluster(folder)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def new_database(request):
-    """A function that gives a fresh database URL of the backend (None: the store's own SQLite file)."""
-    if request.param == "sqlite":
-        return lambda: None
-    return request.getfixturevalue("postgres").database
 
 
 @pytest.fixture(scope="module")

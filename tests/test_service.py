@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import shutil
 import time
 from pathlib import Path
 
@@ -19,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from servers import PostgresCluster, Server, postgres_bin
-from servicekit import SCORING, make_recording, one_line_4xx, small_bundle, statuses
+from servers import Server
+from servicekit import SCORING, changed_weights, make_recording, one_line_4xx, small_bundle, statuses
 
 
 @pytest.fixture(scope="module")
@@ -39,26 +38,6 @@ PATHS = {"/api/recordings", "/api/recordings/{recording_id}", "/api/detections",
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="session")
-def postgres():
-    """A throwaway PostgreSQL cluster for the session; skipped when PostgreSQL is not installed."""
-    folder = postgres_bin()
-    if folder is None:
-        pytest.skip("PostgreSQL's initdb and pg_ctl not found (Debian: apt-get install postgresql): "
-                    "the PostgreSQL half of the service tests is skipped")
-    cluster = PostgresCluster(folder)
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def new_database(request):
-    """A function that gives a fresh database URL of the backend (None: the store's own SQLite file)."""
-    if request.param == "sqlite":
-        return lambda: None
-    return request.getfixturevalue("postgres").database
-
-
 @pytest.fixture(scope="module")
 def server(bundle, new_database, tmp_path_factory):
     """The contract tests' server: threshold 0, top 2 classes per window, uploads up to 1 MB."""
@@ -353,19 +332,6 @@ def test_kill_9_with_work_queued_then_a_restart_scores_each_recording_once(bundl
         second.stop()
 
 
-def _changed_weights(bundle: Path, folder: Path) -> Path:
-    """A copy of the bundle with other weights (as a retrained model would have): the same name, a new hash."""
-    import torch
-
-    copy = folder / bundle.name
-    shutil.copytree(bundle, copy, ignore=shutil.ignore_patterns("checkpoint.pt", "tensorboard"))
-    state = torch.load(copy / "weights.pt", weights_only=True)
-    name = next(k for k, v in state.items() if v.is_floating_point() and v.ndim > 1)
-    state[name] = state[name] + 0.05
-    torch.save(state, copy / "weights.pt")
-    return copy
-
-
 def test_a_new_bundle_adds_a_model_row_and_old_detections_keep_theirs(bundle, new_database, tmp_path):
     from echoengine.detection import DetectOptions
     from echoengine.service.db import Database, default_url
@@ -378,7 +344,7 @@ def test_a_new_bundle_adds_a_model_row_and_old_detections_keep_theirs(bundle, ne
         before = _detections(first, sensor_id="t-model")["items"]
     finally:
         first.stop()
-    second = Server(_changed_weights(bundle, tmp_path / "v2"), store, db=url, options=SCORING).wait_ready()
+    second = Server(changed_weights(bundle, tmp_path / "v2"), store, db=url, options=SCORING).wait_ready()
     try:
         (new,) = _wait_detections(second, "t-model", [(make_recording(5.0, 201), "2024-07-02T00:00:00Z")])
         models = second.client.get("/api/models").json()
