@@ -246,10 +246,24 @@ def _insert(server: Server, rows: list[tuple[str, float]]) -> list[int]:
 
 
 def _review(server: Server, detection_id: int, status: str, species: str | None = None) -> dict:
+    """A verdict; a corrected species is sent as a new one (these tests' names are no model's classes)."""
+    species_fields = {"species": species, "new_species": True} if species else {}
     answer = server.client.post(f"/api/detections/{detection_id}/review",
-                                json={"status": status, "reviewer": "ann", **({"species": species} if species else {})})
+                                json={"status": status, "reviewer": "ann", **species_fields})
     assert answer.status_code == 201, answer.text
     return answer.json()
+
+
+def test_a_corrected_species_no_model_knows_is_refused_unless_it_is_said_to_be_new(server):
+    (detection,) = _insert(server, [("t-typo", 0.5)])
+    classes = next(m["classes"] for m in server.client.get("/api/models").json() if m["serving"])
+    url = f"/api/detections/{detection}/review"
+    refused = server.client.post(url, json={"status": "confirmed", "reviewer": "ann", "species": "synthetic-crok"})
+    one_line_4xx(refused, 422, "'synthetic-crok' is not a class of any model")
+    assert "new_species" in refused.json()["detail"]
+    for body in ({"species": classes[0]}, {"species": "t-new-frog", "new_species": True}):
+        answer = server.client.post(url, json={"status": "confirmed", "reviewer": "ann", **body})
+        assert answer.status_code == 201 and answer.json()["species"] == body["species"], answer.text
 
 
 def _list(server: Server, **params) -> dict:

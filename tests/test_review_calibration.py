@@ -165,7 +165,8 @@ def test_reviews_of_recordings_the_bundle_trained_on_are_left_out(reviewed, tmp_
                         (["--precision", "0.9"], "--precision go with --reviews"),
                         ([str(export), "--reviews", str(export)], "not both"),
                         ([], "give labelled DATA, or --reviews"),
-                        (["--reviews", str(tmp_path)], "not the store folder of echoengine serve")):
+                        (["--reviews", str(tmp_path)], "not the store folder of echoengine serve"),
+                        (["--reviews", str(tmp_path / "nowhere")], "nowhere: no such folder")):
         assert main(["calibrate", str(bundle), *argv]) == 2
         error = capsys.readouterr().err
         assert words in error and error.count("\n") == 1, error

@@ -308,6 +308,12 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     offered = browser.execute_script("return [...document.querySelectorAll('#classes option')].map(o => o.value)")
     assert sorted(offered) == sorted(classes)
     other = next(name for name in classes if name != second["species"])
+    field.send_keys("synthetic-crok", Keys.ENTER)  # a typo: no model's class, so the page asks first
+    _wait(browser, lambda d: 'Not relabelled: "synthetic-crok" is not one of the models' in _status(d),
+          what="holding back the typo")
+    assert _api(server, f"/api/detections/{second['id']}")["reviews"] == []
+    field = browser.find_element(By.ID, "relabel")
+    field.clear()
     field.send_keys(other, Keys.ENTER)
     _wait(browser, lambda d: f"Detection {second['id']} relabelled as {other}" in _status(d), what="relabelling")
     relabelled = _api(server, f"/api/detections/{second['id']}")["reviews"][-1]

@@ -103,6 +103,23 @@ def test_train_reads_the_export_as_it_is(reviewed, tmp_path, synthetic_dataset):
     assert boxes["positive"].any() and (~boxes["positive"]).any()
 
 
+def test_the_combined_table_keeps_the_source_recordings_of_the_original_data(reviewed, synthetic_dataset, tmp_path):
+    """--with DATA --group-regex: DATA's clips of one recording share a group in combined.csv, which train reads."""
+    from echoengine.config import EchoConfig
+    from echoengine.labelkind import label_kind
+    from echoengine.service.export import export_reviews
+
+    out = export_reviews(reviewed.store, tmp_path / "export", with_data=synthetic_dataset,
+                         group_regex=r"^(\w+_rec\d+)_").out
+    combined = pd.read_csv(out / "combined.csv", keep_default_na=False)
+    original = combined[~combined["filename"].str.startswith(str((out / "clips").absolute()))]
+    assert set(original["src_file"]) == {Path(name).name.rsplit("_", 1)[0] for name in original["filename"]}
+    assert original.groupby("src_file").size().min() >= 2  # the a and b files of each recording together
+    config = EchoConfig().replace(data={"allow_outside_paths": True})
+    table, _ = label_kind(multilabel=False).read(out / "combined.csv", config)  # no regex needed: src_file says
+    assert table["group"].str.fullmatch(r"\w+_rec\d+|[0-9a-f]{16}").all()
+
+
 def test_exports_of_the_same_reviews_are_the_same_files_and_changes_are_never_silent(reviewed, bundle, tmp_path):
     from echoengine.errors import EchoError
     from echoengine.service.export import export_reviews

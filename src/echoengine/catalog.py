@@ -51,6 +51,7 @@ logger = logging.getLogger("echoengine")
 def _group_of(name: str, pattern: re.Pattern | None) -> str:
     if pattern is None:
         return os.path.splitext(name)[0]
+    name = os.path.basename(name)  # a table may name files by path: the regex reads the file's own name
     match = pattern.search(name)
     if match is None:
         raise DataError(f"group regex {pattern.pattern!r} does not match the file name {name!r}")
@@ -73,6 +74,8 @@ def group_names(names: Sequence[str], group_regex: str = "") -> list[str]:
     --------
     >>> group_names(["site1_rec2_003.wav"], r"^(.+_rec\d+)_"), group_names(["x.flac"])
     (['site1_rec2'], ['x'])
+    >>> group_names(["/data/site1/site1_rec2_003.wav"], r"^(.+_rec\d+)_")  # a path: the regex reads its name
+    ['site1_rec2']
     """
     pattern = _compile(group_regex)
     return [_group_of(name, pattern) for name in names]

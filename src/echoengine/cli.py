@@ -231,7 +231,7 @@ def cmd_reviews(args: argparse.Namespace) -> int:
         from echoengine.service.export import export_reviews
 
         result = export_reviews(args.store, args.out, db=args.db, since=args.since, until=args.until,
-                                with_data=args.with_data, overwrite=args.overwrite)
+                                with_data=args.with_data, group_regex=args.group_regex, overwrite=args.overwrite)
         print(result.text())
         return 0
     from echoengine.service.compare import compare_models

@@ -423,6 +423,9 @@ def _reviews_command(sub: argparse._SubParsersAction) -> None:
                    "what changed)")
     e.add_argument("--with", dest="with_data", type=Path, metavar="DATA", help="also write OUT/combined.csv: DATA's "
                    "labelled files and the exported clips (train OUT/combined.csv --allow-outside-paths)")
+    e.add_argument("--group-regex", default="", metavar="REGEX", help="with --with: the regex on DATA's file names "
+                   "naming their source recording (as train's), kept in combined.csv so that splits keep a "
+                   "recording's clips together")
     e.add_argument("--overwrite", action="store_true", help="replace files of an earlier export that differ, and "
                    "remove those no longer exported")
     c = actions.add_parser("compare", formatter_class=_HelpFormatter, help="two models on the reviewed detections "

@@ -54,6 +54,7 @@ import soundfile as sf
 
 from echoengine import formats
 from echoengine.catalog import load_catalog
+from echoengine.config import DataConfig
 from echoengine.errors import EchoError
 from echoengine.files import TEMPORARY_SUFFIX, write_atomic
 from echoengine.service.reviewed import COLUMNS, REVIEWS_FILE, read_store
@@ -119,7 +120,7 @@ class ExportResult:
 
 
 def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None, since: str | None = None,
-                   until: str | None = None, with_data: str | Path | None = None,
+                   until: str | None = None, with_data: str | Path | None = None, group_regex: str = "",
                    overwrite: bool = False) -> ExportResult:
     """Write a store's reviewed detections into ``out`` as labelled clips, recordings, Raven tables and negatives.
 
@@ -133,6 +134,9 @@ def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None,
         Only detections from / up to these times (ISO 8601).
     with_data : path, optional
         A labelled dataset (any DATA of ``train``): ``out/combined.csv`` lists its files and the exported clips.
+    group_regex : str
+        How ``with_data``'s file names name their source recording (``train --group-regex``): each
+        file's group goes into ``combined.csv`` as its ``src_file``, so that splits keep a recording's clips together.
     overwrite : bool
         Replace files of an earlier export that differ, and remove those this export no longer has.
 
@@ -156,7 +160,7 @@ def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None,
                                                         events["label"], strict=True)]
     events["recording_file"] = [f"{RECORDINGS}/{key}{Path(name).suffix}"
                                 for key, name in zip(events["key"], events["audio"], strict=True)]
-    plan = _plan(events, audio, out, with_data)
+    plan = _plan(events, audio, out, with_data, group_regex)
     result = ExportResult(out, events[[*COLUMNS, "recording_file", "clip"]])
     changed, stale = _compare(plan, out, result)
     if (changed or stale) and not overwrite:
@@ -174,7 +178,8 @@ def export_reviews(store: str | Path, out: str | Path, *, db: str | None = None,
     return result
 
 
-def _plan(events: pd.DataFrame, audio: AudioStore, out: Path, with_data: str | Path | None) -> list[_File]:
+def _plan(events: pd.DataFrame, audio: AudioStore, out: Path, with_data: str | Path | None,
+          group_regex: str = "") -> list[_File]:
     """Every file of the export, the tables last (``reviews.csv`` last of all: it marks a whole export)."""
     plan: list[_File] = []
     clips = events[events["clip"] != ""].drop_duplicates("clip")
@@ -191,7 +196,7 @@ def _plan(events: pd.DataFrame, audio: AudioStore, out: Path, with_data: str | P
                           "src_file": clips["key"]}).sort_values(["filename", "category"], ignore_index=True)
     plan.append(_File(CLIPS_TABLE, make=lambda: _csv_bytes(table)))
     if with_data is not None:
-        combined = _combined(with_data, table, out)
+        combined = _combined(with_data, table, out, group_regex)
         plan.append(_File(COMBINED, make=lambda: _csv_bytes(combined)))
     reviews = events[[*COLUMNS, "recording_file", "clip"]]
     plan.append(_File(REVIEWS_FILE, make=lambda: _csv_bytes(reviews)))
@@ -215,9 +220,9 @@ def _boxes(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return positives, negatives.reset_index(drop=True)
 
 
-def _combined(data: str | Path, clips: pd.DataFrame, out: Path) -> pd.DataFrame:
+def _combined(data: str | Path, clips: pd.DataFrame, out: Path, group_regex: str = "") -> pd.DataFrame:
     """DATA's labelled files and the exported clips, as an ESC-50-style table of absolute paths."""
-    original = load_catalog(data)
+    original = load_catalog(data, DataConfig(group_regex=group_regex))
     original = original[original["label"] != ""]
     if original.empty:
         raise EchoError(f"--with {data}: no labelled files there")

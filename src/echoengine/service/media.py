@@ -65,7 +65,7 @@ class Picture:
 
 
 #: Space around the plot for the labels (pixels): left, top, right, bottom.
-_MARGIN = (46, 18, 14, 34)
+_MARGIN = (56, 20, 16, 42)
 _INK, _PAPER, _EVENT = "#1b1b1b", "#ffffff", "#0a7d55"
 
 
@@ -101,14 +101,14 @@ def _axes(draw: ImageDraw.ImageDraw, box: tuple[int, int, int, int], seconds: tu
           nyquist_khz: float) -> None:
     """Ticks and labels: time (s) under the plot, frequency (kHz) left of it."""
     left, top, width, height = box
-    font = ImageFont.load_default(11)
+    font = ImageFont.load_default(15)  # shown scaled down in the page
     start, end = seconds
     draw.rectangle((left - 1, top - 1, left + width, top + height), outline=_INK)
     for t in nice_ticks(start, end, most=max(2, width // 60)):
         x = left + round((t - start) / (end - start) * (width - 1))
         draw.line((x, top + height, x, top + height + 4), fill=_INK)
         draw.text((x, top + height + 5), f"{t:g}", fill=_INK, font=font, anchor="ma")
-    draw.text((left + width // 2, top + height + 19), "time (s)", fill=_INK, font=font, anchor="ma")
+    draw.text((left + width // 2, top + height + 23), "time (s)", fill=_INK, font=font, anchor="ma")
     for f in nice_ticks(0.0, nyquist_khz, most=max(2, height // 40)):
         y = top + height - 1 - round(f / nyquist_khz * (height - 1))
         draw.line((left - 5, y, left - 1, y), fill=_INK)

@@ -89,8 +89,10 @@ def open_store(store: str | Path, db: str | None = None) -> tuple[Database, Audi
         Not a store of ``echoengine serve`` (no ``audio/`` folder, or no ``echo.db`` without ``db``).
     """
     store = Path(store)
+    if not store.exists():
+        raise EchoError(f"{store}: no such folder (a store of echoengine serve, or a review export)")
     if not (store / "audio").is_dir():
-        raise EchoError(f"--store {store}: not the store folder of echoengine serve (it has no audio/ folder)")
+        raise EchoError(f"{store}: not the store folder of echoengine serve (it has no audio/ folder)")
     if db is None and not (store / DB_FILE).is_file():
         raise EchoError(f"{store}: has no {DB_FILE}, so it is neither the store of echoengine serve (whose "
                         f"database --db URL gives, when it is elsewhere) nor a review export (no {REVIEWS_FILE})")

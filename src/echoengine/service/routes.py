@@ -26,7 +26,7 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.service import media, queries, sampling
 from echoengine.service.access import API_KEY_HEADER
 from echoengine.service.ingest import IngestError, ingest_stream, parse_time
-from echoengine.service.schema import REVIEW_STATUSES, Detection, Recording, Review
+from echoengine.service.schema import REVIEW_STATUSES, Detection, Model, Recording, Review
 from echoengine.service.views import detection_json, model_json, recording_json, review_json, sensor_json
 
 __all__ = ["ReviewIn", "router"]
@@ -81,6 +81,8 @@ class ReviewIn(BaseModel):
                                 description="the right species, when the detection's is wrong")
     reviewer: str = Field(min_length=1, max_length=100, pattern=_NO_CONTROL)
     comment: str | None = Field(None, max_length=2000, pattern=r"^[^\x00]*$")
+    new_species: bool = Field(False, description="accept a corrected species that no served model knows (a new "
+                              "class for the next model); without it such a name is refused, as a typo would be")
 
 
 class Queued(BaseModel):
@@ -223,11 +225,21 @@ def get_detection_spectrogram(request: Request, detection_id: _ID) -> Response:
 def review_detection(request: Request, detection_id: _ID, verdict: ReviewIn) -> dict:
     """Add a reviewer's verdict (several reviewers may review one detection; the latest counts in filters)."""
     with _service(request).db.transaction() as session:
-        _found(session, Detection, detection_id)
-        review = Review(detection_id=detection_id, **verdict.model_dump())
+        detection = _found(session, Detection, detection_id)
+        if verdict.species is not None and not verdict.new_species:
+            _check_known_species(session, verdict.species, detection.species)
+        review = Review(detection_id=detection_id, **verdict.model_dump(exclude={"new_species"}))
         session.add(review)
         session.flush()
         return review_json(review)
+
+
+def _check_known_species(session: Session, species: str, detected: str) -> None:
+    """Refuse (422) a corrected species that no model of this store knows, unless the reviewer said it is new."""
+    if species == detected or any(species in classes for classes in session.scalars(select(Model.classes))):
+        return
+    raise HTTPException(422, f"species: {species!r} is not a class of any model this store has served (a typo?); "
+                             'send "new_species": true to add it as a new species')
 
 
 @writes.delete("/api/reviews/{review_id}")

@@ -99,7 +99,11 @@ function skipLink() {
 settings();
 skipLink();
 installKeys();
-window.addEventListener("hashchange", () => queueRender());
+window.addEventListener("hashchange", () => {
+  const status = document.getElementById("status");
+  if (status && status.dataset.kind === "error") say("");  // an error belongs to the view it happened in
+  queueRender();
+});
 window.addEventListener("popstate", () => queueRender());
 window.addEventListener("echoengine:refresh", () => queueRender(true));
 start().then(() => {

@@ -7,8 +7,10 @@
 
 import {del, paths, post, reviewer} from "./api.js";
 import {say, sayError} from "./dom.js";
+import {known} from "./server.js";
 
 const UNDO_STORE = "echoengine.undo";
+let pendingNewSpecies = null;  // a relabel to a name no model knows, given once: the second time it is sent
 const listeners = [];
 
 function stack() {
@@ -38,11 +40,28 @@ export function haveReviewer() {
   return false;
 }
 
+/** Whether any model this store has served knows ``name`` as a class. */
+function isKnownSpecies(name) {
+  return known.models.some((model) => model.classes.includes(name));
+}
+
 /** Post a verdict; the review's JSON, or null when it failed (the status line says why). */
 export async function sendVerdict(detection, status, species = null, comment = null) {
   if (!haveReviewer()) return null;
   const body = {status, reviewer: reviewer()};
   if (species && species !== detection.species) body.species = species;
+  if (body.species && !isKnownSpecies(body.species)) {
+    // a name no model knows: a typo, or a species new to the models (a class of the next one): sent only
+    // when the same name is given twice in a row
+    if (pendingNewSpecies !== body.species) {
+      pendingNewSpecies = body.species;
+      say(`Not relabelled: "${body.species}" is not one of the models' classes. Relabel with it again to add it ` +
+          "as a new species.", "error");
+      return null;
+    }
+    body.new_species = true;
+  }
+  pendingNewSpecies = null;
   if (comment) body.comment = comment;
   const what = body.species ? `relabelled as ${body.species}` : status;
   try {
