@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
 from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
+from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
 
@@ -383,18 +385,25 @@ class DetectResult:
 
 def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, resume: bool = False,
            overwrite: bool = False, summary: bool = False, progress: bool = False, log: Log | None = None,
-           **options) -> DetectResult:
+           engine: str = "local", ray_options: RayOptions | None = None, **options) -> DetectResult:
     """Score every window of every recording and write the events (CSV, Raven, Audacity, JSON lines).
 
     ``options`` are those of :class:`echoengine.detection.DetectOptions`
     (``overlap``, ``threshold``, ``top_n``, ``include``, ``exclude``,
     ``merge_gap``, ``onnx``, ...). ``summary`` also writes ``summary.csv`` and
     ``summary.png`` (detections per species and hour), returned as ``summary``
-    with its printed form in ``summary_text``.
+    with its printed form in ``summary_text``. ``engine="ray"`` scores the
+    files on Ray (:mod:`echoengine.raydetect`; ``ray_options`` says where),
+    with the same records and outputs.
     """
+    if engine not in ("local", "ray"):
+        raise EchoError(f"--engine must be local or ray, got {engine!r}")
     options["onnx"] = onnx = use_onnx(bundle, bool(options.get("onnx")))
-    written = _detect(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
-                      overwrite=overwrite, progress=progress, log=log or logger.info)
+    run = _detect
+    if engine == "ray":
+        run = partial(detect_on_ray, ray_options=ray_options or RayOptions())
+    written = run(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
+                  overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []
     table = summarize(out, log=lines.append) if summary else None
     return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out),

@@ -259,10 +259,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
     """``echoengine detect``: events in long recordings, written as tables; a summary on request."""
     from echoengine import api
 
+    ray_given = [flag for flag, value in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers))
+                 if value is not None]
+    if ray_given and args.engine != "ray":
+        raise EchoError(f"{', '.join(ray_given)} go with --engine ray")
+    from echoengine.raydetect import RayOptions
+
+    ray_options = RayOptions(address=args.ray_address, workers=args.ray_workers,
+                             chunk_seconds=args.ray_chunk_seconds)
     result = api.detect(
         args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
-        **_scoring(args))
+        engine=args.engine, ray_options=ray_options, **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")

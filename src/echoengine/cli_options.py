@@ -327,6 +327,15 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     _scoring_options(p)
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
                    "the model's (0: in the main process, the fastest on 2 cores; more cores gain from them)")
+    g = p.add_argument_group("scale-out (pip install 'echoengine[distributed]')")
+    g.add_argument("--engine", choices=["local", "ray"], default="local", help="score the files in this process "
+                   "(local) or spread them over Ray workers (ray): the same records and outputs")
+    g.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:6379, ray://HOST:10001 or "
+                   "auto); without it, a local Ray instance runs for the command")
+    g.add_argument("--ray-workers", type=_positive_int, metavar="N", help="CPUs of the local Ray instance, or the "
+                   "most tasks at a time on a cluster (default: every CPU)")
+    g.add_argument("--ray-chunk-seconds", type=float, default=600.0, metavar="SECONDS",
+                   help="audio per Ray task: short files are grouped up to it, a longer file is a task of its own")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
     existing.add_argument("--overwrite", action="store_true",
