@@ -145,12 +145,19 @@ def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path
     Returns
     -------
     echoengine.trainrun.TrainResult
-        The bundle folder, the held-out metrics and the report text.
+        The bundle folder, the held-out metrics and the report text; None
+        on ranks other than 0 of a run across processes (:mod:`echoengine.ddp`).
     """
-    from echoengine.trainrun import train_run, training_config  # torch
+    from echoengine import ddp  # torch
+    from echoengine.trainrun import train_run, training_config
 
     config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
-    prepare_output(out, resume=resume, overwrite=overwrite)
+    if ddp.world() > 1 and config.convex_head():
+        raise EchoError("a linear or MLP head on embeddings is fitted full-batch in seconds on one process: train "
+                        "it without --distributed (or torchrun)")
+    if ddp.is_main():
+        prepare_output(out, resume=resume, overwrite=overwrite)
+    ddp.barrier()
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     return train_run(Path(data), config, Path(out), resume=resume, resume_changes=resume_changes,
                      boxes_source=boxes_source, progress=progress, log=log or logger.info)

@@ -269,6 +269,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     train = _data_command(sub, "train", "train a classifier and write a model bundle (evaluated on a held-out test "
                           "part)")
     train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    train.add_argument("--distributed", type=_positive_int, metavar="N", help="train in N processes on this machine "
+                       "(PyTorch DDP through torchrun: gloo on CPUs, nccl on GPUs); --batch-size is the batch of all "
+                       "N together. Across machines, run torchrun ... -m echoengine train on each instead")
     cv = _data_command(sub, "cv", "k-fold cross-validation grouped by source recording; keeps the fold models")
     cv.add_argument("--out", type=Path, required=True, help="folder for the fold bundles and the summary")
     for p in (train, cv):

@@ -29,7 +29,7 @@ Examples
 --------
 >>> RayOptions(workers=2).tasks_in_flight(cluster_cpus=8)
 4
->>> chunk_files([(0, "a.wav"), (1, "b.wav"), (2, "c.wav")], [30.0, 900.0, 30.0], chunk_seconds=600)
+>>> chunk_files([(0, "a.wav"), (1, "b.wav"), (2, "c.wav")], [30.0, 30.0, 900.0], chunk_seconds=600)
 [[(0, 'a.wav'), (1, 'b.wav')], [(2, 'c.wav')]]
 """
 
