@@ -71,8 +71,9 @@ class RayOptions:
         A local instance's CPUs (tasks at a time); on a cluster, the most
         tasks at a time (default: every CPU of the cluster).
     chunk_seconds : float
-        Audio per task: short files are grouped until they reach it (a
-        longer file is a task of its own). Smaller: finer retries and
+        Audio per task at most: short files are grouped until they reach it
+        (a longer file is a task of its own); a run of less audio than four
+        chunks per worker gets smaller ones. Smaller: finer retries and
         balance; larger: fuller batches and less per-task overhead.
     threads : int
         Torch threads (and CPUs reserved) per task.
@@ -255,9 +256,11 @@ def _run_tasks(ray, folders: tuple[str, ...], todo: list[tuple[int, str]], optio
                ray_options: RayOptions, *, progress: bool) -> Iterator[tuple[int, dict | str]]:
     """Each file's result once, as it arrives, from tasks handed out a few at a time per worker slot."""
     seconds = [_duration(path) for _, path in todo]
-    chunks = chunk_files(todo, seconds, chunk_seconds=ray_options.chunk_seconds)
-    task = ray.remote(score_chunk).options(num_cpus=ray_options.threads, max_retries=ray_options.max_retries)
     limit = ray_options.tasks_in_flight(cluster_cpus=int(ray.cluster_resources().get("CPU", 1)))
+    # a short run still gives each worker slot a few chunks: no slot idles while another scores the last one
+    target = min(ray_options.chunk_seconds, max(sum(seconds) / (2 * limit), 1.0))
+    chunks = chunk_files(todo, seconds, chunk_seconds=target)
+    task = ray.remote(score_chunk).options(num_cpus=ray_options.threads, max_retries=ray_options.max_retries)
     running: dict = {}
     received: set[int] = set()
     bar = tqdm(total=round(sum(seconds)), desc="detect (ray)", unit="s audio", disable=not progress,
