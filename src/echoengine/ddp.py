@@ -34,7 +34,8 @@ from torch import nn
 
 from echoengine.errors import EchoError
 
-__all__ = ["barrier", "is_main", "launch", "process_group", "rank", "sum_over_ranks", "world", "wrap"]
+__all__ = ["barrier", "is_main", "launch", "main_first", "process_group", "rank", "sum_over_ranks", "world",
+           "wrap"]
 
 #: The variables torchrun gives each process it starts.
 TORCHRUN_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -59,6 +60,16 @@ def barrier() -> None:
     """Wait until every rank reaches this point (nothing without a process group)."""
     if world() > 1:
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block first, the others after it: what it stores in a shared cache, they read."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def sum_over_ranks(*values: float) -> tuple:

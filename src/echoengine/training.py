@@ -330,14 +330,16 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
     cache = feature_cache(config)
     if config.model.multilabel != (boxes is not None):
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
-    train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
+    with ddp.main_first():  # embeddings computed once, by rank 0, into the cache the others then read
+        train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress,
+                                  boxes=boxes)
+        val_data = make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress, boxes=boxes)
     shard = (ddp.rank(), ddp.world())
     train_loader = make_loader(train_data, config, shard=shard)
     if config.model.kind.finetunes and not train.freeze_backbone and device.type == "cpu":
         windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
         log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
-    val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
-                                          boxes=boxes), config, shard=shard)
+    val_loader = make_loader(val_data, config, shard=shard)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if ddp.world() > 1 and device.type == "cuda":  # batch statistics over the whole batch, as on one GPU
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
