@@ -128,6 +128,7 @@ def _scorer(folders: tuple[str, ...], onnx: bool, threads: int):
     key = (folders, onnx, tuple((s.st_size, s.st_mtime_ns) for s in stats))
     if key not in _SCORERS:
         _SCORERS.clear()
+        set_threads(threads)  # ONNX sessions take their threads when made, torch whenever
         if onnx:
             from echoengine.layout import read_bundle
 
