@@ -47,8 +47,8 @@ from echoengine.thresholds import load_thresholds, write_thresholds
 # the serving runtime (``pip install echoengine[serve]``), where predict and detect run the exported graphs.
 
 __all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
-           "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles", "predict",
-           "train", "use_onnx"]
+           "calibrate", "cross_validate", "detect", "embed", "evaluate", "export", "load_bundle", "load_bundles",
+           "predict", "train", "use_onnx"]
 
 logger = logging.getLogger("echoengine")
 Log = Callable[[str], None]
@@ -415,6 +415,26 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     table = summarize(out, log=lines.append) if summary else None
     return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out),
                         table, "\n".join(lines))
+
+
+def embed(data: str | Path, *, config: EchoConfig | None = None, cache_dir: str | Path, engine: str = "local",
+          ray_options: RayOptions | None = None, progress: bool = False, log: Log | None = None):
+    """Compute the embeddings training a head on ``config.model.embedder`` needs into the cache at ``cache_dir``.
+
+    ``engine="ray"`` computes them on Ray (:mod:`echoengine.rayembed`);
+    :func:`train` with the same config and cache then finds them all.
+
+    Returns
+    -------
+    echoengine.rayembed.EmbedResult
+        Clip embeddings computed, found cached, and unreadable.
+    """
+    if engine not in ("local", "ray"):
+        raise EchoError(f"--engine must be local or ray, got {engine!r}")
+    from echoengine.rayembed import embed_dataset  # torch
+
+    return embed_dataset(data, config or EchoConfig(), cache_dir=cache_dir, engine=engine, ray_options=ray_options,
+                         progress=progress, log=log or logger.info)
 
 
 @dataclass

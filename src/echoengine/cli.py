@@ -293,14 +293,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     """``echoengine detect``: events in long recordings, written as tables; a summary on request."""
     from echoengine import api
 
-    ray_given = [flag for flag, value in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers))
-                 if value is not None]
-    if ray_given and args.engine != "ray":
-        raise EchoError(f"{', '.join(ray_given)} go with --engine ray")
-    from echoengine.raydetect import RayOptions
-
-    ray_options = RayOptions(address=args.ray_address, workers=args.ray_workers,
-                             chunk_seconds=args.ray_chunk_seconds)
+    ray_options = _ray_options(args, chunk_seconds=args.ray_chunk_seconds)
     result = api.detect(
         args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
@@ -314,6 +307,30 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(result.summary_text)
         written = [path for path in (Path(args.out) / "summary.csv", Path(args.out) / "summary.png") if path.exists()]
         print("wrote " + " and ".join(map(str, written)))
+    return 0
+
+
+def _ray_options(args: argparse.Namespace, **settings):
+    """The Ray options of detect and embed; refused without ``--engine ray``."""
+    given = [flag for flag, value in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers))
+             if value is not None]
+    if given and args.engine != "ray":
+        raise EchoError(f"{', '.join(given)} go with --engine ray")
+    from echoengine.raydetect import RayOptions
+
+    return RayOptions(address=args.ray_address, workers=args.ray_workers, **settings)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``echoengine embed``: a head's embeddings of DATA computed into the feature cache, here or on Ray."""
+    from echoengine import api
+
+    if args.no_cache:
+        raise EchoError("echoengine embed fills the feature cache: drop --no-cache")
+    result = api.embed(args.data, config=_config(args), cache_dir=_cache_dir(args), engine=args.engine,
+                       ray_options=_ray_options(args), progress=not args.quiet,
+                       log=lambda line: print(line, file=sys.stderr))
+    print(f"{result.text()} in {_cache_dir(args)}; echoengine train with the same config and --cache-dir finds them")
     return 0
 
 
@@ -456,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "split": cmd_split, "train": cmd_train, "cv": cmd_cv,
-             "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export,
+             "evaluate": cmd_evaluate, "embed": cmd_embed, "calibrate": cmd_calibrate, "predict": cmd_predict,
+             "export": cmd_export,
              "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "reviews": cmd_reviews, "demo": cmd_demo,
              "synth": cmd_synth, "config": cmd_config}
 
