@@ -57,6 +57,7 @@ def _values(config, data, cache_dir) -> dict:
     return found
 
 
+@pytest.mark.slow  # 70 s on 2 busy cores: a Ray instance, two embedding runs and a training run
 def test_embeddings_on_ray_equal_a_local_runs_and_training_finds_them(embedding_run):
     root, data, config_file = embedding_run
     on_ray = _echoengine("embed", data, "--config", config_file, "--cache-dir", root / "ray-cache", "--engine", "ray",
