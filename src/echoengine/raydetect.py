@@ -35,6 +35,7 @@ Examples
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import sys
@@ -219,6 +220,8 @@ def detect_on_ray(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: s
     dict
         Output name -> path, as :func:`echoengine.detection.detect` returns.
     """
+    importlib.import_module("ray")  # the distributed extra: when missing, the run stops before the output is claimed
+
     out = Path(out)
     files = find_audio(paths)
     if not files:

@@ -21,6 +21,7 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import importlib
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,6 +108,8 @@ def embed_dataset(data: str | Path, config: EchoConfig, *, cache_dir: str | Path
     EmbedResult
         Counts of clip embeddings computed, found cached and unreadable.
     """
+    if engine == "ray":
+        importlib.import_module("ray")  # the distributed extra: when missing, nothing is computed
     if not config.model.embedder:
         raise EchoError("echoengine embed computes the embeddings of a head on an embedder: give a config with "
                         "model.embedder (e.g. --embedder birdnet)")
