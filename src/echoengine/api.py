@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
 from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
+from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
 
@@ -45,8 +47,8 @@ from echoengine.thresholds import load_thresholds, write_thresholds
 # the serving runtime (``pip install echoengine[serve]``), where predict and detect run the exported graphs.
 
 __all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
-           "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles", "predict",
-           "train", "use_onnx"]
+           "calibrate", "cross_validate", "detect", "embed", "evaluate", "export", "load_bundle", "load_bundles",
+           "predict", "train", "use_onnx"]
 
 logger = logging.getLogger("echoengine")
 Log = Callable[[str], None]
@@ -143,12 +145,19 @@ def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path
     Returns
     -------
     echoengine.trainrun.TrainResult
-        The bundle folder, the held-out metrics and the report text.
+        The bundle folder, the held-out metrics and the report text; None
+        on ranks other than 0 of a run across processes (:mod:`echoengine.ddp`).
     """
-    from echoengine.trainrun import train_run, training_config  # torch
+    from echoengine import ddp  # torch
+    from echoengine.trainrun import train_run, training_config
 
     config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
-    prepare_output(out, resume=resume, overwrite=overwrite)
+    if ddp.world() > 1 and config.convex_head():
+        raise EchoError("a linear or MLP head on embeddings is fitted full-batch in seconds on one process: train "
+                        "it without --distributed (or torchrun)")
+    if ddp.is_main():
+        prepare_output(out, resume=resume, overwrite=overwrite)
+    ddp.barrier()
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     return train_run(Path(data), config, Path(out), resume=resume, resume_changes=resume_changes,
                      boxes_source=boxes_source, progress=progress, log=log or logger.info)
@@ -383,22 +392,49 @@ class DetectResult:
 
 def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, resume: bool = False,
            overwrite: bool = False, summary: bool = False, progress: bool = False, log: Log | None = None,
-           **options) -> DetectResult:
+           engine: str = "local", ray_options: RayOptions | None = None, **options) -> DetectResult:
     """Score every window of every recording and write the events (CSV, Raven, Audacity, JSON lines).
 
     ``options`` are those of :class:`echoengine.detection.DetectOptions`
     (``overlap``, ``threshold``, ``top_n``, ``include``, ``exclude``,
     ``merge_gap``, ``onnx``, ...). ``summary`` also writes ``summary.csv`` and
     ``summary.png`` (detections per species and hour), returned as ``summary``
-    with its printed form in ``summary_text``.
+    with its printed form in ``summary_text``. ``engine="ray"`` scores the
+    files on Ray (:mod:`echoengine.raydetect`; ``ray_options`` says where),
+    with the same records and outputs.
     """
+    if engine not in ("local", "ray"):
+        raise EchoError(f"--engine must be local or ray, got {engine!r}")
     options["onnx"] = onnx = use_onnx(bundle, bool(options.get("onnx")))
-    written = _detect(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
-                      overwrite=overwrite, progress=progress, log=log or logger.info)
+    run = _detect
+    if engine == "ray":
+        run = partial(detect_on_ray, ray_options=ray_options or RayOptions())
+    written = run(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
+                  overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []
     table = summarize(out, log=lines.append) if summary else None
     return DetectResult(pd.read_csv(written["events.csv"]), pd.read_csv(written["errors.csv"]), written, Path(out),
                         table, "\n".join(lines))
+
+
+def embed(data: str | Path, *, config: EchoConfig | None = None, cache_dir: str | Path, engine: str = "local",
+          ray_options: RayOptions | None = None, progress: bool = False, log: Log | None = None):
+    """Compute the embeddings training a head on ``config.model.embedder`` needs into the cache at ``cache_dir``.
+
+    ``engine="ray"`` computes them on Ray (:mod:`echoengine.rayembed`);
+    :func:`train` with the same config and cache then finds them all.
+
+    Returns
+    -------
+    echoengine.rayembed.EmbedResult
+        Clip embeddings computed, found cached, and unreadable.
+    """
+    if engine not in ("local", "ray"):
+        raise EchoError(f"--engine must be local or ray, got {engine!r}")
+    from echoengine.rayembed import embed_dataset  # torch
+
+    return embed_dataset(data, config or EchoConfig(), cache_dir=cache_dir, engine=engine, ray_options=ray_options,
+                         progress=progress, log=log or logger.info)
 
 
 @dataclass

@@ -10,6 +10,7 @@ usage message come back at once.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -155,16 +156,49 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"warning: --resume continues with the run's own config; ignored: {', '.join(sorted(ignored))}",
                   file=sys.stderr)
     config, changes = _training_options(args)
+    if args.distributed and args.distributed > 1:
+        return _launch_training(args, config.replace(**changes) if changes else config)
     # a resumed run keeps its own config; only these (and this machine's settings) may be given again
     given = {key: value for key, value in {"epochs": args.epochs, "device": args.device}.items() if value is not None}
     resume_changes = {"train": given, "data": {} if args.workers is None else {"num_workers": args.workers}}
-    result = api.train(args.data, config=config, changes=changes, finetune=args.finetune, out=args.out,
-                       resume=args.resume, overwrite=args.overwrite, resume_changes=resume_changes,
-                       progress=not args.quiet, log=_say, **_boxes_options(args))
+    from echoengine import ddp
+
+    with ddp.process_group(os.environ, device=args.device or config.train.device):  # torchrun's processes: DDP
+        main_rank = ddp.is_main()
+        result = api.train(args.data, config=config, changes=changes, finetune=args.finetune, out=args.out,
+                           resume=args.resume, overwrite=args.overwrite, resume_changes=resume_changes,
+                           progress=not args.quiet and main_rank, log=_say if main_rank else _quiet,
+                           **_boxes_options(args))
+    if result is None:  # another rank than 0 of a run across processes: rank 0 reports
+        return 0
     print(f"\n{result.report}")
     print(f"\nwrote the bundle {result.bundle} (metrics.json, plots/, history.csv; tensorboard --logdir "
           f"{result.bundle / 'tensorboard'})")
     return 0
+
+
+def _quiet(line: str) -> None:
+    return None
+
+
+def _launch_training(args: argparse.Namespace, config: EchoConfig) -> int:
+    """``echoengine train --distributed N``: the same command in N processes (torchrun), after checking ``--out``."""
+    from echoengine import ddp
+    from echoengine.layout import BundleFiles, prepare_output
+
+    prepare_output(args.out, resume=args.resume, overwrite=args.overwrite)  # refused here, not in N processes
+    if args.resume and BundleFiles(args.out).config.is_file():
+        config = EchoConfig.load(BundleFiles(args.out).config)
+    if config.data.batch_size % args.distributed:
+        raise EchoError(f"data.batch_size {config.data.batch_size} must be a multiple of the {args.distributed} "
+                        "training processes (each takes an equal part of every batch)")
+    argv, skip = [], False
+    for item in args.argv:
+        if skip or item == "--distributed" or item.startswith("--distributed="):
+            skip = item == "--distributed"
+            continue
+        argv.append(item)
+    return ddp.launch(args.distributed, argv)
 
 
 def _cache_dir(args: argparse.Namespace) -> Path | None:
@@ -259,10 +293,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     """``echoengine detect``: events in long recordings, written as tables; a summary on request."""
     from echoengine import api
 
+    ray_options = _ray_options(args, chunk_seconds=args.ray_chunk_seconds)
     result = api.detect(
         args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
-        **_scoring(args))
+        engine=args.engine, ray_options=ray_options, **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
@@ -272,6 +307,30 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(result.summary_text)
         written = [path for path in (Path(args.out) / "summary.csv", Path(args.out) / "summary.png") if path.exists()]
         print("wrote " + " and ".join(map(str, written)))
+    return 0
+
+
+def _ray_options(args: argparse.Namespace, **settings):
+    """The Ray options of detect and embed; refused without ``--engine ray``."""
+    given = [flag for flag, value in (("--ray-address", args.ray_address), ("--ray-workers", args.ray_workers))
+             if value is not None]
+    if given and args.engine != "ray":
+        raise EchoError(f"{', '.join(given)} go with --engine ray")
+    from echoengine.raydetect import RayOptions
+
+    return RayOptions(address=args.ray_address, workers=args.ray_workers, **settings)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``echoengine embed``: a head's embeddings of DATA computed into the feature cache, here or on Ray."""
+    from echoengine import api
+
+    if args.no_cache:
+        raise EchoError("echoengine embed fills the feature cache: drop --no-cache")
+    result = api.embed(args.data, config=_config(args), cache_dir=_cache_dir(args), engine=args.engine,
+                       ray_options=_ray_options(args), progress=not args.quiet,
+                       log=lambda line: print(line, file=sys.stderr))
+    print(f"{result.text()} in {_cache_dir(args)}; echoengine train with the same config and --cache-dir finds them")
     return 0
 
 
@@ -390,6 +449,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``echoengine`` command line; the exit status: 0, 1 (nothing usable), 2 (bad input), 130 (interrupted)."""
     args = parse(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     runtime.log_to_stderr()
     runtime.keep_freed_memory()
     try:
@@ -413,7 +473,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 _COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "split": cmd_split, "train": cmd_train, "cv": cmd_cv,
-             "evaluate": cmd_evaluate, "calibrate": cmd_calibrate, "predict": cmd_predict, "export": cmd_export,
+             "evaluate": cmd_evaluate, "embed": cmd_embed, "calibrate": cmd_calibrate, "predict": cmd_predict,
+             "export": cmd_export,
              "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "reviews": cmd_reviews, "demo": cmd_demo,
              "synth": cmd_synth, "config": cmd_config}
 

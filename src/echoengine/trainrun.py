@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog, sources
+from echoengine import catalog, ddp, sources
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
@@ -80,8 +80,11 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
 
 def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False, resume_changes: dict | None = None,
               boxes_source: dict | None = None, progress: bool = False,
-              log: Callable[[str], None] = print) -> TrainResult:
+              log: Callable[[str], None] = print) -> TrainResult | None:
     """Train into ``out`` (prepared by :func:`echoengine.layout.prepare_output`) and test on the held-out part.
+
+    In a run across processes (:mod:`echoengine.ddp`) every rank trains and
+    rank 0 alone writes and tests: the other ranks return None.
 
     Multi-label when ``config.model.multilabel`` (or when the resumed run
     has an ``annotations.csv``); ``boxes_source`` then names the
@@ -108,6 +111,8 @@ def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False
     counts = _announce(config, classes, parts, log, kind=kind, boxes=boxes)
     result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
                            progress=progress, log=log, boxes=boxes)
+    if not ddp.is_main():
+        return None
     held_out = "test" if counts["test"] else "val"
     notes, heading = kind.held_out_notes(part=held_out, data=data, refit=config.train.refit,
                                          best_epoch=result.best_epoch)
@@ -131,6 +136,8 @@ def _new_split(data: Path, config: EchoConfig, out: Path, kind: LabelKind, boxes
         raise EchoError(f"{data}: no usable audio files")
     parts = kind.split(usable, config)
     classes = kind.classes(usable[parts != "excluded"], boxes)
+    if not ddp.is_main():  # the same split on every rank (it is seeded); rank 0 writes it
+        return usable, parts, boxes, classes
     out.mkdir(parents=True, exist_ok=True)
     files = BundleFiles(out)
     write_csv_atomic(files.splits, usable[["path", "label", "group"]].assign(part=parts), index=False)

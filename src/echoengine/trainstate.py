@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from echoengine import ddp
 from echoengine.bundle import load_state, save_atomic
 from echoengine.config import MACHINE_SETTINGS, EchoConfig, TrainConfig
 from echoengine.errors import EchoError
@@ -142,6 +143,8 @@ def keep_epoch(state: TrainState, row: dict[str, float], model: nn.Module, optim
     if improved:
         state.best_loss, state.best_epoch = val_loss, epoch
         state.best_state = copy.deepcopy(model.state_dict())
+    if not ddp.is_main():  # in a run across processes, rank 0 alone writes
+        return improved
     files = BundleFiles(bundle)
     write_history(files.history, state.history)
     save_atomic({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
