@@ -25,8 +25,7 @@ and a known content is answered without scoring): each recording of
 ``--data`` is decoded once to 16-bit PCM WAV in a temporary folder, and each
 upload is that WAV with :data:`TAIL` samples of near-silence appended (each
 -1, 0 or +1 at random, under -90 dBFS: new content in every run, even on a
-``--db`` that keeps earlier runs' recordings).
-``echoengine detect`` runs on ``--copies`` WAV copies of each recording
+``--db`` that keeps earlier runs' recordings). ``echoengine detect`` runs on ``--copies`` WAV copies of each recording
 (default 2, each a content of its own; its wall time measured inside its
 process, after its imports; the bundle load is included), with the same
 bundle and scoring options, in turn with the server's capacity with a full
@@ -37,21 +36,15 @@ this shared machine slows both alike, and a run is only ever slowed by the
 others' load), before the loaded server starts.
 
 The table gives, per endpoint, requests, requests per second, p50 and p99
-latency and errors (expected: 0; each kind is printed); then the audio
-seconds the server scored per second (durations of the recordings that
-reached ``done``, over the time from the first upload's arrival to the last
-``done``, waiting after the clients stop for the queue to drain, at most
-``--drain`` seconds) next to ``detect``'s, and their ratio (target: at
-least 0.8x; the server's worker, like ``detect``, scores up to 8 queued
-recordings together, their windows sharing batches, while it also answers
-the clients, which run on the same cores); then the full-queue capacity;
-the CPU seconds of the server's own process, its scoring process and the
-clients while loaded; and the server's peak resident memory (``VmHWM`` of the server and of any child
-process, sampled while they run). Without ``--bundle`` a
-quick one is made first (``echoengine synth``, ``train --backbone small_cnn
---epochs 1``, ``export``: about 25 s on 2 cores). The defaults score every
-window's best class (``--threshold 0 --top-n 1``) so that there are
-detections to query. The machine's load average is printed before and after.
+latency and errors (expected: 0); the audio seconds the loaded server scored
+per second (recordings that reached ``done``, from the first upload's arrival
+to the last ``done``, the queue drained for at most ``--drain`` seconds after
+the clients stop) next to ``detect``'s and the full queue's, with their
+ratios (target: at least 0.8x); the CPU seconds of the server's process, its
+scoring processes and the clients while loaded; and the peak resident memory
+(``VmHWM``) of the server and its children. Without ``--bundle`` a quick one
+is made first (``synth``, ``train --backbone small_cnn --epochs 1``, ``export``); the defaults
+score every window's best class (``--threshold 0 --top-n 1``): there are detections to query.
 """
 
 from __future__ import annotations
@@ -578,8 +571,7 @@ def run_load(args: argparse.Namespace, bundle: Path, sources: Sources, scoring: 
 
 
 def _own_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system seconds
 
 
 def main() -> None:

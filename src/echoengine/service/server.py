@@ -129,9 +129,8 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
                  scoring_processes: int = 0, candidate: bool = False, activate: bool = False) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
-    Options, MQTT address and bundle are checked before the store folder is
-    made (a failed start removes what it made); the store's lock is taken
-    before the database opens and held until :meth:`Service.stop`.
+    Options, MQTT address and bundle are checked before the store folder is made (a failed start removes what
+    it made); the store's lock is taken before the database opens and held until :meth:`Service.stop`.
 
     Parameters
     ----------
@@ -147,25 +146,20 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         A file whose first line is the key writes need; reads open to every client, not only this machine's.
     max_upload_mb, base_url : float, str
         The largest upload (MB; larger ones get a 413 at once); the server's address, for links.
-    mqtt : str, optional
-        ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on TOPIC
-        are queued as uploads are (:class:`~echoengine.service.mqtt.MqttBridge`), in
-        a persistent session: the broker keeps QoS 1 messages sent while the server is down.
-    mqtt_out : str, optional
-        The topic each stored detection is published to (JSON, with its link), through the same broker.
+    mqtt, mqtt_out : str, optional
+        ``mqtt://[USER[:PASSWORD]@]HOST[:PORT]/TOPIC``: sensor messages on TOPIC are queued as uploads are
+        (:class:`~echoengine.service.mqtt.MqttBridge`, a persistent session); the topic each stored detection
+        is published to (JSON, with its link), through the same broker.
     scoring_processes : int
-        Score in this many processes of their own (``serve`` does: 2 on 2 or more
-        cores), the model loaded there only; 0 scores in this process.
+        Score in this many processes of their own (``serve``: 2 on 2+ cores), the model loaded there only; 0 here.
     candidate, activate : bool
-        Register ``bundle`` without making it the store's active model (the
-        active one is served), or make it active whatever the store's active
-        model is; by default the rules of :mod:`echoengine.service.activation`.
+        Register ``bundle`` without making it the store's active model, or make it active whatever the store's
+        active model is; by default the rules of :mod:`echoengine.service.activation`.
 
     Raises
     ------
     EchoError
-        A bundle, database, key file or option that cannot be used, or a store
-        another server uses (one line saying why).
+        A bundle, database, key file or option that cannot be used, or a store another server uses (one line).
     """
     _check_options(max_upload_mb, mqtt, mqtt_out)
     access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
@@ -183,8 +177,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
         raise
     worker = Worker(database, audio, served, base_url=base_url)
     logger.info("serving %s as model %s/%s (%d classes); database %s", served.row.path, served.row.name,
-                served.row.version,
-                len(served.classes), database.engine.url.render_as_string(hide_password=True))
+                served.row.version, len(served.classes), database.engine.url.render_as_string(hide_password=True))
     service = Service(database, audio, served, worker, access, max_upload_mb, base_url, lock=lock)
     if mqtt:
         service.attach(mqtt_bridge(service, mqtt, out_topic=mqtt_out, client_id=client_id))
