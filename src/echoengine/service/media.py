@@ -12,7 +12,7 @@ Examples
 >>> t = np.arange(16000) / 16000
 >>> picture = spectrogram_png(np.sin(2 * np.pi * 3000 * t).astype("float32"), 16000, offset=9.0, event=(9.2, 9.8))
 >>> picture.data[:8] == b"\\x89PNG\\r\\n\\x1a\\n", picture.box, (picture.start, picture.end)
-(True, (46, 18, 480, 256), (9.0, 10.0))
+(True, (56, 20, 480, 256), (9.0, 10.0))
 >>> wav_bytes(np.zeros(160, "float32"), 16000)[:4]
 b'RIFF'
 """
