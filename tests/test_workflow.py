@@ -133,7 +133,7 @@ def test_a_run_killed_with_sigkill_resumes_without_losing_or_repeating_epochs(ca
     while time.time() < deadline and process.poll() is None:
         if (out / "checkpoint.pt").is_file():
             try:
-                if torch.load(out / "checkpoint.pt", weights_only=False)["epoch"] >= 2:
+                if torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] >= 2:
                     break
             except (EOFError, RuntimeError):  # never half-written: the rename is atomic
                 pytest.fail("checkpoint.pt was read half-written")
