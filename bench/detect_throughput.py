@@ -68,9 +68,9 @@ def baseline_loop(bundle, files: list[str]) -> None:
     rate, clip, fe = config.audio.sample_rate, config.audio.clip_samples, config.frontend
     embedder = None
     if config.model.embedder:
-        from echoengine.embeddings import build_embedder
+        from echoengine.embeddings import config_embedder
 
-        embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
+        embedder = config_embedder(config.model)
     for path in files:
         y, _ = librosa.load(path, sr=rate, mono=True)
         for start in range(0, max(len(y), 1), clip):

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
-from echoengine.config import EchoConfig
+from echoengine.config import EchoConfig, ModelConfig
 from echoengine.dataset import BoxLabels, ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.features import MelFrontend
@@ -44,7 +44,7 @@ from echoengine.layout import BundleFiles
 from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
 
 __all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "MultiLabelEmbeddingDataset", "birdnet_tflite_embedder",
-           "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "embed_clips",
+           "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "config_embedder", "embed_clips",
            "embedder_windows", "embedding_dataset", "embedding_hop_samples", "make_dataset"]
 
 
@@ -103,33 +103,41 @@ class CNNEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
 
 
-def build_embedder(name: str, blocks: Sequence[str] = ()):
+def build_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32"):
     """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
 
     Its kind (:func:`echoengine.kinds.embedder_kind`) builds it. ``blocks``
     (BirdNET's, see :func:`feature_size`) add pooled block outputs to
-    BirdNET's embedding. The BirdNET embedders are loaded once per process.
+    BirdNET's embedding; ``precision`` is the torch BirdNET's front end
+    arithmetic (``model.birdnet_precision``). The BirdNET embedders are loaded
+    once per process.
     """
-    return embedder_kind(name).make_embedder(name, blocks)
+    return embedder_kind(name).make_embedder(name, blocks, precision=precision)
+
+
+def config_embedder(model: ModelConfig):
+    """The embedder of a ``[model]`` section: its embedder, BirdNET blocks and front-end precision."""
+    return build_embedder(model.embedder, model.birdnet_blocks, precision=model.birdnet_precision)
 
 
 @functools.cache
-def _birdnet(embedder: type, blocks: tuple[str, ...]):
-    return embedder(blocks=blocks)
+def _birdnet(embedder: type, blocks: tuple[str, ...], **options):
+    return embedder(blocks=blocks, **options)
 
 
-def birdnet_torch_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETTorchEmbedder:
+def birdnet_torch_embedder(name: str, blocks: Sequence[str] = (), *,
+                           precision: str = "float32") -> BirdNETTorchEmbedder:
     """The ``birdnet`` embedder (BirdNET V2.4 in torch), shared within the process."""
-    return _birdnet(BirdNETTorchEmbedder, block_order(blocks))
+    return _birdnet(BirdNETTorchEmbedder, block_order(blocks), precision=precision)
 
 
-def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETEmbedder:
-    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite), shared within the process."""
+def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> BirdNETEmbedder:
+    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite, float32 throughout), shared within the process."""
     return _birdnet(BirdNETEmbedder, block_order(blocks))
 
 
-def cnn_embedder(name: str, blocks: Sequence[str] = ()) -> CNNEmbedder:
-    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` are unused)."""
+def cnn_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> CNNEmbedder:
+    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` and ``precision`` are unused)."""
     return CNNEmbedder(name.removeprefix("cnn:"))
 
 
@@ -183,7 +191,7 @@ class EmbeddingDataset(ClipDataset):
 
     def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                  cache: FeatureCache | None = None, progress: bool = False) -> None:
-        self.embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
+        self.embedder = config_embedder(config.model)
         if self.embedder.sample_rate != config.audio.sample_rate:
             raise EchoError(f"the {config.model.embedder} embedder takes {self.embedder.sample_rate} Hz audio: "
                             f"set audio.sample_rate = {self.embedder.sample_rate}")

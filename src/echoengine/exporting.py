@@ -168,8 +168,9 @@ class BirdNETEmbeddingHead(nn.Module):
         from echoengine.models.birdnet_torch import BirdNETClassifier
 
         window = BirdNETClassifier.window
+        model = bundle.config.model
         self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window),
-                                          blocks=bundle.config.model.birdnet_blocks)
+                                          blocks=model.birdnet_blocks, precision=model.birdnet_precision)
         self.head = bundle.model
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:

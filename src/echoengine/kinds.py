@@ -150,7 +150,8 @@ class ModelKind:
         of its frozen features, on which the head is probed first; empty: the
         kind is not fine-tuned that way.
     make_embedder : Target, optional
-        ``(embedder name, BirdNET blocks) -> embedder`` for embedder kinds.
+        ``(embedder name, BirdNET blocks, *, precision) -> embedder`` for
+        embedder kinds (``precision``: the torch BirdNET's front end).
     embedding_size : Target, optional
         ``(embedder name, BirdNET blocks) -> int``, without loading the embedder.
     serving : Target, optional

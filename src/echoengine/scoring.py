@@ -150,10 +150,10 @@ class GraphScorer:
         return np.mean([session.run(None, feed)[1] for session in self._sessions], axis=0)
 
     def _embed(self, windows: np.ndarray) -> np.ndarray:
-        from echoengine.embeddings import build_embedder, embed_clips  # the embedders run in torch or TFLite
+        from echoengine.embeddings import config_embedder, embed_clips  # the embedders run in torch or TFLite
 
         if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
+            self._embedder = config_embedder(self.config.model)
         return embed_clips(self._embedder, windows, self.config).astype(np.float32)
 
 

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from echoengine.cache import FeatureCache, quantise_image
-from echoengine.embeddings import build_embedder, embed_clips
+from echoengine.embeddings import config_embedder, embed_clips
 from echoengine.features import MelFrontend
 from echoengine.kinds import EMBEDDINGS, IMAGES, MODEL_BATCH
 from echoengine.layout import Bundle, check_ensemble
@@ -113,7 +113,7 @@ class TorchScorer:
     def embed(self, windows: np.ndarray) -> torch.Tensor:
         """The bundles' embeddings of windows (for heads on an embedder)."""
         if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
+            self._embedder = config_embedder(self.config.model)
         return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
 
     def cached_inputs(self, path: str | Path,
