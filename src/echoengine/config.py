@@ -458,6 +458,26 @@ class EchoConfig:
                  f"a batch of data.batch_size {self.data.batch_size} model images of {fe.image_shape} would hold "
                  f"{batch} values, above {MAX_BATCH_VALUES} (4 GiB); lower data.batch_size or the image size")
 
+    @property
+    def window_seconds(self) -> float:
+        """Seconds of the windows recordings are scored in (predict, detect, serve, the exported graph).
+
+        The clip length, but BirdNET's 3 s for models on BirdNET (its
+        embeddings or fine-tuned): training and evaluation stay on clips,
+        whose logits are the mean of their 3 s windows'.
+
+        Examples
+        --------
+        >>> EchoConfig().window_seconds, EchoConfig().replace(model={"embedder": "birdnet"}).window_seconds
+        (5.0, 3.0)
+        """
+        return self.model.kind.window_seconds or self.audio.clip_seconds
+
+    @property
+    def window_samples(self) -> int:
+        """Samples of the windows recordings are scored in (:attr:`window_seconds`)."""
+        return round(self.window_seconds * self.audio.sample_rate)
+
     def convex_head(self, *, strict: bool = True) -> bool:
         """Whether a head on cached embeddings is fitted full-batch with inner-CV selection, not by epochs.
 

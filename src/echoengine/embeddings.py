@@ -1,9 +1,10 @@
 """Window embeddings of a frozen pretrained embedder, as a dataset for training a head.
 
 An item is a clip, as for CNNs: a random (augmented) crop of ``clip_seconds``
-in training, a fixed window in evaluation. The clip is cut into the
-embedder's windows (BirdNET: 3 s, hop = window, the last one padded), and the
-item is their embeddings, shape (windows, embedding size). Embeddings are
+in training, a fixed window in evaluation (of the length recordings are scored
+in: BirdNET's 3 s for BirdNET, :attr:`EchoConfig.window_seconds`). The clip is
+cut into the embedder's windows (BirdNET: 3 s, hop = window, the last one
+padded), and the item is their embeddings, shape (windows, embedding size). Embeddings are
 computed in batches, for all the items of a dataset at once
 (:meth:`EmbeddingDataset.precompute`), and cached on disk per (file, clip,
 variant, embedder), so each is computed once; training draws one of

@@ -145,7 +145,7 @@ class ServingModel(nn.Module):
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
-        self.clip = bundle.config.audio.clip_samples
+        self.clip = bundle.config.window_samples  # the scorer's windows: clips, or BirdNET's 3 s
         self.model = clip_model(bundle)
         self.multilabel = bundle.config.model.multilabel
 
