@@ -125,9 +125,7 @@ class ModelConfig:
         embedding alone on every dataset measured (``bench/small_data.py``);
         ``[]``: the embedding alone, as in configs of version 1.
     birdnet_precision : str
-        The arithmetic of BirdNET's front end (the ``birdnet`` embedder and
-        backbone): ``"float32"`` (2.6x faster; features within cosine
-        0.999996 of float64's on real audio) or ``"float64"``.
+        BirdNET's front end arithmetic: ``"float32"`` (2.6x faster, cosine 0.999996 to float64) or ``"float64"``.
     multilabel : bool
         Several species per clip: sigmoid outputs trained with binary
         cross-entropy on clips labelled from annotated boxes (with
@@ -161,8 +159,7 @@ class ModelConfig:
         "help": "BirdNET blocks whose pooled outputs join its embedding, comma-separated (none: the embedding alone)",
         "metavar": "BLOCKS"})
     birdnet_precision: str = field(default="float32", metadata={
-        "help": "arithmetic of BirdNET's front end: float32 (fast) or float64 (the reference)",
-        "choices": ("float32", "float64")})
+        "help": "arithmetic of BirdNET's front end (float64: the reference)", "choices": ("float32", "float64")})
 
     def __post_init__(self) -> None:
         s = "model"
@@ -460,22 +457,15 @@ class EchoConfig:
 
     @property
     def window_seconds(self) -> float:
-        """Seconds of the windows recordings are scored in (predict, detect, serve, the exported graph).
+        """Seconds of the windows recordings are scored in: the clip, or BirdNET's 3 s for models on BirdNET.
 
-        The clip length, but BirdNET's 3 s for models on BirdNET (its
-        embeddings or fine-tuned): training and evaluation stay on clips,
-        whose logits are the mean of their 3 s windows'.
-
-        Examples
-        --------
         >>> EchoConfig().window_seconds, EchoConfig().replace(model={"embedder": "birdnet"}).window_seconds
         (5.0, 3.0)
         """
         return self.model.kind.window_seconds or self.audio.clip_seconds
 
     @property
-    def window_samples(self) -> int:
-        """Samples of the windows recordings are scored in (:attr:`window_seconds`)."""
+    def window_samples(self) -> int:  # samples of the windows recordings are scored in
         return round(self.window_seconds * self.audio.sample_rate)
 
     def convex_head(self, *, strict: bool = True) -> bool:

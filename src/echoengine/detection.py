@@ -1,21 +1,24 @@
 """Detection over long field recordings: every window scored, events, outputs that survive a crash.
 
 A recording is decoded block by block (:func:`echoengine.audio.stream`:
-memory stays bounded whatever its length) and cut into windows of the
-model's clip length, ``overlap`` seconds apart from the next: the windows
-cover the whole file, the last one padded with silence and flagged
-``partial`` (dropped when shorter than ``min_window`` seconds). Worker
-processes decode and compute the model inputs (the mel front end for CNN
-bundles); the main process scores batches of windows drawn from several
-files at once with the bundle (or the mean of an ensemble's members, or the
-exported ONNX graph).
+memory stays bounded whatever its length) and cut into the model's windows
+(its clip length, or BirdNET's 3 s for BirdNET bundles), ``overlap``
+seconds apart from the next: the windows cover the whole file, the last one
+padded with silence and flagged ``partial`` (dropped when shorter than
+``min_window`` seconds). Worker processes may decode and compute the model
+inputs (the mel front end for CNN bundles); batches of windows drawn from
+several files at once are scored with the bundle (or the mean of an
+ensemble's members, or the exported ONNX graph).
 
-Every finished file is recorded at once in ``OUT/.detect/`` (its window
-scores, written atomically; batches always have one shape, so a window's
-scores do not depend on which other windows share its batch), so ``resume=True`` after a crash or a kill
-scores only the files not yet finished, and the outputs, always rebuilt
-from the records in the order of the input files, are the same bytes as an
-uninterrupted run's (a damaged record is scored again). An unreadable file
+Finished files are recorded in ``OUT/.detect/``, the first at once, then a
+part every 2 seconds for the files of those seconds (their window scores, written atomically:
+:class:`echoengine.ledger.Recorder`; batches always have one shape, so a
+window's scores do not depend on which other windows share its batch), so
+``resume=True`` after a crash or a kill scores only the files not yet
+recorded, and the outputs, always rebuilt from the records in the order of
+the input files, are the same bytes as an uninterrupted run's (the files of
+a damaged part are scored again). The batches are scored by ``jobs``
+processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
 is reported in one line, listed in ``errors.csv`` with the reason, and the
 run goes on. A run writes into a new or empty folder only, unless it
 resumes the folder's run or overwrites it, which removes only the files of

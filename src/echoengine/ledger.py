@@ -174,8 +174,9 @@ def finished_files(ledger: Path, files: Sequence[str], log: Callable[[str], None
 class Recorder:
     """Records finished files in the ledger, a part every ``seconds`` (and at the end): one write for many files.
 
-    A run killed between two parts loses the files of the last ``seconds``
-    at most; a resumed run scores them again.
+    The first finished file is written at once. A run killed between two
+    parts loses the files of the last ``seconds`` at most; a resumed run
+    scores them again.
 
     Parameters
     ----------
@@ -193,7 +194,7 @@ class Recorder:
         self.number = max(numbers, default=0)
         self._scored: list[tuple[str, list]] = []
         self._errors: list[tuple[str, str]] = []
-        self._since = time.monotonic()
+        self._since = -float("inf")  # the first finished file is written at once
 
     def scores(self, path: str, rows: list) -> None:
         """A finished file's windows: ``(start sample, samples of audio, partial, scores)`` each."""
