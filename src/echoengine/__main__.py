@@ -1,5 +1,3 @@
-import sys
+from echoengine.cli import run
 
-from echoengine.cli import main
-
-sys.exit(main())
+run()

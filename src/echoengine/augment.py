@@ -34,7 +34,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from audiomentations import AddGaussianNoise, Compose, PitchShift, Shift, TimeStretch
 
 from echoengine.config import AugmentConfig
 
@@ -95,6 +94,9 @@ class WaveformAugmenter:
     """
 
     def __init__(self, config: AugmentConfig, *, sample_rate: int) -> None:
+        # audiomentations imports scipy.signal and more (about a second): only where training augments
+        from audiomentations import AddGaussianNoise, Compose, PitchShift, Shift, TimeStretch
+
         self.sample_rate = sample_rate
         transforms = []
         if config.noise_p > 0:

@@ -347,6 +347,8 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new or empty, unless --resume or --overwrite")
     _scoring_options(p)
+    p.add_argument("--jobs", type=int, default=0, metavar="N", help="processes scoring batches side by side, one "
+                   "thread each (0: one per core; 1: this process alone, on every core's thread)")
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
                    "the model's (0: in the main process, the fastest on 2 cores; more cores gain from them)")
     g = p.add_argument_group("scale-out (pip install 'echoengine[distributed]')")

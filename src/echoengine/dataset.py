@@ -57,9 +57,15 @@ class ClipDataset(Dataset):
         Output order of the one-hot labels; an empty label gives all zeros.
     config : EchoConfig
     train : bool
-        Augmented random crops (items are ``(index, variant)``) or clean
-        fixed windows (items are integers).
+        Augmented random crops of the clip length (items are ``(index,
+        variant)``) or clean fixed windows (items are integers) of the
+        length recordings are scored in (:attr:`EchoConfig.window_seconds`:
+        the clip, or BirdNET's 3 s for models on BirdNET), so that evaluation
+        scores the windows ``predict`` and ``detect`` score.
     cache : FeatureCache, optional
+    clips : bool
+        Clean items of the clip length even so: what a head is fitted and
+        validated on (training stays on clips; see ``model.window_seconds``).
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class ClipDataset(Dataset):
         *,
         train: bool,
         cache: FeatureCache | None = None,
+        clips: bool = False,
     ) -> None:
         self.config = config
         self.train = train
@@ -86,7 +93,7 @@ class ClipDataset(Dataset):
         self.keys = [os.path.relpath(p, root) for p in self.paths]
         self.targets = [index.get(label, -1) for label in table["label"]]
         self.sample_rate = config.audio.sample_rate
-        self.clip_samples = config.audio.clip_samples
+        self.clip_samples = config.audio.clip_samples if train or clips else config.window_samples
         durations = table["duration"] if "duration" in table else [audio.info(p).duration for p in self.paths]
         self.lengths = [round(d * self.sample_rate) for d in durations]
         if train:
@@ -240,7 +247,8 @@ class BoxLabels:
     Training items are crops that hold a positive box (one per box, placed
     with ``data.box_jitter``) and ``data.background_crops`` crops anywhere
     per recording, each an augmented variant as usual; evaluation items are
-    the regular grid of clip-length windows of every recording. Targets are
+    the regular grid of windows of every recording (clip length, or
+    BirdNET's 3 s). Targets are
     multi-hot from the boxes a clip holds (:func:`echoengine.clips.box_labels`),
     NaN where a species is left out of the loss.
     """
@@ -297,7 +305,7 @@ class BoxLabels:
         boxes = self.boxes_of.get(self.paths[row])
         if boxes is None:
             boxes = pd.DataFrame(columns=["start", "end", "low_freq", "high_freq", "label", "positive"])
-        labels = box_labels(boxes, np.array([start / self.sample_rate]), length=self.config.audio.clip_seconds,
+        labels = box_labels(boxes, np.array([start / self.sample_rate]), length=self.clip_samples / self.sample_rate,
                             classes=self.classes, min_overlap=data.min_overlap, min_fraction=data.min_overlap_fraction,
                             band=self._band, unlabeled=data.unlabeled)
         return torch.from_numpy(labels[0])
@@ -457,19 +465,19 @@ def _collate_usable(items: list) -> tuple[torch.Tensor, torch.Tensor]:
 
 def image_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                   cache: FeatureCache | None = None, progress: bool = False,
-                  boxes: pd.DataFrame | None = None) -> ClipDataset:
+                  boxes: pd.DataFrame | None = None, clips: bool = False) -> ClipDataset:
     """Model images of a catalog (the ``cnn`` kind); with ``boxes``, multi-label items of annotated recordings.
 
     ``progress`` is unused: images are computed as the loader asks for them.
     """
     if boxes is not None:
-        return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache)
-    return ClipDataset(table, classes, config, train=train, cache=cache)
+        return MultiLabelDataset(table, boxes, classes, config, train=train, cache=cache, clips=clips)
+    return ClipDataset(table, classes, config, train=train, cache=cache, clips=clips)
 
 
 def waveform_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                      cache: FeatureCache | None = None, progress: bool = False,
-                     boxes: pd.DataFrame | None = None) -> WaveformDataset:
+                     boxes: pd.DataFrame | None = None, clips: bool = False) -> WaveformDataset:
     """Clip waveforms of a catalog (the fine-tuned ``birdnet`` kind); never cached, single-label only.
 
     Raises
@@ -479,4 +487,4 @@ def waveform_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoCo
     """
     if boxes is not None:
         raise EchoError(f"multi-label training works with CNN backbones and embedders, not {config.model.kind.label}")
-    return WaveformDataset(table, classes, config, train=train)
+    return WaveformDataset(table, classes, config, train=train, clips=clips)

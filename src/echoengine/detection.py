@@ -1,21 +1,24 @@
 """Detection over long field recordings: every window scored, events, outputs that survive a crash.
 
 A recording is decoded block by block (:func:`echoengine.audio.stream`:
-memory stays bounded whatever its length) and cut into windows of the
-model's clip length, ``overlap`` seconds apart from the next: the windows
-cover the whole file, the last one padded with silence and flagged
-``partial`` (dropped when shorter than ``min_window`` seconds). Worker
-processes decode and compute the model inputs (the mel front end for CNN
-bundles); the main process scores batches of windows drawn from several
-files at once with the bundle (or the mean of an ensemble's members, or the
-exported ONNX graph).
+memory stays bounded whatever its length) and cut into the model's windows
+(its clip length, or BirdNET's 3 s for BirdNET bundles), ``overlap``
+seconds apart from the next: the windows cover the whole file, the last one
+padded with silence and flagged ``partial`` (dropped when shorter than
+``min_window`` seconds). Worker processes may decode and compute the model
+inputs (the mel front end for CNN bundles); batches of windows drawn from
+several files at once are scored with the bundle (or the mean of an
+ensemble's members, or the exported ONNX graph).
 
-Every finished file is recorded at once in ``OUT/.detect/`` (its window
-scores, written atomically; batches always have one shape, so a window's
-scores do not depend on which other windows share its batch), so ``resume=True`` after a crash or a kill
-scores only the files not yet finished, and the outputs, always rebuilt
-from the records in the order of the input files, are the same bytes as an
-uninterrupted run's (a damaged record is scored again). An unreadable file
+Finished files are recorded in ``OUT/.detect/``, the first at once, then a
+part every 2 seconds for the files of those seconds (their window scores, written atomically:
+:class:`echoengine.ledger.Recorder`; batches always have one shape, so a
+window's scores do not depend on which other windows share its batch), so
+``resume=True`` after a crash or a kill scores only the files not yet
+recorded, and the outputs, always rebuilt from the records in the order of
+the input files, are the same bytes as an uninterrupted run's (the files of
+a damaged part are scored again). The batches are scored by ``jobs``
+processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
 is reported in one line, listed in ``errors.csv`` with the reason, and the
 run goes on. A run writes into a new or empty folder only, unless it
 resumes the folder's run or overwrites it, which removes only the files of
@@ -41,7 +44,6 @@ Examples
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -60,6 +62,7 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
 from echoengine.kinds import IMAGES, MODEL_BATCH
 from echoengine.layout import THRESHOLDS_FILE, Bundle
+from echoengine.scorepool import ScoringPool, can_fork, scoring_threads, usable_cores
 from echoengine.scoring import window_scorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
@@ -99,6 +102,10 @@ class DetectOptions:
         Audio decoded at a time from each file.
     onnx : bool
         Score with the bundle's exported ``model.onnx`` instead of PyTorch.
+    jobs : int
+        Processes scoring batches side by side, one thread each
+        (:class:`~echoengine.scorepool.ScoringPool`; 0: one per core; 1: this
+        process alone, on every core). :func:`detect` only.
     """
 
     overlap: float = 0.0
@@ -112,10 +119,27 @@ class DetectOptions:
     workers: int = 0
     block_seconds: float = 60.0
     onnx: bool = False
+    jobs: int = 0
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
             raise EchoError(f"--threshold must be in [0, 1] (scores are probabilities), got {self.threshold}")
+        if self.jobs < 0:
+            raise EchoError(f"--jobs must be 0 (one per core) or more, got {self.jobs}")
+
+    def scoring_processes(self) -> tuple[int, int | None]:
+        """Scoring processes and the threads of each: ``jobs`` of one thread (0: one per core), or this
+        process on every core (1: ``(1, None)``).
+
+        Examples
+        --------
+        >>> DetectOptions(jobs=1).scoring_processes(), DetectOptions(jobs=4).scoring_processes()[0]
+        ((1, None), 4)
+        """
+        jobs = self.jobs or usable_cores()
+        if jobs == 1 or not can_fork():
+            return 1, (1 if self.jobs == 0 else None)  # one core: one thread, as the processes would
+        return jobs, max(1, usable_cores() // jobs)
 
     def scoring(self) -> dict:
         """The options that change window scores (a resumed run must keep them)."""
@@ -131,11 +155,14 @@ class _Batch:
 
 
 class _FileWindows:
-    """Batches of windows across files; each worker takes every n-th file and reports each file's end."""
+    """Batches of windows across files; each worker takes every n-th file and reports each file's end.
 
-    def __init__(self, files: list[tuple[int, str]], scorer, options: DetectOptions) -> None:
-        self.files, self.scorer, self.options = files, scorer, options
-        self.length = scorer.clip_samples
+    With ``prepare`` False, a batch's inputs are its windows (scoring processes prepare them).
+    """
+
+    def __init__(self, files: list[tuple[int, str]], scorer, options: DetectOptions, prepare: bool = True) -> None:
+        self.files, self.scorer, self.options, self.prepare = files, scorer, options, prepare
+        self.length = scorer.config.window_samples
 
     def share(self, worker: int, workers: int) -> Iterator[_Batch]:
         """The batches of worker ``worker`` of ``workers``: every ``workers``-th file from its own."""
@@ -161,17 +188,19 @@ class _FileWindows:
         if windows:  # padded to the batch size: every call of the model has one shape
             stacked = np.zeros((self.options.batch_size, self.length), dtype=np.float32)
             stacked[: len(windows)] = np.stack(windows)
-            batch.inputs = self.scorer.prepare(stacked)
+            batch.inputs = self.scorer.prepare(stacked) if self.prepare else stacked
         return batch
 
 
 def file_windows(path: str | Path, config, options: DetectOptions) -> Iterator[tuple[int, np.ndarray, int, bool]]:
     """The windows detect scores in one file: ``(start sample, window, samples of audio, partial)``.
 
-    The file is decoded block by block; windows are the clip length long and
-    ``options.overlap`` seconds apart from the next, the last one padded with
-    silence and flagged partial (dropped when it holds less than
-    ``options.min_window`` seconds, unless it is the file's only window).
+    The file is decoded block by block; windows are the model's
+    (:attr:`~echoengine.config.EchoConfig.window_seconds`: the clip length,
+    or BirdNET's 3 s for models on BirdNET) and ``options.overlap`` seconds
+    apart from the next, the last one padded with silence and flagged partial
+    (dropped when it holds less than ``options.min_window`` seconds, unless
+    it is the file's only window).
 
     Raises
     ------
@@ -179,7 +208,7 @@ def file_windows(path: str | Path, config, options: DetectOptions) -> Iterator[t
         The file cannot be decoded (possibly after some windows were given).
     """
     rate = config.audio.sample_rate
-    length = config.audio.clip_samples
+    length = config.window_samples
     min_samples = round(options.min_window * rate)
     blocks = audio.stream(path, config.audio, block_seconds=options.block_seconds)
     for start, window, valid in stream_windows(blocks, length=length, hop=length - round(options.overlap * rate)):
@@ -211,7 +240,7 @@ def score_file(scorer, path: str | Path, options: DetectOptions = DetectOptions(
 
     def flush() -> None:
         padded = -(-len(windows) // MODEL_BATCH) * MODEL_BATCH if scorer.kind == IMAGES else len(windows)
-        stacked = np.zeros((padded, scorer.clip_samples), dtype=np.float32)
+        stacked = np.zeros((padded, scorer.config.window_samples), dtype=np.float32)
         stacked[: len(windows)] = np.stack([window for _, window, _, _ in windows])
         probabilities = scorer.score(scorer.prepare(stacked))[: len(windows)]
         rows.extend((start, valid, partial, p) for (start, _, valid, partial), p in zip(windows, probabilities,
@@ -296,50 +325,78 @@ def detect(
     files = find_audio(paths)
     if not files:
         raise EchoError(f"no audio files in {', '.join(map(str, paths))}")
-    scorer = window_scorer(bundles, onnx=options.onnx)
-    check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
-    check_windows(scorer, options)
-    # a bad thresholds.csv stops the run now, not after hours of scoring
-    thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
+    jobs, threads = options.scoring_processes()
+    with scoring_threads(threads):  # before the scorer: its ONNX sessions take their threads when made
+        scorer = window_scorer(bundles, onnx=options.onnx)
+        check_species(scorer.classes, options.include, options.exclude)  # before hours of scoring, not after
+        check_windows(scorer, options)
+        # a bad thresholds.csv stops the run now, not after hours of scoring
+        thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
+        records, todo = open_ledger(out, bundles, scorer, files, options=options, resume=resume,
+                                    overwrite=overwrite, log=log)
+        _score_files(scorer, files, todo, records, options=options, progress=progress, log=log, jobs=jobs,
+                     threads=threads or 1)
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds,
+                         log=log)
+
+
+def open_ledger(out: Path, bundles: Sequence[Bundle], scorer, files: list[str], *, options: DetectOptions,
+                resume: bool, overwrite: bool, log: Callable[[str], None]) -> tuple[Path, list[tuple[int, str]]]:
+    """Claim ``out``, start (or resume) its ledger, and list the files still to score as ``(index, path)``."""
     ledger.claim_output(out, resume=resume, overwrite=overwrite)
-    records = ledger.start_ledger(out, bundles, options.scoring(), resume)
-    todo = [(i, f) for i, f in enumerate(files) if not ledger.finished(records, f, log)]  # failed files are tried again
+    # the window length too: an earlier version scored BirdNET bundles in 5 s clips
+    identity = {**options.scoring(), "window": scorer.config.window_seconds}
+    records = ledger.start_ledger(out, bundles, identity, resume)
+    done = ledger.finished_files(records, files, log)  # failed files are tried again
+    todo = [(i, f) for i, f in enumerate(files) if f not in done]
     if resume and len(todo) < len(files):
         log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
-    _score_files(scorer, files, todo, records, options=options, progress=progress, log=log)
-    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
+    return records, todo
 
 
 def check_windows(scorer, options: DetectOptions) -> None:
-    """Refuse an overlap of a clip or more, and image batches that are not whole model batches."""
-    clip_seconds = scorer.config.audio.clip_seconds
-    if not 0 <= options.overlap < clip_seconds:
-        raise EchoError(f"--overlap must be in [0, {clip_seconds}) seconds (the model's clip length), "
-                        f"got {options.overlap}")
+    """Refuse an overlap of a window or more, and image batches that are not whole model batches."""
+    seconds = scorer.config.window_seconds
+    if not 0 <= options.overlap < seconds:
+        raise EchoError(f"--overlap must be in [0, {seconds:g}) seconds (the model's window), got {options.overlap}")
     if scorer.kind == IMAGES and options.batch_size % MODEL_BATCH:
         raise EchoError(f"--batch-size must be a multiple of {MODEL_BATCH} (the model's batch), so "
                         f"that every window is scored in batches of one shape; got {options.batch_size}")
 
 
-def _score_files(scorer, files: list[str], todo: list[tuple[int, str]], records: Path, *,
-                 options: DetectOptions, progress: bool, log: Callable[[str], None]) -> None:
-    """Score the windows of the files to do and record each file (its scores or its error) as it finishes."""
+def _score_files(scorer, files: list[str], todo: list[tuple[int, str]], records: Path, *, options: DetectOptions,
+                 progress: bool, log: Callable[[str], None], jobs: int = 1, threads: int = 1) -> None:
+    """Score the windows of the files to do and record the files (their scores or their errors) as they finish.
+
+    With ``jobs`` above 1 and more than a batch or two of windows to score,
+    :class:`ScoringPool` processes of ``threads`` threads score the batches.
+    """
     rate = scorer.config.audio.sample_rate
-    bar = _Progress({i: round(_duration(f) * rate) for i, f in todo}, rate, files=len(files),
-                    done=len(files) - len(todo), enabled=progress)
-    with bar:
-        for index, rows in scored_windows(scorer, todo, options, on_window=bar.reach):
-            path = files[index]
-            if isinstance(rows, str):
-                log(f"error: {path}: {rows}")
-                ledger.record_error(records, path, rows)
-            else:
-                ledger.record_scores(records, path, rows, rate=rate, n_classes=len(scorer.classes))
-            bar.finish(index)
+    samples = {i: round(_duration(f) * rate) for i, f in todo}
+    windows = sum(-(-n // scorer.config.window_samples) for n in samples.values())
+    pool = None
+    if jobs > 1 and windows > 2 * options.batch_size:
+        scorer.load()  # in this process, before the fork: the children share the model
+        pool = ScoringPool(scorer, jobs, (options.batch_size, scorer.config.window_samples), threads)
+    bar = _Progress(samples, rate, files=len(files), done=len(files) - len(todo), enabled=progress)
+    try:
+        with bar, ledger.Recorder(records, rate=rate, n_classes=len(scorer.classes)) as recorder:
+            for index, rows in scored_windows(scorer, todo, options, on_window=bar.reach, pool=pool):
+                path = files[index]
+                if isinstance(rows, str):
+                    log(f"error: {path}: {rows}")
+                    recorder.error(path, rows)
+                else:
+                    recorder.scores(path, rows)
+                bar.finish(index)
+    finally:
+        if pool is not None:
+            pool.close()
 
 
 def scored_windows(scorer, files: Sequence[tuple[int, str]], options: DetectOptions, *,
-                   on_window: Callable[[int, int], object] | None = None) -> Iterator[tuple[int, list | str]]:
+                   on_window: Callable[[int, int], object] | None = None,
+                   pool: ScoringPool | None = None) -> Iterator[tuple[int, list | str]]:
     """Score the windows of several files together, in :func:`detect`'s batches; give each file as it finishes.
 
     Parameters
@@ -347,6 +404,8 @@ def scored_windows(scorer, files: Sequence[tuple[int, str]], options: DetectOpti
     files : sequence of (index, path)
     on_window : callable, optional
         Called with ``(index, end sample)`` of each window scored (a progress bar).
+    pool : ScoringPool, optional
+        Scoring processes that score (and prepare) the batches; else this process does.
 
     Yields
     ------
@@ -355,9 +414,14 @@ def scored_windows(scorer, files: Sequence[tuple[int, str]], options: DetectOpti
         window of the file; ``reason``: why the file could not be decoded.
     """
     pending: dict[int, list] = {i: [] for i, _ in files}
-    for batch in _batches(_FileWindows(list(files), scorer, options), options.workers):
+    batches = _batches(_FileWindows(list(files), scorer, options, prepare=pool is None), options.workers)
+    if pool is None:
+        scored = ((batch, scorer.score(batch.inputs) if batch.rows else None) for batch in batches)
+    else:
+        scored = pool.scores(_handed_over(batches))
+    for batch, scores in scored:
         if batch.rows:
-            probabilities = scorer.score(batch.inputs)[: len(batch.rows)]
+            probabilities = scores[: len(batch.rows)]
             for (index, start, valid, partial), p in zip(batch.rows, probabilities, strict=True):
                 pending[index].append((start, valid, partial, p))
                 if on_window is not None:
@@ -365,6 +429,13 @@ def scored_windows(scorer, files: Sequence[tuple[int, str]], options: DetectOpti
         for index, error in batch.finished:
             rows = pending.pop(index, [])
             yield index, (rows if error is None else error)
+
+
+def _handed_over(batches: Iterator[_Batch]) -> Iterator[tuple[_Batch, np.ndarray | None]]:
+    """``(batch, its windows)`` for a :class:`ScoringPool`, which copies them: the batch lets go of them."""
+    for batch in batches:
+        windows, batch.inputs = batch.inputs, None
+        yield batch, windows if batch.rows else None
 
 
 def score_files(scorer, paths: Sequence[str | Path], options: DetectOptions = DetectOptions()
@@ -461,7 +532,8 @@ def _table_names(files: list[str]) -> list[str]:
 
 
 def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
-                  options: DetectOptions, thresholds: np.ndarray) -> dict[str, Path]:
+                  options: DetectOptions, thresholds: np.ndarray, log: Callable[[str], None] = print
+                  ) -> dict[str, Path]:
     """Build the outputs from the records of finished files, in the order of ``files``.
 
     Writes ``scores.parquet`` (file, start, end, partial, class, score: every
@@ -472,18 +544,20 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     then renamed into place.
     """
     out = Path(out)
-    records = out / ledger.LEDGER
-    windows, errors = [], []
     classes = list(classes)
+    records = ledger.read_records(out / ledger.LEDGER, log)
+    done, errors = [], []
     for path in files:
-        key = ledger.key(path)
-        if (records / f"{key}.npz").is_file():
-            windows.append(ledger.recorded_scores(records, path, classes))
-        elif (records / f"{key}.error").is_file():
-            errors.append(json.loads((records / f"{key}.error").read_text()))
-    scores = (pd.concat(windows, ignore_index=True) if windows else
-              pd.DataFrame(columns=["file", "start", "end", "partial", *classes]))
+        record = records.get(ledger.key(path))
+        if record is not None and record.error is None:
+            done.append((path, record))
+        elif record is not None:
+            errors.append({"file": path, "error": record.error})
+    scores, long = _score_tables([path for path, _ in done], [record for _, record in done], classes)
     events = file_events(scores, classes, config, thresholds=thresholds, options=options)
+    event_order = {f: i for i, f in enumerate(files)}
+    events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
+    events = events.drop(columns="_f").reset_index(drop=True)
     written: dict[str, Path] = {}
 
     def put(name: str, write) -> None:
@@ -492,26 +566,35 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
         ledger.write_atomic(path, write)
         written[name] = path
 
-    long = scores.melt(id_vars=["file", "start", "end", "partial"], value_vars=classes, var_name="class",
-                       value_name="score")
-    order = {c: i for i, c in enumerate(classes)}
-    long = long.assign(_f=long["file"].map({f: i for i, f in enumerate(files)}), _c=long["class"].map(order))
-    long = long.sort_values(["_f", "start", "_c"], kind="stable").drop(columns=["_f", "_c"]).reset_index(drop=True)
     put("scores.parquet", lambda p: fastparquet.write(str(p), long, write_index=False))
-    event_order = {f: i for i, f in enumerate(files)}
-    events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
-    events = events.drop(columns="_f").reset_index(drop=True)
     put("events.csv", lambda p: formats.write_csv(events, p))
     put("events.jsonl", lambda p: formats.write_jsonl(events, p))
     put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True))
-    done = [f for f in files if (records / f"{ledger.key(f)}.npz").is_file()]
-    names = _table_names(done)
-    ledger.list_outputs(records, [f"{folder}/{n}{suffix}" for n in names
-                                  for folder, suffix in (("raven", ".selections.txt"), ("audacity", ".txt"))])
-    for path, name in zip(done, names, strict=True):
-        mine = events[events["file"] == path]
+    names = _table_names([path for path, _ in done])
+    ledger.list_outputs(out / ledger.LEDGER, [f"{folder}/{n}{suffix}" for n in names for folder, suffix in
+                                              (("raven", ".selections.txt"), ("audacity", ".txt"))])
+    by_file = dict(tuple(events.groupby("file", sort=False))) if len(events) else {}
+    for (path, _), name in zip(done, names, strict=True):
+        mine = by_file.get(path, events.iloc[:0])
         put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p))
         put(f"audacity/{name}.txt", lambda p, m=mine: formats.write_audacity(m, p))
     error_table = pd.DataFrame(errors, columns=["file", "error"])
     put("errors.csv", lambda p: error_table.to_csv(p, index=False, lineterminator="\n"))
     return written
+
+
+def _score_tables(paths: list[str], records: list, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window scores of the files, wide (a column per class) and long (a row per window and class)."""
+    counts = [len(record.start) for record in records]
+    file = np.repeat(np.array(paths, dtype=object), counts)
+    columns = {"file": file}
+    for name in ("start", "end", "partial"):
+        parts = [getattr(record, name) for record in records]
+        columns[name] = np.concatenate(parts) if parts else np.zeros(0, bool if name == "partial" else float)
+    matrix = (np.concatenate([record.scores for record in records]) if records else
+              np.zeros((0, len(classes)), np.float32))
+    wide = pd.concat([pd.DataFrame(columns), pd.DataFrame(matrix, columns=classes)], axis=1)
+    n = len(classes)  # the rows of a file are in time order, its windows' classes in the model's order
+    long = pd.DataFrame({**{name: np.repeat(values, n) for name, values in columns.items()},
+                         "class": np.tile(np.array(classes, dtype=object), len(file)), "score": matrix.ravel()})
+    return wide, long

@@ -1,9 +1,10 @@
 """Window embeddings of a frozen pretrained embedder, as a dataset for training a head.
 
 An item is a clip, as for CNNs: a random (augmented) crop of ``clip_seconds``
-in training, a fixed window in evaluation. The clip is cut into the
-embedder's windows (BirdNET: 3 s, hop = window, the last one padded), and the
-item is their embeddings, shape (windows, embedding size). Embeddings are
+in training, a fixed window in evaluation (of the length recordings are scored
+in: BirdNET's 3 s for BirdNET, :attr:`EchoConfig.window_seconds`). The clip is
+cut into the embedder's windows (BirdNET: 3 s, hop = window, the last one
+padded), and the item is their embeddings, shape (windows, embedding size). Embeddings are
 computed in batches, for all the items of a dataset at once
 (:meth:`EmbeddingDataset.precompute`), and cached on disk per (file, clip,
 variant, embedder), so each is computed once; training draws one of
@@ -35,7 +36,7 @@ from tqdm import tqdm
 from echoengine.bundle import load_bundle
 from echoengine.cache import FeatureCache
 from echoengine.clips import fixed_windows, window_starts
-from echoengine.config import EchoConfig
+from echoengine.config import EchoConfig, ModelConfig
 from echoengine.dataset import BoxLabels, ClipDataset
 from echoengine.errors import AudioError, EchoError
 from echoengine.features import MelFrontend
@@ -44,7 +45,7 @@ from echoengine.layout import BundleFiles
 from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
 
 __all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "MultiLabelEmbeddingDataset", "birdnet_tflite_embedder",
-           "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "embed_clips",
+           "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "config_embedder", "embed_clips",
            "embedder_windows", "embedding_dataset", "embedding_hop_samples", "make_dataset"]
 
 
@@ -103,33 +104,41 @@ class CNNEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
 
 
-def build_embedder(name: str, blocks: Sequence[str] = ()):
+def build_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32"):
     """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
 
     Its kind (:func:`echoengine.kinds.embedder_kind`) builds it. ``blocks``
     (BirdNET's, see :func:`feature_size`) add pooled block outputs to
-    BirdNET's embedding. The BirdNET embedders are loaded once per process.
+    BirdNET's embedding; ``precision`` is the torch BirdNET's front end
+    arithmetic (``model.birdnet_precision``). The BirdNET embedders are loaded
+    once per process.
     """
-    return embedder_kind(name).make_embedder(name, blocks)
+    return embedder_kind(name).make_embedder(name, blocks, precision=precision)
+
+
+def config_embedder(model: ModelConfig):
+    """The embedder of a ``[model]`` section: its embedder, BirdNET blocks and front-end precision."""
+    return build_embedder(model.embedder, model.birdnet_blocks, precision=model.birdnet_precision)
 
 
 @functools.cache
-def _birdnet(embedder: type, blocks: tuple[str, ...]):
-    return embedder(blocks=blocks)
+def _birdnet(embedder: type, blocks: tuple[str, ...], **options):
+    return embedder(blocks=blocks, **options)
 
 
-def birdnet_torch_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETTorchEmbedder:
+def birdnet_torch_embedder(name: str, blocks: Sequence[str] = (), *,
+                           precision: str = "float32") -> BirdNETTorchEmbedder:
     """The ``birdnet`` embedder (BirdNET V2.4 in torch), shared within the process."""
-    return _birdnet(BirdNETTorchEmbedder, block_order(blocks))
+    return _birdnet(BirdNETTorchEmbedder, block_order(blocks), precision=precision)
 
 
-def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = ()) -> BirdNETEmbedder:
-    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite), shared within the process."""
+def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> BirdNETEmbedder:
+    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite, float32 throughout), shared within the process."""
     return _birdnet(BirdNETEmbedder, block_order(blocks))
 
 
-def cnn_embedder(name: str, blocks: Sequence[str] = ()) -> CNNEmbedder:
-    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` are unused)."""
+def cnn_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> CNNEmbedder:
+    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` and ``precision`` are unused)."""
     return CNNEmbedder(name.removeprefix("cnn:"))
 
 
@@ -182,8 +191,8 @@ class EmbeddingDataset(ClipDataset):
     """
 
     def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
-                 cache: FeatureCache | None = None, progress: bool = False) -> None:
-        self.embedder = build_embedder(config.model.embedder, config.model.birdnet_blocks)
+                 cache: FeatureCache | None = None, progress: bool = False, clips: bool = False) -> None:
+        self.embedder = config_embedder(config.model)
         if self.embedder.sample_rate != config.audio.sample_rate:
             raise EchoError(f"the {config.model.embedder} embedder takes {self.embedder.sample_rate} Hz audio: "
                             f"set audio.sample_rate = {self.embedder.sample_rate}")
@@ -194,7 +203,7 @@ class EmbeddingDataset(ClipDataset):
             raise EchoError(f"model.embedding_hop ({config.model.embedding_hop} s) is longer than the "
                             f"{config.model.embedder} window ({self.embedder.window_seconds} s): windows would miss "
                             "audio")
-        super().__init__(table, classes, config, train=train, cache=cache)
+        super().__init__(table, classes, config, train=train, cache=cache, clips=clips)
         self.variants = config.augment.embedding_variants
         self.progress = progress
         self._memory: dict[tuple[int, int, int], np.ndarray | None] = {}
@@ -283,30 +292,32 @@ class MultiLabelEmbeddingDataset(BoxLabels, EmbeddingDataset):
 
 def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                  cache: FeatureCache | None = None, progress: bool = False,
-                 boxes: pd.DataFrame | None = None) -> ClipDataset:
+                 boxes: pd.DataFrame | None = None, clips: bool = False) -> ClipDataset:
     """The dataset a model of this config trains on, as its kind makes it: images, window embeddings or waveforms.
 
     With ``boxes`` (annotations of the recordings in ``table``), multi-label
     items (:class:`echoengine.dataset.BoxLabels`). Embedding datasets are
-    embedded in full here (batched, cached).
+    embedded in full here (batched, cached). Clean items are the windows
+    recordings are scored in, or with ``clips`` the clips a head is fitted
+    and validated on (:class:`echoengine.dataset.ClipDataset`).
     """
     kind = config.model.kind
     if boxes is not None and not kind.multilabel:
         raise EchoError(f"multi-label training works with CNN backbones and embedders, not {kind.label}")
-    return kind.dataset(table, classes, config, train=train, cache=cache, progress=progress, boxes=boxes)
+    return kind.dataset(table, classes, config, train=train, cache=cache, progress=progress, boxes=boxes, clips=clips)
 
 
 def embedding_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool,
                       cache: FeatureCache | None = None, progress: bool = False,
-                      boxes: pd.DataFrame | None = None) -> EmbeddingDataset:
+                      boxes: pd.DataFrame | None = None, clips: bool = False) -> EmbeddingDataset:
     """Window embeddings of ``config.model.embedder`` (the embedder kinds), embedded in full now (batched, cached).
 
     With ``boxes``, multi-label items (:class:`MultiLabelEmbeddingDataset`).
     """
     if boxes is not None:
         dataset = MultiLabelEmbeddingDataset(table, boxes, classes, config, train=train, cache=cache,
-                                             progress=progress)
+                                             progress=progress, clips=clips)
     else:
-        dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress)
+        dataset = EmbeddingDataset(table, classes, config, train=train, cache=cache, progress=progress, clips=clips)
     dataset.precompute()
     return dataset

@@ -145,7 +145,7 @@ class ServingModel(nn.Module):
 
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
-        self.clip = bundle.config.audio.clip_samples
+        self.clip = bundle.config.window_samples  # the scorer's windows: clips, or BirdNET's 3 s
         self.model = clip_model(bundle)
         self.multilabel = bundle.config.model.multilabel
 
@@ -168,8 +168,9 @@ class BirdNETEmbeddingHead(nn.Module):
         from echoengine.models.birdnet_torch import BirdNETClassifier
 
         window = BirdNETClassifier.window
+        model = bundle.config.model
         self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window),
-                                          blocks=bundle.config.model.birdnet_blocks)
+                                          blocks=model.birdnet_blocks, precision=model.birdnet_precision)
         self.head = bundle.model
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:

@@ -400,9 +400,16 @@ class DataConfig:
         require(self.background_crops >= 0, f"{s}.background_crops must be >= 0")
 
 
+#: Windows every scipy knows, accepted without importing scipy.signal (half a second: every config load paid it).
+_KNOWN_WINDOWS = frozenset({"hann", "hamming", "blackman", "bartlett", "boxcar", "triang", "flattop", "parzen",
+                            "bohman", "blackmanharris", "nuttall", "barthann", "cosine", "lanczos"})
+
+
 def _check_window(section: str, window: str) -> None:
     """Refuse a window scipy does not know; without scipy (the serving runtime: the graph holds the front
     end) there is nothing to check it against, nor anything that computes it."""
+    if window in _KNOWN_WINDOWS:
+        return
     try:
         from scipy.signal import get_window  # scipy: training's dependency, and a heavy import
     except ModuleNotFoundError:

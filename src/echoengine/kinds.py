@@ -43,6 +43,7 @@ __all__ = [
     "BIRDNET",
     "BIRDNET_EMBEDDINGS",
     "BIRDNET_TFLITE_EMBEDDINGS",
+    "BIRDNET_WINDOW_SECONDS",
     "CNN",
     "CNN_EMBEDDINGS",
     "EMBEDDINGS",
@@ -69,6 +70,8 @@ IMAGES, EMBEDDINGS, WAVEFORMS = "images", "embeddings", "waveforms"
 #: 8 ms per image in batches of 4 against 14 in batches of 16, EfficientNetV2-B0 10 against 20, 2 cores).
 MODEL_BATCH = 4
 INPUTS = (IMAGES, EMBEDDINGS, WAVEFORMS)
+#: BirdNET V2.4's window: the windows its kinds score recordings in.
+BIRDNET_WINDOW_SECONDS = 3.0
 
 #: echoengine backbone name -> timm model name (each checked against timm's own registry by the tests).
 TIMM_BACKBONES = {
@@ -150,13 +153,20 @@ class ModelKind:
         of its frozen features, on which the head is probed first; empty: the
         kind is not fine-tuned that way.
     make_embedder : Target, optional
-        ``(embedder name, BirdNET blocks) -> embedder`` for embedder kinds.
+        ``(embedder name, BirdNET blocks, *, precision) -> embedder`` for
+        embedder kinds (``precision``: the torch BirdNET's front end).
     embedding_size : Target, optional
         ``(embedder name, BirdNET blocks) -> int``, without loading the embedder.
     serving : Target, optional
         ``(bundle) -> torch.nn.Module`` from raw clips (batch, clip samples)
         to logits, put inside the waveform-in ONNX graph; None: the graph
         holds the head alone and takes embeddings.
+    window_seconds : float
+        The windows its models score recordings in (``predict``, ``detect``,
+        the server, the exported graph); 0: the clip length. BirdNET's kinds
+        score BirdNET's own 3 s windows: each window is a clip of one window,
+        whose logits the head gives (a clip's logits are the mean of its
+        windows'), so no window is scored twice or mostly padding.
     """
 
     name: str
@@ -176,6 +186,7 @@ class ModelKind:
     make_embedder: Target | None = None
     embedding_size: Target | None = None
     serving: Target | None = None
+    window_seconds: float = 0.0
 
     @property
     def finetunes(self) -> bool:
@@ -353,13 +364,13 @@ def _embedder_hints() -> list[str]:
 
 def _embedding_kind(name: str, embedder: str, *, make: str, size: str, birdnet: bool, serving: str | None = None,
                     hint: str = "") -> ModelKind:
-    """A head trained on the window embeddings of a frozen embedder."""
+    """A head trained on the window embeddings of a frozen embedder (BirdNET's: scored in its 3 s windows)."""
     return ModelKind(
         name=name, label="an embedder", input=EMBEDDINGS, heads=("linear", "mlp", "attention"), default_head="linear",
         builder=Target("echoengine.models.classifier:build_embedding_model"),
         dataset=Target("echoengine.embeddings:embedding_dataset"), embedder=embedder, embedder_hint=hint,
         birdnet=birdnet, make_embedder=Target(make), embedding_size=Target(size),
-        serving=Target(serving) if serving else None,
+        serving=Target(serving) if serving else None, window_seconds=BIRDNET_WINDOW_SECONDS if birdnet else 0.0,
     )
 
 
@@ -374,6 +385,7 @@ BIRDNET = register(ModelKind(
     default_head="echo", backbones=("birdnet",), multilabel=False, birdnet=True, sample_rate=48000,
     probe_embedder="birdnet", builder=Target("echoengine.models.classifier:build_birdnet_model"),
     dataset=Target("echoengine.dataset:waveform_dataset"), serving=Target("echoengine.exporting:waveform_clip_model"),
+    window_seconds=BIRDNET_WINDOW_SECONDS,
 ))
 BIRDNET_EMBEDDINGS = register(_embedding_kind(
     "birdnet-embeddings", "birdnet", make="echoengine.embeddings:birdnet_torch_embedder",

@@ -1,10 +1,13 @@
 """The output folder of a detect run and its ledger, ``OUT/.detect/``: what survives a crash.
 
 The ledger holds ``run.json`` (the model and window options, which a resumed
-run must share), one record per finished file (``KEY.npz``: its window
-scores) or unreadable one (``KEY.error``), and ``outputs.txt``, the per-file
-tables (``raven/``, ``audacity/``) written into the folder. Every file is
-written whole and then renamed into place.
+run must share), the records of finished files in parts (``part-000001.npz``,
+...: each the window scores of the files that finished in a few seconds, and
+the files that could not be read, with the reason: one write per part, not
+per file), and ``outputs.txt``, the per-file tables (``raven/``,
+``audacity/``) written into the folder. Every file is written whole and
+then renamed into place; a later part's record of a file replaces an
+earlier one's (an unreadable file read on resume).
 
 A run writes into a new or empty folder, into an earlier run's folder to
 resume it, or, asked to overwrite, into one holding nothing but an earlier
@@ -18,8 +21,10 @@ import hashlib
 import json
 import os
 import re
+import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +34,16 @@ from echoengine.errors import EchoError
 from echoengine.files import temporary_path, write_atomic
 from echoengine.layout import Bundle, BundleFiles
 
-__all__ = ["LEDGER", "OUTPUTS", "claim_output", "finished", "key", "list_outputs", "record_error", "record_scores",
-           "recorded_scores", "start_ledger", "write_atomic"]
+__all__ = ["LEDGER", "OUTPUTS", "Record", "Recorder", "claim_output", "finished_files", "key", "list_outputs",
+           "read_records", "start_ledger", "write_atomic"]
 
 LEDGER = ".detect"
 MANIFEST = "outputs.txt"  # in the ledger: every per-file table detect wrote into the folder
 OUTPUTS = ("scores.parquet", "events.csv", "events.jsonl", "events.selections.txt", "errors.csv", "summary.csv",
            "summary.png")  # and raven/, audacity/: one table per file
-_RECORD = re.compile(r"[0-9a-f]{20}\.(npz|error)(\.tmp)?|run\.json(\.tmp)?|outputs\.txt(\.tmp)?")
+_RECORD = re.compile(r"part-\d{6}\.npz(\.tmp)?|[0-9a-f]{20}\.(npz|error)(\.tmp)?|run\.json(\.tmp)?"
+                     r"|outputs\.txt(\.tmp)?")
+_PART = re.compile(r"part-(\d{6})\.npz")  # (the 20-hex-digit names: one record per file, before parts)
 
 
 def key(path: str) -> str:
@@ -115,52 +122,124 @@ def _weights_identity(folder: Path) -> str:
     return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
-def finished(ledger: Path, path: str, log) -> bool:
-    """Whether the ledger holds a readable record of the file; a damaged one is removed, with a warning."""
-    record = ledger / f"{key(path)}.npz"
-    if not record.is_file():
-        return False
-    try:
-        with np.load(record, allow_pickle=False) as data:
-            [data[name] for name in ("start", "end", "partial", "scores")]
-        return True
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
-        log(f"warning: {record}: damaged record of {path} ({' '.join(str(exc).split())[:120]}); scoring it again")
-        record.unlink()
-        return False
+@dataclass
+class Record:
+    """What the ledger holds of one file: its window scores (seconds), or why it could not be read."""
+
+    file: str
+    start: np.ndarray | None = None
+    end: np.ndarray | None = None
+    partial: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    error: str | None = None
+
+    def table(self, classes: list[str]) -> pd.DataFrame:
+        """``file, start, end, partial`` and a column per class."""
+        table = pd.DataFrame({"file": self.file, "start": self.start, "end": self.end, "partial": self.partial})
+        return pd.concat([table, pd.DataFrame(self.scores, columns=classes)], axis=1)
 
 
-def record_scores(ledger: Path, path: str, rows: list, *, rate: int, n_classes: int) -> None:
-    """A finished file's window scores, written atomically: the record a resumed run keeps.
+def _parts(ledger: Path) -> list[Path]:
+    return sorted(p for p in ledger.iterdir() if _PART.fullmatch(p.name)) if ledger.is_dir() else []
 
-    ``rows`` are ``(start sample, samples of audio, partial, scores)`` per window.
+
+def read_records(ledger: Path, log: Callable[[str], None] = print) -> dict[str, Record]:
+    """Every file's latest record, by :func:`key`; a damaged part is removed, with a warning (its files score again)."""
+    records: dict[str, Record] = {}
+    for part in _parts(ledger):
+        try:
+            with np.load(part, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in ("files", "counts", "start", "end", "partial", "scores",
+                                                        "error_files", "errors")}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            log(f"warning: {part}: damaged record ({' '.join(str(exc).split())[:120]}); scoring its files again")
+            part.unlink()
+            continue
+        bounds = np.concatenate([[0], np.cumsum(arrays["counts"])])
+        for i, path in enumerate(arrays["files"].tolist()):
+            rows = slice(bounds[i], bounds[i + 1])
+            records[key(path)] = Record(path, arrays["start"][rows], arrays["end"][rows], arrays["partial"][rows],
+                                        arrays["scores"][rows])
+        for path, reason in zip(arrays["error_files"].tolist(), arrays["errors"].tolist(), strict=True):
+            records[key(path)] = Record(path, error=reason)
+    return records
+
+
+def finished_files(ledger: Path, files: Sequence[str], log: Callable[[str], None] = print) -> set[str]:
+    """The files of ``files`` whose window scores the ledger holds (unreadable ones are tried again)."""
+    records = read_records(ledger, log)
+    return {f for f in files if (record := records.get(key(f))) is not None and record.error is None}
+
+
+class Recorder:
+    """Records finished files in the ledger, a part every ``seconds`` (and at the end): one write for many files.
+
+    The first finished file is written at once. A run killed between two
+    parts loses the files of the last ``seconds`` at most; a resumed run
+    scores them again.
+
+    Parameters
+    ----------
+    ledger : Path
+    rate : int
+        Sample rate of the windows' sample positions.
+    n_classes : int
+    seconds : float
+        Longest time a finished file waits to be written.
     """
-    rows.sort(key=lambda r: r[0])
-    starts = np.array([r[0] for r in rows], dtype=np.int64)
-    valid = np.array([r[1] for r in rows], dtype=np.int64)
-    matrix = np.stack([r[3] for r in rows]) if rows else np.zeros((0, n_classes))
 
-    def write(target: Path) -> None:
-        with open(target, "wb") as file:
-            np.savez(file, start=np.round(starts / rate, 6), end=np.round((starts + valid) / rate, 6),
-                     partial=np.array([r[2] for r in rows], dtype=bool), scores=matrix.astype(np.float32))
+    def __init__(self, ledger: Path, *, rate: int, n_classes: int, seconds: float = 2.0) -> None:
+        self.ledger, self.rate, self.n_classes, self.seconds = ledger, rate, n_classes, seconds
+        numbers = [int(_PART.fullmatch(p.name).group(1)) for p in _parts(ledger)]
+        self.number = max(numbers, default=0)
+        self._scored: list[tuple[str, list]] = []
+        self._errors: list[tuple[str, str]] = []
+        self._since = -float("inf")  # the first finished file is written at once
 
-    write_atomic(ledger / f"{key(path)}.npz", write)
-    (ledger / f"{key(path)}.error").unlink(missing_ok=True)  # failed in an earlier run, read now
+    def scores(self, path: str, rows: list) -> None:
+        """A finished file's windows: ``(start sample, samples of audio, partial, scores)`` each."""
+        self._scored.append((path, sorted(rows, key=lambda r: r[0])))
+        self._maybe_flush()
 
+    def error(self, path: str, reason: str) -> None:
+        """A file that could not be read: listed in ``errors.csv``, tried again by a resumed run."""
+        self._errors.append((path, reason))
+        self._maybe_flush()
 
-def record_error(ledger: Path, path: str, error: str) -> None:
-    """A file that could not be read: listed in ``errors.csv``, tried again by a resumed run."""
-    record = json.dumps({"file": path, "error": error})
-    write_atomic(ledger / f"{key(path)}.error", lambda p: p.write_text(record))
+    def _maybe_flush(self) -> None:
+        if time.monotonic() - self._since >= self.seconds:
+            self.flush()
 
+    def flush(self) -> None:
+        """Write the files finished since the last part as one part."""
+        self._since = time.monotonic()
+        if not (self._scored or self._errors):
+            return
+        rows = [row for _, file_rows in self._scored for row in file_rows]
+        starts = np.array([r[0] for r in rows], dtype=np.int64)
+        valid = np.array([r[1] for r in rows], dtype=np.int64)
+        arrays = {"files": np.array([p for p, _ in self._scored], dtype=str),
+                  "counts": np.array([len(r) for _, r in self._scored], dtype=np.int64),
+                  "start": np.round(starts / self.rate, 6), "end": np.round((starts + valid) / self.rate, 6),
+                  "partial": np.array([r[2] for r in rows], dtype=bool),
+                  "scores": (np.stack([r[3] for r in rows]) if rows else np.zeros((0, self.n_classes))
+                             ).astype(np.float32),
+                  "error_files": np.array([p for p, _ in self._errors], dtype=str),
+                  "errors": np.array([e for _, e in self._errors], dtype=str)}
 
-def recorded_scores(ledger: Path, path: str, classes: list[str]) -> pd.DataFrame:
-    """A finished file's window scores: ``file, start, end, partial`` and a column per class."""
-    with np.load(ledger / f"{key(path)}.npz", allow_pickle=False) as record:
-        table = pd.DataFrame({"file": path, "start": record["start"], "end": record["end"],
-                              "partial": record["partial"]})
-        return pd.concat([table, pd.DataFrame(record["scores"], columns=classes)], axis=1)
+        def write(target: Path) -> None:
+            with open(target, "wb") as file:
+                np.savez(file, **arrays)
+
+        self.number += 1
+        write_atomic(self.ledger / f"part-{self.number:06d}.npz", write)
+        self._scored, self._errors = [], []
+
+    def __enter__(self) -> Recorder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.flush()  # also when interrupted: what finished stays finished
 
 
 def list_outputs(ledger: Path, names: list[str]) -> None:

@@ -49,7 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from echoengine import audio, ledger
-from echoengine.detection import DetectOptions, check_windows, scored_windows, write_outputs
+from echoengine.detection import DetectOptions, check_windows, open_ledger, scored_windows, write_outputs
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
 from echoengine.layout import Bundle, BundleFiles
@@ -164,7 +164,7 @@ def score_chunk(folders: tuple[str, ...], options: DetectOptions, threads: int,
 
 
 def _rows(record: dict) -> list[tuple]:
-    """A record's windows as :func:`echoengine.ledger.record_scores` takes them."""
+    """A record's windows as :meth:`echoengine.ledger.Recorder.scores` takes them."""
     return list(zip(record["start"].tolist(), record["valid"].tolist(), record["partial"].tolist(),
                     list(record["scores"]), strict=True))
 
@@ -230,23 +230,21 @@ def detect_on_ray(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: s
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
-    ledger.claim_output(out, resume=resume, overwrite=overwrite)
-    records = ledger.start_ledger(out, bundles, options.scoring(), resume)
-    todo = [(i, f) for i, f in enumerate(files) if not ledger.finished(records, f, log)]
-    if resume and len(todo) < len(files):
-        log(f"resuming: {len(files) - len(todo)} of {len(files)} files already done")
+    records, todo = open_ledger(out, bundles, scorer, files, options=options, resume=resume, overwrite=overwrite,
+                                log=log)
     if todo:
         folders = tuple(str(b.path.resolve()) for b in bundles)
         rate, n_classes = scorer.config.audio.sample_rate, len(scorer.classes)
-        with ray_session(ray_options, log=log) as ray:
+        with ray_session(ray_options, log=log) as ray, \
+                ledger.Recorder(records, rate=rate, n_classes=n_classes) as recorder:
             for index, result in _run_tasks(ray, folders, todo, options, ray_options, progress=progress):
                 path = files[index]
                 if isinstance(result, str):
                     log(f"error: {path}: {result}")
-                    ledger.record_error(records, path, result)
+                    recorder.error(path, result)
                 else:
-                    ledger.record_scores(records, path, _rows(result), rate=rate, n_classes=n_classes)
-    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds)
+                    recorder.scores(path, _rows(result))
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds, log=log)
 
 
 def _duration(path: str) -> float:

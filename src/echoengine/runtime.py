@@ -6,12 +6,14 @@ keeps its own settings (memory, logging) unless it calls these functions.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 
-__all__ = ["extra_providing", "keep_freed_memory", "log_to_stderr"]
+__all__ = ["exit_now", "extra_providing", "keep_freed_memory", "log_to_stderr"]
 
 # The optional dependencies, by the extra of ``pip install "echoengine[EXTRA]"`` that installs them.
 _EXTRAS = {
@@ -80,3 +82,16 @@ def log_to_stderr() -> None:
     handler.setFormatter(_MessageFormat())
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+
+
+def exit_now(code: int) -> None:
+    """End the process with ``code`` at once: standard output and error flushed, logging shut down, but no
+    interpreter teardown (no ``atexit`` handlers, no module cleanup: with torch loaded, 0.6-0.9 s).
+
+    Only for a program whose files are all written and closed; its child processes watch it and end.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)

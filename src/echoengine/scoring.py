@@ -19,7 +19,7 @@ bundles' exported ONNX graphs score windows the same way for ``predict``,
 Examples
 --------
 >>> scorer = window_scorer([read_bundle("bundle")], onnx=True)  # doctest: +SKIP
->>> windows = score_stream(scorer, [np.zeros(3 * scorer.clip_samples, "float32")])  # doctest: +SKIP
+>>> windows = score_stream(scorer, [np.zeros(3 * scorer.window_samples, "float32")])  # doctest: +SKIP
 >>> pool_windows(windows, multilabel=False).shape  # doctest: +SKIP
 (4,)
 """
@@ -104,7 +104,7 @@ def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
 
 
 class GraphScorer:
-    """Class probabilities of windows of raw audio (n, clip samples) with exported ONNX graphs (no torch).
+    """Class probabilities of windows of raw audio (n, window samples) with exported ONNX graphs (no torch).
 
     A graph that takes audio is given the windows end to end (it cuts them
     itself); one that takes embeddings (a head on the TFLite BirdNET or on a
@@ -128,10 +128,18 @@ class GraphScorer:
         self.config = bundles[0].config
         self.classes = bundles[0].classes
         self.clip_samples = self.config.audio.clip_samples
-        self.batch_windows = max(1, round(CHUNK_SECONDS / self.config.audio.clip_seconds))
+        self.window_samples = self.config.window_samples  # the graph's own windows: clips, or BirdNET's 3 s
+        self.batch_windows = max(1, round(CHUNK_SECONDS / self.config.window_seconds))
         self._sessions = list(sessions) if sessions is not None else [bundle_onnx_session(b.path) for b in bundles]
         self._graph_input = self._sessions[0].get_inputs()[0].name  # "waveform" or "embeddings"
         self._embedder = None
+
+    def load(self) -> None:
+        """Build now what scoring builds on first use (the embedder of a head-only graph), e.g. before a fork."""
+        if self._graph_input != "waveform" and self._embedder is None:
+            from echoengine.embeddings import config_embedder
+
+            self._embedder = config_embedder(self.config.model)
 
     def cached_inputs(self, path: str | Path, cache) -> None:
         """None: a graph takes the waveforms themselves, so there are no inputs to cache."""
@@ -143,17 +151,17 @@ class GraphScorer:
 
     def score(self, windows: np.ndarray) -> np.ndarray:
         """Class scores (n, n_classes) of prepared windows, averaged over the graphs."""
-        if self._graph_input == "waveform":  # windows of exactly one clip, end to end: the graph's own windows
+        if self._graph_input == "waveform":  # windows end to end: the graph cuts the same windows
             feed = {"waveform": np.asarray(windows, dtype=np.float32).reshape(-1)}
         else:
             feed = {"embeddings": self._embed(np.asarray(windows, dtype=np.float32))}
         return np.mean([session.run(None, feed)[1] for session in self._sessions], axis=0)
 
     def _embed(self, windows: np.ndarray) -> np.ndarray:
-        from echoengine.embeddings import build_embedder, embed_clips  # the embedders run in torch or TFLite
+        from echoengine.embeddings import config_embedder, embed_clips  # the embedders run in torch or TFLite
 
         if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
+            self._embedder = config_embedder(self.config.model)
         return embed_clips(self._embedder, windows, self.config).astype(np.float32)
 
 
@@ -161,9 +169,11 @@ def score_stream(scorer, blocks: Iterable[np.ndarray], *, batch_size: int | None
                  inputs: Callable[[np.ndarray, list[int]], object] | None = None) -> np.ndarray:
     """Class probabilities (n_windows, n_classes) of a waveform given block by block.
 
-    The windows are the clip length apart, the last one padded with
-    silence (the windows of :func:`echoengine.prediction.predict_table` and
-    of an exported graph); only a block and a batch of windows are in memory.
+    The windows are the scorer's (``window_samples``: the clip length, or
+    BirdNET's 3 s for models on BirdNET) and touch, the last one padded with
+    silence (those of an exported graph, and for CNN bundles those of
+    :func:`echoengine.prediction.predict_table`); only a block and a batch of
+    windows are in memory.
 
     Parameters
     ----------
@@ -186,8 +196,8 @@ def score_stream(scorer, blocks: Iterable[np.ndarray], *, batch_size: int | None
     >>> score_stream(scorer, audio.stream("dawn_chorus.flac", scorer.config.audio)).shape  # doctest: +SKIP
     (720, 4)
     """
-    clip = scorer.clip_samples
-    windows = stream_windows(blocks, length=clip, hop=clip)
+    length = scorer.window_samples
+    windows = stream_windows(blocks, length=length, hop=length)
     prepare = inputs or (lambda batch, starts: scorer.prepare(batch))
     scores = []
     while batch := list(islice(windows, batch_size or scorer.batch_windows)):
@@ -274,6 +284,9 @@ def onnx_session(path: str | Path):
     import onnxruntime  # a heavy import (about 0.3 s), only where a graph is run
 
     settings = onnxruntime.SessionOptions()
+    # every graph optimisation (onnxruntime's default, said here): BirdNET's network at one thread takes
+    # 11.0 ms per window with them, 14.7 with the extended ones only, 16.2 with the basic ones
+    settings.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     if "intra_op" in _THREADS:
         settings.intra_op_num_threads, settings.inter_op_num_threads = _THREADS["intra_op"], 1
     try:

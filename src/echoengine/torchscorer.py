@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from echoengine.cache import FeatureCache, quantise_image
-from echoengine.embeddings import build_embedder, embed_clips
+from echoengine.embeddings import config_embedder, embed_clips
 from echoengine.features import MelFrontend
 from echoengine.kinds import EMBEDDINGS, IMAGES, MODEL_BATCH
 from echoengine.layout import Bundle, check_ensemble
@@ -51,7 +51,10 @@ def ensemble_scores(bundles: Sequence[Bundle], inputs: torch.Tensor) -> torch.Te
 
 
 class TorchScorer:
-    """Class probabilities of windows of raw audio (n, clip samples) with a bundle or an ensemble, in PyTorch.
+    """Class probabilities of windows of raw audio (n, window samples) with a bundle or an ensemble, in PyTorch.
+
+    Its windows are the config's :attr:`~echoengine.config.EchoConfig.window_samples`:
+    the clips of CNN bundles, BirdNET's 3 s windows for models on BirdNET.
 
     ``prepare`` turns windows into model inputs and runs in the data workers
     (the mel front end for CNN bundles; the waveforms themselves for
@@ -75,9 +78,17 @@ class TorchScorer:
         self.config = bundles[0].config
         self.classes = bundles[0].classes
         self.clip_samples = self.config.audio.clip_samples
+        self.window_samples = self.config.window_samples  # what it scores: clips, or BirdNET's 3 s windows
         self.kind = self.config.model.kind.input  # images, embeddings or waveforms
         self._frontend = None
         self._embedder = None
+
+    def load(self) -> None:
+        """Build now what scoring builds on first use (the mel front end, the embedder), e.g. before a fork."""
+        if self.kind == IMAGES and self._frontend is None:
+            self._frontend = MelFrontend.from_config(self.config)
+        if self.kind == EMBEDDINGS and self._embedder is None:
+            self._embedder = config_embedder(self.config.model)
 
     def prepare(self, windows: np.ndarray) -> torch.Tensor:
         """Model inputs of windows (n, clip samples): images for CNN bundles, else the waveforms."""
@@ -113,7 +124,7 @@ class TorchScorer:
     def embed(self, windows: np.ndarray) -> torch.Tensor:
         """The bundles' embeddings of windows (for heads on an embedder)."""
         if self._embedder is None:
-            self._embedder = build_embedder(self.config.model.embedder, self.config.model.birdnet_blocks)
+            self._embedder = config_embedder(self.config.model)
         return torch.from_numpy(embed_clips(self._embedder, windows, self.config))
 
     def cached_inputs(self, path: str | Path,
@@ -133,7 +144,7 @@ class TorchScorer:
             return self.prepare(windows)
         keys, images = [], [None] * len(windows)
         if cache is not None:
-            keys = [cache.key(path, start=start, length=self.clip_samples, variant=_STREAMED) for start in starts]
+            keys = [cache.key(path, start=start, length=self.window_samples, variant=_STREAMED) for start in starts]
             images = [cache.get(key) for key in keys]
         missing = [i for i, image in enumerate(images) if image is None]
         if missing:

@@ -333,7 +333,8 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
     with ddp.main_first():  # embeddings computed once, by rank 0, into the cache the others then read
         train_data = make_dataset(train_table, classes, config, train=True, cache=cache, progress=progress,
                                   boxes=boxes)
-        val_data = make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress, boxes=boxes)
+        val_data = make_dataset(val_table, classes, config, train=False, cache=cache, progress=progress, boxes=boxes,
+                                clips=True)  # validated on the clips it trains on
     shard = (ddp.rank(), ddp.world())
     train_loader = make_loader(train_data, config, shard=shard)
     if config.model.kind.finetunes and not train.freeze_backbone and device.type == "cpu":

@@ -140,4 +140,5 @@ def build_birdnet_model(config: ModelConfig, n_classes: int) -> nn.Module:
 
     head = _head(config, feature_size(config.birdnet_blocks), n_classes)
     return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
-                             trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks)
+                             trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks,
+                             precision=config.birdnet_precision)

