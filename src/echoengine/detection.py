@@ -94,8 +94,7 @@ class DetectOptions:
     merge_gap : float
         Detections of a class closer than this (seconds) merge into one event.
     batch_size : int
-        Windows passed from the workers at a time (drawn from several files); a
-        multiple of :data:`echoengine.kinds.MODEL_BATCH`.
+        Windows scored at a time (from several files); CNNs: a multiple of :data:`echoengine.kinds.MODEL_BATCH`.
     workers : int
         Processes decoding audio and computing model inputs (0: in the main process).
     block_seconds : float
@@ -185,8 +184,9 @@ class _FileWindows:
             yield self._full(batch, windows)
 
     def _full(self, batch: _Batch, windows: list[np.ndarray]) -> _Batch:
-        if windows:  # padded to the batch size: every call of the model has one shape
-            stacked = np.zeros((self.options.batch_size, self.length), dtype=np.float32)
+        if windows:  # padded so that every call of the model has one shape (CNN images: MODEL_BATCH of them)
+            whole = MODEL_BATCH if self.scorer.kind == IMAGES else self.options.batch_size  # rows a shape holds
+            stacked = np.zeros((-(-len(windows) // whole) * whole, self.length), dtype=np.float32)
             stacked[: len(windows)] = np.stack(windows)
             batch.inputs = self.scorer.prepare(stacked) if self.prepare else stacked
         return batch
