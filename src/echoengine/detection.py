@@ -10,15 +10,14 @@ inputs (the mel front end for CNN bundles); batches of windows drawn from
 several files at once are scored with the bundle (or the mean of an
 ensemble's members, or the exported ONNX graph).
 
-Finished files are recorded in ``OUT/.detect/``, the first at once, then a
-part every 2 seconds for the files of those seconds (their window scores, written atomically:
-:class:`echoengine.ledger.Recorder`; batches always have one shape, so a
-window's scores do not depend on which other windows share its batch), so
-``resume=True`` after a crash or a kill scores only the files not yet
-recorded, and the outputs, always rebuilt from the records in the order of
-the input files, are the same bytes as an uninterrupted run's (the files of
-a damaged part are scored again). The batches are scored by ``jobs``
-processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
+Finished files are recorded in ``OUT/.detect/``, the first at once, then a part every 2 seconds
+for the files of those seconds (their window scores, written atomically:
+:class:`echoengine.ledger.Recorder`; the model always takes inputs of one shape, CNN images 4 at a
+time, so a window's scores do not depend on which other windows share its batch), so
+``resume=True`` after a crash or a kill scores only the files not yet recorded, and the outputs,
+always rebuilt from the records in the order of the input files, are the same bytes as an
+uninterrupted run's (the files of a damaged part are scored again). The batches are scored by
+``jobs`` processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
 is reported in one line, listed in ``errors.csv`` with the reason, and the
 run goes on. A run writes into a new or empty folder only, unless it
 resumes the folder's run or overwrites it, which removes only the files of
