@@ -92,7 +92,7 @@ def test_distributed_refuses_a_batch_the_processes_cannot_share(head_run, tmp_pa
 
 @pytest.mark.slow
 def test_a_network_with_batch_norm_dropout_and_mixup_trains_as_in_one_process(cnn_run):
-    """small_cnn and the Echo head: batch norm in both, dropout 0.5, mixup; 2 processes against 1, 3 epochs.
+    """small_cnn and the Echo head: batch norm in both, dropout 0.5, mixup; 2 processes (resumed) against 1.
 
     At a learning rate of 1e-3 the float rounding of another summation
     order stays below 1e-4 for these epochs. At 3e-3 Adam grows it to 6e-4
@@ -104,7 +104,8 @@ def test_a_network_with_batch_norm_dropout_and_mixup_trains_as_in_one_process(cn
     config = quick.replace(model={"head": "echo", "dropout": 0.5}, train={"learning_rate": 1e-3},
                            augment={"mixup_p": 0.5}).save(root / "echo.toml")
     _train(root, data, config, "echo")
-    _train(root, data, config, "echo-ddp", "--distributed", "2")
+    _train(root, data, config, "echo-ddp", "--distributed", "2", "--epochs", "2")
+    _train(root, data, config, "echo-ddp", "--distributed", "2", "--epochs", "3", "--resume")  # generator restored
     single = pd.read_csv(root / "echo" / "history.csv")
     both = pd.read_csv(root / "echo-ddp" / "history.csv")
     assert both["epoch"].tolist() == single["epoch"].tolist() == [1, 2, 3]
