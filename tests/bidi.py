@@ -45,6 +45,8 @@ PREFERENCES = {
     "network.captive-portal-service.enabled": False, "network.connectivity-service.enabled": False,
     "browser.safebrowsing.malware.enabled": False, "browser.safebrowsing.phishing.enabled": False,
     "extensions.update.enabled": False, "media.autoplay.default": 0, "browser.translations.enable": False,
+    "messaging-system.rsexperimentloader.enabled": False, "app.normandy.enabled": False,
+    "services.settings.server": "http://127.0.0.1:9/",  # remote settings: a closed local port, at once
 }
 # runs a function body with JSON arguments and gives back its (awaited) value as JSON
 _WRAPPER = ("async function(...raw) { const args = raw.map(a => JSON.parse(a));"

@@ -30,7 +30,8 @@ SETTLED_JS = ("const m = document.getElementById('main'); return !!m && m.datase
 #: The names of the form fields of the view that have no label.
 UNLABELLED_JS = ("return [...document.querySelectorAll('main input, main select')]"
                  ".filter(e => !e.labels || !e.labels.length).map(e => e.name)")
-#: What sticks out of the window on the right (the page scrolls sideways), but in a scrolling box (wide tables).
+#: What sticks out of the window on the right (the page scrolls sideways), but in a scrolling box (wide tables);
+#: and the scrolling boxes whose content is wider than they are (``scrolled``: a table that hides columns).
 OVERFLOW_JS = """
 const width = document.documentElement.clientWidth, out = [];
 for (const element of document.querySelectorAll('body *')) {
@@ -41,7 +42,9 @@ for (const element of document.querySelectorAll('body *')) {
   out.push(`${element.tagName.toLowerCase()}${element.id ? '#' + element.id : ''}${name} right ${Math.round(box.right)}`
            + ` > ${width}`);
 }
-return {scrollWidth: document.documentElement.scrollWidth, width, out: out.slice(0, 10)};
+const scrolled = [...document.querySelectorAll('.scroll')].filter(e => e.scrollWidth > e.clientWidth + 1)
+  .map(e => `${e.firstElementChild?.className || 'box'} ${e.scrollWidth} > ${e.clientWidth}`);
+return {scrollWidth: document.documentElement.scrollWidth, width, out: out.slice(0, 10), scrolled};
 """
 #: Reviews the README's screenshots show: (index in the oldest-first list from 2 on, verdict).
 SCREENSHOT_VERDICTS = ["confirmed", "confirmed", "rejected", "uncertain", "confirmed", "rejected"]

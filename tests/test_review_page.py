@@ -361,17 +361,26 @@ def test_errors_are_one_line_with_the_servers_reason(browser, server):
 
 @pytest.mark.parametrize("width", [1280, 1024])
 def test_the_layout_fits_the_window(browser, server, width):
-    """Every view at ``width`` px: nothing sticks out on the right (wide tables scroll in their own box)."""
+    """Every view at ``width`` px: nothing sticks out on the right, and no table is too wide for its box (it would
+    scroll); with ECHOENGINE_SCREENSHOTS=FOLDER, each view's screenshot is kept there."""
     detection = api(server, "/api/detections", order="oldest", limit=1)["items"][0]
+    folder = os.environ.get("ECHOENGINE_SCREENSHOTS")
     browser.set_window_size(width, 900)
+    misfits = []
     try:
-        for hash_ in ("#/detections", f"#/detection/{detection['id']}?order=oldest&pos=0", "#/queue?budget=6",
-                      "#/precision", "#/sensors"):
+        for name, hash_ in (("list", "#/detections"), ("detection", f"#/detection/{detection['id']}?order=oldest"
+                                                                    "&pos=0"),
+                            ("queue", "#/queue?budget=6"), ("precision", "#/precision"), ("sensors", "#/sensors")):
             _open(browser, server, hash_)
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                small_png(browser.get_screenshot_as_png(), Path(folder) / f"review-{name}-chromium-{width}.png")
             layout = browser.execute_script(OVERFLOW_JS)
-            assert layout["scrollWidth"] <= layout["width"] and layout["out"] == [], (hash_, width, layout)
+            if not (layout["scrollWidth"] <= layout["width"] and layout["out"] == layout["scrolled"] == []):
+                misfits.append((hash_, layout))
     finally:
         browser.set_window_size(1280, 900)
+    assert misfits == [], f"at {width} px: {misfits}"
     assert _console_errors(browser) == []
 
 

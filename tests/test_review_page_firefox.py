@@ -241,17 +241,23 @@ def test_the_layout_fits_the_window_and_the_screenshots(browser, server, width, 
         review_for_screenshots(server)
     items = api(server, "/api/detections", order="oldest", limit=1000)["items"]
     browser.set_viewport(width, 900)
+    misfits = []
     try:
+        relabelled = next(item for item in items if item["reviewed_species"] not in (None, item["species"]))
         for name, hash_ in (("list", "#/detections"), ("detection", f"#/detection/{items[0]['id']}?order=oldest&pos=0"),
-                            ("queue", "#/queue?budget=6"), ("precision", "#/precision"), ("sensors", "#/sensors")):
+                            ("relabelled", f"#/detection/{relabelled['id']}"), ("queue", "#/queue?budget=6"),
+                            ("precision", "#/precision"), ("sensors", "#/sensors")):
             _open(browser, server, hash_)
             browser.run("window.scrollTo(0, 0); document.activeElement?.blur()")
-            if name == "detection":
-                _wait(browser, lambda b: b.run("return document.getElementById('spectrogram').complete"),
-                      "loading the spectrogram")
-            layout = browser.run(OVERFLOW_JS)
-            assert layout["scrollWidth"] <= layout["width"] and layout["out"] == [], (name, width, layout)
+            if name in ("detection", "relabelled"):
+                _wait(browser, lambda b: b.run("return document.getElementById('spectrogram').complete && "
+                                               "document.getElementById('clip').readyState >= 1"),
+                      "loading the spectrogram and the clip")
             small_png(browser.screenshot(), folder / f"review-{name}-firefox-{width}.png")
+            layout = browser.run(OVERFLOW_JS)
+            if not (layout["scrollWidth"] <= layout["width"] and layout["out"] == layout["scrolled"] == []):
+                misfits.append((name, layout))
     finally:
         browser.set_viewport(1280, 900)
+    assert misfits == [], f"at {width} px: {misfits}"
     assert browser.console_errors() == []
