@@ -186,7 +186,8 @@ def test_a_promoted_candidate_scores_as_the_server_did_unless_its_command_line_s
     _served_store(bundle, store)  # bundle/1: threshold 0, top-n 2 (SCORING)
     third = changed_weights(retrained, tmp_path / "third")
     write = {"X-API-Key": KEY}
-    server = Server(retrained, store, options=("--api-key-file", str(key), "--candidate")).wait_ready()
+    quick = ("--api-key-file", str(key), "--scoring-processes", "1")
+    server = Server(retrained, store, options=(*quick, "--candidate")).wait_ready()
     try:
         models = {m["version"]: m for m in server.client.get("/api/models").json()}
         assert models[2]["options"]["threshold"] == 0.0 and models[2]["options"]["top_n"] == 2
@@ -197,8 +198,7 @@ def test_a_promoted_candidate_scores_as_the_server_did_unless_its_command_line_s
         assert len(_covering(server, recording, 2.5)) == 2  # the first window's two best classes: threshold 0
     finally:
         server.stop()
-    server = Server(third, store, options=("--api-key-file", str(key), "--candidate", "--threshold", "0.3")
-                    ).wait_ready()
+    server = Server(third, store, options=(*quick, "--candidate", "--threshold", "0.3")).wait_ready()
     try:
         candidate = next(m for m in server.client.get("/api/models").json() if m["version"] == 3)
         assert candidate["options"]["threshold"] == 0.3 and candidate["options"]["top_n"] == 2

@@ -119,9 +119,10 @@ def _register(db: Database, bundle: str | Path, options: DetectOptions, active: 
             raise
         raise EchoError(f"{exc} ({', '.join(taken)}: the options of the active model {active.name}/"
                         f"{active.version}, taken since the command line does not give them)") from None
-    origin = f" ({', '.join(taken)} as the active model {active.name}/{active.version})" if taken else ""
-    logger.info("%s is model %s/%s (id %d), scoring with %s%s", bundle, registered.row.name, registered.row.version,
-                registered.row.id, describe_options(registered.row.options), origin)
+    if taken:  # said, since the command line does not say it
+        logger.info("%s is model %s/%s (id %d), scoring with %s (%s as the active model %s/%s)", bundle,
+                    registered.row.name, registered.row.version, registered.row.id,
+                    describe_options(registered.row.options), ", ".join(taken), active.name, active.version)
     return registered
 
 
