@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echoengine import runtime
-from echoengine.cli_options import DEFAULT_CACHE, build_parser, config_changes, config_options, parse
+from echoengine.cli_options import (
+    BUNDLE_THRESHOLDS,
+    DEFAULT_CACHE,
+    INHERITED,
+    build_parser,
+    config_changes,
+    config_options,
+    parse,
+)
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.files import write_csv_atomic
@@ -226,7 +234,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.reviews is not None:
         return _calibrate_from_reviews(args)
     given = [flag for flag, value in (("--db", args.db), ("--precision", args.precision),
-                                      ("--min-reviews", args.min_reviews), ("--exclude", args.exclude)) if value]
+                                      ("--min-reviews", args.min_reviews), ("--exclude", args.exclude),
+                                      ("--top-n", args.top_n is not None), ("--overlap", args.overlap is not None))
+             if value]
     if given:
         raise EchoError(f"{', '.join(given)} go with --reviews STORE|EXPORT (without it, thresholds are F1-optimal "
                         "on labelled DATA)")
@@ -251,11 +261,11 @@ def _calibrate_from_reviews(args: argparse.Namespace) -> int:
     result = calibrate_from_reviews(args.bundle, args.reviews, db=args.db,
                                     precision=DEFAULT_PRECISION if args.precision is None else args.precision,
                                     min_reviews=MIN_REVIEWS if args.min_reviews is None else args.min_reviews,
-                                    exclude=tuple(args.exclude or ()))
+                                    exclude=tuple(args.exclude or ()), overrides=_judged_overrides(args))
     print(result.text())
     kept = f"; the previous thresholds are kept in {result.previous}" if result.previous else ""
     print(f"\nwrote {result.path} from {result.events} reviewed detections ({result.left_out} left out: of "
-          f"recordings the bundle trained on, or of --exclude exports){kept}")
+          f"recordings the bundle trained on, or of --exclude exports){kept}\n{result.notes()}")
     return 0
 
 
@@ -271,7 +281,7 @@ def cmd_reviews(args: argparse.Namespace) -> int:
     from echoengine.service.compare import compare_models
 
     comparison = compare_models(args.old, args.new, args.store, db=args.db, since=args.since, until=args.until,
-                                exclude=tuple(args.exclude or ()))
+                                exclude=tuple(args.exclude or ()), overrides=_judged_overrides(args))
     print(comparison.text())
     if args.out:
         write_csv_atomic(args.out, comparison.table.round(4), index=False)
@@ -283,7 +293,8 @@ def _scoring(args: argparse.Namespace) -> dict:
     """The scoring options of detect and serve, as :class:`echoengine.detection.DetectOptions` takes them."""
     from echoengine.sources import species_names
 
-    return {"overlap": args.overlap, "min_window": args.min_window, "threshold": args.threshold,
+    threshold = None if args.threshold == BUNDLE_THRESHOLDS else args.threshold
+    return {"overlap": args.overlap, "min_window": args.min_window, "threshold": threshold,
             "top_n": args.top_n, "include": tuple(species_names(args.species)),
             "exclude": tuple(species_names(args.exclude)), "merge_gap": args.merge_gap,
             "batch_size": args.batch_size, "onnx": args.onnx}
@@ -339,11 +350,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from echoengine.detection import DetectOptions
     from echoengine.service.server import serve
 
+    given = [{"species": "include"}.get(name, name) for name in INHERITED if getattr(args, name) is not None]
+    for name in ("overlap", "min_window", "top_n", "merge_gap"):  # None in serve's parser when not given
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(DetectOptions(), name))
     serve(args.bundle, store=args.store, db=args.db, host=args.host, port=args.port,
           options=DetectOptions(**_scoring(args)), api_key_file=args.api_key_file, public_reads=args.public_reads,
           max_upload_mb=args.max_upload_mb, mqtt=args.mqtt, mqtt_out=args.mqtt_out, log_level=args.log_level,
-          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate)
+          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate, given=given)
     return 0
+
+
+def _judged_overrides(args: argparse.Namespace) -> dict:
+    """compare's and calibrate's --threshold, --top-n, --overlap as given (they replace what the store recorded)."""
+    given = {name: getattr(args, name, None) for name in ("threshold", "top_n", "overlap")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "threshold" in given and given["threshold"] == BUNDLE_THRESHOLDS:
+        given["threshold"] = None
+    return given
 
 
 def cmd_mix(args: argparse.Namespace) -> int:

@@ -79,6 +79,29 @@ def _comma_list(text: str) -> list[str]:
     return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
 
 
+#: ``--threshold bundle``: each class's threshold is the bundle's (its thresholds.csv, else 0.5), said explicitly.
+BUNDLE_THRESHOLDS = "bundle"
+#: serve's scoring options that, not given with --candidate or --activate, come from the store's active model.
+INHERITED = ("overlap", "min_window", "threshold", "top_n", "species", "exclude", "merge_gap")
+
+
+def _threshold(text: str) -> float | str:
+    """A threshold for every class, or ``bundle`` (argparse's type; the range is checked where it is used).
+
+    Examples
+    --------
+    >>> _threshold("0.3"), _threshold("bundle")
+    (0.3, 'bundle')
+    """
+    if text == BUNDLE_THRESHOLDS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a threshold: {text!r} (a number in [0, 1], or bundle: the bundle's "
+                                         "thresholds.csv, else 0.5)") from None
+
+
 def _range(kind: type) -> typing.Callable[[str], tuple]:
     """A range option of ``kind`` values: ``"1-4"`` or ``"-5..15"`` -> ``(low, high)``; ``"3"`` -> ``(3, 3)``."""
     def parse(text: str) -> tuple:
@@ -327,8 +350,8 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows")
     p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
                    help="drop a file's last, partial window when it holds less audio than this")
-    p.add_argument("--threshold", type=float, help="one score threshold for all classes, in [0, 1] (default: the "
-                   "bundle's thresholds.csv, else 0.5)")
+    p.add_argument("--threshold", type=_threshold, help="one score threshold for all classes, in [0, 1], or "
+                   "'bundle': the bundle's thresholds.csv, else 0.5 (the default)")
     p.add_argument("--top-n", type=int, default=0, help="only a window's N best classes may detect (default: all)")
     p.add_argument("--species", action="append", metavar="NAMES|FILE",
                    help="report only these species (comma-separated, or a file of one per line)")
@@ -395,6 +418,12 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--activate", action="store_true", help="make BUNDLE the store's active model even if another "
                        "was activated since it was last served")
     _scoring_options(p)
+    # not given: detect's defaults, or with --candidate/--activate the active model's (cmd_serve tells them apart)
+    p.set_defaults(**{name: None for name in INHERITED})
+    p.epilog = ("With --candidate or --activate, the scoring options not given (--threshold, --top-n, --overlap, "
+                "--min-window, --species, --exclude, --merge-gap) are those of the store's active model, so that "
+                "a promoted model scores as the one it replaces; --threshold bundle asks for BUNDLE's own "
+                "thresholds.")
 
 
 def _mix_command(sub: argparse._SubParsersAction) -> None:
@@ -432,10 +461,21 @@ def _bundle_commands(sub: argparse._SubParsersAction) -> None:
                    "keep its threshold (default 20)")
     g.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
                    "this export (e.g. the one the bundle was trained on; those in BUNDLE's splits.csv always are)")
+    _judged_options(g, threshold=False)
     p = _bundle_command(sub, "export", "write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it",
                         "each fold is exported")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the exported graph's format")
     p.add_argument("--check", type=Path, nargs="+", help="audio files for the parity check (default: test files)")
+
+
+def _judged_options(p, *, threshold: bool) -> None:
+    """reviews compare and calibrate --reviews: options that replace those the store served a bundle with."""
+    where = "instead of the one the store served the bundle with (default: as served; never served: detect's)"
+    if threshold:
+        p.add_argument("--threshold", type=_threshold, help="one threshold for every class, or 'bundle': each "
+                       f"bundle's thresholds.csv (else 0.5), {where}")
+    p.add_argument("--top-n", type=int, metavar="N", help=f"only a window's N best classes detect (0: all), {where}")
+    p.add_argument("--overlap", type=float, metavar="SECONDS", help=f"seconds shared by consecutive windows, {where}")
 
 
 def _reviews_command(sub: argparse._SubParsersAction) -> None:
@@ -465,6 +505,7 @@ def _reviews_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
                    "this export (those in either bundle's splits.csv always are)")
     c.add_argument("--out", type=Path, help="also write the table as CSV")
+    _judged_options(c, threshold=True)
     for q in (e, c):
         q.add_argument("--store", type=Path, required=True, help="the store folder of echoengine serve")
         q.add_argument("--db", metavar="URL", help="the store's database URL (default: SQLite in STORE/echo.db)")

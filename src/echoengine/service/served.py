@@ -23,7 +23,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +45,8 @@ from echoengine.thresholds import models_digest
 
 logger = logging.getLogger("echoengine")
 
-__all__ = ["ServedModel", "fingerprint", "load_model", "load_registered", "prepare_model"]
+__all__ = ["EVENT_OPTIONS", "ServedModel", "changed_options", "describe_options", "fingerprint", "load_model",
+           "load_registered", "prepare_model", "recorded_form", "with_recorded"]
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
@@ -176,10 +177,8 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
         registered (other weights, classes or thresholds): serving it again
         registers the change as a new version.
     """
-    chosen = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in row.options.items() if name in EVENT_OPTIONS}
     try:
-        served, identity = prepare_model(row.path, dataclasses.replace(options, **chosen), model_here=model_here)
+        served, identity = prepare_model(row.path, with_recorded(options, row.options), model_here=model_here)
     except EchoError as exc:
         raise EchoError(f"model {row.name}/{row.version} cannot be loaded from {row.path} ({exc})") from None
     if fingerprint(identity) != row.fingerprint:
@@ -187,6 +186,62 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
                         "registered (other weights, classes or thresholds); serve it again to register the change")
     served.row = row
     return served
+
+
+def with_recorded(options: DetectOptions, recorded: dict, *, keep: Collection[str] = ()) -> DetectOptions:
+    """``options`` with the scoring options a ``models`` row recorded (:data:`EVENT_OPTIONS`), but those in ``keep``.
+
+    Examples
+    --------
+    >>> chosen = with_recorded(DetectOptions(top_n=3), {"threshold": 0.1, "top_n": 1, "include": ["owl"]},
+    ...                        keep=["top_n"])
+    >>> chosen.threshold, chosen.top_n, chosen.include
+    (0.1, 3, ('owl',))
+    """
+    chosen = {name: tuple(value) if isinstance(value, list) else value
+              for name, value in recorded.items() if name in EVENT_OPTIONS and name not in keep}
+    return dataclasses.replace(options, **chosen)
+
+
+def recorded_form(options: DetectOptions) -> dict:
+    """The scoring options of ``options`` as a ``models`` row records them (JSON: lists, not tuples)."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in ((name, getattr(options, name)) for name in EVENT_OPTIONS)}
+
+
+def changed_options(before: dict, after: dict) -> dict[str, tuple]:
+    """The scoring options two ``models`` rows recorded differently (ONNX or PyTorch apart): name -> (before, after).
+
+    Examples
+    --------
+    >>> changed_options({"threshold": 0.1, "top_n": 1, "onnx": False}, {"threshold": None, "top_n": 1, "onnx": True})
+    {'threshold': (0.1, None)}
+    """
+    defaults = recorded_form(DetectOptions())
+    return {name: (before.get(name, defaults[name]), after.get(name, defaults[name])) for name in EVENT_OPTIONS
+            if name != "onnx" and before.get(name, defaults[name]) != after.get(name, defaults[name])}
+
+
+def describe_options(recorded: dict) -> str:
+    """A ``models`` row's scoring options in words: the threshold, then those not at ``detect``'s defaults.
+
+    Examples
+    --------
+    >>> describe_options({"threshold": 0.1, "top_n": 1, "overlap": 0.0, "include": []})
+    'threshold 0.1 for every class, top-n 1'
+    >>> describe_options({"threshold": None, "exclude": ["wind"]})
+    "the bundle's thresholds (thresholds.csv, else 0.5), exclude wind"
+    """
+    threshold = recorded.get("threshold")
+    words = [f"threshold {threshold:g} for every class" if threshold is not None else
+             "the bundle's thresholds (thresholds.csv, else 0.5)"]
+    defaults = recorded_form(DetectOptions())
+    for name in EVENT_OPTIONS:
+        value = recorded.get(name, defaults[name])
+        if name not in ("threshold", "onnx") and value != defaults[name]:
+            shown = ", ".join(value) if isinstance(value, list | tuple) else f"{value:g}"
+            words.append(f"{'species' if name == 'include' else name.replace('_', '-')} {shown}")
+    return ", ".join(words)
 
 
 def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: bool = True
@@ -208,10 +263,8 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
-    chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
     identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
-                "thresholds": [round(float(t), 6) for t in thresholds],
-                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
+                "thresholds": [round(float(t), 6) for t in thresholds], "options": recorded_form(options)}
     return ServedModel(scorer, thresholds, options, None), identity
 
 
