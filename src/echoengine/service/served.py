@@ -33,11 +33,11 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from echoengine.api import load_bundles, use_onnx
+from echoengine.api import load_bundles, read_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
-from echoengine.layout import check_ensemble, find_bundles, read_bundle
+from echoengine.layout import check_ensemble
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -79,6 +79,7 @@ class ServedModel:
     options: DetectOptions
     row: Model | None
     process: Any = None  # a ScorerProcess that scores instead of this process (echoengine serve starts one)
+    builtin: Any = None  # the spec of a built-in bundle (echoengine.builtin), registered by its name
 
     @property
     def classes(self) -> list[str]:
@@ -159,7 +160,9 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
     served, identity = prepare_model(bundle, options or DetectOptions(), model_here=model_here)
-    served.row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
+    spec = served.builtin
+    name, path = (spec.name, spec.source) if spec else (Path(bundle).resolve().name, str(Path(bundle).resolve()))
+    served.row = _register(db, name, path, identity)
     return served
 
 
@@ -203,16 +206,17 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
         bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
         scorer = window_scorer(bundles, onnx=options.onnx)
     else:
-        bundles = [read_bundle(folder) for folder in find_bundles(bundle)]
+        bundles = read_bundles(bundle)
         scorer = ModelInputs.of(bundles, options)
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
     chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
-    identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
+    spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
+    identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
                 "thresholds": [round(float(t), 6) for t in thresholds],
                 "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
-    return ServedModel(scorer, thresholds, options, None), identity
+    return ServedModel(scorer, thresholds, options, None, builtin=spec), identity
 
 
 def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:
