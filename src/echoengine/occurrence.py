@@ -40,7 +40,8 @@ import numpy as np
 import pandas as pd
 
 from echoengine.errors import EchoError
-from echoengine.models.birdnet_file import birdnet_files, log_license, occurrence_file
+
+# echoengine.models (its package imports torch) is imported by the functions that read BirdNET's files.
 
 __all__ = ["LOCATION_FILTER_THRESHOLD", "OccurrenceTable", "Place", "birdnet_labels", "expected_species",
            "occurrence_scores", "split_label", "unexpected_classes", "week_of"]
@@ -146,6 +147,8 @@ def _date(value: str | dt.date) -> dt.date:
 @functools.cache
 def birdnet_labels() -> tuple[str, ...]:
     """BirdNET V2.4's labels (``Scientific name_Common name``), in its output order."""
+    from echoengine.models.birdnet_file import birdnet_files
+
     _, labels = birdnet_files()
     return tuple(labels.read_text(encoding="utf-8").splitlines())
 
@@ -165,6 +168,8 @@ def split_label(label: str) -> tuple[str, str]:
 @functools.cache
 def _interpreter():
     from ai_edge_litert.interpreter import Interpreter
+
+    from echoengine.models.birdnet_file import log_license, occurrence_file
 
     log_license()
     with warnings.catch_warnings():

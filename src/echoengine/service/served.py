@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from echoengine.detection import DetectOptions, check_windows, file_events, scor
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
 from echoengine.layout import check_ensemble
+from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -49,6 +51,8 @@ __all__ = ["ServedModel", "fingerprint", "load_model", "load_registered", "prepa
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
+#: ... and those that do only when set (a model registered before them keeps its fingerprint).
+PLACE_OPTIONS = {"location_filter": None, "occurrence": ""}
 TOP_SPECIES = 5
 
 
@@ -105,12 +109,33 @@ class ServedModel:
         for index, scores in score_files(self.scorer, paths, self.options):
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 
+    def where_and_when(self, events: pd.DataFrame, tops: list[list[dict]], *, lat: float | None, lon: float | None,
+                       when: Any = None) -> tuple[pd.DataFrame, list[list[dict]]]:
+        """A recording's events (and their top species) without the species not expected at its position and
+        date, with the options' ``location_filter``; all of them without it or without a position."""
+        options = self.options
+        if options.location_filter is None or lat is None or lon is None:
+            return events, tops
+        try:
+            place = Place(float(lat), float(lon), week_of(when) if when is not None else -1, options.location_filter,
+                          _table(options.occurrence) if options.occurrence else None)
+        except EchoError:  # a position out of range: the recording's events stay unfiltered
+            return events, tops
+        absent = set(unexpected_classes(self.classes, place))
+        keep = [label not in absent for label in events["label"]]
+        return events[keep].reset_index(drop=True), [top for top, kept in zip(tops, keep, strict=True) if kept]
+
     def events_of(self, scores: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording's window scores and the five best species of each."""
         events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
                              options=self.options)
         return events, [top_species(scores, self.classes, start, end) for start, end in
                         zip(events["start"], events["end"], strict=True)]
+
+
+@functools.cache
+def _table(path: str) -> OccurrenceTable:
+    return OccurrenceTable.read(path)
 
 
 def top_species(scores: pd.DataFrame, classes: list[str], start: float, end: float,
@@ -180,7 +205,7 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
         registers the change as a new version.
     """
     chosen = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in row.options.items() if name in EVENT_OPTIONS}
+              for name, value in row.options.items() if name in EVENT_OPTIONS or name in PLACE_OPTIONS}
     try:
         served, identity = prepare_model(row.path, dataclasses.replace(options, **chosen), model_here=model_here)
     except EchoError as exc:
@@ -212,6 +237,11 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
     chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
+    chosen.update({name: getattr(options, name) for name, unset in PLACE_OPTIONS.items()
+                   if getattr(options, name) != unset})
+    if options.location_filter is not None:  # refused now, not at the first recording
+        unexpected_classes(scorer.classes, Place(0.0, 0.0, table=_table(options.occurrence) if options.occurrence
+                                                 else None), model=str(bundle))
     spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
     identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
                 "thresholds": [round(float(t), 6) for t in thresholds],
