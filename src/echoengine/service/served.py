@@ -239,9 +239,10 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
     chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
     chosen.update({name: getattr(options, name) for name, unset in PLACE_OPTIONS.items()
                    if getattr(options, name) != unset})
-    if options.location_filter is not None:  # refused now, not at the first recording
-        unexpected_classes(scorer.classes, Place(0.0, 0.0, table=_table(options.occurrence) if options.occurrence
-                                                 else None), model=str(bundle))
+    if options.location_filter is not None:  # a threshold, table or bundle it cannot filter: refused now
+        table = _table(options.occurrence) if options.occurrence else None
+        unexpected_classes(scorer.classes, Place(0.0, 0.0, threshold=options.location_filter, table=table),
+                           model=str(bundle))
     spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
     identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
                 "thresholds": [round(float(t), 6) for t in thresholds],
