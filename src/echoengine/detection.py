@@ -104,6 +104,9 @@ class DetectOptions:
         Processes scoring batches side by side, one thread each
         (:class:`~echoengine.scorepool.ScoringPool`; 0: one per core; 1: this
         process alone, on every core). :func:`detect` only.
+    location_filter, occurrence
+        The service only: drop the detections of species not expected at each recording's position and date
+        (:mod:`echoengine.occurrence`: the occurrence score they need; ``occurrence``: a table of the user's instead).
     """
 
     overlap: float = 0.0
@@ -118,6 +121,8 @@ class DetectOptions:
     block_seconds: float = 60.0
     onnx: bool = False
     jobs: int = 0
+    location_filter: float | None = None
+    occurrence: str = ""
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
@@ -287,17 +292,9 @@ def file_events(scores: pd.DataFrame, classes: Sequence[str], config, *, thresho
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
-def detect(
-    bundles: Sequence[Bundle],
-    paths: Sequence[str | Path],
-    out: str | Path,
-    *,
-    options: DetectOptions = DetectOptions(),
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    log=print,
-) -> dict[str, Path]:
+def detect(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: str | Path, *,
+           options: DetectOptions = DetectOptions(), resume: bool = False, overwrite: bool = False,
+           progress: bool = True, log=print) -> dict[str, Path]:
     """Score every window of every file, record each finished file, and write the outputs.
 
     Parameters

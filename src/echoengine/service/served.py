@@ -20,6 +20,7 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -33,11 +34,12 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from echoengine.api import load_bundles, use_onnx
+from echoengine.api import load_bundles, read_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
-from echoengine.layout import check_ensemble, find_bundles, read_bundle
+from echoengine.layout import check_ensemble
+from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -50,6 +52,8 @@ __all__ = ["EVENT_OPTIONS", "ServedModel", "changed_options", "describe_options"
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
+#: ... and those that do only when set (a model registered before them keeps its fingerprint).
+PLACE_OPTIONS = {"location_filter": None, "occurrence": ""}
 TOP_SPECIES = 5
 
 
@@ -80,6 +84,7 @@ class ServedModel:
     options: DetectOptions
     row: Model | None
     process: Any = None  # a ScorerProcess that scores instead of this process (echoengine serve starts one)
+    builtin: Any = None  # the spec of a built-in bundle (echoengine.builtin), registered by its name
 
     @property
     def classes(self) -> list[str]:
@@ -105,12 +110,33 @@ class ServedModel:
         for index, scores in score_files(self.scorer, paths, self.options):
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 
+    def where_and_when(self, events: pd.DataFrame, tops: list[list[dict]], *, lat: float | None, lon: float | None,
+                       when: Any = None) -> tuple[pd.DataFrame, list[list[dict]]]:
+        """A recording's events (and their top species) without the species not expected at its position and
+        date, with the options' ``location_filter``; all of them without it or without a position."""
+        options = self.options
+        if options.location_filter is None or lat is None or lon is None:
+            return events, tops
+        try:
+            place = Place(float(lat), float(lon), week_of(when) if when is not None else -1, options.location_filter,
+                          _table(options.occurrence) if options.occurrence else None)
+        except EchoError:  # a position out of range: the recording's events stay unfiltered
+            return events, tops
+        absent = set(unexpected_classes(self.classes, place))
+        keep = [label not in absent for label in events["label"]]
+        return events[keep].reset_index(drop=True), [top for top, kept in zip(tops, keep, strict=True) if kept]
+
     def events_of(self, scores: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording's window scores and the five best species of each."""
         events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
                              options=self.options)
         return events, [top_species(scores, self.classes, start, end) for start, end in
                         zip(events["start"], events["end"], strict=True)]
+
+
+@functools.cache
+def _table(path: str) -> OccurrenceTable:
+    return OccurrenceTable.read(path)
 
 
 def top_species(scores: pd.DataFrame, classes: list[str], start: float, end: float,
@@ -160,7 +186,9 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
     served, identity = prepare_model(bundle, options or DetectOptions(), model_here=model_here)
-    served.row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
+    spec = served.builtin
+    name, path = (spec.name, spec.source) if spec else (Path(bundle).resolve().name, str(Path(bundle).resolve()))
+    served.row = _register(db, name, path, identity)
     return served
 
 
@@ -189,7 +217,8 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
 
 
 def with_recorded(options: DetectOptions, recorded: dict, *, keep: Collection[str] = ()) -> DetectOptions:
-    """``options`` with the scoring options a ``models`` row recorded (:data:`EVENT_OPTIONS`), but those in ``keep``.
+    """``options`` with the scoring options a ``models`` row recorded (:data:`EVENT_OPTIONS`, and the place
+    options set), but those in ``keep``.
 
     Examples
     --------
@@ -198,8 +227,8 @@ def with_recorded(options: DetectOptions, recorded: dict, *, keep: Collection[st
     >>> chosen.threshold, chosen.top_n, chosen.include
     (0.1, 3, ('owl',))
     """
-    chosen = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in recorded.items() if name in EVENT_OPTIONS and name not in keep}
+    chosen = {name: tuple(value) if isinstance(value, list) else value for name, value in recorded.items()
+              if (name in EVENT_OPTIONS or name in PLACE_OPTIONS) and name not in keep}
     return dataclasses.replace(options, **chosen)
 
 
@@ -258,14 +287,22 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
         bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
         scorer = window_scorer(bundles, onnx=options.onnx)
     else:
-        bundles = [read_bundle(folder) for folder in find_bundles(bundle)]
+        bundles = read_bundles(bundle)
         scorer = ModelInputs.of(bundles, options)
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
-    identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
-                "thresholds": [round(float(t), 6) for t in thresholds], "options": recorded_form(options)}
-    return ServedModel(scorer, thresholds, options, None), identity
+    chosen = recorded_form(options)
+    chosen.update({name: getattr(options, name) for name, unset in PLACE_OPTIONS.items()
+                   if getattr(options, name) != unset})
+    if options.location_filter is not None:  # a threshold, table or bundle it cannot filter: refused now
+        table = _table(options.occurrence) if options.occurrence else None
+        unexpected_classes(scorer.classes, Place(0.0, 0.0, threshold=options.location_filter, table=table),
+                           model=str(bundle))
+    spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
+    identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
+                "thresholds": [round(float(t), 6) for t in thresholds], "options": chosen}
+    return ServedModel(scorer, thresholds, options, None, builtin=spec), identity
 
 
 def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:

@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from echoengine.api import read_bundles
 from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
-from echoengine.layout import find_bundles
 from echoengine.service.access import Access, read_api_key
 from echoengine.service.activation import open_served
 from echoengine.service.db import DB_FILE, Database, default_url
@@ -168,7 +168,7 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     """
     _check_options(max_upload_mb, mqtt, mqtt_out)
     access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
-    find_bundles(bundle)  # a path that holds no bundle is refused before the store is made
+    read_bundles(bundle)  # a path that holds no bundle is refused before the store is made
     folder, made = _folder(store)
     lock = lock_store(folder)
     try:
