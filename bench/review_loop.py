@@ -325,7 +325,8 @@ class Loop:
         """Serve ``new`` as a candidate beside the active model, activate it, and upload one more recording: the
         activation's answer and that recording's detections."""
         started = time.monotonic()
-        server = Serving(new, self.path("store"), "--top-n", "1", "--candidate")
+        # at its calibrated thresholds (--threshold bundle): otherwise a candidate scores with the active model's 0.1
+        server = Serving(new, self.path("store"), "--threshold", "bundle", "--top-n", "1", "--candidate")
         try:
             candidate = next(m for m in server.client.get("/api/models").json() if m["name"] == new.name)
             promoted = server.client.post(f"/api/models/{candidate['id']}/activate").json()

@@ -162,5 +162,5 @@ def test_a_fine_tuned_birdnet_bundle_exports_one_onnx_graph(esc10, tmp_path):
     bundle = load_bundle(result.bundle)
     scorer = window_scorer([bundle], sessions=[session])
     windows = stream_window_probabilities(scorer, files[0])  # a 5 s ESC clip: BirdNET's 3 s windows at 0 and 3 s
-    probabilities = pool_windows(windows, multilabel=False)
+    probabilities = pool_windows(windows)
     assert windows.shape == (2, len(bundle.classes)) and abs(probabilities.sum() - 1.0) < 1e-5

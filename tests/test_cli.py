@@ -244,7 +244,7 @@ def test_choices_in_the_metadata_are_those_the_config_accepts():
 
 def test_every_subcommand_and_option_is_described():
     commands = _subcommands()
-    assert len(commands) == 17
+    assert len(commands) == 18
     actions = commands["reviews"]._subparsers._group_actions[0].choices  # reviews export, reviews compare
     assert set(actions) == {"export", "compare"}
     for name, command in {**commands, **{f"reviews {k}": v for k, v in actions.items()}}.items():

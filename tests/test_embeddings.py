@@ -87,6 +87,25 @@ def test_a_head_on_birdnet_embeddings_of_esc10_beats_chance_by_far(esc10_birdnet
 
 
 @needs_birdnet
+def test_a_head_on_an_embedder_gives_a_file_the_probabilities_of_the_clip_it_was_fitted_on(esc10_birdnet):
+    from echoengine.bundle import load_bundle
+    from echoengine.cache import feature_cache
+    from echoengine.evaluation import evaluate
+    from echoengine.headfit import head_data
+    from echoengine.scoring import file_pooling
+
+    result, test = esc10_birdnet
+    bundle = load_bundle(result.bundle)
+    assert file_pooling(bundle.config) == "logit-mean"
+    metrics, files = evaluate([bundle], test)  # each file scored in BirdNET's 3 s windows
+    clips = head_data(test, bundle.classes, bundle.config, cache=feature_cache(bundle.config))  # 5 s clips
+    with torch.no_grad():
+        clip_logits = bundle.model(torch.as_tensor(clips.windows, dtype=torch.float32))  # the mean of the windows'
+    np.testing.assert_allclose(files, torch.softmax(clip_logits, -1).numpy(), atol=1e-5)
+    assert metrics["clip_pooling"].startswith("softmax of the mean of window logits")
+
+
+@needs_birdnet
 def test_embeddings_are_cached_once_per_variant(esc10, tmp_path):
     from echoengine.cache import FeatureCache
 
@@ -126,13 +145,19 @@ def test_a_cnn_bundle_serves_as_an_embedder(synthetic_dataset, tmp_path):
 
 @needs_birdnet
 def test_a_birdnet_bundle_exports_one_graph_from_waveform_and_predicts_with_onnx(esc10_birdnet, capsys):
+    from echoengine.bundle import load_bundle
     from echoengine.cli import main
     from echoengine.exporting import export_onnx, onnx_session
+    from echoengine.scoring import pool_windows
 
     result, test = esc10_birdnet
     path, difference = export_onnx(result.bundle, check=test["path"].tolist()[:4])
     assert path.is_file() and difference <= 1e-4
-    assert [i.name for i in onnx_session(path).get_inputs()] == ["waveform"]  # BirdNET is inside the graph
+    session = onnx_session(path)
+    assert [i.name for i in session.get_inputs()] == ["waveform"]  # BirdNET is inside the graph
+    waveform = audio.load(test["path"][0], load_bundle(result.bundle).config.audio)
+    file_probabilities, windows = session.run(None, {"waveform": waveform})
+    np.testing.assert_allclose(file_probabilities, pool_windows(windows, pooling="logit-mean"), atol=1e-5)
     files = test["path"].tolist()[:3]
     assert main(["predict", str(result.bundle), *files, "--format", "json", "--onnx"]) == 0
     onnx_out = capsys.readouterr().out

@@ -164,3 +164,71 @@ def test_a_store_of_an_earlier_schema_is_upgraded_and_its_next_bundle_becomes_ac
     db = Database.connect(default_url(store))
     assert active_model(db).name == "bundle" and service.version == "bundle/1"
     db.dispose()
+
+
+def _detections_of(server: Server, recording: int) -> list[dict]:
+    items = server.client.get("/api/detections", params={"limit": 1000}).json()["items"]
+    return [d for d in items if d["recording_id"] == recording]
+
+
+def _covering(server: Server, recording: int, second: float) -> list[dict]:
+    """The detections of a recording whose span holds ``second``."""
+    return [d for d in _detections_of(server, recording) if d["start"] <= second <= d["end"]]
+
+
+def test_a_promoted_candidate_scores_as_the_server_did_unless_its_command_line_said_otherwise(bundle, retrained,
+                                                                                            tmp_path):
+    """``serve NEW --candidate`` with no scoring options takes the active model's (threshold 0, top-n 2), so the
+    promotion keeps them; one given on the candidate's command line (--threshold 0.3) is kept, and the promotion
+    says what changes."""
+    store, key = tmp_path / "store", tmp_path / "key"
+    key.write_text(KEY + "\n")
+    _served_store(bundle, store)  # bundle/1: threshold 0, top-n 2 (SCORING)
+    third = changed_weights(retrained, tmp_path / "third")
+    write = {"X-API-Key": KEY}
+    quick = ("--api-key-file", str(key), "--scoring-processes", "1")
+    server = Server(retrained, store, options=(*quick, "--candidate")).wait_ready()
+    try:
+        models = {m["version"]: m for m in server.client.get("/api/models").json()}
+        assert models[2]["options"]["threshold"] == 0.0 and models[2]["options"]["top_n"] == 2
+        answer = server.client.post(f"/api/models/{models[2]['id']}/activate", headers=write)
+        assert answer.status_code == 200 and answer.json()["changed_options"] == {}, answer.text
+        recording = _upload(server, seed=70)
+        assert {d["model_version"] for d in _covering(server, recording, 2.5)} == {"bundle/2"}
+        assert len(_covering(server, recording, 2.5)) == 2  # the first window's two best classes: threshold 0
+    finally:
+        server.stop()
+    server = Server(third, store, options=(*quick, "--candidate", "--threshold", "0.3")).wait_ready()
+    try:
+        candidate = next(m for m in server.client.get("/api/models").json() if m["version"] == 3)
+        assert candidate["options"]["threshold"] == 0.3 and candidate["options"]["top_n"] == 2
+        answer = server.client.post(f"/api/models/{candidate['id']}/activate", headers=write)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["changed_options"] == {"threshold": {"before": 0.0, "after": 0.3}}
+        recording = _upload(server, seed=71)
+        assert all(d["score"] >= 0.3 and d["model_version"] == "bundle/3" for d in _detections_of(server, recording))
+        assert len(_covering(server, recording, 2.5)) <= 2
+    finally:
+        server.stop()
+    assert "scores new uploads with other options than bundle/2 did: threshold 0.0 -> 0.3" in server.output()
+
+
+def test_serve_activate_takes_the_options_it_is_not_given_from_the_active_model(bundle, retrained, tmp_path,
+                                                                               caplog):
+    """In-process: ``given`` names the options of the command line; a library call without it gives them all."""
+    import logging
+
+    from echoengine.detection import DetectOptions
+    from echoengine.service.server import open_service
+
+    store = tmp_path / "store"
+    open_service(bundle, store=store, options=DetectOptions(threshold=0.0, top_n=2)).stop()
+    second = open_service(retrained, store=store, options=DetectOptions(top_n=1), activate=True, given=["top_n"])
+    second.stop()
+    assert (second.served.options.threshold, second.served.options.top_n) == (0.0, 1)
+    assert second.served.row.options["threshold"] == 0.0 and second.version == "bundle/2"
+    with caplog.at_level(logging.WARNING, logger="echoengine.service"):
+        third = open_service(bundle, store=store, options=DetectOptions(), activate=True)
+        third.stop()
+    assert (third.served.options.threshold, third.served.options.top_n) == (None, 0)
+    assert "other options than bundle/2 did: threshold 0.0 -> None; top_n 1 -> 0" in caplog.text

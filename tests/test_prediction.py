@@ -116,11 +116,11 @@ def test_the_onnx_graph_fed_in_chunks_gives_its_answer_on_the_whole_waveform(cnn
         windows = score_stream(scorer, [y], batch_size=batch_size)
         assert windows.shape == whole_windows.shape == (8, len(cnn_bundle.classes))
         np.testing.assert_allclose(windows, whole_windows, atol=1e-6)
-        np.testing.assert_allclose(pool_windows(windows, multilabel=False), whole, atol=1e-6)
+        np.testing.assert_allclose(pool_windows(windows), whole, atol=1e-6)
     blocks = np.split(y, [1000, 1001, clip * 3 + 17])  # blocks that cut windows anywhere
     windows = score_stream(scorer, blocks, batch_size=2)
     np.testing.assert_allclose(windows, whole_windows, atol=1e-6)
-    np.testing.assert_allclose(pool_windows(windows, multilabel=False), whole, atol=1e-6)
+    np.testing.assert_allclose(pool_windows(windows), whole, atol=1e-6)
 
 
 def test_predict_with_onnx_streams_long_files_and_gives_the_pytorch_answer(cnn_bundle, long_file, soundscapes):

@@ -170,3 +170,36 @@ def test_reviews_of_recordings_the_bundle_trained_on_are_left_out(reviewed, tmp_
         assert main(["calibrate", str(bundle), *argv]) == 2
         error = capsys.readouterr().err
         assert words in error and error.count("\n") == 1, error
+
+
+def test_calibrate_judges_the_bundle_as_the_store_served_it(reviewed, tmp_path, capsys):
+    """A bundle served with --threshold 0.1 --top-n 1: its species without enough reviews keep 0.1, the events are
+    scored with its top-n, and the output says so and warns that --threshold overrides the file written; from an
+    export (no model recorded), the bundle's own thresholds and detect's defaults."""
+    from echoengine.cli import main
+    from echoengine.detection import DetectOptions
+    from echoengine.service.export import export_reviews
+    from echoengine.service.reviewcal import calibrate_from_reviews
+    from echoengine.service.server import open_service
+
+    bundle, store = tmp_path / "bundle", tmp_path / "store"
+    shutil.copytree(reviewed.bundle, bundle)
+    shutil.copytree(reviewed.store, store)
+    export = export_reviews(store, tmp_path / "export").out
+    from_export = calibrate_from_reviews(bundle, export, min_reviews=1000)  # every species kept
+    assert (from_export.thresholds["threshold"] == 0.5).all() and from_export.scoring.options.top_n == 0
+    assert "not served from a store" in from_export.notes() and "--threshold bundle" not in from_export.notes()
+    open_service(bundle, store=store, options=DetectOptions(threshold=0.1, top_n=1), activate=True).stop()
+    result = calibrate_from_reviews(bundle, store, min_reviews=1000)
+    assert (result.thresholds["threshold"] == 0.1).all() and (result.thresholds["previous"] == 0.1).all()
+    assert result.scoring.options.top_n == 1 and result.events == from_export.events
+    assert "threshold 0.1 for every class, top-n 1 (as the store served it: model bundle/" in result.notes()
+    assert "serve it with --threshold bundle" in result.notes()
+    scored_all = calibrate_from_reviews(bundle, store, min_reviews=1000, overrides={"top_n": 0})
+    assert scored_all.scoring.options.top_n == 0 and "given: --top-n 0" in scored_all.notes()
+    assert (scored_all.thresholds["reviewed"] >= result.thresholds["reviewed"]).all()
+    assert (scored_all.thresholds["reviewed"] > result.thresholds["reviewed"]).any()  # top-1 hides the others
+    assert main(["calibrate", str(bundle), "--reviews", str(store), "--min-reviews", "1000", "--top-n", "2"]) == 0
+    assert "given: --top-n 2" in capsys.readouterr().out
+    assert main(["calibrate", str(bundle), str(export), "--top-n", "2"]) == 2
+    assert "--top-n go with --reviews" in capsys.readouterr().err

@@ -14,27 +14,31 @@ screenshots of the list and of a detection.
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import random
 import shutil
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from reviewpage import (
+    KEY,
+    OVERFLOW_JS,
+    SETTLED_JS,
+    STATUS_JS,
+    UNLABELLED_JS,
+    add_detections,
+    api,
+    review_for_screenshots,
+    review_server,
+    reviews_in,
+    small_png,
+)
 from servers import Server
-from servicekit import SCORING, small_bundle
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-# (file, sensor, latitude, longitude): real recordings, three sensors with positions, one without
-UPLOADS = [("birds_10s.flac", "pond-1", 40.79, -77.86), ("ruffed_grouse_drum.flac", "ridge-2", 40.81, -77.80),
-           ("spinetail.flac", "forest-3", 4.63, -52.30), ("robin.ogg", "garden-4", None, None)]
-MAAD = 3  # and the first few 10 s files of the 24 h series, from pond-1
-KEY = "review-page-key"  # the server needs it for writes: the page's key field is tested too
 
 
 # ---- fixtures ----------------------------------------------------------------------------------------------------
@@ -54,21 +58,7 @@ def webdriver_module():
 @pytest.fixture(scope="module")
 def server(webdriver_module, soundscapes, synthetic_dataset, tmp_path_factory):
     """A server with detections of real recordings: every window's two best classes (threshold 0)."""
-    bundle = small_bundle(synthetic_dataset, tmp_path_factory)
-    store = tmp_path_factory.mktemp("review-page") / "store"
-    key_file = store.parent / "key.txt"
-    key_file.write_text(KEY + "\n")
-    running = Server(bundle, store, options=(*SCORING, "--api-key-file", str(key_file))).wait_ready()
-    running.store = store
-    running.client.headers["X-API-Key"] = KEY
-    ids = []
-    for day, (name, sensor, lat, lon) in enumerate(UPLOADS):
-        position = {"lat": lat, "lon": lon} if lat is not None else {}
-        ids.append(_upload(running, soundscapes / name, sensor_id=sensor, recorded_at=f"2024-05-0{day + 1}T05:00:00Z",
-                           **position))
-    for i, path in enumerate(sorted((soundscapes / "maad-indices").glob("*.flac"))[:MAAD]):
-        ids.append(_upload(running, path, sensor_id="pond-1", recorded_at=f"2024-05-06T0{i}:00:00Z"))
-    assert all(r["status"] == "done" for r in running.wait_for(ids, timeout=180)), running.output()[-2000:]
+    running = review_server(soundscapes, synthetic_dataset, tmp_path_factory, "review-page")
     yield running
     running.stop()
 
@@ -97,20 +87,6 @@ def browser(webdriver_module, tmp_path_factory):
 
 
 # ---- helpers -----------------------------------------------------------------------------------------------------
-def _upload(server: Server, path: Path, **fields) -> int:
-    with open(path, "rb") as file:
-        answer = server.client.post("/api/recordings", files={"file": (path.name, file)},
-                                    data={k: str(v) for k, v in fields.items()})
-    assert answer.status_code in (200, 202), answer.text
-    return answer.json()["id"]
-
-
-def _api(server: Server, path: str, **params):
-    answer = server.client.get(path, params=params)
-    assert answer.status_code == 200, answer.text
-    return answer.json()
-
-
 def _wait(driver, condition, timeout: float = 20.0, what: str = "the page"):
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -120,13 +96,11 @@ def _wait(driver, condition, timeout: float = 20.0, what: str = "the page"):
 
 
 def _status(driver) -> str:
-    return driver.execute_script("return document.getElementById('status')?.textContent || ''")
+    return driver.execute_script(STATUS_JS)
 
 
 def _settled(driver) -> bool:
-    return driver.execute_script(
-        "const m = document.getElementById('main'); return !!m && m.dataset.ready === location.hash"
-        " && !m.hasAttribute('aria-busy') && !m.querySelector('[aria-busy]')")
+    return driver.execute_script(SETTLED_JS)
 
 
 def _open(driver, server: Server, hash_: str) -> None:
@@ -176,10 +150,6 @@ def _sign_in(driver, name: str, key: str = KEY) -> None:
           what="saving the reviewer and the key")
 
 
-def _reviews(server: Server) -> list[tuple]:
-    """Every review in the store's SQLite file, read with SQL: (detection, status, species, reviewer)."""
-    with sqlite3.connect(server.store / "echo.db") as connection:
-        return connection.execute("SELECT detection_id, status, species, reviewer FROM reviews ORDER BY id").fetchall()
 
 
 # ---- the tests ---------------------------------------------------------------------------------------------------
@@ -188,7 +158,7 @@ def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, ser
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import Select
 
-    everything = _api(server, "/api/detections", limit=1000)
+    everything = api(server, "/api/detections", limit=1000)
     _open(browser, server, "")
     assert browser.execute_script("return location.hash") == "#/detections"
     assert len(_rows(browser)) == min(50, everything["total"]) > 0
@@ -197,10 +167,7 @@ def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, ser
     loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert loaded and all(name.startswith(server.url) for name in loaded), loaded
     # every control has a label
-    unlabelled = browser.execute_script(
-        "return [...document.querySelectorAll('main input, main select')]"
-        ".filter(e => !e.labels || !e.labels.length).map(e => e.name)")
-    assert unlabelled == []
+    assert browser.execute_script(UNLABELLED_JS) == []
 
     # "?" lists the shortcuts in a dialog (Esc closes it); "/" goes to the filters
     _keys(browser, "?")
@@ -213,7 +180,7 @@ def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, ser
 
     species = everything["items"][-1]["species"]
     Select(browser.find_element(By.NAME, "species")).select_by_value(species)
-    expected = _api(server, "/api/detections", species=species, limit=1000)
+    expected = api(server, "/api/detections", species=species, limit=1000)
     _wait(browser, lambda d: _settled(d) and f"of {expected['total']}." in d.find_element(By.ID, "list-summary").text,
           what="filtering by species")
     assert f"species={species}" in browser.execute_script("return location.hash")
@@ -224,7 +191,7 @@ def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, ser
     low = browser.find_element(By.NAME, "min")
     low.send_keys(f"{score:.4f}")
     browser.find_element(By.CSS_SELECTOR, "#filters button[type=submit]").click()
-    narrower = _api(server, "/api/detections", species=species, min_score=f"{score:.4f}", limit=1000)
+    narrower = api(server, "/api/detections", species=species, min_score=f"{score:.4f}", limit=1000)
     _wait(browser, lambda d: _settled(d) and f"of {narrower['total']}." in d.find_element(By.ID, "list-summary").text,
           what="filtering by score")
     browser.refresh()  # the address holds the filter: a reload (or a link) shows the same list
@@ -240,12 +207,12 @@ def test_a_detection_shows_its_spectrogram_and_plays_its_clip(browser, server):
     from selenium.webdriver.common.keys import Keys
 
     _open(browser, server, "#/detections?order=oldest")
-    first = _api(server, "/api/detections", order="oldest", limit=1)["items"][0]
+    first = api(server, "/api/detections", order="oldest", limit=1)["items"][0]
     link = _rows(browser)[0].find_element(By.CSS_SELECTOR, "th a")
     link.send_keys(Keys.ENTER)  # the keyboard opens it
     _wait(browser, lambda d: _settled(d) and f"#/detection/{first['id']}?" in d.execute_script("return location.hash"),
           what="opening the first detection")
-    detection = _api(server, f"/api/detections/{first['id']}")
+    detection = api(server, f"/api/detections/{first['id']}")
     title = browser.find_element(By.ID, "view-title")
     assert title.text == f"Detection {detection['id']}: {detection['species']}"
     assert browser.switch_to.active_element == title  # the new view's heading takes the focus
@@ -272,10 +239,10 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    before = _reviews(server)
+    before = reviews_in(server)
     _open(browser, server, "#/detections?review=unreviewed&order=oldest")
     _sign_in(browser, "page-test")
-    unreviewed = _api(server, "/api/detections", review="unreviewed", order="oldest", limit=2)["items"]
+    unreviewed = api(server, "/api/detections", review="unreviewed", order="oldest", limit=2)["items"]
     first, second = unreviewed
     _rows(browser)[0].find_element(By.CSS_SELECTOR, "th a").click()
     _wait(browser, lambda d: _settled(d) and f"#/detection/{first['id']}?" in d.execute_script("return location.hash"),
@@ -289,7 +256,7 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     comment = browser.find_element(By.ID, "comment")
     comment.send_keys("c")
     time.sleep(0.5)
-    assert _reviews(server) == before and comment.get_attribute("value") == "c"
+    assert reviews_in(server) == before and comment.get_attribute("value") == "c"
     comment.clear()
     comment.send_keys(Keys.ESCAPE)  # Esc leaves the field; the keys act again
     _keys(browser, "c")
@@ -297,11 +264,11 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     # the verdict moves on to the next unreviewed detection
     _wait(browser, lambda d: _settled(d) and f"#/detection/{second['id']}?" in d.execute_script("return location.hash"),
           what="moving to the next detection")
-    confirmed = _api(server, f"/api/detections/{first['id']}")
+    confirmed = api(server, f"/api/detections/{first['id']}")
     assert confirmed["review"] == "confirmed" and confirmed["reviews"][-1]["reviewer"] == "page-test"
 
     # relabel through the type-ahead: the field offers the serving model's classes
-    classes = next(model for model in _api(server, "/api/models") if model["serving"])["classes"]
+    classes = next(model for model in api(server, "/api/models") if model["serving"])["classes"]
     _keys(browser, "l")
     field = browser.switch_to.active_element
     assert field.get_attribute("id") == "relabel" and field.get_attribute("list") == "classes"
@@ -311,14 +278,14 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     field.send_keys("synthetic-crok", Keys.ENTER)  # a typo: no model's class, so the page asks first
     _wait(browser, lambda d: 'Not relabelled: "synthetic-crok" is not one of the models' in _status(d),
           what="holding back the typo")
-    assert _api(server, f"/api/detections/{second['id']}")["reviews"] == []
+    assert api(server, f"/api/detections/{second['id']}")["reviews"] == []
     field = browser.find_element(By.ID, "relabel")
     field.clear()
     field.send_keys(other, Keys.ENTER)
     _wait(browser, lambda d: f"Detection {second['id']} relabelled as {other}" in _status(d), what="relabelling")
-    relabelled = _api(server, f"/api/detections/{second['id']}")["reviews"][-1]
+    relabelled = api(server, f"/api/detections/{second['id']}")["reviews"][-1]
     assert (relabelled["status"], relabelled["species"]) == ("confirmed", other)
-    assert _reviews(server)[len(before):] == [(first["id"], "confirmed", None, "page-test"),
+    assert reviews_in(server)[len(before):] == [(first["id"], "confirmed", None, "page-test"),
                                               (second["id"], "confirmed", other, "page-test")]
 
     # undo (z) deletes the latest review, the relabel, and shows its detection again
@@ -327,8 +294,8 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
     _wait(browser, lambda d: f"Undone: detection {second['id']}" in _status(d), what="undoing")
     _wait(browser, lambda d: _settled(d) and f"#/detection/{second['id']}?" in d.execute_script("return location.hash"),
           what="going back to the relabelled detection")
-    assert _api(server, f"/api/detections/{second['id']}")["reviews"] == []
-    assert _reviews(server)[len(before):] == [(first["id"], "confirmed", None, "page-test")]  # the database agrees
+    assert api(server, f"/api/detections/{second['id']}")["reviews"] == []
+    assert reviews_in(server)[len(before):] == [(first["id"], "confirmed", None, "page-test")]  # the database agrees
     assert browser.find_element(By.ID, "review-state").text == "unreviewed"
     assert _console_errors(browser) == []
 
@@ -336,7 +303,7 @@ def test_review_by_keys_relabel_through_the_type_ahead_and_undo(browser, server)
 def test_the_queue_the_precision_and_the_sensors(browser, server):
     from selenium.webdriver.common.by import By
 
-    queue = _api(server, "/api/review-queue", budget=6, bins=5, seed=0)
+    queue = api(server, "/api/review-queue", budget=6, bins=5, seed=0)
     _open(browser, server, "#/queue?budget=6&bins=5&seed=0")
     _sign_in(browser, "page-test")
     assert [row.find_element(By.CSS_SELECTOR, "th a").text for row in _rows(browser)] == \
@@ -349,9 +316,9 @@ def test_the_queue_the_precision_and_the_sensors(browser, server):
     _keys(browser, "r")  # a verdict moves on to the next unreviewed one of the sample
     _wait(browser, lambda d: _settled(d) and f"#/detection/{waiting[1]['id']}?queue=1" in
           d.execute_script("return location.hash"), what="stepping through the queue")
-    assert _api(server, f"/api/detections/{waiting[0]['id']}")["review"] == "rejected"
+    assert api(server, f"/api/detections/{waiting[0]['id']}")["review"] == "rejected"
 
-    precision = _api(server, "/api/precision", bins=5)
+    precision = api(server, "/api/precision", bins=5)
     _go(browser, "#/precision?bins=5")
     titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".card h3")]
     assert titles == [entry["species"] for entry in precision] and titles
@@ -360,12 +327,12 @@ def test_the_queue_the_precision_and_the_sensors(browser, server):
     estimated = [row for row in rejected["thresholds"] if row["precision"] is not None]
     assert estimated and browser.find_elements(By.CSS_SELECTOR, "svg.chart .band")
 
-    sensors = _api(server, "/api/sensors")
+    sensors = api(server, "/api/sensors")
     _go(browser, "#/sensors")
     rows = _rows(browser, "table.sensors tbody tr")
     assert [row.find_element(By.TAG_NAME, "th").text for row in rows] == [s["id"] for s in sensors]
     pond = next(row for row in rows if row.find_element(By.TAG_NAME, "th").text == "pond-1")
-    count = _api(server, "/api/detections", sensor_id="pond-1", limit=0)["total"]
+    count = api(server, "/api/detections", sensor_id="pond-1", limit=0)["total"]
     assert pond.find_elements(By.TAG_NAME, "td")[5].text == f"{count:,}"
     placed = [s for s in sensors if s["lat"] is not None]
     assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart circle")) == len(placed) == 3
@@ -381,29 +348,48 @@ def test_errors_are_one_line_with_the_servers_reason(browser, server):
     assert "422" in _status(browser) and "max_score" in _status(browser) and "\n" not in _status(browser)
     assert "max_score" in browser.find_element(By.CSS_SELECTOR, "#results .error").text
     # a verdict without the key: refused by the server, and the page says why
-    item = _api(server, "/api/detections", limit=1)["items"][0]
+    item = api(server, "/api/detections", limit=1)["items"][0]
     _open(browser, server, f"#/detection/{item['id']}")
     _sign_in(browser, "page-test", key="")
-    count = len(_reviews(server))
+    count = len(reviews_in(server))
     _keys(browser, "c")
     _wait(browser, lambda d: f"Detection {item['id']} could not be confirmed: 401 " in _status(d), what="refusing")
-    assert "X-API-Key" in _status(browser) and len(_reviews(server)) == count
+    assert "X-API-Key" in _status(browser) and len(reviews_in(server)) == count
     _sign_in(browser, "page-test")
     _console_errors(browser)  # the browser logs the failed requests themselves: expected here
 
 
+@pytest.mark.parametrize("width", [1280, 1024])
+def test_the_layout_fits_the_window(browser, server, width):
+    """Every view at ``width`` px: nothing sticks out on the right, and no table is too wide for its box (it would
+    scroll); with ECHOENGINE_SCREENSHOTS=FOLDER, each view's screenshot is kept there."""
+    detection = api(server, "/api/detections", order="oldest", limit=1)["items"][0]
+    folder = os.environ.get("ECHOENGINE_SCREENSHOTS")
+    browser.set_window_size(width, 900)
+    misfits = []
+    try:
+        for name, hash_ in (("list", "#/detections"), ("detection", f"#/detection/{detection['id']}?order=oldest"
+                                                                    "&pos=0"),
+                            ("queue", "#/queue?budget=6"), ("precision", "#/precision"), ("sensors", "#/sensors")):
+            _open(browser, server, hash_)
+            if folder:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                small_png(browser.get_screenshot_as_png(), Path(folder) / f"review-{name}-chromium-{width}.png")
+            layout = browser.execute_script(OVERFLOW_JS)
+            if not (layout["scrollWidth"] <= layout["width"] and layout["out"] == layout["scrolled"] == []):
+                misfits.append((hash_, layout))
+    finally:
+        browser.set_window_size(1280, 900)
+    assert misfits == [], f"at {width} px: {misfits}"
+    assert _console_errors(browser) == []
+
+
 def _screenshot(driver, path: Path, height: int) -> None:
     """The window (1280 px wide, ``height`` high) as a small PNG: 256 colours, well under 300 KB."""
-    from PIL import Image
-
     driver.set_window_size(1280, height)
     driver.execute_script("window.scrollTo(0, 0); document.activeElement?.blur()")
     time.sleep(0.3)
-    raw = path.with_suffix(".raw.png")
-    driver.save_screenshot(str(raw))
-    Image.open(raw).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True)
-    raw.unlink()
+    small_png(driver.get_screenshot_as_png(), path)
 
 
 def test_screenshots_for_the_readme(browser, server):
@@ -413,14 +399,7 @@ def test_screenshots_for_the_readme(browser, server):
         pytest.skip("set ECHOENGINE_SCREENSHOTS=FOLDER to write the README's screenshots of the review page")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    items = _api(server, "/api/detections", order="oldest", limit=1000)["items"]
-    verdicts = ["confirmed", "confirmed", "rejected", "uncertain", "confirmed", "rejected"]
-    for item, status in zip(items[2:], verdicts):
-        server.client.post(f"/api/detections/{item['id']}/review", json={"status": status, "reviewer": "ann"})
-    relabel = items[-2]
-    other = next(entry["species"] for entry in relabel["top_species"] if entry["species"] != relabel["species"])
-    server.client.post(f"/api/detections/{relabel['id']}/review",
-                       json={"status": "confirmed", "species": other, "reviewer": "ann"})
+    items = review_for_screenshots(server)
     _open(browser, server, "#/detections")
     browser.execute_script("localStorage.setItem('echoengine.reviewer', 'ann')")
     browser.refresh()
@@ -438,35 +417,6 @@ def test_screenshots_for_the_readme(browser, server):
         assert (folder / name).stat().st_size < 300_000
 
 
-def _add_detections(server: Server, n: int, seed: int = 0) -> None:
-    """``n`` more detections by SQL, spread over species, scores, days and the existing recordings."""
-    from sqlalchemy import insert, select
-
-    from echoengine.service.db import Database, default_url
-    from echoengine.service.schema import Detection, Model, Recording
-
-    rng = random.Random(seed)
-    db = Database.connect(default_url(server.store))
-    try:
-        with db.transaction() as session:
-            model = session.scalars(select(Model).order_by(Model.id.desc())).first()
-            recordings = session.execute(select(Recording.id, Recording.duration)).all()
-            rows = []
-            for i in range(n):
-                recording, duration = recordings[i % len(recordings)]
-                species = model.classes[(i // len(recordings)) % len(model.classes)]
-                # odd starts, never one a real event has (those are on window edges)
-                start = round(0.000123 + (i // (len(recordings) * len(model.classes))) * duration / n, 6)
-                score = rng.random()
-                rows.append({"recording_id": recording, "model_id": model.id, "species": species, "start": start,
-                             "end": min(duration, start + 1.0), "score": score, "mean_score": score * 0.9,
-                             "windows": 1, "time": dt.datetime(2024, 6, 1) + dt.timedelta(minutes=17 * i),
-                             "top_species": [{"species": species, "score": score}]})
-            session.execute(insert(Detection), rows)
-    finally:
-        db.dispose()
-
-
 def _timed(step) -> float:
     began = time.perf_counter()
     step()
@@ -477,12 +427,12 @@ def test_the_page_stays_fast_with_10000_more_detections(browser, server):
     """Runs last: it adds 10,000 detections to the module's store (by SQL, see the module's note)."""
     from selenium.webdriver.common.by import By
 
-    _add_detections(server, 10_000)
-    total = _api(server, "/api/detections", limit=0)["total"]
+    add_detections(server, 10_000)
+    total = api(server, "/api/detections", limit=0)["total"]
     assert total >= 10_000
-    species = _api(server, "/api/species")[0]["species"]
+    species = api(server, "/api/species")[0]["species"]
     last = -(-total // 50)
-    middle = _api(server, "/api/detections", offset=total // 2, limit=1)["items"][0]["id"]
+    middle = api(server, "/api/detections", offset=total // 2, limit=1)["items"][0]["id"]
     steps = {
         "the list, first page": lambda: _open(browser, server, "#/detections"),
         "the last page": lambda: _go(browser, f"#/detections?page={last}"),

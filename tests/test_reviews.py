@@ -182,7 +182,7 @@ def test_compare_scores_both_models_on_held_out_reviews(reviewed, tmp_path, caps
     from echoengine.service.compare import compare_models
     from echoengine.service.reviewed import read_store, truth
 
-    other = tmp_path / "other"
+    other = tmp_path / "other"  # a copy the store never served: judged at its own thresholds.csv
     shutil.copytree(reviewed.bundle, other)
     (other / "thresholds.csv").write_text("class,threshold\n" + "".join(f"{c},0.2\n" for c in (
         "synthetic-croak", "synthetic-harmonic", "synthetic-trill", "synthetic-upsweep")))
@@ -194,16 +194,48 @@ def test_compare_scores_both_models_on_held_out_reviews(reviewed, tmp_path, caps
             known = truth(events, name)
             assert table.loc[name, "reviewed"] == (~np.isnan(known)).sum()
             assert table.loc[name, "true"] == (known == 1).sum()
-    assert (table["old_threshold"].drop("all") == 0.5).all() and (table["new_threshold"].drop("all") == 0.2).all()
-    assert (table["new_detections"] >= table["old_detections"]).all()  # same scores, a lower threshold
+    # the old bundle as the store served it (threshold 0, top-n 2), the copy at its own thresholds
+    assert (table["old_threshold"].drop("all") == 0.0).all() and (table["new_threshold"].drop("all") == 0.2).all()
+    assert "threshold 0 for every class, top-n 2 (as the store served it: model bundle/1" in comparison.text()
+    assert "never served from this store" in comparison.text()
     assert table.loc["all", "old_found"] == table["old_found"].drop("all").sum()
+    every = compare_models(reviewed.bundle, other, reviewed.store, overrides={"top_n": 0}).table.set_index("species")
+    known = every.drop("all")
+    assert (known["old_detections"] == known["reviewed"]).all()  # threshold 0 and every class: all detect
+    assert (known["new_detections"] <= known["old_detections"]).all()  # same scores, a higher threshold
     assert main(["reviews", "compare", "--store", str(reviewed.store), str(reviewed.bundle), str(other),
                  "--out", str(tmp_path / "compare.csv")]) == 0
     printed = capsys.readouterr().out
     assert "held-out reviewed detections" in printed and "old P" in printed and (tmp_path / "compare.csv").is_file()
     assert main(["reviews", "compare", "--store", str(reviewed.store), str(reviewed.bundle), str(other),
+                 "--threshold", "0.5"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("threshold 0.5 for every class") == 2 and "given: --threshold 0.5" in printed
+    assert main(["reviews", "compare", "--store", str(reviewed.store), str(reviewed.bundle), str(other),
                  "--since", "2030-01-01"]) == 2
     assert "no reviewed detection left to compare on" in capsys.readouterr().err
+
+
+def test_a_bundle_is_rescored_as_the_store_served_it(reviewed):
+    """With the options recorded for the model that made them (threshold 0, top-n 2), each reviewed event's score
+    for its species is the detection's own, and only a window's two best classes have a score."""
+    from echoengine.service.recorded import scoring_of
+    from echoengine.service.rescore import score_events
+    from echoengine.service.reviewed import read_store
+
+    scoring = scoring_of(reviewed.bundle, reviewed.store)
+    assert (scoring.options.threshold, scoring.options.top_n) == (0.0, 2)
+    events = read_store(reviewed.store)
+    scored = score_events(reviewed.bundle, events, scoring.options)
+    own = [scored.of(species)[i] for i, species in enumerate(events["species"])]
+    np.testing.assert_allclose(own, events["score"], atol=1e-3)
+    windows = np.ceil((events["end"] - events["start"]).to_numpy() / 5.0 - 1e-6)  # 5 s windows, none overlapping
+    assert (np.isfinite(scored.scores).sum(axis=1) <= 2 * windows).all()
+    assert (np.isfinite(scored.scores).sum(axis=1) < len(scored.classes)).any()
+    every = score_events(reviewed.bundle, events, scoring_of(reviewed.bundle, reviewed.store,
+                                                             overrides={"top_n": 0}).options)
+    assert np.isfinite(every.scores).all()
+    assert scoring_of(reviewed.bundle, None).options.threshold is None  # no store: the bundle's own thresholds
 
 
 def test_an_export_never_touches_files_it_did_not_write(reviewed, tmp_path):

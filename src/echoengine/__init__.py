@@ -6,7 +6,7 @@ The data path, one module per stage::
 
 The Python API (:mod:`echoengine.api`) is importable from here: ``train``,
 ``cross_validate``, ``evaluate``, ``calibrate``, ``predict``, ``detect``,
-``export``, ``load_bundle`` and ``load_bundles``. They are loaded on first
+``export``, ``load_bundle``, ``load_bundles``, ``species`` and ``Place``. They are loaded on first
 use (they import torch), so that ``import echoengine`` itself stays light.
 
 Examples
@@ -20,8 +20,8 @@ from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, ConfigError, DataError, EchoError
 
 __version__ = "0.1.0"
-_API = ("calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles", "predict",
-        "train")
+_API = ("Place", "calibrate", "cross_validate", "detect", "evaluate", "export", "load_bundle", "load_bundles",
+        "predict", "species", "train")
 __all__ = ["AudioError", "ConfigError", "DataError", "EchoConfig", "EchoError", "__version__", *_API]
 
 

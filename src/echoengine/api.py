@@ -34,11 +34,13 @@ import numpy as np
 import pandas as pd
 
 from echoengine import catalog, sources
+from echoengine.builtin import builtin_bundle, builtin_source, builtin_spec, write_builtin
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
 from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
+from echoengine.occurrence import Place, expected_species, unexpected_classes
 from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
 from echoengine.thresholds import load_thresholds, write_thresholds
@@ -46,9 +48,9 @@ from echoengine.thresholds import load_thresholds, write_thresholds
 # Training, evaluation and export run in PyTorch, imported by the functions that need it: torch is not part of
 # the serving runtime (``pip install echoengine[serve]``), where predict and detect run the exported graphs.
 
-__all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "PredictResult",
-           "calibrate", "cross_validate", "detect", "embed", "evaluate", "export", "load_bundle", "load_bundles",
-           "predict", "train", "use_onnx"]
+__all__ = ["CrossValidationResult", "DetectResult", "EvaluateResult", "ExportResult", "Place", "PredictResult",
+           "builtin_source", "calibrate", "cross_validate", "detect", "embed", "evaluate", "export", "load_bundle",
+           "load_bundles", "predict", "read_bundles", "species", "train", "use_onnx"]
 
 logger = logging.getLogger("echoengine")
 Log = Callable[[str], None]
@@ -66,16 +68,37 @@ def load_bundles(source: BundleLike, *, device: str = "cpu", onnx: bool = False)
     """The models behind ``source``: one bundle, or every fold bundle of a cross-validation run (an ensemble).
 
     With ``onnx``, the bundles are read without their PyTorch models (no
-    torch needed): their exported graphs score instead.
+    torch needed): their exported graphs score instead. The name of a
+    built-in (``"birdnet"``, :mod:`echoengine.builtin`) gives it, in PyTorch.
     """
     if isinstance(source, Bundle):
         return [source]
     if not isinstance(source, (str, Path)):
         return list(source)
+    spec = builtin_spec(source)
+    if spec is not None:
+        if onnx:
+            raise EchoError(_builtin_graph(source))
+        return [builtin_bundle(spec, device=device)]
     bundles = [read_bundle(folder) if onnx else load_bundle(folder, device=device) for folder in find_bundles(source)]
     if len(bundles) > 1:
         logger.info("ensemble of %d fold models from %s (probabilities averaged)", len(bundles), source)
     return bundles
+
+
+def read_bundles(source: str | Path) -> list[Bundle]:
+    """The bundles behind ``source`` (a bundle, a CV folder or a built-in's name), read without their models."""
+    spec = builtin_spec(source)
+    if spec is not None:
+        return [builtin_bundle(spec, with_model=False)]
+    return [read_bundle(folder) for folder in find_bundles(source)]
+
+
+def _builtin_graph(source: str) -> str:
+    name = source.partition("?")[0]
+    return (f"{name}: the built-in runs in PyTorch (pip install -e '.[train,birdnet]' in echoengine's folder) and "
+            f"has no exported graph; write it as a bundle with one (echoengine export {name} --out DIR --check "
+            "FILE...) and run DIR with --onnx")
 
 
 def use_onnx(source: BundleLike, onnx: bool = False) -> bool:
@@ -86,6 +109,10 @@ def use_onnx(source: BundleLike, onnx: bool = False) -> bool:
     EchoError
         Torch is not installed and a bundle has no ``model.onnx``.
     """
+    if builtin_spec(source) is not None:
+        if onnx or importlib.util.find_spec("torch") is None:
+            raise EchoError(_builtin_graph(source))
+        return False
     if onnx or importlib.util.find_spec("torch") is not None or not isinstance(source, (str, Path)):
         return onnx
     missing = [folder for folder in find_bundles(source) if not BundleFiles(folder).onnx.is_file()]
@@ -98,7 +125,10 @@ def use_onnx(source: BundleLike, onnx: bool = False) -> bool:
 
 
 def _folder(source: BundleLike) -> Path:
-    """The folder that holds ``source``'s files (thresholds are written there)."""
+    """The folder that holds ``source``'s files (thresholds are written there); a built-in has none."""
+    if builtin_spec(source) is not None or (isinstance(source, Bundle) and source.builtin is not None):
+        raise EchoError("the built-in birdnet has no folder to write into: write it as a bundle first (echoengine "
+                        "export birdnet --out DIR --check FILE...), then use DIR")
     if isinstance(source, (str, Path)):
         return Path(source)
     if isinstance(source, Bundle):
@@ -347,18 +377,22 @@ class PredictResult:
 
 
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
-            cache_dir: str | Path | None = None, progress: bool | None = False) -> PredictResult:
+            cache_dir: str | Path | None = None, progress: bool | None = False,
+            place: Place | None = None) -> PredictResult:
     """The class probabilities of each audio file (any length, read in bounded memory).
 
     Folders among ``files`` are searched for audio of the bundle's extensions.
     A file that cannot be read is listed in ``errors`` and the others go on.
     ``progress=None`` shows a progress bar when there are more than 20 files.
     With ``onnx``, each bundle's exported graph scores (no torch needed;
-    the default where torch is not installed).
+    the default where torch is not installed). With a ``place`` (BirdNET's
+    species: the built-in ``"birdnet"``), the species not expected there and
+    then (:mod:`echoengine.occurrence`) get probability 0.
     """
     onnx = use_onnx(bundle, onnx)
     bundles = load_bundles(bundle, onnx=onnx)
     config, classes = bundles[0].config, bundles[0].classes
+    absent = np.isin(classes, unexpected_classes(classes, place, model=_name(bundle))) if place else None
     paths = sources.audio_files(files, config.data.extensions)
     table = pd.DataFrame({"path": [str(f.resolve()) for f in paths], "label": "", "group": [f.stem for f in paths]})
     usable, errors = catalog.scan(table, config.audio, on_error="ignore")
@@ -372,6 +406,8 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
                                   log=lambda line: messages.append(line.removeprefix("error: ")))
     readable = ~np.isnan(probabilities).any(axis=1)  # the others were reported by predict_files
     probabilities = probabilities[readable]
+    if absent is not None:
+        probabilities[:, absent] = 0.0
     best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
     out = pd.DataFrame({"file": usable["path"].to_numpy()[readable], "species": [classes[i] for i in best],
                         "probability": probabilities[np.arange(len(best)), best]})
@@ -392,7 +428,8 @@ class DetectResult:
 
 def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, resume: bool = False,
            overwrite: bool = False, summary: bool = False, progress: bool = False, log: Log | None = None,
-           engine: str = "local", ray_options: RayOptions | None = None, **options) -> DetectResult:
+           engine: str = "local", ray_options: RayOptions | None = None, place: Place | None = None,
+           **options) -> DetectResult:
     """Score every window of every recording and write the events (CSV, Raven, Audacity, JSON lines).
 
     ``options`` are those of :class:`echoengine.detection.DetectOptions`
@@ -401,7 +438,9 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     ``summary.png`` (detections per species and hour), returned as ``summary``
     with its printed form in ``summary_text``. ``engine="ray"`` scores the
     files on Ray (:mod:`echoengine.raydetect`; ``ray_options`` says where),
-    with the same records and outputs.
+    with the same records and outputs. With a ``place`` (BirdNET's species:
+    the built-in ``"birdnet"``), the species not expected there and then
+    (:mod:`echoengine.occurrence`) are excluded from the events.
     """
     if engine not in ("local", "ray"):
         raise EchoError(f"--engine must be local or ray, got {engine!r}")
@@ -409,7 +448,11 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     run = _detect
     if engine == "ray":
         run = partial(detect_on_ray, ray_options=ray_options or RayOptions())
-    written = run(load_bundles(bundle, onnx=onnx), paths, out, options=DetectOptions(**options), resume=resume,
+    bundles = load_bundles(bundle, onnx=onnx)
+    if place is not None:
+        absent = unexpected_classes(bundles[0].classes, place, model=_name(bundle))
+        options["exclude"] = tuple(dict.fromkeys([*options.get("exclude", ()), *absent]))
+    written = run(bundles, paths, out, options=DetectOptions(**options), resume=resume,
                   overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []
     table = summarize(out, log=lines.append) if summary else None
@@ -445,8 +488,39 @@ class ExportResult:
     difference: float
 
 
-def export(bundle: str | Path, *, check: Sequence[str | Path] = ()) -> list[ExportResult]:
-    """Export the bundle (each fold bundle of a cross-validation run) to ONNX, checked against PyTorch."""
+def export(bundle: str | Path, *, check: Sequence[str | Path] = (), out: str | Path | None = None,
+           overwrite: bool = False) -> list[ExportResult]:
+    """Export the bundle (each fold bundle of a cross-validation run) to ONNX, checked against PyTorch.
+
+    A built-in (``"birdnet"``) has no folder: it is written as a bundle into
+    ``out`` (new or empty, unless ``overwrite``; see
+    :func:`echoengine.builtin.write_builtin`), and its graph goes there.
+    """
     from echoengine.exporting import export_onnx  # torch
 
+    spec = builtin_spec(bundle)
+    if spec is None and out is not None:
+        raise EchoError(f"--out is for a built-in (birdnet); {bundle}'s graph goes into its folder (model.onnx)")
+    if spec is not None:
+        if out is None or not check:
+            raise EchoError(f"export {bundle} writes the built-in as a bundle folder with its graph: give --out DIR "
+                            "(new or empty) and --check FILE... (recordings to check the graph on)")
+        bundle = write_builtin(spec, out, overwrite=overwrite)
     return [ExportResult(*export_onnx(folder, check=check)) for folder in find_bundles(bundle)]
+
+
+def species(place: Place) -> pd.DataFrame:
+    """The species BirdNET's occurrence model expects at ``place`` (BirdNET-Analyzer's ``species`` list).
+
+    Returns
+    -------
+    DataFrame
+        ``label`` (``Scientific name_Common name``, the built-in's class),
+        ``scientific_name``, ``common_name``, ``score``; best first.
+    """
+    return expected_species(place)
+
+
+def _name(source: BundleLike) -> str:
+    """How messages name a bundle source."""
+    return str(source.path if isinstance(source, Bundle) else source if isinstance(source, (str, Path)) else "model")

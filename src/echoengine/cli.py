@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from echoengine import runtime
-from echoengine.cli_options import DEFAULT_CACHE, build_parser, config_changes, config_options, parse
+from echoengine.cli_options import (
+    BUNDLE_THRESHOLDS,
+    DEFAULT_CACHE,
+    INHERITED,
+    build_parser,
+    config_changes,
+    config_options,
+    parse,
+)
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.files import write_csv_atomic
@@ -226,7 +234,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.reviews is not None:
         return _calibrate_from_reviews(args)
     given = [flag for flag, value in (("--db", args.db), ("--precision", args.precision),
-                                      ("--min-reviews", args.min_reviews), ("--exclude", args.exclude)) if value]
+                                      ("--min-reviews", args.min_reviews), ("--exclude", args.exclude),
+                                      ("--top-n", args.top_n is not None), ("--overlap", args.overlap is not None))
+             if value]
     if given:
         raise EchoError(f"{', '.join(given)} go with --reviews STORE|EXPORT (without it, thresholds are F1-optimal "
                         "on labelled DATA)")
@@ -251,11 +261,11 @@ def _calibrate_from_reviews(args: argparse.Namespace) -> int:
     result = calibrate_from_reviews(args.bundle, args.reviews, db=args.db,
                                     precision=DEFAULT_PRECISION if args.precision is None else args.precision,
                                     min_reviews=MIN_REVIEWS if args.min_reviews is None else args.min_reviews,
-                                    exclude=tuple(args.exclude or ()))
+                                    exclude=tuple(args.exclude or ()), overrides=_judged_overrides(args))
     print(result.text())
     kept = f"; the previous thresholds are kept in {result.previous}" if result.previous else ""
     print(f"\nwrote {result.path} from {result.events} reviewed detections ({result.left_out} left out: of "
-          f"recordings the bundle trained on, or of --exclude exports){kept}")
+          f"recordings the bundle trained on, or of --exclude exports){kept}\n{result.notes()}")
     return 0
 
 
@@ -271,7 +281,7 @@ def cmd_reviews(args: argparse.Namespace) -> int:
     from echoengine.service.compare import compare_models
 
     comparison = compare_models(args.old, args.new, args.store, db=args.db, since=args.since, until=args.until,
-                                exclude=tuple(args.exclude or ()))
+                                exclude=tuple(args.exclude or ()), overrides=_judged_overrides(args))
     print(comparison.text())
     if args.out:
         write_csv_atomic(args.out, comparison.table.round(4), index=False)
@@ -283,10 +293,42 @@ def _scoring(args: argparse.Namespace) -> dict:
     """The scoring options of detect and serve, as :class:`echoengine.detection.DetectOptions` takes them."""
     from echoengine.sources import species_names
 
-    return {"overlap": args.overlap, "min_window": args.min_window, "threshold": args.threshold,
+    threshold = None if args.threshold == BUNDLE_THRESHOLDS else args.threshold
+    return {"overlap": args.overlap, "min_window": args.min_window, "threshold": threshold,
             "top_n": args.top_n, "include": tuple(species_names(args.species)),
             "exclude": tuple(species_names(args.exclude)), "merge_gap": args.merge_gap,
-            "batch_size": args.batch_size, "onnx": args.onnx}
+            "batch_size": args.batch_size, "onnx": args.onnx, **_location_filter(args)}
+
+
+def _location_filter(args: argparse.Namespace) -> dict:
+    """serve's ``--location-filter``: each recording's position and date filter its species."""
+    from echoengine.occurrence import LOCATION_FILTER_THRESHOLD
+
+    if not getattr(args, "location_filter", False):
+        given = [flag for flag, value in (("--location-filter-threshold", args.location_filter_threshold),
+                                          ("--occurrence", args.occurrence)) if value is not None]
+        if given and args.command == "serve":
+            raise EchoError(f"{', '.join(given)} go with --location-filter")
+        return {}
+    threshold = args.location_filter_threshold
+    return {"location_filter": LOCATION_FILTER_THRESHOLD if threshold is None else threshold,
+            "occurrence": str(args.occurrence or "")}
+
+
+def _source(args: argparse.Namespace):
+    """The bundle argument, with the built-in's ``--sensitivity`` written into its name."""
+    from echoengine.builtin import builtin_source
+
+    return builtin_source(args.bundle, sensitivity=args.sensitivity)
+
+
+def _place(args: argparse.Namespace):
+    """The place and season of ``--lat``, ``--lon``, ``--week`` or ``--date``; None without a position."""
+    from echoengine.occurrence import Place
+
+    return Place.of(lat=args.lat, lon=args.lon, week=args.week, date=args.date,
+                    threshold=getattr(args, "location_filter_threshold", getattr(args, "threshold", None)),
+                    occurrence=getattr(args, "occurrence", None))
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -295,7 +337,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
     ray_options = _ray_options(args, chunk_seconds=args.ray_chunk_seconds)
     result = api.detect(
-        args.bundle, args.paths, out=args.out, resume=args.resume, overwrite=args.overwrite, summary=args.summary,
+        _source(args), args.paths, place=_place(args), out=args.out, resume=args.resume, overwrite=args.overwrite,
+        summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
         engine=args.engine, ray_options=ray_options, jobs=args.jobs, **_scoring(args))
     events = result.events
@@ -339,11 +382,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from echoengine.detection import DetectOptions
     from echoengine.service.server import serve
 
-    serve(args.bundle, store=args.store, db=args.db, host=args.host, port=args.port,
+    given = [{"species": "include"}.get(name, name) for name in INHERITED if getattr(args, name) is not None]
+    for name in ("overlap", "min_window", "top_n", "merge_gap"):  # None in serve's parser when not given
+        if getattr(args, name) is None:
+            setattr(args, name, getattr(DetectOptions(), name))
+    serve(_source(args), store=args.store, db=args.db, host=args.host, port=args.port,
           options=DetectOptions(**_scoring(args)), api_key_file=args.api_key_file, public_reads=args.public_reads,
           max_upload_mb=args.max_upload_mb, mqtt=args.mqtt, mqtt_out=args.mqtt_out, log_level=args.log_level,
-          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate)
+          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate, given=given)
     return 0
+
+
+def _judged_overrides(args: argparse.Namespace) -> dict:
+    """compare's and calibrate's --threshold, --top-n, --overlap as given (they replace what the store recorded)."""
+    given = {name: getattr(args, name, None) for name in ("threshold", "top_n", "overlap")}
+    given = {name: value for name, value in given.items() if value is not None}
+    if "threshold" in given and given["threshold"] == BUNDLE_THRESHOLDS:
+        given["threshold"] = None
+    return given
 
 
 def cmd_mix(args: argparse.Namespace) -> int:
@@ -393,8 +449,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
-    result = api.predict(args.bundle, args.files, onnx=args.onnx, cache_dir=None if args.onnx else _cache_dir(args),
-                         progress=None)
+    result = api.predict(_source(args), args.files, onnx=args.onnx, place=_place(args),
+                         cache_dir=None if args.onnx else _cache_dir(args), progress=None)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if not len(result.table):
@@ -408,9 +464,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     """``echoengine export``: ``model.onnx`` of the bundle (of each fold), checked against PyTorch."""
     from echoengine import api
 
-    for exported in api.export(args.bundle, check=args.check or ()):
+    for exported in api.export(_source(args), check=args.check or (), out=args.out, overwrite=args.overwrite):
         print(f"wrote {exported.path} (checked against PyTorch: max probability difference "
               f"{exported.difference:.1e})")
+    return 0
+
+
+def cmd_species(args: argparse.Namespace) -> int:
+    """``echoengine species``: the species BirdNET's occurrence model expects at a place and week."""
+    from echoengine import api
+
+    if args.out:
+        _refuse_existing(args.out, args.overwrite)
+    place = _place(args)
+    table = api.species(place)
+    when = "the whole year" if place.week == -1 else f"week {place.week} of 48"
+    print(table[["score", "scientific_name", "common_name"]].round(4).to_string(index=False))
+    print(f"\n{len(table)} species expected at {place.lat:g}, {place.lon:g} in {when} (occurrence score >= "
+          f"{place.threshold:g})")
+    if args.out:
+        from echoengine.files import write_text_atomic
+
+        write_text_atomic(args.out, "".join(f"{label}\n" for label in table["label"]))
+        print(f"wrote {args.out} (one species a line: detect birdnet ... --species {args.out})")
     return 0
 
 
@@ -494,7 +570,7 @@ def _run(args: argparse.Namespace) -> int:
 _EXIT_NOW = ("detect", "predict")  # their outputs are written whole and closed when the command returns
 _COMMANDS = {"inspect": cmd_inspect, "preview": cmd_preview, "split": cmd_split, "train": cmd_train, "cv": cmd_cv,
              "evaluate": cmd_evaluate, "embed": cmd_embed, "calibrate": cmd_calibrate, "predict": cmd_predict,
-             "export": cmd_export,
+             "export": cmd_export, "species": cmd_species,
              "detect": cmd_detect, "serve": cmd_serve, "mix": cmd_mix, "reviews": cmd_reviews, "demo": cmd_demo,
              "synth": cmd_synth, "config": cmd_config}
 

@@ -79,6 +79,29 @@ def _comma_list(text: str) -> list[str]:
     return [] if text.strip().lower() in ("", "none") else [part.strip() for part in text.split(",") if part.strip()]
 
 
+#: ``--threshold bundle``: each class's threshold is the bundle's (its thresholds.csv, else 0.5), said explicitly.
+BUNDLE_THRESHOLDS = "bundle"
+#: serve's scoring options that, not given with --candidate or --activate, come from the store's active model.
+INHERITED = ("overlap", "min_window", "threshold", "top_n", "species", "exclude", "merge_gap")
+
+
+def _threshold(text: str) -> float | str:
+    """A threshold for every class, or ``bundle`` (argparse's type; the range is checked where it is used).
+
+    Examples
+    --------
+    >>> _threshold("0.3"), _threshold("bundle")
+    (0.3, 'bundle')
+    """
+    if text == BUNDLE_THRESHOLDS:
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a threshold: {text!r} (a number in [0, 1], or bundle: the bundle's "
+                                         "thresholds.csv, else 0.5)") from None
+
+
 def _range(kind: type) -> typing.Callable[[str], tuple]:
     """A range option of ``kind`` values: ``"1-4"`` or ``"-5..15"`` -> ``(low, high)``; ``"3"`` -> ``(3, 3)``."""
     def parse(text: str) -> tuple:
@@ -242,11 +265,44 @@ def _annotation_options(p: argparse.ArgumentParser) -> None:
                    "high_freq (RFCx names and these are found by themselves)")
 
 
+def _bundle_source(text: str) -> str | Path:
+    """A bundle argument: a built-in's name stays text (``birdnet``: :mod:`echoengine.builtin`), else a folder.
+
+    Examples
+    --------
+    >>> _bundle_source("birdnet"), _bundle_source("./birdnet")
+    ('birdnet', PosixPath('birdnet'))
+    """
+    from echoengine.builtin import builtin_spec  # at parse time of a bundle's command only
+
+    return text if builtin_spec(text) is not None else Path(text)
+
+
 def _bundle_command(sub: argparse._SubParsersAction, name: str, text: str, what: str) -> argparse.ArgumentParser:
     """A subcommand that runs a bundle, or each fold bundle of a CV folder (``what`` says how)."""
     p = _command(sub, name, text)
-    p.add_argument("bundle", type=Path, help=f"a bundle, or a CV folder ({what})")
+    p.add_argument("bundle", type=_bundle_source, help=f"a bundle, or a CV folder ({what}); birdnet: BirdNET "
+                   "V2.4's own 6,522 species (built in, CC BY-NC-SA 4.0; a folder of that name is ./birdnet)")
     return p
+
+
+def _sensitivity_option(p: argparse.ArgumentParser) -> None:
+    """BirdNET-Analyzer's sigmoid sensitivity, for the built-in birdnet."""
+    p.add_argument("--sensitivity", type=float, help="with the built-in birdnet: BirdNET-Analyzer's sigmoid "
+                   "sensitivity, 0.5 to 1.5 (higher: more detections; default 1.0)")
+
+
+def _place_options(p: argparse.ArgumentParser) -> None:
+    """Where and when the recordings were made: BirdNET's occurrence model keeps the species expected there."""
+    g = p.add_argument_group("place and season (BirdNET's occurrence model; the built-in birdnet's species)")
+    g.add_argument("--lat", type=float, help="latitude of the recordings (degrees)")
+    g.add_argument("--lon", type=float, help="longitude of the recordings (degrees)")
+    g.add_argument("--week", type=int, help="week of the year, 1-48 (4 a month); -1: the whole year (default)")
+    g.add_argument("--date", metavar="YYYY-MM-DD", help="date of the recordings (gives the week)")
+    g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
+                   help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
+    g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
+                   "lon_min, lon_max, months (e.g. 4-9) saying where and when they occur, instead of BirdNET's model")
 
 
 def _dataset_commands(sub: argparse._SubParsersAction) -> None:
@@ -319,6 +375,8 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many species per file")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="how the results are printed")
     p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
+    _sensitivity_option(p)
+    _place_options(p)
     _cache_options(p)
 
 
@@ -327,8 +385,9 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", type=float, default=0.0, help="seconds shared by consecutive windows")
     p.add_argument("--min-window", type=float, default=0.0, metavar="SECONDS",
                    help="drop a file's last, partial window when it holds less audio than this")
-    p.add_argument("--threshold", type=float, help="one score threshold for all classes, in [0, 1] (default: the "
-                   "bundle's thresholds.csv, else 0.5)")
+    p.add_argument("--threshold", "--min-conf", type=_threshold, help="one score threshold for all classes, in "
+                   "[0, 1], or 'bundle': the bundle's thresholds.csv, else 0.5 (the default; the built-in birdnet: "
+                   "0.1, BirdNET-Analyzer's min_conf)")
     p.add_argument("--top-n", type=int, default=0, help="only a window's N best classes may detect (default: all)")
     p.add_argument("--species", action="append", metavar="NAMES|FILE",
                    help="report only these species (comma-separated, or a file of one per line)")
@@ -337,6 +396,7 @@ def _scoring_options(p: argparse.ArgumentParser) -> None:
                    help="merge detections of a species closer than this (0: overlapping or touching)")
     p.add_argument("--batch-size", type=int, default=16, help="windows passed to the model at a time")
     p.add_argument("--onnx", action="store_true", help="score with the exported model.onnx (onnxruntime)")
+    _sensitivity_option(p)
 
 
 def _detect_command(sub: argparse._SubParsersAction) -> None:
@@ -347,6 +407,7 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new or empty, unless --resume or --overwrite")
     _scoring_options(p)
+    _place_options(p)
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="processes scoring batches side by side, one "
                    "thread each (0: one per core; 1: this process alone, on every core's thread)")
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
@@ -395,6 +456,19 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--activate", action="store_true", help="make BUNDLE the store's active model even if another "
                        "was activated since it was last served")
     _scoring_options(p)
+    # not given: detect's defaults, or with --candidate/--activate the active model's (cmd_serve tells them apart)
+    p.set_defaults(**{name: None for name in INHERITED})
+    p.epilog = ("With --candidate or --activate, the scoring options not given (--threshold, --top-n, --overlap, "
+                "--min-window, --species, --exclude, --merge-gap) are those of the store's active model, so that "
+                "a promoted model scores as the one it replaces; --threshold bundle asks for BUNDLE's own "
+                "thresholds.")
+    g = p.add_argument_group("place and season (BirdNET's occurrence model; the built-in birdnet's species)")
+    g.add_argument("--location-filter", action="store_true", help="drop the detections of species not expected at "
+                   "each recording's position (its own, else its sensor's) and date")
+    g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
+                   help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
+    g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
+                   "lon_min, lon_max, months saying where and when they occur, instead of BirdNET's model")
 
 
 def _mix_command(sub: argparse._SubParsersAction) -> None:
@@ -432,10 +506,40 @@ def _bundle_commands(sub: argparse._SubParsersAction) -> None:
                    "keep its threshold (default 20)")
     g.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
                    "this export (e.g. the one the bundle was trained on; those in BUNDLE's splits.csv always are)")
+    _judged_options(g, threshold=False)
     p = _bundle_command(sub, "export", "write BUNDLE/model.onnx (raw waveform in, probabilities out) and check it",
                         "each fold is exported")
     p.add_argument("--format", choices=["onnx"], default="onnx", help="the exported graph's format")
     p.add_argument("--check", type=Path, nargs="+", help="audio files for the parity check (default: test files)")
+    p.add_argument("--out", type=Path, help="with the built-in birdnet: the bundle folder to write it into, with "
+                   "its graph (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace an earlier bundle there")
+    _sensitivity_option(p)
+
+
+def _species_command(sub: argparse._SubParsersAction) -> None:
+    """species: BirdNET's species expected at a place and week (BirdNET-Analyzer's species command)."""
+    p = _command(sub, "species", "list the species BirdNET's occurrence model expects at a place and week "
+                 "(BirdNET V2.4, CC BY-NC-SA 4.0)")
+    p.add_argument("--lat", type=float, required=True, help="latitude (degrees)")
+    p.add_argument("--lon", type=float, required=True, help="longitude (degrees)")
+    p.add_argument("--week", type=int, help="week of the year, 1-48 (4 a month); -1: the whole year (default)")
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="a date (gives the week)")
+    p.add_argument("--threshold", type=float, metavar="SCORE",
+                   help="occurrence score a species needs (default 0.03, BirdNET-Analyzer's)")
+    p.add_argument("--out", type=Path, help="also write the list, one Scientific name_Common name a line (what "
+                   "--species FILE of detect and serve takes)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def _judged_options(p, *, threshold: bool) -> None:
+    """reviews compare and calibrate --reviews: options that replace those the store served a bundle with."""
+    where = "instead of the one the store served the bundle with (default: as served; never served: detect's)"
+    if threshold:
+        p.add_argument("--threshold", type=_threshold, help="one threshold for every class, or 'bundle': each "
+                       f"bundle's thresholds.csv (else 0.5), {where}")
+    p.add_argument("--top-n", type=int, metavar="N", help=f"only a window's N best classes detect (0: all), {where}")
+    p.add_argument("--overlap", type=float, metavar="SECONDS", help=f"seconds shared by consecutive windows, {where}")
 
 
 def _reviews_command(sub: argparse._SubParsersAction) -> None:
@@ -465,6 +569,7 @@ def _reviews_command(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--exclude", type=Path, action="append", metavar="EXPORT", help="leave out the recordings of "
                    "this export (those in either bundle's splits.csv always are)")
     c.add_argument("--out", type=Path, help="also write the table as CSV")
+    _judged_options(c, threshold=True)
     for q in (e, c):
         q.add_argument("--store", type=Path, required=True, help="the store folder of echoengine serve")
         q.add_argument("--db", metavar="URL", help="the store's database URL (default: SQLite in STORE/echo.db)")
@@ -504,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="echoengine", description="Sound classification for ecology.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_dataset_commands, _training_commands, _embed_command, _scoring_commands, _detect_command,
-                _serve_command, _mix_command, _bundle_commands, _reviews_command, _making_commands):
+                _serve_command, _mix_command, _bundle_commands, _species_command, _reviews_command, _making_commands):
         add(sub)
     for name, command in sub.choices.items():
         add_config_options(command, name)

@@ -1,9 +1,8 @@
 """One configuration object for the whole data path, saved with everything it produces.
 
-The defaults are those of the Project Echo pipeline: 48 kHz audio, 5 s clips, a
-mel spectrogram with ``n_fft=2048``, ``hop_length=200``, 260 mel bands between
-20 Hz and 13 kHz, power to dB with ``top_db=80`` and a 260 x 260 x 3 image
-scaled to [0, 1].
+The defaults are those of the Project Echo pipeline: 48 kHz audio, 5 s clips, a mel spectrogram
+with ``n_fft=2048``, ``hop_length=200``, 260 mel bands between 20 Hz and 13 kHz, power to dB
+with ``top_db=80`` and a 260 x 260 x 3 image scaled to [0, 1].
 
 Every section is a frozen dataclass that validates itself on construction, so
 an invalid value fails where it is written, with a message naming the key.

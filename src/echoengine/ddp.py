@@ -5,8 +5,10 @@ through ``torchrun`` (:func:`launch`); ``torchrun`` started by hand runs
 them on several machines. Each process joins the group from torchrun's
 variables (:func:`process_group`: gloo on CPUs, nccl on GPUs, one GPU per
 process), reads its shard of every global batch of the training data (and
-of the validation data), and averages gradients with the others (DDP); the
-losses and accuracies of an epoch are summed over the ranks (:func:`sum_over_ranks`),
+of the validation data), and averages gradients with the others (DDP;
+batch norm, dropout and mixup work as in one process on the whole batch:
+:mod:`echoengine.syncbatch`); the losses and accuracies of an epoch are
+summed over the ranks (:func:`sum_over_ranks`),
 so every rank takes the same early-stopping and schedule decisions, and only
 rank 0 writes (:func:`is_main`): metadata, checkpoints, weights, history,
 TensorBoard and the report. Without a process group every function here is

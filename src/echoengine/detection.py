@@ -10,15 +10,14 @@ inputs (the mel front end for CNN bundles); batches of windows drawn from
 several files at once are scored with the bundle (or the mean of an
 ensemble's members, or the exported ONNX graph).
 
-Finished files are recorded in ``OUT/.detect/``, the first at once, then a
-part every 2 seconds for the files of those seconds (their window scores, written atomically:
-:class:`echoengine.ledger.Recorder`; batches always have one shape, so a
-window's scores do not depend on which other windows share its batch), so
-``resume=True`` after a crash or a kill scores only the files not yet
-recorded, and the outputs, always rebuilt from the records in the order of
-the input files, are the same bytes as an uninterrupted run's (the files of
-a damaged part are scored again). The batches are scored by ``jobs``
-processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
+Finished files are recorded in ``OUT/.detect/``, the first at once, then a part every 2 seconds
+for the files of those seconds (their window scores, written atomically:
+:class:`echoengine.ledger.Recorder`; the model always takes inputs of one shape, CNN images 4 at a
+time, so a window's scores do not depend on which other windows share its batch), so
+``resume=True`` after a crash or a kill scores only the files not yet recorded, and the outputs,
+always rebuilt from the records in the order of the input files, are the same bytes as an
+uninterrupted run's (the files of a damaged part are scored again). The batches are scored by
+``jobs`` processes of one thread each (:class:`echoengine.scorepool.ScoringPool`). An unreadable file
 is reported in one line, listed in ``errors.csv`` with the reason, and the
 run goes on. A run writes into a new or empty folder only, unless it
 resumes the folder's run or overwrites it, which removes only the files of
@@ -94,8 +93,7 @@ class DetectOptions:
     merge_gap : float
         Detections of a class closer than this (seconds) merge into one event.
     batch_size : int
-        Windows passed from the workers at a time (drawn from several files); a
-        multiple of :data:`echoengine.kinds.MODEL_BATCH`.
+        Windows scored at a time (from several files); CNNs: a multiple of :data:`echoengine.kinds.MODEL_BATCH`.
     workers : int
         Processes decoding audio and computing model inputs (0: in the main process).
     block_seconds : float
@@ -106,6 +104,9 @@ class DetectOptions:
         Processes scoring batches side by side, one thread each
         (:class:`~echoengine.scorepool.ScoringPool`; 0: one per core; 1: this
         process alone, on every core). :func:`detect` only.
+    location_filter, occurrence
+        The service only: drop the detections of species not expected at each recording's position and date
+        (:mod:`echoengine.occurrence`: the occurrence score they need; ``occurrence``: a table of the user's instead).
     """
 
     overlap: float = 0.0
@@ -120,6 +121,8 @@ class DetectOptions:
     block_seconds: float = 60.0
     onnx: bool = False
     jobs: int = 0
+    location_filter: float | None = None
+    occurrence: str = ""
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
@@ -185,8 +188,9 @@ class _FileWindows:
             yield self._full(batch, windows)
 
     def _full(self, batch: _Batch, windows: list[np.ndarray]) -> _Batch:
-        if windows:  # padded to the batch size: every call of the model has one shape
-            stacked = np.zeros((self.options.batch_size, self.length), dtype=np.float32)
+        if windows:  # padded so that every call of the model has one shape (CNN images: MODEL_BATCH of them)
+            whole = MODEL_BATCH if self.scorer.kind == IMAGES else self.options.batch_size  # rows a shape holds
+            stacked = np.zeros((-(-len(windows) // whole) * whole, self.length), dtype=np.float32)
             stacked[: len(windows)] = np.stack(windows)
             batch.inputs = self.scorer.prepare(stacked) if self.prepare else stacked
         return batch
@@ -288,17 +292,9 @@ def file_events(scores: pd.DataFrame, classes: Sequence[str], config, *, thresho
 
 
 # ---- the run ---------------------------------------------------------------------------------------------------
-def detect(
-    bundles: Sequence[Bundle],
-    paths: Sequence[str | Path],
-    out: str | Path,
-    *,
-    options: DetectOptions = DetectOptions(),
-    resume: bool = False,
-    overwrite: bool = False,
-    progress: bool = True,
-    log=print,
-) -> dict[str, Path]:
+def detect(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: str | Path, *,
+           options: DetectOptions = DetectOptions(), resume: bool = False, overwrite: bool = False,
+           progress: bool = True, log=print) -> dict[str, Path]:
     """Score every window of every file, record each finished file, and write the outputs.
 
     Parameters

@@ -40,6 +40,7 @@ from echoengine.metrics import (
     multilabel_metrics,
 )
 from echoengine.prediction import window_probabilities
+from echoengine.scoring import file_pooling
 
 __all__ = [
     "MULTILABEL_KEYS",
@@ -102,7 +103,7 @@ def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataFr
     table = table[known].reset_index(drop=True)
     windows, rows, targets = window_probabilities(bundles, table, boxes=boxes, with_targets=True, **options)
     return kind.score(table, classes, windows, rows, targets, thresholds=thresholds, skipped=int((~known).sum()),
-                      models=len(bundles))
+                      models=len(bundles), pooling=file_pooling(bundles[0].config))
 
 
 def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataFrame | None = None,

@@ -52,6 +52,7 @@ def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, threshold
     if top_n:
         ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
         hit &= ranks < top_n
+    include, exclude = set(include), set(exclude)  # a location filter excludes thousands of BirdNET's species
     allowed = np.array([(not include or c in include) and c not in exclude for c in classes])
     hit &= allowed[None, :]
     rows, columns = np.nonzero(hit)
@@ -100,9 +101,12 @@ def merge_events(detections: pd.DataFrame, *, gap: float = 0.0) -> pd.DataFrame:
 
 
 def detection_thresholds(bundles: Sequence[Bundle], threshold: float | None, classes: list[str]) -> np.ndarray:
-    """Each class's threshold: ``threshold`` for all, else the bundle's calibrated ``thresholds.csv``, else 0.5."""
+    """Each class's threshold: ``threshold`` for all, else the bundle's calibrated ``thresholds.csv``, else 0.5
+    (a built-in's: its own, e.g. BirdNET-Analyzer's min_conf 0.1)."""
     if threshold is not None:
         return np.full(len(classes), threshold)
+    if bundles[0].builtin is not None:
+        return np.full(len(classes), bundles[0].builtin.min_conf)
     root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
     calibrated = load_thresholds(root, classes)
     return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)

@@ -62,6 +62,7 @@ from echoengine.layout import ONNX_FILE, Bundle, read_splits, weights_digest
 from echoengine.scoring import (  # the graph's runtime; re-exported: what an exported bundle is run with
     WEIGHTS_KEY,
     bundle_onnx_session,
+    file_pooling,
     onnx_session,
     pool_windows,
     predict_files,
@@ -131,12 +132,15 @@ class GraphFrontend(nn.Module):
         return image.unsqueeze(1).expand(-1, fe.image_channels, -1, -1)
 
 
-def _file_and_window_scores(logits: torch.Tensor, multilabel: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Window scores and the file's, as :mod:`echoengine.prediction` pools them (softmax and mean, or sigmoid, max)."""
-    if multilabel:
+def _file_and_window_scores(logits: torch.Tensor, pooling: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window scores and the file's, pooled as :func:`echoengine.scoring.file_pooling` says (softmax and mean,
+    softmax of the mean logits, or sigmoid and max)."""
+    if pooling == "max":
         probabilities = torch.sigmoid(logits)
         return probabilities.amax(dim=0), probabilities
     probabilities = torch.softmax(logits, dim=-1)
+    if pooling == "logit-mean":
+        return torch.softmax(logits.mean(dim=0), dim=-1), probabilities
     return probabilities.mean(dim=0), probabilities
 
 
@@ -147,13 +151,13 @@ class ServingModel(nn.Module):
         super().__init__()
         self.clip = bundle.config.window_samples  # the scorer's windows: clips, or BirdNET's 3 s
         self.model = clip_model(bundle)
-        self.multilabel = bundle.config.model.multilabel
+        self.pooling = file_pooling(bundle.config)
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = waveform.shape[0]
         windows = (n + self.clip - 1) // self.clip
         padded = nn.functional.pad(waveform, (0, windows * self.clip - n))
-        return _file_and_window_scores(self.model(padded.reshape(-1, self.clip)), self.multilabel)
+        return _file_and_window_scores(self.model(padded.reshape(-1, self.clip)), self.pooling)
 
 
 class BirdNETEmbeddingHead(nn.Module):
@@ -208,10 +212,10 @@ class _HeadServing(nn.Module):
     def __init__(self, bundle: Bundle) -> None:
         super().__init__()
         self.model = bundle.model
-        self.multilabel = bundle.config.model.multilabel
+        self.pooling = file_pooling(bundle.config)
 
     def forward(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _file_and_window_scores(self.model(embeddings), self.multilabel)
+        return _file_and_window_scores(self.model(embeddings), self.pooling)
 
 
 def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> list[str]:
@@ -314,8 +318,8 @@ def _check_graph(bundle: Bundle, path: Path, files: list[str], *, tolerance: flo
     if np.isnan(expected).any():
         raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
     scorer = window_scorer([bundle], sessions=[session])  # the scorer of predict --onnx and detect --onnx
-    multilabel = bundle.config.model.multilabel
-    got = np.stack([pool_windows(stream_window_probabilities(scorer, f), multilabel=multilabel) for f in files])
+    pooling = file_pooling(bundle.config)
+    got = np.stack([pool_windows(stream_window_probabilities(scorer, f), pooling=pooling) for f in files])
     difference = float(np.abs(got - expected).max())
     if not difference <= tolerance:
         raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "

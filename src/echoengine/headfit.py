@@ -363,9 +363,6 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
 
 
 def _torch_log_loss(logits: torch.Tensor, y: np.ndarray) -> torch.Tensor:
-    if logits.ndim == 3:  # a clip's windows: its probabilities are the mean of theirs, as files are scored
-        probabilities = torch.softmax(logits, -1).mean(1)
-        return torch.nn.functional.nll_loss(probabilities.clamp_min(1e-12).log(), torch.as_tensor(y, dtype=torch.long))
     if y.ndim == 2:
         targets = torch.as_tensor(y, dtype=torch.float64)
         known = ~torch.isnan(targets)
@@ -374,10 +371,7 @@ def _torch_log_loss(logits: torch.Tensor, y: np.ndarray) -> torch.Tensor:
 
 
 def _ece(logits: np.ndarray, y: np.ndarray) -> float:
-    """Expected calibration error of the softmax of some logits (multi-label: of every known label's sigmoid;
-    3-D window logits: of the mean of each clip's windows' softmax)."""
-    if logits.ndim == 3:
-        return float(expected_calibration_error(torch.softmax(torch.as_tensor(logits), -1).mean(1).numpy(), y))
+    """Expected calibration error of the softmax of some logits (multi-label: of every known label's sigmoid)."""
     if y.ndim == 2:
         known = ~np.isnan(y)
         p = torch.sigmoid(torch.as_tensor(logits[known])).numpy()
@@ -390,21 +384,15 @@ def _accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     if y.ndim == 2:
         known = ~np.isnan(y)
         return float(((logits[known] > 0) == (y[known] > 0.5)).mean())
-    if logits.ndim == 3:
-        return float((torch.softmax(torch.as_tensor(logits), -1).mean(1).numpy().argmax(1) == y).mean())
     return float((logits.argmax(1) == y).mean())
 
 
 def calibrate_held_out(held_out: np.ndarray | None, y: np.ndarray, *,
                        calibrate: bool = True) -> tuple[float, float, float, float]:
-    """(temperature, accuracy, ECE before, ECE after) of the inner folds' held-out logits (NaN rows: unscored).
-
-    ``held_out`` is (clips, classes), or (clips, windows, classes): then a
-    clip's probabilities are the mean of its windows' softmax, as a file's are.
-    """
+    """(temperature, accuracy, ECE before, ECE after) of the inner folds' held-out logits (NaN rows: unscored)."""
     if held_out is None:
         return 1.0, math.nan, math.nan, math.nan
-    rows = ~np.isnan(held_out).reshape(len(held_out), -1).any(1)
+    rows = ~np.isnan(held_out).any(1)
     held_out, y = held_out[rows], np.asarray(y)[rows]
     if not len(y):
         return 1.0, math.nan, math.nan, math.nan
@@ -441,19 +429,9 @@ def fit_prototypes(x: np.ndarray, y: np.ndarray, *, n_classes: int,
     return weight * scale / max(float(np.linalg.norm(x, axis=1).mean()), 1e-12), np.zeros(n_classes)
 
 
-def _held_out_windows(windows: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], heads: list, *,
-                      scored: np.ndarray) -> np.ndarray:
-    """Every held-out clip's window logits (clips, windows, classes) under its inner fold's head (NaN: unscored)."""
-    logits = np.full((*windows.shape[:2], heads[0][1].shape[0]), np.nan)
-    for (_, held), (weight, bias) in zip(splits, heads, strict=True):
-        logits[held] = windows[held] @ weight.T + bias
-    logits[~scored] = np.nan
-    return logits
-
-
 def select_and_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classes: int, grid: Sequence[float] = C_GRID,
                    folds: int = 5, seed: int = 0, calibrate: bool = True, mixup: float = 0.0, ensemble: bool = False,
-                   windows: np.ndarray | None = None, **options) -> HeadFit:
+                   **options) -> HeadFit:
     """Choose ``C`` by grouped inner CV, fit on all samples, and fit a temperature on the inner folds' logits.
 
     ``options`` go to :func:`fit_logistic` (``sample_weight``,
@@ -462,10 +440,7 @@ def select_and_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classe
     Beta alpha, 0: off) adds a mixed copy of every training row to every fit
     (:func:`mixup_rows`); ``ensemble`` averages the logits of the inner
     folds' heads at the chosen ``C`` and the head fitted on all samples (a
-    linear head still: their weights averaged). ``windows`` (clips,
-    windows, d), the features of each clip's windows (``x`` their mean),
-    fits the temperature (single-label) to what a file's probabilities are:
-    the mean of its windows' softmax. Without an inner split (a
+    linear head still: their weights averaged). Without an inner split (a
     class recorded once) the head is the class means (:func:`fit_prototypes`)
     or, multi-label, the logistic regression at :data:`DEFAULT_C`, with a
     warning.
@@ -473,9 +448,6 @@ def select_and_fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray, *, n_classe
     fit = _mixup_fit(mixup, seed) if mixup > 0 else fit_logistic
     c, scores, held_out, used, members = _inner_cv(x, y, groups, n_classes=n_classes, grid=grid, folds=folds,
                                                    seed=seed, fit=fit, **options)
-    if windows is not None and held_out is not None and np.asarray(y).ndim == 1:
-        held_out = _held_out_windows(windows, _grouped_folds(np.asarray(y), np.asarray(groups), folds, seed),
-                                     members, scored=~np.isnan(held_out).any(1))
     if not used:
         return _fallback(x, y, n_classes=n_classes, **options)
     weight, bias = fit(x, y, n_classes=n_classes, c=c, **options)
@@ -583,8 +555,7 @@ def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoC
     train = config.train
     fit = select_and_fit(x, data.targets, data.groups, n_classes=len(classes), seed=train.seed,
                          sample_weight=data.sample_weight, label_smoothing=train.label_smoothing,
-                         multilabel=data.multilabel, mixup=train.head_mixup, ensemble=train.head_ensemble,
-                         windows=(data.windows - mean) / std)
+                         multilabel=data.multilabel, mixup=train.head_mixup, ensemble=train.head_ensemble)
     logits = x @ fit.weight.T + fit.bias
     fit.train_loss, fit.train_accuracy = _log_loss(logits, data.targets), _accuracy(logits, data.targets)
     model = build_model(config.model, len(classes))

@@ -51,6 +51,10 @@ __all__ = ["LEVELS", "MULTI_LABEL", "SINGLE_LABEL", "LabelKind", "group_folds", 
 
 logger = logging.getLogger("echoengine")
 
+#: What metrics.json says of how a file's windows made its probabilities.
+_POOLING_NOTES = {"mean": "mean of window probabilities",
+                  "logit-mean": "softmax of the mean of window logits (as the clips the head was fitted on)"}
+
 # The levels a multi-label model is scored at: each window of the grid, and each recording (its best window).
 LEVELS = ("window", "recording")
 Boxes = pd.DataFrame | None
@@ -180,12 +184,13 @@ class LabelKind(ABC):
     @abstractmethod
     def score(self, table: pd.DataFrame, classes: list[str], windows: np.ndarray, rows: np.ndarray,
               targets: np.ndarray, *, thresholds: np.ndarray | None = None, skipped: int = 0,
-              models: int = 1) -> tuple[dict, np.ndarray]:
+              models: int = 1, pooling: str = "mean") -> tuple[dict, np.ndarray]:
         """The metrics of window probabilities, and the rows' scores (n_rows, n_classes) pooled from them.
 
         ``windows``, ``rows`` and ``targets`` are those of
         :func:`echoengine.prediction.window_probabilities`; ``skipped`` rows
-        had labels outside the classes; ``models`` scored together.
+        had labels outside the classes; ``models`` scored together;
+        ``pooling`` is the model's (:func:`echoengine.scoring.file_pooling`; multi-label: the max).
         """
 
     # ---- what metrics.json notes beside the scores ---------------------------------------------------------------
@@ -289,13 +294,14 @@ class _SingleLabel(LabelKind):
             raise EchoError("none of the labels of the data are among the model's classes")
         return known
 
-    def score(self, table, classes, windows, rows, targets, *, thresholds=None, skipped=0, models=1):
-        files = clip_means(windows, rows, n_rows=len(table))
+    def score(self, table, classes, windows, rows, targets, *, thresholds=None, skipped=0, models=1,
+              pooling="mean"):
+        files = clip_means(windows, rows, n_rows=len(table), pooling=pooling)
         loaded = ~np.isnan(files).any(axis=1)
         labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
         metrics = classification_metrics(labels[loaded], files[loaded], classes)
         metrics.update(skipped_unknown_labels=skipped, failed_files=int((~loaded).sum()),
-                       clip_pooling="mean of window probabilities", models=models)
+                       clip_pooling=_POOLING_NOTES[pooling], models=models)
         return metrics, files
 
     def held_out_notes(self, *, part, data, refit, best_epoch):
@@ -415,7 +421,8 @@ class _MultiLabel(LabelKind):
     def known(self, table, classes):
         return np.ones(len(table), dtype=bool)  # a recording's labels are its boxes'
 
-    def score(self, table, classes, windows, rows, targets, *, thresholds=None, skipped=0, models=1):
+    def score(self, table, classes, windows, rows, targets, *, thresholds=None, skipped=0, models=1,
+              pooling="max"):
         best = clip_maxes(windows, rows, n_rows=len(table))
         present = np.nan_to_num(clip_maxes(np.nan_to_num(targets), rows, n_rows=len(table)))
         loaded = ~np.isnan(best).any(axis=1)

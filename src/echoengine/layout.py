@@ -279,12 +279,23 @@ class Bundle:
 
     :func:`echoengine.bundle.load_bundle` loads the model;
     :func:`read_bundle` reads the rest, for a scorer of the exported graph.
+    A built-in bundle (:mod:`echoengine.builtin`) has no folder of its own:
+    ``builtin`` is its spec, whose ``identity`` stands for the weights' digest.
     """
 
     path: Path
     config: EchoConfig
     classes: list[str]
     model: Classifier | Any = None
+    builtin: Any = None
+
+    @property
+    def weights_identity(self) -> str:
+        """What tells these weights from others: a built-in's identity, else the weights' size and time."""
+        if self.builtin is not None:
+            return self.builtin.identity
+        stat = self.files.weights.stat()
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
 
     @property
     def files(self) -> BundleFiles:

@@ -32,7 +32,7 @@ import pandas as pd
 
 from echoengine.errors import EchoError
 from echoengine.files import temporary_path, write_atomic
-from echoengine.layout import Bundle, BundleFiles
+from echoengine.layout import Bundle
 
 __all__ = ["LEDGER", "OUTPUTS", "Record", "Recorder", "claim_output", "finished_files", "key", "list_outputs",
            "read_records", "start_ledger", "write_atomic"]
@@ -102,7 +102,7 @@ def start_ledger(out: Path, bundles: Sequence[Bundle], scoring: dict, resume: bo
     """The run's ledger folder; with ``resume``, the earlier run's, which must match the model and ``scoring``."""
     ledger = out / LEDGER
     identity = {"bundles": [str(b.path.resolve()) for b in bundles],
-                "weights": [_weights_identity(b.path) for b in bundles],  # a bundle retrained in place differs
+                "weights": [b.weights_identity for b in bundles],  # a bundle retrained in place differs
                 "config": bundles[0].config.fingerprint(), **scoring}
     run_file = ledger / "run.json"
     if resume and run_file.is_file():
@@ -115,11 +115,6 @@ def start_ledger(out: Path, bundles: Sequence[Bundle], scoring: dict, resume: bo
     ledger.mkdir(parents=True, exist_ok=True)  # empty: see claim_output
     write_atomic(run_file, lambda p: p.write_text(json.dumps(identity, indent=1)))
     return ledger
-
-
-def _weights_identity(folder: Path) -> str:
-    stat = BundleFiles(folder).weights.stat()
-    return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
 @dataclass

@@ -3,7 +3,9 @@
 A file is cut into the fixed windows of the model's clip length (hop = clip
 length, the last window padded with silence), every window is scored, and
 the file's probabilities are the **mean of its windows' softmax
-probabilities**. Averaging probabilities (rather than taking the maximum)
+probabilities** (a head on an embedder fitted on clips: the softmax of the
+mean of its windows' logits, as a clip's are; see
+:func:`echoengine.scoring.file_pooling`). Averaging probabilities (rather than taking the maximum)
 makes a clip's answer the species heard through most of it, which is what a
 label of a clip means; for "is the species anywhere in this long recording"
 use :mod:`echoengine.detection`-style window scores instead. An ensemble (the
@@ -39,6 +41,7 @@ from echoengine.cache import FeatureCache
 from echoengine.dataset import ClipDataset
 from echoengine.embeddings import make_dataset
 from echoengine.layout import Bundle
+from echoengine.scoring import file_pooling
 from echoengine.torchscorer import TorchScorer
 
 __all__ = ["clip_maxes", "clip_means", "predict_table", "window_probabilities"]
@@ -63,13 +66,30 @@ def _collate(items: list):
     return default_collate(usable) if usable else None
 
 
-def clip_means(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int) -> np.ndarray:
-    """Average window probabilities per catalog row; rows without windows are NaN."""
+def clip_means(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int,
+               pooling: str = "mean") -> np.ndarray:
+    """Average window probabilities per catalog row; rows without windows are NaN.
+
+    ``pooling="logit-mean"`` averages their logarithms instead and
+    normalises (:func:`echoengine.scoring.pool_windows`).
+
+    Examples
+    --------
+    >>> clip_means(np.array([[0.8, 0.2], [0.4, 0.6]]), np.array([0, 0]), n_rows=1, pooling="logit-mean").round(3)
+    array([[0.62, 0.38]])
+    """
+    values = window_probs.astype(np.float64)
+    if pooling == "logit-mean":
+        values = np.log(np.maximum(values, 1e-30))
     sums = np.zeros((n_rows, window_probs.shape[1]))
-    np.add.at(sums, window_rows, window_probs)
+    np.add.at(sums, window_rows, values)
     counts = np.bincount(window_rows, minlength=n_rows)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    if pooling != "logit-mean":
+        return means
+    weights = np.exp(means - means.max(axis=1, keepdims=True))
+    return weights / weights.sum(axis=1, keepdims=True)
 
 
 def clip_maxes(window_probs: np.ndarray, window_rows: np.ndarray, *, n_rows: int) -> np.ndarray:
@@ -142,15 +162,16 @@ def window_probabilities(
 
 
 def predict_table(bundles: Sequence[Bundle], table: pd.DataFrame, **options) -> np.ndarray:
-    """File probabilities (n_rows, n_classes): the mean over each file's windows (multi-label models:
-    the max); NaN when none loaded.
+    """File probabilities (n_rows, n_classes): each file's windows pooled as
+    :func:`echoengine.scoring.file_pooling` says (the mean; multi-label models: the max); NaN when none loaded.
 
     Keyword options are those of :func:`window_probabilities`.
     """
     probabilities, rows = window_probabilities(bundles, table, **options)
-    if bundles[0].config.model.multilabel:  # is the species anywhere in the file: its best window
+    pooling = file_pooling(bundles[0].config)
+    if pooling == "max":  # is the species anywhere in the file: its best window
         return clip_maxes(probabilities, rows, n_rows=len(table))
-    return clip_means(probabilities, rows, n_rows=len(table))
+    return clip_means(probabilities, rows, n_rows=len(table), pooling=pooling)
 
 
 # ---- files of any length, decoded block by block -----------------------------------------------------------------

@@ -49,6 +49,7 @@ import numpy as np
 from tqdm import tqdm
 
 from echoengine import audio, ledger
+from echoengine.builtin import builtin_bundle, builtin_spec
 from echoengine.detection import DetectOptions, check_windows, open_ledger, scored_windows, write_outputs
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
@@ -124,13 +125,17 @@ _SCORERS: dict[tuple, object] = {}  # one scorer per worker process and model: l
 
 
 def _scorer(folders: tuple[str, ...], onnx: bool, threads: int):
-    """The scorer of the bundles in ``folders``, loaded once per process (read without running their code)."""
-    stats = [BundleFiles(Path(folder)).weights.stat() for folder in folders]  # a bundle retrained in place differs
+    """The scorer of the bundles in ``folders`` (or the built-in one names), loaded once per process (read without
+    running their code)."""
+    spec = builtin_spec(folders[0])
+    stats = [] if spec else [BundleFiles(Path(folder)).weights.stat() for folder in folders]  # retrained in place?
     key = (folders, onnx, tuple((s.st_size, s.st_mtime_ns) for s in stats))
     if key not in _SCORERS:
         _SCORERS.clear()
         set_threads(threads)  # ONNX sessions take their threads when made, torch whenever
-        if onnx:
+        if spec is not None:
+            bundles = [builtin_bundle(spec)]
+        elif onnx:
             from echoengine.layout import read_bundle
 
             bundles = [read_bundle(folder) for folder in folders]
@@ -233,7 +238,7 @@ def detect_on_ray(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: s
     records, todo = open_ledger(out, bundles, scorer, files, options=options, resume=resume, overwrite=overwrite,
                                 log=log)
     if todo:
-        folders = tuple(str(b.path.resolve()) for b in bundles)
+        folders = tuple(b.builtin.source if b.builtin else str(b.path.resolve()) for b in bundles)
         rate, n_classes = scorer.config.audio.sample_rate, len(scorer.classes)
         with ray_session(ray_options, log=log) as ray, \
                 ledger.Recorder(records, rate=rate, n_classes=n_classes) as recorder:

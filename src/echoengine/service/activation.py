@@ -18,6 +18,13 @@ When ``echoengine serve BUNDLE --store DIR`` starts, BUNDLE is registered and
   (``POST /api/models/{id}/activate``) outlives restarts of the server with
   its old command line.
 
+With ``--candidate`` or ``--activate``, the scoring options the command
+line does not give (``given``: ``--threshold``, ``--top-n``, the windows, the
+species filters) are the active model's, as its row recorded them: a model
+promoted scores as the one it replaces unless told otherwise. Whenever the
+active model changes to one registered with other scoring options, the log
+says which (and the activation's answer, ``changed_options``).
+
 :func:`activate` makes another registered model the active one while the
 server runs: its bundle is loaded (in a new scoring process when the server
 scores in one), checked to be the bundle that was registered, marked active
@@ -34,6 +41,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Collection
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -43,7 +51,15 @@ from echoengine.errors import EchoError
 from echoengine.service.db import Database
 from echoengine.service.schema import Model, utc_now
 from echoengine.service.scorer_process import ScorerProcess
-from echoengine.service.served import ServedModel, load_model, load_registered
+from echoengine.service.served import (
+    EVENT_OPTIONS,
+    ServedModel,
+    changed_options,
+    describe_options,
+    load_model,
+    load_registered,
+    with_recorded,
+)
 
 __all__ = ["ActivationError", "activate", "active_model", "mark_active", "open_served"]
 
@@ -88,16 +104,43 @@ def _chosen(db: Database, registered: Model, active: Model | None, *, candidate:
     return registered if last is not None and last > active.activated_at else active
 
 
+def _register(db: Database, bundle: str | Path, options: DetectOptions, active: Model | None,
+              given: Collection[str] | None, model_here: bool) -> ServedModel:
+    """``bundle`` loaded and registered, the options not ``given`` taken from ``active`` (when both are there)."""
+    taken: list[str] = []
+    if active is not None and given is not None:
+        inherited = with_recorded(options, active.options, keep={*given, "onnx"})
+        taken = [name for name in EVENT_OPTIONS if getattr(inherited, name) != getattr(options, name)]
+        options = inherited
+    try:
+        registered = load_model(db, bundle, options, model_here=model_here)
+    except EchoError as exc:
+        if not taken:
+            raise
+        raise EchoError(f"{exc} ({', '.join(taken)}: the options of the active model {active.name}/"
+                        f"{active.version}, taken since the command line does not give them)") from None
+    if taken:  # said, since the command line does not say it
+        logger.info("%s is model %s/%s (id %d), scoring with %s (%s as the active model %s/%s)", bundle,
+                    registered.row.name, registered.row.version, registered.row.id,
+                    describe_options(registered.row.options), ", ".join(taken), active.name, active.version)
+    return registered
+
+
 def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, candidate: bool = False,
-                activate: bool = False, model_here: bool = True) -> ServedModel:
+                activate: bool = False, model_here: bool = True,
+                given: Collection[str] | None = None) -> ServedModel:
     """Register ``bundle`` and load the model the store should score with (see the module's text); it is active.
+
+    ``given`` names the options the user gave (None: all); with ``candidate``
+    or ``activate``, the others are taken from the store's active model.
 
     Raises
     ------
     EchoError
-        Both ``candidate`` and ``activate``; a bundle that cannot be loaded;
-        ``candidate`` on a store without an active model; an active model
-        whose bundle is gone or has changed since it was registered.
+        Both ``candidate`` and ``activate``; a bundle that cannot be loaded
+        (or that the active model's options do not fit); ``candidate`` on a
+        store without an active model; an active model whose bundle is gone or
+        has changed since it was registered.
     """
     if candidate and activate:
         raise EchoError("--candidate registers the bundle without activating it, --activate activates it: give one")
@@ -105,7 +148,7 @@ def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, can
     if candidate and active is None:
         raise EchoError("--candidate: this store has no active model to serve beside the candidate; serve a "
                         "bundle without --candidate first")
-    registered = load_model(db, bundle, options, model_here=model_here)
+    registered = _register(db, bundle, options, active, given if candidate or activate else None, model_here)
     row = _chosen(db, registered.row, active, candidate=candidate, activate=activate)
     if row.id == registered.row.id:
         served = registered
@@ -120,7 +163,19 @@ def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, can
             registered.row.name, registered.row.version, registered.row.id, row.name, row.version, registered.row.id)
     if active is None or active.id != row.id:
         mark_active(db, row.id)
+        if active is not None:
+            _say_changes(active, row)
     return served
+
+
+def _say_changes(before: Model, after: Model) -> dict[str, tuple]:
+    """Warn when the active model changes to one that scores with other options; those options."""
+    changed = changed_options(before.options, after.options)
+    if changed:
+        logger.warning("model %s/%s scores new uploads with other options than %s/%s did: %s", after.name,
+                       after.version, before.name, before.version,
+                       "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
+    return changed
 
 
 def _row(db: Database, model_id: int) -> Model:
@@ -175,6 +230,7 @@ def activate(service, model_id: int) -> tuple[Model, Model]:
         service.store.audio_config = served.scorer.config.audio
         if previous.process is not None:
             previous.process.stop()
-        logger.info("model %s/%s (id %d) is active: new uploads are scored with it (was %s/%s)", row.name,
-                    row.version, row.id, previous.row.name, previous.row.version)
+        logger.info("model %s/%s (id %d) is active: new uploads are scored with it (was %s/%s), with %s", row.name,
+                    row.version, row.id, previous.row.name, previous.row.version, describe_options(row.options))
+        _say_changes(previous.row, row)
         return _row(service.db, model_id), previous.row

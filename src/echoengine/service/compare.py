@@ -3,8 +3,11 @@
 The store's reviewed events (:mod:`echoengine.service.reviewed`), less the
 recordings either bundle trained on (their ``splits.csv``) and those of the
 exports given to leave out, are scored by both bundles
-(:mod:`echoengine.service.rescore`). For each species and model, at the
-model's own thresholds (its calibrated ``thresholds.csv``, else 0.5):
+(:mod:`echoengine.service.rescore`), each with the options the store served it
+with (:func:`echoengine.service.recorded.scoring_of`: its ``--threshold``,
+``--top-n``, windows and species filters; a bundle never served: its own
+``thresholds.csv``, else 0.5, and ``detect``'s defaults; options given
+explicitly override both). For each species and model, at those thresholds:
 
 ``detections``
     held-out events whose truth for the species is known and whose score reaches the threshold;
@@ -36,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from echoengine.errors import EchoError
+from echoengine.service.recorded import scoring_of
 from echoengine.service.rescore import ScoredEvents, score_events
 from echoengine.service.reviewed import held_out, read_store, truth
 
@@ -88,6 +92,7 @@ class Comparison:
     events: int
     recordings: int
     left_out: int
+    scoring: tuple[str, str] = ("", "")  # how each model was judged (Scoring.source)
 
     def text(self) -> str:
         """The table as ``echoengine reviews compare`` prints it."""
@@ -99,32 +104,40 @@ class Comparison:
             shown[f"{side} R"] = [f"{r:.3f}" if not math.isnan(r) else "-" for r in shown[f"{side}_recall"]]
             shown[f"{side} t"] = [f"{t:.3f}" if not math.isnan(t) else "-" for t in shown[f"{side}_threshold"]]
         columns = ["species", "reviewed", "true", "old t", "old P", "old R", "new t", "new P", "new R"]
-        head = (f"old: {self.names[0]}\nnew: {self.names[1]}\n{self.events} held-out reviewed detections of "
-                f"{self.recordings} recordings ({self.left_out} left out: trained on, or in --exclude exports); "
-                "P = precision at the model's thresholds (true / detections), R = recall of the true ones\n")
+        head = (f"old: {self.names[0]}\n  judged with {self.scoring[0]}\nnew: {self.names[1]}\n  judged with "
+                f"{self.scoring[1]}\n{self.events} held-out reviewed detections of {self.recordings} recordings "
+                f"({self.left_out} left out: trained on, or in --exclude exports); t = the threshold used, "
+                "P = precision there (true / detections), R = recall of the true ones\n")
         return head + shown[columns].to_string(index=False)
 
 
 def compare_models(old: str | Path, new: str | Path, store: str | Path, *, db: str | None = None,
                    since: str | None = None, until: str | None = None,
-                   exclude: tuple[str | Path, ...] = ()) -> Comparison:
+                   exclude: tuple[str | Path, ...] = (), overrides: dict | None = None) -> Comparison:
     """Score the store's held-out reviewed detections with both bundles; per species precision, recall, counts.
+
+    Each bundle is judged with the options the store served it with; ``overrides`` (``threshold``, ``top_n``,
+    ``overlap``; see :func:`~echoengine.service.recorded.scoring_of`) replace them for both.
 
     Raises
     ------
     EchoError
-        A bundle or store that cannot be read, or no reviewed detection neither bundle trained on.
+        A bundle or store that cannot be read, options that do not fit a bundle, or no reviewed detection neither
+        bundle trained on.
     """
+    scorings = [scoring_of(bundle, store, db, overrides=overrides) for bundle in (old, new)]
     events, left_out = held_out(read_store(store, db, since=since, until=until), bundles=[old, new],
                                 exclude=exclude)
     if events.empty:
         raise EchoError(f"--store {store}: no reviewed detection left to compare on ({left_out} are of recordings "
                         "a bundle trained on or of --exclude exports)")
-    scored = [score_events(old, events), score_events(new, events)]
+    scored = [score_events(bundle, events, scoring.options) for bundle, scoring in zip((old, new), scorings,
+                                                                                         strict=True)]
     readable = ~np.isnan(scored[0].scores).all(axis=1) & ~np.isnan(scored[1].scores).all(axis=1)
     if not readable.all():  # recordings that could not be decoded (warned about): their events are left out
         events = events[readable].reset_index(drop=True)
         for side in scored:
             side.scores = side.scores[readable]
     table = _table(*scored, events)
-    return Comparison(table, (str(old), str(new)), len(events), events["recording"].nunique(), left_out)
+    return Comparison(table, (str(old), str(new)), len(events), events["recording"].nunique(), left_out,
+                      (scorings[0].source, scorings[1].source))

@@ -9,6 +9,14 @@ most when none does): the score a detection of that class over the event
 would have had. For the model that made the detection, with the same
 windows, that is the detection's own score.
 
+The options are those the bundle is judged with
+(:func:`echoengine.service.recorded.scoring_of`: as the store served it,
+by default): ``overlap`` and ``min_window`` cut the windows; with ``top_n``
+only a window's ``top_n`` best classes count for it, and classes left out by
+``include``/``exclude`` never do (NaN: no detection of that class over the
+event, at any threshold); ``threshold`` (None: the bundle's thresholds) says
+where a score is a detection, as ``detect`` does.
+
 Examples
 --------
 >>> scores = pd.DataFrame({"start": [0.0, 5.0, 10.0], "end": [5.0, 10.0, 15.0], "owl": [0.2, 0.9, 0.4]})
@@ -18,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,24 +35,47 @@ import numpy as np
 import pandas as pd
 
 from echoengine.api import load_bundles, use_onnx
-from echoengine.detection import DetectOptions, score_files
-from echoengine.events import detection_thresholds
+from echoengine.detection import DetectOptions, check_windows, score_files
+from echoengine.events import check_species, detection_thresholds
 from echoengine.scoring import window_scorer
 
-__all__ = ["ScoredEvents", "score_events", "span_scores"]
+__all__ = ["ScoredEvents", "detecting_scores", "score_events", "span_scores"]
 
 logger = logging.getLogger("echoengine")
 
 
-def span_scores(scores: pd.DataFrame, classes: Sequence[str], start: float, end: float) -> np.ndarray:
+def span_scores(scores: pd.DataFrame, classes: Sequence[str], start: float, end: float, *,
+                matrix: np.ndarray | None = None) -> np.ndarray:
     """Each class's highest score over the windows whose middle lies in ``[start, end]`` (else the window
-    overlapping the span most)."""
+    overlapping the span most); ``matrix``: the windows' scores to take (NaN: a class that cannot detect there)
+    instead of ``scores[classes]``."""
     middle = (scores["start"].to_numpy() + scores["end"].to_numpy()) / 2
     inside = (middle >= start - 1e-6) & (middle <= end + 1e-6)
     if not inside.any():
         overlap = np.minimum(scores["end"].to_numpy(), end) - np.maximum(scores["start"].to_numpy(), start)
         inside = np.arange(len(scores)) == int(np.argmax(overlap))
-    return scores.loc[inside, list(classes)].to_numpy(dtype=float).max(axis=0)
+    values = scores[list(classes)].to_numpy(dtype=float) if matrix is None else matrix
+    return np.fmax.reduce(values[inside], axis=0)  # NaN only where every window is NaN
+
+
+def detecting_scores(scores: pd.DataFrame, classes: Sequence[str], options: DetectOptions) -> np.ndarray:
+    """The windows' scores (windows, classes), NaN where ``options`` let no detection be: a class outside a
+    window's ``top_n`` best, or left out by ``include``/``exclude`` (as
+    :func:`echoengine.events.window_detections` decides).
+
+    Examples
+    --------
+    >>> scores = pd.DataFrame({"owl": [0.9, 0.2], "wren": [0.6, 0.7], "frog": [0.1, 0.8]})
+    >>> detecting_scores(scores, ["owl", "wren", "frog"], DetectOptions(top_n=1, exclude=("frog",))).tolist()
+    [[0.9, nan, nan], [nan, nan, nan]]
+    """
+    matrix = scores[list(classes)].to_numpy(dtype=float).copy()
+    if options.top_n:
+        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
+        matrix[ranks >= options.top_n] = np.nan
+    allowed = np.array([(not options.include or c in options.include) and c not in options.exclude for c in classes])
+    matrix[:, ~allowed] = np.nan
+    return matrix
 
 
 class ScoredEvents:
@@ -56,11 +88,16 @@ class ScoredEvents:
     classes : list of str
         The bundle's classes.
     thresholds : ndarray
-        The bundle's thresholds as ``detect`` uses them (calibrated, else 0.5).
+        Each class's threshold as ``detect`` uses it with the options (``threshold``, else the bundle's
+        calibrated thresholds, else 0.5).
+    options : DetectOptions
+        The options the events were scored with.
     """
 
-    def __init__(self, scores: np.ndarray, classes: list[str], thresholds: np.ndarray) -> None:
+    def __init__(self, scores: np.ndarray, classes: list[str], thresholds: np.ndarray,
+                 options: DetectOptions | None = None) -> None:
         self.scores, self.classes, self.thresholds = scores, classes, thresholds
+        self.options = options or DetectOptions()
 
     def of(self, species: str) -> np.ndarray:
         """The events' scores for ``species`` (NaN everywhere when the bundle does not know it)."""
@@ -73,26 +110,32 @@ class ScoredEvents:
         return float(self.thresholds[self.classes.index(species)]) if species in self.classes else float("nan")
 
 
-def score_events(bundle: str | Path, events: pd.DataFrame) -> ScoredEvents:
-    """Score the recordings of ``events`` (a table of :mod:`echoengine.service.reviewed`) with ``bundle``.
+def score_events(bundle: str | Path, events: pd.DataFrame, options: DetectOptions | None = None) -> ScoredEvents:
+    """Score the recordings of ``events`` (a table of :mod:`echoengine.service.reviewed`) with ``bundle``, with
+    ``options`` (default: ``detect``'s; see the module's text).
 
     Raises
     ------
     EchoError
-        The bundle cannot be loaded.
+        The bundle cannot be loaded, or the options do not fit it (an overlap of a window or more, a species
+        filter naming no class).
     """
-    onnx = use_onnx(bundle)
-    bundles = load_bundles(bundle, onnx=onnx)
-    scorer = window_scorer(bundles, onnx=onnx)
+    options = options or DetectOptions()
+    options = dataclasses.replace(options, onnx=use_onnx(bundle, options.onnx))
+    bundles = load_bundles(bundle, onnx=options.onnx)
+    scorer = window_scorer(bundles, onnx=options.onnx)
     classes = list(scorer.classes)
+    check_species(classes, options.include, options.exclude)
+    check_windows(scorer, options)
     result = np.full((len(events), len(classes)), np.nan)
     paths = list(dict.fromkeys(events["path"]))
     where = events["path"].to_numpy()
     spans = events[["start", "end"]].to_numpy(dtype=float)
-    for index, scores in score_files(scorer, paths, DetectOptions(onnx=onnx)):
+    for index, scores in score_files(scorer, paths, options):
         if isinstance(scores, str):
             logger.warning("%s: cannot be scored (%s); its reviewed events are left out", paths[index], scores)
             continue
+        matrix = detecting_scores(scores, classes, options)
         for row in np.flatnonzero(where == paths[index]):
-            result[row] = span_scores(scores, classes, *spans[row])
-    return ScoredEvents(result, classes, detection_thresholds(bundles, None, classes))
+            result[row] = span_scores(scores, classes, *spans[row], matrix=matrix)
+    return ScoredEvents(result, classes, detection_thresholds(bundles, options.threshold, classes), options)

@@ -21,6 +21,13 @@ the score does not rise with confirmation (slope <= 0), or when no threshold
 reaches the target. Events of recordings the bundle trained on (its
 ``splits.csv``), and of exports given to leave out, are not used.
 
+From a store, the events are scored with the options the store served the
+bundle with (:func:`echoengine.service.recorded.scoring_of`: its windows,
+``--top-n`` and species filters), and a species kept keeps the threshold it
+was served with (a recorded ``--threshold``, else the bundle's own); from an
+export (which records no model), with ``detect``'s defaults. Options given
+explicitly (``top_n``, ``overlap``) override both.
+
 Examples
 --------
 >>> scores = np.array([0.2, 0.4, 0.6, 0.8])
@@ -44,8 +51,9 @@ import pandas as pd
 from echoengine.errors import EchoError
 from echoengine.files import write_atomic
 from echoengine.layout import BundleFiles
+from echoengine.service.recorded import Scoring, scoring_of
 from echoengine.service.rescore import score_events
-from echoengine.service.reviewed import held_out, reviewed_events, truth
+from echoengine.service.reviewed import REVIEWS_FILE, held_out, reviewed_events, truth
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds, write_thresholds
 
 __all__ = ["DEFAULT_PRECISION", "MIN_EACH", "MIN_REVIEWS", "ReviewCalibration", "calibrate_from_reviews",
@@ -164,6 +172,19 @@ class ReviewCalibration:
     previous: Path | None
     events: int
     left_out: int
+    scoring: Scoring | None = None  # the options the events were scored with, and where they come from
+
+    def notes(self) -> str:
+        """What the thresholds were judged with, and a warning when the store serves the bundle with one
+        ``--threshold`` (which overrides the file written)."""
+        if self.scoring is None:
+            return ""
+        text = f"scored with {self.scoring.source}"
+        fixed = self.scoring.options.threshold
+        if fixed is not None:
+            text += (f"\nnote: the store serves this bundle with --threshold {fixed:g}, which overrides "
+                     f"{self.path.name}: serve it with --threshold bundle to detect at these thresholds")
+        return text
 
     def text(self) -> str:
         """The table as ``echoengine calibrate --reviews`` prints it."""
@@ -174,18 +195,22 @@ class ReviewCalibration:
 
 def calibrate_from_reviews(bundle: str | Path, source: str | Path, *, db: str | None = None,
                            precision: float = DEFAULT_PRECISION, min_reviews: int = MIN_REVIEWS,
-                           exclude: tuple[str | Path, ...] = ()) -> ReviewCalibration:
+                           exclude: tuple[str | Path, ...] = (), overrides: dict | None = None) -> ReviewCalibration:
     """Fit each species' threshold for ``precision`` on the reviews of a store or export; write them into the bundle.
 
     The bundle's ``thresholds.csv`` is replaced whole (atomically); the one it
     replaces is kept as ``thresholds.previous.csv``, and each row keeps its
     previous threshold in the ``previous`` column.
 
+    The events are scored with the options the store served the bundle with
+    (none from an export), ``overrides`` on top (see the module's text).
+
     Raises
     ------
     EchoError
         A precision outside (0, 1), ``min_reviews`` below 2, a source that is
-        neither a store nor an export, or no reviewed event the bundle did not train on.
+        neither a store nor an export, options that do not fit the bundle, or
+        no reviewed event the bundle did not train on.
     """
     if not 0 < precision < 1:
         raise EchoError(f"--precision must be in (0, 1), got {precision}")
@@ -195,12 +220,14 @@ def calibrate_from_reviews(bundle: str | Path, source: str | Path, *, db: str | 
     if events.empty:
         raise EchoError(f"{source}: no reviewed detection left to calibrate on ({left_out} are of recordings "
                         f"{bundle} trained on or of --exclude exports)")
-    scored = score_events(bundle, events)
+    store = None if (Path(source) / REVIEWS_FILE).is_file() else source
+    scoring = scoring_of(bundle, store, db, overrides=overrides)
+    scored = score_events(bundle, events, scoring.options)
     folder = Path(bundle)
-    table = review_thresholds(scored, events, _previous(folder, scored.classes), precision=precision,
-                              min_reviews=min_reviews)
+    previous = scored.thresholds if scoring.options.threshold is not None else _previous(folder, scored.classes)
+    table = review_thresholds(scored, events, previous, precision=precision, min_reviews=min_reviews)
     current, kept = BundleFiles(folder).thresholds, None
     if current.is_file():
         kept = write_atomic(folder / PREVIOUS_FILE, lambda temporary: shutil.copyfile(current, temporary))
     path = write_thresholds(folder, table)
-    return ReviewCalibration(table, path, kept, len(events), left_out)
+    return ReviewCalibration(table, path, kept, len(events), left_out, scoring)

@@ -78,6 +78,13 @@ def _start_child(parent: int, bundle: str, options: DetectOptions, thresholds: n
         return
     set_threads(threads)  # torch, imported by the load
     _SERVED = ServedModel(scorer, thresholds, options, row=None)
+    _warm_up(scorer, options)
+
+
+def _warm_up(scorer, options: DetectOptions) -> None:
+    """Score one batch of silence: the model's first call (kernels chosen, buffers made) before the first upload's."""
+    windows = np.zeros((options.batch_size, scorer.config.window_samples), dtype=np.float32)
+    scorer.score(scorer.prepare(windows))
 
 
 def _ready() -> None:

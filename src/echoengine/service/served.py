@@ -20,10 +20,11 @@ Examples
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +34,12 @@ import pandas as pd
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from echoengine.api import load_bundles, use_onnx
+from echoengine.api import load_bundles, read_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds
-from echoengine.layout import check_ensemble, find_bundles, read_bundle
+from echoengine.layout import check_ensemble
+from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -45,10 +47,13 @@ from echoengine.thresholds import models_digest
 
 logger = logging.getLogger("echoengine")
 
-__all__ = ["ServedModel", "fingerprint", "load_model", "load_registered", "prepare_model"]
+__all__ = ["EVENT_OPTIONS", "ServedModel", "changed_options", "describe_options", "fingerprint", "load_model",
+           "load_registered", "prepare_model", "recorded_form", "with_recorded"]
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")
+#: ... and those that do only when set (a model registered before them keeps its fingerprint).
+PLACE_OPTIONS = {"location_filter": None, "occurrence": ""}
 TOP_SPECIES = 5
 
 
@@ -79,6 +84,7 @@ class ServedModel:
     options: DetectOptions
     row: Model | None
     process: Any = None  # a ScorerProcess that scores instead of this process (echoengine serve starts one)
+    builtin: Any = None  # the spec of a built-in bundle (echoengine.builtin), registered by its name
 
     @property
     def classes(self) -> list[str]:
@@ -104,12 +110,33 @@ class ServedModel:
         for index, scores in score_files(self.scorer, paths, self.options):
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 
+    def where_and_when(self, events: pd.DataFrame, tops: list[list[dict]], *, lat: float | None, lon: float | None,
+                       when: Any = None) -> tuple[pd.DataFrame, list[list[dict]]]:
+        """A recording's events (and their top species) without the species not expected at its position and
+        date, with the options' ``location_filter``; all of them without it or without a position."""
+        options = self.options
+        if options.location_filter is None or lat is None or lon is None:
+            return events, tops
+        try:
+            place = Place(float(lat), float(lon), week_of(when) if when is not None else -1, options.location_filter,
+                          _table(options.occurrence) if options.occurrence else None)
+        except EchoError:  # a position out of range: the recording's events stay unfiltered
+            return events, tops
+        absent = set(unexpected_classes(self.classes, place))
+        keep = [label not in absent for label in events["label"]]
+        return events[keep].reset_index(drop=True), [top for top, kept in zip(tops, keep, strict=True) if kept]
+
     def events_of(self, scores: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording's window scores and the five best species of each."""
         events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
                              options=self.options)
         return events, [top_species(scores, self.classes, start, end) for start, end in
                         zip(events["start"], events["end"], strict=True)]
+
+
+@functools.cache
+def _table(path: str) -> OccurrenceTable:
+    return OccurrenceTable.read(path)
 
 
 def top_species(scores: pd.DataFrame, classes: list[str], start: float, end: float,
@@ -159,7 +186,9 @@ def load_model(db: Database, bundle: str | Path, options: DetectOptions | None =
         The bundle cannot be loaded, a species filter names no class, or the windows do not fit the model.
     """
     served, identity = prepare_model(bundle, options or DetectOptions(), model_here=model_here)
-    served.row = _register(db, Path(bundle).resolve().name, str(Path(bundle).resolve()), identity)
+    spec = served.builtin
+    name, path = (spec.name, spec.source) if spec else (Path(bundle).resolve().name, str(Path(bundle).resolve()))
+    served.row = _register(db, name, path, identity)
     return served
 
 
@@ -176,10 +205,8 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
         registered (other weights, classes or thresholds): serving it again
         registers the change as a new version.
     """
-    chosen = {name: tuple(value) if isinstance(value, list) else value
-              for name, value in row.options.items() if name in EVENT_OPTIONS}
     try:
-        served, identity = prepare_model(row.path, dataclasses.replace(options, **chosen), model_here=model_here)
+        served, identity = prepare_model(row.path, with_recorded(options, row.options), model_here=model_here)
     except EchoError as exc:
         raise EchoError(f"model {row.name}/{row.version} cannot be loaded from {row.path} ({exc})") from None
     if fingerprint(identity) != row.fingerprint:
@@ -187,6 +214,63 @@ def load_registered(row: Model, options: DetectOptions, *, model_here: bool = Tr
                         "registered (other weights, classes or thresholds); serve it again to register the change")
     served.row = row
     return served
+
+
+def with_recorded(options: DetectOptions, recorded: dict, *, keep: Collection[str] = ()) -> DetectOptions:
+    """``options`` with the scoring options a ``models`` row recorded (:data:`EVENT_OPTIONS`, and the place
+    options set), but those in ``keep``.
+
+    Examples
+    --------
+    >>> chosen = with_recorded(DetectOptions(top_n=3), {"threshold": 0.1, "top_n": 1, "include": ["owl"]},
+    ...                        keep=["top_n"])
+    >>> chosen.threshold, chosen.top_n, chosen.include
+    (0.1, 3, ('owl',))
+    """
+    chosen = {name: tuple(value) if isinstance(value, list) else value for name, value in recorded.items()
+              if (name in EVENT_OPTIONS or name in PLACE_OPTIONS) and name not in keep}
+    return dataclasses.replace(options, **chosen)
+
+
+def recorded_form(options: DetectOptions) -> dict:
+    """The scoring options of ``options`` as a ``models`` row records them (JSON: lists, not tuples)."""
+    return {name: list(value) if isinstance(value, tuple) else value
+            for name, value in ((name, getattr(options, name)) for name in EVENT_OPTIONS)}
+
+
+def changed_options(before: dict, after: dict) -> dict[str, tuple]:
+    """The scoring options two ``models`` rows recorded differently (ONNX or PyTorch apart): name -> (before, after).
+
+    Examples
+    --------
+    >>> changed_options({"threshold": 0.1, "top_n": 1, "onnx": False}, {"threshold": None, "top_n": 1, "onnx": True})
+    {'threshold': (0.1, None)}
+    """
+    defaults = recorded_form(DetectOptions())
+    return {name: (before.get(name, defaults[name]), after.get(name, defaults[name])) for name in EVENT_OPTIONS
+            if name != "onnx" and before.get(name, defaults[name]) != after.get(name, defaults[name])}
+
+
+def describe_options(recorded: dict) -> str:
+    """A ``models`` row's scoring options in words: the threshold, then those not at ``detect``'s defaults.
+
+    Examples
+    --------
+    >>> describe_options({"threshold": 0.1, "top_n": 1, "overlap": 0.0, "include": []})
+    'threshold 0.1 for every class, top-n 1'
+    >>> describe_options({"threshold": None, "exclude": ["wind"]})
+    "the bundle's thresholds (thresholds.csv, else 0.5), exclude wind"
+    """
+    threshold = recorded.get("threshold")
+    words = [f"threshold {threshold:g} for every class" if threshold is not None else
+             "the bundle's thresholds (thresholds.csv, else 0.5)"]
+    defaults = recorded_form(DetectOptions())
+    for name in EVENT_OPTIONS:
+        value = recorded.get(name, defaults[name])
+        if name not in ("threshold", "onnx") and value != defaults[name]:
+            shown = ", ".join(value) if isinstance(value, list | tuple) else f"{value:g}"
+            words.append(f"{'species' if name == 'include' else name.replace('_', '-')} {shown}")
+    return ", ".join(words)
 
 
 def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: bool = True
@@ -203,16 +287,22 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
         bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
         scorer = window_scorer(bundles, onnx=options.onnx)
     else:
-        bundles = [read_bundle(folder) for folder in find_bundles(bundle)]
+        bundles = read_bundles(bundle)
         scorer = ModelInputs.of(bundles, options)
     check_species(scorer.classes, options.include, options.exclude)
     check_windows(scorer, options)
     thresholds = detection_thresholds(bundles, options.threshold, scorer.classes)
-    chosen = {name: getattr(options, name) for name in EVENT_OPTIONS}
-    identity = {"weights_hash": models_digest(bundle), "classes": list(scorer.classes),
-                "thresholds": [round(float(t), 6) for t in thresholds],
-                "options": {k: list(v) if isinstance(v, tuple) else v for k, v in chosen.items()}}
-    return ServedModel(scorer, thresholds, options, None), identity
+    chosen = recorded_form(options)
+    chosen.update({name: getattr(options, name) for name, unset in PLACE_OPTIONS.items()
+                   if getattr(options, name) != unset})
+    if options.location_filter is not None:  # a threshold, table or bundle it cannot filter: refused now
+        table = _table(options.occurrence) if options.occurrence else None
+        unexpected_classes(scorer.classes, Place(0.0, 0.0, threshold=options.location_filter, table=table),
+                           model=str(bundle))
+    spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
+    identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
+                "thresholds": [round(float(t), 6) for t in thresholds], "options": chosen}
+    return ServedModel(scorer, thresholds, options, None, builtin=spec), identity
 
 
 def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:

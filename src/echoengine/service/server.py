@@ -23,13 +23,14 @@ import logging
 import re
 import socket
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from echoengine.api import read_bundles
 from echoengine.detection import DetectOptions
 from echoengine.errors import EchoError
-from echoengine.layout import find_bundles
 from echoengine.service.access import Access, read_api_key
 from echoengine.service.activation import open_served
 from echoengine.service.db import DB_FILE, Database, default_url
@@ -126,7 +127,8 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
                  options: DetectOptions | None = None, api_key_file: str | Path | None = None,
                  public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                  base_url: str = "", mqtt: str | None = None, mqtt_out: str | None = None,
-                 scoring_processes: int = 0, candidate: bool = False, activate: bool = False) -> Service:
+                 scoring_processes: int = 0, candidate: bool = False, activate: bool = False,
+                 given: Collection[str] | None = None) -> Service:
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
     Options, MQTT address and bundle are checked before the store folder is made (a failed start removes what
@@ -155,6 +157,9 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     candidate, activate : bool
         Register ``bundle`` without making it the store's active model, or make it active whatever the store's
         active model is; by default the rules of :mod:`echoengine.service.activation`.
+    given : collection of str, optional
+        The scoring options of ``options`` the user gave (``serve``'s command line); with ``candidate`` or
+        ``activate``, the others are the store's active model's. None: all of them.
 
     Raises
     ------
@@ -163,13 +168,13 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     """
     _check_options(max_upload_mb, mqtt, mqtt_out)
     access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
-    find_bundles(bundle)  # a path that holds no bundle is refused before the store is made
+    read_bundles(bundle)  # a path that holds no bundle is refused before the store is made
     folder, made = _folder(store)
     lock = lock_store(folder)
     try:
         client_id = mqtt_client_id(folder) if mqtt else None
         database, served, audio = _open_store(folder, db, bundle, options, scoring_processes,
-                                              {"candidate": candidate, "activate": activate})
+                                              {"candidate": candidate, "activate": activate, "given": given})
     except BaseException:
         lock.release()
         if made:
@@ -286,7 +291,7 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
           public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
           mqtt_out: str | None = None, log_level: str = "info", scoring_processes: int | None = None,
-          candidate: bool = False, activate: bool = False) -> None:
+          candidate: bool = False, activate: bool = False, given: Collection[str] | None = None) -> None:
     """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest).
 
     The model scores in ``scoring_processes`` processes of their own (default
@@ -305,7 +310,7 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
                                public_reads=public_reads, max_upload_mb=max_upload_mb,
                                base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out,
                                scoring_processes=scoring_processes or default_processes(), candidate=candidate,
-                               activate=activate)
+                               activate=activate, given=given)
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)

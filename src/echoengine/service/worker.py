@@ -302,6 +302,11 @@ class Worker:
             if recording is None or recording.status != "running":  # requeued by another server meanwhile
                 return []
             base = recording.recorded_at or recording.received_at
+            sensor = recording.sensor
+            events, tops = served.where_and_when(
+                events, tops, lat=recording.lat if recording.lat is not None else sensor and sensor.lat,
+                lon=recording.lon if recording.lon is not None else sensor and sensor.lon,
+                when=recording.recorded_at)
             rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event.label),
                               start=float(event.start), end=float(event.end),
                               time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),

@@ -65,6 +65,20 @@ function ticksOf([low, high]) {
   return [0, 1, 2, 3, 4].map((i) => low + i * step).map((v) => [v, v.toFixed(Math.abs(high - low) < 0.1 ? 4 : 2)]);
 }
 
+/** Baselines for the points' labels (10 px text beside each point): above the point, else the first place
+ * below or above it where the label overlaps none placed before (close sensors' names stay readable). */
+function labelBaselines(points) {
+  const boxes = [];
+  return points.map((p) => {
+    const width = 6 * p.text.length, left = p.end ? p.x - 8 - width : p.x + 8;
+    const clash = (top) => boxes.some((b) => left < b.left + b.width && b.left < left + width &&
+      top < b.top + 12 && b.top < top + 12);
+    const step = [0, 24, -12, 36, -24, 48, -36].find((shift) => !clash(p.y - 17 + shift)) ?? 0;
+    boxes.push({left, top: p.y - 17 + step, width});
+    return p.y - 7 + step;
+  });
+}
+
 /** The sensors with coordinates as points (longitude across, latitude up), each a link to its list. */
 export function positionsChart(id, sensors, linkOf) {
   const placed = sensors.filter((row) => Number.isFinite(row.lat) && Number.isFinite(row.lon));
@@ -73,10 +87,11 @@ export function positionsChart(id, sensors, linkOf) {
   const lons = span(placed.map((r) => r.lon), 0.01), lats = span(placed.map((r) => r.lat), 0.01);
   const x = (lon) => M.left + ((lon - lons[0]) / (lons[1] - lons[0])) * (W - M.left - M.right);
   const y = (lat) => H - M.bottom - ((lat - lats[0]) / (lats[1] - lats[0])) * (H - M.top - M.bottom);
-  const points = placed.map((r) => s("a", {href: linkOf(r),
+  const baselines = labelBaselines(placed.map((r) => ({x: x(r.lon), y: y(r.lat), text: r.id, end: x(r.lon) > W * 0.75})));
+  const points = placed.map((r, i) => s("a", {href: linkOf(r),
     "aria-label": `${r.id}: latitude ${r.lat}, longitude ${r.lon}`},
     s("circle", {cx: x(r.lon), cy: y(r.lat), r: 5, class: "dot"}),
-    s("text", {x: x(r.lon) + (x(r.lon) > W * 0.75 ? -8 : 8), y: y(r.lat) - 7, class: "tick",
+    s("text", {x: x(r.lon) + (x(r.lon) > W * 0.75 ? -8 : 8), y: baselines[i], class: "tick",
       "text-anchor": x(r.lon) > W * 0.75 ? "end" : "start"}, r.id)));
   return frame(size, id, "Sensor positions", `${placed.length} sensors by longitude (across) and latitude (up).`,
     [axes(size, ticksOf(lons), ticksOf(lats), x, y, "longitude (°)", "latitude (°)"), points]);

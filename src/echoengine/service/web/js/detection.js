@@ -47,9 +47,10 @@ function reviewsTable(d) {
   if (!reviews.length) return h("p", {id: "reviews"}, "No review yet.");
   return h("table", {id: "reviews", class: "reviews"},
     h("caption", {class: "visually-hidden"}, "Earlier reviews, oldest first"),
-    head("When (UTC)", "Reviewer", "Verdict", "Species", "Comment"),
+    head("When (UTC)", "Reviewer", "Verdict", "Comment"),
     h("tbody", {}, reviews.map((r) => h("tr", {}, h("td", {}, when(r.created_at)), h("td", {}, r.reviewer),
-      h("td", {}, h("span", {class: `badge ${r.status}`}, r.status)), h("td", {}, r.species || "–"),
+      h("td", {}, h("span", {class: `badge ${r.status}`}, r.status),
+        r.species ? h("span", {class: "under"}, `as ${r.species}`) : null),
       h("td", {}, r.comment || "")))));
 }
 

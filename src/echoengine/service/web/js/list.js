@@ -141,15 +141,14 @@ function speciesTable(params) {
     const share = (part) => (part === undefined ? "–" : `${count(part)} (${percent(part, reviewed)})`);
     return h("tr", {},
       h("th", {scope: "row"}, h("a", {href: filter}, row.species),
-        h("span", {class: "under"}, shareBar(row), `${count(reviewed)} reviewed`,
+        h("span", {class: "under"}, shareBar(row), `${count(row.detections)} detections · ${count(reviewed)} reviewed`,
           row.relabelled ? ` · ${count(row.relabelled)} relabelled` : "")),
-      h("td", {class: "num"}, count(row.detections)),
       h("td", {class: "num"}, share(row.confirmed || 0)), h("td", {class: "num"}, share(wrong)));
   });
   return h("table", {class: "species"},
     h("caption", {}, "Confirmed as the species, and rejected or relabelled to another: shares of the reviewed ",
       "detections. The bar: of all detections."),
-    head("Species", ["Detections", "num"], ["Confirmed", "num"], ["Rejected or relabelled", "num"]),
+    head("Species", ["Confirmed", "num"], ["Rejected or relabelled", "num"]),
     h("tbody", {}, rows));
 }
 
