@@ -60,7 +60,9 @@ def window_embeddings(table: pd.DataFrame, source: tuple[float, tuple], cache_di
     hop, blocks = source
     config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop, "birdnet_blocks": blocks})
     cache = FeatureCache(cache_dir, config)
-    data = make_dataset(table, catalog.class_names(table), config, train=False, cache=cache, progress=True)
+    # clips=True: each file's 5 s clips (BirdNET windows at 0 and 3 s), not the 3 s windows files are scored in
+    data = make_dataset(table, catalog.class_names(table), config, train=False, cache=cache, progress=True,
+                        clips=True)
     data.precompute()
     first = {}
     for index, (row, _) in enumerate(data.items):

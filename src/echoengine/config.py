@@ -47,23 +47,13 @@ from echoengine.input_config import (
     DataConfig,
     FrontendConfig,
     check_at_most,
+    check_numbers,
     require,
 )
 from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
 
-__all__ = [
-    "AUDIO_EXTENSIONS",
-    "BIRDNET_BLOCKS",
-    "CONFIG_FILE",
-    "MACHINE_SETTINGS",
-    "AudioConfig",
-    "AugmentConfig",
-    "DataConfig",
-    "EchoConfig",
-    "FrontendConfig",
-    "ModelConfig",
-    "TrainConfig",
-]
+__all__ = ["AUDIO_EXTENSIONS", "BIRDNET_BLOCKS", "BIRDNET_SPEEDS", "CONFIG_FILE", "MACHINE_SETTINGS", "AudioConfig",
+           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ModelConfig", "TrainConfig"]
 
 #: The name of a bundle's full config (see :mod:`echoengine.bundle`), here for the modules below it.
 CONFIG_FILE = "echoengine.toml"
@@ -71,6 +61,8 @@ CONFIG_VERSION = 2  # 2: model.birdnet_blocks (a version-1 config means none)
 #: BirdNET V2.4's blocks, in order, and the channels of each one's output (``model.birdnet_blocks``).
 BIRDNET_BLOCKS = {"1-1": 36, "1-2": 36, "1-3": 36, "2-1": 72, "2-2": 72, "2-3": 72, "2-4": 72, "3-1": 108,
                   "3-2": 108, "3-3": 108, "3-4": 108, "3-5": 108, "4-1": 192, "4-2": 192, "4-3": 192, "4-4": 192}
+#: The playback speeds of BirdNET's window views (``model.birdnet_speeds``): 1, or faster or slower by 2 to 4.
+BIRDNET_SPEEDS = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0)
 _NONE = "none"  # how an unset optional value is written in TOML
 
 
@@ -125,6 +117,11 @@ class ModelConfig:
         ``[]``: the embedding alone, as in configs of version 1.
     birdnet_precision : str
         BirdNET's front end arithmetic: ``"float32"`` (2.6x faster, cosine 0.999996 to float64) or ``"float64"``.
+    birdnet_speeds : tuple of float
+        Playback speeds of :data:`BIRDNET_SPEEDS` at which each window is
+        also embedded, the features side by side (the BirdNET embedder in
+        torch and backbone): 2 plays it twice as fast, its content an octave up
+        (:mod:`echoengine.models.birdnet_views`); ``[1.0]``: the window alone.
     multilabel : bool
         Several species per clip: sigmoid outputs trained with binary
         cross-entropy on clips labelled from annotated boxes (with
@@ -159,6 +156,9 @@ class ModelConfig:
         "metavar": "BLOCKS"})
     birdnet_precision: str = field(default="float32", metadata={
         "help": "arithmetic of BirdNET's front end (float64: the reference)", "choices": ("float32", "float64")})
+    birdnet_speeds: tuple[float, ...] = field(default=(1.0,), metadata={
+        "help": "playback speeds at which BirdNET also embeds each window, comma-separated (2: twice as fast, an "
+                "octave up)", "metavar": "SPEEDS"})
 
     def __post_init__(self) -> None:
         s = "model"
@@ -174,6 +174,8 @@ class ModelConfig:
         object.__setattr__(self, "birdnet_blocks", tuple(b for b in BIRDNET_BLOCKS if b in self.birdnet_blocks))
         require(self.embedding_hop == 0 or 0.1 <= self.embedding_hop <= 600,
                  f"{s}.embedding_hop must be 0 (the window length) or 0.1 to 600 seconds, got {self.embedding_hop}")
+        object.__setattr__(self, "birdnet_speeds", check_numbers(f"{s}.birdnet_speeds", self.birdnet_speeds,
+                                                                 BIRDNET_SPEEDS))
         require(self.birdnet_precision in ("float32", "float64"),
                  f"{s}.birdnet_precision must be 'float32' or 'float64', got {self.birdnet_precision!r}")
         require(self.trainable_blocks >= 0, f"{s}.trainable_blocks must be >= 0, got {self.trainable_blocks}")
@@ -346,14 +348,8 @@ class TrainConfig:
         require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
 
 
-_SECTIONS: dict[str, type] = {
-    "audio": AudioConfig,
-    "frontend": FrontendConfig,
-    "augment": AugmentConfig,
-    "data": DataConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-}
+_SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "augment": AugmentConfig,
+                              "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:

@@ -104,21 +104,24 @@ class CNNEmbedder:
         return np.concatenate(out) if out else np.zeros((0, self.embedding_size), np.float32)
 
 
-def build_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32"):
+def build_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32",
+                   speeds: Sequence[float] = (1.0,)):
     """An embedder by config name: ``"birdnet"`` (torch), ``"birdnet-tflite"`` or ``"cnn:/path/to/bundle"``.
 
     Its kind (:func:`echoengine.kinds.embedder_kind`) builds it. ``blocks``
     (BirdNET's, see :func:`feature_size`) add pooled block outputs to
     BirdNET's embedding; ``precision`` is the torch BirdNET's front end
-    arithmetic (``model.birdnet_precision``). The BirdNET embedders are loaded
-    once per process.
+    arithmetic (``model.birdnet_precision``); ``speeds`` the playback speeds
+    whose views of each window the torch BirdNET embeds side by side
+    (``model.birdnet_speeds``). The BirdNET embedders are loaded once per process.
     """
-    return embedder_kind(name).make_embedder(name, blocks, precision=precision)
+    return embedder_kind(name).make_embedder(name, blocks, precision=precision, speeds=tuple(speeds))
 
 
 def config_embedder(model: ModelConfig):
-    """The embedder of a ``[model]`` section: its embedder, BirdNET blocks and front-end precision."""
-    return build_embedder(model.embedder, model.birdnet_blocks, precision=model.birdnet_precision)
+    """The embedder of a ``[model]`` section: its embedder, BirdNET blocks, front-end precision and speeds."""
+    return build_embedder(model.embedder, model.birdnet_blocks, precision=model.birdnet_precision,
+                          speeds=model.birdnet_speeds)
 
 
 @functools.cache
@@ -126,19 +129,27 @@ def _birdnet(embedder: type, blocks: tuple[str, ...], **options):
     return embedder(blocks=blocks, **options)
 
 
-def birdnet_torch_embedder(name: str, blocks: Sequence[str] = (), *,
-                           precision: str = "float32") -> BirdNETTorchEmbedder:
+def birdnet_torch_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32",
+                           speeds: tuple[float, ...] = (1.0,)) -> BirdNETTorchEmbedder:
     """The ``birdnet`` embedder (BirdNET V2.4 in torch), shared within the process."""
-    return _birdnet(BirdNETTorchEmbedder, block_order(blocks), precision=precision)
+    return _birdnet(BirdNETTorchEmbedder, block_order(blocks), precision=precision, speeds=tuple(speeds))
 
 
-def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> BirdNETEmbedder:
-    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite, float32 throughout), shared within the process."""
+def birdnet_tflite_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32",
+                            speeds: tuple[float, ...] = (1.0,)) -> BirdNETEmbedder:
+    """The ``birdnet-tflite`` embedder (BirdNET V2.4 through TFLite, float32 throughout), shared within the process.
+
+    It embeds the windows as they are: other playback ``speeds`` than 1 are an EchoError.
+    """
+    if tuple(speeds) != (1.0,):
+        raise EchoError(f"model.birdnet_speeds = {list(speeds)} needs the birdnet embedder (torch); birdnet-tflite "
+                        "embeds the windows as they are (set model.birdnet_speeds = [1.0])")
     return _birdnet(BirdNETEmbedder, block_order(blocks))
 
 
-def cnn_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32") -> CNNEmbedder:
-    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks`` and ``precision`` are unused)."""
+def cnn_embedder(name: str, blocks: Sequence[str] = (), *, precision: str = "float32",
+                 speeds: tuple[float, ...] = (1.0,)) -> CNNEmbedder:
+    """The ``cnn:/path/to/bundle`` embedder: that bundle's CNN (``blocks``, ``precision``, ``speeds`` unused)."""
     return CNNEmbedder(name.removeprefix("cnn:"))
 
 

@@ -174,7 +174,8 @@ class BirdNETEmbeddingHead(nn.Module):
         window = BirdNETClassifier.window
         model = bundle.config.model
         self.embedder = BirdNETClassifier(nn.Identity(), hop=embedding_hop_samples(bundle.config, window),
-                                          blocks=model.birdnet_blocks, precision=model.birdnet_precision)
+                                          blocks=model.birdnet_blocks, precision=model.birdnet_precision,
+                                          speeds=model.birdnet_speeds)
         self.head = bundle.model
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from echoengine.errors import ConfigError
 
 __all__ = ["AUDIO_EXTENSIONS", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES", "MAX_SEED", "MAX_STFT_VALUES", "AudioConfig",
-           "AugmentConfig", "DataConfig", "FrontendConfig", "check_at_most", "check_probability", "check_range",
-           "require"]
+           "AugmentConfig", "DataConfig", "FrontendConfig", "check_at_most", "check_numbers", "check_probability",
+           "check_range", "require"]
 
 #: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
@@ -49,6 +49,21 @@ def check_probability(section: str, name: str, value: float) -> None:
 
 def check_range(section: str, name: str, low: float, high: float) -> None:
     require(low <= high, f"{section}.{name}: minimum {low} is above maximum {high}")
+
+
+def check_numbers(where: str, values, allowed: tuple[float, ...]) -> tuple[float, ...]:
+    """The numbers of a list option, each one of ``allowed``: ascending, once each; anything else is a ConfigError.
+
+    >>> check_numbers("model.birdnet_speeds", ["2", 1, 2.0], (0.5, 1.0, 2.0))
+    (1.0, 2.0)
+    """
+    try:
+        numbers = {float(value) for value in values}
+    except (TypeError, ValueError):
+        numbers = {float("nan")}
+    require(bool(numbers) and numbers <= set(allowed),
+            f"{where} must be one or more of {', '.join(f'{a:g}' for a in allowed)}, got {list(values)}")
+    return tuple(sorted(numbers))
 
 
 def check_at_most(section: str, name: str, value: float, high: float, why: str) -> None:

@@ -145,7 +145,7 @@ class ModelKind:
     multilabel : bool
         Whether it trains on annotated boxes (``model.multilabel``).
     birdnet : bool
-        Whether BirdNET computes its inputs (``model.birdnet_blocks`` matter).
+        Whether BirdNET computes its inputs (``model.birdnet_blocks`` and ``birdnet_speeds`` matter).
     sample_rate : int
         The audio rate its backbone needs (checked by the config); 0: any.
     probe_embedder : str
@@ -153,10 +153,11 @@ class ModelKind:
         of its frozen features, on which the head is probed first; empty: the
         kind is not fine-tuned that way.
     make_embedder : Target, optional
-        ``(embedder name, BirdNET blocks, *, precision) -> embedder`` for
-        embedder kinds (``precision``: the torch BirdNET's front end).
+        ``(embedder name, BirdNET blocks, *, precision, speeds) -> embedder``
+        for embedder kinds (``precision``: the torch BirdNET's front end;
+        ``speeds``: its playback-speed views).
     embedding_size : Target, optional
-        ``(embedder name, BirdNET blocks) -> int``, without loading the embedder.
+        ``(embedder name, BirdNET blocks, speeds) -> int``, without loading the embedder.
     serving : Target, optional
         ``(bundle) -> torch.nn.Module`` from raw clips (batch, clip samples)
         to logits, put inside the waveform-in ONNX graph; None: the graph

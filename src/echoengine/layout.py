@@ -509,8 +509,9 @@ def find_bundles(folder: str | Path) -> list[Path]:
 
 
 def _model_inputs(config: EchoConfig) -> tuple:
+    birdnet = config.model.uses_birdnet
     return (config.fingerprint("audio", "frontend"), config.model.embedder, config.model.embedding_hop,
-            config.model.birdnet_blocks if config.model.uses_birdnet else ())
+            config.model.birdnet_blocks if birdnet else (), config.model.birdnet_speeds if birdnet else ())
 
 
 def check_ensemble(bundles: list[Bundle]) -> None:

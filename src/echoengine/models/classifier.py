@@ -129,7 +129,7 @@ def build_embedding_model(config: ModelConfig, n_classes: int) -> EmbeddingClass
     >>> model(torch.rand(2, 3, 1024)).shape  # 2 clips of 3 windows of BirdNET's 1024-d embedding
     torch.Size([2, 4])
     """
-    size = config.kind.embedding_size(config.embedder, config.birdnet_blocks)
+    size = config.kind.embedding_size(config.embedder, config.birdnet_blocks, config.birdnet_speeds)
     return EmbeddingClassifier(_head(config, size, n_classes), embedding_size=size, pooling=config.pooling)
 
 
@@ -138,7 +138,7 @@ def build_birdnet_model(config: ModelConfig, n_classes: int) -> nn.Module:
     from echoengine.models.birdnet_torch import BirdNETClassifier
     from echoengine.models.embedders import feature_size
 
-    head = _head(config, feature_size(config.birdnet_blocks), n_classes)
+    head = _head(config, feature_size(config.birdnet_blocks) * len(config.birdnet_speeds), n_classes)
     return BirdNETClassifier(head, hop=round(config.embedding_hop * 48000), pooling=config.pooling,
                              trainable_blocks=config.trainable_blocks, blocks=config.birdnet_blocks,
-                             precision=config.birdnet_precision)
+                             precision=config.birdnet_precision, speeds=config.birdnet_speeds)

