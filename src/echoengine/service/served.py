@@ -247,8 +247,9 @@ def changed_options(before: dict, after: dict) -> dict[str, tuple]:
     {'threshold': (0.1, None)}
     """
     defaults = recorded_form(DetectOptions())
-    return {name: (before.get(name, defaults[name]), after.get(name, defaults[name])) for name in EVENT_OPTIONS
-            if name != "onnx" and before.get(name, defaults[name]) != after.get(name, defaults[name])}
+    pairs = {name: (before.get(name, defaults[name]), after.get(name, defaults[name]))
+             for name in EVENT_OPTIONS if name != "onnx"}
+    return {name: pair for name, pair in pairs.items() if pair[0] != pair[1]}
 
 
 def describe_options(recorded: dict) -> str:
