@@ -383,6 +383,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from echoengine.service.server import serve
 
     given = [{"species": "include"}.get(name, name) for name in INHERITED if getattr(args, name) is not None]
+    if args.location_filter:  # its threshold and table come with it, not from the active model
+        given += ["location_filter", "occurrence"]
     for name in ("overlap", "min_window", "top_n", "merge_gap"):  # None in serve's parser when not given
         if getattr(args, name) is None:
             setattr(args, name, getattr(DetectOptions(), name))

@@ -61,8 +61,8 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
 from echoengine.kinds import IMAGES, MODEL_BATCH
 from echoengine.layout import THRESHOLDS_FILE, Bundle
-from echoengine.scorepool import ScoringPool, can_fork, scoring_threads, usable_cores
-from echoengine.scoring import window_scorer
+from echoengine.scorepool import ScoringPool, can_fork, usable_cores
+from echoengine.scoring import scoring_threads, window_scorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
 from echoengine.thresholds import load_thresholds, write_thresholds

@@ -11,7 +11,7 @@ gives the scores back in the order of the batches.
 
 The children are forked (no second import, no second model), so the parent
 must not have started threads that its scorer uses: its torch and
-onnxruntime sessions run on one thread when it forks (:func:`scoring_threads`).
+onnxruntime sessions run on one thread when it forks (:func:`echoengine.scoring.scoring_threads`).
 They exit when their parent does, even when it is killed (they watch it).
 
 Examples
@@ -28,7 +28,6 @@ import contextlib
 import mmap
 import multiprocessing
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -39,7 +38,7 @@ import numpy as np
 from echoengine.errors import EchoError
 from echoengine.scoring import set_threads
 
-__all__ = ["ScoringPool", "can_fork", "scoring_threads", "usable_cores"]
+__all__ = ["ScoringPool", "can_fork", "usable_cores"]
 
 _SPARE = 1  # batches waiting for the first free child, beyond one per child: the next one is always ready
 
@@ -52,25 +51,6 @@ def usable_cores() -> int:
 def can_fork() -> bool:
     """Whether scoring processes can be forked here (not on Windows)."""
     return "fork" in multiprocessing.get_all_start_methods()
-
-
-@contextlib.contextmanager
-def scoring_threads(threads: int | None) -> Iterator[None]:
-    """Score on ``threads`` threads (torch and new ONNX sessions) within the block, then restore torch's count.
-
-    ``None`` changes nothing.
-    """
-    if threads is None:
-        yield
-        return
-    torch = sys.modules.get("torch")
-    before = torch.get_num_threads() if torch is not None else None
-    set_threads(threads)
-    try:
-        yield
-    finally:
-        if "torch" in sys.modules and before is not None:
-            sys.modules["torch"].set_num_threads(before)
 
 
 def _serve(tasks, results: Connection, scorer, threads: int, slots: np.ndarray, parent: int) -> None:

@@ -26,8 +26,9 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.layout import Bundle, BundleFiles, check_ensemble, weights_digest
 
 __all__ = ["CHUNK_SECONDS", "ONNX", "POOLINGS", "WEIGHTS_KEY", "GraphScorer", "bundle_onnx_session", "file_pooling",
-           "onnx_session", "pool_windows", "predict_files", "score_stream", "set_threads",
+           "onnx_session", "pool_windows", "predict_files", "score_stream", "scoring_threads", "set_threads",
            "stream_window_probabilities", "window_scorer"]
 
 #: Seconds of audio an ONNX graph scores at a time: its memory grows with its input, not with a file's length.
@@ -61,6 +62,29 @@ def set_threads(threads: int) -> None:
     _THREADS["intra_op"] = threads
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def scoring_threads(threads: int | None) -> Iterator[None]:
+    """Score on ``threads`` threads (torch and new ONNX sessions) within the block, then restore both settings.
+
+    ``None`` changes nothing.
+    """
+    if threads is None:
+        yield
+        return
+    torch = sys.modules.get("torch")
+    before, onnx_before = (torch.get_num_threads() if torch is not None else None), _THREADS.get("intra_op")
+    set_threads(threads)
+    try:
+        yield
+    finally:
+        if onnx_before is None:
+            _THREADS.pop("intra_op", None)
+        else:
+            _THREADS["intra_op"] = onnx_before
+        if "torch" in sys.modules and before is not None:
+            sys.modules["torch"].set_num_threads(before)
 
 
 def window_scorer(bundles: Sequence[Bundle], *, onnx: bool = False, sessions: Sequence | None = None):

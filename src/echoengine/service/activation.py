@@ -53,6 +53,7 @@ from echoengine.service.schema import Model, utc_now
 from echoengine.service.scorer_process import ScorerProcess
 from echoengine.service.served import (
     EVENT_OPTIONS,
+    PLACE_OPTIONS,
     ServedModel,
     changed_options,
     describe_options,
@@ -110,7 +111,8 @@ def _register(db: Database, bundle: str | Path, options: DetectOptions, active: 
     taken: list[str] = []
     if active is not None and given is not None:
         inherited = with_recorded(options, active.options, keep={*given, "onnx"})
-        taken = [name for name in EVENT_OPTIONS if getattr(inherited, name) != getattr(options, name)]
+        taken = [name for name in (*EVENT_OPTIONS, *PLACE_OPTIONS)
+                 if getattr(inherited, name) != getattr(options, name)]
         options = inherited
     try:
         registered = load_model(db, bundle, options, model_here=model_here)

@@ -47,8 +47,8 @@ from echoengine.thresholds import models_digest
 
 logger = logging.getLogger("echoengine")
 
-__all__ = ["EVENT_OPTIONS", "ServedModel", "changed_options", "describe_options", "fingerprint", "load_model",
-           "load_registered", "prepare_model", "recorded_form", "with_recorded"]
+__all__ = ["EVENT_OPTIONS", "PLACE_OPTIONS", "ServedModel", "changed_options", "describe_options", "fingerprint",
+           "load_model", "load_registered", "prepare_model", "recorded_form", "with_recorded"]
 
 #: The options of :class:`DetectOptions` that change which detections a recording gives.
 EVENT_OPTIONS = ("overlap", "min_window", "threshold", "top_n", "include", "exclude", "merge_gap", "onnx")

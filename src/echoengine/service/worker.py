@@ -302,11 +302,8 @@ class Worker:
             if recording is None or recording.status != "running":  # requeued by another server meanwhile
                 return []
             base = recording.recorded_at or recording.received_at
-            sensor = recording.sensor
-            events, tops = served.where_and_when(
-                events, tops, lat=recording.lat if recording.lat is not None else sensor and sensor.lat,
-                lon=recording.lon if recording.lon is not None else sensor and sensor.lon,
-                when=recording.recorded_at)
+            if served.options.location_filter is not None:  # the sensor's row is read only for a filter
+                events, tops = served.where_and_when(events, tops, **_place_of(recording))
             rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event.label),
                               start=float(event.start), end=float(event.end),
                               time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),
@@ -332,3 +329,11 @@ class Worker:
                     callback(document)
                 except Exception:
                     logger.exception("worker: an on_detection callback failed on detection %d", document["id"])
+
+
+def _place_of(recording: Recording) -> dict:
+    """Where and when a recording was made: its own position, else its sensor's, and its time."""
+    sensor = recording.sensor
+    return {"lat": recording.lat if recording.lat is not None else sensor and sensor.lat,
+            "lon": recording.lon if recording.lon is not None else sensor and sensor.lon,
+            "when": recording.recorded_at}
