@@ -240,10 +240,7 @@ class Firefox:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(20)
-            if self.log.is_relative_to(self.folder):
-                shutil.rmtree(self.folder, ignore_errors=True)
-            else:
-                shutil.rmtree(self.folder / "profile", ignore_errors=True)
+            shutil.rmtree(self.folder, ignore_errors=True)  # a log kept elsewhere stays
 
     def __enter__(self) -> Firefox:
         return self

@@ -150,8 +150,6 @@ def _sign_in(driver, name: str, key: str = KEY) -> None:
           what="saving the reviewer and the key")
 
 
-
-
 # ---- the tests ---------------------------------------------------------------------------------------------------
 def test_the_list_loads_filters_and_keeps_its_filter_in_the_address(browser, server):
     from selenium.webdriver.common.by import By

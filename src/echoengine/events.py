@@ -28,7 +28,7 @@ from echoengine.errors import EchoError
 from echoengine.layout import Bundle
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
-__all__ = ["check_species", "detection_thresholds", "merge_events", "window_detections"]
+__all__ = ["check_species", "detectable", "detection_thresholds", "merge_events", "window_detections"]
 
 
 def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
@@ -48,19 +48,31 @@ def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, threshold
     classes = list(classes)
     check_species(classes, include, exclude)
     matrix = scores[classes].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
-    hit = matrix >= thresholds[None, :]
-    if top_n:
-        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
-        hit &= ranks < top_n
-    include, exclude = set(include), set(exclude)  # a location filter excludes thousands of BirdNET's species
-    allowed = np.array([(not include or c in include) and c not in exclude for c in classes])
-    hit &= allowed[None, :]
+    hit = (matrix >= thresholds[None, :]) & detectable(matrix, classes, top_n=top_n, include=include, exclude=exclude)
     rows, columns = np.nonzero(hit)
     return pd.DataFrame({
         "file": scores["file"].to_numpy()[rows], "start": scores["start"].to_numpy()[rows],
         "end": scores["end"].to_numpy()[rows], "label": np.array(classes, dtype=object)[columns],
         "score": matrix[rows, columns],
     })
+
+
+def detectable(matrix: np.ndarray, classes: Sequence[str], *, top_n: int = 0, include: Sequence[str] = (),
+               exclude: Sequence[str] = ()) -> np.ndarray:
+    """Where a window's class may detect (windows, classes): among its ``top_n`` best (0: all), included, not excluded.
+
+    Examples
+    --------
+    >>> detectable(np.array([[0.9, 0.6], [0.2, 0.7]]), ["owl", "wren"], top_n=1, exclude=["wren"]).tolist()
+    [[True, False], [False, False]]
+    """
+    mask = np.ones(matrix.shape, dtype=bool)
+    if top_n:
+        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
+        mask &= ranks < top_n
+    include, exclude = set(include), set(exclude)  # a location filter excludes thousands of BirdNET's species
+    mask &= np.array([(not include or c in include) and c not in exclude for c in classes], dtype=bool)[None, :]
+    return mask
 
 
 def check_species(classes: Sequence[str], include: Sequence[str], exclude: Sequence[str]) -> None:

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from echoengine.errors import EchoError
 from echoengine.files import temporary_path, write_atomic
@@ -127,11 +126,6 @@ class Record:
     partial: np.ndarray | None = None
     scores: np.ndarray | None = None
     error: str | None = None
-
-    def table(self, classes: list[str]) -> pd.DataFrame:
-        """``file, start, end, partial`` and a column per class."""
-        table = pd.DataFrame({"file": self.file, "start": self.start, "end": self.end, "partial": self.partial})
-        return pd.concat([table, pd.DataFrame(self.scores, columns=classes)], axis=1)
 
 
 def _parts(ledger: Path) -> list[Path]:

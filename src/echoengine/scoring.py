@@ -188,7 +188,6 @@ class GraphScorer:
         self.bundles = list(bundles)
         self.config = bundles[0].config
         self.classes = bundles[0].classes
-        self.clip_samples = self.config.audio.clip_samples
         self.window_samples = self.config.window_samples  # the graph's own windows: clips, or BirdNET's 3 s
         self.batch_windows = max(1, round(CHUNK_SECONDS / self.config.window_seconds))
         self._sessions = list(sessions) if sessions is not None else [bundle_onnx_session(b.path) for b in bundles]

@@ -12,7 +12,7 @@ computed (:meth:`TorchScorer.score_inputs`: cached images or embeddings).
 Examples
 --------
 >>> scorer = TorchScorer([load_bundle("bundle")])  # doctest: +SKIP
->>> scorer.score(scorer.prepare(np.zeros((2, scorer.clip_samples), "float32"))).shape  # doctest: +SKIP
+>>> scorer.score(scorer.prepare(np.zeros((2, scorer.window_samples), "float32"))).shape  # doctest: +SKIP
 (2, 4)
 """
 
@@ -77,7 +77,6 @@ class TorchScorer:
         self.bundles = list(bundles)
         self.config = bundles[0].config
         self.classes = bundles[0].classes
-        self.clip_samples = self.config.audio.clip_samples
         self.window_samples = self.config.window_samples  # what it scores: clips, or BirdNET's 3 s windows
         self.kind = self.config.model.kind.input  # images, embeddings or waveforms
         self._frontend = None

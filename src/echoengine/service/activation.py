@@ -170,14 +170,13 @@ def open_served(db: Database, bundle: str | Path, options: DetectOptions, *, can
     return served
 
 
-def _say_changes(before: Model, after: Model) -> dict[str, tuple]:
-    """Warn when the active model changes to one that scores with other options; those options."""
+def _say_changes(before: Model, after: Model) -> None:
+    """Warn when the active model changes to one that scores with other options."""
     changed = changed_options(before.options, after.options)
     if changed:
         logger.warning("model %s/%s scores new uploads with other options than %s/%s did: %s", after.name,
                        after.version, before.name, before.version,
                        "; ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
-    return changed
 
 
 def _row(db: Database, model_id: int) -> Model:

@@ -46,8 +46,8 @@ from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds, models_dig
 
 __all__ = ["Scoring", "recorded_model", "scoring_of"]
 
-#: The options a user may give instead of the recorded ones (command-line spelling: name).
-OVERRIDES = {"--threshold": "threshold", "--top-n": "top_n", "--overlap": "overlap"}
+#: The options a user may give instead of the recorded ones (name: command-line spelling).
+OVERRIDES = {"threshold": "--threshold", "top_n": "--top-n", "overlap": "--overlap"}
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,6 @@ def scoring_of(bundle: str | Path, store: str | Path | None, db: str | None = No
         origin = "never served from this store" if store is not None else "not served from a store"
         origin += ": the bundle's thresholds and detect's default options"
     if overrides:
-        flags = {name: flag for flag, name in OVERRIDES.items()}
-        origin += "; given: " + ", ".join(f"{flags.get(name, name)} {'bundle' if value is None else value}"
+        origin += "; given: " + ", ".join(f"{OVERRIDES.get(name, name)} {'bundle' if value is None else value}"
                                           for name, value in overrides.items())
     return Scoring(options, f"{describe_options(recorded_form(options))} ({origin})")

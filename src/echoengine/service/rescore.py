@@ -36,7 +36,7 @@ import pandas as pd
 
 from echoengine.api import load_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, score_files
-from echoengine.events import check_species, detection_thresholds
+from echoengine.events import check_species, detectable, detection_thresholds
 from echoengine.scoring import window_scorer
 
 __all__ = ["ScoredEvents", "detecting_scores", "score_events", "span_scores"]
@@ -70,11 +70,7 @@ def detecting_scores(scores: pd.DataFrame, classes: Sequence[str], options: Dete
     [[0.9, nan, nan], [nan, nan, nan]]
     """
     matrix = scores[list(classes)].to_numpy(dtype=float).copy()
-    if options.top_n:
-        ranks = np.argsort(np.argsort(-matrix, axis=1, kind="stable"), axis=1, kind="stable")
-        matrix[ranks >= options.top_n] = np.nan
-    allowed = np.array([(not options.include or c in options.include) and c not in options.exclude for c in classes])
-    matrix[:, ~allowed] = np.nan
+    matrix[~detectable(matrix, classes, top_n=options.top_n, include=options.include, exclude=options.exclude)] = np.nan
     return matrix
 
 
@@ -90,14 +86,10 @@ class ScoredEvents:
     thresholds : ndarray
         Each class's threshold as ``detect`` uses it with the options (``threshold``, else the bundle's
         calibrated thresholds, else 0.5).
-    options : DetectOptions
-        The options the events were scored with.
     """
 
-    def __init__(self, scores: np.ndarray, classes: list[str], thresholds: np.ndarray,
-                 options: DetectOptions | None = None) -> None:
+    def __init__(self, scores: np.ndarray, classes: list[str], thresholds: np.ndarray) -> None:
         self.scores, self.classes, self.thresholds = scores, classes, thresholds
-        self.options = options or DetectOptions()
 
     def of(self, species: str) -> np.ndarray:
         """The events' scores for ``species`` (NaN everywhere when the bundle does not know it)."""
@@ -138,4 +130,4 @@ def score_events(bundle: str | Path, events: pd.DataFrame, options: DetectOption
         matrix = detecting_scores(scores, classes, options)
         for row in np.flatnonzero(where == paths[index]):
             result[row] = span_scores(scores, classes, *spans[row], matrix=matrix)
-    return ScoredEvents(result, classes, detection_thresholds(bundles, options.threshold, classes), options)
+    return ScoredEvents(result, classes, detection_thresholds(bundles, options.threshold, classes))

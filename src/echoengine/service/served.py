@@ -161,15 +161,13 @@ class ModelInputs:
     classes: list[str]
     config: Any
     kind: str  # the scorer's kind: images, embeddings, waveforms or onnx
-    clip_samples: int
 
     @classmethod
     def of(cls, bundles: list, options: DetectOptions) -> ModelInputs:
         """The inputs of bundles read without their models (:func:`echoengine.layout.read_bundle`)."""
         check_ensemble(bundles)
         config = bundles[0].config
-        return cls(bundles[0].classes, config, ONNX if options.onnx else config.model.kind.input,
-                   config.audio.clip_samples)
+        return cls(bundles[0].classes, config, ONNX if options.onnx else config.model.kind.input)
 
 
 def load_model(db: Database, bundle: str | Path, options: DetectOptions | None = None, *,
