@@ -327,7 +327,7 @@ def _place(args: argparse.Namespace):
     from echoengine.occurrence import Place
 
     return Place.of(lat=args.lat, lon=args.lon, week=args.week, date=args.date,
-                    threshold=getattr(args, "location_filter_threshold", getattr(args, "threshold", None)),
+                    threshold=getattr(args, "location_filter_threshold", None),
                     occurrence=getattr(args, "occurrence", None))
 
 

@@ -525,7 +525,7 @@ def _species_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lon", type=float, required=True, help="longitude (degrees)")
     p.add_argument("--week", type=int, help="week of the year, 1-48 (4 a month); -1: the whole year (default)")
     p.add_argument("--date", metavar="YYYY-MM-DD", help="a date (gives the week)")
-    p.add_argument("--threshold", type=float, metavar="SCORE",
+    p.add_argument("--threshold", type=float, metavar="SCORE", dest="location_filter_threshold",
                    help="occurrence score a species needs (default 0.03, BirdNET-Analyzer's)")
     p.add_argument("--out", type=Path, help="also write the list, one Scientific name_Common name a line (what "
                    "--species FILE of detect and serve takes)")
