@@ -46,6 +46,7 @@ from echoengine.input_config import (
     AugmentConfig,
     DataConfig,
     FrontendConfig,
+    TaxonomyConfig,
     check_at_most,
     check_numbers,
     require,
@@ -53,7 +54,8 @@ from echoengine.input_config import (
 from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
 
 __all__ = ["AUDIO_EXTENSIONS", "BIRDNET_BLOCKS", "BIRDNET_SPEEDS", "CONFIG_FILE", "MACHINE_SETTINGS", "AudioConfig",
-           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ModelConfig", "TrainConfig"]
+           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ModelConfig", "TaxonomyConfig",
+           "TrainConfig"]
 
 #: The name of a bundle's full config (see :mod:`echoengine.bundle`), here for the modules below it.
 CONFIG_FILE = "echoengine.toml"
@@ -349,7 +351,8 @@ class TrainConfig:
 
 
 _SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "augment": AugmentConfig,
-                              "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+                              "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+                              "taxonomy": TaxonomyConfig}
 
 
 def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
@@ -413,6 +416,7 @@ class EchoConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    taxonomy: TaxonomyConfig = field(default_factory=TaxonomyConfig)
 
     def __post_init__(self) -> None:
         rate = backbone_kind(self.model.backbone).sample_rate

@@ -66,11 +66,11 @@ if TYPE_CHECKING:  # the model is torch's: this module never imports it
     from echoengine.models import Classifier
 
 __all__ = ["ANNOTATIONS_FILE", "CHECKPOINT_FILE", "CLASSES_FILE", "CONFIG_FILE", "CV_FOLDS_FILE", "FOLDS_FILE",
-           "HISTORY_FILE", "METRICS_FILE", "ONNX_FILE", "OOF_PREDICTIONS_FILE", "PER_CLASS_FILE", "PLOTS_DIR",
-           "PROBE_DIR", "SELECTION_HISTORY_FILE", "SPLITS_FILE", "TENSORBOARD_DIR", "TEST_PREDICTIONS_FILE",
-           "THRESHOLDS_FILE", "WEIGHTS_FILE", "Bundle", "BundleFiles", "CrossValidationFiles", "check_ensemble",
-           "find_bundles", "prepare_output", "read_bundle", "read_classes", "read_splits", "selection_history",
-           "weights_digest", "write_metadata"]
+           "HISTORY_FILE", "METRICS_FILE", "NODES_DIR", "ONNX_FILE", "OOF_PREDICTIONS_FILE", "PER_CLASS_FILE",
+           "PLOTS_DIR", "PROBE_DIR", "SELECTION_HISTORY_FILE", "SPLITS_FILE", "TAXONOMY_FILE", "TENSORBOARD_DIR",
+           "TEST_PREDICTIONS_FILE", "THRESHOLDS_FILE", "WEIGHTS_FILE", "Bundle", "BundleFiles", "CrossValidationFiles",
+           "check_ensemble", "find_bundles", "prepare_output", "read_bundle", "read_classes", "read_splits",
+           "selection_history", "weights_digest", "write_metadata"]
 
 # The files of a bundle (see the layout above); every module names them by these constants.
 CLASSES_FILE = "classes.txt"
@@ -85,6 +85,8 @@ PER_CLASS_FILE = "per_class.csv"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"  # a fold bundle's held-out probabilities
 ONNX_FILE = "model.onnx"
 THRESHOLDS_FILE = "thresholds.csv"
+TAXONOMY_FILE = "taxonomy.csv"  # the lineage of each class (family, genus, ...), when the model has one
+NODES_DIR = "nodes"  # a per-node model's bundle of each node of the taxonomy
 PLOTS_DIR = "plots"
 TENSORBOARD_DIR = "tensorboard"
 PROBE_DIR = "probe"  # the linear probe's bundle, before fine-tuning
@@ -160,6 +162,15 @@ class BundleFiles:
     def thresholds(self) -> Path:
         """Per-class detection thresholds."""
         return self.folder / THRESHOLDS_FILE
+
+    @property
+    def taxonomy(self) -> Path:
+        """The classes' lineages (:mod:`echoengine.taxonomy`), in a model of a taxonomy."""
+        return self.folder / TAXONOMY_FILE
+
+    def node(self, lineage: tuple[str, ...]) -> Path:
+        """The bundle of one node of a per-node model: ``nodes/<names>`` (``nodes/root`` for the root)."""
+        return self.folder / NODES_DIR / ("/".join(lineage) if lineage else "root")
 
     @property
     def onnx(self) -> Path:
@@ -422,7 +433,8 @@ def read_bundle(folder: str | Path, *, need: tuple[str, ...] = ()) -> Bundle:
 # show a folder is an earlier run's. Desktop litter may go with it.
 _RUN_FILES = (CONFIG_FILE, CLASSES_FILE, WEIGHTS_FILE, CHECKPOINT_FILE, HISTORY_FILE, SELECTION_HISTORY_FILE,
               SPLITS_FILE, ANNOTATIONS_FILE, METRICS_FILE, PER_CLASS_FILE, "per_class_*.csv", ONNX_FILE,
-              THRESHOLDS_FILE, FOLDS_FILE, CV_FOLDS_FILE, OOF_PREDICTIONS_FILE, TEST_PREDICTIONS_FILE, PLOTS_DIR,
+              THRESHOLDS_FILE, TAXONOMY_FILE, NODES_DIR, FOLDS_FILE, CV_FOLDS_FILE, OOF_PREDICTIONS_FILE,
+              TEST_PREDICTIONS_FILE, PLOTS_DIR,
               "*.png", TENSORBOARD_DIR, "refit", "events.out.tfevents.*", PROBE_DIR, "fold[0-9]*", "evaluate-*",
               f"*{TEMPORARY_SUFFIX}", ".DS_Store", "._*", "Thumbs.db", "desktop.ini")
 _RUN_MARKERS = (CONFIG_FILE, SPLITS_FILE, FOLDS_FILE)

@@ -25,8 +25,10 @@ from echoengine import audio, catalog
 from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, EchoError
 from echoengine.layout import Bundle, read_splits
+from echoengine.taxonomy import Taxonomy, label_table
 
-__all__ = ["annotation_boxes", "audio_files", "find_audio", "labelled_files", "parse_columns", "progress_bar",
+__all__ = ["annotation_boxes", "audio_files", "find_audio", "labelled_files", "labels_table", "parse_columns",
+           "progress_bar",
            "recordings", "seen_in_training", "species_names"]
 
 
@@ -42,9 +44,21 @@ def labelled_files(data: str | Path, config: EchoConfig, *, on_error: str = "war
     """The usable files of a labelled dataset (folder per class, CSV or ESC-50 folder) and the errors of the rest.
 
     Each file is decoded once to check it (:func:`echoengine.catalog.scan`).
+    With a taxonomy (``config.taxonomy``), the labels are those below its
+    ranks (:func:`echoengine.taxonomy.label_table`).
     """
-    table = catalog.load_catalog(data, config.data)
+    table = labels_table(data, config)[0]
     return catalog.scan(table, config.audio, on_error=on_error, progress=progress_bar("checking") if progress else None)
+
+
+def labels_table(data: str | Path, config: EchoConfig) -> tuple[pd.DataFrame, Taxonomy | None]:
+    """A labelled dataset's catalog (files not checked) and the taxonomy of its labels (None without one)."""
+    table = catalog.load_catalog(data, config.data)
+    options = config.taxonomy
+    if not options.uses_taxonomy:
+        return table, None
+    root = Path(data) if Path(data).is_dir() else Path(data).parent
+    return label_table(table, root, options.lineage_source, ranks=options.ranks, node=options.node)
 
 
 def find_audio(paths: Sequence[str | Path]) -> list[str]:
