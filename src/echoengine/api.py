@@ -43,6 +43,7 @@ from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, p
 from echoengine.occurrence import Place, expected_species, unexpected_classes
 from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
+from echoengine.taxonomy import LABEL_RANK, RankCall, Taxonomy, bundle_taxonomy
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 # Training, evaluation and export run in PyTorch, imported by the functions that need it: torch is not part of
@@ -333,12 +334,22 @@ class PredictResult:
 
     ``table`` has the columns ``file``, ``species`` and ``probability`` (of
     the most probable class, 0-1); ``probabilities`` is (files, classes).
+    With a ``taxonomy``, each row also holds its lineage (:meth:`lineages`)
+    and names the deepest rank whose probability reaches ``min_confidence``.
     """
 
     table: pd.DataFrame
     probabilities: np.ndarray
     classes: list[str]
     errors: list[str] = field(default_factory=list)
+    taxonomy: Taxonomy | None = None
+    min_confidence: float = 0.0
+
+    def lineages(self) -> list[list[RankCall]]:
+        """Each file's most probable lineage, top down (:meth:`echoengine.taxonomy.Taxonomy.lineage_of`)."""
+        if self.taxonomy is None:
+            return [[RankCall(LABEL_RANK, name, probability)] for ((name, probability),) in self.top(1)]
+        return [self.taxonomy.lineage_of(row, self.classes) for row in self.probabilities]
 
     def top(self, k: int = 1) -> list[list[tuple[str, float]]]:
         """The ``k`` most probable classes of each file, with their probabilities."""
@@ -346,11 +357,24 @@ class PredictResult:
         return [[(self.classes[i], float(row[i])) for i in ranks] for row, ranks in zip(self.probabilities, order)]
 
     def rows(self, top_k: int = 3) -> list[dict]:
-        """Each file's ``top_k`` classes in dicts (``file``, ``species``, ``probability``, ``top_k``), in percent."""
+        """Each file's ``top_k`` classes in dicts (``file``, ``species``, ``probability``, ``top_k``), in percent.
+
+        With a taxonomy, ``species`` and ``probability`` are those of the
+        deepest rank of the lineage reaching ``min_confidence`` (named in
+        ``rank``), and ``ranks`` holds the lineage: ``{"family": {"label":
+        "Ranidae", "probability": 97.0}, ..., "label": {...}}``.
+        """
         rows = []
-        for path, ranks in zip(self.table["file"], self.top(top_k), strict=True):
+        for path, ranks, lineage in zip(self.table["file"], self.top(top_k), self.lineages(), strict=True):
             top = [{"species": name, "probability": round(100 * probability, 2)} for name, probability in ranks]
-            rows.append({"file": path, **top[0], "top_k": top})
+            row = {"file": path, **top[0], "top_k": top}
+            if self.taxonomy is not None:
+                confident = [call for call in lineage if call.probability >= self.min_confidence] or lineage[:1]
+                deepest = confident[-1]
+                row.update(species=deepest.name, probability=round(100 * deepest.probability, 2), rank=deepest.rank,
+                           ranks={c.rank: {"label": c.name, "probability": round(100 * c.probability, 2)}
+                                  for c in lineage})
+            rows.append(row)
         return rows
 
     def text(self, top_k: int = 3, form: str = "table") -> str:
@@ -363,22 +387,30 @@ class PredictResult:
         if form == "json":
             return json.dumps(rows, indent=2, ensure_ascii=False)
         if form == "csv":
-            ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"]}
-                      for r in rows for rank, t in enumerate(r["top_k"])]
-            table = pd.DataFrame(ranked, columns=["file", "rank", "species", "probability"])
-            return table.to_csv(index=False).removesuffix("\n")
+            return self._csv(rows)
         width = max([len(Path(r["file"]).name) for r in rows] + [4])
         lines = []
         for r in rows:
             others = ", ".join(f"{t['species']} {t['probability']:.1f}%" for t in r["top_k"][1:])
-            lines.append(f"{Path(r['file']).name:<{width}}  {r['species']} ({r['probability']:.1f}%)"
+            rank = f"{r['rank']}, " if r.get("rank", LABEL_RANK) != LABEL_RANK else ""
+            lines.append(f"{Path(r['file']).name:<{width}}  {r['species']} ({rank}{r['probability']:.1f}%)"
                          + (f"   next: {others}" if others else ""))
         return "\n".join(lines)
+
+    def _csv(self, rows: list[dict]) -> str:
+        """A row per file and top-k class; with a taxonomy, each file's lineage in a column per rank."""
+        above = self.taxonomy.ranks if self.taxonomy is not None else ()
+        ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"],
+                   **{name: r["ranks"][name]["label"] for name in above},
+                   **{f"{name}_probability": r["ranks"][name]["probability"] for name in above}}
+                  for r in rows for rank, t in enumerate(r["top_k"])]
+        columns = ["file", "rank", "species", "probability", *above, *(f"{name}_probability" for name in above)]
+        return pd.DataFrame(ranked, columns=columns).to_csv(index=False).removesuffix("\n")
 
 
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
             cache_dir: str | Path | None = None, progress: bool | None = False,
-            place: Place | None = None) -> PredictResult:
+            place: Place | None = None, min_confidence: float = 0.0) -> PredictResult:
     """The class probabilities of each audio file (any length, read in bounded memory).
 
     Folders among ``files`` are searched for audio of the bundle's extensions.
@@ -387,11 +419,16 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     With ``onnx``, each bundle's exported graph scores (no torch needed;
     the default where torch is not installed). With a ``place`` (BirdNET's
     species: the built-in ``"birdnet"``), the species not expected there and
-    then (:mod:`echoengine.occurrence`) get probability 0.
+    then (:mod:`echoengine.occurrence`) get probability 0. A model of a
+    taxonomy gives each file its lineage, and ``min_confidence`` names the
+    deepest rank whose probability reaches it (:class:`PredictResult`).
     """
+    if not 0.0 <= min_confidence <= 1.0:
+        raise EchoError(f"--min-confidence must be a probability in [0, 1], got {min_confidence}")
     onnx = use_onnx(bundle, onnx)
     bundles = load_bundles(bundle, onnx=onnx)
     config, classes = bundles[0].config, bundles[0].classes
+    found = partial(PredictResult, classes=classes, taxonomy=bundle_taxonomy(bundles[0]), min_confidence=min_confidence)
     absent = np.isin(classes, unexpected_classes(classes, place, model=_name(bundle))) if place else None
     paths = sources.audio_files(files, config.data.extensions)
     table = pd.DataFrame({"path": [str(f.resolve()) for f in paths], "label": "", "group": [f.stem for f in paths]})
@@ -399,7 +436,7 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     messages = [str(error) for error in errors]
     empty = np.zeros((0, len(classes)))
     if not len(usable):
-        return PredictResult(pd.DataFrame(columns=["file", "species", "probability"]), empty, classes, messages)
+        return found(pd.DataFrame(columns=["file", "species", "probability"]), empty, errors=messages)
     progress = len(usable) > 20 if progress is None else progress
     probabilities = predict_files(bundles, usable["path"].tolist(), onnx=onnx,
                                   cache=None if onnx else _cache(config, cache_dir), progress=progress,
@@ -411,7 +448,7 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
     out = pd.DataFrame({"file": usable["path"].to_numpy()[readable], "species": [classes[i] for i in best],
                         "probability": probabilities[np.arange(len(best)), best]})
-    return PredictResult(out, probabilities, classes, messages)
+    return found(out, probabilities, errors=messages)
 
 
 @dataclass

@@ -78,10 +78,15 @@ def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn",
 def cmd_inspect(args: argparse.Namespace) -> int:
     """``echoengine inspect``: the dataset's classes, files, durations and unreadable files; 1 if none is usable."""
     from echoengine.catalog import describe
+    from echoengine.sources import labels_table
 
-    usable, errors = _scan(args.data, _config(args), on_error="ignore")  # listed in the report below
+    config = _config(args)
+    usable, errors = _scan(args.data, config, on_error="ignore")  # listed in the report below
     report, warning = describe(usable, errors, name=str(args.data))
     print(report)
+    taxonomy = labels_table(args.data, config)[1] if len(usable) else None
+    if taxonomy is not None:
+        print(f"\ntaxonomy ({' > '.join(taxonomy.all_ranks)}):\n{taxonomy.tree_text(usable)}")
     if warning:
         print(f"\nwarning: {warning}", file=sys.stderr)
     if not len(usable):
@@ -340,7 +345,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _source(args), args.paths, place=_place(args), out=args.out, resume=args.resume, overwrite=args.overwrite,
         summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
-        engine=args.engine, ray_options=ray_options, jobs=args.jobs, **_scoring(args))
+        engine=args.engine, ray_options=ray_options, jobs=args.jobs, min_confidence=args.min_confidence,
+        **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
@@ -452,7 +458,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise EchoError(f"--top-k must be at least 1, got {args.top_k}")
     result = api.predict(_source(args), args.files, onnx=args.onnx, place=_place(args),
-                         cache_dir=None if args.onnx else _cache_dir(args), progress=None)
+                         cache_dir=None if args.onnx else _cache_dir(args), progress=None,
+                         min_confidence=args.min_confidence)
     for error in result.errors:
         print(f"error: {error}", file=sys.stderr)
     if not len(result.table):

@@ -375,9 +375,15 @@ def _scoring_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many species per file")
     p.add_argument("--format", choices=["table", "json", "csv"], default="table", help="how the results are printed")
     p.add_argument("--onnx", action="store_true", help="run the exported model.onnx with onnxruntime")
+    _min_confidence_option(p)
     _sensitivity_option(p)
     _place_options(p)
     _cache_options(p)
+
+
+def _min_confidence_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P", help="a model of a taxonomy: name the "
+                   "deepest rank whose probability reaches P (e.g. the genus when no species does)")
 
 
 def _scoring_options(p: argparse.ArgumentParser) -> None:
@@ -407,6 +413,7 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new or empty, unless --resume or --overwrite")
     _scoring_options(p)
+    _min_confidence_option(p)
     _place_options(p)
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="processes scoring batches side by side, one "
                    "thread each (0: one per core; 1: this process alone, on every core's thread)")

@@ -57,96 +57,29 @@ from tqdm import tqdm
 
 from echoengine import audio, formats, ledger
 from echoengine.clips import stream_windows
+from echoengine.detect_options import DetectOptions
 from echoengine.errors import AudioError, EchoError
-from echoengine.events import check_species, detection_thresholds, merge_events, window_detections
+from echoengine.events import (
+    check_species,
+    detection_thresholds,
+    lineage_columns,
+    merge_events,
+    window_detections,
+    with_lineage,
+)
 from echoengine.kinds import IMAGES, MODEL_BATCH
 from echoengine.layout import THRESHOLDS_FILE, Bundle
-from echoengine.scorepool import ScoringPool, can_fork, usable_cores
+from echoengine.scorepool import ScoringPool
 from echoengine.scoring import scoring_threads, window_scorer
 from echoengine.sources import find_audio
 from echoengine.summary import summarize
+from echoengine.taxonomy import Taxonomy, bundle_taxonomy
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 __all__ = [
     "THRESHOLDS_FILE", "DetectOptions", "check_windows", "detect", "file_events", "file_windows", "load_thresholds",
     "score_file", "score_files", "scored_windows", "summarize", "write_outputs", "write_thresholds",
 ]
-
-
-@dataclass(frozen=True)
-class DetectOptions:
-    """How windows are cut and scored, and how events are drawn from the scores.
-
-    Parameters
-    ----------
-    overlap : float
-        Seconds shared by consecutive windows (0: windows touch), less than the clip length.
-    min_window : float
-        Drop the last, partial window of a file when it holds fewer seconds of audio.
-    threshold : float, optional
-        One threshold for every class, in [0, 1] (scores are probabilities);
-        None: the bundle's calibrated ``thresholds.csv`` where it has one, else 0.5.
-    top_n : int
-        Consider only the ``top_n`` best-scoring classes of each window (0: all).
-    include, exclude : sequence of str
-        Report only these classes / never these.
-    merge_gap : float
-        Detections of a class closer than this (seconds) merge into one event.
-    batch_size : int
-        Windows scored at a time (from several files); CNNs: a multiple of :data:`echoengine.kinds.MODEL_BATCH`.
-    workers : int
-        Processes decoding audio and computing model inputs (0: in the main process).
-    block_seconds : float
-        Audio decoded at a time from each file.
-    onnx : bool
-        Score with the bundle's exported ``model.onnx`` instead of PyTorch.
-    jobs : int
-        Processes scoring batches side by side, one thread each
-        (:class:`~echoengine.scorepool.ScoringPool`; 0: one per core; 1: this
-        process alone, on every core). :func:`detect` only.
-    location_filter, occurrence
-        The service only: drop the detections of species not expected at each recording's position and date
-        (:mod:`echoengine.occurrence`: the occurrence score they need; ``occurrence``: a table of the user's instead).
-    """
-
-    overlap: float = 0.0
-    min_window: float = 0.0
-    threshold: float | None = None
-    top_n: int = 0
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    merge_gap: float = 0.0
-    batch_size: int = 16
-    workers: int = 0
-    block_seconds: float = 60.0
-    onnx: bool = False
-    jobs: int = 0
-    location_filter: float | None = None
-    occurrence: str = ""
-
-    def __post_init__(self) -> None:
-        if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
-            raise EchoError(f"--threshold must be in [0, 1] (scores are probabilities), got {self.threshold}")
-        if self.jobs < 0:
-            raise EchoError(f"--jobs must be 0 (one per core) or more, got {self.jobs}")
-
-    def scoring_processes(self) -> tuple[int, int | None]:
-        """Scoring processes and the threads of each: ``jobs`` of one thread (0: one per core), or this
-        process on every core (1: ``(1, None)``).
-
-        Examples
-        --------
-        >>> DetectOptions(jobs=1).scoring_processes(), DetectOptions(jobs=4).scoring_processes()[0]
-        ((1, None), 4)
-        """
-        jobs = self.jobs or usable_cores()
-        if jobs == 1 or not can_fork():
-            return 1, (1 if self.jobs == 0 else None)  # one core: one thread, as the processes would
-        return jobs, max(1, usable_cores() // jobs)
-
-    def scoring(self) -> dict:
-        """The options that change window scores (a resumed run must keep them)."""
-        return {"overlap": self.overlap, "min_window": self.min_window, "onnx": self.onnx}
 
 
 # ---- windows ---------------------------------------------------------------------------------------------------
@@ -333,7 +266,7 @@ def detect(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: str | Pa
         _score_files(scorer, files, todo, records, options=options, progress=progress, log=log, jobs=jobs,
                      threads=threads or 1)
     return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds,
-                         log=log)
+                         log=log, taxonomy=bundle_taxonomy(bundles[0]))
 
 
 def open_ledger(out: Path, bundles: Sequence[Bundle], scorer, files: list[str], *, options: DetectOptions,
@@ -528,8 +461,8 @@ def _table_names(files: list[str]) -> list[str]:
 
 
 def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
-                  options: DetectOptions, thresholds: np.ndarray, log: Callable[[str], None] = print
-                  ) -> dict[str, Path]:
+                  options: DetectOptions, thresholds: np.ndarray, log: Callable[[str], None] = print,
+                  taxonomy: Taxonomy | None = None) -> dict[str, Path]:
     """Build the outputs from the records of finished files, in the order of ``files``.
 
     Writes ``scores.parquet`` (file, start, end, partial, class, score: every
@@ -537,7 +470,8 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     tables (``events.selections.txt`` for all files with ``Begin File``,
     and ``raven/NAME.selections.txt`` per file), Audacity label tracks
     (``audacity/NAME.txt``) and ``errors.csv``. Every file is written whole
-    then renamed into place.
+    then renamed into place. With the ``taxonomy`` of the classes, events
+    carry their lineage (:func:`echoengine.events.with_lineage`).
     """
     out = Path(out)
     classes = list(classes)
@@ -551,6 +485,9 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
             errors.append({"file": path, "error": record.error})
     scores, long = _score_tables([path for path, _ in done], [record for _, record in done], classes)
     events = file_events(scores, classes, config, thresholds=thresholds, options=options)
+    extra = lineage_columns(taxonomy, min_confidence=options.min_confidence) if taxonomy is not None else []
+    if taxonomy is not None:  # each event's genus, family, ... with their scores
+        events = with_lineage(events, scores, classes, taxonomy, min_confidence=options.min_confidence)
     event_order = {f: i for i, f in enumerate(files)}
     events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
     events = events.drop(columns="_f").reset_index(drop=True)
@@ -565,14 +502,14 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     put("scores.parquet", lambda p: fastparquet.write(str(p), long, write_index=False))
     put("events.csv", lambda p: formats.write_csv(events, p))
     put("events.jsonl", lambda p: formats.write_jsonl(events, p))
-    put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True))
+    put("events.selections.txt", lambda p: formats.write_raven(events, p, combined=True, extra=extra))
     names = _table_names([path for path, _ in done])
     ledger.list_outputs(out / ledger.LEDGER, [f"{folder}/{n}{suffix}" for n in names for folder, suffix in
                                               (("raven", ".selections.txt"), ("audacity", ".txt"))])
     by_file = dict(tuple(events.groupby("file", sort=False))) if len(events) else {}
     for (path, _), name in zip(done, names, strict=True):
         mine = by_file.get(path, events.iloc[:0])
-        put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p))
+        put(f"raven/{name}.selections.txt", lambda p, m=mine: formats.write_raven(m, p, extra=extra))
         put(f"audacity/{name}.txt", lambda p, m=mine: formats.write_audacity(m, p))
     error_table = pd.DataFrame(errors, columns=["file", "error"])
     put("errors.csv", lambda p: error_table.to_csv(p, index=False, lineterminator="\n"))

@@ -40,7 +40,9 @@ from echoengine.metrics import (
     multilabel_metrics,
 )
 from echoengine.prediction import window_probabilities
+from echoengine.rankmetrics import rank_metrics
 from echoengine.scoring import file_pooling
+from echoengine.taxonomy import bundle_taxonomy
 
 __all__ = [
     "MULTILABEL_KEYS",
@@ -102,8 +104,14 @@ def evaluate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataFr
     known = kind.known(table, classes)
     table = table[known].reset_index(drop=True)
     windows, rows, targets = window_probabilities(bundles, table, boxes=boxes, with_targets=True, **options)
-    return kind.score(table, classes, windows, rows, targets, thresholds=thresholds, skipped=int((~known).sum()),
-                      models=len(bundles), pooling=file_pooling(bundles[0].config))
+    pooling = file_pooling(bundles[0].config)
+    metrics, scores = kind.score(table, classes, windows, rows, targets, thresholds=thresholds,
+                                 skipped=int((~known).sum()), models=len(bundles), pooling=pooling)
+    taxonomy = None if kind.multilabel else bundle_taxonomy(bundles[0])
+    if taxonomy is not None:  # every rank of the tree: its accuracy, macro-F1 and confusion matrix
+        loaded = ~np.isnan(scores).any(axis=1)
+        metrics["taxonomy"] = rank_metrics(table["label"].to_numpy()[loaded], scores[loaded], classes, taxonomy)
+    return metrics, scores
 
 
 def calibrate(bundles: Sequence[Bundle], table: pd.DataFrame, *, boxes: pd.DataFrame | None = None,

@@ -26,9 +26,11 @@ import pandas as pd
 
 from echoengine.errors import EchoError
 from echoengine.layout import Bundle
+from echoengine.taxonomy import LABEL_RANK, Taxonomy
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
-__all__ = ["check_species", "detectable", "detection_thresholds", "merge_events", "window_detections"]
+__all__ = ["check_species", "detectable", "detection_thresholds", "lineage_columns", "merge_events",
+           "window_detections", "with_lineage"]
 
 
 def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
@@ -122,3 +124,68 @@ def detection_thresholds(bundles: Sequence[Bundle], threshold: float | None, cla
     root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
     calibrated = load_thresholds(root, classes)
     return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)
+
+
+def lineage_columns(taxonomy: Taxonomy, *, min_confidence: float = 0.0) -> list[str]:
+    """The columns :func:`with_lineage` adds: a name and a score per rank above the labels, then the taxon's.
+
+    >>> lineage_columns(Taxonomy(("genus",), {"a1": ("A",)}), min_confidence=0.9)
+    ['genus', 'genus_score', 'taxon', 'taxon_rank', 'taxon_score']
+    """
+    columns = [column for rank in taxonomy.ranks for column in (rank, f"{rank}_score")]
+    return columns + (["taxon", "taxon_rank", "taxon_score"] if min_confidence else [])
+
+
+def with_lineage(events: pd.DataFrame, scores: pd.DataFrame, classes: Sequence[str], taxonomy: Taxonomy, *,
+                 min_confidence: float = 0.0) -> pd.DataFrame:
+    """Events with their species' lineage: each rank's name and score, and the deepest rank that is sure enough.
+
+    A rank's score is the best, over the event's windows, of the sum of the
+    scores of the labels below the event's name at that rank (softmax
+    scores: the probability of that genus, family, ...). With
+    ``min_confidence``, ``taxon`` names the deepest rank of the lineage whose
+    score reaches it (the species when its own score does; empty when none).
+
+    Examples
+    --------
+    >>> tree = Taxonomy(("genus",), {"a1": ("A",), "a2": ("A",)})
+    >>> scores = pd.DataFrame({"file": ["f"], "start": [0.0], "end": [3.0], "a1": [0.45], "a2": [0.45]})
+    >>> events = pd.DataFrame({"file": ["f"], "start": [0.0], "end": [3.0], "label": ["a1"], "score": [0.45]})
+    >>> with_lineage(events, scores, ["a1", "a2"], tree, min_confidence=0.8)[["genus", "genus_score", "taxon"]]
+      genus  genus_score taxon
+    0     A          0.9     A
+    """
+    events = events.reset_index(drop=True)
+    matrix = scores[list(classes)].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
+    windows = {file: np.flatnonzero(rows) for file, rows in
+               ((file, scores["file"].to_numpy() == file) for file in events["file"].unique())}
+    starts, ends = scores["start"].to_numpy(dtype=np.float64), scores["end"].to_numpy(dtype=np.float64)
+    added: dict[str, list] = {}
+    for depth, rank in enumerate(taxonomy.ranks):
+        names = taxonomy.names(rank)
+        column = {name: i for i, name in enumerate(names)}
+        summed = taxonomy.rank_probabilities(matrix, classes, rank)
+        picked, best = [], []
+        for file, start, end, label in zip(events["file"], events["start"], events["end"], events["label"]):
+            name = taxonomy.full_lineage(label)[depth]
+            rows = windows[file]
+            inside = rows[(starts[rows] >= start - 1e-3) & (ends[rows] <= end + 1e-3)]
+            picked.append(name)
+            best.append(round(float(summed[inside, column[name]].max()), 4) if len(inside) else np.nan)
+        added[rank], added[f"{rank}_score"] = picked, best
+    table = events.assign(**added)
+    return _taxon(table, taxonomy, min_confidence) if min_confidence else table
+
+
+def _taxon(events: pd.DataFrame, taxonomy: Taxonomy, min_confidence: float) -> pd.DataFrame:
+    """The deepest rank of each event's lineage whose score reaches ``min_confidence``."""
+    taxa, ranks, scores = [], [], []
+    for row in events.to_dict("records"):
+        steps = [(rank, row[rank], row[f"{rank}_score"]) for rank in taxonomy.ranks]
+        steps.append((LABEL_RANK, row["label"], row["score"]))
+        sure = [step for step in steps if step[2] >= min_confidence]
+        rank, name, score = sure[-1] if sure else ("", "", np.nan)
+        taxa.append(name)
+        ranks.append(rank)
+        scores.append(score)
+    return events.assign(taxon=taxa, taxon_rank=ranks, taxon_score=scores)

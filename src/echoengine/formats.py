@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,13 @@ _SCORE_SUFFIX = re.compile(r"^(.*) \(([01]\.\d{4})\)$")  # as write_audacity wri
 
 def _text(number: float, digits: int) -> str:
     return "" if number is None or (isinstance(number, float) and math.isnan(number)) else f"{number:.{digits}f}"
+
+
+def _cell(value) -> str:
+    """A table cell: numbers with 4 decimals, nothing for a missing one."""
+    if isinstance(value, float | np.floating):
+        return _text(float(value), 4)
+    return str(value)
 
 
 def _complete(events: pd.DataFrame) -> pd.DataFrame:
@@ -81,7 +89,7 @@ class _Borrowed:
         return None
 
 
-def write_raven(events: pd.DataFrame, target, *, combined: bool = False) -> None:
+def write_raven(events: pd.DataFrame, target, *, combined: bool = False, extra: Sequence[str] = ()) -> None:
     """A Raven selection table (tab-separated): one selection per event.
 
     Parameters
@@ -92,16 +100,21 @@ def write_raven(events: pd.DataFrame, target, *, combined: bool = False) -> None
     combined : bool
         Events of several files in one table: adds Raven's ``Begin File``
         column (the file's name).
+    extra : sequence of str
+        Columns of ``events`` written after Raven's own (e.g. an event's
+        genus and family: :func:`echoengine.events.lineage_columns`).
     """
     events = _complete(events)
-    columns = [*RAVEN_COLUMNS, "Begin File"] if combined else RAVEN_COLUMNS
+    columns = [*RAVEN_COLUMNS, *(["Begin File"] if combined else []), *extra]
     with _open_text(target, "w") as out:
         out.write("\t".join(columns) + "\n")
-        for number, row in enumerate(events.itertuples(index=False), start=1):
+        added = events[list(extra)].to_numpy(dtype=object) if extra else np.empty((len(events), 0), dtype=object)
+        for number, (row, more) in enumerate(zip(events.itertuples(index=False), added), start=1):
             fields = [str(number), "Spectrogram 1", "1", _text(row.start, 3), _text(row.end, 3),
                       _text(row.low_freq, 1), _text(row.high_freq, 1), str(row.label), _text(row.score, 4)]
             if combined:
                 fields.append(os.path.basename(str(row.file)))
+            fields += [_cell(value) for value in more]
             out.write("\t".join(fields) + "\n")
 
 

@@ -43,9 +43,11 @@ from echoengine import catalog, plots, sources, splits
 from echoengine.config import EchoConfig
 from echoengine.errors import DataError, EchoError
 from echoengine.files import write_csv_atomic
-from echoengine.layout import BundleFiles, CrossValidationFiles, selection_history
+from echoengine.layout import TAXONOMY_FILE, BundleFiles, CrossValidationFiles, selection_history
 from echoengine.metrics import MULTILABEL_KEYS, SUMMARY_KEYS, classification_metrics, multilabel_metrics
 from echoengine.prediction import clip_maxes, clip_means
+from echoengine.rankmetrics import rank_figures, rank_metrics, rank_text
+from echoengine.taxonomy import read_taxonomy
 
 __all__ = ["LEVELS", "MULTI_LABEL", "SINGLE_LABEL", "LabelKind", "group_folds", "inner_split", "label_kind"]
 
@@ -329,6 +331,8 @@ class _SingleLabel(LabelKind):
         files = BundleFiles(out)
         confusion = np.array(metrics["confusion_matrix"])
         written = [plots.plot_confusion(confusion, classes, files.confusion_plot)]
+        if "taxonomy" in metrics:
+            written += rank_figures(metrics["taxonomy"], files.plots)
         if history is not None and len(history):
             written.append(plots.plot_history(history, files.training_plot, best_epoch=best_epoch))
         return written
@@ -343,6 +347,8 @@ class _SingleLabel(LabelKind):
             ap = "-" if row["ap"] is None else f"{row['ap']:.3f}"
             lines.append(f"  {row['class']:<{width}} {row['precision']:>9.3f} {row['recall']:>7.3f} "
                          f"{row['f1']:>6.3f} {ap:>6} {row['support']:>7}")
+        if "taxonomy" in metrics:
+            lines += ["", rank_text(metrics["taxonomy"])]
         return "\n".join(lines)
 
     def fold_row(self, metrics):
@@ -371,6 +377,10 @@ class _SingleLabel(LabelKind):
         labels = table["label"].map({name: i for i, name in enumerate(classes)}).to_numpy()
         pooled = classification_metrics(labels[held], oof[held], classes)
         files = CrossValidationFiles(out)
+        taxonomy = read_taxonomy(files.folder / TAXONOMY_FILE)
+        if taxonomy is not None:
+            pooled["taxonomy"] = rank_metrics(table["label"].to_numpy()[held], oof[held], classes, taxonomy)
+            rank_figures(pooled["taxonomy"], files.plots)
         oof_table = pd.DataFrame(oof, columns=classes).assign(path=table["path"], label=table["label"], fold=folds)
         write_csv_atomic(files.oof_predictions, oof_table, index=False)
         histories = [pd.read_csv(selection_history(files.fold(k).folder)) for k in range(len(scores))]

@@ -56,6 +56,7 @@ from echoengine.events import check_species, detection_thresholds
 from echoengine.layout import Bundle, BundleFiles
 from echoengine.scoring import set_threads, window_scorer
 from echoengine.sources import find_audio
+from echoengine.taxonomy import bundle_taxonomy
 
 __all__ = ["RayOptions", "chunk_files", "detect_on_ray", "ray_session"]
 
@@ -249,7 +250,8 @@ def detect_on_ray(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: s
                     recorder.error(path, result)
                 else:
                     recorder.scores(path, _rows(result))
-    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds, log=log)
+    return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds, log=log,
+                         taxonomy=bundle_taxonomy(bundles[0]))
 
 
 def _duration(path: str) -> float:

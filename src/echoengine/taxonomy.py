@@ -33,8 +33,9 @@ import pandas as pd
 
 from echoengine.errors import DataError
 from echoengine.files import write_csv_atomic
+from echoengine.layout import TAXONOMY_FILE
 
-__all__ = ["LABEL_RANK", "RankCall", "Taxonomy", "below_node", "label_table", "read_taxonomy"]
+__all__ = ["LABEL_RANK", "RankCall", "Taxonomy", "below_node", "bundle_taxonomy", "label_table", "read_taxonomy"]
 
 #: The name of the lowest rank: the labels the model is trained on.
 LABEL_RANK = "label"
@@ -242,8 +243,15 @@ def _count(n: int, unit: str) -> str:
 
 
 def read_taxonomy(path: str | Path) -> Taxonomy | None:
-    """The taxonomy in a bundle's ``taxonomy.csv``, or None when the file is not there."""
+    """The taxonomy in a ``taxonomy.csv``, or None when the file is not there."""
     return Taxonomy.read(path) if Path(path).is_file() else None
+
+
+def bundle_taxonomy(bundle) -> Taxonomy | None:
+    """The taxonomy of a bundle's classes (its ``taxonomy.csv``), or None (a built-in has none)."""
+    if getattr(bundle, "builtin", None) is not None or bundle.path is None:
+        return None
+    return read_taxonomy(Path(bundle.path) / TAXONOMY_FILE)
 
 
 def label_table(table: pd.DataFrame, root: str | Path, source: str, *, ranks: Sequence[str] = (),
