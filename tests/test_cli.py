@@ -174,7 +174,8 @@ def _minimal_argv(command: str) -> list[str]:
     return argv
 
 
-_STRING_VALUES = {"backbone": "small_cnn", "weights": "w.pt", "embedder": "birdnet", "group_regex": r"^(rec\d+)_"}
+_STRING_VALUES = {"backbone": "small_cnn", "weights": "w.pt", "embedder": "birdnet", "group_regex": r"^(rec\d+)_",
+                  "source": "folders", "node": "Ranidae/Lithobates"}
 _COMPANIONS = {"unfreeze_epoch": ["--freeze-backbone"], "probe_epochs": ["--head", "linear"]}
 
 
