@@ -256,7 +256,7 @@ def test_every_subcommand_and_option_is_described():
 
 
 def test_the_help_shows_the_dataclass_defaults():
-    from echoengine.cli_options import _shown, config_options
+    from echoengine.cli_config import _shown, config_options
 
     commands = _subcommands()
     for name, command in commands.items():
