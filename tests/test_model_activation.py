@@ -157,7 +157,7 @@ def test_a_store_of_an_earlier_schema_is_upgraded_and_its_next_bundle_becomes_ac
         connection.execute(text("INSERT INTO models (name, version, weights_hash, fingerprint, classes, thresholds, "
                                 "options, path, created_at) VALUES ('old', 1, 'h', 'f', '[]', '[]', '{}', '/gone', "
                                 "'2024-01-01 00:00:00')"))
-    assert db.migrate() == "0003" and active_model(db) is None
+    assert db.migrate() == "0004" and active_model(db) is None
     db.dispose()
     service = open_service(bundle, store=store, options=DetectOptions(threshold=0.0))
     service.stop()

@@ -271,7 +271,7 @@ def test_the_migrations_make_exactly_the_tables_of_the_schema(new_database, tmp_
 
     db = Database.connect(new_database() or default_url(tmp_path))
     try:
-        assert db.migrate() == db.migrate() == "0003"  # a second run finds nothing to do
+        assert db.migrate() == db.migrate() == "0004"  # a second run finds nothing to do
         with db.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
     finally:

@@ -201,3 +201,32 @@ def test_evaluate_reports_every_rank(frog_model, nested_data, tmp_path):
     assert "hierarchical F1" in result.report
     saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert saved["taxonomy"]["ranks"]["genus"]["names"] == ["Hyla", "Lithobates", "Rana"]
+
+
+def test_the_service_stores_and_gives_each_detection_its_lineage(frog_model, nested_data, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from echoengine.detection import DetectOptions
+    from echoengine.service.app import create_app
+    from echoengine.service.ingest import ingest
+    from echoengine.service.server import open_service
+
+    bundle, tree = frog_model
+    service = open_service(bundle, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=1),
+                           public_reads=True)
+    try:
+        heard: list[dict] = []
+        service.worker.on_detection(heard.append)  # what MQTT publishes
+        audio = next(p for p in nested_data.rglob("*.wav")).read_bytes()
+        recording, _ = ingest(service.db, service.store, audio, filename="frog.wav")
+        assert service.worker.run_once() == recording
+        items = TestClient(create_app(service)).get("/api/detections").json()["items"]
+        assert items and len(heard) == len(items)
+        for item in items:
+            ranks = item["ranks"]
+            assert list(ranks) == ["family", "genus", "label"] and ranks["label"]["label"] == item["species"]
+            assert (ranks["family"]["label"], ranks["genus"]["label"]) == tree.lineages[item["species"]]
+            assert ranks["family"]["score"] >= ranks["label"]["score"] - 1e-6
+        assert all(detection["ranks"] for detection in heard)
+    finally:
+        service.stop()

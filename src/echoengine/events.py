@@ -29,7 +29,7 @@ from echoengine.layout import Bundle
 from echoengine.taxonomy import LABEL_RANK, Taxonomy
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
-__all__ = ["check_species", "detectable", "detection_thresholds", "lineage_columns", "merge_events",
+__all__ = ["check_species", "detectable", "detection_thresholds", "event_lineage", "lineage_columns", "merge_events",
            "window_detections", "with_lineage"]
 
 
@@ -189,3 +189,18 @@ def _taxon(events: pd.DataFrame, taxonomy: Taxonomy, min_confidence: float) -> p
         ranks.append(rank)
         scores.append(score)
     return events.assign(taxon=taxa, taxon_rank=ranks, taxon_score=scores)
+
+
+def event_lineage(event: dict, taxonomy: Taxonomy | None) -> dict | None:
+    """An event's lineage as JSON (``{"family": {"label": ..., "score": ...}, ..., "label": {...}}``), or None.
+
+    ``event`` is a row of :func:`with_lineage`'s table (a dict).
+
+    >>> tree = Taxonomy(("genus",), {"a1": ("A",)})
+    >>> event_lineage({"label": "a1", "score": 0.4, "genus": "A", "genus_score": 0.9}, tree)
+    {'genus': {'label': 'A', 'score': 0.9}, 'label': {'label': 'a1', 'score': 0.4}}
+    """
+    if taxonomy is None:
+        return None
+    ranks = {rank: {"label": str(event[rank]), "score": float(event[f"{rank}_score"])} for rank in taxonomy.ranks}
+    return {**ranks, LABEL_RANK: {"label": str(event["label"]), "score": float(event["score"])}}

@@ -11,7 +11,7 @@ Examples
 >>> from echoengine.service.schema import Sensor
 >>> db = Database.connect("sqlite://")  # in memory
 >>> db.migrate()
-'0003'
+'0004'
 >>> with db.session() as session:
 ...     session.query(Sensor).count()
 0

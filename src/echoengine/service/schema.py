@@ -141,6 +141,8 @@ class Detection(Base):
     mean_score: Mapped[float] = mapped_column(Float)
     windows: Mapped[int] = mapped_column(Integer)
     top_species: Mapped[list] = mapped_column(JSON)  # [{"species": ..., "score": ...}] x 5, best first
+    # a model of a taxonomy: {"family": {"label": ..., "score": ...}, ..., "label": {...}}; else NULL
+    lineage: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utc_now)
     recording: Mapped[Recording] = relationship()
     model: Mapped[Model] = relationship()

@@ -69,15 +69,17 @@ def _start_child(parent: int, bundle: str, options: DetectOptions, thresholds: n
     from echoengine.api import load_bundles
     from echoengine.scoring import set_threads, window_scorer
     from echoengine.service.served import ServedModel
+    from echoengine.taxonomy import bundle_taxonomy
 
     set_threads(threads)
     try:
-        scorer = window_scorer(load_bundles(bundle, onnx=options.onnx), onnx=options.onnx)
+        bundles = load_bundles(bundle, onnx=options.onnx)
+        scorer = window_scorer(bundles, onnx=options.onnx)
     except Exception as exc:  # its own arguments may not survive the trip back: the message does
         _FAILED = str(exc) if isinstance(exc, EchoError) else f"{bundle}: {type(exc).__name__}: {exc}"
         return
     set_threads(threads)  # torch, imported by the load
-    _SERVED = ServedModel(scorer, thresholds, options, row=None)
+    _SERVED = ServedModel(scorer, thresholds, options, row=None, taxonomy=bundle_taxonomy(bundles[0]))
     _warm_up(scorer, options)
 
 

@@ -37,12 +37,13 @@ from sqlalchemy.exc import IntegrityError
 from echoengine.api import load_bundles, read_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import AudioError, EchoError
-from echoengine.events import check_species, detection_thresholds
+from echoengine.events import check_species, detection_thresholds, with_lineage
 from echoengine.layout import check_ensemble
 from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
+from echoengine.taxonomy import Taxonomy, bundle_taxonomy
 from echoengine.thresholds import models_digest
 
 logger = logging.getLogger("echoengine")
@@ -85,6 +86,7 @@ class ServedModel:
     row: Model | None
     process: Any = None  # a ScorerProcess that scores instead of this process (echoengine serve starts one)
     builtin: Any = None  # the spec of a built-in bundle (echoengine.builtin), registered by its name
+    taxonomy: Taxonomy | None = None  # the classes' lineages: each detection gets its genus, family, ...
 
     @property
     def classes(self) -> list[str]:
@@ -130,6 +132,8 @@ class ServedModel:
         """The events of a recording's window scores and the five best species of each."""
         events = file_events(scores, self.classes, self.scorer.config, thresholds=self.thresholds,
                              options=self.options)
+        if self.taxonomy is not None:
+            events = with_lineage(events, scores, self.classes, self.taxonomy)
         return events, [top_species(scores, self.classes, start, end) for start, end in
                         zip(events["start"], events["end"], strict=True)]
 
@@ -301,7 +305,7 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
     spec = bundles[0].builtin  # a built-in (echoengine.builtin): no folder, its identity stands for the weights
     identity = {"weights_hash": spec.identity if spec else models_digest(bundle), "classes": list(scorer.classes),
                 "thresholds": [round(float(t), 6) for t in thresholds], "options": chosen}
-    return ServedModel(scorer, thresholds, options, None, builtin=spec), identity
+    return ServedModel(scorer, thresholds, options, None, builtin=spec, taxonomy=bundle_taxonomy(bundles[0])), identity
 
 
 def runnable_options(bundle: str | Path, options: DetectOptions) -> DetectOptions:

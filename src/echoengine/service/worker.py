@@ -39,6 +39,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import selectinload
 
 from echoengine.errors import AudioError
+from echoengine.events import event_lineage
 from echoengine.service.db import Database
 from echoengine.service.schema import Detection, Recording, utc_now
 from echoengine.service.served import ServedModel
@@ -304,11 +305,12 @@ class Worker:
             base = recording.recorded_at or recording.received_at
             if served.options.location_filter is not None:  # the sensor's row is read only for a filter
                 events, tops = served.where_and_when(events, tops, **_place_of(recording))
-            rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event.label),
-                              start=float(event.start), end=float(event.end),
-                              time=base + dt.timedelta(seconds=float(event.start)), score=float(event.score),
-                              mean_score=float(event.mean_score), windows=int(event.windows), top_species=top)
-                    for event, top in zip(events.itertuples(index=False), tops, strict=True)]
+            rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event["label"]),
+                              start=float(event["start"]), end=float(event["end"]),
+                              time=base + dt.timedelta(seconds=float(event["start"])), score=float(event["score"]),
+                              mean_score=float(event["mean_score"]), windows=int(event["windows"]), top_species=top,
+                              lineage=event_lineage(event, served.taxonomy))
+                    for event, top in zip(events.to_dict("records"), tops, strict=True)]
             session.add_all(rows)
             recording.status, recording.finished_at = "done", utc_now()
             recording.model_id = served.row.id
