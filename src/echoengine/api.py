@@ -251,6 +251,14 @@ class EvaluateResult:
     multilabel: bool = False
 
 
+def _reading_config(bundle: Bundle, data_options: dict | None) -> EchoConfig:
+    """The config a bundle reads labelled data with: its own, ``data_options`` applied, its taxonomy its file's."""
+    config = bundle.config.replace(data=data_options or {})
+    if config.taxonomy.source not in ("", "folders"):  # "taxonomy.csv": the bundle's own, never a path it names
+        config = config.replace(taxonomy={"source": str(BundleFiles(bundle.path).taxonomy)})
+    return config
+
+
 def _warn_seen(bundles: Sequence[Bundle], table: pd.DataFrame, consequence: str) -> int:
     seen = sources.seen_in_training(bundles, table)
     if seen:
@@ -279,7 +287,7 @@ def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = N
     from echoengine.labelkind import label_kind
 
     bundles = load_bundles(bundle)
-    config = bundles[0].config.replace(data=data_options or {})
+    config = _reading_config(bundles[0], data_options)
     folder = _folder(bundle) if isinstance(bundle, (str, Path, Bundle)) else bundles[0].path
     out = prepare_output(out or folder / f"evaluate-{Path(data).stem}", overwrite=overwrite, markers=(METRICS_FILE,))
     kind = label_kind(multilabel=config.model.multilabel)
@@ -318,7 +326,7 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
 
     folder = _folder(bundle)
     bundles = load_bundles(bundle)
-    config = bundles[0].config.replace(data=data_options or {})
+    config = _reading_config(bundles[0], data_options)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = label_kind(multilabel=config.model.multilabel).read(data, config, boxes_source=boxes_source,
                                                                          progress=progress)

@@ -447,7 +447,7 @@ class TaxonomyConfig:
     ----------
     source : str
         Where the lineage of each label comes from: empty (no taxonomy, unless
-        ``hierarchy`` asks for one: then ``"folders"``), ``"folders"`` (the
+        ``ranks``, ``hierarchy`` or ``node`` ask for one: then ``"folders"``), ``"folders"`` (the
         path of a file below the dataset folder, e.g.
         ``Ranidae/Lithobates/green-frog/x.mp3``: the last folder is the
         label) or a CSV file with a ``label`` column and one column per rank,
@@ -493,8 +493,8 @@ class TaxonomyConfig:
 
     @property
     def uses_taxonomy(self) -> bool:
-        """Whether the labels have a taxonomy above them (a source, a hierarchy other than flat, or a node)."""
-        return bool(self.source or self.hierarchy != "flat" or self.node)
+        """Whether the labels have a taxonomy above them (a source, rank names, a hierarchy other than flat, a node)."""
+        return bool(self.source or self.ranks or self.hierarchy != "flat" or self.node)
 
     @property
     def lineage_source(self) -> str:
