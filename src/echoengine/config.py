@@ -46,14 +46,15 @@ from echoengine.input_config import (
     AugmentConfig,
     DataConfig,
     FrontendConfig,
+    ImageConfig,
     check_at_most,
     check_numbers,
     require,
 )
-from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
+from echoengine.kinds import EMBEDDINGS, IMAGES, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
 
 __all__ = ["AUDIO_EXTENSIONS", "BIRDNET_BLOCKS", "BIRDNET_SPEEDS", "CONFIG_FILE", "MACHINE_SETTINGS", "AudioConfig",
-           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ModelConfig", "TrainConfig"]
+           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ImageConfig", "ModelConfig", "TrainConfig"]
 
 #: The name of a bundle's full config (see :mod:`echoengine.bundle`), here for the modules below it.
 CONFIG_FILE = "echoengine.toml"
@@ -129,8 +130,8 @@ class ModelConfig:
     """
 
     backbone: str = field(default="efficientnetv2_b0", metadata={
-        "help": "efficientnetv2_b0, efficientnet_b0, efficientnet_b3, resnet50, inception_v3, mobilenetv3_large_100, "
-                "small_cnn, or birdnet (BirdNET V2.4 on raw audio, CC BY-NC-SA 4.0: fine-tuned with --finetune)"})
+        "help": "efficientnetv2_b0, efficientnet_b0, efficientnet_b3, resnet18, resnet50, inception_v3, "
+                "mobilenetv3_large_100, small_cnn or birdnet (BirdNET V2.4 on raw audio, CC BY-NC-SA 4.0, --finetune)"})
     head: str = field(default="auto", metadata={
         "help": "auto: linear on an embedder, echo on a CNN; attention: per-class attention pooling over time "
                 "(multi-label)", "choices": ("auto", "echo", "linear", "mlp", "attention")})
@@ -264,9 +265,8 @@ class TrainConfig:
         ("linear probing, then fine-tuning"); 0: the head starts at random.
         A linear head is fitted by L-BFGS with C from grouped inner CV
         (:mod:`echoengine.headfit`) instead, whatever the number. ``--finetune``
-        turns this on: on the ESC-50 subset a warm-started head gained 3
-        points over frozen embeddings where a random head gained none
-        (``bench/finetune_study.py``).
+        turns this on: on the ESC-50 subset a warm-started head gained 3 points over frozen
+        embeddings where a random head gained none (``bench/finetune_study.py``).
     solver : str
         ``"lbfgs"``: a linear head on frozen embeddings (mean pooling) is
         fitted to convergence by full-batch L-BFGS (softmax, or one-vs-rest
@@ -348,8 +348,8 @@ class TrainConfig:
         require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
 
 
-_SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "augment": AugmentConfig,
-                              "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+_SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "image": ImageConfig,
+                              "augment": AugmentConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
 def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
@@ -409,6 +409,7 @@ class EchoConfig:
 
     audio: AudioConfig = field(default_factory=AudioConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # the photo path's front end (data.kind = "images")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -425,6 +426,9 @@ class EchoConfig:
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
+        m = self.model
+        require(not self.data.photos or (m.kind.input == IMAGES and not m.multilabel), "data.kind 'images' trains a "
+                 f"CNN backbone, one label per photo (got {m.embedder or m.backbone}{', multilabel' * m.multilabel})")
         require(not self.train.probe_epochs or self.model.head_name in ("linear", "mlp"),
                  f"train.probe_epochs works with the linear and mlp heads, not {self.model.head!r}")
         require(self.train.solver != "lbfgs" or self.convex_head(strict=False),

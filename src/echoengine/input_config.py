@@ -21,12 +21,17 @@ from dataclasses import dataclass, field
 
 from echoengine.errors import ConfigError
 
-__all__ = ["AUDIO_EXTENSIONS", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES", "MAX_SEED", "MAX_STFT_VALUES", "AudioConfig",
-           "AugmentConfig", "DataConfig", "FrontendConfig", "check_at_most", "check_numbers", "check_probability",
-           "check_range", "require"]
+__all__ = ["AUDIO", "AUDIO_EXTENSIONS", "DATA_KINDS", "IMAGE_EXTENSIONS", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES",
+           "MAX_SEED", "MAX_STFT_VALUES", "PHOTOS", "AudioConfig", "AugmentConfig", "DataConfig", "FrontendConfig",
+           "ImageConfig", "check_at_most", "check_numbers", "check_probability", "check_range", "require"]
 
 #: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
+#: File extensions read as photographs (lower case), decoded by Pillow.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: What a dataset holds (``data.kind``): sound recordings, or photographs (camera traps).
+AUDIO, PHOTOS = "audio", "images"
+DATA_KINDS = {AUDIO: AUDIO_EXTENSIONS, PHOTOS: IMAGE_EXTENSIONS}
 
 
 #: Most samples in one clip (512 MiB as float32): ``audio.clip_seconds`` x ``audio.sample_rate``.
@@ -293,13 +298,89 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """How photographs become model inputs (``data.kind = "images"``): the photo path's front end.
+
+    Each image is decoded by Pillow, turned upright by its EXIF orientation,
+    converted to RGB and fitted to ``size`` x ``size`` pixels (:mod:`echoengine.images`);
+    the model takes it scaled to [0, 1] and normalised by ``mean`` and ``std``.
+
+    Parameters
+    ----------
+    size : int
+        Side of the square model input in pixels; 16 to 2048.
+    resize : str
+        ``"crop"``: the shorter side scaled to ``size / crop_fraction``, then
+        the centre ``size`` x ``size`` cut out (timm's evaluation transform);
+        ``"squash"``: scaled to ``size`` x ``size``, whatever the aspect ratio.
+    crop_fraction : float
+        With ``"crop"``: the part of the shorter side kept (0.875 as timm; 1:
+        the largest centred square), in (0, 1].
+    interpolation : str
+        Pillow's resampling filter: ``"bilinear"``, ``"bicubic"``, ``"lanczos"`` or ``"nearest"``.
+    mean, std : tuple of float
+        Per-channel (R, G, B) normalisation of the [0, 1] pixels; ImageNet's by default,
+        as pretrained timm backbones expect.
+    min_scale : float
+        Training augmentation: each variant is a random crop of this fraction
+        of the image's area up to all of it (aspect ratio 3/4 to 4/3), resized
+        to ``size``; 1: the evaluation image.
+    flip_p : float
+        Training augmentation: probability of a horizontal flip.
+
+    Examples
+    --------
+    >>> ImageConfig().size
+    224
+    >>> ImageConfig(size=8)
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.ConfigError: image.size must be 16 to 2048 pixels, got 8
+    """
+
+    size: int = field(default=224, metadata={
+        "help": "photos: side of the square model input in pixels", "flag": "--image-size", "metavar": "PIXELS",
+        "commands": ("train", "cv")})
+    resize: str = "crop"
+    crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    min_scale: float = 0.5
+    flip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        s = "image"
+        require(isinstance(self.size, int) and 16 <= self.size <= 2048,
+                f"{s}.size must be 16 to 2048 pixels, got {self.size}")
+        require(self.resize in ("crop", "squash"), f"{s}.resize must be 'crop' or 'squash', got {self.resize!r}")
+        require(0 < self.crop_fraction <= 1, f"{s}.crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        require(self.interpolation in ("bilinear", "bicubic", "lanczos", "nearest"),
+                f"{s}.interpolation must be 'bilinear', 'bicubic', 'lanczos' or 'nearest', got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            require(len(values) == 3 and all(isinstance(v, (int, float)) for v in values),
+                    f"{s}.{name} must be 3 numbers (R, G, B), got {list(values)}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        require(all(v > 0 for v in self.std), f"{s}.std must be positive, got {list(self.std)}")
+        require(0 < self.min_scale <= 1, f"{s}.min_scale must be in (0, 1], got {self.min_scale}")
+        check_probability(s, "flip_p", self.flip_p)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Datasets, splits, loading and the feature cache.
 
     Parameters
     ----------
     extensions : tuple of str
-        Audio file extensions to collect from folders.
+        File extensions to collect from folders: among :data:`AUDIO_EXTENSIONS`,
+        or :data:`IMAGE_EXTENSIONS` for photos. Either kind's full list means
+        "the kind's own": it follows ``kind`` when that changes.
+    kind : str
+        ``"audio"`` (recordings through ``[audio]`` and ``[frontend]``) or
+        ``"images"`` (photographs through ``[image]``; CNN backbones only).
+        A bundle of one kind refuses data of the other.
     group_regex : str
         Regular expression on file names whose first group (or whole match)
         names the source recording; empty means each file is its own group
@@ -349,6 +430,7 @@ class DataConfig:
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    kind: str = AUDIO
     group_regex: str = field(default="", metadata={
         "help": "regex on file names whose first group names the source recording", "metavar": "REGEX",
         "commands": ("inspect", "preview", "split", "train", "cv", "mix")})
@@ -384,11 +466,23 @@ class DataConfig:
     box_jitter: float = 1.0
     background_crops: int = 1
 
+    @property
+    def photos(self) -> bool:
+        """Whether the data are photographs (``kind = "images"``), not recordings."""
+        return self.kind == PHOTOS
+
     def __post_init__(self) -> None:
         s = "data"
+        require(self.kind in DATA_KINDS, f"{s}.kind must be 'audio' or 'images', got {self.kind!r}")
+        allowed = DATA_KINDS[self.kind]
+        require(all(isinstance(e, str) for e in self.extensions),
+                f"{s}.extensions must be file extensions such as '.wav', got {list(self.extensions)}")
+        if any(set(self.extensions) == set(full) for full in DATA_KINDS.values()):
+            object.__setattr__(self, "extensions", allowed)  # the kind's own list, whichever kind it was
         require(
-            all(isinstance(e, str) and e in AUDIO_EXTENSIONS for e in self.extensions),
-            f"{s}.extensions must be among {', '.join(AUDIO_EXTENSIONS)} (lower case), got {list(self.extensions)}",
+            all(isinstance(e, str) and e in allowed for e in self.extensions),
+            f"{s}.extensions must be among {', '.join(allowed)} (lower case) for data.kind {self.kind!r}, got "
+            f"{list(self.extensions)}",
         )
         require(self.split_seed >= 0, f"{s}.split_seed must be >= 0, got {self.split_seed}")
         for name in ("val_fraction", "test_fraction"):
