@@ -66,7 +66,7 @@ def test_unknown_kinds_are_one_line_errors_listing_the_known_ones():
     with pytest.raises(ConfigError) as info:
         ModelConfig(backbone="vgg")
     assert str(info.value) == ("model.backbone must be one of efficientnetv2_b0, efficientnet_b0, efficientnet_b3, "
-                               "resnet50, inception_v3, mobilenetv3_large_100, small_cnn, birdnet, got 'vgg'")
+                               "resnet18, resnet50, inception_v3, mobilenetv3_large_100, small_cnn, birdnet, got 'vgg'")
     with pytest.raises(EchoError, match=r"^unknown embedder 'yamnet'; known: birdnet, birdnet-tflite, cnn:/path/to/"):
         kinds.embedder_kind("yamnet")
     with pytest.raises(EchoError, match="unknown embedder ''"):

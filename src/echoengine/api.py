@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog, sources
+from echoengine import photos, sources
 from echoengine.builtin import builtin_bundle, builtin_source, builtin_spec, write_builtin
 from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, summarize
@@ -41,6 +41,7 @@ from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
 from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
 from echoengine.occurrence import Place, expected_species, unexpected_classes
+from echoengine.photoscore import predict_photos
 from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
 from echoengine.taxonomy import LABEL_RANK, RankCall, Taxonomy, bundle_taxonomy
@@ -182,7 +183,8 @@ def train(data: str | Path, *, config: EchoConfig | None = None, out: str | Path
     from echoengine import ddp  # torch
     from echoengine.trainrun import train_run, training_config
 
-    config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
+    config = photos.for_data(training_config(config or EchoConfig(), finetune=finetune, changes=changes), data,
+                             log=log)
     if ddp.world() > 1 and config.convex_head():
         raise EchoError("a linear or MLP head on embeddings is fitted full-batch in seconds on one process: train "
                         "it without --distributed (or torchrun)")
@@ -228,7 +230,8 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     from echoengine.labelkind import label_kind
     from echoengine.trainrun import training_config
 
-    config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
+    config = photos.for_data(training_config(config or EchoConfig(), finetune=finetune, changes=changes), data,
+                             log=log)
     if folds is not None:
         config = config.replace(data={"folds": folds})
     prepare_output(out, resume=resume, overwrite=overwrite)
@@ -419,9 +422,11 @@ class PredictResult:
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
             cache_dir: str | Path | None = None, progress: bool | None = False,
             place: Place | None = None, min_confidence: float = 0.0) -> PredictResult:
-    """The class probabilities of each audio file (any length, read in bounded memory).
+    """The class probabilities of each audio file (any length, read in bounded memory), or photo for a photo bundle.
 
-    Folders among ``files`` are searched for audio of the bundle's extensions.
+    Folders among ``files`` are searched for files of the bundle's extensions;
+    files of the other data kind than the bundle's (photos for an audio model,
+    audio for a photo model) are refused with an EchoError.
     A file that cannot be read is listed in ``errors`` and the others go on.
     ``progress=None`` shows a progress bar when there are more than 20 files.
     With ``onnx``, each bundle's exported graph scores (no torch needed;
@@ -439,16 +444,21 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     found = partial(PredictResult, classes=classes, taxonomy=bundle_taxonomy(bundles[0]), min_confidence=min_confidence)
     absent = np.isin(classes, unexpected_classes(classes, place, model=_name(bundle))) if place else None
     paths = sources.audio_files(files, config.data.extensions)
+    photos.check_kind(config, paths, model=_name(bundle))
+    if not paths:  # folders of the other kind's files only: say so
+        for source in files:
+            photos.refuse_other_kind(config, source)
     table = pd.DataFrame({"path": [str(f.resolve()) for f in paths], "label": "", "group": [f.stem for f in paths]})
-    usable, errors = catalog.scan(table, config.audio, on_error="ignore")
+    usable, errors = sources.scan(table, config, on_error="ignore")
     messages = [str(error) for error in errors]
     empty = np.zeros((0, len(classes)))
     if not len(usable):
         return found(pd.DataFrame(columns=["file", "species", "probability"]), empty, errors=messages)
     progress = len(usable) > 20 if progress is None else progress
-    probabilities = predict_files(bundles, usable["path"].tolist(), onnx=onnx,
-                                  cache=None if onnx else _cache(config, cache_dir), progress=progress,
-                                  log=lambda line: messages.append(line.removeprefix("error: ")))
+    score = predict_photos if config.data.photos else predict_files
+    probabilities = score(bundles, usable["path"].tolist(), onnx=onnx,
+                          cache=None if onnx else _cache(config, cache_dir), progress=progress,
+                          log=lambda line: messages.append(line.removeprefix("error: ")))
     readable = ~np.isnan(probabilities).any(axis=1)  # the others were reported by predict_files
     probabilities = probabilities[readable]
     if absent is not None:
@@ -494,6 +504,7 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     if engine == "ray":
         run = partial(detect_on_ray, ray_options=ray_options or RayOptions())
     bundles = load_bundles(bundle, onnx=onnx)
+    photos.refuse_photo_model(bundles[0].config, _name(bundle))
     if place is not None:
         absent = unexpected_classes(bundles[0].classes, place, model=_name(bundle))
         options["exclude"] = tuple(dict.fromkeys([*options.get("exclude", ()), *absent]))

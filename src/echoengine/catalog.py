@@ -206,7 +206,7 @@ def load_catalog(source: str | Path, config: DataConfig | None = None) -> pd.Dat
     config = config or DataConfig()
     source = Path(source)
     outside = config.allow_outside_paths
-    if source.is_file() and audio.is_audio_file(source):
+    if source.is_file() and audio.is_audio_file(source, config.extensions):  # or a photo, for data.kind images
         group = _group_of(source.name, _compile(config.group_regex))
         return pd.DataFrame([(str(source.absolute()), "", group)], columns=COLUMNS)
     if source.is_file():

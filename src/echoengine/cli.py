@@ -76,12 +76,14 @@ def _scan(data: Path, config: EchoConfig, *, on_error: str = "warn",
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    """``echoengine inspect``: the dataset's classes, files, durations and unreadable files; 1 if none is usable."""
-    from echoengine.catalog import describe
+    """``echoengine inspect``: the dataset's classes, files, durations (photos: sizes) and unreadable files; 1 if
+    none is usable."""
+    from echoengine import catalog, photos
     from echoengine.sources import labels_table
 
-    config = _config(args)
+    config = photos.for_data(_config(args), args.data, log=lambda line: None)
     usable, errors = _scan(args.data, config, on_error="ignore")  # listed in the report below
+    describe = photos.describe if config.data.photos else catalog.describe
     report, warning = describe(usable, errors, name=str(args.data))
     print(report)
     taxonomy = labels_table(args.data, config)[1] if len(usable) else None
@@ -90,7 +92,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if warning:
         print(f"\nwarning: {warning}", file=sys.stderr)
     if not len(usable):
-        print("error: no usable audio files", file=sys.stderr)
+        print(f"error: no usable {'images' if config.data.photos else 'audio files'}", file=sys.stderr)
         return 1
     return 0
 
@@ -123,9 +125,9 @@ def cmd_split(args: argparse.Namespace) -> int:
     """``echoengine split``: train/val/test parts (or k folds) of the dataset, grouped by recording, as a CSV."""
     import numpy as np
 
-    from echoengine import splits
+    from echoengine import photos, splits
 
-    config = _config(args)
+    config = photos.for_data(_config(args), args.data, log=lambda line: None)
     data = config.data
     _refuse_existing(args.out, args.overwrite)
     usable, _ = _scan(args.data, config)

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import tomllib
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,16 +45,18 @@ from echoengine.input_config import (
     AugmentConfig,
     DataConfig,
     FrontendConfig,
-    TaxonomyConfig,
+    ImageConfig,
     check_at_most,
     check_numbers,
+    coerce_value,
     require,
 )
-from echoengine.kinds import EMBEDDINGS, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
+from echoengine.kinds import EMBEDDINGS, IMAGES, ModelKind, backbone_kind, check_model, model_kind, uses_birdnet
+from echoengine.taxonomy_config import TaxonomyConfig
 
 __all__ = ["AUDIO_EXTENSIONS", "BIRDNET_BLOCKS", "BIRDNET_SPEEDS", "CONFIG_FILE", "MACHINE_SETTINGS", "AudioConfig",
-           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ModelConfig", "TaxonomyConfig",
-           "TrainConfig"]
+           "AugmentConfig", "DataConfig", "EchoConfig", "FrontendConfig", "ImageConfig", "ModelConfig",
+           "TaxonomyConfig", "TrainConfig"]
 
 #: The name of a bundle's full config (see :mod:`echoengine.bundle`), here for the modules below it.
 CONFIG_FILE = "echoengine.toml"
@@ -131,8 +132,8 @@ class ModelConfig:
     """
 
     backbone: str = field(default="efficientnetv2_b0", metadata={
-        "help": "efficientnetv2_b0, efficientnet_b0, efficientnet_b3, resnet50, inception_v3, mobilenetv3_large_100, "
-                "small_cnn, or birdnet (BirdNET V2.4 on raw audio, CC BY-NC-SA 4.0: fine-tuned with --finetune)"})
+        "help": "efficientnetv2_b0, efficientnet_b0, efficientnet_b3, resnet18, resnet50, inception_v3, "
+                "mobilenetv3_large_100, small_cnn or birdnet (BirdNET V2.4 on raw audio, CC BY-NC-SA 4.0, --finetune)"})
     head: str = field(default="auto", metadata={
         "help": "auto: linear on an embedder, echo on a CNN; attention: per-class attention pooling over time "
                 "(multi-label)", "choices": ("auto", "echo", "linear", "mlp", "attention")})
@@ -266,9 +267,8 @@ class TrainConfig:
         ("linear probing, then fine-tuning"); 0: the head starts at random.
         A linear head is fitted by L-BFGS with C from grouped inner CV
         (:mod:`echoengine.headfit`) instead, whatever the number. ``--finetune``
-        turns this on: on the ESC-50 subset a warm-started head gained 3
-        points over frozen embeddings where a random head gained none
-        (``bench/finetune_study.py``).
+        turns this on: on the ESC-50 subset a warm-started head gained 3 points over frozen
+        embeddings where a random head gained none (``bench/finetune_study.py``).
     solver : str
         ``"lbfgs"``: a linear head on frozen embeddings (mean pooling) is
         fitted to convergence by full-batch L-BFGS (softmax, or one-vs-rest
@@ -350,32 +350,9 @@ class TrainConfig:
         require(self.device in ("cpu", "cuda", "auto"), f"{s}.device must be 'cpu', 'cuda' or 'auto'")
 
 
-_SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "augment": AugmentConfig,
-                              "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+_SECTIONS: dict[str, type] = {"audio": AudioConfig, "frontend": FrontendConfig, "image": ImageConfig,
+                              "augment": AugmentConfig, "data": DataConfig, "model": ModelConfig, "train": TrainConfig,
                               "taxonomy": TaxonomyConfig}
-
-
-def _coerce(section: str, name: str, hint: Any, value: Any) -> Any:
-    """Check one TOML value against the field's type hint and convert it."""
-    where = f"{section}.{name}"
-    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-    options = typing.get_args(hint) if is_union else (hint,)
-    if type(None) in options and (value is None or value == _NONE):
-        return None
-    if typing.get_origin(hint) is tuple or tuple in options:
-        require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
-        return tuple(value)
-    for option in options:
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
-    raise ConfigError(f"{where} must be {names}, got {value!r}")
 
 
 def _section_from_dict(name: str, values: dict[str, Any]):
@@ -387,7 +364,7 @@ def _section_from_dict(name: str, values: dict[str, Any]):
         raise ConfigError(
             f"unknown key(s) in [{name}]: {', '.join(unknown)}; allowed keys are {', '.join(sorted(known))}"
         )
-    return cls(**{key: _coerce(name, key, hints[key], value) for key, value in values.items()})
+    return cls(**{key: coerce_value(name, key, hints[key], value) for key, value in values.items()})
 
 
 def _to_toml_values(values: dict[str, Any]) -> dict[str, Any]:
@@ -412,6 +389,7 @@ class EchoConfig:
 
     audio: AudioConfig = field(default_factory=AudioConfig)
     frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)  # the photo path's front end (data.kind = "images")
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -429,6 +407,9 @@ class EchoConfig:
             f"frontend.fmax ({self.frontend.fmax} Hz) is above the Nyquist frequency of "
             f"audio.sample_rate {self.audio.sample_rate} ({nyquist:g} Hz)",
         )
+        m = self.model
+        require(not self.data.photos or (m.kind.input == IMAGES and not m.multilabel), "data.kind 'images' trains a "
+                 f"CNN backbone, one label per photo (got {m.embedder or m.backbone}{', multilabel' * m.multilabel})")
         require(not self.train.probe_epochs or self.model.head_name in ("linear", "mlp"),
                  f"train.probe_epochs works with the linear and mlp heads, not {self.model.head!r}")
         require(self.train.solver != "lbfgs" or self.convex_head(strict=False),

@@ -43,6 +43,7 @@ from echoengine.features import MelFrontend
 from echoengine.kinds import embedder_kind
 from echoengine.layout import BundleFiles
 from echoengine.models.embedders import BirdNETEmbedder, BirdNETTorchEmbedder, block_order
+from echoengine.photodata import photo_dataset
 
 __all__ = ["CNNEmbedder", "EmbeddingCache", "EmbeddingDataset", "MultiLabelEmbeddingDataset", "birdnet_tflite_embedder",
            "birdnet_torch_embedder", "build_embedder", "clip_windows", "cnn_embedder", "config_embedder", "embed_clips",
@@ -312,6 +313,8 @@ def make_dataset(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig
     recordings are scored in, or with ``clips`` the clips a head is fitted
     and validated on (:class:`echoengine.dataset.ClipDataset`).
     """
+    if config.data.photos:  # photos: a CNN on decoded images (the config allows no other model)
+        return photo_dataset(table, classes, config, train=train, boxes=boxes)
     kind = config.model.kind
     if boxes is not None and not kind.multilabel:
         raise EchoError(f"multi-label training works with CNN backbones and embedders, not {kind.label}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["AudioError", "ConfigError", "DataError", "EchoError"]
+__all__ = ["AudioError", "ConfigError", "DataError", "EchoError", "ImageError"]
 
 
 class EchoError(Exception):
@@ -44,3 +44,17 @@ class AudioError(EchoError):
 
 class DataError(EchoError, ValueError):
     """A dataset, catalog or split request cannot be satisfied."""
+
+
+class ImageError(AudioError):
+    """An image file (a photo of a photo dataset) cannot be used.
+
+    A kind of :class:`AudioError` (an unusable input file), so that every
+    place that reports a bad file and goes on with the rest does so for
+    photos too.
+
+    Examples
+    --------
+    >>> str(ImageError("fox.jpg", "not an image Pillow can read"))
+    'fox.jpg: not an image Pillow can read'
+    """

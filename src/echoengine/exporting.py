@@ -28,6 +28,12 @@ bundle's CNN (``cnn:``), ``model.onnx`` holds the head only: input
 ``embeddings`` (clips, embedder windows per clip, embedding size), same two
 outputs; ``echoengine predict --onnx`` cuts, embeds and feeds them.
 
+A photo bundle (``data.kind = "images"``) exports its CNN alone: input
+``pixels``, uint8 (images, size, size, 3), the images decoded, turned
+upright, resized and cropped by :func:`echoengine.images.load_pixels`
+(Pillow, outside the graph); output ``probabilities`` (images, n_classes),
+the scaling to [0, 1], the ``[image]`` normalisation and the softmax inside.
+
 Every export checks itself: the graph, run by onnxruntime, must give the
 probabilities of the PyTorch path (``echoengine predict``) on real clips
 within ``tolerance`` (1e-4), or the export fails and no model.onnx is left.
@@ -59,6 +65,8 @@ from echoengine.errors import EchoError
 from echoengine.features import mel_filter_bank, resize_matrix
 from echoengine.files import write_atomic
 from echoengine.layout import ONNX_FILE, Bundle, read_splits, weights_digest
+from echoengine.photodata import PhotoServing
+from echoengine.photoscore import PIXELS, predict_photos
 from echoengine.scoring import (  # the graph's runtime; re-exported: what an exported bundle is run with
     WEIGHTS_KEY,
     bundle_onnx_session,
@@ -232,7 +240,8 @@ def _check_files(bundle: Bundle, files: Sequence[str | Path], n: int = 4) -> lis
 
 
 def _torch_probabilities(bundle: Bundle, files: list[str]) -> np.ndarray:
-    return predict_files([bundle], files, log=lambda line: None)  # each file as it decodes, to its end
+    predict = predict_photos if bundle.config.data.photos else predict_files
+    return predict([bundle], files, log=lambda line: None)  # each file as it decodes, to its end
 
 
 def _stamp_weights(path: Path, folder: Path) -> None:
@@ -285,19 +294,23 @@ def export_onnx(bundle_path: str | Path, *, out: str | Path | None = None, check
 
 def _export_graph(bundle: Bundle, path: Path, *, opset: int) -> None:
     """Write the serving graph of ``bundle`` to ``path`` (the head alone for a bundle on outside embeddings)."""
-    if bundle.config.model.kind.serving is None:  # its embedder cannot run inside the graph: the head alone
+    outputs = ["probabilities", "window_probabilities"]
+    if bundle.config.data.photos:  # uint8 pixels of decoded, resized images in: probabilities per image out
+        size = bundle.config.image.size
+        serving, example = PhotoServing(bundle), torch.zeros(2, size, size, 3, dtype=torch.uint8)
+        names, outputs, axes = [PIXELS], outputs[:1], {PIXELS: {0: "images"}, "probabilities": {0: "images"}}
+    elif bundle.config.model.kind.serving is None:  # its embedder cannot run inside the graph: the head alone
         size = bundle.model.mean.shape[0]
         serving, example = _HeadServing(bundle), torch.zeros(2, 2, size)
-        names, axes = ["embeddings"], {"embeddings": {0: "clips", 1: "windows"}}
+        names, axes = ["embeddings"], {"embeddings": {0: "clips", 1: "windows"}, "window_probabilities": {0: "windows"}}
     else:
         serving, example = ServingModel(bundle), torch.zeros(bundle.config.audio.clip_samples + 100)
-        names, axes = ["waveform"], {"waveform": {0: "samples"}}
-    axes.update({"window_probabilities": {0: "windows"}})
+        names, axes = ["waveform"], {"waveform": {0: "samples"}, "window_probabilities": {0: "windows"}}
     with torch.no_grad(), warnings.catch_warnings():  # tracer notes on the shape arithmetic of the windowing
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(serving.eval(), (example,), str(path), input_names=names,
-                              output_names=["probabilities", "window_probabilities"], dynamic_axes=axes,
+            torch.onnx.export(serving.eval(), (example,), str(path), input_names=names, output_names=outputs,
+                              dynamic_axes=axes,
                               opset_version=opset, dynamo=False)
         except Exception as exc:  # the exporter's errors carry whole graph dumps: keep the first line
             reason = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
@@ -317,11 +330,18 @@ def _check_graph(bundle: Bundle, path: Path, files: list[str], *, tolerance: flo
     expected = _torch_probabilities(bundle, files)
     if np.isnan(expected).any():
         raise EchoError(f"export check: {files[int(np.isnan(expected).any(axis=1).argmax())]} could not be read")
+    if bundle.config.data.photos:
+        return _difference(predict_photos([bundle], files, sessions=[session]), expected, tolerance=tolerance)
     scorer = window_scorer([bundle], sessions=[session])  # the scorer of predict --onnx and detect --onnx
     pooling = file_pooling(bundle.config)
     got = np.stack([pool_windows(stream_window_probabilities(scorer, f), pooling=pooling) for f in files])
+    return _difference(got, expected, tolerance=tolerance)
+
+
+def _difference(got: np.ndarray, expected: np.ndarray, *, tolerance: float) -> float:
+    """The largest difference of the graph's probabilities from PyTorch's, or an EchoError above ``tolerance``."""
     difference = float(np.abs(got - expected).max())
     if not difference <= tolerance:
         raise EchoError(f"export check failed: the ONNX graph and PyTorch differ by up to {difference:.2e} in "
-                        f"probability on {len(files)} clip(s) (allowed {tolerance:.0e}); nothing written")
+                        f"probability on {len(got)} file(s) (allowed {tolerance:.0e}); nothing written")
     return difference

@@ -17,16 +17,25 @@ echoengine.errors.ConfigError: data.folds must be >= 2, got 1
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 from echoengine.errors import ConfigError
 
-__all__ = ["AUDIO_EXTENSIONS", "HIERARCHIES", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES", "MAX_SEED", "MAX_STFT_VALUES",
-           "AudioConfig", "AugmentConfig", "DataConfig", "FrontendConfig", "TaxonomyConfig", "check_at_most",
-           "check_numbers", "check_probability", "check_range", "require"]
+__all__ = ["AUDIO", "AUDIO_EXTENSIONS", "DATA_KINDS", "IMAGE_EXTENSIONS", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES",
+           "MAX_SEED", "MAX_STFT_VALUES", "PHOTOS", "AudioConfig", "AugmentConfig", "DataConfig", "FrontendConfig",
+           "ImageConfig", "check_at_most", "check_numbers", "check_probability", "check_range", "coerce_value",
+           "require"]
 
 #: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
+#: File extensions read as photographs (lower case), decoded by Pillow.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+#: What a dataset holds (``data.kind``): sound recordings, or photographs (camera traps).
+AUDIO, PHOTOS = "audio", "images"
+DATA_KINDS = {AUDIO: AUDIO_EXTENSIONS, PHOTOS: IMAGE_EXTENSIONS}
 
 
 #: Most samples in one clip (512 MiB as float32): ``audio.clip_seconds`` x ``audio.sample_rate``.
@@ -293,13 +302,89 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class ImageConfig:
+    """How photographs become model inputs (``data.kind = "images"``): the photo path's front end.
+
+    Each image is decoded by Pillow, turned upright by its EXIF orientation,
+    converted to RGB and fitted to ``size`` x ``size`` pixels (:mod:`echoengine.images`);
+    the model takes it scaled to [0, 1] and normalised by ``mean`` and ``std``.
+
+    Parameters
+    ----------
+    size : int
+        Side of the square model input in pixels; 16 to 2048.
+    resize : str
+        ``"crop"``: the shorter side scaled to ``size / crop_fraction``, then
+        the centre ``size`` x ``size`` cut out (timm's evaluation transform);
+        ``"squash"``: scaled to ``size`` x ``size``, whatever the aspect ratio.
+    crop_fraction : float
+        With ``"crop"``: the part of the shorter side kept (0.875 as timm; 1:
+        the largest centred square), in (0, 1].
+    interpolation : str
+        Pillow's resampling filter: ``"bilinear"``, ``"bicubic"``, ``"lanczos"`` or ``"nearest"``.
+    mean, std : tuple of float
+        Per-channel (R, G, B) normalisation of the [0, 1] pixels; ImageNet's by default,
+        as pretrained timm backbones expect.
+    min_scale : float
+        Training augmentation: each variant is a random crop of this fraction
+        of the image's area up to all of it (aspect ratio 3/4 to 4/3), resized
+        to ``size``; 1: the evaluation image.
+    flip_p : float
+        Training augmentation: probability of a horizontal flip.
+
+    Examples
+    --------
+    >>> ImageConfig().size
+    224
+    >>> ImageConfig(size=8)
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.ConfigError: image.size must be 16 to 2048 pixels, got 8
+    """
+
+    size: int = field(default=224, metadata={
+        "help": "photos: side of the square model input in pixels", "flag": "--image-size", "metavar": "PIXELS",
+        "commands": ("train", "cv")})
+    resize: str = "crop"
+    crop_fraction: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    min_scale: float = 0.5
+    flip_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        s = "image"
+        require(isinstance(self.size, int) and 16 <= self.size <= 2048,
+                f"{s}.size must be 16 to 2048 pixels, got {self.size}")
+        require(self.resize in ("crop", "squash"), f"{s}.resize must be 'crop' or 'squash', got {self.resize!r}")
+        require(0 < self.crop_fraction <= 1, f"{s}.crop_fraction must be in (0, 1], got {self.crop_fraction}")
+        require(self.interpolation in ("bilinear", "bicubic", "lanczos", "nearest"),
+                f"{s}.interpolation must be 'bilinear', 'bicubic', 'lanczos' or 'nearest', got {self.interpolation!r}")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            require(len(values) == 3 and all(isinstance(v, (int, float)) for v in values),
+                    f"{s}.{name} must be 3 numbers (R, G, B), got {list(values)}")
+            object.__setattr__(self, name, tuple(float(v) for v in values))
+        require(all(v > 0 for v in self.std), f"{s}.std must be positive, got {list(self.std)}")
+        require(0 < self.min_scale <= 1, f"{s}.min_scale must be in (0, 1], got {self.min_scale}")
+        check_probability(s, "flip_p", self.flip_p)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Datasets, splits, loading and the feature cache.
 
     Parameters
     ----------
     extensions : tuple of str
-        Audio file extensions to collect from folders.
+        File extensions to collect from folders: among :data:`AUDIO_EXTENSIONS`,
+        or :data:`IMAGE_EXTENSIONS` for photos. Either kind's full list means
+        "the kind's own": it follows ``kind`` when that changes.
+    kind : str
+        ``"audio"`` (recordings through ``[audio]`` and ``[frontend]``) or
+        ``"images"`` (photographs through ``[image]``; CNN backbones only).
+        A bundle of one kind refuses data of the other.
     group_regex : str
         Regular expression on file names whose first group (or whole match)
         names the source recording; empty means each file is its own group
@@ -349,6 +434,7 @@ class DataConfig:
     """
 
     extensions: tuple[str, ...] = AUDIO_EXTENSIONS
+    kind: str = AUDIO
     group_regex: str = field(default="", metadata={
         "help": "regex on file names whose first group names the source recording", "metavar": "REGEX",
         "commands": ("inspect", "preview", "split", "train", "cv", "mix")})
@@ -384,11 +470,23 @@ class DataConfig:
     box_jitter: float = 1.0
     background_crops: int = 1
 
+    @property
+    def photos(self) -> bool:
+        """Whether the data are photographs (``kind = "images"``), not recordings."""
+        return self.kind == PHOTOS
+
     def __post_init__(self) -> None:
         s = "data"
+        require(self.kind in DATA_KINDS, f"{s}.kind must be 'audio' or 'images', got {self.kind!r}")
+        allowed = DATA_KINDS[self.kind]
+        require(all(isinstance(e, str) for e in self.extensions),
+                f"{s}.extensions must be file extensions such as '.wav', got {list(self.extensions)}")
+        if any(set(self.extensions) == set(full) for full in DATA_KINDS.values()):
+            object.__setattr__(self, "extensions", allowed)  # the kind's own list, whichever kind it was
         require(
-            all(isinstance(e, str) and e in AUDIO_EXTENSIONS for e in self.extensions),
-            f"{s}.extensions must be among {', '.join(AUDIO_EXTENSIONS)} (lower case), got {list(self.extensions)}",
+            all(isinstance(e, str) and e in allowed for e in self.extensions),
+            f"{s}.extensions must be among {', '.join(allowed)} (lower case) for data.kind {self.kind!r}, got "
+            f"{list(self.extensions)}",
         )
         require(self.split_seed >= 0, f"{s}.split_seed must be >= 0, got {self.split_seed}")
         for name in ("val_fraction", "test_fraction"):
@@ -435,68 +533,28 @@ def _check_window(section: str, window: str) -> None:
         raise ConfigError(f"{section}.window {window!r} is not a window scipy.signal.get_window knows") from None
 
 
-#: How a model uses a taxonomy (``taxonomy.hierarchy``).
-HIERARCHIES = ("flat", "per-node", "joint")
+def coerce_value(section: str, name: str, hint: Any, value: Any) -> Any:
+    """Check one TOML value against the field's type hint and convert it (``"none"`` is None where allowed).
 
-
-@dataclass(frozen=True)
-class TaxonomyConfig:
-    """The taxonomy above the labels, and how the model uses it.
-
-    Parameters
-    ----------
-    source : str
-        Where the lineage of each label comes from: empty (no taxonomy, unless
-        ``ranks``, ``hierarchy`` or ``node`` ask for one: then ``"folders"``), ``"folders"`` (the
-        path of a file below the dataset folder, e.g.
-        ``Ranidae/Lithobates/green-frog/x.mp3``: the last folder is the
-        label) or a CSV file with a ``label`` column and one column per rank,
-        highest first. A bundle keeps its taxonomy in ``taxonomy.csv`` and
-        says ``"folders"`` or ``"taxonomy.csv"`` (that file) here.
-    ranks : tuple of str
-        Names of the folder ranks, highest first (default ``rank1``, ``rank2``, ...).
-    hierarchy : str
-        ``"flat"``: one model over the labels, whose probabilities sum up the
-        tree; ``"per-node"``: one model per internal node of the tree (its
-        children's softmax), a label's probability the product down the tree;
-        ``"joint"``: one model over the labels trained with a loss at every rank.
-    node : str
-        Train the model of one node alone (``Ranidae/Lithobates``): its
-        children are the classes, as the seed pipeline's per-taxon classifiers.
-
-    Examples
-    --------
-    >>> TaxonomyConfig(hierarchy="per-node").uses_taxonomy, TaxonomyConfig().uses_taxonomy
-    (True, False)
+    >>> coerce_value("data", "folds", int, 5), coerce_value("model", "birdnet_speeds", tuple[float, ...], [1.0])
+    (5, (1.0,))
     """
-
-    source: str = field(default="", metadata={
-        "help": "the taxonomy above the labels: 'folders' (DATA/family/genus/species/...) or a CSV with a label "
-                "column and one column per rank, highest first", "flag": "--taxonomy", "metavar": "FILE",
-        "commands": ("inspect", "train", "cv")})
-    ranks: tuple[str, ...] = field(default=(), metadata={
-        "help": "names of the folder ranks, highest first (default rank1,rank2,...)", "metavar": "RANKS",
-        "commands": ("inspect", "train", "cv")})
-    hierarchy: str = field(default="flat", metadata={
-        "help": "with a taxonomy: one model (flat), one model per node of the tree (per-node) or one model with "
-                "a loss at every rank (joint)", "choices": HIERARCHIES})
-    node: str = field(default="", metadata={
-        "help": "train the model of one node of the taxonomy alone (e.g. Ranidae/Lithobates)", "metavar": "LINEAGE",
-        "commands": ("train",)})
-
-    def __post_init__(self) -> None:
-        require(self.hierarchy in HIERARCHIES,
-                f"taxonomy.hierarchy must be one of {', '.join(HIERARCHIES)}, got {self.hierarchy!r}")
-        require(all(isinstance(rank, str) and rank.strip() and rank != "label" for rank in self.ranks),
-                f"taxonomy.ranks must be names other than 'label', got {list(self.ranks)}")
-        require(len(set(self.ranks)) == len(self.ranks), f"taxonomy.ranks repeats a name: {list(self.ranks)}")
-
-    @property
-    def uses_taxonomy(self) -> bool:
-        """Whether the labels have a taxonomy above them (a source, rank names, a hierarchy other than flat, a node)."""
-        return bool(self.source or self.ranks or self.hierarchy != "flat" or self.node)
-
-    @property
-    def lineage_source(self) -> str:
-        """``source``, or ``"folders"`` when a taxonomy is asked for without one."""
-        return self.source or ("folders" if self.uses_taxonomy else "")
+    where = f"{section}.{name}"
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    options = typing.get_args(hint) if is_union else (hint,)
+    if type(None) in options and (value is None or value == "none"):
+        return None
+    if typing.get_origin(hint) is tuple or tuple in options:
+        require(isinstance(value, (list, tuple)), f"{where} must be a list, got {value!r}")
+        return tuple(value)
+    for option in options:
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{where} must be {names}, got {value!r}")

@@ -78,6 +78,7 @@ TIMM_BACKBONES = {
     "efficientnetv2_b0": "tf_efficientnetv2_b0",  # the Echo pipeline's backbone
     "efficientnet_b0": "efficientnet_b0",
     "efficientnet_b3": "efficientnet_b3",
+    "resnet18": "resnet18",
     "resnet50": "resnet50",
     "inception_v3": "inception_v3",
     "mobilenetv3_large_100": "mobilenetv3_large_100",

@@ -21,15 +21,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from echoengine import audio, catalog
+from echoengine import audio, catalog, photos
 from echoengine.config import EchoConfig
 from echoengine.errors import AudioError, EchoError
 from echoengine.layout import Bundle, read_splits
 from echoengine.taxonomy import Taxonomy, label_table
 
 __all__ = ["annotation_boxes", "audio_files", "find_audio", "labelled_files", "labels_table", "parse_columns",
-           "progress_bar",
-           "recordings", "seen_in_training", "species_names"]
+           "progress_bar", "recordings", "scan", "seen_in_training", "species_names"]
 
 
 def progress_bar(description: str, unit: str = "file"):
@@ -43,12 +42,24 @@ def labelled_files(data: str | Path, config: EchoConfig, *, on_error: str = "war
                    progress: bool = False) -> tuple[pd.DataFrame, list[AudioError]]:
     """The usable files of a labelled dataset (folder per class, CSV or ESC-50 folder) and the errors of the rest.
 
-    Each file is decoded once to check it (:func:`echoengine.catalog.scan`).
-    With a taxonomy (``config.taxonomy``), the labels are those below its
-    ranks (:func:`echoengine.taxonomy.label_table`).
+    Each file is decoded once to check it (:func:`scan`). Photos with a
+    config of ``data.kind = "images"``; data of the other kind than the
+    config's is refused (EchoError). With a taxonomy (``config.taxonomy``),
+    the labels are those below its ranks (:func:`echoengine.taxonomy.label_table`).
     """
     table = labels_table(data, config)[0]
-    return catalog.scan(table, config.audio, on_error=on_error, progress=progress_bar("checking") if progress else None)
+    if table.empty:
+        photos.refuse_other_kind(config, data)
+    return scan(table, config, on_error=on_error, progress=progress_bar("checking") if progress else None)
+
+
+def scan(table: pd.DataFrame, config: EchoConfig, *, on_error: str = "warn",
+         progress=None) -> tuple[pd.DataFrame, list[AudioError]]:
+    """Decode every file of a catalog to check it, as the data kind says: recordings
+    (:func:`echoengine.catalog.scan`) or photos (:func:`echoengine.photos.scan`)."""
+    if config.data.photos:
+        return photos.scan(table, config.image, on_error=on_error, progress=progress)
+    return catalog.scan(table, config.audio, on_error=on_error, progress=progress)
 
 
 def labels_table(data: str | Path, config: EchoConfig) -> tuple[pd.DataFrame, Taxonomy | None]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-__all__ = ["CALLS", "make_dataset", "synthesize_call"]
+__all__ = ["CALLS", "PHOTO_REGIONS", "make_dataset", "make_photo_dataset", "synthesize_call"]
 
 
 def _sweeps(t: np.ndarray, rng: np.random.Generator, *, period: tuple, length: float, start: tuple, stop: tuple):
@@ -115,4 +115,52 @@ def make_dataset(
         "and pulse trains over noise, not recordings of animals. For demos and tests only.\n",
         encoding="utf-8",
     )
+    return root
+
+
+#: Classes of :func:`make_photo_dataset`: a region (top, bottom, left, right in pixels) of one of
+#: scikit-learn's two sample photos (427 x 640), each of a colour and texture of its own.
+PHOTO_REGIONS = {"sky": ("china.jpg", (0, 130, 0, 640)), "ground": ("china.jpg", (300, 427, 0, 640)),
+                 "petals": ("flower.jpg", (150, 280, 230, 410)), "leaves": ("flower.jpg", (0, 427, 450, 640))}
+
+
+def make_photo_dataset(root: str | Path, *, crops_per_class: int = 8, seed: int = 0,
+                       classes: tuple[str, ...] = tuple(PHOTO_REGIONS)) -> Path:
+    """A small photo dataset (a folder per class) cut from the photos that ship with scikit-learn.
+
+    Each class is a region of ``china.jpg`` or ``flower.jpg``
+    (:data:`PHOTO_REGIONS`: sky, ground, petals, leaves); each of its
+    images is a square crop of a random place and size in the region (40
+    pixels up to the region's height), resized to 48 to 96 pixels and saved
+    as JPEG or PNG in turn. Seeds give disjoint-looking crops, not disjoint
+    pixels: a test set from another seed shares the regions, as photos of
+    one camera trap share its view.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = make_photo_dataset(tempfile.mkdtemp(), crops_per_class=2)
+    >>> sorted(p.name for p in (root / "sky").iterdir())
+    ['sky-0.jpg', 'sky-1.png']
+    """
+    from PIL import Image
+    from sklearn.datasets import load_sample_images  # scikit-learn's own files: nothing is downloaded
+
+    samples = load_sample_images()
+    photos = {Path(name).name: image for name, image in zip(samples.filenames, samples.images, strict=True)}
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for label in classes:
+        name, (top, bottom, left, right) = PHOTO_REGIONS[label]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(crops_per_class):
+            side = int(rng.integers(40, min(bottom - top, right - left) + 1))
+            y, x = int(rng.integers(top, bottom - side + 1)), int(rng.integers(left, right - side + 1))
+            crop = Image.fromarray(photos[name][y : y + side, x : x + side])
+            out = int(rng.integers(48, 97))
+            file_name = f"{label}-{i}.{('jpg', 'png')[i % 2]}"
+            crop.resize((out, out), Image.Resampling.BILINEAR).save(root / label / file_name)
+    (root / "README.txt").write_text("Crops of scikit-learn's sample photos (sklearn.datasets.load_sample_images: "
+                                     "china.jpg, flower.jpg), a folder per region: a test set for the photo path.\n",
+                                     encoding="utf-8")
     return root

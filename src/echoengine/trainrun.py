@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import catalog, ddp, sources
+from echoengine import ddp, sources
 from echoengine.cache import feature_cache
 from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
@@ -133,7 +133,7 @@ def _new_split(data: Path, config: EchoConfig, out: Path, kind: LabelKind, boxes
     """Read the data, split it, and write the split (``splits.csv``, and a multi-label run's boxes)."""
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
     if not len(usable):
-        raise EchoError(f"{data}: no usable audio files")
+        raise EchoError(f"{data}: no usable {'images' if config.data.photos else 'audio files'}")
     parts = kind.split(usable, config)
     classes = kind.classes(usable[parts != "excluded"], boxes)
     if not ddp.is_main():  # the same split on every rank (it is seeded); rank 0 writes it
@@ -149,7 +149,7 @@ def _new_split(data: Path, config: EchoConfig, out: Path, kind: LabelKind, boxes
 def _resumed_split(out: Path, config: EchoConfig, kind: LabelKind, *, progress: bool) -> _Split:
     """The split, boxes and classes a run saved in ``out``, its files checked again."""
     splits = pd.read_csv(BundleFiles(out).splits, keep_default_na=False)
-    usable, _ = catalog.scan(splits.drop(columns="part"), config.audio,
+    usable, _ = sources.scan(splits.drop(columns="part"), config,
                              progress=sources.progress_bar("checking") if progress else None)
     parts = splits.set_index("path").loc[usable["path"], "part"].to_numpy()
     return usable, parts, kind.saved_boxes(out), read_classes(out)

@@ -40,6 +40,7 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.events import check_species, detection_thresholds, with_lineage
 from echoengine.layout import check_ensemble
 from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
+from echoengine.photos import refuse_photo_model
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
 from echoengine.service.schema import Model
@@ -286,6 +287,7 @@ def prepare_model(bundle: str | Path, options: DetectOptions, *, model_here: boo
         As :func:`load_model`.
     """
     options = runnable_options(bundle, options)
+    refuse_photo_model(read_bundles(bundle)[0].config, str(bundle), "the detection service")
     if model_here:
         bundles = load_bundles(bundle, onnx=options.onnx)  # with --onnx, no torch: the exported graphs score
         scorer = window_scorer(bundles, onnx=options.onnx)

@@ -1,0 +1,82 @@
+"""The ``[taxonomy]`` section: the taxonomy above a dataset's labels, and how a model uses it.
+
+Examples
+--------
+>>> TaxonomyConfig(hierarchy="joint").lineage_source
+'folders'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from echoengine.input_config import require
+
+__all__ = ["HIERARCHIES", "TaxonomyConfig"]
+
+
+#: How a model uses a taxonomy (``taxonomy.hierarchy``).
+HIERARCHIES = ("flat", "per-node", "joint")
+
+
+@dataclass(frozen=True)
+class TaxonomyConfig:
+    """The taxonomy above the labels, and how the model uses it.
+
+    Parameters
+    ----------
+    source : str
+        Where the lineage of each label comes from: empty (no taxonomy, unless
+        ``ranks``, ``hierarchy`` or ``node`` ask for one: then ``"folders"``), ``"folders"`` (the
+        path of a file below the dataset folder, e.g.
+        ``Ranidae/Lithobates/green-frog/x.mp3``: the last folder is the
+        label) or a CSV file with a ``label`` column and one column per rank,
+        highest first. A bundle keeps its taxonomy in ``taxonomy.csv`` and
+        says ``"folders"`` or ``"taxonomy.csv"`` (that file) here.
+    ranks : tuple of str
+        Names of the folder ranks, highest first (default ``rank1``, ``rank2``, ...).
+    hierarchy : str
+        ``"flat"``: one model over the labels, whose probabilities sum up the
+        tree; ``"per-node"``: one model per internal node of the tree (its
+        children's softmax), a label's probability the product down the tree;
+        ``"joint"``: one model over the labels trained with a loss at every rank.
+    node : str
+        Train the model of one node alone (``Ranidae/Lithobates``): its
+        children are the classes, as the seed pipeline's per-taxon classifiers.
+
+    Examples
+    --------
+    >>> TaxonomyConfig(hierarchy="per-node").uses_taxonomy, TaxonomyConfig().uses_taxonomy
+    (True, False)
+    """
+
+    source: str = field(default="", metadata={
+        "help": "the taxonomy above the labels: 'folders' (DATA/family/genus/species/...) or a CSV with a label "
+                "column and one column per rank, highest first", "flag": "--taxonomy", "metavar": "FILE",
+        "commands": ("inspect", "train", "cv")})
+    ranks: tuple[str, ...] = field(default=(), metadata={
+        "help": "names of the folder ranks, highest first (default rank1,rank2,...)", "metavar": "RANKS",
+        "commands": ("inspect", "train", "cv")})
+    hierarchy: str = field(default="flat", metadata={
+        "help": "with a taxonomy: one model (flat), one model per node of the tree (per-node) or one model with "
+                "a loss at every rank (joint)", "choices": HIERARCHIES})
+    node: str = field(default="", metadata={
+        "help": "train the model of one node of the taxonomy alone (e.g. Ranidae/Lithobates)", "metavar": "LINEAGE",
+        "commands": ("train",)})
+
+    def __post_init__(self) -> None:
+        require(self.hierarchy in HIERARCHIES,
+                f"taxonomy.hierarchy must be one of {', '.join(HIERARCHIES)}, got {self.hierarchy!r}")
+        require(all(isinstance(rank, str) and rank.strip() and rank != "label" for rank in self.ranks),
+                f"taxonomy.ranks must be names other than 'label', got {list(self.ranks)}")
+        require(len(set(self.ranks)) == len(self.ranks), f"taxonomy.ranks repeats a name: {list(self.ranks)}")
+
+    @property
+    def uses_taxonomy(self) -> bool:
+        """Whether the labels have a taxonomy above them (a source, rank names, a hierarchy other than flat, a node)."""
+        return bool(self.source or self.ranks or self.hierarchy != "flat" or self.node)
+
+    @property
+    def lineage_source(self) -> str:
+        """``source``, or ``"folders"`` when a taxonomy is asked for without one."""
+        return self.source or ("folders" if self.uses_taxonomy else "")
