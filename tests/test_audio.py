@@ -247,3 +247,38 @@ def test_inspect_a_single_mp3(encoded, capsys):
     assert main(["inspect", str(encoded[0] / "vbr_noxing.mp3")]) == 0
     out = capsys.readouterr().out
     assert "files: 1 (1 usable, 0 unreadable)" in out and "total duration: 1.0 min" in out and "60.0s" in out
+
+
+def test_kaiser_fast_reads_files_as_librosa_does_for_birdnet_analyzer(soundscapes, tmp_path):
+    """``resample_quality = "kaiser_fast"``: librosa.load(sr=48000, mono=True, res_type="kaiser_fast")'s samples,
+    to the bit, for a 32 kHz recording and a stereo 44.1 kHz one (channels averaged in float32 on both sides)."""
+    librosa = pytest.importorskip("librosa")
+    pytest.importorskip("resampy", reason="resampy comes with the birdnet extra")
+    config = AudioConfig(resample_quality="kaiser_fast")
+    stereo = tmp_path / "stereo.flac"
+    rng = np.random.default_rng(3)
+    sf.write(stereo, rng.uniform(-0.5, 0.5, (44100 * 3 + 17, 2)), 44100, subtype="PCM_24")
+    for path in (soundscapes / "ruffed_grouse_drum.flac", stereo):
+        ours = audio.load(path, config)
+        theirs, _ = librosa.load(path, sr=48000, mono=True, res_type="kaiser_fast")
+        n = min(len(ours), len(theirs))  # librosa's float length adds a trailing zero now and then
+        assert abs(len(ours) - len(theirs)) <= 1 and not theirs[n:].any() and not ours[n:].any()
+        np.testing.assert_array_equal(ours[:n], theirs[:n], err_msg=str(path))
+        assert not np.array_equal(ours, audio.load(path))  # soxr's HQ is another filter
+
+
+def test_kaiser_fast_ranges_and_blocks_equal_the_whole_file_resampled(soundscapes):
+    """resampy resamples whole arrays; ranges and detect's blocks give the same samples, edges included."""
+    pytest.importorskip("resampy", reason="resampy comes with the birdnet extra")
+    path = soundscapes / "birds_1min.flac"  # 32 kHz
+    config = AudioConfig(resample_quality="kaiser_fast")
+    whole = audio.load(path, config)
+    assert len(whole) == 60 * 48000
+    for offset, duration in ((0.0, 2.5), (7.3, 3.0), (21.0001, 4.0), (57.5, 5.0)):
+        start = round(offset * 48000)
+        part = audio.load(path, config, offset=offset, duration=duration)
+        assert len(part) == min(round(duration * 48000), len(whole) - start)
+        np.testing.assert_array_equal(part, whole[start : start + len(part)], err_msg=str(offset))
+    for block_seconds in (7.0, 0.013):
+        blocks = list(audio.stream(path, config, block_seconds=block_seconds))
+        np.testing.assert_array_equal(np.concatenate(blocks), whole)

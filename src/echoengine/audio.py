@@ -5,7 +5,10 @@ length (``.wav .flac .ogg .oga .aif .aiff``: PCM sizes, FLAC's STREAMINFO, Ogg
 granule positions); PyAV (FFmpeg, :mod:`echoengine.decode`) decodes the
 compressed ones (``.mp3 .m4a .aac .opus .wma``) to the end of their stream,
 since their header's length is an estimate. soxr resamples with the same
-quality as ``librosa.load`` (``"HQ"``). Every failure raises
+quality as ``librosa.load`` (``"HQ"``), or resampy's Kaiser filters
+(``audio.resample_quality = "kaiser_fast"``: BirdNET-Analyzer's, see
+:mod:`echoengine.resampling`); channels are averaged in float32, as
+``librosa.load(mono=True)`` does. Every failure raises
 :class:`~echoengine.errors.AudioError` with the file and the reason, so a
 caller can report it in one line and go on with the next file.
 
@@ -34,7 +37,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from echoengine import decode
+from echoengine import decode, resampling
 from echoengine.config import AUDIO_EXTENSIONS, AudioConfig
 from echoengine.errors import AudioError
 
@@ -167,7 +170,7 @@ def mix_to_mono(y: np.ndarray, *, channel: str | int = "mean") -> np.ndarray:
 
 
 def resample(y: np.ndarray, *, orig_sr: int, target_sr: int, quality: str = "HQ") -> np.ndarray:
-    """Resample a mono signal with soxr (``"HQ"`` is librosa's default quality).
+    """Resample a mono signal with soxr (``"HQ"`` is librosa's default quality) or resampy (``"kaiser_fast"``).
 
     Examples
     --------
@@ -176,6 +179,8 @@ def resample(y: np.ndarray, *, orig_sr: int, target_sr: int, quality: str = "HQ"
     """
     if orig_sr == target_sr:
         return y
+    if quality in resampling.KAISER_FILTERS:
+        return resampling.kaiser(y, orig_sr, target_sr, quality)
     return soxr.resample(y, orig_sr, target_sr, quality=quality)
 
 
@@ -223,26 +228,56 @@ def load(
         raise AudioError(path, f"invalid time range: offset={offset}, duration={duration}")
     if _compressed(path):
         sr = _probe(path).sample_rate
-        first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, None, offset, duration)
+        first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, None, offset, duration,
+                                                          _context(sr, config))
         y = decode.read(path, read_start, read_stop)
     else:
         with _open(path) as f:
             sr, total = f.samplerate, f.frames
             if total <= 0:
                 raise AudioError(path, "zero-length audio (the header lists no samples)")
-            first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, total, offset, duration)
+            first, count, read_start, read_stop = _plan_range(sr, config.sample_rate, total, offset, duration,
+                                                              _context(sr, config))
             y = _read_frames(f, path, read_start, total if read_stop is None else read_stop)
     y = _to_mono(y, path, config.channel)
     if not math.isfinite(float(y.sum(dtype=np.float64))):
         raise AudioError(path, "contains non-finite samples (NaN or inf)")
+    return _resample_range(y, sr, config, first, count, read_start)
+
+
+def _resample_range(y: np.ndarray, sr: int, config: AudioConfig, first: int, count: int | None,
+                    read_start: int) -> np.ndarray:
+    """Frames read from ``read_start`` resampled, the planned output range kept (:func:`_plan_range`)."""
+    if config.resample_quality in resampling.KAISER_FILTERS and sr != config.sample_rate:
+        return _kaiser_range(y, sr, config, first, count, read_start)
     y = resample(y, orig_sr=sr, target_sr=config.sample_rate, quality=config.resample_quality)
     if first or count is not None:
         y = y[first : None if count is None else first + count]
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
+def _context(sr: int, config: AudioConfig) -> int:
+    """Input frames read on each side of a time range: what the resampling filter reaches, at least 2048."""
+    if config.resample_quality not in resampling.KAISER_FILTERS or sr == config.sample_rate:
+        return _RESAMPLE_CONTEXT_FRAMES
+    return max(_RESAMPLE_CONTEXT_FRAMES, resampling.reach(config.resample_quality, sr, config.sample_rate))
+
+
+def _kaiser_range(y: np.ndarray, sr: int, config: AudioConfig, first: int, count: int | None,
+                  read_start: int) -> np.ndarray:
+    """The planned output range of frames read from ``read_start``, resampled by resampy: the whole file's samples."""
+    target_sr = config.sample_rate
+    start = read_start * target_sr // sr + first  # read_start falls on an output sample
+    stop = resampling.output_length(read_start + len(y), sr, target_sr)  # all there is, if the read reached the end
+    if count is not None:
+        stop = min(stop, start + count)
+    return resampling.kaiser(y, sr, target_sr, config.resample_quality, start=start, stop=max(start, stop),
+                             offset=read_start)
+
+
 def _plan_range(
-    sr: int, target_sr: int, total: int | None, offset: float, duration: float | None
+    sr: int, target_sr: int, total: int | None, offset: float, duration: float | None,
+    context: int = _RESAMPLE_CONTEXT_FRAMES,
 ) -> tuple[int, int | None, int, int | None]:
     """Which input frames to decode for an output range, and where it sits in their resampled output.
 
@@ -252,7 +287,8 @@ def _plan_range(
     end). Reading starts on an input frame that falls exactly on an output
     sample, with some context before and after, so a range equals the same
     range of the whole file resampled. ``total`` None: the length is unknown
-    until decoded, and a range past the end keeps what exists.
+    until decoded, and a range past the end keeps what exists. ``context``:
+    input frames read on each side.
 
     Examples
     --------
@@ -270,9 +306,9 @@ def _plan_range(
     if out_start == 0 and out_stop in (None, out_end):
         return 0, None, 0, total
     step = sr // math.gcd(sr, target_sr)  # input frames per exact output-aligned position
-    wanted_start = out_start * sr / target_sr - _RESAMPLE_CONTEXT_FRAMES
+    wanted_start = out_start * sr / target_sr - context
     read_start = max(int(wanted_start // step) * step, 0)
-    read_stop = None if out_stop is None else min(math.ceil(out_stop * sr / target_sr) + _RESAMPLE_CONTEXT_FRAMES, end)
+    read_stop = None if out_stop is None else min(math.ceil(out_stop * sr / target_sr) + context, end)
     first = out_start - read_start * target_sr // sr
     return first, None if out_stop is None else round(out_stop - out_start), read_start, read_stop
 
@@ -304,7 +340,8 @@ def stream(path: str | Path, config: AudioConfig | None = None, *, block_seconds
     """Decode a file block by block: float32 mono at the config's rate, memory bounded whatever its length.
 
     soxr resamples the blocks as one stream, so the concatenated blocks equal
-    :func:`load` of the whole file within resampling rounding.
+    :func:`load` of the whole file within resampling rounding; resampy's
+    filters (:class:`~echoengine.resampling.KaiserStream`) give it exactly.
 
     Parameters
     ----------
@@ -330,8 +367,7 @@ def stream(path: str | Path, config: AudioConfig | None = None, *, block_seconds
     """
     config = config or AudioConfig()
     sr = (_probe(path) if _compressed(path) else info(path)).sample_rate
-    resampler = None if sr == config.sample_rate else soxr.ResampleStream(
-        sr, config.sample_rate, 1, dtype="float32", quality=config.resample_quality)
+    resampler = _stream_resampler(sr, config)
     start = 0
     for block in _blocks(path, max(1, round(block_seconds * sr))):
         y = _to_mono(block, path, config.channel)
@@ -339,12 +375,23 @@ def stream(path: str | Path, config: AudioConfig | None = None, *, block_seconds
             raise AudioError(path, f"contains non-finite samples (NaN or inf) near {start / sr:.1f} s")
         start += len(y)
         if resampler is not None:
-            y = resampler.resample_chunk(y)
+            y = resampler(y, False)
         yield np.ascontiguousarray(y, dtype=np.float32)
     if resampler is not None:
-        tail = resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+        tail = resampler(np.zeros(0, np.float32), True)
         if len(tail):
             yield np.ascontiguousarray(tail, dtype=np.float32)
+
+
+def _stream_resampler(sr: int, config: AudioConfig):
+    """``(block, last) -> output`` resampling blocks as one signal (soxr's stream or resampy's); None: no resampling."""
+    if sr == config.sample_rate:
+        return None
+    if config.resample_quality in resampling.KAISER_FILTERS:
+        kaiser = resampling.KaiserStream(sr, config.sample_rate, config.resample_quality)
+        return lambda block, last: kaiser.push(block, last=last)
+    sox = soxr.ResampleStream(sr, config.sample_rate, 1, dtype="float32", quality=config.resample_quality)
+    return lambda block, last: sox.resample_chunk(block, last=last)
 
 
 def _blocks(path: str | Path, size: int) -> Iterator[np.ndarray]:

@@ -20,6 +20,13 @@ BirdNET-Analyzer's ``min_conf``) unless a threshold is given. The options
 travel in the source's name, ``birdnet?sensitivity=1.25``
 (:attr:`BuiltinSpec.source`): what a server registers and loads again.
 
+Recordings not at 48 kHz are resampled as BirdNET-Analyzer reads them
+(``librosa.load(..., res_type="kaiser_fast")``): with resampy's
+``kaiser_fast`` filter (``audio.resample_quality``, exactly, block by block
+too: :mod:`echoengine.resampling`), whose roll-off from 0.85 of the Nyquist
+frequency changes the scores of 32 kHz recordings by up to half against
+soxr's; ``birdnet?resampler=soxr`` resamples with soxr (``HQ``) instead.
+
 Examples
 --------
 >>> spec = builtin_spec("birdnet?sensitivity=1.25")
@@ -51,6 +58,9 @@ BUILTINS = ("birdnet",)
 #: BirdNET-Analyzer's ``min_conf``: the built-in's detection threshold unless one is given.
 MIN_CONF = 0.1
 _PRECISIONS = ("float32", "float64")
+#: The built-in's resamplers (``resampler=``) and the ``audio.resample_quality`` each sets.
+_RESAMPLERS = {"kaiser_fast": "kaiser_fast", "soxr": "HQ"}
+_OPTIONS = ("sensitivity", "precision", "resampler")
 
 
 @dataclass(frozen=True)
@@ -65,11 +75,14 @@ class BuiltinSpec:
         BirdNET-Analyzer's sigmoid sensitivity, 0.5 to 1.5 (higher: more detections).
     precision : str
         The arithmetic of BirdNET's front end, ``"float32"`` or ``"float64"`` (``model.birdnet_precision``).
+    resampler : str
+        ``"kaiser_fast"`` (resampy's, as BirdNET-Analyzer reads audio) or ``"soxr"`` (soxr's ``HQ``).
     """
 
     name: str = "birdnet"
     sensitivity: float = 1.0
     precision: str = "float32"
+    resampler: str = "kaiser_fast"
 
     def __post_init__(self) -> None:
         if self.name not in BUILTINS:
@@ -78,6 +91,8 @@ class BuiltinSpec:
             raise EchoError(f"--sensitivity must be in [0.5, 1.5] (BirdNET-Analyzer's range), got {self.sensitivity}")
         if self.precision not in _PRECISIONS:
             raise EchoError(f"{self.name}: precision must be float32 or float64, got {self.precision!r}")
+        if self.resampler not in _RESAMPLERS:
+            raise EchoError(f"{self.name}: resampler must be {' or '.join(_RESAMPLERS)}, got {self.resampler!r}")
 
     @property
     def min_conf(self) -> float:
@@ -93,7 +108,8 @@ class BuiltinSpec:
     def source(self) -> str:
         """The name that gives this spec back (:func:`builtin_spec`): ``birdnet``, ``birdnet?sensitivity=1.25``."""
         options = {key: value for key, value, default in (("sensitivity", f"{self.sensitivity:g}", "1"),
-                                                           ("precision", self.precision, "float32"))
+                                                           ("precision", self.precision, "float32"),
+                                                           ("resampler", self.resampler, "kaiser_fast"))
                    if value != default}
         return f"{self.name}?{urlencode(options)}" if options else self.name
 
@@ -103,12 +119,14 @@ class BuiltinSpec:
         from echoengine.models.birdnet_file import birdnet_files, file_digest
 
         model, _ = birdnet_files()
-        return f"{self.name}-v2.4-{file_digest(model)}-sensitivity{self.sensitivity:g}-{self.precision}"
+        return (f"{self.name}-v2.4-{file_digest(model)}-sensitivity{self.sensitivity:g}-{self.precision}"
+                f"-{self.resampler}")
 
     def config(self) -> EchoConfig:
-        """The bundle's config: BirdNET's 48 kHz audio and 3 s windows, its band (0-15 kHz), its network and head."""
+        """The bundle's config: BirdNET's 48 kHz audio, resampler, 3 s windows, band (0-15 kHz), network and head."""
         return EchoConfig().replace(
-            audio={"sample_rate": 48000, "clip_seconds": 3.0}, frontend={"fmin": 0.0, "fmax": 15000.0},
+            audio={"sample_rate": 48000, "clip_seconds": 3.0, "resample_quality": _RESAMPLERS[self.resampler]},
+            frontend={"fmin": 0.0, "fmax": 15000.0},
             model={"backbone": "birdnet", "head": "linear", "dropout": 0.0, "pooling": "max", "multilabel": True,
                    "birdnet_blocks": [], "birdnet_precision": self.precision})
 
@@ -129,15 +147,16 @@ def builtin_spec(source) -> BuiltinSpec | None:
     if name not in BUILTINS:
         return None
     options = dict(parse_qsl(query, keep_blank_values=True))
-    unknown = sorted(set(options) - {"sensitivity", "precision"})
+    unknown = sorted(set(options) - set(_OPTIONS))
     if unknown:
         raise EchoError(f"{source}: unknown option(s) {', '.join(unknown)} of the built-in {name}; known: "
-                        "sensitivity, precision")
+                        f"{', '.join(_OPTIONS)}")
     try:
         sensitivity = float(options.get("sensitivity", 1.0))
     except ValueError:
         raise EchoError(f"{source}: sensitivity must be a number, got {options['sensitivity']!r}") from None
-    return BuiltinSpec(name, sensitivity, options.get("precision", "float32"))
+    return BuiltinSpec(name, sensitivity, options.get("precision", "float32"),
+                       options.get("resampler", "kaiser_fast"))
 
 
 def builtin_source(source, *, sensitivity: float | None = None):
@@ -159,7 +178,7 @@ def builtin_source(source, *, sensitivity: float | None = None):
     if spec is None:
         raise EchoError(f"--sensitivity is BirdNET-Analyzer's option of the built-in birdnet; {source} is a bundle "
                         "folder (its scores are its own)")
-    return BuiltinSpec(spec.name, sensitivity, spec.precision).source
+    return BuiltinSpec(spec.name, sensitivity, spec.precision, spec.resampler).source
 
 
 def _model(spec: BuiltinSpec, n_classes: int):

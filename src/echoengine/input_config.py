@@ -25,9 +25,9 @@ from typing import Any
 from echoengine.errors import ConfigError
 
 __all__ = ["AUDIO", "AUDIO_EXTENSIONS", "DATA_KINDS", "IMAGE_EXTENSIONS", "MAX_BATCH_VALUES", "MAX_CLIP_SAMPLES",
-           "MAX_SEED", "MAX_STFT_VALUES", "PHOTOS", "AudioConfig", "AugmentConfig", "DataConfig", "FrontendConfig",
-           "ImageConfig", "check_at_most", "check_numbers", "check_probability", "check_range", "coerce_value",
-           "require"]
+           "MAX_SEED", "MAX_STFT_VALUES", "PHOTOS", "RESAMPLE_QUALITIES", "AudioConfig", "AugmentConfig", "DataConfig",
+           "FrontendConfig", "ImageConfig", "check_at_most", "check_numbers", "check_probability", "check_range",
+           "coerce_value", "require"]
 
 #: File extensions read as audio (lower case): WAV, FLAC, Ogg and AIFF by soundfile, the rest by PyAV (FFmpeg).
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".wma", ".oga", ".aif", ".aiff")
@@ -45,6 +45,8 @@ MAX_STFT_VALUES = 2**27
 #: Most values in one batch of model images (4 GiB as float32): ``data.batch_size`` x channels x height x width.
 MAX_BATCH_VALUES = 2**30
 MAX_SEED = 2**32 - 1  # numpy, torch and scikit-learn all take seeds up to this
+#: ``audio.resample_quality``: soxr's qualities, then resampy's filters (librosa's ``res_type`` names).
+RESAMPLE_QUALITIES = ("VHQ", "HQ", "MQ", "LQ", "QQ", "kaiser_fast", "kaiser_best")
 
 
 def require(condition: bool, message: str) -> None:
@@ -96,7 +98,9 @@ class AudioConfig:
         (0-based; the Echo pipeline kept channel 1, the right one).
     resample_quality : str
         soxr quality: ``"VHQ"``, ``"HQ"`` (librosa's default), ``"MQ"``,
-        ``"LQ"`` or ``"QQ"``.
+        ``"LQ"`` or ``"QQ"``; or resampy's filter ``"kaiser_fast"``
+        (BirdNET-Analyzer's, the built-in ``birdnet``'s) or ``"kaiser_best"``,
+        which need the ``birdnet`` extra (:mod:`echoengine.resampling`).
     min_seconds : float
         Files shorter than this are reported as unusable.
     pad : str
@@ -127,8 +131,8 @@ class AudioConfig:
             f"{s}.channel must be 'mean' or a channel index >= 0, got {self.channel!r}",
         )
         require(
-            self.resample_quality in ("VHQ", "HQ", "MQ", "LQ", "QQ"),
-            f"{s}.resample_quality must be one of VHQ, HQ, MQ, LQ, QQ, got {self.resample_quality!r}",
+            self.resample_quality in RESAMPLE_QUALITIES,
+            f"{s}.resample_quality must be one of {', '.join(RESAMPLE_QUALITIES)}, got {self.resample_quality!r}",
         )
         require(self.min_seconds >= 0, f"{s}.min_seconds must be >= 0, got {self.min_seconds}")
         require(
