@@ -39,7 +39,15 @@ from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
-from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
+from echoengine.layout import (
+    METRICS_FILE,
+    TAXONOMY_FILE,
+    Bundle,
+    BundleFiles,
+    find_bundles,
+    prepare_output,
+    read_bundle,
+)
 from echoengine.occurrence import Place, expected_species, unexpected_classes
 from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
@@ -224,18 +232,21 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     predict together as an ensemble (:func:`predict` with ``out``).
     """
     from echoengine.crossval import cross_validate as cross_validate_table  # torch
+    from echoengine.hierfit import bundle_taxonomy_config, check_hierarchy, dataset_taxonomy
     from echoengine.labelkind import label_kind
     from echoengine.trainrun import training_config
 
     config = training_config(config or EchoConfig(), finetune=finetune, changes=changes)
     if folds is not None:
         config = config.replace(data={"folds": folds})
+    check_hierarchy(config)
     prepare_output(out, resume=resume, overwrite=overwrite)
     kind = label_kind(multilabel=config.model.multilabel)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
-    summary = cross_validate_table(usable, config, out, boxes=boxes, resume=resume, progress=progress,
-                              log=log or logger.info)
+    taxonomy, config = dataset_taxonomy(data, config), bundle_taxonomy_config(config)
+    summary = cross_validate_table(usable, config, out, boxes=boxes, taxonomy=taxonomy, resume=resume,
+                                   progress=progress, log=log or logger.info)
     return CrossValidationResult(Path(out), summary, multilabel=kind.multilabel)
 
 
@@ -278,7 +289,7 @@ def evaluate(bundle: BundleLike, data: str | Path, *, out: str | Path | None = N
     from echoengine.labelkind import label_kind
 
     bundles = load_bundles(bundle)
-    config = bundles[0].config.replace(data=data_options or {})
+    config = _data_config(bundles[0], data_options)
     folder = _folder(bundle) if isinstance(bundle, (str, Path, Bundle)) else bundles[0].path
     out = prepare_output(out or folder / f"evaluate-{Path(data).stem}", overwrite=overwrite, markers=(METRICS_FILE,))
     kind = label_kind(multilabel=config.model.multilabel)
@@ -304,6 +315,15 @@ class CalibrationResult:
     files: int
 
 
+def _data_config(bundle: Bundle, data_options: dict | None) -> EchoConfig:
+    """The config a bundle reads a labelled dataset with: ``data_options`` applied, and its own taxonomy
+    (``taxonomy.source = "taxonomy.csv"`` is the bundle's file) to relabel the data as it was trained."""
+    config = bundle.config.replace(data=data_options or {})
+    if config.taxonomy.source == TAXONOMY_FILE:
+        config = config.replace(taxonomy={"source": str(bundle.files.taxonomy)})
+    return config
+
+
 def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: dict | None = None,
               cache_dir: str | Path | None = None, annotations: str | Path | None = None,
               negatives: str | Path | None = None, columns: dict[str, str] | None = None,
@@ -317,7 +337,7 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
 
     folder = _folder(bundle)
     bundles = load_bundles(bundle)
-    config = bundles[0].config.replace(data=data_options or {})
+    config = _data_config(bundles[0], data_options)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = label_kind(multilabel=config.model.multilabel).read(data, config, boxes_source=boxes_source,
                                                                          progress=progress)
