@@ -60,10 +60,13 @@ def check_hierarchy(config: EchoConfig) -> None:
     if config.model.multilabel:
         raise EchoError("a taxonomy (--taxonomy, --hierarchy, --node) works with single-label models: a multi-label "
                         "model scores each class alone; train it without one")
-    if options.hierarchy == "per-node" and not options.node and config.convex_head() \
-            and config.model.head_name == "mlp":
+    if options.node or options.hierarchy == "flat" or not config.convex_head() or config.model.head_name != "mlp":
+        return
+    if options.hierarchy == "per-node":
         raise EchoError("--hierarchy per-node fits a linear head per node on embeddings, not the mlp head (its size "
-                        "is chosen per node): use --head linear, or --hierarchy joint or flat")
+                        "is chosen per node): use --head linear, or --hierarchy flat")
+    raise EchoError("--hierarchy joint trains a linear head on embeddings (or any epoch-trained model), not the mlp "
+                    "head: use --head linear, or --hierarchy per-node or flat")
 
 
 def dataset_taxonomy(data: str | Path, config: EchoConfig) -> Taxonomy | None:
