@@ -39,7 +39,14 @@ from echoengine.config import EchoConfig
 from echoengine.detection import DetectOptions, summarize
 from echoengine.detection import detect as _detect
 from echoengine.errors import EchoError
-from echoengine.layout import METRICS_FILE, Bundle, BundleFiles, find_bundles, prepare_output, read_bundle
+from echoengine.layout import (
+    METRICS_FILE,
+    Bundle,
+    BundleFiles,
+    find_bundles,
+    prepare_output,
+    read_bundle,
+)
 from echoengine.occurrence import Place, expected_species, unexpected_classes
 from echoengine.photoscore import predict_photos
 from echoengine.raydetect import RayOptions, detect_on_ray
@@ -227,6 +234,7 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     predict together as an ensemble (:func:`predict` with ``out``).
     """
     from echoengine.crossval import cross_validate as cross_validate_table  # torch
+    from echoengine.hierfit import bundle_taxonomy_config, check_hierarchy, dataset_taxonomy
     from echoengine.labelkind import label_kind
     from echoengine.trainrun import training_config
 
@@ -234,12 +242,14 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
                              log=log)
     if folds is not None:
         config = config.replace(data={"folds": folds})
+    check_hierarchy(config)
     prepare_output(out, resume=resume, overwrite=overwrite)
     kind = label_kind(multilabel=config.model.multilabel)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
-    summary = cross_validate_table(usable, config, out, boxes=boxes, resume=resume, progress=progress,
-                              log=log or logger.info)
+    taxonomy, config = dataset_taxonomy(data, config), bundle_taxonomy_config(config)
+    summary = cross_validate_table(usable, config, out, boxes=boxes, taxonomy=taxonomy, resume=resume,
+                                   progress=progress, log=log or logger.info)
     return CrossValidationResult(Path(out), summary, multilabel=kind.multilabel)
 
 

@@ -26,8 +26,10 @@ import torch
 
 from echoengine.errors import EchoError
 from echoengine.files import write_atomic
-from echoengine.layout import CLASSES_FILE, WEIGHTS_FILE, Bundle, BundleFiles, read_bundle
+from echoengine.layout import CLASSES_FILE, TAXONOMY_FILE, WEIGHTS_FILE, Bundle, BundleFiles, read_bundle
 from echoengine.models import build_model
+from echoengine.models.hierarchy import NodeModels, modelled_nodes, node_paths
+from echoengine.taxonomy import read_taxonomy
 
 __all__ = ["load_bundle", "load_state", "save_atomic"]
 
@@ -81,8 +83,22 @@ def _check_class_count(folder: Path, classes: list[str], state) -> None:
 
 
 
+def _build(bundle: Bundle) -> torch.nn.Module:
+    """The model of a bundle's config, untrained: a per-node model's from its ``taxonomy.csv`` too."""
+    model = dataclasses.replace(bundle.config.model, pretrained=False)
+    if bundle.config.taxonomy.hierarchy != "per-node" or bundle.config.taxonomy.node:
+        return build_model(model, len(bundle.classes))
+    taxonomy = read_taxonomy(bundle.files.taxonomy)
+    if taxonomy is None:
+        raise EchoError(f"{bundle.path}: a per-node model needs its {TAXONOMY_FILE} (the tree of its classes)")
+    taxonomy = taxonomy.restrict(bundle.classes, where=str(bundle.files.taxonomy))
+    nodes = modelled_nodes(taxonomy.nodes())
+    paths = node_paths(nodes, bundle.classes, {label: taxonomy.full_lineage(label) for label in bundle.classes})
+    return NodeModels([build_model(model, len(children)) for _, children in nodes], paths)
+
+
 def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bundle:
-    """Load a bundle written by :func:`echoengine.training.fit`.
+    """Load a bundle written by :func:`echoengine.training.fit` (or a per-node model's, :mod:`echoengine.hierfit`).
 
     Raises
     ------
@@ -92,7 +108,7 @@ def load_bundle(folder: str | Path, *, device: str | torch.device = "cpu") -> Bu
     bundle = read_bundle(folder)
     folder, config, classes, files = bundle.path, bundle.config, bundle.classes, bundle.files
     # the architecture only: the weights come from the bundle, never from a download
-    model = build_model(dataclasses.replace(config.model, pretrained=False), len(classes))
+    model = _build(bundle)
     state = load_state(files.weights)
     if not isinstance(state, dict):
         raise EchoError(f"{files.weights}: cannot load the weights (a {type(state).__name__}, not a "

@@ -42,9 +42,10 @@ from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, write_report
 from echoengine.files import write_csv_atomic, write_text_atomic
+from echoengine.hierfit import fit_model, write_taxonomy
 from echoengine.labelkind import LabelKind, group_folds, inner_split, label_kind
-from echoengine.layout import CONFIG_FILE, Bundle, CrossValidationFiles, selection_history
-from echoengine.training import fit_and_refit
+from echoengine.layout import CONFIG_FILE, NODES_DIR, Bundle, BundleFiles, CrossValidationFiles, selection_history
+from echoengine.taxonomy import Taxonomy
 
 __all__ = ["cross_validate", "group_folds", "inner_split"]
 
@@ -68,12 +69,18 @@ def _check_resumable(out: Path, paths: pd.Series, folds: np.ndarray, config: Ech
             raise EchoError(f"{saved}: this fold was trained with other settings than the command's; {restart}")
 
 
+def _started(files: BundleFiles) -> bool:
+    """Whether a fold's training was under way: its checkpoint, or a per-node model's node bundles."""
+    return files.checkpoint.is_file() or (files.folder / NODES_DIR).is_dir()
+
+
 def cross_validate(
     table: pd.DataFrame,
     config: EchoConfig,
     out: str | Path,
     *,
     boxes: pd.DataFrame | None = None,
+    taxonomy: Taxonomy | None = None,
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -94,6 +101,8 @@ def cross_validate(
     boxes : pandas.DataFrame, optional
         The annotated boxes of the recordings: a multi-label cross-validation,
         scored per window and per recording.
+    taxonomy : Taxonomy, optional
+        The labels' (:mod:`echoengine.hierfit`): in ``out`` and every fold.
     resume : bool
         Keep finished folds and continue an interrupted fold from its checkpoint.
 
@@ -116,12 +125,13 @@ def cross_validate(
     if resume:
         _check_resumable(out, table["path"], folds, config)
     files = CrossValidationFiles(out)
+    write_taxonomy(out, taxonomy)
     write_csv_atomic(files.folds, table.assign(fold=folds)[list(kind.fold_columns)], index=False)
     if boxes is not None:
         write_csv_atomic(files.annotations, boxes, index=False)
     used = folds != splits.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
     table, folds = table[used].reset_index(drop=True), folds[used]
-    run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log)
+    run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log, taxonomy)
     model = f"{config.model.embedder or config.model.backbone} + {config.model.head_name} head"
     log(f"{config.data.folds}-fold {kind.prefix}cross-validation of {model} on {len(table)} {kind.items}, "
         f"{len(run.classes)} classes, {kind.sizes(table, boxes)}")
@@ -143,6 +153,7 @@ class _Folds:
     resume: bool
     progress: bool
     log: Callable[[str], None]
+    taxonomy: Taxonomy | None = None
 
     def fold(self, k: int, cache: FeatureCache | None) -> tuple[dict, np.ndarray | None]:
         """Train and test fold ``k`` (or keep it, finished, on resume): its metrics and test scores."""
@@ -160,9 +171,9 @@ class _Folds:
         folder.mkdir(parents=True, exist_ok=True)
         splits = pd.concat([rest.assign(part=parts), test.assign(part="test")])
         write_csv_atomic(files.splits, splits[["path", "label", "group", "part"]], index=False)
-        trained = fit_and_refit(rest[parts == "train"], rest[parts == "val"], self.classes, self.config, folder,
-                                resume=self.resume and files.checkpoint.is_file(), progress=self.progress,
-                                log=self.log, boxes=self.boxes)
+        trained = fit_model(rest[parts == "train"], rest[parts == "val"], self.classes, self.config, folder,
+                            taxonomy=self.taxonomy, resume=self.resume and _started(files), progress=self.progress,
+                            log=self.log, boxes=self.boxes)
         bundle = Bundle(folder, self.config, self.classes, trained.model)
         metrics, scores = evaluate([bundle], test, boxes=self.boxes, cache=cache)
         metrics.update(kind.fold_notes(fold=k, best_epoch=trained.best_epoch))

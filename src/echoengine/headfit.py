@@ -43,6 +43,7 @@ from echoengine.embeddings import EmbeddingDataset, make_dataset
 from echoengine.errors import EchoError
 from echoengine.evaluation import expected_calibration_error
 from echoengine.models import EmbeddingClassifier, build_model
+from echoengine.models.hierarchy import rank_masks, rank_nll
 
 __all__ = ["C_GRID", "DEFAULT_C", "PROTOTYPE_SCALE", "HeadData", "HeadFit", "balanced_weights", "calibrate_held_out",
            "choose_c", "clip_embeddings", "fit_logistic", "fit_prototypes", "fit_temperature", "head_data",
@@ -117,7 +118,8 @@ def _targets(y: np.ndarray, n_classes: int, smoothing: float, multilabel: bool =
 def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0,
                  sample_weight: np.ndarray | None = None, label_smoothing: float = 0.0,
                  multilabel: bool = False, start: tuple[np.ndarray, np.ndarray] | None = None,
-                 max_iter: int = 1000, tolerance: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+                 max_iter: int = 1000, tolerance: float = 1e-7,
+                 memberships: Sequence[np.ndarray] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial (or, ``multilabel``, one-vs-rest) logistic regression by full-batch L-BFGS.
 
     Parameters
@@ -141,6 +143,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
         Where L-BFGS starts (a nearby solution converges faster); zeros when omitted.
     tolerance : float
         Stop when the largest gradient component falls below it.
+    memberships : sequence of np.ndarray
+        A joint model of a taxonomy: each class's name index at every rank
+        above the classes; each sample's loss adds the negative log of its
+        ranks' marginal probabilities (:func:`echoengine.models.hierarchy.rank_nll`).
 
     Returns
     -------
@@ -158,10 +164,11 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
     w, b = w.requires_grad_(), b.clone().requires_grad_()
     optimizer = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tolerance,
                                   tolerance_change=tolerance * 1e-3, history_size=20, line_search_fn="strong_wolfe")
+    masks = rank_masks(memberships) if memberships else []
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = _penalised_loss(features @ w.T + b, targets, weights, w, c=c, multilabel=multilabel)
+        loss = _penalised_loss(features @ w.T + b, targets, weights, w, c=c, multilabel=multilabel, masks=masks)
         loss.backward()
         return loss
 
@@ -170,8 +177,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, *, n_classes: int, c: float = 1.0
 
 
 def _penalised_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor, w: torch.Tensor, *,
-                    c: float, multilabel: bool) -> torch.Tensor:
-    """:func:`fit_logistic`'s objective: the weighted loss and the L2 penalty, divided by ``C * sum of weights``."""
+                    c: float, multilabel: bool, masks: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+    """:func:`fit_logistic`'s objective: the weighted loss (and its ranks' with ``masks``) and the L2 penalty,
+    divided by ``C * sum of weights``."""
     total = float(weights.sum()) / (logits.shape[1] if weights.ndim == 2 else 1)
     if multilabel:
         known = ~torch.isnan(targets)
@@ -179,7 +187,8 @@ def _penalised_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.
             logits, torch.where(known, targets, 0.0), reduction="none") * known
         weighted = ((weights if weights.ndim == 2 else weights[:, None]) * losses).sum()
     else:
-        weighted = (weights * -(targets * torch.log_softmax(logits, 1)).sum(1)).sum()
+        losses = -(targets * torch.log_softmax(logits, 1)).sum(1)
+        weighted = (weights * (losses + rank_nll(logits, targets, masks) if masks else losses)).sum()
     return weighted / total + (w * w).sum() / (2 * c * total)
 
 
@@ -537,8 +546,8 @@ def head_data(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *
 
 
 def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *,
-                      cache: FeatureCache | None = None, progress: bool = False,
-                      boxes: pd.DataFrame | None = None) -> tuple[EmbeddingClassifier, HeadFit]:
+                      cache: FeatureCache | None = None, progress: bool = False, boxes: pd.DataFrame | None = None,
+                      memberships: Sequence[np.ndarray] = ()) -> tuple[EmbeddingClassifier, HeadFit]:
     """An embedding model whose linear head is fitted by :func:`select_and_fit` on the clips of ``table``.
 
     The clip embeddings are standardised with their own mean and standard
@@ -546,7 +555,8 @@ def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoC
     label smoothing, feature-space mixup and the inner-CV ensemble follow
     ``config.train``, and the inner folds are grouped by the table's
     ``group`` column (source recordings). Multi-label (``boxes`` given):
-    one-vs-rest binary cross-entropy on :func:`head_data`'s crops.
+    one-vs-rest binary cross-entropy on :func:`head_data`'s crops. ``memberships``:
+    a joint model's loss at every rank (:func:`fit_logistic`).
     """
     data = head_data(table, classes, config, cache=cache, progress=progress, boxes=boxes)
     features = data.windows.mean(1)
@@ -555,7 +565,8 @@ def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoC
     train = config.train
     fit = select_and_fit(x, data.targets, data.groups, n_classes=len(classes), seed=train.seed,
                          sample_weight=data.sample_weight, label_smoothing=train.label_smoothing,
-                         multilabel=data.multilabel, mixup=train.head_mixup, ensemble=train.head_ensemble)
+                         multilabel=data.multilabel, mixup=train.head_mixup, ensemble=train.head_ensemble,
+                         **({"memberships": memberships} if memberships else {}))
     logits = x @ fit.weight.T + fit.bias
     fit.train_loss, fit.train_accuracy = _log_loss(logits, data.targets), _accuracy(logits, data.targets)
     model = build_model(config.model, len(classes))

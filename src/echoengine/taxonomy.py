@@ -248,10 +248,18 @@ def read_taxonomy(path: str | Path) -> Taxonomy | None:
 
 
 def bundle_taxonomy(bundle) -> Taxonomy | None:
-    """The taxonomy of a bundle's classes (its ``taxonomy.csv``), or None (a built-in has none)."""
+    """The taxonomy of a bundle's classes (its ``taxonomy.csv``), or None.
+
+    None for a built-in, and for a model of one node of a tree (``--node``,
+    a per-node model's ``nodes/``): its classes are the node's children, not
+    labels of the tree.
+    """
     if getattr(bundle, "builtin", None) is not None or bundle.path is None:
         return None
-    return read_taxonomy(Path(bundle.path) / TAXONOMY_FILE)
+    taxonomy = read_taxonomy(Path(bundle.path) / TAXONOMY_FILE)
+    if taxonomy is None or not set(bundle.classes) <= set(taxonomy.lineages):
+        return None
+    return taxonomy.restrict(list(bundle.classes))
 
 
 def label_table(table: pd.DataFrame, root: str | Path, source: str, *, ranks: Sequence[str] = (),

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from echoengine.headmlp import train_mlp_head
 from echoengine.kinds import IMAGES
 from echoengine.layout import CHECKPOINT_FILE, BundleFiles, write_metadata
 from echoengine.models import Classifier, EmbeddingClassifier, build_model
+from echoengine.models.hierarchy import JointLoss, rank_masks
 from echoengine.trainstate import (
     HISTORY_FIELDS,
     TrainState,
@@ -260,6 +261,7 @@ def fit(
     log=print,
     keep: str = "best",
     boxes: pd.DataFrame | None = None,
+    memberships: Sequence[np.ndarray] = (),
 ) -> TrainResult:
     """Train on ``train_table``, select on ``val_table``, and write the bundle.
 
@@ -285,11 +287,13 @@ def fit(
     boxes : DataFrame, optional
         Multi-label training (``model.multilabel``): the annotated boxes of
         the recordings in the tables (:func:`echoengine.catalog.read_annotations`).
+    memberships : sequence of np.ndarray
+        A joint model's ranks (:class:`echoengine.models.hierarchy.JointLoss`).
     """
     bundle = Path(bundle)
     device, checkpoint = _open_bundle(val_table, classes, config, bundle, resume=resume)
     run = _prepare_run(train_table, val_table, classes, config, bundle, device=device, probe=checkpoint is None,
-                       keep=keep, progress=progress, log=log, boxes=boxes)
+                       keep=keep, progress=progress, log=log, boxes=boxes, memberships=memberships)
     state = start_state(checkpoint, bundle, run.model, run.optimizer, run.schedule, device=device, train=config.train,
                         log=log)
     from torch.utils.tensorboard import SummaryWriter
@@ -329,7 +333,8 @@ def _open_bundle(val_table: pd.DataFrame, classes: list[str], config: EchoConfig
 
 def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
                  bundle: Path, *, device: torch.device, probe: bool, keep: str, progress: bool,
-                 log: Callable[[str], None], boxes: pd.DataFrame | None) -> _Run:
+                 log: Callable[[str], None], boxes: pd.DataFrame | None,
+                 memberships: Sequence[np.ndarray] = ()) -> _Run:
     """Datasets and loaders, the model (its head probed first when ``probe``), optimizer, schedule, losses."""
     train = config.train
     cache = feature_cache(config)
@@ -356,21 +361,26 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
         model.head.load_state_dict(head.state_dict())
     optimizer = _optimizer(model, train)
     schedule = _Schedule(optimizer, train)
-    train_loss_fn, val_loss_fn = _loss_functions(config, train_data.targets, len(classes), device)
+    train_loss_fn, val_loss_fn = _loss_functions(config, train_data.targets, len(classes), device, memberships)
     net = ddp.wrap(model, device, freezing=train.freeze_backbone)
     return _Run(device, len(train_data), train_loader, val_loader, model, optimizer, schedule, train_loss_fn,
                 val_loss_fn, net)
 
 
-def _loss_functions(config: EchoConfig, targets: list, n_classes: int,
-                    device: torch.device) -> tuple[nn.Module, nn.Module]:
-    """The training loss (balanced class weights where asked) and the unweighted validation loss."""
+def _loss_functions(config: EchoConfig, targets: list, n_classes: int, device: torch.device,
+                    memberships: Sequence[np.ndarray] = ()) -> tuple[nn.Module, nn.Module]:
+    """The training loss (balanced class weights where asked) and the unweighted validation loss (with
+    ``memberships``, both with a term at every rank of the taxonomy)."""
     train = config.train
     if config.model.multilabel:  # validation batches are each rank's own: no sum over the ranks
         return MaskedBCE(smoothing=train.label_smoothing, whole_batch=True), MaskedBCE(smoothing=train.label_smoothing)
     weights = None
     if train.class_weights == "balanced":
         weights = balanced_class_weights(np.array(targets), n_classes).to(device)
+    if memberships:
+        masks = rank_masks(memberships)
+        return (JointLoss(masks, weight=weights, label_smoothing=train.label_smoothing),
+                JointLoss(masks, label_smoothing=train.label_smoothing))
     return (torch.nn.CrossEntropyLoss(weight=weights, label_smoothing=train.label_smoothing),
             torch.nn.CrossEntropyLoss(label_smoothing=train.label_smoothing))
 
@@ -493,7 +503,8 @@ def _probe_linear(train_table: pd.DataFrame, classes: list[str], config: EchoCon
 
 
 def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig, bundle: Path, *,
-                     progress: bool, log, boxes: pd.DataFrame | None = None) -> TrainResult:
+                     progress: bool, log, boxes: pd.DataFrame | None = None,
+                     memberships: Sequence[np.ndarray] = ()) -> TrainResult:
     """A linear (:mod:`echoengine.headfit`) or MLP (:mod:`echoengine.headmlp`) head on frozen embeddings, fitted
     full-batch with inner-CV selection and written as a bundle (multi-label with ``boxes``).
 
@@ -505,8 +516,14 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
     files.checkpoint.unlink(missing_ok=True)
     cache = feature_cache(config)
     started = time.perf_counter()
-    train_head = train_mlp_head if config.model.head_name == "mlp" else train_linear_head
-    model, fit = train_head(table, classes, config, cache=cache, progress=progress, boxes=boxes)
+    if config.model.head_name == "mlp":
+        if memberships:
+            raise EchoError("--hierarchy joint trains a linear head on embeddings (or any epoch-trained model), not "
+                            "the mlp head: use --head linear, or --hierarchy per-node or flat")
+        model, fit = train_mlp_head(table, classes, config, cache=cache, progress=progress, boxes=boxes)
+    else:
+        model, fit = train_linear_head(table, classes, config, cache=cache, progress=progress, boxes=boxes,
+                                       memberships=memberships)
     write_metadata(bundle, fit.config or config, classes)  # an MLP's chosen size: the bundle must build it
     save_atomic(model.state_dict(), files.weights)
     inner = min(fit.inner_scores.values()) if fit.inner_scores else math.nan
@@ -521,18 +538,19 @@ def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig
 
 def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: list[str], config: EchoConfig,
                   bundle: str | Path, *, resume: bool = False, progress: bool = True, log=print,
-                  boxes: pd.DataFrame | None = None) -> TrainResult:
+                  boxes: pd.DataFrame | None = None, memberships: Sequence[np.ndarray] = ()) -> TrainResult:
     """:func:`fit`, then, with ``train.refit``, train again on both parts for the chosen number of epochs.
 
     The selection run's history is kept as ``selection_history.csv``; the
     bundle's config then describes the refit (its ``epochs`` are the chosen
     ones) and ``weights.pt`` holds the refit's last weights. A resumed run
-    continues whichever stage its checkpoint was in.
+    continues whichever stage its checkpoint was in. ``memberships``: a joint model's ranks (:func:`fit`).
     """
     bundle = Path(bundle)
     both = pd.concat([train_table, val_table])
     if config.convex_head():  # fitted in seconds on all of it: nothing to select on or resume
-        return _fit_linear_head(both, classes, config, bundle, progress=progress, log=log, boxes=boxes)
+        return _fit_linear_head(both, classes, config, bundle, progress=progress, log=log, boxes=boxes,
+                                memberships=memberships)
     files = BundleFiles(bundle)
     selection = files.selection_history
     stage = checkpoint_stage(bundle) if resume else None
@@ -540,7 +558,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
         saved = EchoConfig.load(files.config)
         saved = saved.with_machine_settings(config)
         return fit(both, val_table, classes, saved, bundle, resume=True, progress=progress, log=log, keep="last",
-                   boxes=boxes)
+                   boxes=boxes, memberships=memberships)
     if resume and stage is None and selection.is_file():  # killed before the refit's first epoch
         history = pd.read_csv(selection)
         best_epoch = int(history.loc[history["val_loss"].idxmin(), "epoch"])
@@ -549,7 +567,7 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
         if not resume and ddp.is_main():
             selection.unlink(missing_ok=True)
         result = fit(train_table, val_table, classes, config, bundle, resume=resume, progress=progress, log=log,
-                     boxes=boxes)
+                     boxes=boxes, memberships=memberships)
         if not config.train.refit:
             return result
         best_epoch = result.best_epoch
@@ -563,5 +581,5 @@ def fit_and_refit(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: l
     refit_config = config.replace(train={"epochs": epochs, "patience": epochs,
                                          "warmup_epochs": min(config.train.warmup_epochs, epochs - 1)})
     refitted = fit(both, val_table, classes, refit_config, bundle, progress=progress, log=log, keep="last",
-                   boxes=boxes)
+                   boxes=boxes, memberships=memberships)
     return TrainResult(bundle, refitted.history, best_epoch, refitted.model)

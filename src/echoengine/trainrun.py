@@ -31,10 +31,11 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.evaluation import evaluate, format_report, write_report
 from echoengine.files import write_csv_atomic
+from echoengine.hierfit import bundle_taxonomy_config, check_hierarchy, dataset_taxonomy, fit_model
 from echoengine.kinds import KINDS, backbone_kind
 from echoengine.labelkind import LabelKind, label_kind
 from echoengine.layout import CONFIG_FILE, SPLITS_FILE, Bundle, BundleFiles, read_classes, selection_history
-from echoengine.training import fit_and_refit
+from echoengine.taxonomy import read_taxonomy
 
 __all__ = ["TrainResult", "train_run", "training_config"]
 
@@ -56,7 +57,9 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
     BirdNET as a backbone stays frozen unless ``finetune``; fine-tuning
     trains it at 0.1x the head's learning rate from an L-BFGS linear probe.
     ``changes`` (``{"section": {"key": value}}``, e.g. from command-line
-    options) are applied after the policy, so they win over it.
+    options) are applied after the policy, so they win over it. A per-node
+    model of a taxonomy trains with balanced class weights unless
+    ``changes`` set ``train.class_weights``.
 
     Examples
     --------
@@ -75,7 +78,10 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
                                                    "probe_epochs": config.train.probe_epochs or 1})
     elif kind is not None and kind.finetunes and not config.train.freeze_backbone:
         config = config.replace(train={"freeze_backbone": True})  # without finetune, BirdNET stays frozen
-    return config.replace(**changes) if changes else config
+    config = config.replace(**changes) if changes else config
+    if config.taxonomy.hierarchy == "per-node" and "class_weights" not in changes.get("train", {}):
+        config = config.replace(train={"class_weights": "balanced"})  # a node's children are rarely balanced
+    return config
 
 
 def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False, resume_changes: dict | None = None,
@@ -103,14 +109,17 @@ def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False
         if not files.config.is_file() or not files.splits.is_file():
             raise EchoError(f"{out}: nothing to resume (no {CONFIG_FILE} and {SPLITS_FILE})")
         config = EchoConfig.load(files.config).with_machine_settings(config).replace(**(resume_changes or {}))
+    check_hierarchy(config)
     kind = label_kind(multilabel=config.model.multilabel or (resume and files.annotations.is_file()))
     if resume:
         usable, parts, boxes, classes = _resumed_split(out, config, kind, progress=progress)
+        taxonomy = read_taxonomy(files.taxonomy) if config.taxonomy.uses_taxonomy else None
     else:
         usable, parts, boxes, classes = _new_split(data, config, out, kind, boxes_source or {}, progress=progress)
+        taxonomy, config = dataset_taxonomy(data, config), bundle_taxonomy_config(config)
     counts = _announce(config, classes, parts, log, kind=kind, boxes=boxes)
-    result = fit_and_refit(usable[parts == "train"], usable[parts == "val"], classes, config, out, resume=resume,
-                           progress=progress, log=log, boxes=boxes)
+    result = fit_model(usable[parts == "train"], usable[parts == "val"], classes, config, out, taxonomy=taxonomy,
+                       resume=resume, progress=progress, log=log, boxes=boxes)
     if not ddp.is_main():
         return None
     held_out = "test" if counts["test"] else "val"
