@@ -214,3 +214,26 @@ def test_the_detection_service_refuses_a_photo_model(photo_bundle):
 
     with pytest.raises(EchoError, match="classifies whole images; the detection service finds calls"):
         prepare_model(photo_bundle, DetectOptions())
+
+
+def test_a_taxonomy_of_photos_trains_per_node_and_exports(photo_data, tmp_path):
+    """The hierarchy path is the audio one: nested photo folders train a per-node model, its probabilities are
+    the product down the tree, and its exported graph scores as PyTorch does."""
+    nested = tmp_path / "nested"
+    for region, source in {"sky": "china", "ground": "china", "petals": "flower", "leaves": "flower"}.items():
+        shutil.copytree(photo_data[0] / region, nested / source / region)
+    out = tmp_path / "per-node"
+    changes = {**QUICK, "train": {**QUICK["train"], "epochs": 4},
+               "taxonomy": {"ranks": ["photo"], "hierarchy": "per-node"}}
+    result = api.train(nested, out=out, changes=changes, log=lambda line: None)
+    assert sorted(p.name for p in (out / "nodes").iterdir()) == ["china", "flower", "root"]
+    assert list(result.metrics["taxonomy"]["ranks"]) == ["photo", "label"]
+    files = sorted(str(p) for p in photo_data[1].rglob("*-[0-1].*"))
+    (exported,) = api.export(out, check=files[:2])
+    assert exported.difference <= 1e-4
+    predicted = api.predict(out, files, onnx=True, min_confidence=0.5)
+    assert np.allclose(predicted.probabilities.sum(axis=1), 1.0, atol=1e-5)
+    rows = predicted.rows()
+    assert all(set(row["ranks"]) == {"photo", "label"} for row in rows)
+    parents = {"sky": "china", "ground": "china", "petals": "flower", "leaves": "flower"}
+    assert all(parents[row["ranks"]["label"]["label"]] == row["ranks"]["photo"]["label"] for row in rows)
