@@ -193,6 +193,8 @@ def _example(option):
         return [option.flag, str(default + 0.25)], default + 0.25
     if option.hint is str:
         return [option.flag, _STRING_VALUES[option.name]], _STRING_VALUES[option.name]
+    if option.name == "ranks":  # names of taxonomic ranks
+        return [option.flag, "family, genus"], ("family", "genus")
     if option.name == "birdnet_speeds":  # a list of numbers
         return [option.flag, "2, 1"], (1.0, 2.0)
     return [option.flag, "3-4, 3-5"], ("3-4", "3-5")  # a list

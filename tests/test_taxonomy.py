@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from echoengine.catalog import load_catalog
 from echoengine.config import EchoConfig
-from echoengine.errors import DataError
+from echoengine.errors import ConfigError, DataError
 from echoengine.rankmetrics import rank_metrics
 from echoengine.sources import labels_table
 from echoengine.synthetic import make_dataset
@@ -48,12 +49,29 @@ def test_rank_probabilities_sum_the_labels_below_each_name():
     np.testing.assert_allclose(FROGS.rank_probabilities(probs, CLASSES, "family"), [[0.07, 0.93], [0.7, 0.3]])
 
 
-def test_the_lineage_is_chosen_down_the_tree_not_rank_by_rank():
-    # wood-frog is the best label (0.52), yet Ranidae/Lithobates holds 0.41 and Ranidae 0.93: the lineage follows the
-    # best family, then its best genus (Rana, 0.52), then that genus' best label
+def test_the_lineage_is_the_most_probable_labels_with_each_ranks_sum():
     calls = FROGS.lineage_of(np.array([0.30, 0.11, 0.07, 0.52]), CLASSES)
     assert [(c.rank, c.name) for c in calls] == [("family", "Ranidae"), ("genus", "Rana"), ("label", "wood-frog")]
     assert [round(c.probability, 2) for c in calls] == [0.93, 0.52, 0.52]
+    # Ranidae holds 0.6 but tree-frog is the best label: the lineage is tree-frog's, as predict's species and
+    # detect's events name it
+    calls = FROGS.lineage_of(np.array([0.3, 0.3, 0.4, 0.0]), CLASSES)
+    assert [(c.name, round(c.probability, 2)) for c in calls] == [("Hylidae", 0.4), ("Hyla", 0.4), ("tree-frog", 0.4)]
+
+
+@pytest.mark.parametrize("rank", ["score", "file", "genus_score", "../../x", "2nd", "species"])
+def test_a_rank_that_would_overwrite_an_output_column_or_a_path_is_refused(rank, tmp_path):
+    (tmp_path / "t.csv").write_text(f"label,{rank}\nowl,Strigidae\n")
+    with pytest.raises(DataError, match=f"the rank '{re.escape(rank)}' cannot be used"):
+        Taxonomy.read(tmp_path / "t.csv")
+    with pytest.raises(ConfigError, match=r"taxonomy\.ranks: the rank"):
+        EchoConfig().replace(taxonomy={"ranks": [rank]})
+
+
+@pytest.mark.parametrize("name", ["A/B", "..", " Strix", "Strix "])
+def test_a_name_that_is_no_folder_or_changes_when_read_back_is_refused(name):
+    with pytest.raises(DataError, match="rename it"):
+        Taxonomy(("genus",), {"owl": (name,)})
 
 
 def _nested(root: Path, source: Path) -> Path:
@@ -139,8 +157,7 @@ def frog_model(nested_data, tiny_training, tmp_path_factory):
     result = api.train(nested_data, config=config, out=out)
     assert len(result.classes) == 4
     tree = labels_table(nested_data, config)[1]
-    if not (out / "taxonomy.csv").is_file():  # written by training itself where it knows taxonomies
-        tree.write(out / "taxonomy.csv")
+    assert Taxonomy.read(out / "taxonomy.csv") == tree  # training writes the classes' taxonomy into the bundle
     return out, tree
 
 
@@ -153,14 +170,17 @@ def test_predict_gives_each_file_its_lineage_and_the_deepest_sure_rank(frog_mode
 
     bundle, tree = frog_model
     files = sorted(str(p) for p in nested_data.rglob("*") if p.is_file())[:6]
-    result = api.predict(bundle, files, min_confidence=1.0)
+    result = api.predict(bundle, files, min_confidence=0.999999)
     for row, probs in zip(result.rows(), result.probabilities, strict=True):
         assert list(row["ranks"]) == ["family", "genus", "label"]
-        family = row["ranks"]["family"]
-        expected = tree.rank_probabilities(probs, result.classes, "family").max()
-        assert family["probability"] == pytest.approx(100 * expected, abs=0.01)
-        # no rank reaches probability 1 but the root's children may: the top rank is what is left
-        assert row["rank"] == "family" and row["species"] == family["label"]
+        family, label = row["ranks"]["family"], row["ranks"]["label"]
+        assert label["label"] == result.classes[int(np.argmax(probs))]  # the most probable label's lineage
+        assert tree.lineages[label["label"]][0] == family["label"]
+        index = tree.names("family").index(family["label"])
+        assert family["probability"] == pytest.approx(100 * tree.rank_probabilities(probs, result.classes,
+                                                                                     "family")[index], abs=0.01)
+        if family["probability"] < 99.9999:  # no rank is that sure: nothing is named
+            assert (row["species"], row["rank"], row["probability"]) == ("", "", None)
     everything = api.predict(bundle, files).rows()  # min_confidence 0: the label rank
     assert all(row["rank"] == "label" and row["species"] == row["ranks"]["label"]["label"] for row in everything)
     done = _cli("predict", str(bundle), *files[:2], "--format", "json", "--min-confidence", "0.0")
@@ -230,3 +250,50 @@ def test_the_service_stores_and_gives_each_detection_its_lineage(frog_model, nes
         assert all(detection["ranks"] for detection in heard)
     finally:
         service.stop()
+
+
+def test_a_file_above_the_labels_folder_is_refused_with_its_path(nested_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(nested_data, data)
+    stray = data / "Hylidae" / "Hyla" / "stray.wav"
+    shutil.copy(next(nested_data.rglob("*.wav")), stray)
+    with pytest.raises(DataError, match=f"{re.escape(str(stray))}: lies 2 folder.s. below .* above the label's"):
+        label_table(load_catalog(data), data, "folders", ranks=["family", "genus"])
+
+
+def test_one_node_needs_two_children(nested_data):
+    table = load_catalog(nested_data)
+    with pytest.raises(DataError, match="--node Hylidae/Hyla: its files have 1 child class"):
+        label_table(table, nested_data, "folders", ranks=["family", "genus"], node="Hylidae/Hyla")
+
+
+def test_a_node_of_a_csv_taxonomy_reads_the_whole_dataset(nested_data, tmp_path):
+    """A --node model's taxonomy.csv holds the labels below it; the others in the data are simply left out."""
+    table, tree = label_table(load_catalog(nested_data), nested_data, "folders", ranks=["family", "genus"])
+    flat = table.assign(path=table["path"])  # the same files, their labels those of the tree
+    below = Taxonomy(tree.ranks, {k: v for k, v in tree.lineages.items() if v[0] == "Ranidae"})
+    path = below.write(tmp_path / "below.csv")
+    kept = label_table(flat, nested_data, str(path), node="Ranidae")[0]
+    assert sorted(kept["label"].unique()) == ["Lithobates", "Rana"] and len(kept) == 12
+
+
+def test_lineage_columns_follow_each_event_in_long_runs():
+    """with_lineage finds each event's windows by bisection per file: 2,000 files of 100 windows in seconds."""
+    import time
+
+    from echoengine.events import with_lineage
+
+    files = np.repeat([f"f{i}.wav" for i in range(2000)], 100)
+    starts = np.tile(np.arange(100) * 3.0, 2000)
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(4), size=len(files))
+    scores = pd.DataFrame({"file": files, "start": starts, "end": starts + 3.0, **dict(zip(CLASSES, probs.T))})
+    events = pd.DataFrame({"file": files[::10], "start": starts[::10], "end": starts[::10] + 6.0,
+                           "label": np.array(CLASSES)[probs[::10].argmax(axis=1)], "score": probs[::10].max(axis=1)})
+    began = time.perf_counter()
+    table = with_lineage(events, scores, CLASSES, FROGS)
+    assert time.perf_counter() - began < 30  # was quadratic: minutes
+    first = table.iloc[0]
+    index = FROGS.names("family").index(first["family"])
+    expected = FROGS.rank_probabilities(probs[:2], CLASSES, "family")[:, index].max()
+    assert first["family_score"] == pytest.approx(expected, abs=1e-4)

@@ -23,10 +23,9 @@ Examples
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -49,9 +48,10 @@ from echoengine.layout import (
 )
 from echoengine.occurrence import Place, expected_species, unexpected_classes
 from echoengine.photoscore import predict_photos
+from echoengine.predicted import PredictResult
 from echoengine.raydetect import RayOptions, detect_on_ray
 from echoengine.scoring import predict_files
-from echoengine.taxonomy import LABEL_RANK, RankCall, Taxonomy, bundle_taxonomy
+from echoengine.taxonomy import bundle_taxonomy
 from echoengine.thresholds import load_thresholds, write_thresholds
 
 # Training, evaluation and export run in PyTorch, imported by the functions that need it: torch is not part of
@@ -247,7 +247,8 @@ def cross_validate(data: str | Path, *, config: EchoConfig | None = None, out: s
     kind = label_kind(multilabel=config.model.multilabel)
     boxes_source = {"annotations": annotations, "negatives": negatives, "columns": columns}
     usable, boxes = kind.read(data, config, boxes_source=boxes_source, progress=progress)
-    taxonomy, config = dataset_taxonomy(data, config), bundle_taxonomy_config(config)
+    taxonomy = dataset_taxonomy(data, config)
+    config = bundle_taxonomy_config(config, taxonomy)
     summary = cross_validate_table(usable, config, out, boxes=boxes, taxonomy=taxonomy, resume=resume,
                                    progress=progress, log=log or logger.info)
     return CrossValidationResult(Path(out), summary, multilabel=kind.multilabel)
@@ -349,86 +350,6 @@ def calibrate(bundle: str | Path | Bundle, data: str | Path, *, data_options: di
     return CalibrationResult(thresholds, path, len(usable))
 
 
-@dataclass
-class PredictResult:
-    """Class probabilities of audio files: one row per readable file, and the files that could not be read.
-
-    ``table`` has the columns ``file``, ``species`` and ``probability`` (of
-    the most probable class, 0-1); ``probabilities`` is (files, classes).
-    With a ``taxonomy``, each row also holds its lineage (:meth:`lineages`)
-    and names the deepest rank whose probability reaches ``min_confidence``.
-    """
-
-    table: pd.DataFrame
-    probabilities: np.ndarray
-    classes: list[str]
-    errors: list[str] = field(default_factory=list)
-    taxonomy: Taxonomy | None = None
-    min_confidence: float = 0.0
-
-    def lineages(self) -> list[list[RankCall]]:
-        """Each file's most probable lineage, top down (:meth:`echoengine.taxonomy.Taxonomy.lineage_of`)."""
-        if self.taxonomy is None:
-            return [[RankCall(LABEL_RANK, name, probability)] for ((name, probability),) in self.top(1)]
-        return [self.taxonomy.lineage_of(row, self.classes) for row in self.probabilities]
-
-    def top(self, k: int = 1) -> list[list[tuple[str, float]]]:
-        """The ``k`` most probable classes of each file, with their probabilities."""
-        order = np.argsort(-self.probabilities, axis=1)[:, :k]
-        return [[(self.classes[i], float(row[i])) for i in ranks] for row, ranks in zip(self.probabilities, order)]
-
-    def rows(self, top_k: int = 3) -> list[dict]:
-        """Each file's ``top_k`` classes in dicts (``file``, ``species``, ``probability``, ``top_k``), in percent.
-
-        With a taxonomy, ``species`` and ``probability`` are those of the
-        deepest rank of the lineage reaching ``min_confidence`` (named in
-        ``rank``), and ``ranks`` holds the lineage: ``{"family": {"label":
-        "Ranidae", "probability": 97.0}, ..., "label": {...}}``.
-        """
-        rows = []
-        for path, ranks, lineage in zip(self.table["file"], self.top(top_k), self.lineages(), strict=True):
-            top = [{"species": name, "probability": round(100 * probability, 2)} for name, probability in ranks]
-            row = {"file": path, **top[0], "top_k": top}
-            if self.taxonomy is not None:
-                confident = [call for call in lineage if call.probability >= self.min_confidence] or lineage[:1]
-                deepest = confident[-1]
-                row.update(species=deepest.name, probability=round(100 * deepest.probability, 2), rank=deepest.rank,
-                           ranks={c.rank: {"label": c.name, "probability": round(100 * c.probability, 2)}
-                                  for c in lineage})
-            rows.append(row)
-        return rows
-
-    def text(self, top_k: int = 3, form: str = "table") -> str:
-        """The predictions as ``echoengine predict`` prints them.
-
-        ``form`` is ``"table"`` (a line per file: its best class and the next
-        ones), ``"json"`` (:meth:`rows`) or ``"csv"`` (a row per file and rank).
-        """
-        rows = self.rows(top_k)
-        if form == "json":
-            return json.dumps(rows, indent=2, ensure_ascii=False)
-        if form == "csv":
-            return self._csv(rows)
-        width = max([len(Path(r["file"]).name) for r in rows] + [4])
-        lines = []
-        for r in rows:
-            others = ", ".join(f"{t['species']} {t['probability']:.1f}%" for t in r["top_k"][1:])
-            rank = f"{r['rank']}, " if r.get("rank", LABEL_RANK) != LABEL_RANK else ""
-            lines.append(f"{Path(r['file']).name:<{width}}  {r['species']} ({rank}{r['probability']:.1f}%)"
-                         + (f"   next: {others}" if others else ""))
-        return "\n".join(lines)
-
-    def _csv(self, rows: list[dict]) -> str:
-        """A row per file and top-k class; with a taxonomy, each file's lineage in a column per rank."""
-        above = self.taxonomy.ranks if self.taxonomy is not None else ()
-        ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"],
-                   **{name: r["ranks"][name]["label"] for name in above},
-                   **{f"{name}_probability": r["ranks"][name]["probability"] for name in above}}
-                  for r in rows for rank, t in enumerate(r["top_k"])]
-        columns = ["file", "rank", "species", "probability", *above, *(f"{name}_probability" for name in above)]
-        return pd.DataFrame(ranked, columns=columns).to_csv(index=False).removesuffix("\n")
-
-
 def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = False,
             cache_dir: str | Path | None = None, progress: bool | None = False,
             place: Place | None = None, min_confidence: float = 0.0) -> PredictResult:
@@ -451,7 +372,11 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     onnx = use_onnx(bundle, onnx)
     bundles = load_bundles(bundle, onnx=onnx)
     config, classes = bundles[0].config, bundles[0].classes
-    found = partial(PredictResult, classes=classes, taxonomy=bundle_taxonomy(bundles[0]), min_confidence=min_confidence)
+    taxonomy = bundle_taxonomy(bundles[0])
+    if min_confidence and taxonomy is None:
+        logger.warning("--min-confidence: %s has no taxonomy (taxonomy.csv), so each file is named by its label",
+                       _name(bundle))
+    found = partial(PredictResult, classes=classes, taxonomy=taxonomy, min_confidence=min_confidence)
     absent = np.isin(classes, unexpected_classes(classes, place, model=_name(bundle))) if place else None
     paths = sources.audio_files(files, config.data.extensions)
     photos.check_kind(config, paths, model=_name(bundle))
@@ -515,6 +440,9 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
         run = partial(detect_on_ray, ray_options=ray_options or RayOptions())
     bundles = load_bundles(bundle, onnx=onnx)
     photos.refuse_photo_model(bundles[0].config, _name(bundle))
+    if options.get("min_confidence") and bundle_taxonomy(bundles[0]) is None:
+        logger.warning("--min-confidence: %s has no taxonomy (taxonomy.csv); events name their labels alone",
+                       _name(bundle))
     if place is not None:
         absent = unexpected_classes(bundles[0].classes, place, model=_name(bundle))
         options["exclude"] = tuple(dict.fromkeys([*options.get("exclude", ()), *absent]))
@@ -527,11 +455,13 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
 
 
 def embed(data: str | Path, *, config: EchoConfig | None = None, cache_dir: str | Path, engine: str = "local",
-          ray_options: RayOptions | None = None, progress: bool = False, log: Log | None = None):
+          ray_options: RayOptions | None = None, progress: bool = False, log: Log | None = None,
+          changes: dict | None = None):
     """Compute the embeddings training a head on ``config.model.embedder`` needs into the cache at ``cache_dir``.
 
     ``engine="ray"`` computes them on Ray (:mod:`echoengine.rayembed`);
-    :func:`train` with the same config and cache then finds them all.
+    :func:`train` with the same config, ``changes`` and cache then finds them
+    all (the same policy applies: BirdNET's 2x view unless the changes say otherwise).
 
     Returns
     -------
@@ -541,8 +471,10 @@ def embed(data: str | Path, *, config: EchoConfig | None = None, cache_dir: str 
     if engine not in ("local", "ray"):
         raise EchoError(f"--engine must be local or ray, got {engine!r}")
     from echoengine.rayembed import embed_dataset  # torch
+    from echoengine.trainrun import training_config
 
-    return embed_dataset(data, config or EchoConfig(), cache_dir=cache_dir, engine=engine, ray_options=ray_options,
+    config = training_config(config or EchoConfig(), changes=changes)
+    return embed_dataset(data, config, cache_dir=cache_dir, engine=engine, ray_options=ray_options,
                          progress=progress, log=log or logger.info)
 
 

@@ -378,7 +378,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if args.no_cache:
         raise EchoError("echoengine embed fills the feature cache: drop --no-cache")
-    result = api.embed(args.data, config=_config(args), cache_dir=_cache_dir(args), engine=args.engine,
+    config, changes = _training_options(args)
+    result = api.embed(args.data, config=config, changes=changes, cache_dir=_cache_dir(args), engine=args.engine,
                        ray_options=_ray_options(args), progress=not args.quiet,
                        log=lambda line: print(line, file=sys.stderr))
     print(f"{result.text()} in {_cache_dir(args)}; echoengine train with the same config and --cache-dir finds them")

@@ -74,6 +74,16 @@ def _started(files: BundleFiles) -> bool:
     return files.checkpoint.is_file() or (files.folder / NODES_DIR).is_dir()
 
 
+def _write_inputs(out: Path, kind, table: pd.DataFrame, folds: np.ndarray, boxes: pd.DataFrame | None,
+                  taxonomy: Taxonomy | None) -> None:
+    """What a CV folder keeps of its inputs: the folds, a multi-label run's boxes, the labels' taxonomy."""
+    files = CrossValidationFiles(out)
+    write_taxonomy(out, taxonomy)
+    write_csv_atomic(files.folds, table.assign(fold=folds)[list(kind.fold_columns)], index=False)
+    if boxes is not None:
+        write_csv_atomic(files.annotations, boxes, index=False)
+
+
 def cross_validate(
     table: pd.DataFrame,
     config: EchoConfig,
@@ -124,11 +134,7 @@ def cross_validate(
     folds = kind.folds(table, config)
     if resume:
         _check_resumable(out, table["path"], folds, config)
-    files = CrossValidationFiles(out)
-    write_taxonomy(out, taxonomy)
-    write_csv_atomic(files.folds, table.assign(fold=folds)[list(kind.fold_columns)], index=False)
-    if boxes is not None:
-        write_csv_atomic(files.annotations, boxes, index=False)
+    _write_inputs(out, kind, table, folds, boxes, taxonomy)
     used = folds != splits.EXCLUDED  # TRAIN_ONLY rows are in every fold's training part
     table, folds = table[used].reset_index(drop=True), folds[used]
     run = _Folds(kind, table, folds, kind.classes(table, boxes), boxes, config, out, resume, progress, log, taxonomy)

@@ -79,6 +79,10 @@ class CNNEmbedder:
 
     def __init__(self, bundle: str | Path, *, batch_size: int = 16) -> None:
         loaded = load_bundle(bundle)
+        if not hasattr(loaded.model, "features"):  # a per-node model of a taxonomy: one network per node
+            raise EchoError(f"--embedder cnn:{bundle}: a {loaded.config.model.kind.name} bundle with "
+                            f"--hierarchy {loaded.config.taxonomy.hierarchy} has no single network to embed with; use "
+                            "a flat bundle (or one of its nodes/ bundles)")
         self._torch = torch
         self.model = loaded.model
         self.frontend = MelFrontend.from_config(loaded.config)

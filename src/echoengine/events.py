@@ -26,7 +26,7 @@ import pandas as pd
 
 from echoengine.errors import EchoError
 from echoengine.layout import Bundle
-from echoengine.taxonomy import LABEL_RANK, Taxonomy
+from echoengine.taxonomy import LABEL_RANK, RankCall, Taxonomy, deepest_sure
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
 __all__ = ["check_species", "detectable", "detection_thresholds", "event_lineage", "lineage_columns", "merge_events",
@@ -157,37 +157,41 @@ def with_lineage(events: pd.DataFrame, scores: pd.DataFrame, classes: Sequence[s
     """
     events = events.reset_index(drop=True)
     matrix = scores[list(classes)].to_numpy(dtype=np.float64) if len(scores) else np.zeros((0, len(classes)))
-    windows = {file: np.flatnonzero(rows) for file, rows in
-               ((file, scores["file"].to_numpy() == file) for file in events["file"].unique())}
-    starts, ends = scores["start"].to_numpy(dtype=np.float64), scores["end"].to_numpy(dtype=np.float64)
+    inside = _event_windows(events, scores)
     added: dict[str, list] = {}
     for depth, rank in enumerate(taxonomy.ranks):
-        names = taxonomy.names(rank)
-        column = {name: i for i, name in enumerate(names)}
+        column = {name: i for i, name in enumerate(taxonomy.names(rank))}
         summed = taxonomy.rank_probabilities(matrix, classes, rank)
-        picked, best = [], []
-        for file, start, end, label in zip(events["file"], events["start"], events["end"], events["label"]):
-            name = taxonomy.full_lineage(label)[depth]
-            rows = windows[file]
-            inside = rows[(starts[rows] >= start - 1e-3) & (ends[rows] <= end + 1e-3)]
-            picked.append(name)
-            best.append(round(float(summed[inside, column[name]].max()), 4) if len(inside) else np.nan)
-        added[rank], added[f"{rank}_score"] = picked, best
+        names = [taxonomy.full_lineage(label)[depth] for label in events["label"]]
+        added[rank] = names
+        added[f"{rank}_score"] = [round(float(summed[rows, column[name]].max()), 4) if len(rows) else np.nan
+                                  for name, rows in zip(names, inside, strict=True)]
     table = events.assign(**added)
     return _taxon(table, taxonomy, min_confidence) if min_confidence else table
 
 
+def _event_windows(events: pd.DataFrame, scores: pd.DataFrame) -> list[np.ndarray]:
+    """The rows of ``scores`` (windows, in time order per file) inside each event: found by bisection per file."""
+    by_file = scores.groupby("file", sort=False).indices if len(scores) else {}
+    starts, ends = scores["start"].to_numpy(dtype=np.float64), scores["end"].to_numpy(dtype=np.float64)
+    found = []
+    for file, start, end in zip(events["file"], events["start"], events["end"], strict=True):
+        rows = by_file.get(file, np.zeros(0, dtype=np.int64))
+        first = np.searchsorted(starts[rows], start - 1e-3, side="left")
+        last = np.searchsorted(ends[rows], end + 1e-3, side="right")
+        found.append(rows[first:max(first, last)])
+    return found
+
+
 def _taxon(events: pd.DataFrame, taxonomy: Taxonomy, min_confidence: float) -> pd.DataFrame:
-    """The deepest rank of each event's lineage whose score reaches ``min_confidence``."""
+    """The deepest rank of each event's lineage whose score reaches ``min_confidence`` (empty when none does)."""
     taxa, ranks, scores = [], [], []
     for row in events.to_dict("records"):
-        steps = [(rank, row[rank], row[f"{rank}_score"]) for rank in taxonomy.ranks]
-        steps.append((LABEL_RANK, row["label"], row["score"]))
-        sure = [step for step in steps if step[2] >= min_confidence]
-        rank, name, score = sure[-1] if sure else ("", "", np.nan)
-        taxa.append(name)
-        ranks.append(rank)
-        scores.append(score)
+        steps = [RankCall(rank, row[rank], row[f"{rank}_score"]) for rank in taxonomy.ranks]
+        sure = deepest_sure([*steps, RankCall(LABEL_RANK, row["label"], row["score"])], min_confidence)
+        taxa.append(sure.name if sure else "")
+        ranks.append(sure.rank if sure else "")
+        scores.append(sure.probability if sure else np.nan)
     return events.assign(taxon=taxa, taxon_rank=ranks, taxon_score=scores)
 
 

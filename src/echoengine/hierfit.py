@@ -93,12 +93,15 @@ def node_name(lineage: tuple[str, ...]) -> str:
     return "/".join(lineage) or "/"
 
 
-def bundle_taxonomy_config(config: EchoConfig) -> EchoConfig:
-    """The config a bundle of a taxonomy saves: ``taxonomy.source`` is ``"folders"`` or ``"taxonomy.csv"``."""
+def bundle_taxonomy_config(config: EchoConfig, taxonomy: Taxonomy | None = None) -> EchoConfig:
+    """The config a bundle of a taxonomy saves: ``taxonomy.source`` is ``"folders"`` or ``"taxonomy.csv"``, and
+    folder ranks are named (those inferred from the folders' depth too), so that data is read back alike."""
     if not config.taxonomy.uses_taxonomy:
         return config
-    source = "folders" if config.taxonomy.lineage_source == "folders" else BundleFiles(".").taxonomy.name
-    return config.replace(taxonomy={"source": source})
+    folders = config.taxonomy.lineage_source == "folders"
+    source = "folders" if folders else BundleFiles(".").taxonomy.name
+    ranks = list(taxonomy.ranks) if folders and taxonomy is not None else list(config.taxonomy.ranks)
+    return config.replace(taxonomy={"source": source, "ranks": ranks})
 
 
 def write_taxonomy(folder: str | Path, taxonomy: Taxonomy | None) -> None:

@@ -96,6 +96,10 @@ def decode(path: str | Path) -> Image.Image:
     """
     image = _open(path)
     upright = ImageOps.exif_transpose(image)
+    if upright.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit (or 32-bit) grey: Pillow's RGB would clip it
+        wide = np.asarray(upright, dtype=np.float64)
+        scale = 65535.0 if upright.mode.startswith("I;16") or wide.max() > 255 else 255.0
+        upright = Image.fromarray(np.clip(wide / scale * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
     return upright.convert("RGB") if upright.mode != "RGB" else upright
 
 

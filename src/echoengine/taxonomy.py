@@ -34,11 +34,32 @@ import pandas as pd
 from echoengine.errors import DataError
 from echoengine.files import write_csv_atomic
 from echoengine.layout import TAXONOMY_FILE
+from echoengine.taxonomy_config import RESERVED_RANKS, rank_name_problem
 
-__all__ = ["LABEL_RANK", "RankCall", "Taxonomy", "below_node", "bundle_taxonomy", "label_table", "read_taxonomy"]
+__all__ = ["LABEL_RANK", "RESERVED_RANKS", "RankCall", "Taxonomy", "below_node", "bundle_taxonomy", "check_rank_name",
+           "deepest_sure", "label_table", "read_taxonomy"]
 
 #: The name of the lowest rank: the labels the model is trained on.
 LABEL_RANK = "label"
+def check_rank_name(rank: str) -> None:
+    """Refuse a rank name that is not a plain word, or that would clash with an output column.
+
+    >>> check_rank_name("family")
+    >>> check_rank_name("score")
+    Traceback (most recent call last):
+    ...
+    echoengine.errors.DataError: taxonomy: the rank 'score' ... a rank is named by a word that is not one of ...
+    """
+    problem = rank_name_problem(rank)
+    if problem:
+        raise DataError(f"taxonomy: {problem}")
+
+
+def _check_name(name: str, label: str) -> None:
+    """Refuse a name that cannot be a folder of its own or that changes when read back (spaces around it)."""
+    if not name or name != name.strip() or "/" in name or "\\" in name or name in (".", ".."):
+        raise DataError(f"taxonomy: the name {name!r} (in the lineage of {label!r}) is empty, has spaces around it, "
+                        "holds a / or \\, or is . or ..: rename it")
 
 
 @dataclass(frozen=True)
@@ -74,10 +95,14 @@ class Taxonomy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ranks", tuple(self.ranks))
         object.__setattr__(self, "lineages", {str(k): tuple(map(str, v)) for k, v in self.lineages.items()})
+        for rank in self.ranks:
+            check_rank_name(rank)
         for label, lineage in self.lineages.items():
-            if len(lineage) != len(self.ranks) or not all(name.strip() for name in (label, *lineage)):
+            if len(lineage) != len(self.ranks):
                 raise DataError(f"taxonomy: {label!r} has the lineage {list(lineage)}, not one name for each of "
                                 f"the ranks {', '.join(self.ranks)}")
+            for name in (label, *lineage):
+                _check_name(name, label)
         for depth, rank in enumerate(self.ranks):
             parents: dict[str, tuple[str, ...]] = {}
             for label, lineage in self.lineages.items():
@@ -99,7 +124,7 @@ class Taxonomy:
         ranks = tuple(str(column) for column in frame.columns if column != LABEL_RANK)
         if not ranks:
             raise DataError(f"{where}: no rank columns beside 'label' (e.g. label,family,genus)")
-        frame = frame.astype(str).apply(lambda column: column.str.strip())
+        frame = frame.astype(str)
         repeated = frame[LABEL_RANK][frame[LABEL_RANK].duplicated()].unique().tolist()
         if repeated:
             raise DataError(f"{where}: label(s) listed twice: {', '.join(repeated[:5])}")
@@ -195,24 +220,22 @@ class Taxonomy:
         return out
 
     def lineage_of(self, probs: np.ndarray, classes: Sequence[str]) -> list[RankCall]:
-        """One file's (or detection's) most probable lineage, top down, with each rank's probability.
+        """The lineage of one file's (or detection's) most probable label, top down, with each rank's probability.
 
-        At each rank the most probable name below the one chosen above
-        (greedy down the tree), so the names form one lineage; its
-        probability is the sum of its labels'.
+        A rank's probability is the sum of its labels' (the label's genus
+        holds the label and its siblings), so it never falls down the lineage.
+
+        >>> tree = Taxonomy(("genus",), {"a1": ("A",), "a2": ("A",), "b1": ("B",)})
+        >>> [(c.name, round(c.probability, 2)) for c in tree.lineage_of(np.array([.3, .3, .4]), ["a1", "a2", "b1"])]
+        [('B', 0.4), ('b1', 0.4)]
         """
         probs = np.asarray(probs, dtype=np.float64)
-        chosen: list[RankCall] = []
-        candidates = list(range(len(classes)))
+        best = self.full_lineage(classes[int(np.argmax(probs))])
+        calls = []
         for depth, rank in enumerate(self.all_ranks):
-            totals: dict[str, float] = {}
-            for column in candidates:
-                name = self.full_lineage(classes[column])[depth]
-                totals[name] = totals.get(name, 0.0) + float(probs[column])
-            name = max(sorted(totals), key=totals.__getitem__)
-            chosen.append(RankCall(rank, name, totals[name]))
-            candidates = [c for c in candidates if self.full_lineage(classes[c])[depth] == name]
-        return chosen
+            below = [self.full_lineage(label)[depth] == best[depth] for label in classes]
+            calls.append(RankCall(rank, best[depth], float(probs[np.array(below, dtype=bool)].sum())))
+        return calls
 
     # ---- counts ----------------------------------------------------------------
     def tree_text(self, table: pd.DataFrame) -> str:
@@ -236,6 +259,17 @@ class Taxonomy:
                 lines.append((lineage, f"{'  ' * len(node)}{child}{'' if rank == LABEL_RANK else f' ({rank})'}: "
                                        f"{_count(files, 'file')}, {_count(recordings, 'recording')}"))
         return "\n".join(line for _, line in sorted(lines))
+
+
+def deepest_sure(calls: Sequence[RankCall], min_confidence: float) -> RankCall | None:
+    """The deepest step of a lineage whose probability reaches ``min_confidence``; None when none does.
+
+    >>> calls = [RankCall("genus", "A", 0.93), RankCall("label", "a1", 0.41)]
+    >>> deepest_sure(calls, 0.9).name, deepest_sure(calls, 0.0).name, deepest_sure(calls, 0.95)
+    ('A', 'a1', None)
+    """
+    sure = [call for call in calls if call.probability >= min_confidence]
+    return sure[-1] if sure else None
 
 
 def _count(n: int, unit: str) -> str:
@@ -294,9 +328,20 @@ def label_table(table: pd.DataFrame, root: str | Path, source: str, *, ranks: Se
         table, taxonomy = _folder_lineages(table, Path(root), tuple(ranks))
     else:
         taxonomy = Taxonomy.read(source)
+        if node:  # the labels below the node must be placed; the others are left out anyway
+            return _one_node(table, taxonomy, node), None
         labelled = table["label"].astype(str) != ""
         taxonomy = taxonomy.restrict(sorted(set(table.loc[labelled, "label"])), where=str(source))
-    return (below_node(table, taxonomy, node), None) if node else (table, taxonomy)
+    return (_one_node(table, taxonomy, node), None) if node else (table, taxonomy)
+
+
+def _one_node(table: pd.DataFrame, taxonomy: Taxonomy, node: str) -> pd.DataFrame:
+    """The rows below ``node`` for a model of that node alone: refused when it has fewer than two children."""
+    below = below_node(table, taxonomy, node)
+    if below["label"].nunique() < 2:
+        raise DataError(f"--node {node}: its files have {below['label'].nunique()} child class(es) "
+                        f"({', '.join(sorted(below['label'].unique())) or 'none'}); a model needs two or more")
+    return below
 
 
 def _folder_lineages(table: pd.DataFrame, root: Path, ranks: tuple[str, ...]) -> tuple[pd.DataFrame, Taxonomy]:
@@ -311,9 +356,14 @@ def _folder_lineages(table: pd.DataFrame, root: Path, ranks: tuple[str, ...]) ->
     ranks = ranks or tuple(f"rank{i + 1}" for i in range(levels))
     lineages: dict[str, tuple[str, ...]] = {}
     labels = []
+    if max(depths) <= levels:  # a flat dataset read by a model of a taxonomy: each file's folder is its label
+        return table.assign(label=[parts[-1] if parts else "" for parts in folders]), Taxonomy(ranks, {})
     for path, parts in zip(table["path"], folders, strict=True):
-        if len(parts) <= levels:  # above the label's depth: its own folder names it, without a lineage
-            labels.append(parts[-1] if parts else "")
+        if 0 < len(parts) <= levels:
+            raise DataError(f"{path}: lies {len(parts)} folder(s) below {root}, above the label's folder (the "
+                            f"{levels + 1}th, below the ranks {', '.join(ranks)}): move it into a label's folder")
+        if not parts:
+            labels.append("")  # unlabelled, as in any dataset
             continue
         labels.append(parts[levels])
         known = lineages.setdefault(parts[levels], parts[:levels])

@@ -8,11 +8,32 @@ Examples
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from echoengine.input_config import require
 
-__all__ = ["HIERARCHIES", "TaxonomyConfig"]
+__all__ = ["HIERARCHIES", "RESERVED_RANKS", "TaxonomyConfig", "rank_name_problem"]
+
+#: Names a rank may not take: the columns of the tables it joins (events, predictions, catalogs).
+RESERVED_RANKS = frozenset({"file", "path", "start", "end", "label", "score", "mean_score", "windows", "low_freq",
+                            "high_freq", "species", "probability", "rank", "ranks", "top_k", "taxon", "taxon_rank",
+                            "taxon_score", "group", "fold", "part"})
+_RANK_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
+
+
+def rank_name_problem(rank: object) -> str:
+    """What is wrong with a rank's name (empty: nothing): it must be a plain word that is no output column.
+
+    >>> rank_name_problem("family"), rank_name_problem("genus_score")[:25]
+    ('', "the rank 'genus_score' ca")
+    """
+    if (isinstance(rank, str) and _RANK_NAME.fullmatch(rank) and rank not in RESERVED_RANKS
+            and not rank.endswith(("_score", "_probability"))):
+        return ""
+    return (f"the rank {rank!r} cannot be used: a rank is named by a word that is not one of "
+            f"{', '.join(sorted(RESERVED_RANKS))} (letters, digits, _ and -, starting with a letter, not ending in "
+            "_score or _probability), e.g. family or genus")
 
 
 #: How a model uses a taxonomy (``taxonomy.hierarchy``).
@@ -67,8 +88,10 @@ class TaxonomyConfig:
     def __post_init__(self) -> None:
         require(self.hierarchy in HIERARCHIES,
                 f"taxonomy.hierarchy must be one of {', '.join(HIERARCHIES)}, got {self.hierarchy!r}")
-        require(all(isinstance(rank, str) and rank.strip() and rank != "label" for rank in self.ranks),
-                f"taxonomy.ranks must be names other than 'label', got {list(self.ranks)}")
+        for rank in self.ranks:
+            require(not rank_name_problem(rank), f"taxonomy.ranks: {rank_name_problem(rank)}")
+        require(not self.ranks or self.source in ("", "folders"), "taxonomy.ranks names the ranks of nested "
+                "folders; a taxonomy CSV names its own in its header (label,family,genus): drop --ranks")
         require(len(set(self.ranks)) == len(self.ranks), f"taxonomy.ranks repeats a name: {list(self.ranks)}")
 
     @property

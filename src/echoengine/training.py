@@ -249,6 +249,15 @@ class _Run:
     net: nn.Module  # what trains: the model, or its DDP wrapper in a run across processes
 
 
+def _board(bundle: Path, keep: str, start_epoch: int):
+    """The run's TensorBoard writer (rank 0 alone writes; a refit writes into ``tensorboard/refit``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    if not ddp.is_main():
+        return _NoBoard()
+    return SummaryWriter(BundleFiles(bundle).tensorboard / ("refit" if keep == "last" else ""), purge_step=start_epoch)
+
+
 def fit(
     train_table: pd.DataFrame,
     val_table: pd.DataFrame,
@@ -296,10 +305,7 @@ def fit(
                        keep=keep, progress=progress, log=log, boxes=boxes, memberships=memberships)
     state = start_state(checkpoint, bundle, run.model, run.optimizer, run.schedule, device=device, train=config.train,
                         log=log)
-    from torch.utils.tensorboard import SummaryWriter
-
-    board_dir = BundleFiles(bundle).tensorboard / ("refit" if keep == "last" else "")
-    with SummaryWriter(board_dir, purge_step=state.start_epoch) if ddp.is_main() else _NoBoard() as board:
+    with _board(bundle, keep, state.start_epoch) as board:
         for epoch in range(state.start_epoch, config.train.epochs + 1):
             row = _train_epoch(run, config, epoch, progress=progress)
             _log_board(board, row)

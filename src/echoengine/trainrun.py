@@ -37,7 +37,7 @@ from echoengine.labelkind import LabelKind, label_kind
 from echoengine.layout import CONFIG_FILE, SPLITS_FILE, Bundle, BundleFiles, read_classes, selection_history
 from echoengine.taxonomy import read_taxonomy
 
-__all__ = ["TrainResult", "train_run", "training_config"]
+__all__ = ["TrainResult", "train_run", "training_config", "with_speed_view"]
 
 
 @dataclass
@@ -81,7 +81,29 @@ def training_config(config: EchoConfig, *, finetune: bool = False, changes: dict
     config = config.replace(**changes) if changes else config
     if config.taxonomy.hierarchy == "per-node" and "class_weights" not in changes.get("train", {}):
         config = config.replace(train={"class_weights": "balanced"})  # a node's children are rarely balanced
-    return config
+    return with_speed_view(config, changes)
+
+
+def with_speed_view(config: EchoConfig, changes: dict | None = None) -> EchoConfig:
+    """A head on BirdNET's embeddings also sees each window played twice as fast, unless asked otherwise.
+
+    The 2x view (``model.birdnet_speeds = [1, 2]``) is the default for the
+    ``birdnet`` embedder: on the ESC-50 subset and on every small set of
+    ``bench/small_data.py`` it beat the windows alone (README, "Playback-speed
+    views"). ``--birdnet-speeds 1`` (in ``changes``) keeps the windows
+    alone; so does any other embedder or backbone, and a config whose
+    speeds are not the dataclass default.
+
+    >>> with_speed_view(EchoConfig().replace(model={"embedder": "birdnet"})).model.birdnet_speeds
+    (1.0, 2.0)
+    >>> with_speed_view(EchoConfig().replace(model={"embedder": "birdnet"}),
+    ...                 {"model": {"birdnet_speeds": [1]}}).model.birdnet_speeds
+    (1.0,)
+    """
+    asked = "birdnet_speeds" in (changes or {}).get("model", {})
+    if config.model.embedder != "birdnet" or asked or config.model.birdnet_speeds != (1.0,):
+        return config
+    return config.replace(model={"birdnet_speeds": [1.0, 2.0]})
 
 
 def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False, resume_changes: dict | None = None,
@@ -116,7 +138,8 @@ def train_run(data: Path, config: EchoConfig, out: Path, *, resume: bool = False
         taxonomy = read_taxonomy(files.taxonomy) if config.taxonomy.uses_taxonomy else None
     else:
         usable, parts, boxes, classes = _new_split(data, config, out, kind, boxes_source or {}, progress=progress)
-        taxonomy, config = dataset_taxonomy(data, config), bundle_taxonomy_config(config)
+        taxonomy = dataset_taxonomy(data, config)
+        config = bundle_taxonomy_config(config, taxonomy)
     counts = _announce(config, classes, parts, log, kind=kind, boxes=boxes)
     result = fit_model(usable[parts == "train"], usable[parts == "val"], classes, config, out, taxonomy=taxonomy,
                        resume=resume, progress=progress, log=log, boxes=boxes)

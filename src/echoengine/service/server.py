@@ -132,7 +132,8 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     """Lock the store, open its database, load and register the bundle, and make the worker (not started).
 
     Options, MQTT address and bundle are checked before the store folder is made (a failed start removes what
-    it made); the store's lock is taken before the database opens and held until :meth:`Service.stop`.
+    it made); the store's lock is taken before the database opens and held until :meth:`Service.stop`. A bundle,
+    database, key file or option that cannot be used, or a store another server uses, is an EchoError (one line).
 
     Parameters
     ----------
@@ -160,11 +161,6 @@ def open_service(bundle: str | Path, *, store: str | Path, db: str | None = None
     given : collection of str, optional
         The scoring options of ``options`` the user gave (``serve``'s command line); with ``candidate`` or
         ``activate``, the others are the store's active model's. None: all of them.
-
-    Raises
-    ------
-    EchoError
-        A bundle, database, key file or option that cannot be used, or a store another server uses (one line).
     """
     _check_options(max_upload_mb, mqtt, mqtt_out)
     access = Access(read_api_key(api_key_file) if api_key_file else None, public_reads)
