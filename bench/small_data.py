@@ -49,16 +49,19 @@ from echoengine.headmlp import select_and_train
 ROOT = Path(__file__).resolve().parents[1]
 
 
-PLAIN = (0.0, ())  # (seconds between windows (0: no overlap), BirdNET blocks pooled beside the embedding)
-BLOCKS = (0.0, ModelConfig().birdnet_blocks)  # the default features
-EVERY_SECOND = (1.0, ())
-EVERY_SECOND_BLOCKS = (1.0, ModelConfig().birdnet_blocks)
+# (seconds between windows (0: no overlap), BirdNET blocks pooled beside the embedding, playback-speed views)
+PLAIN = (0.0, (), (1.0,))
+BLOCKS = (0.0, ModelConfig().birdnet_blocks, (1.0,))  # the window alone: the default until the 2x view
+DEFAULT = (0.0, ModelConfig().birdnet_blocks, (1.0, 2.0))  # the default features (trainrun.with_speed_view)
+EVERY_SECOND = (1.0, (), (1.0,))
+EVERY_SECOND_BLOCKS = (1.0, ModelConfig().birdnet_blocks, (1.0,))
 
 
 def window_embeddings(table: pd.DataFrame, source: tuple[float, tuple], cache_dir: Path) -> list[np.ndarray]:
     """Each file's first clip as BirdNET window features (windows, size), through the embedding cache."""
-    hop, blocks = source
-    config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop, "birdnet_blocks": blocks})
+    hop, blocks, speeds = source
+    config = EchoConfig().replace(model={"embedder": "birdnet", "embedding_hop": hop, "birdnet_blocks": blocks,
+                                         "birdnet_speeds": speeds})
     cache = FeatureCache(cache_dir, config)
     # clips=True: each file's 5 s clips (BirdNET windows at 0 and 3 s), not the 3 s windows files are scored in
     data = make_dataset(table, catalog.class_names(table), config, train=False, cache=cache, progress=True,
@@ -124,7 +127,10 @@ METHODS = {
     "LR anchor (StandardScaler + LogisticRegression C=1), mean embedding": ("mean", PLAIN, anchor),
     "echoengine linear head (L-BFGS, C by grouped inner CV, temperature), embedding": ("mean", PLAIN, echoengine_head),
     "LR anchor, embedding + blocks 3-3 to 3-5 mean & max": ("mean", BLOCKS, anchor),
-    "echoengine linear head, embedding + blocks 3-3 to 3-5 (the default)": ("mean", BLOCKS, echoengine_head),
+    "echoengine linear head, embedding + blocks 3-3 to 3-5 (window alone)": ("mean", BLOCKS, echoengine_head),
+    "LR anchor, default features (embedding + blocks, window and 2x view)": ("mean", DEFAULT, anchor),
+    "echoengine linear head, default features: window and 2x view (the default)": ("mean", DEFAULT,
+                                                                                    echoengine_head),
     "echoengine mlp head, embedding + blocks 3-3 to 3-5": ("windows", BLOCKS, mlp_head),
     "echoengine linear head, embedding + blocks, windows every 1 s": ("mean", EVERY_SECOND_BLOCKS, echoengine_head),
     "echoengine linear head, embedding, mean + std of windows": ("mean+std", PLAIN, echoengine_head),

@@ -35,6 +35,7 @@ from echoengine.config import AUDIO_EXTENSIONS, AudioConfig, DataConfig
 from echoengine.errors import AudioError, DataError
 
 __all__ = [
+    "check_files",
     "class_names",
     "describe",
     "from_csv",
@@ -392,6 +393,33 @@ def class_names(table: pd.DataFrame) -> list[str]:
     return sorted(label for label in table["label"].unique() if label)
 
 
+def check_files(table: pd.DataFrame, check: Callable, error: type[Exception], *, on_error: str = "warn",
+                progress: Callable | None = None, workers: int = 4) -> tuple[pd.DataFrame, list, list]:
+    """Run ``check`` on every file of a catalog in threads: the usable rows, their checks' results, the errors.
+
+    An ``error`` raised by ``check`` marks a file unusable: logged in one line
+    (``on_error = "warn"``), raised (``"raise"``, the first) or kept quiet.
+    """
+    def checked(path: str):
+        try:
+            return check(path)
+        except error as exc:
+            return exc
+
+    paths = table["path"].tolist()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(checked, paths)
+        results = list(progress(results, total=len(paths)) if progress else results)
+    errors = [r for r in results if isinstance(r, error)]
+    if errors and on_error == "raise":
+        raise errors[0]
+    if on_error == "warn":
+        for problem in errors:
+            logger.warning("skipping %s", problem)
+    ok = np.array([not isinstance(r, error) for r in results], dtype=bool)
+    return table[ok].reset_index(drop=True).copy(), [r for r in results if not isinstance(r, error)], errors
+
+
 def scan(
     table: pd.DataFrame,
     config: AudioConfig | None = None,
@@ -413,26 +441,8 @@ def scan(
         Wraps the iterator of results (e.g. ``tqdm`` with ``total=``).
     """
     config = config or AudioConfig()
-    paths = table["path"].tolist()
-
-    def check(path: str) -> audio.AudioInfo | AudioError:
-        try:
-            return audio.check(path, config)
-        except AudioError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(check, paths)
-        results = list(progress(results, total=len(paths)) if progress else results)
-    errors = [r for r in results if isinstance(r, AudioError)]
-    if errors and on_error == "raise":
-        raise errors[0]
-    if on_error == "warn":
-        for error in errors:
-            logger.warning("skipping %s", error)
-    ok = np.array([not isinstance(r, AudioError) for r in results], dtype=bool)
-    usable = table[ok].reset_index(drop=True).copy()
-    infos = [r for r in results if not isinstance(r, AudioError)]
+    usable, infos, errors = check_files(table, lambda path: audio.check(path, config), AudioError,
+                                        on_error=on_error, progress=progress, workers=workers)
     usable["sample_rate"] = [i.sample_rate for i in infos]
     usable["channels"] = [i.channels for i in infos]
     usable["duration"] = [i.duration for i in infos]

@@ -68,6 +68,22 @@ class ClipDataset(Dataset):
         validated on (training stays on clips; see ``model.window_seconds``).
     """
 
+    def _label_rows(self, table: pd.DataFrame, classes: Sequence[str]) -> None:
+        """``classes``, ``paths``, ``keys`` and ``targets`` of the rows (-1: unlabelled); unknown labels refused.
+
+        Variants are keyed by the path below the dataset's folder (``keys``),
+        so that a moved or copied dataset draws the same variants.
+        """
+        self.classes = list(classes)
+        index = {name: i for i, name in enumerate(self.classes)}
+        unknown = sorted(set(table["label"]) - set(index) - {""})
+        if unknown:
+            raise DataError(f"labels not among the classes: {', '.join(map(repr, unknown))}")
+        self.paths = table["path"].tolist()
+        root = os.path.commonpath([os.path.dirname(p) for p in self.paths]) if self.paths else ""
+        self.keys = [os.path.relpath(p, root) for p in self.paths]
+        self.targets = [index.get(label, -1) for label in table["label"]]
+
     def __init__(
         self,
         table: pd.DataFrame,
@@ -81,17 +97,7 @@ class ClipDataset(Dataset):
         self.config = config
         self.train = train
         self.cache = cache
-        self.classes = list(classes)
-        index = {name: i for i, name in enumerate(self.classes)}
-        unknown = sorted(set(table["label"]) - set(index) - {""})
-        if unknown:
-            raise DataError(f"labels not among the classes: {', '.join(map(repr, unknown))}")
-        self.paths = table["path"].tolist()
-        # Variants are keyed by the path below the dataset's folder, so that a
-        # moved or copied dataset draws the same variants.
-        root = os.path.commonpath([os.path.dirname(p) for p in self.paths]) if self.paths else ""
-        self.keys = [os.path.relpath(p, root) for p in self.paths]
-        self.targets = [index.get(label, -1) for label in table["label"]]
+        self._label_rows(table, classes)
         self.sample_rate = config.audio.sample_rate
         self.clip_samples = config.audio.clip_samples if train or clips else config.window_samples
         durations = table["duration"] if "duration" in table else [audio.info(p).duration for p in self.paths]

@@ -26,7 +26,6 @@ Examples
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,7 +37,7 @@ from echoengine import images
 from echoengine.augment import variant_seed
 from echoengine.config import EchoConfig
 from echoengine.dataset import ClipDataset
-from echoengine.errors import DataError, EchoError
+from echoengine.errors import EchoError
 from echoengine.layout import Bundle
 
 __all__ = ["PhotoDataset", "PhotoServing", "photo_dataset"]
@@ -64,15 +63,7 @@ class PhotoDataset(ClipDataset):
 
     def __init__(self, table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, train: bool) -> None:
         self.config, self.train, self.cache = config, train, None
-        self.classes = list(classes)
-        index = {name: i for i, name in enumerate(self.classes)}
-        unknown = sorted(set(table["label"]) - set(index) - {""})
-        if unknown:
-            raise DataError(f"labels not among the classes: {', '.join(map(repr, unknown))}")
-        self.paths = table["path"].tolist()
-        root = os.path.commonpath([os.path.dirname(p) for p in self.paths]) if self.paths else ""
-        self.keys = [os.path.relpath(p, root) for p in self.paths]  # variants follow a moved dataset
-        self.targets = [index.get(label, -1) for label in table["label"]]
+        self._label_rows(table, classes)
         self.items = [(row, -1 if train else 0) for row in range(len(self.paths))]
         self.variants = config.augment.variants
 

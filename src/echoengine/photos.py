@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from echoengine import images
-from echoengine.catalog import class_names
+from echoengine.catalog import check_files, class_names
 from echoengine.config import EchoConfig, ImageConfig
 from echoengine.errors import EchoError, ImageError
 from echoengine.input_config import AUDIO, DATA_KINDS, PHOTOS
@@ -141,26 +139,8 @@ def scan(table: pd.DataFrame, config: ImageConfig | None = None, *, on_error: st
     in one line with ``on_error = "warn"``; ``"raise"`` raises the first).
     ``config`` is unused: every decodable image is usable whatever its size.
     """
-    paths = table["path"].tolist()
-
-    def checked(path: str) -> images.ImageInfo | ImageError:
-        try:
-            return images.check(path)
-        except ImageError as exc:
-            return exc
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(checked, paths)
-        results = list(progress(results, total=len(paths)) if progress else results)
-    errors = [r for r in results if isinstance(r, ImageError)]
-    if errors and on_error == "raise":
-        raise errors[0]
-    if on_error == "warn":
-        for error in errors:
-            logger.warning("skipping %s", error)
-    ok = np.array([not isinstance(r, ImageError) for r in results], dtype=bool)
-    usable = table[ok].reset_index(drop=True).copy()
-    infos = [r for r in results if not isinstance(r, ImageError)]
+    usable, infos, errors = check_files(table, images.check, ImageError, on_error=on_error, progress=progress,
+                                        workers=workers)
     for column in ("width", "height", "mode", "format"):
         usable[column] = [getattr(info, column) for info in infos]
     return usable, errors
