@@ -35,7 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import NamedTuple
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import selectinload
 
 from echoengine.errors import AudioError
@@ -305,17 +305,15 @@ class Worker:
             base = recording.recorded_at or recording.received_at
             if served.options.location_filter is not None:  # the sensor's row is read only for a filter
                 events, tops = served.where_and_when(events, tops, **_place_of(recording))
-            rows = [Detection(recording_id=recording_id, model_id=served.row.id, species=str(event["label"]),
-                              start=float(event["start"]), end=float(event["end"]),
-                              time=base + dt.timedelta(seconds=float(event["start"])), score=float(event["score"]),
-                              mean_score=float(event["mean_score"]), windows=int(event["windows"]), top_species=top,
-                              lineage=event_lineage(event, served.taxonomy))
-                    for event, top in zip(events.to_dict("records"), tops, strict=True)]
-            session.add_all(rows)
+            rows = _detection_rows(events, tops, recording_id=recording_id, model_id=served.row.id, base=base,
+                                   taxonomy=served.taxonomy)
             recording.status, recording.finished_at = "done", utc_now()
             recording.model_id = served.row.id
-            session.flush()
-            return [row.id for row in rows]
+            if not rows:
+                return []
+            # one INSERT ... RETURNING for all of them (the ORM's unit of work cost a sixth of the server's time)
+            inserted = insert(Detection).returning(Detection.id, sort_by_parameter_order=True)
+            return list(session.scalars(inserted, rows))
 
     def _publish(self, detection_ids: list[int]) -> None:
         """Give each new detection to the callbacks (after the commit: what they get is stored)."""
@@ -331,6 +329,21 @@ class Worker:
                     callback(document)
                 except Exception:
                     logger.exception("worker: an on_detection callback failed on detection %d", document["id"])
+
+
+def _detection_rows(events, tops: list[list[dict]], *, recording_id: int, model_id: int, base: dt.datetime,
+                    taxonomy) -> list[dict]:
+    """The ``detections`` rows of a recording's events (``file_events``' table and their top species)."""
+    columns = {name: events[name].tolist() for name in ("label", "start", "end", "score", "mean_score", "windows")}
+    lineages = ([event_lineage(event, taxonomy) for event in events.to_dict("records")] if taxonomy is not None
+                else [None] * len(events))
+    now = utc_now()
+    return [{"recording_id": recording_id, "model_id": model_id, "species": str(label), "start": float(start),
+             "end": float(end), "time": base + dt.timedelta(seconds=float(start)), "score": float(score),
+             "mean_score": float(mean), "windows": int(windows), "top_species": top, "lineage": lineage,
+             "created_at": now}
+            for label, start, end, score, mean, windows, top, lineage in zip(
+                *columns.values(), tops, lineages, strict=True)]
 
 
 def _place_of(recording: Recording) -> dict:
