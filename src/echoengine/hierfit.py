@@ -45,7 +45,7 @@ from echoengine.config import EchoConfig
 from echoengine.errors import EchoError
 from echoengine.layout import BundleFiles, selection_history, write_metadata
 from echoengine.models.hierarchy import NodeModels, modelled_nodes, node_paths
-from echoengine.taxonomy import Taxonomy, below_node
+from echoengine.taxonomy import Taxonomy, below_node, node_lineage
 from echoengine.training import TrainResult, fit_and_refit
 
 __all__ = ["bundle_taxonomy_config", "check_hierarchy", "dataset_taxonomy", "fit_model", "memberships",
@@ -78,14 +78,7 @@ def dataset_taxonomy(data: str | Path, config: EchoConfig) -> Taxonomy | None:
     taxonomy = sources.labels_table(data, whole)[1]
     if not node:
         return taxonomy
-    lineage = node_lineage(node)
-    below = [label for label in taxonomy.lineages if taxonomy.full_lineage(label)[:len(lineage)] == lineage]
-    return taxonomy.restrict(sorted(below))
-
-
-def node_lineage(node: str) -> tuple[str, ...]:
-    """``"Ranidae/Lithobates"`` -> ``("Ranidae", "Lithobates")``; ``"/"`` is the root."""
-    return tuple(part for part in node.strip("/").split("/") if part)
+    return taxonomy.below(node_lineage(node))
 
 
 def node_name(lineage: tuple[str, ...]) -> str:
@@ -162,8 +155,7 @@ def _fit_per_node(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], co
             log(f"node {name}: finished before, kept")
             results.append(TrainResult(folder, [], _best_epoch(folder), load_bundle(folder).model))
             continue
-        below = [label for label in taxonomy.lineages if taxonomy.full_lineage(label)[:len(lineage)] == lineage]
-        write_taxonomy(folder, taxonomy.restrict(sorted(below)))  # as --node NAME writes it
+        write_taxonomy(folder, taxonomy.below(lineage))  # as --node NAME writes it
         try:
             result = fit_and_refit(node_train, node_val, children, node_config, folder,
                                    resume=resume and _node_started(folder), progress=progress, log=log)

@@ -37,7 +37,7 @@ from echoengine.layout import TAXONOMY_FILE
 from echoengine.taxonomy_config import RESERVED_RANKS, rank_name_problem
 
 __all__ = ["LABEL_RANK", "RESERVED_RANKS", "RankCall", "Taxonomy", "below_node", "bundle_taxonomy", "check_rank_name",
-           "deepest_sure", "label_table", "read_taxonomy"]
+           "deepest_sure", "label_table", "node_lineage", "read_taxonomy"]
 
 #: The name of the lowest rank: the labels the model is trained on.
 LABEL_RANK = "label"
@@ -180,6 +180,15 @@ class Taxonomy:
                             f"{' ...' if len(missing) > 8 else ''}")
         return Taxonomy(self.ranks, {label: self.lineages[label] for label in labels})
 
+    def below(self, lineage: tuple[str, ...]) -> Taxonomy:
+        """The taxonomy of the labels below a node (``("Ranidae",)``; ``()``: all of them).
+
+        >>> Taxonomy(("genus",), {"a1": ("A",), "b1": ("B",)}).below(("A",)).lineages
+        {'a1': ('A',)}
+        """
+        return self.restrict(sorted(label for label in self.lineages
+                                    if self.full_lineage(label)[:len(lineage)] == lineage))
+
     def nodes(self) -> list[tuple[tuple[str, ...], list[str]]]:
         """The internal nodes with their children, top down: ``[((), families), (("Ranidae",), genera), ...]``.
 
@@ -213,11 +222,8 @@ class Taxonomy:
         >>> tree.rank_probabilities(np.array([[0.2, 0.3, 0.5]]), ["a1", "a2", "b1"], "genus").tolist()
         [[0.5, 0.5]]
         """
-        probs = np.asarray(probs, dtype=np.float64)
-        out = np.zeros((*probs.shape[:-1], len(self.names(rank))))
-        for column, index in enumerate(self.membership(rank, classes)):
-            out[..., index] += probs[..., column]
-        return out
+        members = np.eye(len(self.names(rank)))[self.membership(rank, classes)]  # (classes, names), one-hot
+        return np.asarray(probs, dtype=np.float64) @ members
 
     def lineage_of(self, probs: np.ndarray, classes: Sequence[str]) -> list[RankCall]:
         """The lineage of one file's (or detection's) most probable label, top down, with each rank's probability.
@@ -373,6 +379,15 @@ def _folder_lineages(table: pd.DataFrame, root: Path, ranks: tuple[str, ...]) ->
     return table.assign(label=labels), Taxonomy(ranks, lineages)
 
 
+def node_lineage(node: str) -> tuple[str, ...]:
+    """``"Ranidae/Lithobates"`` -> ``("Ranidae", "Lithobates")``; ``"/"`` is the root.
+
+    >>> node_lineage("/Ranidae/Lithobates/"), node_lineage("/")
+    (('Ranidae', 'Lithobates'), ())
+    """
+    return tuple(part for part in node.strip("/").split("/") if part)
+
+
 def below_node(table: pd.DataFrame, taxonomy: Taxonomy, node: str | tuple[str, ...]) -> pd.DataFrame:
     """The rows below ``node`` (``"Ranidae/Lithobates"`` or its names), labelled by its children.
 
@@ -382,7 +397,7 @@ def below_node(table: pd.DataFrame, taxonomy: Taxonomy, node: str | tuple[str, .
     >>> below_node(pd.DataFrame({"label": ["a1", "b1"]}), tree, ())["label"].tolist()
     ['A', 'B']
     """
-    lineage = node if isinstance(node, tuple) else tuple(part for part in node.strip("/").split("/") if part)
+    lineage = node if isinstance(node, tuple) else node_lineage(node)
     known = dict(taxonomy.nodes())
     if lineage not in known:
         inner = ", ".join("/".join(name) for name in known if name)[:300]
