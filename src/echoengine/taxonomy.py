@@ -366,8 +366,8 @@ def _folder_lineages(table: pd.DataFrame, root: Path, ranks: tuple[str, ...]) ->
         return table.assign(label=[parts[-1] if parts else "" for parts in folders]), Taxonomy(ranks, {})
     for path, parts in zip(table["path"], folders, strict=True):
         if 0 < len(parts) <= levels:
-            raise DataError(f"{path}: lies {len(parts)} folder(s) below {root}, above the label's folder (the "
-                            f"{levels + 1}th, below the ranks {', '.join(ranks)}): move it into a label's folder")
+            raise DataError(f"{path}: lies {len(parts)} folder(s) below {root}, above the label's folder ("
+                            f"{levels + 1} down, below the ranks {', '.join(ranks)}): move it into a label's folder")
         if not parts:
             labels.append("")  # unlabelled, as in any dataset
             continue
