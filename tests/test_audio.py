@@ -66,6 +66,20 @@ def test_bad_inputs_raise_one_error_type_naming_file_and_reason(bad_corpus):
         assert message.startswith(str(path)) and words in message and "\n" not in message
 
 
+@pytest.mark.parametrize(("container", "subtype"), [("WAV", "PCM_16"), ("AIFF", "PCM_24"), ("WAV", "PCM_U8")])
+def test_integer_pcm_cut_mid_data_is_checked_as_long_as_it_reads(tmp_path, container, subtype):
+    # check() takes integer PCM's length from its header: it must be what decoding gives, even for a file cut short
+    path = tmp_path / f"cut.{container.lower()}"
+    samples = np.random.default_rng(1).normal(0, 0.2, (48000, 2)).clip(-1, 1)
+    sf.write(path, samples, 48000, format=container, subtype=subtype)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3 + 1])  # cut mid-frame, and the header still says 48000
+    checked = audio.check(path)
+    decoded, _ = sf.read(path, always_2d=True)
+    assert 0 < checked.frames == len(decoded) < 48000
+    assert len(audio.load(path, audio.AudioConfig(sample_rate=48000))) == checked.frames
+
+
 def test_missing_and_unsupported_files(tmp_path):
     with pytest.raises(AudioError, match="file not found"):
         audio.load(tmp_path / "nope.wav")

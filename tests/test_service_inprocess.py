@@ -171,6 +171,41 @@ def test_two_scoring_processes_with_claims_handed_ahead_give_what_scoring_here_g
     assert found[2] == found[0] and all(found[0])
 
 
+def test_a_claim_scored_in_a_process_is_stored_together_and_its_bad_recording_fails_alone(bundle, tmp_path):
+    """A scoring process's results of a claim are settled in one transaction: the recording whose audio is gone
+    fails with its reason, the others are done with their detections."""
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    service = open_service(bundle, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=1),
+                           scoring_processes=1)
+    service.worker.claim = 3
+    ids = [ingest(service.db, service.store, make_recording(4.0, seed=1300 + i), filename=f"{i}.flac")[0]
+           for i in range(3)]
+    with service.db.session() as session:
+        service.store.path(session.get(Recording, ids[1]).audio).unlink()
+    service.start()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with service.db.session() as session:
+                rows = [session.get(Recording, r) for r in ids]
+                if all(row.status in ("done", "failed") for row in rows):
+                    break
+            time.sleep(0.2)
+        with service.db.session() as session:
+            rows = [session.get(Recording, r) for r in ids]
+            assert [row.status for row in rows] == ["done", "failed", "done"]
+            assert "file not found" in rows[1].error and rows[0].error is None
+            assert all(row.model_id == service.served.row.id and row.finished_at for row in rows)
+            counts = [session.query(Detection).filter_by(recording_id=r).count() for r in ids]
+        assert counts[0] > 0 and counts[1] == 0 and counts[2] > 0
+    finally:
+        service.stop()
+
+
 def test_an_exported_bundle_is_served_with_onnx_as_pytorch_serves_it(bundle, tmp_path):
     from echoengine import api
     from echoengine.detection import DetectOptions

@@ -408,7 +408,9 @@ def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
     """Decode a whole file block by block and return its header info if it is usable.
 
     Unlike :func:`info`, this finds problems that only decoding shows
-    (truncation, NaN or inf samples), and files too short to use. Memory
+    (truncation, NaN or inf samples), and files too short to use. Integer PCM
+    in WAV or AIFF is not decoded: its header already counts the frames the
+    file holds, and its samples are finite whatever their bytes. Memory
     stays bounded whatever the file's length. Of a compressed file, the
     length returned is the decoded one (a file far shorter than its header
     says is used, with a warning).
@@ -439,9 +441,20 @@ def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
         raise AudioError(
             path, f"audio has {header.channels} channel(s); channel index {config.channel} does not exist"
         )
-    if not compressed:
+    if not compressed and not _plain_pcm(header):
         _decode_all(path)
     return header
+
+
+#: Containers whose integer PCM samples are stored as they are: libsndfile counts the frames present, and any bytes
+#: decode to finite samples, so their header says all that decoding would.
+_PLAIN_CONTAINERS = frozenset({"WAV", "WAVEX", "W64", "RF64", "AIFF"})
+_INTEGER_PCM = frozenset({"PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32"})
+
+
+def _plain_pcm(header: AudioInfo) -> bool:
+    """Whether a file holds integer PCM in a plain container (nothing for a decode to find)."""
+    return header.format in _PLAIN_CONTAINERS and header.subtype in _INTEGER_PCM
 
 
 def _decode_all(path: str | Path) -> int:

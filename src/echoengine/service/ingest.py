@@ -35,7 +35,7 @@ import math
 import re
 from typing import BinaryIO
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -226,13 +226,10 @@ def _queue(db: Database, store: AudioStore, arrival: _Arrival, sensor_id: str | 
                     return found, False
                 if sensor_id is not None:
                     _touch_sensor(session, sensor_id, position)
-                row = Recording(sha256=sha256, audio=stored.name, size=stored.size, sensor_id=sensor_id,
-                                recorded_at=recorded_at, duration=stored.info.duration,
-                                sample_rate=stored.info.sample_rate, channels=stored.info.channels, status="queued",
-                                attempts=0, **position)
-                session.add(row)
-                session.flush()
-                recording_id = row.id
+                recording_id = session.scalar(insert(Recording).returning(Recording.id).values(
+                    sha256=sha256, audio=stored.name, size=stored.size, sensor_id=sensor_id, recorded_at=recorded_at,
+                    duration=stored.info.duration, sample_rate=stored.info.sample_rate,
+                    channels=stored.info.channels, status="queued", attempts=0, **position))
             break
         except IntegrityError:
             if attempt:
@@ -243,11 +240,9 @@ def _queue(db: Database, store: AudioStore, arrival: _Arrival, sensor_id: str | 
 
 def _touch_sensor(session: Session, sensor_id: str, position: dict[str, float | None]) -> None:
     """Add an unknown sensor; note when a known one was last heard from, and where, when given."""
-    sensor, now = session.get(Sensor, sensor_id), utc_now()
-    if sensor is None:
-        sensor = Sensor(id=sensor_id, name=sensor_id, created_at=now)
-        session.add(sensor)
-    sensor.last_seen_at = now
-    for key, value in position.items():
-        if value is not None:
-            setattr(sensor, key, value)
+    now, given = utc_now(), {key: value for key, value in position.items() if value is not None}
+    seen = session.execute(update(Sensor).where(Sensor.id == sensor_id).values(last_seen_at=now, **given)
+                           .execution_options(synchronize_session=False))
+    if seen.rowcount == 0:  # a new sensor (a concurrent upload adding it first makes the caller try again)
+        session.execute(insert(Sensor).values(id=sensor_id, name=sensor_id, created_at=now, last_seen_at=now,
+                                              **given))

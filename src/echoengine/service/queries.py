@@ -26,7 +26,7 @@ import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import Select, and_, case, func, literal_column, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, contains_eager
 
 from echoengine.errors import EchoError
 from echoengine.service.sampling import bin_edges
@@ -103,7 +103,9 @@ def _with_latest_review(query: Select) -> Select:
 
 
 def _loaded(query: Select) -> Select:
-    return query.options(selectinload(Detection.recording), selectinload(Detection.model))
+    """``query`` (from detections) with each one's recording and model, in the same statement."""
+    return (query.join(Detection.recording).join(Detection.model)
+            .options(contains_eager(Detection.recording), contains_eager(Detection.model)))
 
 
 def list_detections(session: Session, where: DetectionFilter, *, limit: int, offset: int, order: str = "newest"

@@ -228,22 +228,31 @@ class Worker:
             except Exception as exc:
                 logger.exception("worker: recording %d failed", recording_id)
                 result = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            self._settle(served, recording_id, result)
+            self._settle_all(served, [(recording_id, result)])
 
     def _score_together(self, batch: _Batch) -> list[tuple[int, str]]:
-        """Score a batch's recordings together, settling each as it finishes; those left when scoring broke."""
+        """Score a batch's recordings together and settle them; those left when scoring broke.
+
+        A scoring process's results arrive together and are stored in one
+        transaction; in this thread each is stored as it is scored.
+        """
         claimed, served = batch.claimed, batch.served
         left = dict(claimed)
         try:
-            results = (batch.future.result() if batch.future is not None
-                       else served.events_of_many([self.store.path(name) for _, name in claimed]))
-            for index, result in results:
-                recording_id = claimed[index][0]
-                self._settle(served, recording_id, result)
-                del left[recording_id]
+            if batch.future is not None:
+                results = batch.future.result()
+            else:
+                for index, result in served.events_of_many([self.store.path(name) for _, name in claimed]):
+                    self._settle_all(served, [(claimed[index][0], result)])
+                    del left[claimed[index][0]]
+                return []
         except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
             logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
-        return list(left.items())
+            return list(left.items())
+        settled = [(claimed[index][0], result) for index, result in results]
+        self._settle_all(served, settled)
+        done = {recording_id for recording_id, _ in settled}
+        return [(recording_id, name) for recording_id, name in claimed if recording_id not in done]
 
     def _drop(self, batch: _Batch | None) -> None:
         """Give up a claimed batch after an error: those of its recordings not yet settled go back to the queue."""
@@ -253,16 +262,15 @@ class Worker:
             for recording_id, _ in batch.claimed:
                 self._release(recording_id)
 
-    def _settle(self, served: ServedModel, recording_id: int, result: tuple | str) -> None:
-        """Store a recording's detections and mark it done (or failed, for a reason); publish them."""
-        if isinstance(result, str):
-            self._fail(served, recording_id, result)
-            return
+    def _settle_all(self, served: ServedModel, results: list[tuple[int, tuple | str]]) -> None:
+        """Store recordings' detections and mark them done (or failed, for a reason); publish the detections."""
         try:
-            stored = self._finish(served, recording_id, *result)
-        except Exception:  # the database, most likely: queue it again (attempts bound the retries)
-            logger.exception("worker: the detections of recording %d could not be stored", recording_id)
-            self._release(recording_id)
+            stored = self._finish(served, results)
+        except Exception:  # the database, most likely: queue them again (attempts bound the retries)
+            logger.exception("worker: the detections of recordings %s could not be stored",
+                             ", ".join(str(recording_id) for recording_id, _ in results))
+            for recording_id, _ in results:
+                self._release(recording_id)
             raise
         self._publish(stored)
 
@@ -291,29 +299,37 @@ class Worker:
         except Exception:
             logger.exception("worker: recording %d stays running until the next start", recording_id)
 
-    def _fail(self, served: ServedModel, recording_id: int, reason: str) -> None:
-        with self.db.transaction() as session:
-            session.execute(update(Recording).where(Recording.id == recording_id)
-                            .values(status="failed", error=reason, finished_at=utc_now(), model_id=served.row.id))
+    def _finish(self, served: ServedModel, results: list[tuple[int, tuple | str]]) -> list[int]:
+        """Write recordings' detections and mark them done or failed, in one transaction; the new detections' ids.
 
-    def _finish(self, served: ServedModel, recording_id: int, events, tops: list[list[dict]]) -> list[int]:
-        """Write the detections and mark the recording done, in one transaction; the new detections' ids."""
+        A result is ``(events, top species)`` or the reason the recording failed.
+        """
         with self.db.transaction() as session:
-            recording = session.get(Recording, recording_id)
-            if recording is None or recording.status != "running":  # requeued by another server meanwhile
-                return []
-            base = recording.recorded_at or recording.received_at
-            if served.options.location_filter is not None:  # the sensor's row is read only for a filter
-                events, tops = served.where_and_when(events, tops, **_place_of(recording))
-            rows = _detection_rows(events, tops, recording_id=recording_id, model_id=served.row.id, base=base,
-                                   taxonomy=served.taxonomy)
-            recording.status, recording.finished_at = "done", utc_now()
-            recording.model_id = served.row.id
+            found = session.scalars(select(Recording).where(Recording.id.in_([i for i, _ in results])))
+            recordings, rows, now = {row.id: row for row in found}, [], utc_now()
+            for recording_id, result in results:
+                recording = recordings.get(recording_id)
+                if recording is None or recording.status != "running":  # requeued by another server meanwhile
+                    continue
+                recording.finished_at, recording.model_id = now, served.row.id
+                if isinstance(result, str):
+                    recording.status, recording.error = "failed", result
+                    continue
+                recording.status = "done"
+                rows += self._rows_of(served, recording, *result)
             if not rows:
                 return []
             # one INSERT ... RETURNING for all of them (the ORM's unit of work cost a sixth of the server's time)
             inserted = insert(Detection).returning(Detection.id, sort_by_parameter_order=True)
             return list(session.scalars(inserted, rows))
+
+    @staticmethod
+    def _rows_of(served: ServedModel, recording: Recording, events, tops: list[list[dict]]) -> list[dict]:
+        """The detection rows of a recording's events (after the place-and-season filter, when the model has one)."""
+        if served.options.location_filter is not None:  # the sensor's row is read only for a filter
+            events, tops = served.where_and_when(events, tops, **_place_of(recording))
+        return _detection_rows(events, tops, recording_id=recording.id, model_id=served.row.id,
+                               base=recording.recorded_at or recording.received_at, taxonomy=served.taxonomy)
 
     def _publish(self, detection_ids: list[int]) -> None:
         """Give each new detection to the callbacks (after the commit: what they get is stored)."""
