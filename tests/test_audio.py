@@ -66,10 +66,12 @@ def test_bad_inputs_raise_one_error_type_naming_file_and_reason(bad_corpus):
         assert message.startswith(str(path)) and words in message and "\n" not in message
 
 
-@pytest.mark.parametrize(("container", "subtype"), [("WAV", "PCM_16"), ("AIFF", "PCM_24"), ("WAV", "PCM_U8")])
+@pytest.mark.parametrize(("container", "subtype"), [
+    ("WAV", "PCM_16"), ("WAV", "PCM_U8"), ("WAVEX", "PCM_32"), ("W64", "PCM_16"), ("RF64", "PCM_24"),
+    ("AIFF", "PCM_24"), ("AIFF", "PCM_S8")])
 def test_integer_pcm_cut_mid_data_is_checked_as_long_as_it_reads(tmp_path, container, subtype):
     # check() takes integer PCM's length from its header: it must be what decoding gives, even for a file cut short
-    path = tmp_path / f"cut.{container.lower()}"
+    path = tmp_path / ("cut.aiff" if container == "AIFF" else "cut.wav")
     samples = np.random.default_rng(1).normal(0, 0.2, (48000, 2)).clip(-1, 1)
     sf.write(path, samples, 48000, format=container, subtype=subtype)
     data = path.read_bytes()

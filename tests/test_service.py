@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import io
-import os
 import time
 from pathlib import Path
 
@@ -261,30 +260,6 @@ def test_openapi_has_exactly_the_paths_and_the_docs_need_no_network(server):
     assert "<script" not in docs.text and "cdn" not in docs.text.lower()
     health = server.client.get("/healthz").json()
     assert health["status"] == "ok" and health["model"] == "bundle/1"
-
-
-def _nice(stat: Path) -> int:
-    """The nice value in a ``/proc/.../stat`` file (its 19th field)."""
-    return int(stat.read_text().rsplit(")", 1)[1].split()[16])
-
-
-def test_answering_http_yields_to_the_scoring_processes(server):
-    # the threads answering HTTP run 5 nice steps below the scoring; the worker thread and the scoring processes
-    # keep the priority they started with (a flood of requests slows the answers before the scoring)
-    from echoengine.cli_options import parse
-    from echoengine.service.server import HTTP_NICE
-
-    proc = Path(f"/proc/{server.process.pid}")
-    if not proc.is_dir():
-        pytest.skip("no /proc on this system: thread priorities cannot be read")
-    assert server.client.get("/api/species").status_code == 200  # a read: a thread of the pool has answered
-    threads = {int(task.name): _nice(task / "stat") for task in (proc / "task").iterdir()}
-    base = os.getpriority(os.PRIO_PROCESS, 0)  # the tests' own nice value, which the server started with
-    assert threads[server.process.pid] == base + HTTP_NICE == base + parse(["serve", "b", "--store", "s"]).http_nice
-    assert sum(value == base + HTTP_NICE for value in threads.values()) >= 2  # the event loop and a pool thread
-    assert base in threads.values()  # the worker thread
-    children = [int(pid) for pid in (proc / "task" / str(server.process.pid) / "children").read_text().split()]
-    assert children and all(_nice(Path(f"/proc/{pid}/stat")) == base for pid in children)  # scoring processes
 
 
 def test_the_migrations_make_exactly_the_tables_of_the_schema(new_database, tmp_path):

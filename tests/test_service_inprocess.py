@@ -206,6 +206,35 @@ def test_a_claim_scored_in_a_process_is_stored_together_and_its_bad_recording_fa
         service.stop()
 
 
+def test_a_recording_whose_detections_cannot_be_stored_fails_alone_in_its_claim(bundle, tmp_path):
+    """A claim's results are stored together; one whose rows cannot be made, or that the database refuses, fails
+    with its reason while the others of the claim are done with their detections."""
+    from echoengine.detection import DetectOptions
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection, Recording
+    from echoengine.service.server import open_service
+
+    service = open_service(bundle, store=tmp_path / "store", options=DetectOptions(threshold=0.0, top_n=1))
+    try:
+        for i in range(4):
+            ingest(service.db, service.store, make_recording(4.0, seed=1400 + i), filename=f"{i}.flac")
+        claimed = service.worker._claim(4)
+        scored = dict(service.served.events_of_many([service.store.path(name) for _, name in claimed]))
+        results = [(recording_id, scored[index]) for index, (recording_id, _) in enumerate(claimed)]
+        events, tops = results[2][1]
+        results[1] = (results[1][0], (None, tops))  # its rows cannot be made
+        results[2] = (results[2][0], (events, [[{"species": {"not JSON"}}]] * len(events)))  # refused by the database
+        service.worker._settle_all(service.served, results)
+        with service.db.session() as session:
+            rows = [session.get(Recording, recording_id) for recording_id, _ in claimed]
+            assert [row.status for row in rows] == ["done", "failed", "failed", "done"]
+            assert rows[1].error.startswith("TypeError") and "could not be stored" in rows[2].error
+            counts = [session.query(Detection).filter_by(recording_id=row.id).count() for row in rows]
+        assert counts[0] > 0 and counts[1:3] == [0, 0] and counts[3] > 0
+    finally:
+        service.stop()
+
+
 def test_an_exported_bundle_is_served_with_onnx_as_pytorch_serves_it(bundle, tmp_path):
     from echoengine import api
     from echoengine.detection import DetectOptions

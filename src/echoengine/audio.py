@@ -405,7 +405,7 @@ def _blocks(path: str | Path, size: int) -> Iterator[np.ndarray]:
 
 
 def check(path: str | Path, config: AudioConfig | None = None) -> AudioInfo:
-    """Decode a whole file block by block and return its header info if it is usable.
+    """Return a file's header info if it is usable, decoding it whole (block by block) where that can tell more.
 
     Unlike :func:`info`, this finds problems that only decoding shows
     (truncation, NaN or inf samples), and files too short to use. Integer PCM

@@ -400,8 +400,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve(_source(args), store=args.store, db=args.db, host=args.host, port=args.port,
           options=DetectOptions(**_scoring(args)), api_key_file=args.api_key_file, public_reads=args.public_reads,
           max_upload_mb=args.max_upload_mb, mqtt=args.mqtt, mqtt_out=args.mqtt_out, log_level=args.log_level,
-          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate, given=given,
-          http_nice=args.http_nice)
+          scoring_processes=args.scoring_processes, candidate=args.candidate, activate=args.activate, given=given)
     return 0
 
 

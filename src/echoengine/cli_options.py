@@ -336,9 +336,6 @@ def _serve_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scoring-processes", type=_positive_int, metavar="N",
                    help="processes that score side by side, each with its copy of the model and cores / N threads "
                    "(default: 2 on 2 or more cores, else 1)")
-    p.add_argument("--http-nice", type=int, choices=range(20), default=5, metavar="0-19",
-                   help="nice steps by which answering HTTP yields to the scoring processes: with more requests than "
-                   "the machine can answer, answers slow down before scoring does (default 5; 0: alike)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--candidate", action="store_true", help="register BUNDLE beside the store's active model "
                        "without activating it (POST /api/models/ID/activate promotes it)")

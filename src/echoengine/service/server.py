@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import re
 import socket
 import uuid
@@ -47,8 +46,6 @@ __all__ = ["DEFAULT_MAX_UPLOAD_MB", "Part", "Service", "mqtt_bridge", "mqtt_clie
 logger = logging.getLogger("echoengine.service")
 #: The largest upload by default: an hour of 48 kHz mono 16-bit WAV is 330 MB.
 DEFAULT_MAX_UPLOAD_MB = 512.0
-#: Steps of Unix `nice` by which the threads answering HTTP yield to the scoring processes (see :func:`serve`).
-HTTP_NICE = 5
 #: The file in the store that keeps its MQTT client id (:func:`mqtt_client_id`).
 MQTT_CLIENT_ID_FILE = "mqtt-client-id"
 _CLIENT_ID = re.compile(r"echoengine-[0-9a-f]{12}")
@@ -290,15 +287,11 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
           port: int = 8000, options: DetectOptions | None = None, api_key_file: str | Path | None = None,
           public_reads: bool = False, max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, mqtt: str | None = None,
           mqtt_out: str | None = None, log_level: str = "info", scoring_processes: int | None = None,
-          candidate: bool = False, activate: bool = False, given: Collection[str] | None = None,
-          http_nice: int = HTTP_NICE) -> None:
+          candidate: bool = False, activate: bool = False, given: Collection[str] | None = None) -> None:
     """Serve ``bundle`` over HTTP at ``host:port`` until interrupted (see :func:`open_service` for the rest).
 
     The model scores in ``scoring_processes`` processes of their own (default
-    :func:`~echoengine.service.scorer_process.default_processes`: 2 on 2 or more cores), and the threads that
-    answer HTTP run ``http_nice`` steps below them (Unix ``nice``; 0: alike): when more requests come than the
-    machine can answer, the answers slow down before the scoring does. The worker thread that feeds the scoring
-    processes and the MQTT bridge keep the scoring's priority.
+    :func:`~echoengine.service.scorer_process.default_processes`: 2 on 2 or more cores).
 
     The port is taken first, then the store (:func:`open_service`): a server
     that cannot have both stops before it changes anything in the store.
@@ -314,8 +307,6 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
                                base_url=f"http://{shown}:{port}", mqtt=mqtt, mqtt_out=mqtt_out,
                                scoring_processes=scoring_processes or default_processes(), candidate=candidate,
                                activate=activate, given=given)
-        if service.served.process is not None and http_nice > 0:
-            service.attach(_Niceness(http_nice))  # started last, in the thread that answers HTTP
         config = uvicorn.Config(create_app(service), host=host, port=port, log_level=log_level)
         logging.getLogger("uvicorn.error").info("serving on %s (API reference at /docs; Ctrl+C to stop)",
                                                 service.base_url)
@@ -325,20 +316,6 @@ def serve(bundle: str | Path, *, store: str | Path, db: str | None = None, host:
             pass
         finally:
             service.stop()  # does nothing more when the application's shutdown stopped it
-
-
-class _Niceness:
-    """A part that lowers the CPU priority of the thread that starts it, and of the threads it starts later."""
-
-    def __init__(self, steps: int) -> None:
-        self.steps = steps
-
-    def start(self) -> None:
-        if hasattr(os, "nice"):  # Linux: the calling thread's nice value, inherited by the threads it makes
-            os.nice(self.steps)
-
-    def stop(self) -> None:
-        """Nothing to undo: the process ends with the server."""
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -36,6 +36,7 @@ from concurrent.futures import Future
 from typing import NamedTuple
 
 from sqlalchemy import insert, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import selectinload
 
 from echoengine.errors import AudioError
@@ -79,7 +80,8 @@ class Worker:
     claim : int
         Recordings claimed and scored together at most: their windows share
         the model's batches as in ``detect``, so short uploads cost what one
-        long recording does. Each is marked done (or failed) as it finishes.
+        long recording does. Each is marked done (or failed) as it finishes; the results of a scoring process's
+        claim are stored together, in one transaction.
     """
 
     def __init__(self, db: Database, store: AudioStore, served: ServedModel, *, base_url: str = "",
@@ -263,15 +265,27 @@ class Worker:
                 self._release(recording_id)
 
     def _settle_all(self, served: ServedModel, results: list[tuple[int, tuple | str]]) -> None:
-        """Store recordings' detections and mark them done (or failed, for a reason); publish the detections."""
+        """Store recordings' detections and mark them done (or failed, for a reason); publish the detections.
+
+        A database that is away or busy puts them back in the queue (and the error goes up); a row it refuses
+        fails only its own recording: several that cannot be stored together are stored one by one.
+        """
         try:
             stored = self._finish(served, results)
-        except Exception:  # the database, most likely: queue them again (attempts bound the retries)
-            logger.exception("worker: the detections of recordings %s could not be stored",
-                             ", ".join(str(recording_id) for recording_id, _ in results))
+        except (OperationalError, InterfaceError):  # queue them again (attempts bound the retries)
+            logger.exception("worker: recordings %s could not be stored", ", ".join(str(i) for i, _ in results))
             for recording_id, _ in results:
                 self._release(recording_id)
             raise
+        except Exception as exc:
+            if len(results) > 1:
+                logger.warning("worker: storing %d recordings together failed; storing them one by one", len(results))
+                for result in results:
+                    self._settle_all(served, [result])
+                return
+            logger.exception("worker: the detections of recording %d were refused", results[0][0])
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            stored = self._finish(served, [(results[0][0], f"its detections could not be stored ({reason})")])
         self._publish(stored)
 
     def _claim(self, limit: int) -> list[tuple[int, str]]:
@@ -315,8 +329,13 @@ class Worker:
                 if isinstance(result, str):
                     recording.status, recording.error = "failed", result
                     continue
+                try:
+                    rows += self._rows_of(served, recording, *result)
+                except Exception as exc:  # this recording's events cannot be stored: it fails alone
+                    logger.exception("worker: the events of recording %d cannot be stored", recording_id)
+                    recording.status, recording.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    continue
                 recording.status = "done"
-                rows += self._rows_of(served, recording, *result)
             if not rows:
                 return []
             # one INSERT ... RETURNING for all of them (the ORM's unit of work cost a sixth of the server's time)
