@@ -229,7 +229,7 @@ class Worker:
                 result = exc.reason
             except Exception as exc:
                 logger.exception("worker: recording %d failed", recording_id)
-                result = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                result = _reason(exc)
             self._settle_all(served, [(recording_id, result)])
 
     def _score_together(self, batch: _Batch) -> list[tuple[int, str]]:
@@ -239,22 +239,22 @@ class Worker:
         transaction; in this thread each is stored as it is scored.
         """
         claimed, served = batch.claimed, batch.served
-        left = dict(claimed)
+        settled: set[int] = set()
+        results = []
         try:
             if batch.future is not None:
-                results = batch.future.result()
+                results = [(claimed[index][0], result) for index, result in batch.future.result()]
             else:
                 for index, result in served.events_of_many([self.store.path(name) for _, name in claimed]):
                     self._settle_all(served, [(claimed[index][0], result)])
-                    del left[claimed[index][0]]
-                return []
+                    settled.add(claimed[index][0])
         except Exception:  # one recording broke the batch: the rest are scored alone, so only it fails
-            logger.exception("worker: scoring %d recordings together failed; scoring them one by one", len(left))
-            return list(left.items())
-        settled = [(claimed[index][0], result) for index, result in results]
-        self._settle_all(served, settled)
-        done = {recording_id for recording_id, _ in settled}
-        return [(recording_id, name) for recording_id, name in claimed if recording_id not in done]
+            logger.exception("worker: scoring %d recordings together failed; scoring them one by one",
+                             len(claimed) - len(settled))
+        if results:
+            self._settle_all(served, results)
+            settled.update(recording_id for recording_id, _ in results)
+        return [(recording_id, name) for recording_id, name in claimed if recording_id not in settled]
 
     def _drop(self, batch: _Batch | None) -> None:
         """Give up a claimed batch after an error: those of its recordings not yet settled go back to the queue."""
@@ -284,8 +284,7 @@ class Worker:
                     self._settle_all(served, [result])
                 return
             logger.exception("worker: the detections of recording %d were refused", results[0][0])
-            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-            stored = self._finish(served, [(results[0][0], f"its detections could not be stored ({reason})")])
+            stored = self._finish(served, [(results[0][0], f"its detections could not be stored ({_reason(exc)})")])
         self._publish(stored)
 
     def _claim(self, limit: int) -> list[tuple[int, str]]:
@@ -333,7 +332,7 @@ class Worker:
                     rows += self._rows_of(served, recording, *result)
                 except Exception as exc:  # this recording's events cannot be stored: it fails alone
                     logger.exception("worker: the events of recording %d cannot be stored", recording_id)
-                    recording.status, recording.error = "failed", f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    recording.status, recording.error = "failed", _reason(exc)
                     continue
                 recording.status = "done"
             if not rows:
@@ -364,6 +363,11 @@ class Worker:
                     callback(document)
                 except Exception:
                     logger.exception("worker: an on_detection callback failed on detection %d", document["id"])
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a recording's one-line reason: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
 
 
 def _detection_rows(events, tops: list[list[dict]], *, recording_id: int, model_id: int, base: dt.datetime,
