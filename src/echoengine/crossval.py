@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from echoengine import splits
+from echoengine import baseline, splits
 from echoengine.cache import FeatureCache, feature_cache
 from echoengine.config import MACHINE_SETTINGS, EchoConfig
 from echoengine.errors import EchoError
@@ -182,6 +182,8 @@ class _Folds:
                             log=self.log, boxes=self.boxes)
         bundle = Bundle(folder, self.config, self.classes, trained.model)
         metrics, scores = evaluate([bundle], test, boxes=self.boxes, cache=cache)
+        if baseline.applies(self.config):  # the same training and test files, the same embeddings
+            metrics.update(baseline.baseline_metrics(rest, test, self.classes, self.config, cache=cache))
         metrics.update(kind.fold_notes(fold=k, best_epoch=trained.best_epoch))
         write_report(metrics, self.classes, folder, kind=kind, history=pd.read_csv(selection_history(folder)),
                      best_epoch=trained.best_epoch)

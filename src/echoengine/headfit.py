@@ -521,6 +521,8 @@ class HeadData:
     groups: np.ndarray
     sample_weight: np.ndarray | None
     multilabel: bool
+    #: (n,) the table row (file) of each clip.
+    rows: np.ndarray | None = None
 
 
 def head_data(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *, cache: FeatureCache | None = None,
@@ -542,7 +544,7 @@ def head_data(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *
         groups = table["group"].to_numpy()[rows]
         y = np.asarray(data.targets)[rows]
     weight = balanced_weights(y, len(classes)) if config.train.class_weights == "balanced" else None
-    return HeadData(windows, y, groups, weight, multilabel)
+    return HeadData(windows, y, groups, weight, multilabel, rows)
 
 
 def train_linear_head(table: pd.DataFrame, classes: Sequence[str], config: EchoConfig, *,

@@ -44,7 +44,13 @@ from echoengine.config import EchoConfig
 from echoengine.errors import DataError, EchoError
 from echoengine.files import write_csv_atomic
 from echoengine.layout import TAXONOMY_FILE, BundleFiles, CrossValidationFiles, selection_history
-from echoengine.metrics import MULTILABEL_KEYS, SUMMARY_KEYS, classification_metrics, multilabel_metrics
+from echoengine.metrics import (
+    BASELINE_KEYS,
+    MULTILABEL_KEYS,
+    SUMMARY_KEYS,
+    classification_metrics,
+    multilabel_metrics,
+)
 from echoengine.prediction import clip_maxes, clip_means
 from echoengine.rankmetrics import rank_figures, rank_metrics, rank_text
 from echoengine.taxonomy import read_taxonomy
@@ -352,10 +358,14 @@ class _SingleLabel(LabelKind):
         return "\n".join(lines)
 
     def fold_row(self, metrics):
-        return {key: metrics[key] for key in SUMMARY_KEYS}
+        return {key: metrics[key] for key in SUMMARY_KEYS + BASELINE_KEYS if key in metrics}
 
     def headline(self, metrics):
-        return f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+        line = f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
+        if "baseline_accuracy" in metrics:
+            line += (f" (baseline, logistic regression on the same embeddings: accuracy "
+                     f"{metrics['baseline_accuracy']:.3f}, macro-F1 {metrics['baseline_macro_f1']:.3f})")
+        return line
 
     def finished(self, folder):
         files = BundleFiles(folder)

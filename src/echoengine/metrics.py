@@ -39,6 +39,8 @@ __all__ = [
 
 # The scalars a cross-validation summarises (mean, std over folds): single-label, and multi-label per level.
 SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "lwlrap", "map", "ece")
+#: The baseline's scores beside a cross-validated model's (:mod:`echoengine.baseline`): ``baseline_`` + a summary key.
+BASELINE_KEYS = ("baseline_accuracy", "baseline_macro_f1", "baseline_ece")
 MULTILABEL_KEYS = ("lwlrap", "map_macro", "map_micro", "macro_f1")
 
 

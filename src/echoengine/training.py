@@ -38,6 +38,7 @@ from echoengine.config import EchoConfig, TrainConfig
 from echoengine.dataset import make_loader
 from echoengine.embeddings import make_dataset
 from echoengine.errors import EchoError
+from echoengine.finetuning import finetune_advice, probe_linear, raw_embedding_head
 from echoengine.headfit import train_linear_head
 from echoengine.headmlp import train_mlp_head
 from echoengine.kinds import IMAGES
@@ -65,13 +66,6 @@ class TrainResult:
     history: list[dict[str, float]]
     best_epoch: int
     model: Classifier
-
-
-_FINETUNE_ON_CPU = (
-    "fine-tuning BirdNET on the CPU: about {hours:.1f} h at 1.3 s per window per epoch on 2 cores. Frozen "
-    "embeddings (leave out --finetune) train in seconds and were within 4 % of the best fine-tuning on the "
-    "ESC-50 subset (bench/finetune_study.py, on a GPU); fine-tune on a GPU, or keep the embeddings frozen"
-)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -353,9 +347,10 @@ def _prepare_run(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: li
                                 clips=True)  # validated on the clips it trains on
     shard = (ddp.rank(), ddp.world())
     train_loader = make_loader(train_data, config, shard=shard)
-    if config.model.kind.finetunes and not train.freeze_backbone and device.type == "cpu":
-        windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs
-        log(_FINETUNE_ON_CPU.format(hours=windows * 1.3 / 3600))
+    if config.model.kind.finetunes and not train.freeze_backbone:
+        windows = len(train_data) * math.ceil(config.audio.clip_seconds / 3) * train.epochs  # 1.3 s each on 2 cores
+        log(finetune_advice(len(train_data), len(classes), cpu_hours=windows * 1.3 / 3600 if device.type == "cpu"
+                            else None))
     val_loader = make_loader(val_data, config, shard=shard)
     model = build_model(config.model, len(classes)).to(device, memory_format=torch.channels_last)
     model = syncbatch.convert(model, device)  # across processes: batch norm, dropout as one process's
@@ -467,7 +462,7 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     epochs the selection run's probe chose.
     """
     if config.model.head_name == "linear":
-        return _probe_linear(train_table, classes, config, log=log)
+        return probe_linear(train_table, classes, config, log=log)
     epochs = config.train.probe_epochs
     history_file = BundleFiles(bundle).history
     if keep == "last" and history_file.is_file():
@@ -486,26 +481,7 @@ def _probe_head(train_table: pd.DataFrame, val_table: pd.DataFrame, classes: lis
     log(f"linear probing: epoch {result.best_epoch} kept, val loss {best['val_loss']:.4f} "
         f"acc {best['val_accuracy']:.3f}")
     probe = result.model
-    return _raw_embedding_head(probe)
-
-
-def _raw_embedding_head(probe: EmbeddingClassifier) -> nn.Module:
-    """A copy of the probe's head for raw embeddings: its standardisation folded into the first linear layer."""
-    head = copy.deepcopy(probe.head)
-    first = next(m for m in head.modules() if isinstance(m, nn.Linear))
-    with torch.no_grad():  # head((x - mean) / std) == head'(x)
-        first.bias -= first.weight @ (probe.mean / probe.std)
-        first.weight /= probe.std
-    return head
-
-
-def _probe_linear(train_table: pd.DataFrame, classes: list[str], config: EchoConfig, *, log) -> nn.Module:
-    """The linear head fitted by L-BFGS on the frozen embeddings of the training files, standardisation folded in."""
-    probe_config = config.replace(model={"embedder": config.model.kind.probe_embedder,
-                                         "backbone": config.model.backbone}, train={"probe_epochs": 0})
-    probe, fit = train_linear_head(train_table, classes, probe_config, cache=feature_cache(config))
-    log(f"linear probing: L-BFGS head on frozen BirdNET embeddings ({fit.describe()})")
-    return _raw_embedding_head(probe)
+    return raw_embedding_head(probe)
 
 
 def _fit_linear_head(table: pd.DataFrame, classes: list[str], config: EchoConfig, bundle: Path, *,
