@@ -235,6 +235,20 @@ def test_a_two_hour_recording_streams_in_bounded_memory(small_bundle, tmp_path):
     assert scores["start"].nunique() == seconds // 5 and scores["end"].max() == seconds
 
 
+def test_keep_scores_keeps_the_window_scores_reaching_it_and_the_same_events(small_bundle, tmp_path):
+    files = _field_recordings(tmp_path / "field", 2, seconds=12.0)
+    every, some = tmp_path / "every", tmp_path / "some"
+    assert _cli("detect", small_bundle, *files, "--out", every, "--threshold", "0.3", "--quiet").returncode == 0
+    done = _cli("detect", small_bundle, *files, "--out", some, "--threshold", "0.3", "--keep-scores", "0.3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    all_scores, kept = pd.read_parquet(every / "scores.parquet"), pd.read_parquet(some / "scores.parquet")
+    assert len(all_scores) == 2 * 3 * 4  # by default every window and class of an ordinary bundle
+    assert kept.reset_index(drop=True).equals(all_scores[all_scores["score"] >= 0.3].reset_index(drop=True))
+    assert (every / "events.csv").read_bytes() == (some / "events.csv").read_bytes()
+    refused = _cli("detect", small_bundle, *files, "--out", tmp_path / "bad", "--keep-scores", "2", "--quiet")
+    assert refused.returncode == 2 and "--keep-scores must be a score in [0, 1]" in refused.stderr
+
+
 def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds(small_bundle, synthetic_dataset,
                                                                                  tmp_path):
     import shutil

@@ -348,7 +348,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
         engine=args.engine, ray_options=ray_options, jobs=args.jobs, min_confidence=args.min_confidence,
-        **_scoring(args))
+        keep_scores=args.keep_scores, **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")

@@ -294,6 +294,8 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     _scoring_options(p)
     _min_confidence_option(p)
     _place_options(p)
+    p.add_argument("--keep-scores", type=float, metavar="SCORE", help="scores.parquet keeps the window scores "
+                   "reaching SCORE (0: every window and class; default: all, the built-in birdnet's from 0.01)")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="processes scoring batches side by side, one "
                    "thread each (0: one per core; 1: this process alone, on every core's thread)")
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "
