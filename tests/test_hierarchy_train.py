@@ -87,6 +87,7 @@ def test_per_node_trains_a_bundle_per_node_with_two_children(per_node):
         assert bundle.classes == classes and type(bundle.model).__name__ == "Classifier"
         assert bundle.config.train.class_weights == "balanced" and bundle.config.taxonomy.hierarchy == "flat"
         assert bundle.config.taxonomy.node == ("/" if node == "root" else node)
+        assert (nodes / node / "plots" / "training.png").is_file()  # its train and validation curves
     top = EchoConfig.load(out / "echoengine.toml")
     assert top.taxonomy.source == "folders" and top.taxonomy.hierarchy == "per-node"
     assert Taxonomy.read(out / "taxonomy.csv").lineages == TREE
