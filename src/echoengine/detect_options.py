@@ -51,6 +51,11 @@ class DetectOptions:
         With a model of a taxonomy: each event also names the deepest rank of
         its species' lineage whose score reaches this (``taxon``,
         ``taxon_rank``, ``taxon_score``; 0: not asked).
+    weights : tuple of (str, float)
+        Classes whose event scores are multiplied by a weight in (0, 1)
+        (an occurrence table's down-weighting at the recordings' place:
+        :func:`echoengine.events.weigh_events`); the events that then miss
+        their threshold are left out.
     keep_scores : float, optional
         ``detect``'s ``scores.parquet`` keeps the window scores reaching this
         (0: every window and class); None: every one, but the built-in
@@ -77,6 +82,7 @@ class DetectOptions:
     occurrence: str = ""
     min_confidence: float = 0.0
     keep_scores: float | None = None
+    weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too

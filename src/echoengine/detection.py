@@ -65,6 +65,7 @@ from echoengine.events import (
     kept_scores,
     lineage_columns,
     merge_events,
+    weigh_events,
     window_detections,
     with_lineage,
 )
@@ -488,7 +489,8 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
             errors.append({"file": path, "error": record.error})
     scores, long = _score_tables([path for path, _ in done], [record for _, record in done], classes,
                                  keep=keep_scores)
-    events = file_events(scores, classes, config, thresholds=thresholds, options=options)
+    events = weigh_events(file_events(scores, classes, config, thresholds=thresholds, options=options),
+                          dict(options.weights), classes, thresholds)
     extra = lineage_columns(taxonomy, min_confidence=options.min_confidence) if taxonomy is not None else []
     if taxonomy is not None:  # each event's genus, family, ... with their scores
         events = with_lineage(events, scores, classes, taxonomy, min_confidence=options.min_confidence)

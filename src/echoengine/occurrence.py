@@ -10,10 +10,12 @@ threshold (0.03 by default). A date gives the week as birdnetlib counts it
 (:func:`week_of`). **The BirdNET V2.4 models are licensed CC BY-NC-SA 4.0.**
 
 For any bundle, a table of the user's (:class:`OccurrenceTable`: a CSV of
-``species, lat_min, lat_max, lon_min, lon_max, months``) says instead where
-and when its species occur: a species it lists is expected where one of its
-rows' boxes holds the place and the week falls in the row's months; a class
-it does not list is kept.
+``species, lat_min, lat_max, lon_min, lon_max, months`` and optionally
+``weight``) says instead where and when its species occur: a species it lists
+is expected where one of its rows' boxes holds the place and the week falls in
+the row's months, its scores there multiplied by the row's ``weight`` (1 by
+default; 0.2: down-weighted), and zeroed where no row holds; a class it does
+not list is kept (:func:`class_weights`).
 
 Examples
 --------
@@ -44,8 +46,8 @@ from echoengine.errors import EchoError
 
 # echoengine.models (its package imports torch) is imported by the functions that read BirdNET's files.
 
-__all__ = ["LOCATION_FILTER_THRESHOLD", "OccurrenceTable", "Place", "birdnet_labels", "expected_species",
-           "occurrence_scores", "split_label", "unexpected_classes", "week_of"]
+__all__ = ["LOCATION_FILTER_THRESHOLD", "OccurrenceTable", "Place", "birdnet_labels", "class_weights",
+           "expected_species", "occurrence_scores", "split_label", "unexpected_classes", "week_of"]
 
 #: BirdNET-Analyzer's default: a species is expected where its occurrence score reaches this.
 LOCATION_FILTER_THRESHOLD = 0.03
@@ -222,7 +224,7 @@ def expected_species(place: Place) -> pd.DataFrame:
 
 
 def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "the model") -> list[str]:
-    """The classes that are not expected at ``place``: those a location filter leaves out.
+    """The classes that are not expected at ``place``: those a location filter leaves out (weight 0).
 
     By the place's :class:`OccurrenceTable` when it has one (the classes it
     does not list are kept), else by BirdNET's occurrence model.
@@ -232,9 +234,23 @@ def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "th
     EchoError
         Without a table, a class is not one of BirdNET's labels: the occurrence model knows only BirdNET's species.
     """
+    weights = class_weights(classes, place, model=model)
+    return [name for name, weight in zip(classes, weights, strict=True) if weight == 0]
+
+
+def class_weights(classes: Sequence[str], place: Place, *, model: str = "the model") -> np.ndarray:
+    """What each class's scores are multiplied by at ``place`` (classes,): 1 where it is expected, 0 where not,
+    and, by an occurrence table, the weight of its row that holds the place (the largest; a class it does not
+    list: 1).
+
+    Raises
+    ------
+    EchoError
+        Without a table, a class is not one of BirdNET's labels: the occurrence model knows only BirdNET's species.
+    """
     if place.table is not None:
-        expected, listed = place.table.expected(place), place.table.listed
-        return [name for name in classes if name in listed and name not in expected]
+        weights = place.table.weights_at(place)
+        return np.array([weights.get(name, 0.0) if name in place.table.listed else 1.0 for name in classes])
     known = _known_labels()
     foreign = [name for name in classes if name not in known]
     if foreign:
@@ -242,7 +258,7 @@ def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "th
                         f"{', '.join(map(repr, foreign[:3]))} are not BirdNET labels")
     scores, labels = occurrence_scores(place), birdnet_labels()
     expected = {labels[i] for i in np.flatnonzero(scores >= place.threshold)}  # expected_species, unsorted
-    return [name for name in classes if name not in expected]
+    return np.array([1.0 if name in expected else 0.0 for name in classes])
 
 
 _BOX = ("lat_min", "lat_max", "lon_min", "lon_max")
@@ -257,22 +273,26 @@ class OccurrenceTable:
     ``lat_max``, ``lon_min``, ``lon_max``, degrees; missing or empty: the
     whole globe; ``lon_min`` above ``lon_max`` crosses the 180th meridian)
     and its ``months`` (``4-9``, ``11-2``, ``3,4,5``; empty: the whole
-    year). A species may have several rows: it is expected where and when
-    any of them says.
+    year), and optionally a ``weight`` in [0, 1] (empty: 1) its scores are
+    multiplied by there and then. A species may have several rows: it is
+    expected where and when any of them says, with the largest weight of
+    those; where none does, its weight is 0 (a row of the whole globe and
+    year with weight 0.2 down-weights it elsewhere instead of zeroing it).
 
     Examples
     --------
     >>> import io
-    >>> table = OccurrenceTable.read(io.StringIO("species,lat_min,lat_max,lon_min,lon_max,months\\n"
-    ...                                          "owl,40,50,-80,-70,4-9\\nfrog,,,,,\\n"))
-    >>> sorted(table.expected(Place(45.0, -75.0, week=20))), sorted(table.expected(Place(45.0, -75.0, week=2)))
-    (['frog', 'owl'], ['frog'])
+    >>> table = OccurrenceTable.read(io.StringIO("species,lat_min,lat_max,lon_min,lon_max,months,weight\\n"
+    ...                                          "owl,40,50,-80,-70,4-9,\\nowl,,,,,,0.2\\nfrog,,,,,1-3,\\n"))
+    >>> table.weights_at(Place(45.0, -75.0, week=20)), table.weights_at(Place(45.0, -75.0, week=2))
+    ({'owl': 1.0}, {'owl': 0.2, 'frog': 1.0})
     """
 
     name: str
     species: tuple[str, ...]
     boxes: np.ndarray  # (rows, 4): lat_min, lat_max, lon_min, lon_max
     months: tuple[frozenset[int], ...]
+    weights: tuple[float, ...] = ()  # per row; () or a missing column: 1
 
     @property
     def listed(self) -> set[str]:
@@ -300,17 +320,26 @@ class OccurrenceTable:
         boxes = np.array([[_degrees(name, i, row, column) for column in _BOX] for i, row in table.iterrows()],
                          dtype=np.float64).reshape(-1, 4)
         months = tuple(_months(name, i, row.get("months", "")) for i, row in table.iterrows())
-        return cls(name, tuple(table["species"].str.strip()), boxes, months)
+        weights = tuple(_weight(name, i, row.get("weight", "")) for i, row in table.iterrows())
+        return cls(name, tuple(table["species"].str.strip()), boxes, months, weights)
 
-    def expected(self, place: Place) -> set[str]:
-        """The species the table expects at ``place`` (in its month; the whole year: in any month)."""
+    def weights_at(self, place: Place) -> dict[str, float]:
+        """The species a row of the table holds at ``place`` (in its month; the whole year: in any month), with
+        the largest weight of those rows; the listed species missing here have weight 0."""
         lat, lon = place.lat, place.lon
         low, high = self.boxes[:, 2], self.boxes[:, 3]
         inside = (self.boxes[:, 0] <= lat) & (lat <= self.boxes[:, 1]) & np.where(
             low <= high, (low <= lon) & (lon <= high), (lon >= low) | (lon <= high))
-        month = place.month
-        return {species for species, here, months in zip(self.species, inside, self.months, strict=True)
-                if here and (month is None or month in months)}
+        month, found = place.month, {}
+        for species, here, months, weight in zip(self.species, inside, self.months,
+                                                 self.weights or (1.0,) * len(self.species), strict=True):
+            if here and (month is None or month in months):
+                found[species] = max(found.get(species, 0.0), weight)
+        return found
+
+    def expected(self, place: Place) -> set[str]:
+        """The species the table expects at ``place``: those of a weight above 0 there."""
+        return {species for species, weight in self.weights_at(place).items() if weight > 0}
 
 
 def _degrees(name: str, i: int, row: pd.Series, column: str) -> float:
@@ -324,6 +353,19 @@ def _degrees(name: str, i: int, row: pd.Series, column: str) -> float:
     if not -_LIMITS[column] <= value <= _LIMITS[column]:
         raise EchoError(f"{name}: row {i + 2}: {column} must be degrees in [-{_LIMITS[column]:g}, "
                         f"{_LIMITS[column]:g}], got {text!r}")
+    return value
+
+
+def _weight(name: str, i: int, text: str) -> float:
+    """A row's weight in [0, 1]; empty: 1."""
+    text = str(text).strip()
+    try:
+        value = float(text) if text else 1.0
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise EchoError(f"{name}: row {i + 2}: weight must be in [0, 1] (0: not there, 1: kept as scored), got "
+                        f"{text!r}")
     return value
 
 
