@@ -225,7 +225,15 @@ def test_cross_validation_per_node_writes_the_taxonomy_into_every_fold(data, emb
         assert isinstance(load_bundle(out / f"fold{k}").model, NodeModels)
     oof = pd.read_csv(out / "oof_predictions.csv")
     assert np.allclose(oof[sorted(TREE)].sum(axis=1), 1, atol=1e-4)
-    assert 0 <= json.loads((out / "metrics.json").read_text())["mean"]["accuracy"] <= 1
+    summary = json.loads((out / "metrics.json").read_text())
+    assert 0 <= summary["mean"]["accuracy"] <= 1
+    # every rank's accuracy and macro-F1 per fold, with their mean and std, and the pooled ones
+    ranked = {"family_accuracy", "family_macro_f1", "genus_accuracy", "genus_macro_f1", "hierarchical_f1"}
+    assert ranked <= set(summary["mean"]) and ranked <= set(summary["std"]) and ranked <= set(summary["folds"][0])
+    folds = [json.loads((out / f"fold{k}" / "metrics.json").read_text())["taxonomy"] for k in range(3)]
+    assert summary["mean"]["family_accuracy"] == pytest.approx(np.mean([f["ranks"]["family"]["accuracy"]
+                                                                        for f in folds]), abs=1e-4)
+    assert set(summary["pooled_out_of_fold"]["taxonomy"]["ranks"]) == {"family", "genus", "label"}
 
 
 def test_refusals(data, config, embedder_config, tmp_path):

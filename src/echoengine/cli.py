@@ -443,11 +443,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
                                 resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=_say,
                                 **_boxes_options(args))
     table = result.table()
-    width = 22 if result.multilabel else 18
+    width = max([22 if result.multilabel else 18, *(len(name) + 2 for name in table["metric"])])
     print(f"\n{'metric':<{width}} {'mean':>7} {'std':>7}   per fold")
     for row in table.itertuples(index=False):
         per_fold = " ".join(f"{value:.3f}" for value in row[3:])
         print(f"{row.metric:<{width}} {row.mean:>7.4f} {row.std:>7.4f}   {per_fold}")
+    pooled = result.summary.get("pooled_out_of_fold", {})
+    if "taxonomy" in pooled:  # a model of a taxonomy: every rank of the pooled out-of-fold predictions
+        from echoengine.rankmetrics import rank_text
+
+        print(f"\npooled out-of-fold predictions, per rank:\n{rank_text(pooled['taxonomy'])}")
     what = "metrics.json, cv_folds.csv" + ("" if result.multilabel else ", plots/")
     print(f"\nwrote {args.out} (fold0..fold{len(result.summary['folds']) - 1} bundles, {what})"
           + ("" if result.multilabel else f"; predict with it as an ensemble: echoengine predict {args.out} FILE..."))

@@ -46,7 +46,7 @@ from echoengine.files import write_csv_atomic
 from echoengine.layout import TAXONOMY_FILE, BundleFiles, CrossValidationFiles, selection_history
 from echoengine.metrics import MULTILABEL_KEYS, SUMMARY_KEYS, classification_metrics, multilabel_metrics
 from echoengine.prediction import clip_maxes, clip_means
-from echoengine.rankmetrics import rank_figures, rank_metrics, rank_text
+from echoengine.rankmetrics import rank_figures, rank_metrics, rank_row, rank_text
 from echoengine.taxonomy import read_taxonomy
 
 __all__ = ["LEVELS", "MULTI_LABEL", "SINGLE_LABEL", "LabelKind", "group_folds", "inner_split", "label_kind"]
@@ -352,7 +352,8 @@ class _SingleLabel(LabelKind):
         return "\n".join(lines)
 
     def fold_row(self, metrics):
-        return {key: metrics[key] for key in SUMMARY_KEYS}
+        row = {key: metrics[key] for key in SUMMARY_KEYS}
+        return {**row, **rank_row(metrics["taxonomy"])} if "taxonomy" in metrics else row
 
     def headline(self, metrics):
         return f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"
