@@ -88,7 +88,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(report)
     taxonomy = labels_table(args.data, config)[1] if len(usable) else None
     if taxonomy is not None:
-        print(f"\ntaxonomy ({' > '.join(taxonomy.all_ranks)}):\n{taxonomy.tree_text(usable)}")
+        units = ("image", "group") if config.data.photos else ("file", "recording")  # as the report above says
+        print(f"\ntaxonomy ({' > '.join(taxonomy.all_ranks)}):\n{taxonomy.tree_text(usable, units)}")
     if warning:
         print(f"\nwarning: {warning}", file=sys.stderr)
     if not len(usable):
