@@ -260,14 +260,18 @@ def test_an_occurrence_table_zeroes_and_down_weights_species_in_predict_detect_a
     from echoengine.service.server import open_service
 
     classes = load_bundle(small_bundle).classes
-    table = tmp_path / "ranges.csv"  # in January at 45, -75: the first class down-weighted, the second absent
-    table.write_text("species,lat_min,lat_max,lon_min,lon_max,months,weight\n"
-                     f"{classes[0]},40,50,-80,-70,4-9,\n{classes[0]},,,,,,0.5\n{classes[1]},-45,-10,110,155,,\n")
-    place = Place.of(lat=45.0, lon=-75.0, date="2024-01-15", occurrence=table)
+    table = tmp_path / "ranges.csv"  # in January at 45, -75: the first class down-weighted, the second absent,
+    table.write_text("species,lat_min,lat_max,lon_min,lon_max,months,weight,site\n"  # the third at the pond only
+                     f"{classes[0]},40,50,-80,-70,4-9,,\n{classes[0]},,,,,,0.5,\n{classes[1]},-45,-10,110,155,,,\n"
+                     f"{classes[2]},,,,,,,pond\n")
+    place = Place.of(lat=45.0, lon=-75.0, date="2024-01-15", occurrence=table, site="pond")
     files = _field_recordings(tmp_path / "field", 2, seconds=12.0)
     plain, here = api.predict(small_bundle, files), api.predict(small_bundle, files, place=place)
     weights = np.array([0.5, 0.0] + [1.0] * (len(classes) - 2))
     np.testing.assert_allclose(here.probabilities, plain.probabilities * weights, rtol=1e-6)
+    elsewhere = Place.of(date="2024-01-15", occurrence=table, site="meadow")  # a site without a position
+    np.testing.assert_allclose(api.predict(small_bundle, files, place=elsewhere).probabilities,
+                               plain.probabilities * [0.5, 0.0, 0.0, *weights[3:]], rtol=1e-6)
     every = api.detect(small_bundle, files, out=tmp_path / "all", threshold=0.1).events
     weighed = api.detect(small_bundle, files, out=tmp_path / "here", threshold=0.1, place=place).events
     factor = every["label"].map(dict(zip(classes, weights, strict=True)))
@@ -279,7 +283,7 @@ def test_an_occurrence_table_zeroes_and_down_weights_species_in_predict_detect_a
     service = open_service(small_bundle, store=tmp_path / "store", options=options)
     try:  # the service, by the recording's position and date, gives detect's events
         recording, _ = ingest(service.db, service.store, Path(files[0]).read_bytes(), filename="a.flac", lat=45.0,
-                              lon=-75.0, recorded_at="2024-01-15T05:00:00+00:00")
+                              lon=-75.0, recorded_at="2024-01-15T05:00:00+00:00", sensor_id="pond")
         assert service.worker.run_once() == recording
         with service.db.session() as session:
             found = sorted((d.species, d.start, round(d.score, 3)) for d in session.query(Detection))

@@ -19,6 +19,7 @@ from echoengine.occurrence import (
     Place,
     class_weights,
     expected_species,
+    occurrence_scores,
     unexpected_classes,
     week_of,
 )
@@ -136,6 +137,18 @@ def test_a_users_occurrence_table_filters_the_classes_it_lists_for_any_bundle(tm
     assert class_weights(classes, summer).tolist() == [1.0, 1.0, 1.0]
     assert class_weights(classes, winter).tolist() == [0.3, 0.0, 1.0] and unexpected_classes(classes, winter) == [
         "frog"]
+    sites = tmp_path / "sites.csv"  # the owl at the pond all year, anywhere in summer; the frog in its box
+    sites.write_text("species,lat_min,lat_max,lon_min,lon_max,months,site\nowl,,,,,,pond\nowl,,,,,4-9,\n"
+                     "frog,40,50,-80,-70,,\n")
+    assert unexpected_classes(classes, Place.of(week=2, occurrence=sites, site="pond")) == ["frog"]  # no position
+    assert unexpected_classes(classes, Place.of(week=2, occurrence=sites, site="meadow")) == ["owl", "frog"]
+    assert unexpected_classes(classes, Place.of(lat=45.0, lon=-75.0, week=20, occurrence=sites, site="x")) == []
+    with pytest.raises(EchoError, match="--site pond names a site of an --occurrence table"):
+        Place.of(lat=45.0, lon=-75.0, site="pond")
+    with pytest.raises(EchoError, match="needs a position"):  # BirdNET's model: a site is not a place
+        occurrence_scores(Place.of(week=2, occurrence=sites, site="pond"))
+    with pytest.raises(EchoError, match="give both --lat and --lon"):
+        Place(None, None, week=2)
     for text, words in (("name\nowl\n", "needs a species column"), ("species,lat_min\nowl,95\n", "row 2: lat_min"),
                         ("species,months\nowl,4-13\n", "row 2: months"), ("species,weight\nowl,2\n", "row 2: weight")):
         (tmp_path / "bad.csv").write_text(text)

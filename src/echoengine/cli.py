@@ -336,7 +336,7 @@ def _place(args: argparse.Namespace):
 
     return Place.of(lat=args.lat, lon=args.lon, week=args.week, date=args.date,
                     threshold=getattr(args, "location_filter_threshold", None),
-                    occurrence=getattr(args, "occurrence", None))
+                    occurrence=getattr(args, "occurrence", None), site=getattr(args, "site", None))
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

@@ -181,7 +181,10 @@ def _place_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
                    help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
     g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
-                   "lon_min, lon_max, months (e.g. 4-9) saying where and when they occur, instead of BirdNET's model")
+                   "lon_min, lon_max (or site), months (e.g. 4-9) and optionally weight saying where and when they "
+                   "occur, instead of BirdNET's model")
+    g.add_argument("--site", metavar="NAME", help="the recordings' site: the --occurrence table's rows of this site "
+                   "hold (with or without --lat and --lon)")
 
 
 def _dataset_commands(sub: argparse._SubParsersAction) -> None:

