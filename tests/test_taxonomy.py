@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -106,6 +107,18 @@ def test_folders_give_the_lineage_and_the_label_below_it(nested_data):
     assert none is None and len(one_genus) == 8 and one_genus["label"].nunique() == 2
 
 
+def test_inspect_prints_the_tree_with_file_and_recording_counts(nested_data, capsys):
+    from echoengine.cli import main
+
+    assert main(["inspect", str(nested_data), "--ranks", "family,genus", "--group-regex", r"^([a-z]+_rec\d+)_"]) == 0
+    tree = capsys.readouterr().out.split("taxonomy (family > genus > label):\n")[1].splitlines()
+    assert tree[:3] == ["Hylidae (family): 4 files, 2 recordings", "  Hyla (genus): 4 files, 2 recordings",
+                        "    synthetic-upsweep: 4 files, 2 recordings"]
+    assert "Ranidae (family): 12 files, 6 recordings" in tree and "  Lithobates (genus): 8 files, 4 recordings" in tree
+    assert main(["inspect", str(nested_data)]) == 0  # without --ranks or --taxonomy: a folder per class, no tree
+    assert "taxonomy (" not in capsys.readouterr().out
+
+
 def test_a_label_under_two_lineages_is_refused_with_its_file(nested_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(nested_data, data)
@@ -189,6 +202,13 @@ def test_predict_gives_each_file_its_lineage_and_the_deepest_sure_rank(frog_mode
     done = _cli("predict", str(bundle), *files[:2], "--format", "csv")
     assert done.stdout.splitlines()[0] == "file,rank,species,probability,family,genus,family_probability," \
                                           "genus_probability"
+    # with --min-confidence, the CSV names each file's deepest rank that sure, as the JSON's species and rank do
+    done = _cli("predict", str(bundle), *files[:2], "--format", "csv", "--min-confidence", "0.5", "--top-k", "2")
+    table = pd.read_csv(io.StringIO(done.stdout), keep_default_na=False)
+    assert list(table.columns[-3:]) == ["taxon", "taxon_rank", "taxon_probability"] and len(table) == 4
+    sure = api.predict(bundle, files[:2], min_confidence=0.5).rows()
+    for row, (_, rows) in zip(sure, table.groupby("file", sort=False), strict=True):
+        assert set(rows["taxon"]) == {row["species"]} and set(rows["taxon_rank"]) == {row["rank"]}
 
 
 def test_detect_events_carry_their_lineage(frog_model, nested_data, tmp_path):

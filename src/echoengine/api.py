@@ -46,7 +46,7 @@ from echoengine.layout import (
     prepare_output,
     read_bundle,
 )
-from echoengine.occurrence import Place, expected_species, unexpected_classes
+from echoengine.occurrence import Place, class_weights, expected_species
 from echoengine.photoscore import predict_photos
 from echoengine.predicted import PredictResult
 from echoengine.raydetect import RayOptions, detect_on_ray
@@ -363,7 +363,8 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
     With ``onnx``, each bundle's exported graph scores (no torch needed;
     the default where torch is not installed). With a ``place`` (BirdNET's
     species: the built-in ``"birdnet"``), the species not expected there and
-    then (:mod:`echoengine.occurrence`) get probability 0. A model of a
+    then (:mod:`echoengine.occurrence`) get probability 0, and those an
+    occurrence table down-weights their probability times the weight. A model of a
     taxonomy gives each file its lineage, and ``min_confidence`` names the
     deepest rank whose probability reaches it (:class:`PredictResult`).
     """
@@ -377,7 +378,7 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
         logger.warning("--min-confidence: %s has no taxonomy (taxonomy.csv), so each file is named by its label",
                        _name(bundle))
     found = partial(PredictResult, classes=classes, taxonomy=taxonomy, min_confidence=min_confidence)
-    absent = np.isin(classes, unexpected_classes(classes, place, model=_name(bundle))) if place else None
+    weights = class_weights(classes, place, model=_name(bundle)) if place else None
     paths = sources.audio_files(files, config.data.extensions)
     photos.check_kind(config, paths, model=_name(bundle))
     if not paths:  # folders of the other kind's files only: say so
@@ -396,8 +397,8 @@ def predict(bundle: BundleLike, files: Sequence[str | Path], *, onnx: bool = Fal
                           log=lambda line: messages.append(line.removeprefix("error: ")))
     readable = ~np.isnan(probabilities).any(axis=1)  # the others were reported by predict_files
     probabilities = probabilities[readable]
-    if absent is not None:
-        probabilities[:, absent] = 0.0
+    if weights is not None:
+        probabilities = probabilities * weights
     best = probabilities.argmax(axis=1) if len(probabilities) else np.zeros(0, int)
     out = pd.DataFrame({"file": usable["path"].to_numpy()[readable], "species": [classes[i] for i in best],
                         "probability": probabilities[np.arange(len(best)), best]})
@@ -430,7 +431,9 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
     files on Ray (:mod:`echoengine.raydetect`; ``ray_options`` says where),
     with the same records and outputs. With a ``place`` (BirdNET's species:
     the built-in ``"birdnet"``), the species not expected there and then
-    (:mod:`echoengine.occurrence`) are excluded from the events.
+    (:mod:`echoengine.occurrence`) are excluded from the events, and those an
+    occurrence table down-weights there have their events' scores multiplied
+    by the weight (:func:`echoengine.events.weigh_events`).
     """
     if engine not in ("local", "ray"):
         raise EchoError(f"--engine must be local or ray, got {engine!r}")
@@ -444,8 +447,11 @@ def detect(bundle: BundleLike, paths: Sequence[str | Path], *, out: str | Path, 
         logger.warning("--min-confidence: %s has no taxonomy (taxonomy.csv); events name their labels alone",
                        _name(bundle))
     if place is not None:
-        absent = unexpected_classes(bundles[0].classes, place, model=_name(bundle))
+        classes = bundles[0].classes
+        weights = class_weights(classes, place, model=_name(bundle))
+        absent = [name for name, weight in zip(classes, weights, strict=True) if weight == 0]
         options["exclude"] = tuple(dict.fromkeys([*options.get("exclude", ()), *absent]))
+        options["weights"] = tuple((name, float(w)) for name, w in zip(classes, weights, strict=True) if 0 < w < 1)
     written = run(bundles, paths, out, options=DetectOptions(**options), resume=resume,
                   overwrite=overwrite, progress=progress, log=log or logger.info)
     lines: list[str] = []

@@ -51,12 +51,15 @@ from echoengine.layout import WEIGHTS_FILE, Bundle, prepare_output, write_metada
 
 # echoengine.models (its package imports torch) is imported by the functions that need it: the API imports this.
 
-__all__ = ["BUILTINS", "MIN_CONF", "BuiltinSpec", "builtin_bundle", "builtin_source", "builtin_spec", "write_builtin"]
+__all__ = ["BUILTINS", "KEEP_SCORES", "MIN_CONF", "BuiltinSpec", "builtin_bundle", "builtin_source", "builtin_spec",
+           "write_builtin"]
 
 #: The names of the built-in bundles.
 BUILTINS = ("birdnet",)
 #: BirdNET-Analyzer's ``min_conf``: the built-in's detection threshold unless one is given.
 MIN_CONF = 0.1
+#: The lowest ``min_conf`` BirdNET-Analyzer takes: the least score the built-in's ``scores.parquet`` keeps.
+KEEP_SCORES = 0.01
 _PRECISIONS = ("float32", "float64")
 #: The built-in's resamplers (``resampler=``) and the ``audio.resample_quality`` each sets.
 _RESAMPLERS = {"kaiser_fast": "kaiser_fast", "soxr": "HQ"}
@@ -98,6 +101,12 @@ class BuiltinSpec:
     def min_conf(self) -> float:
         """The detection threshold unless one is given: BirdNET-Analyzer's ``min_conf`` (:data:`MIN_CONF`)."""
         return MIN_CONF
+
+    @property
+    def keep_scores(self) -> float:
+        """The least window score ``detect`` keeps in ``scores.parquet`` unless told (:data:`KEEP_SCORES`): the
+        scores of all 6,522 species in every window would take 20 MB a minute of audio, nearly all below 0.001."""
+        return KEEP_SCORES
 
     @property
     def slope(self) -> float:

@@ -88,7 +88,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(report)
     taxonomy = labels_table(args.data, config)[1] if len(usable) else None
     if taxonomy is not None:
-        print(f"\ntaxonomy ({' > '.join(taxonomy.all_ranks)}):\n{taxonomy.tree_text(usable)}")
+        units = ("image", "group") if config.data.photos else ("file", "recording")  # as the report above says
+        print(f"\ntaxonomy ({' > '.join(taxonomy.all_ranks)}):\n{taxonomy.tree_text(usable, units)}")
     if warning:
         print(f"\nwarning: {warning}", file=sys.stderr)
     if not len(usable):
@@ -335,7 +336,7 @@ def _place(args: argparse.Namespace):
 
     return Place.of(lat=args.lat, lon=args.lon, week=args.week, date=args.date,
                     threshold=getattr(args, "location_filter_threshold", None),
-                    occurrence=getattr(args, "occurrence", None))
+                    occurrence=getattr(args, "occurrence", None), site=getattr(args, "site", None))
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
@@ -348,7 +349,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         summary=args.summary,
         progress=not args.quiet, log=lambda line: print(line, file=sys.stderr), workers=args.workers,
         engine=args.engine, ray_options=ray_options, jobs=args.jobs, min_confidence=args.min_confidence,
-        **_scoring(args))
+        keep_scores=args.keep_scores, **_scoring(args))
     events = result.events
     print(f"{len(events)} events in {events['file'].nunique()} files; wrote {args.out} "
           f"(events.csv, events.selections.txt, raven/, audacity/, events.jsonl, scores.parquet)")
@@ -443,11 +444,16 @@ def cmd_cv(args: argparse.Namespace) -> int:
                                 resume=args.resume, overwrite=args.overwrite, progress=not args.quiet, log=_say,
                                 **_boxes_options(args))
     table = result.table()
-    width = 22 if result.multilabel else 18
+    width = max([22 if result.multilabel else 18, *(len(name) + 2 for name in table["metric"])])
     print(f"\n{'metric':<{width}} {'mean':>7} {'std':>7}   per fold")
     for row in table.itertuples(index=False):
         per_fold = " ".join(f"{value:.3f}" for value in row[3:])
         print(f"{row.metric:<{width}} {row.mean:>7.4f} {row.std:>7.4f}   {per_fold}")
+    pooled = result.summary.get("pooled_out_of_fold", {})
+    if "taxonomy" in pooled:  # a model of a taxonomy: every rank of the pooled out-of-fold predictions
+        from echoengine.rankmetrics import rank_text
+
+        print(f"\npooled out-of-fold predictions, per rank:\n{rank_text(pooled['taxonomy'])}")
     what = "metrics.json, cv_folds.csv" + ("" if result.multilabel else ", plots/")
     print(f"\nwrote {args.out} (fold0..fold{len(result.summary['folds']) - 1} bundles, {what})"
           + ("" if result.multilabel else f"; predict with it as an ensemble: echoengine predict {args.out} FILE..."))

@@ -181,7 +181,10 @@ def _place_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--location-filter-threshold", type=float, metavar="SCORE",
                    help="occurrence score a species needs to be expected (default 0.03, BirdNET-Analyzer's)")
     g.add_argument("--occurrence", type=Path, metavar="FILE", help="any bundle: a CSV of species, lat_min, lat_max, "
-                   "lon_min, lon_max, months (e.g. 4-9) saying where and when they occur, instead of BirdNET's model")
+                   "lon_min, lon_max (or site), months (e.g. 4-9) and optionally weight saying where and when they "
+                   "occur, instead of BirdNET's model")
+    g.add_argument("--site", metavar="NAME", help="the recordings' site: the --occurrence table's rows of this site "
+                   "hold (with or without --lat and --lon)")
 
 
 def _dataset_commands(sub: argparse._SubParsersAction) -> None:
@@ -294,6 +297,8 @@ def _detect_command(sub: argparse._SubParsersAction) -> None:
     _scoring_options(p)
     _min_confidence_option(p)
     _place_options(p)
+    p.add_argument("--keep-scores", type=float, metavar="SCORE", help="scores.parquet keeps the window scores "
+                   "reaching SCORE (0: every window and class; default: all, the built-in birdnet's from 0.01)")
     p.add_argument("--jobs", type=int, default=0, metavar="N", help="processes scoring batches side by side, one "
                    "thread each (0: one per core; 1: this process alone, on every core's thread)")
     p.add_argument("--workers", type=int, default=0, help="processes decoding audio and computing features beside "

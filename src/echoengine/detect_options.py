@@ -51,6 +51,16 @@ class DetectOptions:
         With a model of a taxonomy: each event also names the deepest rank of
         its species' lineage whose score reaches this (``taxon``,
         ``taxon_rank``, ``taxon_score``; 0: not asked).
+    weights : tuple of (str, float)
+        Classes whose event scores are multiplied by a weight in (0, 1)
+        (an occurrence table's down-weighting at the recordings' place:
+        :func:`echoengine.events.weigh_events`); the events that then miss
+        their threshold are left out.
+    keep_scores : float, optional
+        ``detect``'s ``scores.parquet`` keeps the window scores reaching this
+        (0: every window and class); None: every one, but the built-in
+        birdnet's that reach 0.01, the lowest ``--min-conf`` BirdNET-Analyzer
+        takes (:func:`echoengine.events.kept_scores`).
     location_filter, occurrence
         The service only: drop the detections of species not expected at each recording's position and date
         (:mod:`echoengine.occurrence`: the occurrence score they need; ``occurrence``: a table of the user's instead).
@@ -71,12 +81,16 @@ class DetectOptions:
     location_filter: float | None = None
     occurrence: str = ""
     min_confidence: float = 0.0
+    keep_scores: float | None = None
+    weights: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:  # NaN fails the test too
             raise EchoError(f"--threshold must be in [0, 1] (scores are probabilities), got {self.threshold}")
         if not 0.0 <= self.min_confidence <= 1.0:
             raise EchoError(f"--min-confidence must be a probability in [0, 1], got {self.min_confidence}")
+        if self.keep_scores is not None and not 0.0 <= self.keep_scores <= 1.0:
+            raise EchoError(f"--keep-scores must be a score in [0, 1] (0: every score), got {self.keep_scores}")
         if self.jobs < 0:
             raise EchoError(f"--jobs must be 0 (one per core) or more, got {self.jobs}")
 

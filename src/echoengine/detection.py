@@ -62,8 +62,10 @@ from echoengine.errors import AudioError, EchoError
 from echoengine.events import (
     check_species,
     detection_thresholds,
+    kept_scores,
     lineage_columns,
     merge_events,
+    weigh_events,
     window_detections,
     with_lineage,
 )
@@ -266,7 +268,8 @@ def detect(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: str | Pa
         _score_files(scorer, files, todo, records, options=options, progress=progress, log=log, jobs=jobs,
                      threads=threads or 1)
     return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds,
-                         log=log, taxonomy=bundle_taxonomy(bundles[0]))
+                         log=log, taxonomy=bundle_taxonomy(bundles[0]),
+                         keep_scores=kept_scores(bundles, options.keep_scores))
 
 
 def open_ledger(out: Path, bundles: Sequence[Bundle], scorer, files: list[str], *, options: DetectOptions,
@@ -462,11 +465,12 @@ def _table_names(files: list[str]) -> list[str]:
 
 def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str], config, *,
                   options: DetectOptions, thresholds: np.ndarray, log: Callable[[str], None] = print,
-                  taxonomy: Taxonomy | None = None) -> dict[str, Path]:
+                  taxonomy: Taxonomy | None = None, keep_scores: float = 0.0) -> dict[str, Path]:
     """Build the outputs from the records of finished files, in the order of ``files``.
 
     Writes ``scores.parquet`` (file, start, end, partial, class, score: every
-    window and class), ``events.csv``, ``events.jsonl``, the Raven selection
+    window and class whose score reaches ``keep_scores``, 0: all; file and
+    class dictionary-encoded), ``events.csv``, ``events.jsonl``, the Raven selection
     tables (``events.selections.txt`` for all files with ``Begin File``,
     and ``raven/NAME.selections.txt`` per file), Audacity label tracks
     (``audacity/NAME.txt``) and ``errors.csv``. Every file is written whole
@@ -483,8 +487,10 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
             done.append((path, record))
         elif record is not None:
             errors.append({"file": path, "error": record.error})
-    scores, long = _score_tables([path for path, _ in done], [record for _, record in done], classes)
-    events = file_events(scores, classes, config, thresholds=thresholds, options=options)
+    scores, long = _score_tables([path for path, _ in done], [record for _, record in done], classes,
+                                 keep=keep_scores)
+    events = weigh_events(file_events(scores, classes, config, thresholds=thresholds, options=options),
+                          dict(options.weights), classes, thresholds)
     extra = lineage_columns(taxonomy, min_confidence=options.min_confidence) if taxonomy is not None else []
     if taxonomy is not None:  # each event's genus, family, ... with their scores
         events = with_lineage(events, scores, classes, taxonomy, min_confidence=options.min_confidence)
@@ -516,8 +522,10 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     return written
 
 
-def _score_tables(paths: list[str], records: list, classes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The window scores of the files, wide (a column per class) and long (a row per window and class)."""
+def _score_tables(paths: list[str], records: list, classes: list[str], *,
+                  keep: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The window scores of the files, wide (a column per class) and long (a row per window and class whose score
+    reaches ``keep``; file and class categorical, which Parquet stores as dictionaries)."""
     counts = [len(record.start) for record in records]
     file = np.repeat(np.array(paths, dtype=object), counts)
     columns = {"file": file}
@@ -527,7 +535,9 @@ def _score_tables(paths: list[str], records: list, classes: list[str]) -> tuple[
     matrix = (np.concatenate([record.scores for record in records]) if records else
               np.zeros((0, len(classes)), np.float32))
     wide = pd.concat([pd.DataFrame(columns), pd.DataFrame(matrix, columns=classes)], axis=1)
-    n = len(classes)  # the rows of a file are in time order, its windows' classes in the model's order
-    long = pd.DataFrame({**{name: np.repeat(values, n) for name, values in columns.items()},
-                         "class": np.tile(np.array(classes, dtype=object), len(file)), "score": matrix.ravel()})
+    # the rows of a file are in time order, its windows' classes in the model's order
+    rows, kept = np.nonzero(matrix >= keep) if keep > 0 else np.indices(matrix.shape).reshape(2, -1)
+    long = pd.DataFrame({**{name: values[rows] for name, values in columns.items()},
+                         "class": pd.Categorical.from_codes(kept, categories=classes), "score": matrix[rows, kept]})
+    long["file"] = pd.Categorical(long["file"], categories=list(dict.fromkeys(paths)))
     return wide, long

@@ -29,8 +29,8 @@ from echoengine.layout import Bundle
 from echoengine.taxonomy import LABEL_RANK, RankCall, Taxonomy, deepest_sure
 from echoengine.thresholds import DEFAULT_THRESHOLD, load_thresholds
 
-__all__ = ["check_species", "detectable", "detection_thresholds", "event_lineage", "lineage_columns", "merge_events",
-           "window_detections", "with_lineage"]
+__all__ = ["check_species", "detectable", "detection_thresholds", "event_lineage", "kept_scores", "lineage_columns",
+           "merge_events", "weigh_events", "window_detections", "with_lineage"]
 
 
 def window_detections(scores: pd.DataFrame, classes: Sequence[str], *, thresholds: np.ndarray, top_n: int = 0,
@@ -124,6 +124,39 @@ def detection_thresholds(bundles: Sequence[Bundle], threshold: float | None, cla
     root = bundles[0].path.parent if len(bundles) > 1 else bundles[0].path
     calibrated = load_thresholds(root, classes)
     return calibrated if calibrated is not None else np.full(len(classes), DEFAULT_THRESHOLD)
+
+
+def kept_scores(bundles: Sequence[Bundle], keep_scores: float | None) -> float:
+    """The least score ``scores.parquet`` keeps: ``keep_scores``, else a built-in's own (BirdNET's 6,522 species:
+    0.01, whose scores in a window are mostly near 0), else 0 (every score).
+
+    Examples
+    --------
+    >>> kept_scores([], 0.2)
+    0.2
+    """
+    if keep_scores is not None:
+        return keep_scores
+    return bundles[0].builtin.keep_scores if bundles and bundles[0].builtin is not None else 0.0
+
+
+def weigh_events(events: pd.DataFrame, weights: dict[str, float], classes: Sequence[str],
+                 thresholds: np.ndarray) -> pd.DataFrame:
+    """``events`` with the scores of the classes in ``weights`` multiplied by their weight (an occurrence table's
+    down-weighting), and those of weight 0 or no longer reaching their class's threshold left out.
+
+    Examples
+    --------
+    >>> events = pd.DataFrame({"label": ["owl", "owl", "wren"], "score": [0.9, 0.4, 0.4], "mean_score": 0.4})
+    >>> weigh_events(events, {"owl": 0.5}, ["owl", "wren"], np.array([0.3, 0.3]))["score"].tolist()
+    [0.45, 0.4]
+    """
+    if not weights or not len(events):
+        return events
+    factor = events["label"].map(weights).fillna(1.0).to_numpy(dtype=np.float64)
+    threshold = events["label"].map(dict(zip(classes, thresholds, strict=True))).to_numpy(dtype=np.float64)
+    weighed = events.assign(score=events["score"] * factor, mean_score=events["mean_score"] * factor)
+    return weighed[(factor > 0) & (weighed["score"].to_numpy() >= threshold)].reset_index(drop=True)
 
 
 def lineage_columns(taxonomy: Taxonomy, *, min_confidence: float = 0.0) -> list[str]:

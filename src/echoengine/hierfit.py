@@ -162,6 +162,7 @@ def _fit_per_node(train: pd.DataFrame, val: pd.DataFrame, classes: list[str], co
         except EchoError as exc:
             raise EchoError(f"node {name} ({folder}): {exc}") from None
         BundleFiles(folder).checkpoint.unlink(missing_ok=True)  # finished: nothing to resume (_node_finished)
+        _plot_history(folder)
         results.append(result)
     model = NodeModels([r.model for r in results], node_paths(nodes, classes, _paths(taxonomy, classes))).eval()
     save_atomic(model.state_dict(), files.weights)
@@ -189,6 +190,16 @@ def _best_epoch(folder: Path) -> int:
     """The epoch a finished node bundle's selection chose (1 for a head fitted full-batch)."""
     history = pd.read_csv(selection_history(folder))
     return int(history.loc[history["val_loss"].idxmin(), "epoch"]) if history["val_loss"].notna().any() else 1
+
+
+def _plot_history(folder: Path) -> None:
+    """A node's training curves, train against validation per epoch, in its ``plots/training.png`` as any
+    bundle's (its test part is the top bundle's, so it has no report of its own)."""
+    from echoengine import plots
+
+    history = pd.read_csv(selection_history(folder))
+    if len(history):
+        plots.plot_history(history, BundleFiles(folder).training_plot, best_epoch=_best_epoch(folder))
 
 
 def _copy_history(node: BundleFiles, top: BundleFiles) -> None:

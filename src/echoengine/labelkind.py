@@ -52,7 +52,7 @@ from echoengine.metrics import (
     multilabel_metrics,
 )
 from echoengine.prediction import clip_maxes, clip_means
-from echoengine.rankmetrics import rank_figures, rank_metrics, rank_text
+from echoengine.rankmetrics import rank_figures, rank_metrics, rank_row, rank_text
 from echoengine.taxonomy import read_taxonomy
 
 __all__ = ["LEVELS", "MULTI_LABEL", "SINGLE_LABEL", "LabelKind", "group_folds", "inner_split", "label_kind"]
@@ -358,7 +358,8 @@ class _SingleLabel(LabelKind):
         return "\n".join(lines)
 
     def fold_row(self, metrics):
-        return {key: metrics[key] for key in SUMMARY_KEYS + BASELINE_KEYS if key in metrics}
+        row = {key: metrics[key] for key in SUMMARY_KEYS + BASELINE_KEYS if key in metrics}
+        return {**row, **rank_row(metrics["taxonomy"])} if "taxonomy" in metrics else row
 
     def headline(self, metrics):
         line = f"accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}"

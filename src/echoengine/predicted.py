@@ -92,13 +92,18 @@ class PredictResult:
         return "\n".join(lines)
 
     def _csv(self, rows: list[dict]) -> str:
-        """A row per file and top-k class; with a taxonomy, each file's lineage in a column per rank."""
+        """A row per file and top-k class; with a taxonomy, each file's lineage in a column per rank, and with
+        ``min_confidence`` its deepest rank that sure (``taxon``, ``taxon_rank``, ``taxon_probability``, as
+        detect's events name it; empty when no rank is)."""
         above = self.taxonomy.ranks if self.taxonomy is not None else ()
+        sure = ("taxon", "taxon_rank", "taxon_probability") if above and self.min_confidence else ()
         ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"],
                    **{name: r["ranks"][name]["label"] for name in above},
-                   **{f"{name}_probability": r["ranks"][name]["probability"] for name in above}}
+                   **{f"{name}_probability": r["ranks"][name]["probability"] for name in above},
+                   **dict(zip(sure, (r["species"], r["rank"], r["probability"]), strict=False))}
                   for r in rows for rank, t in enumerate(r["top_k"])]
-        columns = ["file", "rank", "species", "probability", *above, *(f"{name}_probability" for name in above)]
+        columns = ["file", "rank", "species", "probability", *above, *(f"{name}_probability" for name in above),
+                   *sure]
         return pd.DataFrame(ranked, columns=columns).to_csv(index=False).removesuffix("\n")
 
 

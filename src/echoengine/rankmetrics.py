@@ -31,7 +31,7 @@ from sklearn.metrics import confusion_matrix, f1_score
 from echoengine import plots
 from echoengine.taxonomy import LABEL_RANK, Taxonomy
 
-__all__ = ["rank_figures", "rank_metrics", "rank_text"]
+__all__ = ["rank_figures", "rank_metrics", "rank_row", "rank_text"]
 
 
 def rank_metrics(labels: Sequence[str], probabilities: np.ndarray, classes: Sequence[str], taxonomy: Taxonomy) -> dict:
@@ -105,6 +105,19 @@ def rank_text(result: dict) -> str:
     lines += [f"  of the wrong labels, within the right {rank}: {share:.1%}"
               for rank, share in result["mistakes_within"].items() if share == share]
     return "\n".join(lines)
+
+
+def rank_row(result: dict) -> dict[str, float]:
+    """The rank metrics as scalars of a row (a cross-validation fold's): accuracy and macro-F1 of every rank
+    above the labels, and the hierarchical F1.
+
+    >>> rank_row({"ranks": {"genus": {"accuracy": 0.9, "macro_f1": 0.8}, "label": {"accuracy": 0.7, "macro_f1": 0.6}},
+    ...           "hierarchical_f1": 0.85})
+    {'genus_accuracy': 0.9, 'genus_macro_f1': 0.8, 'hierarchical_f1': 0.85}
+    """
+    row = {f"{rank}_{name}": metrics[name] for rank, metrics in result["ranks"].items() if rank != LABEL_RANK
+           for name in ("accuracy", "macro_f1")}
+    return {**row, "hierarchical_f1": result["hierarchical_f1"]}
 
 
 def rank_figures(result: dict, plots_dir: str | Path) -> list[Path]:

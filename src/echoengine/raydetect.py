@@ -52,7 +52,7 @@ from echoengine import audio, ledger
 from echoengine.builtin import builtin_bundle, builtin_spec
 from echoengine.detection import DetectOptions, check_windows, open_ledger, scored_windows, write_outputs
 from echoengine.errors import AudioError, EchoError
-from echoengine.events import check_species, detection_thresholds
+from echoengine.events import check_species, detection_thresholds, kept_scores
 from echoengine.layout import Bundle, BundleFiles
 from echoengine.scoring import set_threads, window_scorer
 from echoengine.sources import find_audio
@@ -251,7 +251,7 @@ def detect_on_ray(bundles: Sequence[Bundle], paths: Sequence[str | Path], out: s
                 else:
                     recorder.scores(path, _rows(result))
     return write_outputs(out, files, scorer.classes, scorer.config, options=options, thresholds=thresholds, log=log,
-                         taxonomy=bundle_taxonomy(bundles[0]))
+                         taxonomy=bundle_taxonomy(bundles[0]), keep_scores=kept_scores(bundles, options.keep_scores))
 
 
 def _duration(path: str) -> float:

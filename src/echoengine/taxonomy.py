@@ -244,8 +244,9 @@ class Taxonomy:
         return calls
 
     # ---- counts ----------------------------------------------------------------
-    def tree_text(self, table: pd.DataFrame) -> str:
-        """The tree with the files and source recordings (``group``) under each name, one line per node.
+    def tree_text(self, table: pd.DataFrame, units: tuple[str, str] = ("file", "recording")) -> str:
+        """The tree with the files and source recordings (``group``) under each name, one line per node
+        (``units`` name them: photos are ``("image", "group")``).
 
         >>> tree = Taxonomy(("genus",), {"a1": ("A",), "b1": ("B",)})
         >>> print(tree.tree_text(pd.DataFrame({"label": ["a1", "a1", "b1"], "group": ["x", "y", "z"]})))
@@ -263,7 +264,7 @@ class Taxonomy:
                 rank = self.all_ranks[len(node)]
                 files, recordings = int(below.sum()), table.loc[below.to_numpy(), "group"].nunique()
                 lines.append((lineage, f"{'  ' * len(node)}{child}{'' if rank == LABEL_RANK else f' ({rank})'}: "
-                                       f"{_count(files, 'file')}, {_count(recordings, 'recording')}"))
+                                       f"{_count(files, units[0])}, {_count(recordings, units[1])}"))
         return "\n".join(line for _, line in sorted(lines))
 
 

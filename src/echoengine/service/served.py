@@ -37,9 +37,9 @@ from sqlalchemy.exc import IntegrityError
 from echoengine.api import load_bundles, read_bundles, use_onnx
 from echoengine.detection import DetectOptions, check_windows, file_events, score_file, score_files
 from echoengine.errors import AudioError, EchoError
-from echoengine.events import check_species, detection_thresholds, with_lineage
+from echoengine.events import check_species, detection_thresholds, weigh_events, with_lineage
 from echoengine.layout import check_ensemble
-from echoengine.occurrence import OccurrenceTable, Place, unexpected_classes, week_of
+from echoengine.occurrence import OccurrenceTable, Place, class_weights, unexpected_classes, week_of
 from echoengine.photos import refuse_photo_model
 from echoengine.scoring import ONNX, window_scorer
 from echoengine.service.db import Database
@@ -114,20 +114,27 @@ class ServedModel:
             yield index, scores if isinstance(scores, str) else self.events_of(scores)
 
     def where_and_when(self, events: pd.DataFrame, tops: list[list[dict]], *, lat: float | None, lon: float | None,
-                       when: Any = None) -> tuple[pd.DataFrame, list[list[dict]]]:
+                       when: Any = None, site: str = "") -> tuple[pd.DataFrame, list[list[dict]]]:
         """A recording's events (and their top species) without the species not expected at its position and
-        date, with the options' ``location_filter``; all of them without it or without a position."""
+        date, with the options' ``location_filter`` (an occurrence table's down-weighted ones with their scores
+        multiplied, and kept if they still reach their threshold); all of them without it or without a position
+        (an occurrence table's site, its sensor, stands for one)."""
         options = self.options
-        if options.location_filter is None or lat is None or lon is None:
+        located = lat is not None and lon is not None
+        if options.location_filter is None or not (located or (site and options.occurrence)):
             return events, tops
         try:
-            place = Place(float(lat), float(lon), week_of(when) if when is not None else -1, options.location_filter,
-                          _table(options.occurrence) if options.occurrence else None)
+            place = Place(float(lat) if located else None, float(lon) if located else None,
+                          week_of(when) if when is not None else -1, options.location_filter,
+                          _table(options.occurrence) if options.occurrence else None, site)
         except EchoError:  # a position out of range: the recording's events stay unfiltered
             return events, tops
-        absent = set(unexpected_classes(self.classes, place))
-        keep = [label not in absent for label in events["label"]]
-        return events[keep].reset_index(drop=True), [top for top, kept in zip(tops, keep, strict=True) if kept]
+        weights = dict(zip(self.classes, class_weights(self.classes, place), strict=True))
+        events = events.assign(_row=np.arange(len(events)))  # which of ``tops`` each kept event's is
+        events = weigh_events(events, {name: w for name, w in weights.items() if w < 1}, self.classes,
+                              self.thresholds)
+        kept = events.pop("_row").tolist()
+        return events, [tops[i] for i in kept]
 
     def events_of(self, scores: pd.DataFrame) -> tuple[pd.DataFrame, list[list[dict]]]:
         """The events of a recording's window scores and the five best species of each."""

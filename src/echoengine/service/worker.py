@@ -386,8 +386,9 @@ def _detection_rows(events, tops: list[list[dict]], *, recording_id: int, model_
 
 
 def _place_of(recording: Recording) -> dict:
-    """Where and when a recording was made: its own position, else its sensor's, and its time."""
+    """Where and when a recording was made: its own position, else its sensor's, its time, and its sensor as the
+    site an occurrence table's rows may name."""
     sensor = recording.sensor
     return {"lat": recording.lat if recording.lat is not None else sensor and sensor.lat,
             "lon": recording.lon if recording.lon is not None else sensor and sensor.lon,
-            "when": recording.recorded_at}
+            "when": recording.recorded_at, "site": recording.sensor_id or ""}
