@@ -16,6 +16,7 @@ Examples
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import time
@@ -30,6 +31,21 @@ from torch.nn import functional as F  # noqa: N812
 SAMPLE_RATE = 48000
 CLIP_SAMPLES = 240000
 MIN_ZERO_RUN = 480  # 10 ms of exact zeros: stored apart, restored after decoding
+
+
+def per_class_share(labels: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """``fraction`` of the training rows ``train`` of each class (rounded up, at least one), drawn at random: the
+    data-size axis of ``finetune_study.py``, drawn alike by ``small_data.py`` for the frozen heads (seed: the fold).
+
+    >>> per_class_share(np.array([0, 0, 0, 0, 1, 1]), np.arange(6), 0.5, seed=0).size
+    3
+    """
+    if fraction >= 1:
+        return train
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(rows)[: max(1, math.ceil(fraction * len(rows)))]
+            for rows in (train[labels[train] == label] for label in np.unique(labels[train]))]
+    return np.sort(np.concatenate(keep))
 
 
 def zero_runs(y: np.ndarray, *, min_length: int = MIN_ZERO_RUN) -> list[tuple[int, int]]:

@@ -413,14 +413,7 @@ def write_row(study: Study, name: str, row: dict) -> None:
 
 def subsample(study: Study, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     """``fraction`` of the training clips of each class (rounded up, at least one), drawn at random."""
-    if fraction >= 1:
-        return train
-    rng = np.random.default_rng(seed)
-    keep = []
-    for label in np.unique(study.labels[train]):
-        rows = train[study.labels[train] == label]
-        keep.append(rng.permutation(rows)[: max(1, math.ceil(fraction * len(rows)))])
-    return np.sort(np.concatenate(keep))
+    return finetune_pack.per_class_share(study.labels, train, fraction, seed)
 
 
 def run_one(study: Study, condition: Condition, fold: int, fraction: float) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import tempfile
 import time
@@ -49,6 +48,7 @@ from echoengine.embeddings import make_dataset
 from echoengine.evaluation import expected_calibration_error
 from echoengine.headfit import select_and_fit
 from echoengine.headmlp import select_and_train
+from finetune_pack import per_class_share
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,21 +96,19 @@ def anchor(x_train, y_train, x_test) -> np.ndarray:
     return out
 
 
-def echoengine_head(x_train, y_train, g_train, x_test, *, calibrate: bool = True, **options) -> np.ndarray:
-    """What ``echoengine train/cv --embedder birdnet`` fits: standardised features, C by grouped inner CV."""
+def echoengine_head(x_train, y_train, g_train, x_test, *, before_temperature: bool = False, **options):
+    """What ``echoengine train/cv --embedder birdnet`` fits: standardised features, C by grouped inner CV, a
+    temperature; with ``before_temperature``, the probabilities of the same head at T = 1 as well."""
     mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-6)
-    n_classes = y_train.max() + 1
-    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=n_classes, calibrate=calibrate,
-                         **options)
-    return torch.softmax(torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias), 1).numpy()
+    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=y_train.max() + 1, **options)
+    logits = torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias)
+    probabilities = torch.softmax(logits, 1).numpy()
+    return (probabilities, torch.softmax(logits * fit.temperature, 1).numpy()) if before_temperature else probabilities
 
 
 def with_and_without_temperature(x_train, y_train, g_train, x_test) -> tuple[np.ndarray, np.ndarray]:
     """The default head, and the same head before its temperature (T = 1): the ECE before and after scaling."""
-    mean, std = x_train.mean(0), np.maximum(x_train.std(0), 1e-6)
-    fit = select_and_fit((x_train - mean) / std, y_train, g_train, n_classes=y_train.max() + 1)
-    logits = torch.as_tensor((x_test - mean) / std @ fit.weight.T + fit.bias)
-    return torch.softmax(logits, 1).numpy(), torch.softmax(logits * fit.temperature, 1).numpy()
+    return echoengine_head(x_train, y_train, g_train, x_test, before_temperature=True)
 
 
 def mixup_head(x_train, y_train, g_train, x_test) -> np.ndarray:
@@ -157,21 +155,10 @@ METHODS = {
 }
 
 
-def subsample(labels: np.ndarray, train: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """``fraction`` of the training clips of each class (rounded up, at least one), drawn as
-    ``bench/finetune_study.py`` draws them (seed = the fold), so that its fine-tuned rows compare."""
-    if fraction >= 1:
-        return train
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(rows)[: max(1, math.ceil(fraction * len(rows)))]
-            for rows in (train[labels[train] == label] for label in np.unique(labels[train]))]
-    return np.sort(np.concatenate(keep))
-
-
 def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], folds: np.ndarray,
                    fraction: float = 1.0) -> dict:
     """Accuracy, macro-F1 and ECE of every method over the folds (mean and std across folds), each fold
-    trained on ``fraction`` of its training clips (:func:`subsample`)."""
+    trained on ``fraction`` of its training clips (``finetune_pack.per_class_share``)."""
     from sklearn.metrics import f1_score
 
     labels = pd.Categorical(table["label"]).codes.astype(np.int64)
@@ -182,7 +169,7 @@ def cross_validate(table: pd.DataFrame, windows: dict[tuple, list[np.ndarray]], 
         scores = {}
         for k in np.unique(folds[folds >= 0]):
             train = np.zeros(len(folds), bool)
-            train[subsample(labels, np.flatnonzero(folds != k), fraction, seed=int(k))] = True
+            train[per_class_share(labels, np.flatnonzero(folds != k), fraction, seed=int(k))] = True
             test = folds == k
             args = (x[train], labels[train], groups[train], x[test]) if method in GROUPED else (
                 x[train], labels[train], x[test])

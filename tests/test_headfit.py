@@ -177,8 +177,11 @@ def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordi
     monkeypatch.setattr(headfit, "select_and_fit", recording_select_and_fit)
     monkeypatch.setattr(baseline, "file_embeddings", recording_file_embeddings)
     out = tmp_path / "cv"
-    assert main(["cv", str(few_recordings), "--folds", "3", "--embedder", "birdnet", "--out", str(out), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    command = ["cv", str(few_recordings), "--folds", "3", "--embedder", "birdnet", "--birdnet-speeds", "1",
+               "--birdnet-blocks", "none", "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*command, "--baseline", "none"]) == 0 and not baselines
+    assert "baseline_accuracy" not in json.loads((out / "metrics.json").read_text())["mean"]
+    assert main([*command, "--resume"]) == 0  # the finished folds kept, the baseline scored beside each
     folds = pd.read_csv(out / "folds.csv")
     assert len(fitted) == len(selected) == 3 and len(baselines) == 6 and sorted(folds["fold"].unique()) == [0, 1, 2]
     for k, (paths, (rows, groups)) in enumerate(zip(fitted, selected, strict=True)):
@@ -190,6 +193,30 @@ def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordi
         assert baselines[2 * k] == paths and baselines[2 * k + 1] == set(test["path"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert 1 / 6 < metrics["mean"]["baseline_accuracy"] <= 1 and "baseline_ece" in metrics["folds"][0]
+    _the_baseline_is_scikit_learn_on_each_files_embedding(out, folds, file_embeddings, metrics["folds"][0])
+
+
+def _the_baseline_is_scikit_learn_on_each_files_embedding(out, folds, file_embeddings, fold0):
+    """Fold 0's baseline again, embedding one file at a time: its accuracy is the one cv reported."""
+    from sklearn.metrics import accuracy_score
+
+    from echoengine.bundle import load_bundle
+    from echoengine.cache import feature_cache
+
+    config = load_bundle(out / "fold0").config
+    config = config.replace(data={"cache_dir": str(out.parent / "cache")})
+    classes = sorted(folds["label"].unique())
+
+    def embedded(rows):  # one file at a time: no row bookkeeping to get wrong
+        x = [file_embeddings(rows.iloc[[i]].reset_index(drop=True), classes, config, cache=feature_cache(config))[0][0]
+             for i in range(len(rows))]
+        return np.stack(x), rows["label"].tolist()
+
+    (x_train, y_train), (x_test, y_test) = embedded(folds[folds["fold"] != 0]), embedded(folds[folds["fold"] == 0])
+    scaler = StandardScaler().fit(x_train)
+    model = LogisticRegression(C=1.0, max_iter=5000).fit(scaler.transform(x_train), y_train)
+    expected = accuracy_score(y_test, model.predict(scaler.transform(x_test)))
+    assert fold0["baseline_accuracy"] == pytest.approx(expected, abs=1e-3)
 
 
 def test_cv_leaves_the_baseline_out_when_asked_and_for_a_cnn(synthetic_dataset, tmp_path):

@@ -49,8 +49,9 @@ from echoengine.taxonomy import Taxonomy
 
 __all__ = ["cross_validate", "group_folds", "inner_split"]
 
-# What a fold's saved config may differ in from the command's: a refit changes its epoch counts.
-_FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", *MACHINE_SETTINGS)
+# What a fold's saved config may differ in from the command's: a refit changes its epoch counts; the baseline
+# is scored beside the model, not by it.
+_FOLD_CHANGES = ("train.epochs", "train.patience", "train.warmup_epochs", "train.baseline", *MACHINE_SETTINGS)
 
 
 def _check_resumable(out: Path, paths: pd.Series, folds: np.ndarray, config: EchoConfig) -> None:
@@ -170,6 +171,8 @@ class _Folds:
         if self.resume and kind.finished(folder):
             self.log(f"fold {k}: finished before, kept")
             metrics = json.loads(files.metrics.read_text(encoding="utf-8"))
+            if baseline.applies(self.config) and "baseline_accuracy" not in metrics:  # finished before it existed
+                metrics.update(baseline.baseline_metrics(rest, test, self.classes, self.config, cache=cache))
             return metrics, kind.saved_test_scores(folder, self.classes)
         parts = kind.fold_split(rest, self.config, seed=self.config.data.split_seed + k)
         self.log(f"fold {k}: train {int((parts == 'train').sum())}, validation {int((parts == 'val').sum())}, "
@@ -195,6 +198,8 @@ class _Folds:
         """Write ``cv_folds.csv`` and ``metrics.json``: every fold's scalars, their mean and std, and what the
         label kind pools from the folds."""
         rows = [{"fold": k, **self.kind.fold_row(metrics)} for k, (metrics, _) in enumerate(results)]
+        every = set.intersection(*(set(row) for row in rows))  # a fold without a readable test file: no baseline
+        rows = [{key: value for key, value in row.items() if key in every} for row in rows]
         per_fold = pd.DataFrame(rows)
         files = CrossValidationFiles(self.out)
         write_csv_atomic(files.cv_folds, per_fold, index=False)

@@ -492,8 +492,9 @@ def write_outputs(out: str | Path, files: Sequence[str], classes: Sequence[str],
     events = weigh_events(file_events(scores, classes, config, thresholds=thresholds, options=options),
                           dict(options.weights), classes, thresholds)
     extra = lineage_columns(taxonomy, min_confidence=options.min_confidence) if taxonomy is not None else []
-    if taxonomy is not None:  # each event's genus, family, ... with their scores
-        events = with_lineage(events, scores, classes, taxonomy, min_confidence=options.min_confidence)
+    if taxonomy is not None:  # each event's genus, family, ... with their scores (an occurrence table's weights in)
+        weighed = scores.assign(**{label: scores[label] * w for label, w in options.weights if label in scores})
+        events = with_lineage(events, weighed, classes, taxonomy, min_confidence=options.min_confidence)
     event_order = {f: i for i, f in enumerate(files)}
     events = events.assign(_f=events["file"].map(event_order)).sort_values(["_f", "start", "label"], kind="stable")
     events = events.drop(columns="_f").reset_index(drop=True)

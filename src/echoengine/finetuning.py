@@ -49,7 +49,10 @@ def finetune_advice(clips: int, classes: int, *, cpu_hours: float | None = None)
     else:
         say = (f"fine-tuning BirdNET on {per_class:.1f} clips per class, more than it was measured on "
                f"({FINETUNE_LOST_UP_TO}, where frozen embeddings won): compare it with --embedder birdnet by cv")
-    return say + (f"; on this CPU about {cpu_hours:.1f} h" if cpu_hours is not None else "")
+    if cpu_hours is None:
+        return say
+    return say + (f"; on this CPU about {cpu_hours:.1f} h" if cpu_hours >= 1 else
+                  f"; on this CPU about {max(1, round(cpu_hours * 60))} min")
 
 
 def raw_embedding_head(probe: EmbeddingClassifier) -> nn.Module:
