@@ -100,7 +100,8 @@ class PredictResult:
         ranked = [{"file": r["file"], "rank": rank + 1, "species": t["species"], "probability": t["probability"],
                    **{name: r["ranks"][name]["label"] for name in above},
                    **{f"{name}_probability": r["ranks"][name]["probability"] for name in above},
-                   **dict(zip(sure, (r["species"], r["rank"], r["probability"]), strict=False))}
+                   **({name: r[key] for name, key in zip(sure, ("species", "rank", "probability"), strict=True)}
+                      if sure else {})}
                   for r in rows for rank, t in enumerate(r["top_k"])]
         columns = ["file", "rank", "species", "probability", *above, *(f"{name}_probability" for name in above),
                    *sure]
