@@ -149,7 +149,8 @@ def test_cv_with_birdnet_alone_runs_on_two_recordings_per_class(few_recordings, 
     assert accuracy > 1 / 6  # better than chance on real recordings never seen in training
 
 
-def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordings, tmp_path, monkeypatch):
+def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordings, tmp_path, monkeypatch,
+                                                                     capsys):
     """The C and temperature of a fold's head are chosen on that fold's training files, never on its test files;
     the baseline beside it (logistic regression on the same embeddings) is fitted on the same training files."""
     import echoengine.baseline as baseline
@@ -181,7 +182,10 @@ def test_the_inner_cv_of_each_fold_sees_its_training_recordings_only(few_recordi
                "--birdnet-blocks", "none", "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache")]
     assert main([*command, "--baseline", "none"]) == 0 and not baselines
     assert "baseline_accuracy" not in json.loads((out / "metrics.json").read_text())["mean"]
+    capsys.readouterr()
     assert main([*command, "--resume"]) == 0  # the finished folds kept, the baseline scored beside each
+    printed = capsys.readouterr().out
+    assert "baseline_accuracy" in printed and "(baseline_*: StandardScaler + LogisticRegression(C=1)" in printed
     folds = pd.read_csv(out / "folds.csv")
     assert len(fitted) == len(selected) == 3 and len(baselines) == 6 and sorted(folds["fold"].unique()) == [0, 1, 2]
     for k, (paths, (rows, groups)) in enumerate(zip(fitted, selected, strict=True)):

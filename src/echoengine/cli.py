@@ -438,6 +438,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def cmd_cv(args: argparse.Namespace) -> int:
     """``echoengine cv``: fold bundles of a grouped k-fold cross-validation, and the metrics' mean and std."""
     from echoengine import api
+    from echoengine.baseline import BASELINE
 
     config, changes = _training_options(args)
     result = api.cross_validate(args.data, config=config, changes=changes, finetune=args.finetune, out=args.out,
@@ -449,6 +450,8 @@ def cmd_cv(args: argparse.Namespace) -> int:
     for row in table.itertuples(index=False):
         per_fold = " ".join(f"{value:.3f}" for value in row[3:])
         print(f"{row.metric:<{width}} {row.mean:>7.4f} {row.std:>7.4f}   {per_fold}")
+    if "baseline_accuracy" in result.summary["mean"]:
+        print(f"(baseline_*: {BASELINE}, on the same folds)")
     pooled = result.summary.get("pooled_out_of_fold", {})
     if "taxonomy" in pooled:  # a model of a taxonomy: every rank of the pooled out-of-fold predictions
         from echoengine.rankmetrics import rank_text
